@@ -1,0 +1,21 @@
+import js from "@eslint/js"
+import tseslint from "typescript-eslint"
+
+export default tseslint.config(
+  { ignores: ["**/node_modules/**", "**/build/**", "**/dist/**", ".data/**", "apps/bench/results/**"] },
+  js.configs.recommended,
+  ...tseslint.configs.recommended,
+  {
+    rules: {
+      "@typescript-eslint/no-explicit-any": "off",
+      "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_", varsIgnorePattern: "^_" }],
+      "@typescript-eslint/no-empty-object-type": "off",
+      "@typescript-eslint/no-namespace": "off",
+      "no-restricted-properties": [
+        "error",
+        { object: "it", property: "only", message: "no .only in committed tests" },
+        { object: "describe", property: "only", message: "no .only in committed tests" }
+      ]
+    }
+  }
+)

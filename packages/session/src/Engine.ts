@@ -1,0 +1,373 @@
+/**
+ * The Engine: a pool of MySQL / MariaDB connections as a scoped Effect service, with an autocommit `SqlClient`.
+ *
+ * @since 0.1.0
+ */
+import * as Reactivity from "@effect/experimental/Reactivity"
+import * as Client from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Statement from "@effect/sql/Statement"
+import { makeCompiler } from "@effect/sql-mysql2/MysqlClient"
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import type * as Mysql from "mysql2"
+import * as SessionError from "./SessionError.js"
+import { borrowScoped, EngineImpl, type Isolation, makeClient, toSqlError } from "./internal/engine.js"
+import { describeCause, hardClose } from "./internal/pool.js"
+import * as internalSession from "./internal/session.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("@sessionfx/session/Engine")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * Transaction isolation levels.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type IsolationLevel = Isolation
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface PoolOptions {
+  /** Maximum number of connections (default 10). */
+  readonly size?: number | undefined
+  /** Connections kept open even when idle (default: `size`, a fixed pool). */
+  readonly minIdle?: number | undefined
+  /** How long a fiber may wait for a connection before `PoolTimeout` (default 10 seconds). */
+  readonly acquireTimeout?: Duration.DurationInput | undefined
+  /** An idle connection above `minIdle` is closed after this long unused (default 10 minutes). */
+  readonly idleTimeout?: Duration.DurationInput | undefined
+  /** A connection is retired (on return, never mid-transaction) after this long, minus up to 10% jitter (default 30 minutes). */
+  readonly maxLifetime?: Duration.DurationInput | undefined
+  /** A connection idle longer than this is pinged before it is lent (default 30 seconds). */
+  readonly validateAfterIdle?: Duration.DurationInput | undefined
+  /** At most this many fibers wait; the next one gets `PoolTimeout` at once (default: unbounded). */
+  readonly queueLimit?: number | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface EngineOptions {
+  /** `mysql://user:password@host:port/database`; overrides the separate fields. */
+  readonly url?: Redacted.Redacted | string | undefined
+  readonly host?: string | undefined
+  readonly port?: number | undefined
+  readonly database?: string | undefined
+  readonly username?: string | undefined
+  readonly password?: Redacted.Redacted | undefined
+  readonly socketPath?: string | undefined
+  /** A label for metrics and messages (default `host:port/database`). */
+  readonly name?: string | undefined
+  readonly pool?: PoolOptions | undefined
+  /** Bound on opening one connection (default 10 seconds). */
+  readonly connectTimeout?: Duration.DurationInput | undefined
+  /** How long release of the Engine waits for lent connections before closing them (default 30 seconds). */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+  /** After KILL QUERY, how long an interrupted statement may take to end before its connection is destroyed (default 2 seconds). */
+  readonly killGrace?: Duration.DurationInput | undefined
+  /** Session default: isolation level (default: the server's). */
+  readonly isolation?: IsolationLevel | undefined
+  /** Session default: `innodb_lock_wait_timeout`. */
+  readonly lockWaitTimeout?: Duration.DurationInput | undefined
+  /** Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL). */
+  readonly statementTimeout?: Duration.DurationInput | undefined
+  readonly ssl?: string | Mysql.SslOptions | undefined
+  readonly spanAttributes?: Record<string, unknown> | undefined
+  readonly transformResultNames?: ((str: string) => string) | undefined
+  readonly transformQueryNames?: ((str: string) => string) | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Stats extends SessionError.PoolStats {}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Engine extends Context.Tag("@sessionfx/session/Engine")<Engine, Engine.Service>() {}
+
+/**
+ * @since 0.1.0
+ */
+export declare namespace Engine {
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Service {
+    readonly [TypeId]: EngineImpl
+    /** The label used in metrics and messages. */
+    readonly name: string
+    readonly flavor: "mariadb" | "mysql"
+    /** `SELECT VERSION()` of the server, read at startup. */
+    readonly serverVersion: string
+    /** The autocommit client; inside a session of this engine it joins that session. */
+    readonly sql: Client.SqlClient
+    readonly stats: Effect.Effect<Stats>
+  }
+}
+
+interface Target {
+  readonly host: string
+  readonly port: number
+  readonly database: string | undefined
+  readonly user: string | undefined
+  readonly password: Redacted.Redacted | undefined
+  readonly socketPath: string | undefined
+  readonly ssl: string | Mysql.SslOptions | undefined
+}
+
+const parseTarget = (options: EngineOptions): Effect.Effect<Target, SessionError.ConnectionError> =>
+  Effect.suspend(() => {
+    if (options.url !== undefined) {
+      const raw = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+      let url: URL
+      try {
+        url = new URL(raw)
+      } catch {
+        return Effect.fail(
+          new SessionError.ConnectionError({
+            message:
+              "the Engine url is not a valid URL; expected mysql://user:password@host:3306/database (the value is not shown because it may contain a password)"
+          })
+        )
+      }
+      if (url.protocol !== "mysql:" && url.protocol !== "mariadb:") {
+        return Effect.fail(
+          new SessionError.ConnectionError({
+            message: `the Engine url has scheme "${url.protocol}"; expected mysql://user:password@host:3306/database`
+          })
+        )
+      }
+      const port = url.port === "" ? 3306 : Number(url.port)
+      const sslParam = url.searchParams.get("ssl")
+      const ssl: string | Mysql.SslOptions | undefined =
+        options.ssl ?? (sslParam === null || sslParam === "false" ? undefined : sslParam === "true" ? {} : sslParam)
+      return Effect.succeed<Target>({
+        host: url.hostname === "" ? "localhost" : url.hostname.replace(/^\[|\]$/g, ""),
+        port,
+        database: url.pathname.length > 1 ? decodeURIComponent(url.pathname.slice(1)) : options.database,
+        user: url.username !== "" ? decodeURIComponent(url.username) : options.username,
+        password: url.password !== "" ? Redacted.make(decodeURIComponent(url.password)) : options.password,
+        socketPath: url.searchParams.get("socket") ?? options.socketPath,
+        ssl
+      })
+    }
+    return Effect.succeed<Target>({
+      host: options.host ?? "localhost",
+      port: options.port ?? 3306,
+      database: options.database,
+      user: options.username,
+      password: options.password,
+      socketPath: options.socketPath,
+      ssl: options.ssl
+    })
+  })
+
+const millis = (d: Duration.DurationInput | undefined, fallback: number) =>
+  d === undefined ? fallback : Duration.toMillis(Duration.decode(d))
+
+const describeTarget = (t: Target) =>
+  `mysql://${t.user ?? ""}@${t.socketPath ? `[socket ${t.socketPath}]` : `${t.host}:${t.port}`}/${t.database ?? ""}`
+
+/**
+ * Builds an Engine: checks that the server answers (within `connectTimeout`), detects MySQL or MariaDB and its
+ * version, fills the pool, and on scope close drains lent connections up to `shutdownTimeout` before closing all.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  options: EngineOptions
+): Effect.Effect<Engine.Service, SessionError.ConnectionError, Scope.Scope | Reactivity.Reactivity> =>
+  Effect.gen(function* () {
+    const target = yield* parseTarget(options)
+    const describe = describeTarget(target)
+    const connectTimeoutMs = millis(options.connectTimeout, 10_000)
+    const size = Math.max(1, options.pool?.size ?? 10)
+    const compiler = makeCompiler(options.transformQueryNames)
+    const connection: Mysql.ConnectionOptions = {
+      host: target.host,
+      port: target.port,
+      ...(target.socketPath ? { socketPath: target.socketPath } : {}),
+      ...(target.database ? { database: target.database } : {}),
+      ...(target.user ? { user: target.user } : {}),
+      ...(target.password ? { password: Redacted.value(target.password) } : {}),
+      ...(target.ssl !== undefined ? { ssl: target.ssl } : {}),
+      connectTimeout: connectTimeoutMs,
+      multipleStatements: true,
+      supportBigNumbers: true,
+      enableKeepAlive: true
+    }
+    const impl = new EngineImpl({
+      name: options.name ?? `${target.host}:${target.port}/${target.database ?? ""}`,
+      connection,
+      describe,
+      pool: {
+        size,
+        minIdle: Math.min(size, Math.max(0, options.pool?.minIdle ?? size)),
+        acquireTimeoutMs: millis(options.pool?.acquireTimeout, 10_000),
+        idleTimeoutMs: millis(options.pool?.idleTimeout, 600_000),
+        maxLifetimeMs: millis(options.pool?.maxLifetime, 1_800_000),
+        validateAfterIdleMs: millis(options.pool?.validateAfterIdle, 30_000),
+        queueLimit: options.pool?.queueLimit ?? 0
+      },
+      killGraceMs: millis(options.killGrace, 2_000),
+      defaults: {
+        isolation: options.isolation,
+        lockWaitTimeoutSeconds:
+          options.lockWaitTimeout === undefined ? undefined : millis(options.lockWaitTimeout, 0) / 1000,
+        statementTimeoutMs: options.statementTimeout === undefined ? undefined : millis(options.statementTimeout, 0)
+      },
+      spanAttributes: [
+        ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
+        ["db.system.name", "mysql"],
+        ["server.address", target.host],
+        ["server.port", target.port],
+        ...(target.database ? ([["db.namespace", target.database]] as const) : [])
+      ],
+      compiler,
+      transformRows: options.transformResultNames
+        ? Statement.defaultTransforms(options.transformResultNames).array
+        : undefined
+    })
+    impl.reactivity = yield* Reactivity.Reactivity
+
+    const fail = (cause: unknown) =>
+      new SessionError.ConnectionError({
+        cause,
+        message: `cannot connect to ${describe}: ${describeCause(cause)}`
+      })
+    const version = yield* Effect.async<string, SessionError.ConnectionError>((resume) => {
+      let conn: Mysql.Connection | undefined
+      let settled = false
+      impl.pool.connect((err, c) => {
+        if (settled) {
+          if (c) hardClose(c)
+          return
+        }
+        if (err || !c) {
+          settled = true
+          return resume(Effect.fail(fail(err)))
+        }
+        conn = c
+        c.query("SELECT VERSION() AS v", (e, rows: any) => {
+          hardClose(c)
+          if (settled) return
+          settled = true
+          if (e) resume(Effect.fail(fail(e)))
+          else resume(Effect.succeed(String(rows?.[0]?.v ?? "")))
+        })
+      })
+      return Effect.sync(() => {
+        settled = true
+        if (conn) hardClose(conn)
+      })
+    }).pipe(
+      Effect.timeoutFail({
+        duration: connectTimeoutMs + 1000,
+        onTimeout: () => fail(new Error(`no answer within ${connectTimeoutMs} ms`))
+      })
+    )
+    impl.version = version
+    impl.flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
+
+    yield* Effect.addFinalizer(() =>
+      Effect.gen(function* () {
+        const drained = yield* impl.pool.drain(millis(options.shutdownTimeout, 30_000))
+        if (!drained) {
+          yield* Effect.logWarning(
+            `sessionfx: ${impl.pool.inUse} connection(s) to ${describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
+          )
+        }
+        impl.pool.closeAll()
+        impl.closeKillers()
+        impl.stopTimers()
+      })
+    )
+    impl.pool.fill()
+
+    const acquirer = Effect.flatMap(
+      Effect.serviceOption(impl.currentTag),
+      (frame): Effect.Effect<Connection, SqlError, Scope.Scope> =>
+        Option.isSome(frame) ? Effect.succeed(frame.value.conn) : borrowScoped(impl)
+    )
+    const sql = makeClient(
+      impl,
+      acquirer,
+      (effect) =>
+        Effect.mapError(internalSession.transact(impl, effect, {}), (e) =>
+          SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
+        ) as any,
+      impl.reactivity
+    )
+    const service: Engine.Service = {
+      [TypeId]: impl,
+      name: impl.options.name,
+      flavor: impl.flavor,
+      serverVersion: version,
+      sql,
+      stats: Effect.sync(() => {
+        impl.refreshGauges()
+        return impl.pool.stats()
+      })
+    }
+    return service
+  })
+
+/**
+ * The Engine and its autocommit `SqlClient`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: EngineOptions
+): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError> =>
+  Layer.scopedContext(
+    Effect.map(make(options), (engine) => Context.make(Engine, engine).pipe(Context.add(Client.SqlClient, engine.sql)))
+  ).pipe(Layer.provide(Reactivity.layer))
+
+/**
+ * The Engine from `Config`, e.g. `Engine.layerConfig({ url: Config.redacted("DATABASE_URL") })`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<EngineOptions>
+): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError | ConfigError.ConfigError> =>
+  Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
+
+/**
+ * The pool's current figures.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const stats: Effect.Effect<Stats, never, Engine> = Effect.flatMap(Engine, (e) => e.stats)

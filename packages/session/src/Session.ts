@@ -1,0 +1,152 @@
+/**
+ * The unit of work: one fiber, one connection, one transaction. Commit on success; rollback on failure, defect or
+ * interruption. An effect that requires `Session` must run inside one, and the compiler says so.
+ *
+ * @since 0.1.0
+ */
+import type * as Client from "@effect/sql/SqlClient"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import { dual } from "effect/Function"
+import * as Layer from "effect/Layer"
+import type * as Schedule from "effect/Schedule"
+import * as Engine from "./Engine.js"
+import type * as SessionError from "./SessionError.js"
+import * as internal from "./internal/session.js"
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Isolation level for this transaction (set before it starts). */
+  readonly isolation?: Engine.IsolationLevel | undefined
+  /** `START TRANSACTION READ ONLY`: writes fail with `ReadOnlyTransaction`. */
+  readonly readOnly?: boolean | undefined
+  /** `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`. */
+  readonly consistentSnapshot?: boolean | undefined
+  /** `innodb_lock_wait_timeout` for this session. */
+  readonly lockWaitTimeout?: Duration.DurationInput | undefined
+  /** Per-statement limit, enforced by the server (MariaDB `max_statement_time`, MySQL `max_execution_time`). */
+  readonly statementTimeout?: Duration.DurationInput | undefined
+  /** Limit for the whole unit: exceeded → interrupted, rolled back, `TransactionTimeout`. (`transact` only.) */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** `"nested"` (default): a savepoint inside an open session of the same engine; `"new"`: its own connection. */
+  readonly propagation?: "nested" | "new" | undefined
+  /** Re-run the whole unit in a fresh transaction on retryable errors: `true` for the default policy, or a Schedule. (`transact` only.) */
+  readonly retry?: boolean | Schedule.Schedule<unknown, SessionError.SessionError> | undefined
+  /** Span name for the unit. */
+  readonly name?: string | undefined
+  /** Always roll back, even on success (dry runs, tests). */
+  readonly rollbackOnly?: boolean | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class Session extends Context.Tag("@sessionfx/session/Session")<Session, Session.Service>() {}
+
+/**
+ * @since 0.1.0
+ */
+export declare namespace Session {
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Service {
+    /** A `SqlClient` bound to this session's connection; after the session ends it fails with `SessionClosed`. */
+    readonly sql: Client.SqlClient
+    /** The server's `CONNECTION_ID()` of this session's connection. */
+    readonly connectionId: number
+    readonly isolation: Engine.IsolationLevel | undefined
+    readonly readOnly: boolean
+    /** Runs `effect` in a savepoint: RELEASE on success, ROLLBACK TO on failure, the outer unit goes on. */
+    readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
+    /** Runs `effect` once, after the final successful COMMIT; never after a rollback. */
+    readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void>
+    /** Marks the unit so that it rolls back even if it succeeds. */
+    readonly setRollbackOnly: Effect.Effect<void>
+    readonly isOpen: Effect.Effect<boolean>
+  }
+}
+
+const engineImpl = (engine: Engine.Engine["Type"]) => engine[Engine.TypeId]
+
+/**
+ * A unit of work as a scoped Layer: `program.pipe(Effect.provide(Session.layer()))`. Commits when the program
+ * succeeds (a failed COMMIT is a typed error), rolls back otherwise. Inside an open session of the same engine it
+ * is a savepoint, unless `propagation: "new"`.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine> =>
+  Layer.scopedContext(
+    Effect.flatMap(Engine.Engine, (engine) => internal.scopedSession(engineImpl(engine), options))
+  ) as Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine>
+
+/**
+ * A unit of work as a combinator, with `retry` and `timeout`.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const transact: {
+  (
+    options?: Options
+  ): <A, E, R>(
+    effect: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
+  <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+    options?: Options
+  ): Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
+} = dual(
+  (args) => Effect.isEffect(args[0]),
+  <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) =>
+    Effect.flatMap(Engine.Engine, (engine) => internal.transact(engineImpl(engine), effect, options ?? {}))
+) as any
+
+/**
+ * Runs `effect` in a savepoint of the current session.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const savepoint = <A, E, R>(
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SessionError.SessionError, R | Session> =>
+  Effect.flatMap(Session, (session) => session.savepoint(effect))
+
+/**
+ * Runs `effect` after the current session's final successful COMMIT.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const afterCommit = (effect: Effect.Effect<void>): Effect.Effect<void, never, Session> =>
+  Effect.flatMap(Session, (session) => session.afterCommit(effect))
+
+/**
+ * Makes the current session roll back even if it succeeds.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const setRollbackOnly: Effect.Effect<void, never, Session> = Effect.flatMap(
+  Session,
+  (session) => session.setRollbackOnly
+)
+
+/**
+ * The server connection id of the current session.
+ *
+ * @since 0.1.0
+ * @category accessors
+ */
+export const connectionId: Effect.Effect<number, never, Session> = Effect.map(Session, (s) => s.connectionId)

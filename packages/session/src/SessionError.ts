@@ -1,0 +1,406 @@
+/**
+ * Typed failures of the Engine and of a Session. Every error says whether retrying the whole unit of work in a
+ * fresh transaction can succeed (`retryable`), keeps the driver's error as `cause`, and says in `message` what
+ * happened and what to do.
+ *
+ * @since 0.1.0
+ */
+import { SqlError } from "@effect/sql/SqlError"
+import * as Data from "effect/Data"
+import * as Predicate from "effect/Predicate"
+
+export {
+  /**
+   * The catch-all member: a failure that no other class describes. It is `@effect/sql`'s own `SqlError`, so code
+   * written against `@effect/sql` keeps catching it.
+   *
+   * @since 0.1.0
+   * @category errors
+   */
+  SqlError
+} from "@effect/sql/SqlError"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("@sessionfx/session/SessionError")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * A snapshot of the pool carried by `PoolTimeout`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface PoolStats {
+  readonly size: number
+  readonly inUse: number
+  readonly idle: number
+  readonly waiting: number
+  readonly pending: number
+  readonly created: number
+  readonly destroyed: number
+  readonly acquireTimeouts: number
+}
+
+interface Common {
+  readonly message: string
+  readonly cause?: unknown
+  /** MySQL error number, when the server or driver reported one. */
+  readonly errno?: number | undefined
+  /** The driver's error code (`ER_DUP_ENTRY`, `ECONNRESET`, …). */
+  readonly code?: string | undefined
+}
+
+/**
+ * No connection became free within `pool.acquireTimeout`, or the wait queue was full (`pool.queueLimit`). Raise
+ * the pool size, shorten transactions, or lower concurrency.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class PoolTimeout extends Data.TaggedError("PoolTimeout")<Common & { readonly stats: PoolStats }> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * A new connection could not be opened (refused, unreachable, authentication, TLS, timeout). Check host, port,
+ * user and password; the message never contains the password.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConnectionError extends Data.TaggedError("ConnectionError")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * The connection broke while the unit of work was running (server restart, KILL CONNECTION, network reset). The
+ * server rolled back what was not committed; the whole unit can be retried.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ConnectionLost extends Data.TaggedError("ConnectionLost")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * The server chose this transaction as a deadlock victim (1213) and rolled all of it back. Retry the whole unit.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class Deadlock extends Data.TaggedError("Deadlock")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * A row lock was not granted within `innodb_lock_wait_timeout` (1205). Only the statement was rolled back, but
+ * sessionfx treats the unit as failed; retrying the whole unit is safe.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class LockWaitTimeout extends Data.TaggedError("LockWaitTimeout")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * A conflict reported by a certifying or optimistic server (Galera certification failure, TiDB write conflict).
+ * Retry the whole unit.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SerializationFailure extends Data.TaggedError("SerializationFailure")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * A unique key would be duplicated (1062). `key` names the index when the server said which.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class DuplicateKey extends Data.TaggedError("DuplicateKey")<Common & { readonly key?: string | undefined }> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * A foreign key constraint failed (1451: a referenced row is still in use, 1452: the parent row does not exist).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ForeignKeyViolation extends Data.TaggedError("ForeignKeyViolation")<
+  Common & { readonly constraint?: string | undefined }
+> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * A CHECK constraint failed (3819 on MySQL, 4025 on MariaDB).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CheckViolation extends Data.TaggedError("CheckViolation")<
+  Common & { readonly constraint?: string | undefined }
+> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * NULL was written to a NOT NULL column (1048, 1364).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class NotNullViolation extends Data.TaggedError("NotNullViolation")<
+  Common & { readonly column?: string | undefined }
+> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * A write was attempted in a read-only transaction (1792) or on a read-only server (1290).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ReadOnlyTransaction extends Data.TaggedError("ReadOnlyTransaction")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * A statement ran longer than `statementTimeout` and the server stopped it (1969 MariaDB, 3024 MySQL).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class StatementTimeout extends Data.TaggedError("StatementTimeout")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * The whole unit of work ran longer than its `timeout`; it was interrupted and rolled back.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class TransactionTimeout extends Data.TaggedError("TransactionTimeout")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * COMMIT was answered with an error: the transaction was rolled back by the server. Retryable when the cause is.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CommitFailed extends Data.TaggedError("CommitFailed")<Common & { readonly retryable: boolean }> {
+  readonly [TypeId]: TypeId = TypeId
+}
+
+/**
+ * The connection was lost while COMMIT was in flight: the transaction may or may not have been committed. Never
+ * retried automatically; resolve it with an idempotency key or by reading back what the unit wrote.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CommitOutcomeUnknown extends Data.TaggedError("CommitOutcomeUnknown")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * The session this code belongs to has already committed or rolled back (a fiber outlived its unit of work, or a
+ * stored reference was used later). Run the code inside a unit of work of its own.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class SessionClosed extends Data.TaggedError("SessionClosed")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * Every typed failure of sessionfx.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type SessionError =
+  | PoolTimeout
+  | ConnectionError
+  | ConnectionLost
+  | Deadlock
+  | LockWaitTimeout
+  | SerializationFailure
+  | DuplicateKey
+  | ForeignKeyViolation
+  | CheckViolation
+  | NotNullViolation
+  | ReadOnlyTransaction
+  | StatementTimeout
+  | TransactionTimeout
+  | CommitFailed
+  | CommitOutcomeUnknown
+  | SessionClosed
+  | SqlError
+
+/**
+ * @since 0.1.0
+ * @category refinements
+ */
+export const isSessionError = (u: unknown): u is SessionError =>
+  Predicate.hasProperty(u, TypeId) || u instanceof SqlError
+
+/**
+ * Whether retrying the whole unit of work in a fresh transaction can succeed.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isRetryable = (u: unknown): boolean =>
+  Predicate.hasProperty(u, TypeId) && (u as { retryable?: unknown }).retryable === true
+
+const lostCodes = new Set([
+  "PROTOCOL_CONNECTION_LOST",
+  "ECONNRESET",
+  "EPIPE",
+  "ETIMEDOUT",
+  "PROTOCOL_SEQUENCE_TIMEOUT",
+  "ER_SERVER_SHUTDOWN",
+  "ER_CONNECTION_KILLED",
+  "ER_CLIENT_INTERACTION_TIMEOUT"
+])
+const lostErrnos = new Set([2006, 2013, 4031, 1927, 1053, 2055])
+const connectCodes = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"])
+
+const quoted = (message: string, index: number): string | undefined => {
+  const all = [...message.matchAll(/'([^']*)'/g)]
+  return all[index]?.[1]
+}
+
+/**
+ * Whether a driver error means the connection can no longer be used.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isFatal = (cause: unknown): boolean => {
+  if (!Predicate.isObject(cause)) return false
+  const c = cause as { fatal?: unknown; code?: unknown; errno?: unknown }
+  return (
+    c.fatal === true ||
+    (typeof c.code === "string" && lostCodes.has(c.code)) ||
+    (typeof c.errno === "number" && lostErrnos.has(c.errno))
+  )
+}
+
+/**
+ * Classifies a mysql2 error (or an `@effect/sql` `SqlError` wrapping one) into a `SessionError`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const classify = (cause: unknown, context?: string): SessionError => {
+  if (isSessionError(cause) && !(cause instanceof SqlError)) return cause
+  if (cause instanceof SqlError) {
+    if (isSessionError(cause.cause) && !(cause.cause instanceof SqlError)) return cause.cause
+    return classifyDriver(cause.cause, context, cause)
+  }
+  return classifyDriver(cause, context, undefined)
+}
+
+const classifyDriver = (cause: unknown, context: string | undefined, original: SqlError | undefined): SessionError => {
+  const c = (Predicate.isObject(cause) ? cause : {}) as {
+    errno?: number
+    code?: string
+    message?: string
+    sqlMessage?: string
+  }
+  const errno = typeof c.errno === "number" ? c.errno : undefined
+  const code = typeof c.code === "string" ? c.code : undefined
+  const text = c.sqlMessage ?? c.message ?? String(cause)
+  const prefix = context ? `${context}: ` : ""
+  const base = { cause, errno, code }
+  switch (errno) {
+    case 1213:
+      return new Deadlock({ ...base, message: `${prefix}deadlock; the server rolled back the transaction (${text})` })
+    case 1205:
+      return new LockWaitTimeout({ ...base, message: `${prefix}lock wait timeout exceeded (${text})` })
+    case 1062:
+    case 1586:
+      return new DuplicateKey({ ...base, key: quoted(text, 1), message: `${prefix}duplicate key: ${text}` })
+    case 1451:
+    case 1452:
+    case 1216:
+    case 1217:
+      return new ForeignKeyViolation({
+        ...base,
+        constraint: /CONSTRAINT `([^`]+)`/.exec(text)?.[1],
+        message: `${prefix}foreign key violation: ${text}`
+      })
+    case 3819:
+    case 4025:
+      return new CheckViolation({
+        ...base,
+        constraint: /constraint [`']?([^`'\s]+)/i.exec(text)?.[1],
+        message: `${prefix}check constraint violated: ${text}`
+      })
+    case 1048:
+    case 1364:
+      return new NotNullViolation({ ...base, column: quoted(text, 0), message: `${prefix}not-null violation: ${text}` })
+    case 1792:
+    case 1290:
+      return new ReadOnlyTransaction({ ...base, message: `${prefix}write in a read-only transaction: ${text}` })
+    case 1969:
+    case 3024:
+      return new StatementTimeout({ ...base, message: `${prefix}statement timeout exceeded: ${text}` })
+    case 1180:
+    case 1614:
+    case 8002:
+    case 9007:
+      return new SerializationFailure({ ...base, message: `${prefix}serialization failure: ${text}` })
+    case 1040:
+    case 1045:
+    case 1044:
+    case 1049:
+    case 1129:
+    case 1130:
+    case 1203:
+    case 1251:
+      return new ConnectionError({ ...base, message: `${prefix}${text}` })
+  }
+  if (isFatal(cause)) {
+    return new ConnectionLost({ ...base, message: `${prefix}connection lost (${code ?? errno ?? text}): ${text}` })
+  }
+  if (code !== undefined && connectCodes.has(code)) {
+    return new ConnectionError({ ...base, message: `${prefix}${text}` })
+  }
+  return original ?? new SqlError({ cause, message: `${prefix}${text}` })
+}

@@ -1,0 +1,516 @@
+/**
+ * The connection pool of an Engine: individual mysql2 connections, a FIFO queue of waiters with per-waiter
+ * deadlines, validation after idle, retirement by lifetime, reset on return and eviction of dead connections.
+ *
+ * It works in callback land on purpose: hand-off from a returning connection to the first waiter happens
+ * synchronously, so no late arrival can barge in front of a waiter, and the fast path (an idle connection, nobody
+ * waiting) costs one `Effect.async` and no timer.
+ */
+import * as Effect from "effect/Effect"
+import * as Mysql from "mysql2"
+import * as SessionError from "../SessionError.js"
+
+/** @internal */
+export type DestroyReason =
+  | "broken"
+  | "closedByServer"
+  | "validation"
+  | "resetFailed"
+  | "maxLifetime"
+  | "idleTimeout"
+  | "interrupted"
+  | "shutdown"
+  | "stateUnknown"
+
+/** @internal */
+export interface PoolConfig {
+  readonly size: number
+  readonly minIdle: number
+  readonly acquireTimeoutMs: number
+  readonly idleTimeoutMs: number
+  readonly maxLifetimeMs: number
+  readonly lifetimeJitter: number
+  readonly validateAfterIdleMs: number
+  readonly queueLimit: number
+  readonly connection: Mysql.ConnectionOptions
+  readonly describe: string
+  readonly onCreated: () => void
+  readonly onDestroyed: (reason: DestroyReason) => void
+  readonly onTimeout: () => void
+  readonly onWait: (millis: number) => void
+}
+
+let nextLocalId = 0
+
+/** @internal */
+export class PooledConn {
+  readonly localId = ++nextLocalId
+  readonly createdAt = Date.now()
+  lastUsedAt = Date.now()
+  retireAt: number
+  broken = false
+  /** Session state may differ from a fresh connection: reset before the next borrower. */
+  dirty = false
+  inUse = false
+  busy = false
+  closed = false
+  constructor(
+    readonly conn: Mysql.Connection,
+    readonly threadId: number,
+    lifetimeMs: number,
+    jitter: number
+  ) {
+    this.retireAt = lifetimeMs > 0 ? this.createdAt + lifetimeMs * (1 - Math.random() * jitter) : Infinity
+  }
+}
+
+interface Waiter {
+  readonly resume: (effect: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>) => void
+  readonly since: number
+  timer: ReturnType<typeof setTimeout> | undefined
+  prev: Waiter | undefined
+  next: Waiter | undefined
+  queued: boolean
+  cancelled: boolean
+  done: boolean
+  conn: PooledConn | undefined
+}
+
+/** @internal */
+export const hardClose = (conn: Mysql.Connection) => {
+  try {
+    ;(conn as any).stream?.destroy?.()
+  } catch {
+    // already gone
+  }
+  try {
+    conn.destroy()
+  } catch {
+    // already gone
+  }
+}
+
+/** @internal */
+export class ConnPool {
+  readonly all = new Set<PooledConn>()
+  idle: Array<PooledConn> = []
+  head: Waiter | undefined
+  tail: Waiter | undefined
+  waiting = 0
+  pending = 0
+  inUse = 0
+  resetting = 0
+  created = 0
+  destroyed = 0
+  timeouts = 0
+  closing = false
+  lastConnectError: unknown = undefined
+  private maintenance: ReturnType<typeof setInterval> | undefined
+  private drainWaiters: Array<() => void> = []
+
+  constructor(readonly config: PoolConfig) {
+    const every = Math.max(
+      250,
+      Math.min(30_000, Math.floor(Math.min(config.idleTimeoutMs || Infinity, config.maxLifetimeMs || Infinity) / 4))
+    )
+    this.maintenance = setInterval(() => this.maintain(), every)
+    this.maintenance.unref()
+  }
+
+  stats(): SessionError.PoolStats {
+    return {
+      size: this.all.size,
+      inUse: this.inUse,
+      idle: this.idle.length,
+      waiting: this.waiting,
+      pending: this.pending,
+      created: this.created,
+      destroyed: this.destroyed,
+      acquireTimeouts: this.timeouts
+    }
+  }
+
+  /** Opens one connection outside the pool's accounting (startup check, KILL QUERY). */
+  connect(cb: (err: unknown, conn?: Mysql.Connection) => void): void {
+    let settled = false
+    const conn = Mysql.createConnection(this.config.connection)
+    const done = (err: unknown) => {
+      if (settled) return
+      settled = true
+      if (err) {
+        hardClose(conn)
+        cb(err)
+      } else cb(null, conn)
+    }
+    conn.once("error", done)
+    conn.connect((err) => done(err))
+  }
+
+  private create(): void {
+    this.pending++
+    this.connect((err, conn) => {
+      this.pending--
+      if (err || !conn) {
+        this.lastConnectError = err
+        if (this.all.size === 0 && this.pending === 0) {
+          this.failAllWaiters(err)
+        }
+        return
+      }
+      if (this.closing) {
+        hardClose(conn)
+        this.checkDrained()
+        return
+      }
+      this.lastConnectError = undefined
+      const pc = new PooledConn(conn, conn.threadId ?? 0, this.config.maxLifetimeMs, this.config.lifetimeJitter)
+      conn.removeAllListeners("error")
+      const onGone = () => {
+        if (pc.closed) return
+        pc.broken = true
+        if (!pc.inUse) this.destroy(pc, "closedByServer")
+      }
+      conn.on("error", onGone)
+      conn.on("end", onGone)
+      this.all.add(pc)
+      this.created++
+      this.config.onCreated()
+      this.idle.push(pc)
+      this.serve()
+    })
+  }
+
+  private failAllWaiters(err: unknown) {
+    const error = new SessionError.ConnectionError({
+      cause: err,
+      message: `cannot connect to ${this.config.describe}: ${describeCause(err)}`
+    })
+    while (this.head) {
+      const w = this.head
+      this.unlink(w)
+      this.finish(w)
+      w.resume(Effect.fail(error))
+    }
+  }
+
+  private unlink(w: Waiter) {
+    if (!w.queued) return
+    w.queued = false
+    if (w.prev) w.prev.next = w.next
+    else this.head = w.next
+    if (w.next) w.next.prev = w.prev
+    else this.tail = w.prev
+    w.prev = w.next = undefined
+    this.waiting--
+  }
+
+  private pushFront(w: Waiter) {
+    w.queued = true
+    w.next = this.head
+    w.prev = undefined
+    if (this.head) this.head.prev = w
+    else this.tail = w
+    this.head = w
+    this.waiting++
+  }
+
+  private pushBack(w: Waiter) {
+    w.queued = true
+    w.prev = this.tail
+    w.next = undefined
+    if (this.tail) this.tail.next = w
+    else this.head = w
+    this.tail = w
+    this.waiting++
+  }
+
+  private finish(w: Waiter) {
+    w.done = true
+    if (w.timer !== undefined) {
+      clearTimeout(w.timer)
+      w.timer = undefined
+    }
+  }
+
+  private takeIdle(): PooledConn | undefined {
+    let pc = this.idle.pop()
+    while (pc && (pc.broken || pc.closed)) {
+      this.destroy(pc, "closedByServer")
+      pc = this.idle.pop()
+    }
+    return pc
+  }
+
+  private needsValidation(pc: PooledConn) {
+    return this.config.validateAfterIdleMs >= 0 && Date.now() - pc.lastUsedAt > this.config.validateAfterIdleMs
+  }
+
+  private give(w: Waiter, pc: PooledConn) {
+    if (w.cancelled || w.done) {
+      this.toIdle(pc)
+      return
+    }
+    this.finish(w)
+    w.conn = pc
+    pc.inUse = true
+    this.inUse++
+    this.config.onWait(Date.now() - w.since)
+    w.resume(Effect.succeed(pc))
+  }
+
+  /** Hands idle connections to waiters in order, and opens connections for the waiters left. */
+  private serve() {
+    while (this.head) {
+      const pc = this.takeIdle()
+      if (!pc) break
+      const w = this.head
+      this.unlink(w)
+      if (this.needsValidation(pc)) {
+        this.validate(pc, w)
+      } else {
+        this.give(w, pc)
+      }
+    }
+    const capacity = this.config.size - this.all.size - this.pending
+    let wanted = this.waiting - this.pending
+    for (let i = 0; i < capacity && wanted > 0; i++, wanted--) this.create()
+  }
+
+  private validate(pc: PooledConn, w: Waiter) {
+    pc.inUse = true
+    this.inUse++
+    pc.conn.ping((err) => {
+      pc.inUse = false
+      this.inUse--
+      if (err || pc.broken) {
+        this.destroy(pc, "validation")
+        if (!w.cancelled && !w.done) this.pushFront(w)
+        this.serve()
+        return
+      }
+      pc.lastUsedAt = Date.now()
+      this.give(w, pc)
+    })
+  }
+
+  acquire: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> = Effect.async<
+    PooledConn,
+    SessionError.PoolTimeout | SessionError.ConnectionError
+  >((resume) => {
+    if (this.closing) {
+      resume(
+        Effect.fail(
+          new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
+        )
+      )
+      return
+    }
+    const w: Waiter = {
+      resume,
+      since: Date.now(),
+      timer: undefined,
+      prev: undefined,
+      next: undefined,
+      queued: false,
+      cancelled: false,
+      done: false,
+      conn: undefined
+    }
+    if (this.head === undefined) {
+      const pc = this.takeIdle()
+      if (pc !== undefined) {
+        if (!this.needsValidation(pc)) {
+          w.done = true
+          pc.inUse = true
+          this.inUse++
+          this.config.onWait(0)
+          resume(Effect.succeed(pc))
+          return
+        }
+        this.idle.push(pc)
+      }
+    }
+    if (this.config.queueLimit > 0 && this.waiting >= this.config.queueLimit) {
+      this.timeouts++
+      this.config.onTimeout()
+      resume(
+        Effect.fail(
+          new SessionError.PoolTimeout({
+            stats: this.stats(),
+            message: `${this.waiting} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
+          })
+        )
+      )
+      return
+    }
+    this.pushBack(w)
+    w.timer = setTimeout(() => {
+      w.timer = undefined
+      if (w.done) return
+      this.unlink(w)
+      w.cancelled = true
+      w.done = true
+      this.timeouts++
+      this.config.onTimeout()
+      const stats = this.stats()
+      const last = this.lastConnectError ? `; last connection error: ${describeCause(this.lastConnectError)}` : ""
+      resume(
+        Effect.fail(
+          new SessionError.PoolTimeout({
+            stats,
+            message: `no connection to ${this.config.describe} became free within ${this.config.acquireTimeoutMs} ms (size ${stats.size}, in use ${stats.inUse}, waiting ${stats.waiting})${last}; raise pool.size or pool.acquireTimeout, or shorten transactions`
+          })
+        )
+      )
+    }, this.config.acquireTimeoutMs)
+    this.serve()
+    return Effect.sync(() => {
+      if (w.done && !w.cancelled) {
+        // the connection was handed over but the fiber was interrupted before it resumed: take it back
+        if (w.conn !== undefined) this.release(w.conn, false)
+        return
+      }
+      w.cancelled = true
+      this.unlink(w)
+      this.finish(w)
+    })
+  })
+
+  /**
+   * Returns a connection. `reset` asks for COM_RESET_CONNECTION before reuse; a broken connection, one past its
+   * lifetime or one returned during shutdown is destroyed instead.
+   */
+  release(pc: PooledConn, reset: boolean, destroyReason?: DestroyReason): void {
+    if (!pc.inUse) return
+    pc.inUse = false
+    this.inUse--
+    pc.lastUsedAt = Date.now()
+    if (destroyReason !== undefined) return this.destroy(pc, destroyReason)
+    if (pc.broken || pc.closed) return this.destroy(pc, "broken")
+    if (this.closing) return this.destroy(pc, "shutdown")
+    if (pc.lastUsedAt >= pc.retireAt) return this.destroy(pc, "maxLifetime")
+    if (reset || pc.dirty) {
+      this.resetting++
+      pc.conn.reset((err) => {
+        this.resetting--
+        if (err || pc.broken) return this.destroy(pc, "resetFailed")
+        pc.dirty = false
+        if (this.closing) return this.destroy(pc, "shutdown")
+        this.toIdle(pc)
+      })
+      return
+    }
+    this.toIdle(pc)
+  }
+
+  private toIdle(pc: PooledConn) {
+    if (pc.broken || pc.closed) return this.destroy(pc, "broken")
+    if (this.closing) return this.destroy(pc, "shutdown")
+    this.idle.push(pc)
+    this.serve()
+    this.checkDrained()
+  }
+
+  destroy(pc: PooledConn, reason: DestroyReason): void {
+    if (pc.closed) return
+    pc.closed = true
+    if (pc.inUse) {
+      pc.inUse = false
+      this.inUse--
+    }
+    this.all.delete(pc)
+    const i = this.idle.indexOf(pc)
+    if (i >= 0) this.idle.splice(i, 1)
+    hardClose(pc.conn)
+    this.destroyed++
+    this.config.onDestroyed(reason)
+    if (!this.closing) this.serve()
+    this.checkDrained()
+  }
+
+  /** Closes idle connections past `idleTimeout` (above `minIdle`) or past their lifetime, then refills `minIdle`. */
+  maintain() {
+    if (this.closing) return
+    const now = Date.now()
+    for (const pc of [...this.idle]) {
+      if (pc.broken) this.destroy(pc, "closedByServer")
+      else if (now >= pc.retireAt) this.destroy(pc, "maxLifetime")
+    }
+    if (this.config.idleTimeoutMs > 0) {
+      // oldest first: the idle stack keeps the most recently used on top
+      for (const pc of [...this.idle]) {
+        if (this.all.size + this.pending <= this.config.minIdle) break
+        if (now - pc.lastUsedAt > this.config.idleTimeoutMs) this.destroy(pc, "idleTimeout")
+      }
+    }
+    this.fill()
+  }
+
+  fill() {
+    if (this.closing) return
+    const missing = Math.min(this.config.minIdle, this.config.size) - this.all.size - this.pending
+    for (let i = 0; i < missing; i++) this.create()
+  }
+
+  private checkDrained() {
+    if (!this.closing || this.drainWaiters.length === 0) return
+    if (this.inUse === 0 && this.resetting === 0 && this.pending === 0) {
+      const ws = this.drainWaiters
+      this.drainWaiters = []
+      for (const w of ws) w()
+    }
+  }
+
+  /** Stops lending; resolves when every lent connection has come back (or `timeoutMs` passes). */
+  drain(timeoutMs: number): Effect.Effect<boolean> {
+    return Effect.async<boolean>((resume) => {
+      this.closing = true
+      if (this.maintenance) clearInterval(this.maintenance)
+      for (const pc of [...this.idle]) this.destroy(pc, "shutdown")
+      this.failAllWaitersClosing()
+      let timer: ReturnType<typeof setTimeout> | undefined
+      const done = () => {
+        if (timer) clearTimeout(timer)
+        resume(Effect.succeed(true))
+      }
+      this.drainWaiters.push(done)
+      timer = setTimeout(() => {
+        this.drainWaiters = this.drainWaiters.filter((w) => w !== done)
+        resume(Effect.succeed(false))
+      }, timeoutMs)
+      this.checkDrained()
+    })
+  }
+
+  private failAllWaitersClosing() {
+    while (this.head) {
+      const w = this.head
+      this.unlink(w)
+      this.finish(w)
+      w.resume(
+        Effect.fail(
+          new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
+        )
+      )
+    }
+  }
+
+  /** Destroys everything that is left, in use or not. */
+  closeAll(): void {
+    this.closing = true
+    if (this.maintenance) clearInterval(this.maintenance)
+    for (const pc of [...this.all]) this.destroy(pc, "shutdown")
+  }
+}
+
+/** @internal */
+export const describeCause = (cause: unknown): string => {
+  if (cause && typeof cause === "object") {
+    const c = cause as { code?: unknown; errno?: unknown; message?: unknown; sqlMessage?: unknown }
+    const text = String(c.sqlMessage ?? c.message ?? "")
+    const code = typeof c.code === "string" ? c.code : undefined
+    if (code && text && !text.includes(code)) return `${code}: ${text}`
+    return text || code || String(cause)
+  }
+  return String(cause)
+}

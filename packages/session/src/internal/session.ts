@@ -1,0 +1,515 @@
+import * as Client from "@effect/sql/SqlClient"
+import { SqlError } from "@effect/sql/SqlError"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as SessionError from "../SessionError.js"
+import { BaseConnection, type EngineImpl, type Isolation, makeClient, toSqlError } from "./engine.js"
+import { Lock } from "./lock.js"
+import * as metrics from "./metrics.js"
+
+/** @internal */
+export interface UnitOptions {
+  readonly isolation?: Isolation | undefined
+  readonly readOnly?: boolean | undefined
+  readonly consistentSnapshot?: boolean | undefined
+  readonly lockWaitTimeout?: Duration.DurationInput | undefined
+  readonly statementTimeout?: Duration.DurationInput | undefined
+  readonly timeout?: Duration.DurationInput | undefined
+  readonly propagation?: "nested" | "new" | undefined
+  readonly retry?: boolean | Schedule.Schedule<unknown, SessionError.SessionError> | undefined
+  readonly name?: string | undefined
+  readonly rollbackOnly?: boolean | undefined
+}
+
+/** @internal */
+export interface SessionService {
+  readonly sql: Client.SqlClient
+  readonly connectionId: number
+  readonly isolation: Isolation | undefined
+  readonly readOnly: boolean
+  readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
+  readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void>
+  readonly setRollbackOnly: Effect.Effect<void>
+  readonly isOpen: Effect.Effect<boolean>
+}
+
+/** The Context tag of the Session service; set by Session.ts. @internal */
+export const SessionTag = Context.GenericTag<SessionService>("@sessionfx/session/Session")
+
+const abortsTransaction = (e: SessionError.SessionError) =>
+  e._tag === "Deadlock" || e._tag === "ConnectionLost" || e._tag === "SerializationFailure"
+
+/** @internal */
+export class SessionState {
+  open = true
+  aborted: SessionError.SessionError | undefined = undefined
+  rollbackOnly: boolean
+  hooks: Array<Effect.Effect<void>> = []
+  seq = 0
+  readonly root: Frame
+  readonly service: SessionService
+  readonly client: Client.SqlClient
+  readonly context: Context.Context<never>
+  readonly startedAt = Date.now()
+
+  constructor(
+    readonly engine: EngineImpl,
+    readonly pc: import("./pool.js").PooledConn,
+    readonly options: UnitOptions
+  ) {
+    this.rollbackOnly = options.rollbackOnly === true
+    this.root = new Frame(engine, this, undefined)
+    const frameOf = (ctx: Context.Context<never>): Frame => {
+      const f = Context.getOption(ctx, engine.currentTag)
+      return Option.isSome(f) && f.value instanceof Frame && f.value.state === this ? f.value : this.root
+    }
+    const acquirer = Effect.contextWith((ctx: Context.Context<never>) => frameOf(ctx) as BaseConnection)
+    this.client = makeClient(
+      engine,
+      acquirer,
+      (effect) =>
+        Effect.contextWithEffect((ctx: Context.Context<never>) =>
+          Effect.mapError(savepoint(frameOf(ctx), effect), (e) =>
+            SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
+          )
+        ) as any,
+      engine.reactivity
+    )
+    this.service = {
+      sql: this.client,
+      connectionId: pc.threadId,
+      isolation: options.isolation ?? engine.options.defaults.isolation,
+      readOnly: options.readOnly === true || options.consistentSnapshot === true,
+      savepoint: (effect) => Effect.contextWithEffect((ctx) => savepoint(frameOf(ctx), effect)),
+      afterCommit: (effect) =>
+        Effect.suspend(() => {
+          if (!this.open) return Effect.fail(closedError()) as never
+          this.hooks.push(effect)
+          return Effect.void
+        }),
+      setRollbackOnly: Effect.sync(() => {
+        this.rollbackOnly = true
+      }),
+      isOpen: Effect.sync(() => this.open)
+    }
+    this.context = Context.make(SessionTag, this.service).pipe(
+      Context.add(Client.SqlClient, this.client),
+      Context.add(engine.currentTag, this.root)
+    ) as Context.Context<never>
+  }
+}
+
+const closedError = () =>
+  new SessionError.SessionClosed({
+    message:
+      "this session has already committed or rolled back; a fiber outlived its unit of work (forkDaemon, a stored reference). Run the code in a unit of work of its own"
+  })
+
+/** A savepoint level of a session: statements in one frame run one at a time. @internal */
+export class Frame extends BaseConnection {
+  readonly lock = new Lock()
+  closed = false
+  get conn() {
+    return this
+  }
+  constructor(
+    engine: EngineImpl,
+    readonly state: SessionState,
+    readonly parent: Frame | undefined
+  ) {
+    super(engine)
+  }
+
+  private check(): SessionError.SessionError | undefined {
+    if (this.closed || !this.state.open) return closedError()
+    return this.state.aborted
+  }
+
+  runStatement(
+    method: "query" | "execute",
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    rowsAsArray: boolean
+  ): Effect.Effect<unknown, SqlError> {
+    return Effect.suspend(() => {
+      const bad = this.check()
+      if (bad) return Effect.fail(toSqlError(bad))
+      return Effect.mapError(
+        this.lock.withLock(
+          Effect.suspend(() => {
+            const bad = this.check()
+            if (bad) return Effect.fail(bad)
+            return Effect.tapError(
+              this.engine.run(this.state.pc, method, sql, params, rowsAsArray),
+              (e) =>
+                Effect.sync(() => {
+                  if (abortsTransaction(e) && this.state.aborted === undefined) this.state.aborted = e
+                })
+            )
+          })
+        ),
+        toSqlError
+      )
+    })
+  }
+
+  /** Runs a control statement (SAVEPOINT, COMMIT, …) while the caller already holds the relevant lock. */
+  control(sql: string): Effect.Effect<void, SessionError.SessionError> {
+    return Effect.asVoid(this.engine.run(this.state.pc, "query", sql, undefined, false))
+  }
+}
+
+const seconds = (d: Duration.DurationInput) => Duration.toMillis(Duration.decode(d)) / 1000
+
+/** The statements that open a transaction with the requested characteristics, in one round trip. @internal */
+export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: string; dirty: boolean } => {
+  const defaults = engine.options.defaults
+  const parts: Array<string> = []
+  const vars: Array<string> = []
+  const lockWait = options.lockWaitTimeout !== undefined ? seconds(options.lockWaitTimeout) : undefined
+  const lw = lockWait ?? defaults.lockWaitTimeoutSeconds
+  if (lw !== undefined) vars.push(`innodb_lock_wait_timeout = ${Math.max(1, Math.ceil(lw))}`)
+  const stMs =
+    options.statementTimeout !== undefined
+      ? Duration.toMillis(Duration.decode(options.statementTimeout))
+      : defaults.statementTimeoutMs
+  if (stMs !== undefined) {
+    vars.push(
+      engine.flavor === "mariadb"
+        ? `max_statement_time = ${(stMs / 1000).toFixed(3)}`
+        : `max_execution_time = ${Math.max(1, Math.round(stMs))}`
+    )
+  }
+  if (vars.length > 0) parts.push(`SET SESSION ${vars.join(", ")}`)
+  const isolation = options.isolation ?? defaults.isolation
+  if (isolation !== undefined) parts.push(`SET TRANSACTION ISOLATION LEVEL ${isolation}`)
+  const chars: Array<string> = []
+  if (options.consistentSnapshot) chars.push("WITH CONSISTENT SNAPSHOT")
+  if (options.readOnly || options.consistentSnapshot) chars.push("READ ONLY")
+  parts.push(chars.length > 0 ? `START TRANSACTION ${chars.join(", ")}` : "START TRANSACTION")
+  return { sql: parts.join("; "), dirty: vars.length > 0 }
+}
+
+/** Borrows a connection and opens the transaction. Waiting is interruptible. @internal */
+export const openSession = (
+  engine: EngineImpl,
+  options: UnitOptions
+): Effect.Effect<SessionState, SessionError.SessionError> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(restore(engine.borrow()), (pc) => {
+      const begin = beginSql(engine, options)
+      if (begin.dirty) pc.dirty = true
+      return restore(engine.run(pc, "query", begin.sql, undefined, false)).pipe(
+        Effect.onExit((exit) =>
+          Exit.isSuccess(exit)
+            ? Effect.void
+            : Effect.sync(() => engine.release(pc, true, pc.broken ? "broken" : "stateUnknown"))
+        ),
+        Effect.as(new SessionState(engine, pc, options))
+      )
+    })
+  )
+
+const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>>) =>
+  hooks.length === 0
+    ? Effect.void
+    : Effect.forEach(
+        hooks,
+        (hook) =>
+          Effect.catchAllCause(hook, (cause) =>
+            Effect.logWarning("sessionfx: an afterCommit hook failed; the transaction is committed", cause)
+          ),
+        { discard: true }
+      )
+
+const causeLabel = (exit: Exit.Exit<unknown, unknown>): string =>
+  Exit.isSuccess(exit)
+    ? "rollbackOnly"
+    : Cause.isInterruptedOnly(exit.cause)
+      ? "interrupt"
+      : Cause.isFailure(exit.cause)
+        ? "failure"
+        : "defect"
+
+/**
+ * Ends a session with the exit of its unit of work: COMMIT on success, ROLLBACK otherwise, and gives the connection
+ * back in a known-clean state. A failing COMMIT is a typed error. Runs uninterruptibly.
+ *
+ * @internal
+ */
+export const finishSession = (
+  state: SessionState,
+  exit: Exit.Exit<unknown, unknown>
+): Effect.Effect<void, SessionError.SessionError> =>
+  Effect.uninterruptible(
+    Effect.zipRight(
+      state.root.lock.take,
+      Effect.suspend(() => {
+        const { engine, pc, root } = state
+        state.open = false
+        root.closed = true
+        const tags = engine.metricTags
+        const duration = Date.now() - state.startedAt
+        metricUpdate(metrics.sessionDuration, duration, tags)
+        const rollback = (label: string): Effect.Effect<void> => {
+          metricUpdate(metrics.rollbacks, 1, [...tags, ["cause", label]])
+          if (pc.broken || pc.closed) {
+            engine.release(pc, false, "broken")
+            return Effect.void
+          }
+          return Effect.matchEffect(root.control("ROLLBACK"), {
+            onFailure: () => Effect.sync(() => engine.release(pc, false, pc.broken ? "broken" : "resetFailed")),
+            onSuccess: () => Effect.sync(() => engine.release(pc, pc.dirty))
+          })
+        }
+        if (Exit.isSuccess(exit) && state.aborted !== undefined) {
+          const aborted = state.aborted
+          return Effect.zipRight(rollback("aborted"), Effect.fail(aborted))
+        }
+        if (Exit.isFailure(exit) || state.rollbackOnly) {
+          return rollback(causeLabel(exit))
+        }
+        return Effect.matchEffect<void, SessionError.SessionError, never, void, SessionError.SessionError, never, void, SessionError.SessionError, never>(root.control("COMMIT"), {
+          onFailure: (e): Effect.Effect<void, SessionError.SessionError> => {
+            if (e._tag === "ConnectionLost" || pc.broken) {
+              engine.release(pc, false, "broken")
+              return Effect.fail(
+                new SessionError.CommitOutcomeUnknown({
+                  cause: e,
+                  message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — check with an idempotency key`
+                })
+              )
+            }
+            engine.release(pc, true)
+            metricUpdate(metrics.rollbacks, 1, [...tags, ["cause", "commitFailed"]])
+            return Effect.fail(
+              new SessionError.CommitFailed({
+                cause: e,
+                retryable: SessionError.isRetryable(e),
+                errno: (e as { errno?: number }).errno,
+                code: (e as { code?: string }).code,
+                message: `COMMIT failed and the transaction was rolled back: ${e.message}`
+              })
+            )
+          },
+          onSuccess: () => {
+            engine.release(pc, pc.dirty)
+            metricUpdate(metrics.commits, 1, tags)
+            return runHooks(state.hooks)
+          }
+        })
+      })
+    )
+  )
+
+const metricUpdate = <In>(
+  metric: Metric.Metric<any, In, any>,
+  value: In,
+  tags: ReadonlyArray<readonly [string, string]>
+) => metric.unsafeUpdate(value, tagsOf(tags))
+
+const labelCache = new Map<string, MetricLabel.MetricLabel>()
+const tagsOf = (tags: ReadonlyArray<readonly [string, string]>) =>
+  tags.map(([k, v]) => {
+    const key = `${k}\u0000${v}`
+    let l = labelCache.get(key)
+    if (l === undefined) {
+      l = MetricLabel.make(k, v)
+      labelCache.set(key, l)
+    }
+    return l
+  })
+
+/** @internal */
+export interface OpenSavepoint {
+  readonly parent: Frame
+  readonly child: Frame
+  readonly name: string
+}
+
+/** Takes the parent frame (siblings wait), then SAVEPOINT. Waiting is interruptible. @internal */
+export const openSavepoint = (parent: Frame): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.zipRight(
+      restore(parent.lock.take),
+      Effect.suspend(() => {
+        const state = parent.state
+        if (parent.closed || !state.open) {
+          parent.lock.unsafeRelease()
+          return Effect.fail(closedError())
+        }
+        if (state.aborted) {
+          parent.lock.unsafeRelease()
+          return Effect.fail(state.aborted)
+        }
+        const name = `sfx_sp_${++state.seq}`
+        const child = new Frame(state.engine, state, parent)
+        return parent.control(`SAVEPOINT ${name}`).pipe(
+          Effect.tapError((e) =>
+            Effect.sync(() => {
+              if (abortsTransaction(e) && state.aborted === undefined) state.aborted = e
+              parent.lock.unsafeRelease()
+            })
+          ),
+          Effect.as({ parent, child, name })
+        )
+      })
+    )
+  )
+
+/** RELEASE on success, ROLLBACK TO on failure, then lets siblings in. @internal */
+export const closeSavepoint = (
+  sp: OpenSavepoint,
+  exit: Exit.Exit<unknown, unknown>
+): Effect.Effect<void, SessionError.SessionError> =>
+  Effect.uninterruptible(
+    Effect.zipRight(
+      sp.child.lock.take,
+      Effect.suspend(() => {
+        sp.child.closed = true
+        const state = sp.parent.state
+        const end: Effect.Effect<void, SessionError.SessionError> =
+          state.aborted !== undefined
+            ? Exit.isSuccess(exit)
+              ? Effect.fail(state.aborted)
+              : Effect.void
+            : Exit.isSuccess(exit)
+              ? sp.parent.control(`RELEASE SAVEPOINT ${sp.name}`)
+              : sp.parent.control(`ROLLBACK TO SAVEPOINT ${sp.name}`)
+        return end.pipe(
+          Effect.tapError((e) =>
+            Effect.sync(() => {
+              if (state.aborted === undefined) state.aborted = e
+            })
+          ),
+          Effect.ensuring(
+            Effect.sync(() => {
+              sp.child.lock.unsafeRelease()
+              sp.parent.lock.unsafeRelease()
+            })
+          )
+        )
+      })
+    )
+  )
+
+/** Unwraps a `SqlError` that carries a classified `SessionError`, so `catchTag("Deadlock")` works outside. @internal */
+export const unwrapError = <E>(e: E): E | SessionError.SessionError =>
+  e instanceof SqlError && SessionError.isSessionError(e.cause) && !(e.cause instanceof SqlError)
+    ? (e.cause as SessionError.SessionError)
+    : e
+
+/** Runs `effect` in a savepoint of `parent`. @internal */
+export const savepoint = <A, E, R>(
+  parent: Frame,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SessionError.SessionError, R> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(openSavepoint(parent), (sp) =>
+      Effect.flatMap(Effect.exit(restore(Effect.provideService(effect, parent.engine.currentTag, sp.child))), (exit) =>
+        Effect.zipRight(closeSavepoint(sp, exit), exit)
+      )
+    )
+  )
+
+/** @internal */
+export const currentFrame = (engine: EngineImpl): Effect.Effect<Frame | undefined> =>
+  Effect.map(Effect.serviceOption(engine.currentTag), (o) =>
+    Option.isSome(o) && o.value instanceof Frame && o.value.state.open && !o.value.closed ? o.value : undefined
+  )
+
+/** @internal */
+export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError> = Schedule.exponential(
+  "10 millis",
+  2
+).pipe(
+  Schedule.either(Schedule.spaced("1 second")),
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(6)),
+  Schedule.asVoid
+) as any
+
+const runOnce = <A, E, R>(
+  engine: EngineImpl,
+  options: UnitOptions,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SessionError.SessionError, R> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(openSession(engine, options), (state) => {
+      let body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.provide(effect, state.context)
+      if (options.timeout !== undefined) {
+        const d = options.timeout
+        body = Effect.timeoutFail(body, {
+          duration: d,
+          onTimeout: () =>
+            new SessionError.TransactionTimeout({
+              message: `the unit of work ran longer than ${Duration.format(Duration.decode(d))} and was rolled back`
+            })
+        })
+      }
+      return Effect.flatMap(Effect.exit(restore(body)), (exit) =>
+        Effect.zipRight(finishSession(state, exit), Exit.mapError(exit, unwrapError))
+      )
+    })
+  )
+
+/** The unit of work as a combinator: nested (savepoint) inside an open session, else a session of its own. @internal */
+export const transact = <A, E, R>(
+  engine: EngineImpl,
+  effect: Effect.Effect<A, E, R>,
+  options: UnitOptions
+): Effect.Effect<A, E | SessionError.SessionError, R> =>
+  Effect.flatMap(currentFrame(engine), (frame) => {
+    if (frame !== undefined && options.propagation !== "new") {
+      return Effect.mapError(savepoint(frame, effect), unwrapError)
+    }
+    const once = runOnce(engine, options, effect)
+    const withRetry =
+      options.retry === undefined || options.retry === false
+        ? once
+        : Effect.retry(
+            Effect.tapError(once, (e) =>
+              SessionError.isRetryable(e) ? Effect.sync(() => metricUpdate(metrics.retries, 1, engine.metricTags)) : Effect.void
+            ),
+            {
+              schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
+              while: (e) => SessionError.isRetryable(e)
+            }
+          )
+    return options.name !== undefined
+      ? Effect.withSpan(withRetry, options.name, {
+          kind: "client",
+          attributes: { "db.isolation": options.isolation ?? engine.options.defaults.isolation ?? "default" }
+        })
+      : withRetry
+  })
+
+/** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
+export const scopedSession = (
+  engine: EngineImpl,
+  options: UnitOptions
+): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
+  Effect.flatMap(currentFrame(engine), (frame) => {
+    if (frame !== undefined && options.propagation !== "new") {
+      return Effect.map(
+        Effect.acquireRelease(
+          openSavepoint(frame),
+          // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
+          (sp, exit) => closeSavepoint(sp, exit) as Effect.Effect<void>
+        ),
+        (sp) => Context.add(sp.parent.state.context, engine.currentTag, sp.child) as Context.Context<never>
+      )
+    }
+    return Effect.map(
+      Effect.acquireRelease(openSession(engine, options), (state, exit) => finishSession(state, exit) as Effect.Effect<void>),
+      (state) => state.context
+    )
+  })

@@ -1,0 +1,216 @@
+/**
+ * A real, private MySQL-compatible server for tests and local apps: an embedded MariaDB / MySQL started in a
+ * temporary (or persistent) data directory, or an existing server named by `MYSQL_URL`.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import type * as ConfigError from "effect/ConfigError"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
+import type * as Scope from "effect/Scope"
+import * as internal from "./internal/server.js"
+import type { MysqlServerError } from "./internal/serverError.js"
+
+export {
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  MysqlServerInvalidUrl,
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  MysqlServerNotInstalled,
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  MysqlServerStartFailed,
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  MysqlServerUnavailable,
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  MysqlServerUnsupported
+} from "./internal/serverError.js"
+
+export type {
+  /**
+   * @since 0.1.0
+   * @category errors
+   */
+  MysqlServerError
+} from "./internal/serverError.js"
+
+/**
+ * @since 0.1.0
+ * @category tags
+ */
+export class MysqlServer extends Context.Tag("@sessionfx/testing/MysqlServer")<MysqlServer, MysqlServer.Service>() {}
+
+/**
+ * @since 0.1.0
+ */
+export declare namespace MysqlServer {
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Service {
+    /** `"embedded"`: started and owned by this layer; `"external"`: given by `MYSQL_URL`. */
+    readonly kind: "embedded" | "external"
+    readonly flavor: "mariadb" | "mysql"
+    /** `SELECT VERSION()` */
+    readonly version: string
+    /** `mysql://user:pass@host:port/db` of the application user */
+    readonly url: Redacted.Redacted<string>
+    readonly host: string
+    readonly port: number
+    readonly database: string
+    readonly username: string
+    readonly password: Redacted.Redacted<string>
+    /** The unix socket of an embedded server. */
+    readonly socketPath: Option.Option<string>
+    /** A superuser, able to read the processlist and `information_schema.innodb_trx` and to `KILL`. */
+    readonly admin: MysqlServer.Admin
+    /** The data directory of an embedded server (removed on close unless it was given as `dataDir`). */
+    readonly dataDir: Option.Option<string>
+    /** The error log of an embedded server. */
+    readonly logFile: Option.Option<string>
+    /** The current server process; changes on restart, `None` while stopped and for an external server. */
+    readonly pid: Option.Option<number>
+    /** Starts a stopped (or crashed) embedded server again, on the same port and data directory. */
+    readonly start: Effect.Effect<void, MysqlServerError>
+    /** Shuts an embedded server down gracefully; clients see their connections drop. */
+    readonly stop: Effect.Effect<void, MysqlServerError>
+    /** SIGKILLs an embedded server, like a crash; `start` recovers it. */
+    readonly kill: Effect.Effect<void, MysqlServerError>
+    /** `stop` then `start`: same port, same data. */
+    readonly restart: Effect.Effect<void, MysqlServerError>
+  }
+
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  export interface Admin {
+    readonly host: string
+    readonly port: number
+    readonly username: string
+    readonly password: Redacted.Redacted<string>
+    readonly socketPath: Option.Option<string>
+    readonly url: Redacted.Redacted<string>
+  }
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** default `"app"` */
+  readonly database?: string | undefined
+  /** The application user, granted only what an app needs on `database`; default `"app"`. */
+  readonly username?: string | undefined
+  /**
+   * Persistent mode: a directory that survives the layer. It is initialised only when empty; the generated
+   * passwords are kept in `sessionfx-server.json` (mode 0600) inside it, so they are stable across restarts.
+   */
+  readonly dataDir?: string | undefined
+  /** A fixed TCP port; by default a free loopback port (in persistent mode, the previous one when still free). */
+  readonly port?: number | undefined
+  /** default 60 seconds */
+  readonly startTimeout?: Duration.DurationInput | undefined
+  /** How long a graceful shutdown may take before SIGKILL; default 10 seconds. */
+  readonly stopTimeout?: Duration.DurationInput | undefined
+  /** Extra `mariadbd` / `mysqld` arguments, after the defaults. */
+  readonly serverArgs?: ReadonlyArray<string> | undefined
+  /** Directories searched for `mariadbd` / `mysqld`; default `PATH` plus `/usr/sbin`, `/usr/local/sbin`, … */
+  readonly searchPath?: ReadonlyArray<string> | undefined
+  /** Where temporary data directories and the initialised template live; default `os.tmpdir()`. */
+  readonly tmpDir?: string | undefined
+}
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ExternalOptions {
+  /** `mysql://user:pass@host:port/db` */
+  readonly url: Redacted.Redacted<string> | string
+  /** A superuser url; by default `url`. */
+  readonly adminUrl?: Redacted.Redacted<string> | string | undefined
+}
+
+/**
+ * The server named by `MYSQL_URL` (admin from `MYSQL_ADMIN_URL`, else the same url) when that variable is set,
+ * otherwise an embedded server. Read through the current `ConfigProvider`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make: (options?: Options) => Effect.Effect<MysqlServer.Service, MysqlServerError, Scope.Scope> =
+  internal.make
+
+/**
+ * Starts a private embedded server whose lifetime is the scope: stopped gracefully and its temporary files removed
+ * when the scope closes; a watchdog does the same if the owning process dies first.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeEmbedded: (options?: Options) => Effect.Effect<MysqlServer.Service, MysqlServerError, Scope.Scope> =
+  internal.makeEmbedded
+
+/**
+ * Uses an existing server; launches nothing.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeExternal = (options: ExternalOptions): Effect.Effect<MysqlServer.Service, MysqlServerError> =>
+  internal.makeExternal(options)
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (options?: Options): Layer.Layer<MysqlServer, MysqlServerError> =>
+  Layer.scoped(MysqlServer, make(options))
+
+/**
+ * Always an embedded server, whatever `MYSQL_URL` says.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerEmbedded = (options?: Options): Layer.Layer<MysqlServer, MysqlServerError> =>
+  Layer.scoped(MysqlServer, makeEmbedded(options))
+
+/**
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerExternal = (options: ExternalOptions): Layer.Layer<MysqlServer, MysqlServerError> =>
+  Layer.effect(MysqlServer, makeExternal(options))
+
+/**
+ * `layer` with its options read from configuration.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  config: Config.Config.Wrap<Options>
+): Layer.Layer<MysqlServer, MysqlServerError | ConfigError.ConfigError> =>
+  Layer.scoped(MysqlServer, Effect.flatMap(Config.unwrap(config), make))

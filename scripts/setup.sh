@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian machine with Node 20 and npm:
+# pnpm (the version pinned in package.json), dependencies from the lockfile, and a MySQL-compatible server
+# (Debian's mariadb-server) unless one is on PATH or MYSQL_URL points at an existing server.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want=$(node -p 'require("./package.json").packageManager.split("@")[1]')
+if command -v pnpm >/dev/null 2>&1 && [ "$(pnpm --version 2>/dev/null)" = "$want" ]; then
+  :
+elif [ "$(id -u)" = 0 ]; then
+  echo "setup: installing pnpm@$want"
+  npm install -g "pnpm@$want" --silent >/dev/null 2>&1 || {
+    COREPACK_INTEGRITY_KEYS=0 corepack enable pnpm
+    COREPACK_INTEGRITY_KEYS=0 corepack prepare "pnpm@$want" --activate
+  }
+else
+  mkdir -p "$HOME/.local/bin"
+  COREPACK_INTEGRITY_KEYS=0 corepack enable --install-directory "$HOME/.local/bin" pnpm
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+export COREPACK_INTEGRITY_KEYS=0
+
+find_server() {
+  for name in mariadbd mysqld; do
+    command -v "$name" >/dev/null 2>&1 && return 0
+    for dir in /usr/sbin /usr/local/sbin /usr/local/mysql/bin; do
+      [ -x "$dir/$name" ] && return 0
+    done
+  done
+  return 1
+}
+
+if [ -z "${MYSQL_URL:-}" ] && ! find_server; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: no MySQL-compatible server found; installing Debian's mariadb-server"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq mariadb-server >/dev/null
+  else
+    cat >&2 <<MSG
+setup: no MySQL-compatible server (mariadbd or mysqld) is installed, and MYSQL_URL is not set.
+Either install one:
+    sudo apt-get install -y mariadb-server
+or point the project at an existing MySQL 8 / MariaDB server:
+    export MYSQL_URL=mysql://user:password@host:3306/database
+MSG
+    exit 1
+  fi
+fi
+
+pnpm install --frozen-lockfile --reporter=append-only 2>&1 | tail -n 3
