@@ -346,9 +346,7 @@ export const make = (
  * @since 0.1.0
  * @category layers
  */
-export const layer = (
-  options: EngineOptions
-): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError> =>
+export const layer = (options: EngineOptions): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError> =>
   Layer.scopedContext(
     Effect.map(make(options), (engine) => Context.make(Engine, engine).pipe(Context.add(Client.SqlClient, engine.sql)))
   ).pipe(Layer.provide(Reactivity.layer))

@@ -15,7 +15,11 @@ type Spelling = {
   readonly name: string
   readonly run: <A, E, R>(
     effect: Effect.Effect<A, E, R>
-  ) => Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session.Session | SqlClient.SqlClient> | Engine.Engine>
+  ) => Effect.Effect<
+    A,
+    E | SessionError.SessionError,
+    Exclude<R, Session.Session | SqlClient.SqlClient> | Engine.Engine
+  >
 }
 
 /** Both spellings of a unit of work share one implementation and must agree. */
@@ -43,9 +47,10 @@ const setup = Effect.gen(function* () {
   yield* s`CREATE TABLE IF NOT EXISTS accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)`
 })
 
-const insert = (id: number, label = "x") => Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${id}, ${label})`)
+const insert = (id: number, label = "x") =>
+  Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${id}, ${label})`)
 
-layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
+layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (it) => {
   const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
     Effect.provide(Effect.zipRight(setup, effect), engineLayer(options))
 
@@ -76,7 +81,9 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
           const c = freshId()
           const inserted = yield* Deferred.make<void>()
           const fiber = yield* Effect.fork(
-            spelling.run(Effect.zipRight(insert(c), Effect.zipRight(Deferred.succeed(inserted, undefined), Effect.never)))
+            spelling.run(
+              Effect.zipRight(insert(c), Effect.zipRight(Deferred.succeed(inserted, undefined), Effect.never))
+            )
           )
           yield* Deferred.await(inserted)
           yield* Fiber.interrupt(fiber)
@@ -107,7 +114,10 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
           const error = (exit.cause as any).error as SessionError.SessionError
           assert.include(["ConnectionLost", "CommitOutcomeUnknown"], error._tag)
           assert.strictEqual(yield* countRows("items", id), 0)
-          yield* eventually(Effect.map(Engine.stats, (s) => s.inUse === 0), "connection returned")
+          yield* eventually(
+            Effect.map(Engine.stats, (s) => s.inUse === 0),
+            "connection returned"
+          )
         })
       )
     )
@@ -122,7 +132,10 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
         )
         yield* eventually(
           Effect.map(
-            admin(conn, "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-sleep-marker%' AND info NOT LIKE '%processlist%'"),
+            admin(
+              conn,
+              "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-sleep-marker%' AND info NOT LIKE '%processlist%'"
+            ),
             (rows) => Number(rows[0].n) === 1
           ),
           "the statement runs on the server"
@@ -135,7 +148,10 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
           "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-sleep-marker%' AND info NOT LIKE '%processlist%'"
         )
         assert.strictEqual(Number(rows[0].n), 0)
-        yield* eventually(Effect.map(Engine.stats, (s) => s.inUse === 0), "connection returned")
+        yield* eventually(
+          Effect.map(Engine.stats, (s) => s.inUse === 0),
+          "connection returned"
+        )
       })
     )
   )
@@ -169,15 +185,21 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
       Effect.gen(function* () {
         const t0 = Date.now()
         const st = yield* Effect.flip(
-          Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(5)`), {
-            statementTimeout: "300 millis"
-          })
+          Session.transact(
+            Effect.flatMap(sql, (s) => s`SELECT SLEEP(5)`),
+            {
+              statementTimeout: "300 millis"
+            }
+          )
         )
         assert.isBelow(Date.now() - t0, 4000)
         assert.strictEqual(st._tag, "StatementTimeout")
         const t1 = Date.now()
         const tt = yield* Effect.flip(
-          Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(10)`), { timeout: "300 millis" })
+          Session.transact(
+            Effect.flatMap(sql, (s) => s`SELECT SLEEP(10)`),
+            { timeout: "300 millis" }
+          )
         )
         assert.strictEqual(tt._tag, "TransactionTimeout")
         assert.isBelow(Date.now() - t1, 2500)
@@ -223,7 +245,9 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
     withEngine(
       Effect.gen(function* () {
         const hooks = yield* Ref.make(0)
-        yield* Effect.exit(Session.transact(Effect.zipRight(Session.afterCommit(Ref.update(hooks, (n) => n + 1)), Effect.fail("no"))))
+        yield* Effect.exit(
+          Session.transact(Effect.zipRight(Session.afterCommit(Ref.update(hooks, (n) => n + 1)), Effect.fail("no")))
+        )
         assert.strictEqual(yield* Ref.get(hooks), 0)
       })
     )
@@ -381,11 +405,17 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
         const dup = yield* Effect.flip(Session.transact(insert(id)))
         assert.strictEqual(dup._tag, "DuplicateKey")
         if (dup._tag === "DuplicateKey") assert.strictEqual(dup.key, "PRIMARY")
-        const fk = yield* Effect.flip(Session.transact(Effect.flatMap(sql, (s) => s`INSERT INTO children VALUES (${freshId()}, -1)`)))
+        const fk = yield* Effect.flip(
+          Session.transact(Effect.flatMap(sql, (s) => s`INSERT INTO children VALUES (${freshId()}, -1)`))
+        )
         assert.strictEqual(fk._tag, "ForeignKeyViolation")
-        const check = yield* Effect.flip(Session.transact(Effect.flatMap(sql, (s) => s`UPDATE items SET qty = -5 WHERE id = ${id}`)))
+        const check = yield* Effect.flip(
+          Session.transact(Effect.flatMap(sql, (s) => s`UPDATE items SET qty = -5 WHERE id = ${id}`))
+        )
         assert.strictEqual(check._tag, "CheckViolation")
-        const nn = yield* Effect.flip(Session.transact(Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${freshId()}, NULL)`)))
+        const nn = yield* Effect.flip(
+          Session.transact(Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${freshId()}, NULL)`))
+        )
         assert.strictEqual(nn._tag, "NotNullViolation")
         assert.isFalse(SessionError.isRetryable(nn))
         // inside the unit, a statement-level failure can be caught by tag and the unit goes on
@@ -452,7 +482,10 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
             yield* insert(outer)
             const outerId = yield* Session.connectionId
             const innerId = yield* Effect.exit(
-              Effect.provide(Effect.zipRight(insert(inner), Effect.zipRight(Session.connectionId, Effect.fail("x"))), SessionLive)
+              Effect.provide(
+                Effect.zipRight(insert(inner), Effect.zipRight(Session.connectionId, Effect.fail("x"))),
+                SessionLive
+              )
             )
             assert.isTrue(Exit.isFailure(innerId))
             assert.isNumber(outerId)
@@ -479,10 +512,7 @@ layer(ServerLive, { timeout: 120_000 })("Session", (it) => {
       const server = yield* MysqlServer.MysqlServer
       const password = Redacted.value(server.password)
       const error = yield* Effect.flip(
-        Effect.provide(
-          Session.transact(Effect.flatMap(sql, (s) => s`SELEC broken`)),
-          Engine.layer({ url: server.url })
-        )
+        Effect.provide(Session.transact(Effect.flatMap(sql, (s) => s`SELEC broken`)), Engine.layer({ url: server.url }))
       )
       expect(String(error.message)).not.toContain(password)
       expect(JSON.stringify(error)).not.toContain(password)

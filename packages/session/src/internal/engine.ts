@@ -155,7 +155,9 @@ export class EngineImpl {
       if (pc.closed || pc.broken) {
         resume(
           Effect.fail(
-            new SessionError.ConnectionLost({ message: `connection ${pc.threadId} is closed; the unit must be retried` })
+            new SessionError.ConnectionLost({
+              message: `connection ${pc.threadId} is closed; the unit must be retried`
+            })
           )
         )
         return

@@ -234,8 +234,8 @@ export class ConnPool {
 
   private takeIdle(): PooledConn | undefined {
     let pc = this.idle.pop()
-    while (pc && (pc.broken || pc.closed)) {
-      this.destroy(pc, "closedByServer")
+    while (pc && (pc.broken || pc.closed || Date.now() >= pc.retireAt)) {
+      this.destroy(pc, pc.broken || pc.closed ? "closedByServer" : "maxLifetime")
       pc = this.idle.pop()
     }
     return pc

@@ -147,12 +147,10 @@ export class Frame extends BaseConnection {
           Effect.suspend(() => {
             const bad = this.check()
             if (bad) return Effect.fail(bad)
-            return Effect.tapError(
-              this.engine.run(this.state.pc, method, sql, params, rowsAsArray),
-              (e) =>
-                Effect.sync(() => {
-                  if (abortsTransaction(e) && this.state.aborted === undefined) this.state.aborted = e
-                })
+            return Effect.tapError(this.engine.run(this.state.pc, method, sql, params, rowsAsArray), (e) =>
+              Effect.sync(() => {
+                if (abortsTransaction(e) && this.state.aborted === undefined) this.state.aborted = e
+              })
             )
           })
         ),
@@ -198,25 +196,32 @@ export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: strin
   return { sql: parts.join("; "), dirty: vars.length > 0 }
 }
 
-/** Borrows a connection and opens the transaction. Waiting is interruptible. @internal */
+/** @internal */
+export type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
+/**
+ * Borrows a connection and opens the transaction. Call it inside `uninterruptibleMask`: waiting (through `restore`)
+ * is interruptible, and once it has a connection no interruption can lose it.
+ *
+ * @internal
+ */
 export const openSession = (
   engine: EngineImpl,
-  options: UnitOptions
+  options: UnitOptions,
+  restore: Restore
 ): Effect.Effect<SessionState, SessionError.SessionError> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(restore(engine.borrow()), (pc) => {
-      const begin = beginSql(engine, options)
-      if (begin.dirty) pc.dirty = true
-      return restore(engine.run(pc, "query", begin.sql, undefined, false)).pipe(
-        Effect.onExit((exit) =>
-          Exit.isSuccess(exit)
-            ? Effect.void
-            : Effect.sync(() => engine.release(pc, true, pc.broken ? "broken" : "stateUnknown"))
-        ),
-        Effect.as(new SessionState(engine, pc, options))
-      )
-    })
-  )
+  Effect.flatMap(restore(engine.borrow()), (pc) => {
+    const begin = beginSql(engine, options)
+    if (begin.dirty) pc.dirty = true
+    return restore(engine.run(pc, "query", begin.sql, undefined, false)).pipe(
+      Effect.onExit((exit) =>
+        Exit.isSuccess(exit)
+          ? Effect.void
+          : Effect.sync(() => engine.release(pc, true, pc.broken ? "broken" : "stateUnknown"))
+      ),
+      Effect.as(new SessionState(engine, pc, options))
+    )
+  })
 
 const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>>) =>
   hooks.length === 0
@@ -277,7 +282,17 @@ export const finishSession = (
         if (Exit.isFailure(exit) || state.rollbackOnly) {
           return rollback(causeLabel(exit))
         }
-        return Effect.matchEffect<void, SessionError.SessionError, never, void, SessionError.SessionError, never, void, SessionError.SessionError, never>(root.control("COMMIT"), {
+        return Effect.matchEffect<
+          void,
+          SessionError.SessionError,
+          never,
+          void,
+          SessionError.SessionError,
+          never,
+          void,
+          SessionError.SessionError,
+          never
+        >(root.control("COMMIT"), {
           onFailure: (e): Effect.Effect<void, SessionError.SessionError> => {
             if (e._tag === "ConnectionLost" || pc.broken) {
               engine.release(pc, false, "broken")
@@ -335,34 +350,35 @@ export interface OpenSavepoint {
   readonly name: string
 }
 
-/** Takes the parent frame (siblings wait), then SAVEPOINT. Waiting is interruptible. @internal */
-export const openSavepoint = (parent: Frame): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.zipRight(
-      restore(parent.lock.take),
-      Effect.suspend(() => {
-        const state = parent.state
-        if (parent.closed || !state.open) {
-          parent.lock.unsafeRelease()
-          return Effect.fail(closedError())
-        }
-        if (state.aborted) {
-          parent.lock.unsafeRelease()
-          return Effect.fail(state.aborted)
-        }
-        const name = `sfx_sp_${++state.seq}`
-        const child = new Frame(state.engine, state, parent)
-        return parent.control(`SAVEPOINT ${name}`).pipe(
-          Effect.tapError((e) =>
-            Effect.sync(() => {
-              if (abortsTransaction(e) && state.aborted === undefined) state.aborted = e
-              parent.lock.unsafeRelease()
-            })
-          ),
-          Effect.as({ parent, child, name })
-        )
-      })
-    )
+/** Takes the parent frame (siblings wait), then SAVEPOINT. Call inside `uninterruptibleMask`. @internal */
+export const openSavepoint = (
+  parent: Frame,
+  restore: Restore
+): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
+  Effect.zipRight(
+    restore(parent.lock.take),
+    Effect.suspend(() => {
+      const state = parent.state
+      if (parent.closed || !state.open) {
+        parent.lock.unsafeRelease()
+        return Effect.fail(closedError())
+      }
+      if (state.aborted) {
+        parent.lock.unsafeRelease()
+        return Effect.fail(state.aborted)
+      }
+      const name = `sfx_sp_${++state.seq}`
+      const child = new Frame(state.engine, state, parent)
+      return parent.control(`SAVEPOINT ${name}`).pipe(
+        Effect.tapError((e) =>
+          Effect.sync(() => {
+            if (abortsTransaction(e) && state.aborted === undefined) state.aborted = e
+            parent.lock.unsafeRelease()
+          })
+        ),
+        Effect.as({ parent, child, name })
+      )
+    })
   )
 
 /** RELEASE on success, ROLLBACK TO on failure, then lets siblings in. @internal */
@@ -413,7 +429,7 @@ export const savepoint = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSavepoint(parent), (sp) =>
+    Effect.flatMap(openSavepoint(parent, restore), (sp) =>
       Effect.flatMap(Effect.exit(restore(Effect.provideService(effect, parent.engine.currentTag, sp.child))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)
       )
@@ -443,7 +459,7 @@ const runOnce = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSession(engine, options), (state) => {
+    Effect.flatMap(openSession(engine, options, restore), (state) => {
       let body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.provide(effect, state.context)
       if (options.timeout !== undefined) {
         const d = options.timeout
@@ -477,7 +493,9 @@ export const transact = <A, E, R>(
         ? once
         : Effect.retry(
             Effect.tapError(once, (e) =>
-              SessionError.isRetryable(e) ? Effect.sync(() => metricUpdate(metrics.retries, 1, engine.metricTags)) : Effect.void
+              SessionError.isRetryable(e)
+                ? Effect.sync(() => metricUpdate(metrics.retries, 1, engine.metricTags))
+                : Effect.void
             ),
             {
               schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
@@ -499,17 +517,23 @@ export const scopedSession = (
 ): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
   Effect.flatMap(currentFrame(engine), (frame) => {
     if (frame !== undefined && options.propagation !== "new") {
-      return Effect.map(
-        Effect.acquireRelease(
-          openSavepoint(frame),
-          // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
-          (sp, exit) => closeSavepoint(sp, exit) as Effect.Effect<void>
-        ),
-        (sp) => Context.add(sp.parent.state.context, engine.currentTag, sp.child) as Context.Context<never>
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(openSavepoint(frame, restore), (sp) =>
+          Effect.as(
+            // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
+            Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
+            Context.add(sp.parent.state.context, engine.currentTag, sp.child) as Context.Context<never>
+          )
+        )
       )
     }
-    return Effect.map(
-      Effect.acquireRelease(openSession(engine, options), (state, exit) => finishSession(state, exit) as Effect.Effect<void>),
-      (state) => state.context
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(openSession(engine, options, restore), (state) =>
+        Effect.as(
+          // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
+          Effect.addFinalizer((exit) => finishSession(state, exit) as Effect.Effect<void>),
+          state.context
+        )
+      )
     )
   })
