@@ -487,27 +487,54 @@ export const transact = <A, E, R>(
     if (frame !== undefined && options.propagation !== "new") {
       return Effect.mapError(savepoint(frame, effect), unwrapError)
     }
-    const once = runOnce(engine, options, effect)
-    const withRetry =
-      options.retry === undefined || options.retry === false
-        ? once
-        : Effect.retry(
-            Effect.tapError(once, (e) =>
-              SessionError.isRetryable(e)
-                ? Effect.sync(() => metricUpdate(metrics.retries, 1, engine.metricTags))
-                : Effect.void
-            ),
-            {
-              schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
-              while: (e) => SessionError.isRetryable(e)
-            }
-          )
-    return options.name !== undefined
-      ? Effect.withSpan(withRetry, options.name, {
-          kind: "client",
-          attributes: { "db.isolation": options.isolation ?? engine.options.defaults.isolation ?? "default" }
+    return Effect.useSpan(
+      options.name ?? "sql.session",
+      {
+        kind: "client",
+        captureStackTrace: false,
+        attributes: {
+          "db.isolation": options.isolation ?? engine.options.defaults.isolation ?? "server default",
+          "db.read_only": options.readOnly === true || options.consistentSnapshot === true
+        }
+      },
+      (span) => {
+        let attempts = 0
+        const once = Effect.suspend(() => {
+          attempts++
+          return runOnce(engine, options, effect)
         })
-      : withRetry
+        const withRetry =
+          options.retry === undefined || options.retry === false
+            ? once
+            : Effect.retry(
+                Effect.tapError(once, (e) =>
+                  SessionError.isRetryable(e)
+                    ? Effect.sync(() => metricUpdate(metrics.retries, 1, engine.metricTags))
+                    : Effect.void
+                ),
+                {
+                  schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<
+                    unknown,
+                    unknown
+                  >,
+                  while: (e) => SessionError.isRetryable(e)
+                }
+              )
+        return Effect.onExit(Effect.withParentSpan(withRetry, span), (exit) =>
+          Effect.sync(() => {
+            span.attribute("sql.session.attempts", attempts)
+            span.attribute(
+              "sql.session.outcome",
+              Exit.isSuccess(exit)
+                ? "commit"
+                : Exit.isInterrupted(exit)
+                  ? "interrupted"
+                  : `rollback:${(Cause.failureOption(exit.cause).pipe(Option.getOrUndefined) as { _tag?: string } | undefined)?._tag ?? "defect"}`
+            )
+          })
+        )
+      }
+    )
   })
 
 /** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
