@@ -5,8 +5,6 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Client from "@effect/sql/SqlClient"
-import type { Connection } from "@effect/sql/SqlConnection"
-import type { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import { makeCompiler } from "@effect/sql-mysql2/MysqlClient"
 import * as Config from "effect/Config"
@@ -15,12 +13,12 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type * as Mysql from "mysql2"
 import * as SessionError from "./SessionError.js"
-import { borrowScoped, EngineImpl, type Isolation, makeClient, toSqlError } from "./internal/engine.js"
+import { EngineImpl, type Isolation, toSqlError } from "./internal/engine.js"
+import { makeClient } from "./internal/statement.js"
 import { describeCause, hardClose } from "./internal/pool.js"
 import * as internalSession from "./internal/session.js"
 
@@ -312,20 +310,17 @@ export const make = (
     )
     impl.pool.fill()
 
-    const acquirer = Effect.flatMap(
-      Effect.serviceOption(impl.currentTag),
-      (frame): Effect.Effect<Connection, SqlError, Scope.Scope> =>
-        Option.isSome(frame) ? Effect.succeed(frame.value.conn) : borrowScoped(impl)
-    )
+    const currentKey = impl.currentTag.key
     const sql = makeClient(
       impl,
-      acquirer,
+      (fiber) => (fiber as any).currentContext.unsafeMap.get(currentKey),
       (effect) =>
         Effect.mapError(internalSession.transact(impl, effect, {}), (e) =>
           SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
         ) as any,
       impl.reactivity
     )
+    impl.client = sql
     const service: Engine.Service = {
       [TypeId]: impl,
       name: impl.options.name,

@@ -29,6 +29,8 @@ layer(Layer.provideMerge(engineLayer(), ServerLive), { timeout: 120_000, exclude
   (it) => {
     it.effect("MysqlMigrator, Model repositories, SqlSchema and SqlResolver", () =>
       Effect.gen(function* () {
+        const sql0 = yield* SqlClient.SqlClient
+        yield* sql0`DROP TABLE IF EXISTS people, effect_sql_migrations`
         const applied = yield* MysqlMigrator.run({ loader: migrations }).pipe(Effect.provide(NodeContext.layer))
         assert.deepStrictEqual(
           applied.map(([id, name]) => [id, name]),

@@ -354,8 +354,11 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Engine", (it
       const server = yield* MysqlServer.MysqlServer
       const conn = yield* adminConnection
       yield* admin(conn, "CREATE DATABASE IF NOT EXISTS second_db")
-      yield* admin(conn, `GRANT ALL ON second_db.* TO '${server.username}'@'%'`)
-      yield* admin(conn, `GRANT ALL ON second_db.* TO '${server.username}'@'localhost'`)
+      for (const { host } of yield* admin(conn, "SELECT Host AS host FROM mysql.user WHERE User = ?", [
+        server.username
+      ])) {
+        yield* admin(conn, `GRANT ALL ON second_db.* TO ?@?`, [server.username, host])
+      }
       const url2 = Redacted.make(Redacted.value(server.url).replace(new RegExp(`/${server.database}$`), "/second_db"))
       const a = yield* Layer.build(Engine.layer({ url: server.url, name: "a" }))
       const b = yield* Layer.build(Engine.layer({ url: url2, name: "b" }))

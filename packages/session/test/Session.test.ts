@@ -37,7 +37,8 @@ const countRows = (table: string, id: number) =>
     )
   )
 
-let nextId = 1000
+// ids unique per run: the suite may run against a long-lived server (MYSQL_URL)
+let nextId = Math.floor(Math.random() * 1_000_000_000)
 const freshId = () => ++nextId
 
 const setup = Effect.gen(function* () {

@@ -1,13 +1,11 @@
 import type * as Reactivity from "@effect/experimental/Reactivity"
-import * as Client from "@effect/sql/SqlClient"
 import type { Connection } from "@effect/sql/SqlConnection"
 import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
-import * as Mailbox from "effect/Mailbox"
-import * as Metric from "effect/Metric"
-import type { ReadonlyRecord } from "effect/Record"
+import type * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Stream from "effect/Stream"
 import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
@@ -65,49 +63,53 @@ export class EngineImpl {
   readonly pool: ConnPool
   flavor: "mariadb" | "mysql" = "mysql"
   version = ""
-  readonly metricTags: ReadonlyArray<readonly [string, string]>
+  /** Stable label arrays: Effect caches a metric's hook by the identity of its extra-tags array. */
+  private readonly labelCache = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+  readonly labels: ReadonlyArray<MetricLabel.MetricLabel>
   private readonly killers = new Set<Mysql.Connection>()
   private gaugeTimer: ReturnType<typeof setInterval>
   private readonly gauges: ReadonlyArray<Metric.Metric.Gauge<number>>
   reactivity!: Reactivity.Reactivity["Type"]
+  /** The engine's client: follows the fiber's current session of this engine, else autocommit. */
+  client!: import("@effect/sql/SqlClient").SqlClient
 
   constructor(readonly options: EngineImplOptions) {
     this.currentTag = Context.GenericTag<FrameLike>(`@sessionfx/session/CurrentSession/${this.id}`)
-    const tag = <T, I, O>(m: Metric.Metric<T, I, O>) => Metric.tagged(m, "engine", options.name)
-    const created = tag(metrics.created)
-    const timeouts = tag(metrics.acquireTimeouts)
-    const wait = tag(metrics.acquireWait)
-    const destroyed = new Map<string, Metric.Metric.Counter<number>>()
-    this.metricTags = [["engine", options.name]]
+    this.labels = [MetricLabel.make("engine", options.name)]
+    const labels = this.labels
     this.pool = new ConnPool({
       ...options.pool,
       lifetimeJitter: 0.1,
       connection: options.connection,
       describe: options.describe,
-      onCreated: () => created.unsafeUpdate(1, []),
-      onDestroyed: (reason) => {
-        let m = destroyed.get(reason)
-        if (m === undefined) {
-          m = tag(metrics.destroyed).pipe(Metric.tagged("reason", reason))
-          destroyed.set(reason, m)
-        }
-        m.unsafeUpdate(1, [])
-      },
-      onTimeout: () => timeouts.unsafeUpdate(1, []),
-      onWait: (millis) => wait.unsafeUpdate(millis, [])
+      onCreated: () => metrics.created.unsafeUpdate(1, labels),
+      onDestroyed: (reason) => metrics.destroyed.unsafeUpdate(1, this.labelsWith("reason", reason)),
+      onTimeout: () => metrics.acquireTimeouts.unsafeUpdate(1, labels),
+      onWait: (millis) => metrics.acquireWait.unsafeUpdate(millis, labels)
     })
-    this.gauges = [tag(metrics.poolSize), tag(metrics.poolInUse), tag(metrics.poolIdle), tag(metrics.poolWaiting)]
+    this.gauges = [metrics.poolSize, metrics.poolInUse, metrics.poolIdle, metrics.poolWaiting]
     this.gaugeTimer = setInterval(() => this.refreshGauges(), 1000)
     this.gaugeTimer.unref()
+  }
+
+  /** The engine's labels plus one more, as a stable array. */
+  labelsWith(key: string, value: string): ReadonlyArray<MetricLabel.MetricLabel> {
+    const k = `${key}\u0000${value}`
+    let l = this.labelCache.get(k)
+    if (l === undefined) {
+      l = [...this.labels, MetricLabel.make(key, value)]
+      this.labelCache.set(k, l)
+    }
+    return l
   }
 
   refreshGauges(): void {
     const gauges = this.gauges
     const s = this.pool.stats()
-    gauges[0]!.unsafeUpdate(s.size, [])
-    gauges[1]!.unsafeUpdate(s.inUse, [])
-    gauges[2]!.unsafeUpdate(s.idle, [])
-    gauges[3]!.unsafeUpdate(s.waiting, [])
+    gauges[0]!.unsafeUpdate(s.size, this.labels)
+    gauges[1]!.unsafeUpdate(s.inUse, this.labels)
+    gauges[2]!.unsafeUpdate(s.idle, this.labels)
+    gauges[3]!.unsafeUpdate(s.waiting, this.labels)
   }
 
   stopTimers() {
@@ -141,9 +143,68 @@ export class EngineImpl {
   }
 
   /**
-   * Runs one command on a pooled connection. Interruption while the statement runs on the server sends KILL QUERY
-   * and waits for the statement to end; if it does not end within `killGraceMs`, the connection is destroyed.
+   * Starts one command on a pooled connection; `done` is called exactly once when it settles. The returned canceler
+   * (for `Effect.async`) sends KILL QUERY and waits for the statement to end; if it does not end within
+   * `killGraceMs`, the connection is destroyed.
    */
+  startCommand(
+    pc: PooledConn,
+    method: "query" | "execute",
+    sql: string,
+    values: ReadonlyArray<unknown> | undefined,
+    rowsAsArray: boolean,
+    done: (err: SessionError.SessionError | undefined, rows: unknown) => void
+  ): Effect.Effect<void> | undefined {
+    if (pc.closed || pc.broken) {
+      done(
+        new SessionError.ConnectionLost({
+          message: `connection ${pc.threadId} is closed (killed, timed out or the server restarted); the unit can be retried`
+        }),
+        undefined
+      )
+      return undefined
+    }
+    if (STATEFUL.test(sql)) pc.dirty = true
+    let settled = false
+    let onSettled: (() => void) | undefined
+    pc.busy = true
+    const cb = (err: any, rows: unknown) => {
+      settled = true
+      pc.busy = false
+      if (err && SessionError.isFatal(err)) pc.broken = true
+      done(err ? SessionError.classify(err) : undefined, rows)
+      if (onSettled) onSettled()
+    }
+    const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
+    if (method === "execute") pc.conn.execute(options, cb)
+    else pc.conn.query(options, cb)
+    return Effect.async<void>((resumeCancel) => {
+      if (settled) return resumeCancel(Effect.void)
+      pc.dirty = true
+      let finished = false
+      const finish = () => {
+        if (finished) return
+        finished = true
+        clearTimeout(timer)
+        resumeCancel(Effect.void)
+      }
+      onSettled = finish
+      const timer = setTimeout(() => {
+        pc.broken = true
+        hardClose(pc.conn)
+        finish()
+      }, this.options.killGraceMs)
+      this.killQuery(pc.threadId, (ok) => {
+        if (!ok && !settled) {
+          pc.broken = true
+          hardClose(pc.conn)
+          finish()
+        }
+      })
+    })
+  }
+
+  /** Runs one command on a pooled connection (see `startCommand`). */
   run(
     pc: PooledConn,
     method: "query" | "execute",
@@ -151,63 +212,11 @@ export class EngineImpl {
     values: ReadonlyArray<unknown> | undefined,
     rowsAsArray: boolean
   ): Effect.Effect<unknown, SessionError.SessionError> {
-    return Effect.async<unknown, SessionError.SessionError>((resume) => {
-      if (pc.closed || pc.broken) {
-        resume(
-          Effect.fail(
-            new SessionError.ConnectionLost({
-              message: `connection ${pc.threadId} is closed; the unit must be retried`
-            })
-          )
-        )
-        return
-      }
-      if (STATEFUL.test(sql)) pc.dirty = true
-      let done = false
-      let onDone: (() => void) | undefined
-      pc.busy = true
-      const cb = (err: any, rows: unknown) => {
-        done = true
-        pc.busy = false
-        if (onDone) {
-          onDone()
-          return
-        }
-        if (err) {
-          if (SessionError.isFatal(err)) pc.broken = true
-          resume(Effect.fail(SessionError.classify(err)))
-        } else {
-          resume(Effect.succeed(rows))
-        }
-      }
-      const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
-      if (method === "execute") pc.conn.execute(options, cb)
-      else pc.conn.query(options, cb)
-      return Effect.async<void>((resumeCancel) => {
-        if (done) return resumeCancel(Effect.void)
-        pc.dirty = true
-        let finished = false
-        const finish = () => {
-          if (finished) return
-          finished = true
-          clearTimeout(timer)
-          resumeCancel(Effect.void)
-        }
-        onDone = finish
-        const timer = setTimeout(() => {
-          pc.broken = true
-          hardClose(pc.conn)
-          finish()
-        }, this.options.killGraceMs)
-        this.killQuery(pc.threadId, (ok) => {
-          if (!ok && !done) {
-            pc.broken = true
-            hardClose(pc.conn)
-            finish()
-          }
-        })
-      })
-    })
+    return Effect.async<unknown, SessionError.SessionError>((resume) =>
+      this.startCommand(pc, method, sql, values, rowsAsArray, (err, rows) =>
+        resume(err ? Effect.fail(err) : Effect.succeed(rows))
+      )
+    )
   }
 }
 
@@ -283,42 +292,3 @@ export const borrowScoped = (engine: EngineImpl) =>
       )
     )
   )
-
-/**
- * Builds an `@effect/sql` client whose statements run on whatever connection `acquirer` yields, with its own
- * `withTransaction`. It never looks at `@effect/sql`'s global TransactionConnection, so clients of two engines (or
- * of another driver) never borrow each other's transaction.
- *
- * @internal
- */
-export const makeClient = (
-  engine: EngineImpl,
-  acquirer: Connection.Acquirer,
-  withTransaction: Client.SqlClient["withTransaction"],
-  reactivity: Reactivity.Reactivity["Type"]
-): Client.SqlClient => {
-  const { compiler, spanAttributes, transformRows } = engine.options
-  const build = (transform: Transform, comp: Statement.Compiler): Client.SqlClient => {
-    const statement = Statement.make(acquirer, comp, spanAttributes, transform)
-    const client: Client.SqlClient = Object.assign(statement, {
-      [Client.TypeId]: Client.TypeId,
-      safe: undefined as any,
-      withTransaction,
-      reserve: borrowScoped(engine),
-      withoutTransforms: (): Client.SqlClient =>
-        transform === undefined ? client : build(undefined, compiler.withoutTransform),
-      reactive: <A, E, R>(
-        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
-        effect: Effect.Effect<A, E, R>
-      ) => reactivity.stream(keys, effect),
-      reactiveMailbox: <A, E, R>(
-        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
-        effect: Effect.Effect<A, E, R>
-      ): Effect.Effect<Mailbox.ReadonlyMailbox<A, E>, never, R | import("effect/Scope").Scope> =>
-        reactivity.query(keys, effect)
-    }) as any
-    ;(client as any).safe = client
-    return client
-  }
-  return build(transformRows, compiler)
-}

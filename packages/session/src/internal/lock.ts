@@ -1,40 +1,48 @@
 import * as Effect from "effect/Effect"
 
-interface Waiter {
-  readonly resume: (effect: Effect.Effect<void>) => void
+/** @internal */
+export interface LockWaiter {
+  readonly grant: () => void
   granted: boolean
   cancelled: boolean
 }
 
 /**
- * A FIFO mutex that is not bound to a fiber: a savepoint can take it in one place and give it back in another.
- * Uncontended, taking it costs no allocation of a fiber or a timer.
+ * A FIFO mutex that is not bound to a fiber: a savepoint can take it in one place and give it back in another, and
+ * a statement can give it back from the driver's callback. Uncontended, taking it allocates nothing.
  *
  * @internal
  */
 export class Lock {
   locked = false
-  private waiters: Array<Waiter> = []
+  private waiters: Array<LockWaiter> = []
 
-  readonly take: Effect.Effect<void> = Effect.suspend(() => {
+  /** Takes the lock now (returns `undefined`) or queues `grant` to be called when it is handed over. */
+  enqueue(grant: () => void): LockWaiter | undefined {
     if (!this.locked) {
       this.locked = true
-      return Effect.void
+      grant()
+      return undefined
     }
-    return Effect.async<void>((resume) => {
-      const w: Waiter = { resume, granted: false, cancelled: false }
-      this.waiters.push(w)
-      return Effect.sync(() => {
-        if (w.granted) {
-          // handed over while the fiber was being interrupted: pass it on
-          this.unsafeRelease()
-        } else {
-          w.cancelled = true
-          const i = this.waiters.indexOf(w)
-          if (i >= 0) this.waiters.splice(i, 1)
-        }
-      })
-    })
+    const w: LockWaiter = { grant, granted: false, cancelled: false }
+    this.waiters.push(w)
+    return w
+  }
+
+  /** Withdraws a queued waiter; if it had already been handed the lock, passes the lock on. */
+  cancel(w: LockWaiter): void {
+    if (w.granted) {
+      this.unsafeRelease()
+      return
+    }
+    w.cancelled = true
+    const i = this.waiters.indexOf(w)
+    if (i >= 0) this.waiters.splice(i, 1)
+  }
+
+  readonly take: Effect.Effect<void> = Effect.async<void>((resume) => {
+    const w = this.enqueue(() => resume(Effect.void))
+    if (w !== undefined) return Effect.sync(() => this.cancel(w))
   })
 
   unsafeRelease(): void {
@@ -45,7 +53,7 @@ export class Lock {
       return
     }
     w.granted = true
-    w.resume(Effect.void)
+    w.grant()
   }
 
   readonly release: Effect.Effect<void> = Effect.sync(() => this.unsafeRelease())

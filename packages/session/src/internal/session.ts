@@ -5,13 +5,14 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import type * as Metric from "effect/Metric"
-import * as MetricLabel from "effect/MetricLabel"
+import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
 import * as SessionError from "../SessionError.js"
-import { BaseConnection, type EngineImpl, type Isolation, makeClient, toSqlError } from "./engine.js"
+import { BaseConnection, type EngineImpl, type Isolation, toSqlError } from "./engine.js"
+import { makeClient } from "./statement.js"
 import { Lock } from "./lock.js"
 import * as metrics from "./metrics.js"
 
@@ -56,9 +57,8 @@ export class SessionState {
   seq = 0
   readonly root: Frame
   readonly service: SessionService
-  readonly client: Client.SqlClient
-  readonly context: Context.Context<never>
   readonly startedAt = Date.now()
+  private boundClient: Client.SqlClient | undefined
 
   constructor(
     readonly engine: EngineImpl,
@@ -67,31 +67,19 @@ export class SessionState {
   ) {
     this.rollbackOnly = options.rollbackOnly === true
     this.root = new Frame(engine, this, undefined)
-    const frameOf = (ctx: Context.Context<never>): Frame => {
-      const f = Context.getOption(ctx, engine.currentTag)
-      return Option.isSome(f) && f.value instanceof Frame && f.value.state === this ? f.value : this.root
-    }
-    const acquirer = Effect.contextWith((ctx: Context.Context<never>) => frameOf(ctx) as BaseConnection)
-    this.client = makeClient(
-      engine,
-      acquirer,
-      (effect) =>
-        Effect.contextWithEffect((ctx: Context.Context<never>) =>
-          Effect.mapError(savepoint(frameOf(ctx), effect), (e) =>
-            SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
-          )
-        ) as any,
-      engine.reactivity
-    )
+    const state = this
     this.service = {
-      sql: this.client,
+      // built on first use: most units use the SqlClient from the context (the engine's, following the fiber)
+      get sql() {
+        return state.client()
+      },
       connectionId: pc.threadId,
       isolation: options.isolation ?? engine.options.defaults.isolation,
       readOnly: options.readOnly === true || options.consistentSnapshot === true,
-      savepoint: (effect) => Effect.contextWithEffect((ctx) => savepoint(frameOf(ctx), effect)),
+      savepoint: (effect) => Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect)),
       afterCommit: (effect) =>
         Effect.suspend(() => {
-          if (!this.open) return Effect.fail(closedError()) as never
+          if (!this.open) return Effect.dieMessage("afterCommit called after the session ended")
           this.hooks.push(effect)
           return Effect.void
         }),
@@ -100,10 +88,47 @@ export class SessionState {
       }),
       isOpen: Effect.sync(() => this.open)
     }
-    this.context = Context.make(SessionTag, this.service).pipe(
-      Context.add(Client.SqlClient, this.client),
-      Context.add(engine.currentTag, this.root)
+  }
+
+  /** The frame of this session the fiber is in (a savepoint), or the root. */
+  frameOf(fiber: Fiber.RuntimeFiber<any, any>): Frame {
+    const f = (fiber as any).currentContext.unsafeMap.get(this.engine.currentTag.key)
+    return f instanceof Frame && f.state === this ? f : this.root
+  }
+
+  /** A client bound to this session: used after the session ended, it fails with SessionClosed. */
+  client(): Client.SqlClient {
+    return (this.boundClient ??= makeClient(
+      this.engine,
+      (fiber) => this.frameOf(fiber),
+      ((effect: Effect.Effect<any, any, any>) =>
+        Effect.withFiberRuntime<any, any, any>((fiber) =>
+          Effect.mapError(savepoint(this.frameOf(fiber), effect), (e) =>
+            SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
+          )
+        )) as Client.SqlClient["withTransaction"],
+      this.engine.reactivity
+    ))
+  }
+
+  /** What the Layer spelling provides. */
+  layerContext(frame: Frame): Context.Context<never> {
+    return Context.make(SessionTag, this.service).pipe(
+      Context.add(Client.SqlClient, this.engine.client),
+      Context.add(this.engine.currentTag, frame)
     ) as Context.Context<never>
+  }
+
+  /** Runs `effect` inside this session (frame `frame`): Session, the engine's SqlClient and the frame in context. */
+  provide<A, E, R>(effect: Effect.Effect<A, E, R>, frame: Frame = this.root): Effect.Effect<A, E, Exclude<R, any>> {
+    const engine = this.engine
+    return Effect.mapInputContext(effect, (ctx: Context.Context<never>) => {
+      const map = new Map(ctx.unsafeMap)
+      map.set(SessionTag.key, this.service)
+      map.set(Client.SqlClient.key, engine.client)
+      map.set(engine.currentTag.key, frame)
+      return Context.unsafeMake(map) as Context.Context<R>
+    }) as any
   }
 }
 
@@ -139,23 +164,55 @@ export class Frame extends BaseConnection {
     params: ReadonlyArray<unknown>,
     rowsAsArray: boolean
   ): Effect.Effect<unknown, SqlError> {
-    return Effect.suspend(() => {
-      const bad = this.check()
-      if (bad) return Effect.fail(toSqlError(bad))
-      return Effect.mapError(
-        this.lock.withLock(
-          Effect.suspend(() => {
-            const bad = this.check()
-            if (bad) return Effect.fail(bad)
-            return Effect.tapError(this.engine.run(this.state.pc, method, sql, params, rowsAsArray), (e) =>
-              Effect.sync(() => {
-                if (abortsTransaction(e) && this.state.aborted === undefined) this.state.aborted = e
-              })
-            )
-          })
-        ),
-        toSqlError
-      )
+    return this.exec(method, sql, params, rowsAsArray, true, undefined)
+  }
+
+  /**
+   * One statement in this frame, in one `Effect.async`: wait for the frame (FIFO), check the session is open and
+   * not aborted, run it, give the frame back from the driver's callback. Interruption while it waits leaves the
+   * queue; while it runs, KILL QUERY (see `EngineImpl.startCommand`).
+   */
+  exec(
+    method: "query" | "execute",
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    rowsAsArray: boolean,
+    raw: boolean,
+    transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
+  ): Effect.Effect<any, SqlError> {
+    const early = this.check()
+    if (early !== undefined) return Effect.fail(toSqlError(early))
+    return Effect.async<any, SqlError>((resume) => {
+      let cancelCommand: Effect.Effect<void> | undefined
+      const state = this.state
+      const start = () => {
+        const bad = this.check()
+        if (bad !== undefined) {
+          this.lock.unsafeRelease()
+          resume(Effect.fail(toSqlError(bad)))
+          return
+        }
+        cancelCommand = this.engine.startCommand(state.pc, method, sql, params, rowsAsArray, (err, rows) => {
+          this.lock.unsafeRelease()
+          if (err !== undefined) {
+            if (abortsTransaction(err) && state.aborted === undefined) state.aborted = err
+            resume(Effect.fail(toSqlError(err)))
+          } else if (raw) {
+            resume(Effect.succeed(rows))
+          } else {
+            const list = Array.isArray(rows) ? rows : []
+            resume(Effect.succeed(transform ? transform(list) : list))
+          }
+        })
+      }
+      const waiter = this.lock.enqueue(start)
+      return Effect.suspend(() => {
+        if (waiter !== undefined && !waiter.granted) {
+          this.lock.cancel(waiter)
+          return Effect.void
+        }
+        return cancelCommand ?? Effect.void
+      })
     })
   }
 
@@ -261,11 +318,12 @@ export const finishSession = (
         const { engine, pc, root } = state
         state.open = false
         root.closed = true
-        const tags = engine.metricTags
+        // statements queued behind the close now see a closed session and fail with SessionClosed
+        root.lock.unsafeRelease()
         const duration = Date.now() - state.startedAt
-        metricUpdate(metrics.sessionDuration, duration, tags)
+        metrics.sessionDuration.unsafeUpdate(duration, engine.labels)
         const rollback = (label: string): Effect.Effect<void> => {
-          metricUpdate(metrics.rollbacks, 1, [...tags, ["cause", label]])
+          metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", label))
           if (pc.broken || pc.closed) {
             engine.release(pc, false, "broken")
             return Effect.void
@@ -304,7 +362,7 @@ export const finishSession = (
               )
             }
             engine.release(pc, true)
-            metricUpdate(metrics.rollbacks, 1, [...tags, ["cause", "commitFailed"]])
+            metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", "commitFailed"))
             return Effect.fail(
               new SessionError.CommitFailed({
                 cause: e,
@@ -317,31 +375,13 @@ export const finishSession = (
           },
           onSuccess: () => {
             engine.release(pc, pc.dirty)
-            metricUpdate(metrics.commits, 1, tags)
+            metrics.commits.unsafeUpdate(1, engine.labels)
             return runHooks(state.hooks)
           }
         })
       })
     )
   )
-
-const metricUpdate = <In>(
-  metric: Metric.Metric<any, In, any>,
-  value: In,
-  tags: ReadonlyArray<readonly [string, string]>
-) => metric.unsafeUpdate(value, tagsOf(tags))
-
-const labelCache = new Map<string, MetricLabel.MetricLabel>()
-const tagsOf = (tags: ReadonlyArray<readonly [string, string]>) =>
-  tags.map(([k, v]) => {
-    const key = `${k}\u0000${v}`
-    let l = labelCache.get(key)
-    if (l === undefined) {
-      l = MetricLabel.make(k, v)
-      labelCache.set(key, l)
-    }
-    return l
-  })
 
 /** @internal */
 export interface OpenSavepoint {
@@ -430,7 +470,7 @@ export const savepoint = <A, E, R>(
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(openSavepoint(parent, restore), (sp) =>
-      Effect.flatMap(Effect.exit(restore(Effect.provideService(effect, parent.engine.currentTag, sp.child))), (exit) =>
+      Effect.flatMap(Effect.exit(restore(parent.state.provide(effect, sp.child))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)
       )
     )
@@ -449,7 +489,7 @@ export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError>
 ).pipe(
   Schedule.either(Schedule.spaced("1 second")),
   Schedule.jittered,
-  Schedule.intersect(Schedule.recurs(6)),
+  Schedule.intersect(Schedule.recurs(5)),
   Schedule.asVoid
 ) as any
 
@@ -460,7 +500,7 @@ const runOnce = <A, E, R>(
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(openSession(engine, options, restore), (state) => {
-      let body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.provide(effect, state.context)
+      let body: Effect.Effect<A, E | SessionError.SessionError, R> = state.provide(effect)
       if (options.timeout !== undefined) {
         const d = options.timeout
         body = Effect.timeoutFail(body, {
@@ -477,16 +517,53 @@ const runOnce = <A, E, R>(
     })
   )
 
+const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
+
+const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string =>
+  Exit.isSuccess(exit)
+    ? "commit"
+    : Exit.isInterrupted(exit)
+      ? "interrupted"
+      : `rollback:${(Option.getOrUndefined(Cause.failureOption(exit.cause)) as { _tag?: string } | undefined)?._tag ?? "defect"}`
+
 /** The unit of work as a combinator: nested (savepoint) inside an open session, else a session of its own. @internal */
 export const transact = <A, E, R>(
   engine: EngineImpl,
   effect: Effect.Effect<A, E, R>,
   options: UnitOptions
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
-  Effect.flatMap(currentFrame(engine), (frame) => {
-    if (frame !== undefined && options.propagation !== "new") {
+  Effect.withFiberRuntime((fiber) => {
+    const frame = (fiber as any).currentContext.unsafeMap.get(engine.currentTag.key) as Frame | undefined
+    if (frame !== undefined && frame.state.open && !frame.closed && options.propagation !== "new") {
       return Effect.mapError(savepoint(frame, effect), unwrapError)
     }
+    let attempts = 0
+    const once = Effect.suspend(() => {
+      attempts++
+      return runOnce(engine, options, effect)
+    })
+    // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
+    const unit =
+      options.retry === undefined || options.retry === false
+        ? once
+        : Effect.catchIf(once, SessionError.isRetryable, () =>
+            Effect.retry(
+              Effect.tapError(once, (e) =>
+                SessionError.isRetryable(e)
+                  ? Effect.sync(() => metrics.retries.unsafeUpdate(1, engine.labels))
+                  : Effect.void
+              ),
+              {
+                schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<
+                  unknown,
+                  unknown
+                >,
+                while: SessionError.isRetryable
+              }
+            ).pipe(Effect.tap(() => Effect.sync(() => metrics.retries.unsafeUpdate(1, engine.labels))))
+          )
+    // spans only when a tracer that exports them is installed
+    if ((fiber as any).currentTracer === defaultTracer && options.name === undefined) return unit
     return Effect.useSpan(
       options.name ?? "sql.session",
       {
@@ -497,43 +574,13 @@ export const transact = <A, E, R>(
           "db.read_only": options.readOnly === true || options.consistentSnapshot === true
         }
       },
-      (span) => {
-        let attempts = 0
-        const once = Effect.suspend(() => {
-          attempts++
-          return runOnce(engine, options, effect)
-        })
-        const withRetry =
-          options.retry === undefined || options.retry === false
-            ? once
-            : Effect.retry(
-                Effect.tapError(once, (e) =>
-                  SessionError.isRetryable(e)
-                    ? Effect.sync(() => metricUpdate(metrics.retries, 1, engine.metricTags))
-                    : Effect.void
-                ),
-                {
-                  schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<
-                    unknown,
-                    unknown
-                  >,
-                  while: (e) => SessionError.isRetryable(e)
-                }
-              )
-        return Effect.onExit(Effect.withParentSpan(withRetry, span), (exit) =>
+      (span) =>
+        Effect.onExit(Effect.withParentSpan(unit, span), (exit) =>
           Effect.sync(() => {
             span.attribute("sql.session.attempts", attempts)
-            span.attribute(
-              "sql.session.outcome",
-              Exit.isSuccess(exit)
-                ? "commit"
-                : Exit.isInterrupted(exit)
-                  ? "interrupted"
-                  : `rollback:${(Cause.failureOption(exit.cause).pipe(Option.getOrUndefined) as { _tag?: string } | undefined)?._tag ?? "defect"}`
-            )
+            span.attribute("sql.session.outcome", outcomeOf(exit))
           })
         )
-      }
     )
   })
 
@@ -549,7 +596,7 @@ export const scopedSession = (
           Effect.as(
             // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
             Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
-            Context.add(sp.parent.state.context, engine.currentTag, sp.child) as Context.Context<never>
+            sp.parent.state.layerContext(sp.child)
           )
         )
       )
@@ -559,7 +606,7 @@ export const scopedSession = (
         Effect.as(
           // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
           Effect.addFinalizer((exit) => finishSession(state, exit) as Effect.Effect<void>),
-          state.context
+          state.layerContext(state.root)
         )
       )
     )

@@ -1,0 +1,230 @@
+import type * as Reactivity from "@effect/experimental/Reactivity"
+import * as Client from "@effect/sql/SqlClient"
+import type { Connection } from "@effect/sql/SqlConnection"
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Statement from "@effect/sql/Statement"
+import * as Effect from "effect/Effect"
+import * as Effectable from "effect/Effectable"
+import type * as Fiber from "effect/Fiber"
+import { identity } from "effect/Function"
+import type { ReadonlyRecord } from "effect/Record"
+import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
+import type * as Tracer from "effect/Tracer"
+import { borrowScoped, type EngineImpl, toSqlError } from "./engine.js"
+
+/**
+ * What a statement runs on: the frame of the current session, or `undefined` for autocommit on the pool.
+ *
+ * @internal
+ */
+export interface StatementTarget {
+  exec(
+    method: "query" | "execute",
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    rowsAsArray: boolean,
+    raw: boolean,
+    transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
+  ): Effect.Effect<any, SqlError>
+}
+
+/** @internal */
+export type Resolve = (fiber: Fiber.RuntimeFiber<any, any>) => (StatementTarget & Connection) | undefined
+
+const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
+
+/** The SQL text of a template whose arguments are all plain values: compiled once per call site. */
+const textCache = new WeakMap<TemplateStringsArray, string>()
+const textOf = (strings: TemplateStringsArray): string => {
+  let text = textCache.get(strings)
+  if (text === undefined) {
+    text = strings.join("?")
+    textCache.set(strings, text)
+  }
+  return text
+}
+
+const isPlain = (arg: unknown): boolean => {
+  if (arg === null || arg === undefined) return true
+  const t = typeof arg
+  if (t === "string" || t === "number" || t === "bigint" || t === "boolean") return true
+  return arg instanceof Date || arg instanceof Uint8Array
+}
+
+type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+
+interface Core {
+  readonly engine: EngineImpl
+  readonly resolve: Resolve
+  readonly slow: Statement.Constructor
+  readonly transformRows: Transform
+}
+
+const run = (
+  core: Core,
+  text: string,
+  params: ReadonlyArray<unknown>,
+  method: "query" | "execute",
+  rowsAsArray: boolean,
+  raw: boolean,
+  transform: Transform,
+  operation: string
+): Effect.Effect<any, SqlError> =>
+  Effect.withFiberRuntime((fiber) => {
+    const target = core.resolve(fiber)
+    const effect: Effect.Effect<any, SqlError> =
+      target !== undefined
+        ? target.exec(method, text, params, rowsAsArray, raw, transform as any)
+        : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
+    if ((fiber as any).currentTracer === defaultTracer) return effect
+    const attributes: Record<string, unknown> = { "db.operation.name": operation, "db.query.text": text }
+    for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
+    return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
+  })
+
+const autocommit = (
+  engine: EngineImpl,
+  method: "query" | "execute",
+  sql: string,
+  params: ReadonlyArray<unknown>,
+  rowsAsArray: boolean,
+  raw: boolean,
+  transform: Transform
+): Effect.Effect<any, SqlError> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(Effect.mapError(restore(engine.borrow()), toSqlError), (pc) =>
+      Effect.ensuring(
+        restore(
+          Effect.mapError(
+            Effect.map(engine.run(pc, method, sql, params, rowsAsArray), (rows) => {
+              if (raw) return rows
+              const list = Array.isArray(rows) ? rows : []
+              return transform ? transform(list) : list
+            }),
+            toSqlError
+          )
+        ),
+        Effect.sync(() => engine.release(pc, false))
+      )
+    )
+  )
+
+/**
+ * A statement of a template whose arguments are plain values. It is a full `@effect/sql` Statement (usable as a
+ * fragment, compiled, streamed), but executing it skips what a plain statement does not need: no Scope per
+ * statement, no re-compilation, and a span only when a tracer other than Effect's built-in one is installed.
+ */
+class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> implements Statement.Statement<A> {
+  private _slow: Statement.Statement<A> | undefined
+  constructor(
+    readonly strings: TemplateStringsArray,
+    readonly args: ReadonlyArray<unknown>,
+    readonly core: Core
+  ) {
+    super()
+  }
+  get [Statement.FragmentId]() {
+    return identity as any
+  }
+  private slow(): Statement.Statement<A> {
+    return (this._slow ??= (this.core.slow as any)(this.strings, ...this.args))
+  }
+  get segments() {
+    return this.slow().segments
+  }
+  compile(): readonly [sql: string, params: ReadonlyArray<unknown>] {
+    return [textOf(this.strings), this.args]
+  }
+  private go(
+    method: "query" | "execute",
+    rowsAsArray: boolean,
+    raw: boolean,
+    transform: Transform,
+    operation: string,
+    fallback: (s: Statement.Statement<A>) => Effect.Effect<any, SqlError>
+  ): Effect.Effect<any, SqlError> {
+    return Effect.withFiberRuntime((fiber) =>
+      fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
+        ? fallback(this.slow())
+        : run(this.core, textOf(this.strings), this.args, method, rowsAsArray, raw, transform, operation)
+    )
+  }
+  commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
+    return Effect.withFiberRuntime((fiber) =>
+      fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
+        ? this.slow()
+        : run(this.core, textOf(this.strings), this.args, "execute", false, false, this.core.transformRows, "execute")
+    )
+  }
+  get raw(): Effect.Effect<unknown, SqlError> {
+    return this.go("execute", false, true, undefined, "executeRaw", (s) => s.raw)
+  }
+  get withoutTransform(): Effect.Effect<ReadonlyArray<A>, SqlError> {
+    return this.go("execute", false, false, undefined, "executeWithoutTransform", (s) => s.withoutTransform)
+  }
+  get values(): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError> {
+    return this.go("execute", true, false, undefined, "executeValues", (s) => s.values)
+  }
+  get unprepared(): Effect.Effect<ReadonlyArray<A>, SqlError> {
+    return this.go("query", false, false, this.core.transformRows, "executeUnprepared", (s) => s.unprepared)
+  }
+  get stream(): Stream.Stream<A, SqlError> {
+    return this.slow().stream
+  }
+  toJSON() {
+    return { _id: "@effect/sql/Statement", sql: textOf(this.strings), params: this.args }
+  }
+}
+
+/**
+ * An `@effect/sql` client whose statements run on whatever `resolve` yields for the running fiber (a session's
+ * frame) or, when it yields nothing, in autocommit on a connection borrowed for that one statement. It never
+ * consults `@effect/sql`'s global TransactionConnection, so clients of two engines never borrow each other's
+ * transaction.
+ *
+ * @internal
+ */
+export const makeClient = (
+  engine: EngineImpl,
+  resolve: Resolve,
+  withTransaction: Client.SqlClient["withTransaction"],
+  reactivity: Reactivity.Reactivity["Type"]
+): Client.SqlClient => {
+  const acquirer: Connection.Acquirer = Effect.withFiberRuntime((fiber) => {
+    const target = resolve(fiber)
+    return target !== undefined ? Effect.succeed(target as Connection) : borrowScoped(engine)
+  })
+  const build = (transformRows: Transform, compiler: Statement.Compiler): Client.SqlClient => {
+    const slow = Statement.make(acquirer, compiler, engine.options.spanAttributes, transformRows)
+    const core: Core = { engine, resolve, slow, transformRows }
+    const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
+      if (Array.isArray(strings) && "raw" in strings) {
+        for (let i = 0; i < args.length; i++) {
+          if (!isPlain(args[i])) return (slow as any)(strings, ...args)
+        }
+        return new FastStatement(strings as unknown as TemplateStringsArray, args, core)
+      }
+      return (slow as any)(strings, ...args)
+    }
+    const client: Client.SqlClient = Object.assign(sql, slow, {
+      [Client.TypeId]: Client.TypeId,
+      safe: undefined as any,
+      withTransaction,
+      reserve: borrowScoped(engine),
+      withoutTransforms: (): Client.SqlClient =>
+        transformRows === undefined ? client : build(undefined, compiler.withoutTransform),
+      reactive: <A, E, R>(
+        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
+        effect: Effect.Effect<A, E, R>
+      ) => reactivity.stream(keys, effect),
+      reactiveMailbox: <A, E, R>(
+        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
+        effect: Effect.Effect<A, E, R>
+      ) => reactivity.query(keys, effect) as Effect.Effect<any, never, R | Scope.Scope>
+    }) as any
+    ;(client as any).safe = client
+    return client
+  }
+  return build(engine.options.transformRows, engine.options.compiler)
+}
