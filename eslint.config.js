@@ -2,7 +2,9 @@ import js from "@eslint/js"
 import tseslint from "typescript-eslint"
 
 export default tseslint.config(
-  { ignores: ["**/node_modules/**", "**/build/**", "**/dist/**", ".data/**", "apps/bench/results/**"] },
+  {
+    ignores: ["**/node_modules/**", "**/build/**", "**/dist/**", "**/.data/**", "**/.tmp/**", "apps/bench/results/**"]
+  },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

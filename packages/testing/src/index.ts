@@ -2,3 +2,8 @@
  * @since 0.1.0
  */
 export * as MysqlServer from "./MysqlServer.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as SessionTest from "./SessionTest.js"

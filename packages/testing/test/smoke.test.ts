@@ -38,13 +38,14 @@ layer(MysqlServer.layer())("smoke", (it) => {
       assert.notStrictEqual(writerId?.id, readerId?.id)
 
       yield* writer`CREATE TABLE smoke_rows (id INT PRIMARY KEY, note VARCHAR(50) NOT NULL) ENGINE=InnoDB`
-      const insideTransaction = yield* writer.withTransaction(
-        Effect.gen(function* () {
-          yield* writer`INSERT INTO smoke_rows (id, note) VALUES (1, ${"committed"})`
-          return yield* reader<Row>`SELECT id, note FROM smoke_rows`
-        })
-      )
-      assert.deepStrictEqual(insideTransaction, [])
+      // a reserved connection with a hand-made transaction: @effect/sql's withTransaction would also capture the
+      // reader's statements (its transaction connection lives in the fiber's context, shared by every client)
+      const connection = yield* writer.reserve
+      yield* connection.executeRaw("START TRANSACTION", [])
+      yield* connection.executeRaw("INSERT INTO smoke_rows (id, note) VALUES (?, ?)", [1, "committed"])
+      const beforeCommit = yield* reader<Row>`SELECT id, note FROM smoke_rows`
+      assert.deepStrictEqual(beforeCommit, [])
+      yield* connection.executeRaw("COMMIT", [])
 
       const afterCommit = yield* reader<Row>`SELECT id, note FROM smoke_rows`
       assert.deepStrictEqual(

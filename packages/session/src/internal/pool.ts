@@ -468,13 +468,13 @@ export class ConnPool {
       if (this.maintenance) clearInterval(this.maintenance)
       for (const pc of [...this.idle]) this.destroy(pc, "shutdown")
       this.failAllWaitersClosing()
-      let timer: ReturnType<typeof setTimeout> | undefined
+      const timers: { t?: ReturnType<typeof setTimeout> } = {}
       const done = () => {
-        if (timer) clearTimeout(timer)
+        if (timers.t) clearTimeout(timers.t)
         resume(Effect.succeed(true))
       }
       this.drainWaiters.push(done)
-      timer = setTimeout(() => {
+      timers.t = setTimeout(() => {
         this.drainWaiters = this.drainWaiters.filter((w) => w !== done)
         resume(Effect.succeed(false))
       }, timeoutMs)

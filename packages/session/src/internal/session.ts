@@ -67,6 +67,7 @@ export class SessionState {
   ) {
     this.rollbackOnly = options.rollbackOnly === true
     this.root = new Frame(engine, this, undefined)
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the `sql` getter below needs the session
     const state = this
     this.service = {
       // built on first use: most units use the SqlClient from the context (the engine's, following the fiber)

@@ -226,8 +226,10 @@ export const makeEmbedded = (
 
       // --- process control -----------------------------------------------------------------------------------
       // finalizers run in reverse order: the server stops first, then the watchdog goes, then the directories
-      const watchdog = Proc.spawnWatchdog(serverPidFile, persistent ? extraDirs : [dataDir, ...extraDirs])
-      yield* Effect.addFinalizer(() => Effect.sync(() => Option.map(watchdog, Proc.killWatchdog)))
+      const watchdog = yield* Proc.spawnWatchdog(serverPidFile, persistent ? extraDirs : [dataDir, ...extraDirs])
+      yield* Effect.addFinalizer(() =>
+        Option.match(watchdog, { onNone: () => Effect.void, onSome: (proc) => live(Proc.hardKill(proc)) })
+      )
 
       let current: Proc.ServerProcess | undefined
       let closed = false
@@ -299,7 +301,8 @@ export const makeEmbedded = (
               Effect.fail(`the server exited during startup${info.error ? ` (${info.error})` : ""}`)
             )
           )
-          const outcome = yield* Effect.raceFirst(ready, exited).pipe(
+          // interruptible even inside a finalizer or a semaphore: the race must be able to interrupt its loser
+          const outcome = yield* Effect.interruptible(Effect.raceFirst(ready, exited)).pipe(
             Effect.timeoutFail({
               duration: startTimeout,
               onTimeout: () => `the server did not accept connections within ${Duration.format(startTimeout)}`
@@ -343,23 +346,25 @@ export const makeEmbedded = (
       )
 
       // --- first start and bootstrap -------------------------------------------------------------------------
-      const version = yield* lock.withPermits(1)(
-        Effect.acquireUseRelease(
-          startServer(!fixedPort),
-          (conn) => bootstrap(conn, { database, username, password, adminPassword, secrets }),
-          (conn) => Sql.close(conn)
+      const version = yield* lock
+        .withPermits(1)(
+          Effect.flatMap(startServer(!fixedPort), (conn) =>
+            bootstrap(conn, { database, username, password, adminPassword, secrets }).pipe(
+              Effect.ensuring(Sql.close(conn))
+            )
+          )
         )
-      ).pipe(
-        Effect.mapError((error) =>
-          error instanceof MysqlServerStartFailed
-            ? error
-            : startFailed("bootstrap", `${error.message}${error.code ? ` (${error.code})` : ""}`, {
-                dataDir,
-                logFile,
-                logTail: Proc.readLogTail(logFile, 40)
-              })
+        .pipe(
+          Effect.mapError((error) =>
+            error instanceof MysqlServerStartFailed
+              ? error
+              : startFailed("bootstrap", `${error.message}${error.code ? ` (${error.code})` : ""}`, {
+                  dataDir,
+                  logFile,
+                  logTail: Proc.readLogTail(logFile, 40)
+                })
+          )
         )
-      )
       if (persistent) {
         const passwords = { ...saved?.passwords, [username]: password }
         yield* Effect.try({

@@ -67,9 +67,11 @@ export const query = <A = Record<string, unknown>>(
 
 /** Closes politely (COM_QUIT), and drops the socket if that does not finish quickly. */
 export const close = (conn: Mysql.Connection): Effect.Effect<void> =>
-  Effect.async<void>((resume) => {
-    conn.end(() => resume(Effect.void))
-  }).pipe(
+  Effect.interruptible(
+    Effect.async<void>((resume) => {
+      conn.end(() => resume(Effect.void))
+    })
+  ).pipe(
     Effect.timeoutTo({ duration: Duration.seconds(1), onTimeout: () => undefined, onSuccess: () => undefined }),
     Effect.ensuring(Effect.sync(() => conn.destroy()))
   )

@@ -79,6 +79,12 @@ export const findInstallation = (
       return yield* new MysqlServerNotInstalled({ missing: "mariadbd or mysqld", searched: dirs, isRoot: isRoot() })
     }
     const server = Fs.realpathSync(found)
+    const stat = Fs.statSync(server)
+    const cacheKey = [found, server, stat.size, stat.mtimeMs].join("\0")
+    const cached = installations.get(cacheKey)
+    if (cached !== undefined) {
+      return cached
+    }
     const versionText = yield* runCapture(server, ["--version"]).pipe(
       Effect.mapError(
         (reason) =>
@@ -97,9 +103,17 @@ export const findInstallation = (
     const binDir = Path.dirname(server)
     const basedir = Path.dirname(binDir)
     if (flavor === "mysql") {
-      return { server, flavor, versionText, basedir, installDb: undefined }
+      const install: Installation = { server, flavor, versionText, basedir, installDb: undefined }
+      installations.set(cacheKey, install)
+      return install
     }
-    const toolDirs = dedupe([Path.dirname(found), binDir, Path.join(basedir, "bin"), Path.join(basedir, "scripts"), ...dirs])
+    const toolDirs = dedupe([
+      Path.dirname(found),
+      binDir,
+      Path.join(basedir, "bin"),
+      Path.join(basedir, "scripts"),
+      ...dirs
+    ])
     const installDb = findExecutable(["mariadb-install-db", "mysql_install_db"], toolDirs)
     if (installDb === undefined) {
       return yield* new MysqlServerNotInstalled({
@@ -108,8 +122,13 @@ export const findInstallation = (
         isRoot: isRoot()
       })
     }
-    return { server, flavor, versionText, basedir, installDb }
+    const install: Installation = { server, flavor, versionText, basedir, installDb }
+    installations.set(cacheKey, install)
+    return install
   })
+
+// `mariadbd --version` costs tens of milliseconds: ask once per binary and process
+const installations = new Map<string, Installation>()
 
 // -----------------------------------------------------------------------------
 // server settings
@@ -139,8 +158,7 @@ export const tuningArgs: ReadonlyArray<string> = [
   "--skip-log-bin",
   "--sync-binlog=0",
   "--performance-schema=OFF",
-  "--max-connections=500",
-  "--loose-mysqlx=OFF"
+  "--max-connections=500"
 ]
 
 const userArgs = (): ReadonlyArray<string> => (isRoot() ? ["--user=root"] : [])
@@ -327,38 +345,44 @@ export const spawnLogged = (
  */
 export const terminate = (proc: ServerProcess, timeout: Duration.DurationInput): Effect.Effect<void> =>
   Effect.gen(function* () {
-    if (proc.isAlive()) {
-      try {
-        process.kill(proc.pid, "SIGTERM")
-      } catch {
-        // gone already
-      }
-      const graceful = yield* Deferred.await(proc.exited).pipe(Effect.timeoutTo({
+    // a process that exited long ago may have had its pid reused: signal only one we know is alive
+    if (!proc.isAlive()) {
+      return
+    }
+    try {
+      process.kill(proc.pid, "SIGTERM")
+    } catch {
+      // gone already
+    }
+    const graceful = yield* Effect.interruptible(Deferred.await(proc.exited)).pipe(
+      Effect.timeoutTo({
         duration: timeout,
         onTimeout: () => false,
         onSuccess: () => true
-      }))
-      if (!graceful) {
-        killGroup(proc.pid, "SIGKILL")
-        yield* Deferred.await(proc.exited).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
-      }
+      })
+    )
+    if (!graceful) {
+      yield* hardKill(proc)
     }
-    // anything the server left in its group
-    killGroup(proc.pid, "SIGKILL")
   })
 
 /** @internal */
 export const hardKill = (proc: ServerProcess): Effect.Effect<void> =>
   Effect.gen(function* () {
+    if (!proc.isAlive()) {
+      return
+    }
     killGroup(proc.pid, "SIGKILL")
-    yield* Deferred.await(proc.exited).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
+    yield* Effect.interruptible(Deferred.await(proc.exited)).pipe(Effect.timeout(Duration.seconds(5)), Effect.ignore)
   })
 
 const watchdogScript = `
 owner=$1; pidfile=$2; shift 2
 while kill -0 "$owner" 2>/dev/null; do sleep 1; done
 pid=$(cat "$pidfile" 2>/dev/null)
-if [ -n "$pid" ]; then
+dir=$(dirname "$pidfile")
+# the server may have died by itself long ago: only signal a process that still runs on this directory
+if [ -n "$pid" ] && { [ ! -d /proc ] || grep -qaF -- "$dir" "/proc/$pid/cmdline" 2>/dev/null; }; then
   kill -s TERM -- "-$pid" 2>/dev/null
   i=0
   while kill -s 0 -- "-$pid" 2>/dev/null && [ "$i" -lt 100 ]; do sleep 0.1; i=$((i+1)); done
@@ -374,23 +398,32 @@ for dir in "$@"; do rm -rf -- "$dir"; done
  *
  * @internal
  */
-export const spawnWatchdog = (pidFile: string, dirs: ReadonlyArray<string>): Option.Option<number> => {
-  try {
-    const child = ChildProcess.spawn(
-      "/bin/sh",
-      ["-c", watchdogScript, "sessionfx-mysql-watchdog", String(process.pid), pidFile, ...dirs],
-      { detached: true, stdio: "ignore" }
-    )
-    child.on("error", () => {})
-    child.unref()
-    return Option.fromNullable(child.pid)
-  } catch {
-    return Option.none()
-  }
-}
-
-/** @internal */
-export const killWatchdog = (pid: number): void => killGroup(pid, "SIGKILL")
+export const spawnWatchdog = (
+  pidFile: string,
+  dirs: ReadonlyArray<string>
+): Effect.Effect<Option.Option<ServerProcess>> =>
+  Effect.sync(() => {
+    const exited = Deferred.unsafeMake<ExitInfo>(FiberId.none)
+    let alive = true
+    try {
+      const child = ChildProcess.spawn(
+        "/bin/sh",
+        ["-c", watchdogScript, "sessionfx-mysql-watchdog", String(process.pid), pidFile, ...dirs],
+        { detached: true, stdio: "ignore" }
+      )
+      const done = (info: ExitInfo) => {
+        alive = false
+        Deferred.unsafeDone(exited, Effect.succeed(info))
+      }
+      child.once("error", (error) => done({ code: null, signal: null, error: error.message }))
+      child.once("exit", (code, signal) => done({ code, signal, error: undefined }))
+      child.unref()
+      const pid = child.pid
+      return pid === undefined ? Option.none() : Option.some({ pid, exited, isAlive: () => alive })
+    } catch {
+      return Option.none()
+    }
+  })
 
 const isProcessAlive = (pid: number): boolean => {
   try {
@@ -519,8 +552,13 @@ const initArgs = (install: Installation, dataDir: string, extraFile: string, log
 export const templateDirFor = (install: Installation, root: string): string => {
   const hash = Crypto.createHash("sha256")
     .update(
-      ["sessionfx-template-v1", install.server, install.versionText, String(process.getuid?.() ?? ""), ...engineArgs]
-        .join("\0")
+      [
+        "sessionfx-template-v1",
+        install.server,
+        install.versionText,
+        String(process.getuid?.() ?? ""),
+        ...engineArgs
+      ].join("\0")
     )
     .digest("hex")
     .slice(0, 16)
@@ -560,7 +598,7 @@ export const ensureTemplate = (
         const proc = yield* spawnLogged(tool, initArgs(install, dataDir, extraFile, logFile), logFile).pipe(
           Effect.mapError((reason) => initFailed(reason))
         )
-        const info = yield* Deferred.await(proc.exited).pipe(
+        const info = yield* Effect.interruptible(Deferred.await(proc.exited)).pipe(
           Effect.timeoutFail({
             duration: timeout,
             onTimeout: () => initFailed(`${Path.basename(tool)} did not finish within ${Duration.format(timeout)}`)
@@ -613,7 +651,9 @@ export const ensureTemplate = (
 /** @internal */
 export const copyTemplate = (template: string, dataDir: string): Effect.Effect<void, MysqlServerStartFailed> =>
   copyDir(template, dataDir).pipe(
-    Effect.mapError((reason) => initFailed(`cannot copy the template into ${dataDir}: ${reason}`, { phase: "prepare" })),
+    Effect.mapError((reason) =>
+      initFailed(`cannot copy the template into ${dataDir}: ${reason}`, { phase: "prepare" })
+    ),
     Effect.zipRight(Effect.sync(() => Fs.rmSync(Path.join(dataDir, templateMarker), { force: true })))
   )
 
@@ -642,5 +682,6 @@ export const serverArgs = (options: {
   ...userArgs(),
   ...engineArgs,
   ...tuningArgs,
+  ...(options.install.flavor === "mysql" ? ["--mysqlx=OFF"] : []),
   ...options.extra
 ]

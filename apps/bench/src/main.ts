@@ -1,0 +1,226 @@
+/**
+ * The benchmark CLI.
+ *
+ *   pnpm bench [compare] [--quick] [--transfers 20000] [--accounts 1000] [--concurrency 1,16,64,256] [--reps 3]
+ *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 500] [--out results]
+ *   pnpm bench scale [--units 10000]
+ *   pnpm bench soak [--sessions 200000]        (re-runs itself under node --expose-gc)
+ *
+ * Uses the server named by MYSQL_URL, or starts a private one.
+ */
+import { spawnSync } from "node:child_process"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+import { NodeRuntime } from "@effect/platform-node"
+import { MysqlServer } from "@sessionfx/testing"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import { BASELINE, type Impl, implementations } from "./impls/index.js"
+import * as Report from "./report.js"
+import { type Progress, runOnce } from "./runner.js"
+import { runScale, runSoak } from "./stress.js"
+import { createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
+
+interface Args {
+  readonly mode: "compare" | "scale" | "soak"
+  readonly transfers: number
+  readonly accounts: number
+  readonly concurrency: ReadonlyArray<number>
+  readonly reps: number
+  readonly impls: ReadonlyArray<string>
+  readonly seed: number
+  readonly warmup: number
+  readonly units: number
+  readonly sessions: number
+  readonly out: string
+}
+
+const usage = `usage: bench [compare|scale|soak] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
+             [--reps N] [--impls ${Object.keys(implementations).join(",")}] [--seed N] [--warmup N]
+             [--units N (scale)] [--sessions N (soak)] [--out DIR]`
+
+const parseArgs = (argv: ReadonlyArray<string>): Args => {
+  const flags = new Map<string, string>()
+  let mode: Args["mode"] = "compare"
+  let quick = false
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i]!
+    if (arg === "--quick") quick = true
+    else if (arg === "--help" || arg === "-h") {
+      process.stdout.write(usage + "\n")
+      process.exit(0)
+    } else if (arg.startsWith("--")) {
+      const [key, inline] = arg.slice(2).split("=", 2) as [string, string | undefined]
+      const value = inline ?? argv[++i]
+      if (value === undefined) throw new Error(`--${key} needs a value\n${usage}`)
+      flags.set(key, value)
+    } else if (arg === "compare" || arg === "scale" || arg === "soak") mode = arg
+    else throw new Error(`unknown argument ${arg}\n${usage}`)
+  }
+  const known = ["transfers", "accounts", "concurrency", "reps", "impls", "seed", "warmup", "units", "sessions", "out"]
+  for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}\n${usage}`)
+  const int = (key: string, fallback: number) => {
+    const v = flags.get(key)
+    if (v === undefined) return fallback
+    const n = Number(v.replace(/_/g, ""))
+    if (!Number.isInteger(n) || n < 0) throw new Error(`--${key} must be a non-negative integer, got ${v}`)
+    return n
+  }
+  const impls = (flags.get("impls") ?? Object.keys(implementations).join(",")).split(",").filter((s) => s !== "")
+  for (const name of impls) {
+    if (!(name in implementations)) throw new Error(`unknown implementation ${name}\n${usage}`)
+  }
+  const accounts = int("accounts", 1000)
+  if (accounts < 2) throw new Error("--accounts must be at least 2")
+  return {
+    mode,
+    transfers: int("transfers", quick ? 400 : 20_000),
+    accounts,
+    concurrency: (flags.get("concurrency") ?? "1,16,64,256").split(",").map((s) => {
+      const n = Number(s)
+      if (!Number.isInteger(n) || n < 1) throw new Error(`bad --concurrency ${s}`)
+      return n
+    }),
+    reps: Math.max(1, int("reps", quick ? 1 : 3)),
+    impls,
+    seed: int("seed", 42),
+    warmup: int("warmup", quick ? 100 : 1000),
+    units: int("units", quick ? 2000 : 10_000),
+    sessions: int("sessions", quick ? 20_000 : 200_000),
+    out: flags.get("out") ?? Path.join(Path.dirname(fileURLToPath(import.meta.url)), "..", "results")
+  }
+}
+
+/** A one-line progress bar on stderr, redrawn while a job runs. */
+const withProgress = async <A>(label: string, total: number, f: (progress: Progress) => Promise<A>): Promise<A> => {
+  const progress: Progress = { done: 0 }
+  const tty = process.stderr.isTTY === true
+  const draw = (final: boolean) => {
+    const fraction = total === 0 ? 1 : Math.min(1, progress.done / total)
+    const width = 30
+    const filled = Math.round(fraction * width)
+    const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}% ${label} ${progress.done}/${total}`
+    if (tty) process.stderr.write(`\r\x1b[2K${bar}${final ? "\n" : ""}`)
+    else if (final) process.stderr.write(bar + "\n")
+  }
+  const timer = setInterval(() => draw(false), tty ? 200 : 10_000)
+  timer.unref()
+  try {
+    return await f(progress)
+  } finally {
+    clearInterval(timer)
+    draw(true)
+  }
+}
+
+const compare = async (url: string, server: string, args: Args) => {
+  await createSchema(url, args.accounts)
+  const impls: Array<Impl> = args.impls.map((name) => implementations[name]!())
+  for (const impl of impls) await impl.setup(url)
+  const runs: Array<Report.RunRecord> = []
+  try {
+    if (args.warmup > 0) {
+      const plan = makePlan(args.warmup, args.accounts, args.seed + 1)
+      for (const impl of impls) {
+        await resetAccounts(url)
+        await withProgress(`warm-up ${impl.name}`, plan.size, (p) => runOnce(impl, plan, 16, p))
+      }
+    }
+    const total = args.reps * args.concurrency.length * impls.length
+    let n = 0
+    for (let rep = 1; rep <= args.reps; rep++) {
+      // the same transfers for every implementation within a repetition, different ones across repetitions
+      const plan = makePlan(args.transfers, args.accounts, args.seed + rep * 7919)
+      for (const concurrency of args.concurrency) {
+        // rotate the order so no implementation always runs first (or right after a heavy one)
+        const order = impls.map((_, k) => impls[(k + rep + concurrency) % impls.length]!)
+        for (const impl of order) {
+          n++
+          await resetAccounts(url)
+          const label = `run ${n}/${total} · rep ${rep} · c=${concurrency} · ${impl.name}`
+          const m = await withProgress(label, plan.size, (p) => runOnce(impl, plan, concurrency, p))
+          const conservation = await checkConservation(url, args.accounts, m.completed)
+          runs.push({ impl: impl.name, concurrency, rep, ...m, conservation })
+          if (!conservation.ok || m.failed > 0) {
+            process.stderr.write(
+              `!! ${impl.name} c=${concurrency}: conserved=${conservation.ok} failed=${m.failed} ${JSON.stringify(conservation)} ${m.errors.join(" | ")}\n`
+            )
+          }
+        }
+      }
+    }
+  } finally {
+    for (const impl of impls) await impl.close()
+  }
+  const summary = Report.summarize(runs)
+  const report: Report.BenchReport = {
+    meta: {
+      date: new Date().toISOString(),
+      node: process.version,
+      cpus: `${(await import("node:os")).cpus().length} cpus`,
+      server,
+      transfers: args.transfers,
+      accounts: args.accounts,
+      pool: 16,
+      reps: args.reps,
+      concurrency: args.concurrency,
+      seed: args.seed,
+      baseline: BASELINE
+    },
+    runs,
+    summary,
+    targets: Report.evaluateTargets(summary)
+  }
+  const md = Report.markdown(report)
+  const written = await Report.writeFiles(args.out, {
+    "bench.json": Report.json(report),
+    "bench.md": md,
+    "bench.svg": Report.svg(summary, `Transfer workload: throughput by concurrency (${server})`)
+  })
+  process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
+  if (summary.some((r) => !r.conserved)) process.exitCode = 1
+}
+
+const scale = async (url: string, args: Args) => {
+  await createSchema(url, args.accounts)
+  const result = await withProgress(`scale: ${args.units} units, pool 16`, args.units, (p) =>
+    runScale(url, args.accounts, args.units, args.seed, p)
+  )
+  const md = Report.scaleMarkdown(result)
+  const written = await Report.writeFiles(args.out, { "scale.json": Report.json(result), "scale.md": md })
+  process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
+  if (!result.conservation.ok || result.failed > 0) process.exitCode = 1
+}
+
+const soak = async (url: string, args: Args) => {
+  await createSchema(url, args.accounts)
+  const result = await withProgress(`soak: ${args.sessions} sequential sessions`, args.sessions, (p) =>
+    runSoak(url, args.accounts, args.sessions, args.seed, p)
+  )
+  const md = Report.soakMarkdown(result)
+  const written = await Report.writeFiles(args.out, { "soak.json": Report.json(result), "soak.md": md })
+  process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
+  if (!result.conservation.ok || result.failed > 0) process.exitCode = 1
+}
+
+const args = parseArgs(process.argv.slice(2))
+
+if (args.mode === "soak" && typeof (globalThis as { gc?: unknown }).gc !== "function") {
+  // heap-after-GC needs global.gc: run this same command again under --expose-gc
+  const child = spawnSync(process.execPath, ["--expose-gc", ...process.execArgv, ...process.argv.slice(1)], {
+    stdio: "inherit"
+  })
+  process.exit(child.status ?? 1)
+}
+
+const program = Effect.gen(function* () {
+  const server = yield* MysqlServer.MysqlServer
+  const url = Redacted.value(server.url)
+  const label = `${server.flavor} ${server.version}`
+  yield* Effect.logInfo(`server: ${label} (${server.kind}) at ${server.host}:${server.port}`)
+  const run =
+    args.mode === "scale" ? scale(url, args) : args.mode === "soak" ? soak(url, args) : compare(url, label, args)
+  yield* Effect.promise(() => run)
+}).pipe(Effect.provide(MysqlServer.layer()))
+
+NodeRuntime.runMain(program)

@@ -1,0 +1,133 @@
+/**
+ * The "transfer" workload: a seeded plan of transfers, the schema, the reset between runs and the conservation check.
+ */
+import * as Mysql from "mysql2/promise"
+
+export const INITIAL_BALANCE = 1000
+
+/** Deadlock (1213) and lock wait timeout (1205): the unit is retried. */
+export const RETRYABLE_ERRNOS: ReadonlySet<number> = new Set([1213, 1205])
+
+/** True when `error` (or one of its causes) is a retryable server error. */
+export const isRetryableError = (error: unknown): boolean => {
+  let e: unknown = error
+  for (let depth = 0; depth < 5 && typeof e === "object" && e !== null; depth++) {
+    const errno = (e as { errno?: unknown }).errno
+    if (typeof errno === "number" && RETRYABLE_ERRNOS.has(errno)) return true
+    e = (e as { cause?: unknown }).cause
+  }
+  return false
+}
+
+/** mulberry32: a small, fast, seeded PRNG returning floats in [0, 1). */
+export const mulberry32 = (seed: number): (() => number) => {
+  let s = seed >>> 0
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0
+    let t = s
+    t = Math.imul(t ^ (t >>> 15), t | 1)
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** The transfers of one run, drawn ahead of time so every implementation does the same work. */
+export interface Plan {
+  readonly size: number
+  readonly src: Int32Array
+  readonly dst: Int32Array
+  readonly amount: Int32Array
+}
+
+export const makePlan = (transfers: number, accounts: number, seed: number): Plan => {
+  const random = mulberry32(seed)
+  const src = new Int32Array(transfers)
+  const dst = new Int32Array(transfers)
+  const amount = new Int32Array(transfers)
+  for (let i = 0; i < transfers; i++) {
+    const a = 1 + Math.floor(random() * accounts)
+    let b = 1 + Math.floor(random() * (accounts - 1))
+    if (b >= a) b++
+    src[i] = a
+    dst[i] = b
+    amount[i] = 1 + Math.floor(random() * 100)
+  }
+  return { size: transfers, src, dst, amount }
+}
+
+const withConnection = async <A>(url: string, f: (conn: Mysql.Connection) => Promise<A>): Promise<A> => {
+  const conn = await Mysql.createConnection({ uri: url, multipleStatements: true })
+  try {
+    return await f(conn)
+  } finally {
+    await conn.end()
+  }
+}
+
+/** Drops and creates `accounts` and `transfers`, then fills `accounts`. */
+export const createSchema = (url: string, accounts: number): Promise<void> =>
+  withConnection(url, async (conn) => {
+    await conn.query("DROP TABLE IF EXISTS transfers, accounts")
+    await conn.query("CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB")
+    await conn.query(
+      "CREATE TABLE transfers (id BIGINT AUTO_INCREMENT PRIMARY KEY, src INT NOT NULL, dst INT NOT NULL, amount BIGINT NOT NULL) ENGINE=InnoDB"
+    )
+    for (let from = 1; from <= accounts; from += 1000) {
+      const rows: Array<[number, number]> = []
+      for (let id = from; id < Math.min(from + 1000, accounts + 1); id++) rows.push([id, INITIAL_BALANCE])
+      await conn.query("INSERT INTO accounts (id, balance) VALUES ?", [rows])
+    }
+  })
+
+/** Every balance back to the initial amount, no transfer rows. */
+export const resetAccounts = (url: string): Promise<void> =>
+  withConnection(url, async (conn) => {
+    await conn.query("TRUNCATE TABLE transfers")
+    await conn.query("UPDATE accounts SET balance = ?", [INITIAL_BALANCE])
+  })
+
+export interface Conservation {
+  readonly ok: boolean
+  readonly balanceSum: number
+  readonly expectedSum: number
+  readonly transferRows: number
+  readonly completed: number
+  readonly movedAmount: number
+}
+
+/**
+ * The sum of balances is unchanged, the transfer rows are exactly the completed units, and the balances equal the
+ * initial balances plus the net of the recorded transfers (money neither created nor lost, nothing half-applied).
+ */
+export const checkConservation = (url: string, accounts: number, completed: number): Promise<Conservation> =>
+  withConnection(url, async (conn) => {
+    const [sumRows] = await conn.query<Array<Mysql.RowDataPacket>>(
+      "SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) AS s, COUNT(*) AS n FROM accounts"
+    )
+    const [transferRows] = await conn.query<Array<Mysql.RowDataPacket>>(
+      "SELECT COUNT(*) AS n, CAST(COALESCE(SUM(amount), 0) AS SIGNED) AS moved FROM transfers"
+    )
+    const [mismatch] = await conn.query<Array<Mysql.RowDataPacket>>(
+      `SELECT COUNT(*) AS n FROM accounts a
+       LEFT JOIN (SELECT id, SUM(delta) AS delta FROM (
+         SELECT src AS id, -amount AS delta FROM transfers UNION ALL SELECT dst AS id, amount AS delta FROM transfers
+       ) d GROUP BY id) t ON t.id = a.id
+       WHERE a.balance <> ? + COALESCE(t.delta, 0)`,
+      [INITIAL_BALANCE]
+    )
+    const balanceSum = Number(sumRows[0]!["s"])
+    const expectedSum = accounts * INITIAL_BALANCE
+    const rows = Number(transferRows[0]!["n"])
+    return {
+      ok:
+        balanceSum === expectedSum &&
+        Number(sumRows[0]!["n"]) === accounts &&
+        rows === completed &&
+        Number(mismatch[0]!["n"]) === 0,
+      balanceSum,
+      expectedSum,
+      transferRows: rows,
+      completed,
+      movedAmount: Number(transferRows[0]!["moved"])
+    }
+  })

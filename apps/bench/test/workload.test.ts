@@ -1,0 +1,50 @@
+import { assert, describe, it, layer } from "@effect/vitest"
+import { MysqlServer } from "@sessionfx/testing"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import { implementations } from "../src/impls/index.js"
+import { runOnce } from "../src/runner.js"
+import { checkConservation, createSchema, makePlan, resetAccounts } from "../src/workload.js"
+
+describe("makePlan", () => {
+  it("is deterministic and never transfers to the same account", () => {
+    const p1 = makePlan(1000, 10, 7)
+    const p2 = makePlan(1000, 10, 7)
+    assert.deepStrictEqual(p1, p2)
+    for (let i = 0; i < p1.size; i++) {
+      assert.notStrictEqual(p1.src[i], p1.dst[i])
+      assert.isTrue(p1.src[i]! >= 1 && p1.src[i]! <= 10 && p1.dst[i]! >= 1 && p1.dst[i]! <= 10)
+      assert.isTrue(p1.amount[i]! >= 1 && p1.amount[i]! <= 100)
+    }
+  })
+})
+
+// excludeTestServices: the live clock (the TestClock would freeze the timings and any retry backoff)
+layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("transfer run", (it) => {
+  for (const name of ["mysql2", "sessionfx-transact"]) {
+    it.effect(`${name}: 200 transfers at concurrency 8 conserve money`, () =>
+      Effect.gen(function* () {
+        const server = yield* MysqlServer.MysqlServer
+        const url = Redacted.value(server.url)
+        // few accounts: the transfers contend for the same rows
+        yield* Effect.promise(() => createSchema(url, 20))
+        yield* Effect.promise(() => resetAccounts(url))
+        const impl = implementations[name]!()
+        yield* Effect.acquireUseRelease(
+          Effect.promise(() => impl.setup(url)),
+          () =>
+            Effect.gen(function* () {
+              const m = yield* Effect.promise(() => runOnce(impl, makePlan(200, 20, 1), 8, { done: 0 }))
+              assert.strictEqual(m.failed, 0, m.errors.join("\n"))
+              assert.strictEqual(m.completed, 200)
+              const c = yield* Effect.promise(() => checkConservation(url, 20, m.completed))
+              assert.isTrue(c.ok, JSON.stringify(c))
+              assert.strictEqual(c.transferRows, 200)
+              assert.isAbove(c.movedAmount, 0)
+            }),
+          () => Effect.promise(() => impl.close())
+        )
+      })
+    )
+  }
+})

@@ -1,0 +1,67 @@
+/**
+ * The application as Layers: database (DATABASE_URL or the embedded default), migrations, the Ledger service, and
+ * both transports.
+ */
+import * as MysqlMigrator from "@effect/sql-mysql2/MysqlMigrator"
+import { Engine } from "@sessionfx/session"
+import { MysqlServer } from "@sessionfx/testing"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Config from "./Config.js"
+import { LedgerConfig } from "./Config.js"
+import * as Http from "./Http.js"
+import { Ledger } from "./Ledger.js"
+import CreateLedger from "./migrations/00001_create_ledger.js"
+import * as Tcp from "./Tcp.js"
+
+/** The Engine: on `DATABASE_URL`, or else on a persistent embedded server under `LEDGER_DATA_DIR`. */
+export const DatabaseLive = Layer.unwrapScoped(
+  Effect.gen(function* () {
+    const config = yield* LedgerConfig
+    const options = {
+      name: "ledger",
+      pool: { size: config.poolSize, acquireTimeout: config.acquireTimeout },
+      shutdownTimeout: config.shutdownTimeout,
+      lockWaitTimeout: "5 seconds"
+    } as const
+    if (Option.isSome(config.databaseUrl)) {
+      yield* Effect.logInfo("ledger database: DATABASE_URL")
+      return Engine.layer({ ...options, url: config.databaseUrl.value })
+    }
+    const server = yield* MysqlServer.make({ dataDir: config.dataDir })
+    yield* Effect.logInfo("ledger database: no DATABASE_URL, using the embedded default").pipe(
+      Effect.annotateLogs({
+        kind: server.kind,
+        server: `${server.flavor} ${server.version}`,
+        address: `${server.host}:${server.port}`,
+        database: server.database,
+        dataDir: Option.getOrElse(server.dataDir, () => "(external MYSQL_URL)")
+      })
+    )
+    return Engine.layer({ ...options, url: server.url })
+  })
+)
+
+/** Runs the migrations in src/migrations at start-up (MysqlMigrator; the Engine's SqlClient is the client). */
+export const MigrationsLive = Layer.effectDiscard(
+  MysqlMigrator.make({})({
+    loader: MysqlMigrator.fromRecord({ "00001_create_ledger": CreateLedger }),
+    table: "ledger_migrations"
+  }).pipe(
+    Effect.tap((ran) =>
+      Effect.logInfo("ledger migrations").pipe(
+        Effect.annotateLogs("applied", ran.length === 0 ? "none" : ran.map(([id, name]) => `${id}_${name}`).join(","))
+      )
+    ),
+    Effect.orDie
+  )
+)
+
+export const LedgerLive = Ledger.Default.pipe(Layer.provideMerge(Layer.provideMerge(MigrationsLive, DatabaseLive)))
+
+export const ServersLive = Layer.merge(Tcp.layer, Http.layer)
+
+/** Everything, from resolved settings. */
+export const layer = (settings: Config.Settings) =>
+  ServersLive.pipe(Layer.provideMerge(LedgerLive), Layer.provideMerge(Config.layer(settings)))

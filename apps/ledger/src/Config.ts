@@ -1,0 +1,122 @@
+/**
+ * Configuration, read through Effect `Config` (environment variables by default; see docs/ledger.md).
+ */
+import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Crypto from "node:crypto"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+
+export interface Settings {
+  /** `mysql://…`; none: the embedded default under `dataDir`. */
+  readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
+  readonly dataDir: string
+  readonly host: string
+  /** 0 picks a free port. */
+  readonly tcpPort: number
+  readonly httpPort: number
+  readonly token: Redacted.Redacted<string>
+  readonly maxLineBytes: number
+  readonly maxConnections: number
+  readonly idleTimeout: Duration.DurationInput
+  readonly shutdownTimeout: Duration.DurationInput
+  readonly requestTimeout: Duration.DurationInput
+  readonly poolSize: number
+  readonly acquireTimeout: Duration.DurationInput
+}
+
+export class LedgerConfig extends Context.Tag("ledger/LedgerConfig")<LedgerConfig, Settings>() {}
+
+/** Defaults for everything but the token and the database. */
+export const defaults = {
+  databaseUrl: Option.none(),
+  dataDir: ".data/mysql",
+  host: "127.0.0.1",
+  tcpPort: 7070,
+  httpPort: 8080,
+  maxLineBytes: 64 * 1024,
+  maxConnections: 256,
+  idleTimeout: "60 seconds",
+  shutdownTimeout: "10 seconds",
+  requestTimeout: "10 seconds",
+  poolSize: 10,
+  acquireTimeout: "5 seconds"
+} satisfies Omit<Settings, "token">
+
+/** A TCP port; 0 picks a free one. */
+const port = (name: string) =>
+  Config.integer(name).pipe(
+    Config.validate({ message: "must be a port number (0 picks a free one)", validation: (n) => n >= 0 && n <= 65535 })
+  )
+
+const raw = Config.all({
+  databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
+  dataDir: Config.string("LEDGER_DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
+  host: Config.string("LEDGER_HOST").pipe(Config.withDefault(defaults.host)),
+  tcpPort: port("LEDGER_TCP_PORT").pipe(Config.withDefault(defaults.tcpPort)),
+  httpPort: port("LEDGER_HTTP_PORT").pipe(Config.withDefault(defaults.httpPort)),
+  token: Config.option(Config.redacted("LEDGER_TOKEN")),
+  maxLineBytes: Config.integer("LEDGER_MAX_LINE_BYTES").pipe(
+    Config.validate({ message: "must be at least 256", validation: (n) => n >= 256 }),
+    Config.withDefault(defaults.maxLineBytes)
+  ),
+  maxConnections: Config.integer("LEDGER_MAX_CONNECTIONS").pipe(
+    Config.validate({ message: "must be positive", validation: (n) => n > 0 }),
+    Config.withDefault(defaults.maxConnections)
+  ),
+  idleTimeout: Config.duration("LEDGER_IDLE_TIMEOUT").pipe(Config.withDefault(defaults.idleTimeout)),
+  shutdownTimeout: Config.duration("LEDGER_SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
+  requestTimeout: Config.duration("LEDGER_REQUEST_TIMEOUT").pipe(Config.withDefault(defaults.requestTimeout)),
+  poolSize: Config.integer("LEDGER_POOL_SIZE").pipe(Config.withDefault(defaults.poolSize)),
+  acquireTimeout: Config.duration("LEDGER_POOL_ACQUIRE_TIMEOUT").pipe(Config.withDefault(defaults.acquireTimeout))
+})
+
+export const logLevel = Config.logLevel("LEDGER_LOG_LEVEL").pipe(Config.withDefault(LogLevel.Info))
+export const logFormat = Config.literal(
+  "logfmt",
+  "json",
+  "pretty"
+)("LEDGER_LOG_FORMAT").pipe(Config.withDefault("logfmt" as const))
+
+/**
+ * Without `LEDGER_TOKEN`, a random token is generated once and kept in `<dataDir>/../ledger-token` (mode 0600), so
+ * that local clients can read it; the token itself is never logged.
+ */
+const localToken = (dataDir: string) =>
+  Effect.gen(function* () {
+    const file = Path.join(Path.dirname(Path.resolve(dataDir)), "ledger-token")
+    const token = yield* Effect.sync(() => {
+      if (Fs.existsSync(file)) return Fs.readFileSync(file, "utf8").trim()
+      Fs.mkdirSync(Path.dirname(file), { recursive: true })
+      const fresh = Crypto.randomBytes(24).toString("base64url")
+      Fs.writeFileSync(file, fresh + "\n", { mode: 0o600 })
+      return fresh
+    })
+    yield* Effect.logInfo("no LEDGER_TOKEN set: using the local token").pipe(Effect.annotateLogs("token_file", file))
+    return Redacted.make(token)
+  })
+
+/** Settings from the environment. */
+export const fromEnv: Effect.Effect<Settings, ConfigError.ConfigError> = Effect.gen(function* () {
+  const c = yield* raw
+  const token = Option.isSome(c.token) ? c.token.value : yield* localToken(c.dataDir)
+  return { ...c, token }
+})
+
+export const layer = (settings: Settings) => Layer.succeed(LedgerConfig, settings)
+
+export const layerFromEnv = Layer.effect(LedgerConfig, fromEnv)
+
+/** Compares a presented token with the configured one in constant time. */
+export const tokenMatches = (expected: Redacted.Redacted<string>, presented: string): boolean => {
+  const a = Crypto.createHash("sha256").update(Redacted.value(expected)).digest()
+  const b = Crypto.createHash("sha256").update(presented).digest()
+  return Crypto.timingSafeEqual(a, b)
+}

@@ -1,0 +1,149 @@
+/**
+ * Errors that cross the wire: each carries its HTTP status (for HttpApi) and a protocol error `code` (for both
+ * transports). Messages are written for clients: they never contain SQL, stack traces or secrets.
+ */
+import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
+import * as Schema from "effect/Schema"
+import { AccountId } from "./Account.js"
+
+export class AccountNotFound extends Schema.TaggedError<AccountNotFound>()(
+  "AccountNotFound",
+  { account: AccountId, message: Schema.String },
+  HttpApiSchema.annotations({ status: 404 })
+) {}
+
+export const accountNotFound = (account: AccountId) =>
+  new AccountNotFound({ account, message: `account ${account} does not exist` })
+
+export class InsufficientFunds extends Schema.TaggedError<InsufficientFunds>()(
+  "InsufficientFunds",
+  { account: AccountId, balance: Schema.Int, amount: Schema.Int, message: Schema.String },
+  HttpApiSchema.annotations({ status: 409 })
+) {}
+
+export const insufficientFunds = (account: AccountId, balance: number, amount: number) =>
+  new InsufficientFunds({
+    account,
+    balance,
+    amount,
+    message: `account ${account} has ${balance}, cannot take ${amount}`
+  })
+
+export class IdempotencyConflict extends Schema.TaggedError<IdempotencyConflict>()(
+  "IdempotencyConflict",
+  { idempotencyKey: Schema.String, message: Schema.String },
+  HttpApiSchema.annotations({ status: 422 })
+) {}
+
+export const idempotencyConflict = (idempotencyKey: string) =>
+  new IdempotencyConflict({ idempotencyKey, message: "this idempotency key was already used for a different request" })
+
+export class InvalidRequest extends Schema.TaggedError<InvalidRequest>()(
+  "InvalidRequest",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 400 })
+) {}
+
+export class UnknownOperation extends Schema.TaggedError<UnknownOperation>()(
+  "UnknownOperation",
+  { op: Schema.Unknown, message: Schema.String },
+  HttpApiSchema.annotations({ status: 400 })
+) {}
+
+export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
+  "Unauthorized",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 401 })
+) {}
+
+export class LineTooLong extends Schema.TaggedError<LineTooLong>()(
+  "LineTooLong",
+  { limit: Schema.Int, message: Schema.String },
+  HttpApiSchema.annotations({ status: 413 })
+) {}
+
+export class IdleTimeout extends Schema.TaggedError<IdleTimeout>()(
+  "IdleTimeout",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 408 })
+) {}
+
+export class TooManyConnections extends Schema.TaggedError<TooManyConnections>()(
+  "TooManyConnections",
+  { limit: Schema.Int, message: Schema.String },
+  HttpApiSchema.annotations({ status: 503 })
+) {}
+
+export class ShuttingDown extends Schema.TaggedError<ShuttingDown>()(
+  "ShuttingDown",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 503 })
+) {}
+
+/** The database is busy or unreachable (pool timeout, connection lost, retries exhausted): try again later. */
+export class Unavailable extends Schema.TaggedError<Unavailable>()(
+  "Unavailable",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 503 })
+) {}
+
+/** The connection was lost during COMMIT: retry with the same idempotency key to learn the outcome. */
+export class OutcomeUnknown extends Schema.TaggedError<OutcomeUnknown>()(
+  "OutcomeUnknown",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 503 })
+) {}
+
+export class InternalError extends Schema.TaggedError<InternalError>()(
+  "InternalError",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 500 })
+) {}
+
+/** Errors a ledger operation can end with. */
+export type LedgerError =
+  AccountNotFound | InsufficientFunds | IdempotencyConflict | Unavailable | OutcomeUnknown | InternalError
+
+export const LedgerError = Schema.Union(
+  AccountNotFound,
+  InsufficientFunds,
+  IdempotencyConflict,
+  Unavailable,
+  OutcomeUnknown,
+  InternalError
+)
+
+/** Every error a client can see, on either transport. */
+export const ProtocolError = Schema.Union(
+  AccountNotFound,
+  InsufficientFunds,
+  IdempotencyConflict,
+  InvalidRequest,
+  UnknownOperation,
+  Unauthorized,
+  LineTooLong,
+  IdleTimeout,
+  TooManyConnections,
+  ShuttingDown,
+  Unavailable,
+  OutcomeUnknown,
+  InternalError
+)
+export type ProtocolError = typeof ProtocolError.Type
+
+/** The protocol error code and HTTP status of each error. */
+export const errorInfo: Record<ProtocolError["_tag"], { readonly code: string; readonly status: number }> = {
+  AccountNotFound: { code: "account_not_found", status: 404 },
+  InsufficientFunds: { code: "insufficient_funds", status: 409 },
+  IdempotencyConflict: { code: "idempotency_conflict", status: 422 },
+  InvalidRequest: { code: "invalid_request", status: 400 },
+  UnknownOperation: { code: "unknown_operation", status: 400 },
+  Unauthorized: { code: "unauthorized", status: 401 },
+  LineTooLong: { code: "line_too_long", status: 413 },
+  IdleTimeout: { code: "idle_timeout", status: 408 },
+  TooManyConnections: { code: "too_many_connections", status: 503 },
+  ShuttingDown: { code: "shutting_down", status: 503 },
+  Unavailable: { code: "unavailable", status: 503 },
+  OutcomeUnknown: { code: "outcome_unknown", status: 503 },
+  InternalError: { code: "internal", status: 500 }
+}

@@ -1,0 +1,110 @@
+/**
+ * Request metrics and a Prometheus text rendering of every `effect/Metric` in the process (the ledger's own and
+ * sessionfx's `sessionfx_*` pool and session metrics).
+ */
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricLabel from "effect/MetricLabel"
+import * as MetricState from "effect/MetricState"
+import * as Option from "effect/Option"
+
+export const requestDuration = Metric.histogram(
+  "ledger_request_duration_ms",
+  MetricBoundaries.exponential({ start: 0.25, factor: 2, count: 16 }),
+  "time to answer one request, in milliseconds"
+)
+
+export const requests = Metric.counter("ledger_requests_total", {
+  description: "requests answered",
+  incremental: true
+})
+
+export const connections = Metric.gauge("ledger_tcp_connections", { description: "open TCP connections" })
+
+export const rejectedConnections = Metric.counter("ledger_tcp_rejected_connections_total", {
+  description: "TCP connections refused because of the connection limit",
+  incremental: true
+})
+
+/** Times `effect` and records it under `op` and `transport`; `outcome` is `ok` or the error's code. */
+export const track =
+  (op: string, transport: "tcp" | "http", outcome: (e: unknown) => string) =>
+  <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.suspend(() => {
+      const start = performance.now()
+      return Effect.onExit(effect, (exit) => {
+        const ms = performance.now() - start
+        const result =
+          exit._tag === "Success" ? "ok" : exit.cause._tag === "Fail" ? outcome(exit.cause.error) : "defect"
+        return Effect.zipRight(
+          Metric.update(requestDuration.pipe(Metric.tagged("op", op), Metric.tagged("transport", transport)), ms),
+          Metric.increment(
+            Metric.taggedWithLabels(requests, [
+              MetricLabel.make("op", op),
+              MetricLabel.make("transport", transport),
+              MetricLabel.make("outcome", result)
+            ])
+          )
+        )
+      })
+    })
+
+const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"')
+
+const labels = (tags: ReadonlyArray<{ key: string; value: string }>, extra?: readonly [string, string]) => {
+  const all = tags.map((t) => [t.key, t.value] as const).concat(extra ? [extra] : [])
+  return all.length === 0 ? "" : `{${all.map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(",")}}`
+}
+
+const num = (n: number | bigint) =>
+  typeof n === "bigint" ? n.toString() : Number.isFinite(n) ? String(n) : n > 0 ? "+Inf" : "-Inf"
+
+/** Every metric in the default registry, in the Prometheus text exposition format (version 0.0.4). */
+export const prometheus: Effect.Effect<string> = Effect.map(Metric.snapshot, (pairs) => {
+  const families = new Map<string, { type: string; help: string; lines: Array<string> }>()
+  const family = (name: string, type: string, help: Option.Option<string>) => {
+    let f = families.get(name)
+    if (!f) {
+      f = { type, help: Option.getOrElse(help, () => name.replace(/_/g, " ")), lines: [] }
+      families.set(name, f)
+    }
+    return f
+  }
+  for (const pair of pairs) {
+    const key = pair.metricKey
+    const name = key.name.replace(/[^a-zA-Z0-9_:]/g, "_")
+    const state = pair.metricState
+    const tags = key.tags
+    if (MetricState.isCounterState(state)) {
+      family(name, "counter", key.description).lines.push(`${name}${labels(tags)} ${num(state.count)}`)
+    } else if (MetricState.isGaugeState(state)) {
+      family(name, "gauge", key.description).lines.push(`${name}${labels(tags)} ${num(state.value)}`)
+    } else if (MetricState.isHistogramState(state)) {
+      const f = family(name, "histogram", key.description)
+      for (const [bound, count] of state.buckets) {
+        f.lines.push(`${name}_bucket${labels(tags, ["le", num(bound)])} ${count}`)
+      }
+      f.lines.push(`${name}_bucket${labels(tags, ["le", "+Inf"])} ${state.count}`)
+      f.lines.push(`${name}_sum${labels(tags)} ${num(state.sum)}`)
+      f.lines.push(`${name}_count${labels(tags)} ${state.count}`)
+    } else if (MetricState.isFrequencyState(state)) {
+      const f = family(name, "counter", key.description)
+      for (const [value, count] of state.occurrences) {
+        f.lines.push(`${name}${labels(tags, ["value", value])} ${count}`)
+      }
+    } else if (MetricState.isSummaryState(state)) {
+      const f = family(name, "summary", key.description)
+      for (const [q, value] of state.quantiles) {
+        if (Option.isSome(value)) f.lines.push(`${name}${labels(tags, ["quantile", String(q)])} ${num(value.value)}`)
+      }
+      f.lines.push(`${name}_sum${labels(tags)} ${num(state.sum)}`)
+      f.lines.push(`${name}_count${labels(tags)} ${state.count}`)
+    }
+  }
+  const out: Array<string> = []
+  for (const [name, f] of [...families.entries()].sort(([a], [b]) => a.localeCompare(b))) {
+    out.push(`# HELP ${name} ${f.help.replace(/\n/g, " ")}`, `# TYPE ${name} ${f.type}`, ...f.lines)
+  }
+  return out.join("\n") + "\n"
+})

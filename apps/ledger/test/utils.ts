@@ -1,0 +1,53 @@
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { MysqlServer } from "@sessionfx/testing"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as App from "../src/App.js"
+import * as Client from "../src/Client.js"
+import * as Config from "../src/Config.js"
+import { TcpServer } from "../src/Tcp.js"
+
+export const TOKEN = "test-token-0123456789"
+
+/** Starts the whole server (TCP + HTTP on free ports) in the current scope, on the test's database. */
+export const startApp = (overrides: Partial<Config.Settings> = {}) =>
+  Effect.gen(function* () {
+    const server = yield* MysqlServer.MysqlServer
+    const settings: Config.Settings = {
+      ...Config.defaults,
+      databaseUrl: Option.some(server.url),
+      tcpPort: 0,
+      httpPort: 0,
+      poolSize: 6,
+      token: Redacted.make(TOKEN),
+      ...overrides
+    }
+    const context = yield* Layer.build(App.layer(settings))
+    const tcp = Context.get(context, TcpServer)
+    const http = Context.get(context, HttpServer.HttpServer)
+    const sql = Context.get(context, SqlClient.SqlClient)
+    const address = http.address as HttpServer.TcpAddress
+    const connect = (token: string | null = TOKEN) =>
+      Client.connect({ host: tcp.host, port: tcp.port, token: token ?? undefined })
+    return { tcp, sql, baseUrl: `http://127.0.0.1:${address.port}`, connect }
+  })
+
+export const sumBalances = (sql: SqlClient.SqlClient, ids: ReadonlyArray<number>) =>
+  Effect.map(
+    sql<{
+      total: number | string | null
+    }>`SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) AS total FROM accounts WHERE id IN ${sql.in(ids)}`,
+    (rows) => Number(rows[0]?.total ?? 0)
+  )
+
+export const countTransfers = (sql: SqlClient.SqlClient, ids: ReadonlyArray<number>) =>
+  Effect.map(
+    sql<{
+      n: number | string
+    }>`SELECT COUNT(*) AS n FROM transfers WHERE src IN ${sql.in(ids)} OR dst IN ${sql.in(ids)}`,
+    (rows) => Number(rows[0]?.n ?? 0)
+  )
