@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: set-up, then the ledger server on its embedded default with the demo client against it.
+# The main job: set-up, then the ledger server on its embedded default (a persistent local server under
+# apps/ledger/.data) with the demo client against it over TCP. Exits 0 when the total balance is conserved.
+# `./scripts/start.sh serve` only serves (TCP 7070, HTTP 8080; see docs/ledger.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$HOME/.local/bin:$PATH"
-exec pnpm exec tsx scripts/demo.ts "$@"
+cd apps/ledger
+exec pnpm exec tsx src/main.ts "${@:-demo}"

@@ -498,6 +498,33 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (i
     )
   )
 
+  it.scoped("the transaction opens with the first statement, also when its text holds a literal '?'", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const conn = yield* adminConnection
+        const rows = yield* Session.transact(
+          Effect.gen(function* () {
+            const s = yield* sql
+            const first = yield* s<{ q: string; n: number }>`SELECT 'why?' AS q, ${5} AS n`
+            const trx = yield* admin(
+              conn,
+              `SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ${yield* Session.connectionId}`
+            )
+            assert.strictEqual(Number(trx[0].n), 1, "a transaction is open after the first statement")
+            return first
+          }),
+          { consistentSnapshot: true }
+        )
+        assert.strictEqual(rows[0]!.q, "why?")
+        assert.strictEqual(Number(rows[0]!.n), 5)
+        // a unit that runs no statement commits without a round trip
+        const hooks = yield* Ref.make(0)
+        yield* Session.transact(Session.afterCommit(Ref.update(hooks, (n) => n + 1)))
+        assert.strictEqual(yield* Ref.get(hooks), 1)
+      })
+    )
+  )
+
   it.effect("an effect that requires Session does not compile without one", () =>
     Effect.sync(() => {
       const needsSession: Effect.Effect<number, never, Session.Session> = Session.connectionId

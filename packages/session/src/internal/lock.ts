@@ -40,9 +40,15 @@ export class Lock {
     if (i >= 0) this.waiters.splice(i, 1)
   }
 
-  readonly take: Effect.Effect<void> = Effect.async<void>((resume) => {
-    const w = this.enqueue(() => resume(Effect.void))
-    if (w !== undefined) return Effect.sync(() => this.cancel(w))
+  readonly take: Effect.Effect<void> = Effect.suspend(() => {
+    if (!this.locked) {
+      this.locked = true
+      return Effect.void
+    }
+    return Effect.async<void>((resume) => {
+      const w = this.enqueue(() => resume(Effect.void))
+      if (w !== undefined) return Effect.sync(() => this.cancel(w))
+    })
   })
 
   unsafeRelease(): void {

@@ -60,10 +60,18 @@ export class SessionState {
   readonly startedAt = Date.now()
   private boundClient: Client.SqlClient | undefined
 
+  /**
+   * The transaction starts with the session's first statement: START TRANSACTION travels in the same round trip
+   * (a multi-statement text query), and a unit that ran no statement never costs a BEGIN or a COMMIT.
+   */
+  begun = false
+
   constructor(
     readonly engine: EngineImpl,
     readonly pc: import("./pool.js").PooledConn,
-    readonly options: UnitOptions
+    readonly options: UnitOptions,
+    readonly beginText: string,
+    readonly beginCount: number
   ) {
     this.rollbackOnly = options.rollbackOnly === true
     this.root = new Frame(engine, this, undefined)
@@ -133,6 +141,12 @@ export class SessionState {
   }
 }
 
+const countPlaceholders = (sql: string): number => {
+  let n = 0
+  for (let i = sql.indexOf("?"); i !== -1; i = sql.indexOf("?", i + 1)) n++
+  return n
+}
+
 const closedError = () =>
   new SessionError.SessionClosed({
     message:
@@ -193,8 +207,27 @@ export class Frame extends BaseConnection {
           resume(Effect.fail(toSqlError(bad)))
           return
         }
-        cancelCommand = this.engine.startCommand(state.pc, method, sql, params, rowsAsArray, (err, rows) => {
+        let text = sql
+        let how = method
+        let skip = 0
+        if (!state.begun) {
+          state.begun = true
+          if (countPlaceholders(sql) === params.length) {
+            text = `${state.beginText};\n${sql}`
+            how = "query"
+            skip = state.beginCount
+          } else {
+            // a literal "?" in the text: the text protocol's client-side formatting would misplace the values
+            text = state.beginText
+            how = "query"
+            skip = -1
+          }
+        }
+        const onDone = (err: SessionError.SessionError | undefined, result: unknown) => {
           this.lock.unsafeRelease()
+          // drop the results of the transaction's opening statements; keep a multi-statement's own results
+          const rest = skip > 0 && Array.isArray(result) ? result.slice(skip) : undefined
+          const rows = rest === undefined ? result : rest.length === 1 ? rest[0] : rest
           if (err !== undefined) {
             if (abortsTransaction(err) && state.aborted === undefined) state.aborted = err
             resume(Effect.fail(toSqlError(err)))
@@ -204,7 +237,15 @@ export class Frame extends BaseConnection {
             const list = Array.isArray(rows) ? rows : []
             resume(Effect.succeed(transform ? transform(list) : list))
           }
-        })
+        }
+        if (skip === -1) {
+          cancelCommand = this.engine.startCommand(state.pc, "query", text, undefined, false, (err) => {
+            if (err !== undefined) return onDone(err, undefined)
+            cancelCommand = this.engine.startCommand(state.pc, method, sql, params, rowsAsArray, onDone)
+          })
+        } else {
+          cancelCommand = this.engine.startCommand(state.pc, how, text, params, rowsAsArray, onDone)
+        }
       }
       const waiter = this.lock.enqueue(start)
       return Effect.suspend(() => {
@@ -219,14 +260,19 @@ export class Frame extends BaseConnection {
 
   /** Runs a control statement (SAVEPOINT, COMMIT, …) while the caller already holds the relevant lock. */
   control(sql: string): Effect.Effect<void, SessionError.SessionError> {
-    return Effect.asVoid(this.engine.run(this.state.pc, "query", sql, undefined, false))
+    const state = this.state
+    if (!state.begun) {
+      state.begun = true
+      sql = `${state.beginText};\n${sql}`
+    }
+    return Effect.asVoid(this.engine.run(state.pc, "query", sql, undefined, false))
   }
 }
 
 const seconds = (d: Duration.DurationInput) => Duration.toMillis(Duration.decode(d)) / 1000
 
 /** The statements that open a transaction with the requested characteristics, in one round trip. @internal */
-export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: string; dirty: boolean } => {
+export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: string; count: number; dirty: boolean } => {
   const defaults = engine.options.defaults
   const parts: Array<string> = []
   const vars: Array<string> = []
@@ -251,7 +297,7 @@ export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: strin
   if (options.consistentSnapshot) chars.push("WITH CONSISTENT SNAPSHOT")
   if (options.readOnly || options.consistentSnapshot) chars.push("READ ONLY")
   parts.push(chars.length > 0 ? `START TRANSACTION ${chars.join(", ")}` : "START TRANSACTION")
-  return { sql: parts.join("; "), dirty: vars.length > 0 }
+  return { sql: parts.join("; "), count: parts.length, dirty: vars.length > 0 }
 }
 
 /** @internal */
@@ -268,17 +314,10 @@ export const openSession = (
   options: UnitOptions,
   restore: Restore
 ): Effect.Effect<SessionState, SessionError.SessionError> =>
-  Effect.flatMap(restore(engine.borrow()), (pc) => {
+  Effect.map(restore(engine.borrow()), (pc) => {
     const begin = beginSql(engine, options)
     if (begin.dirty) pc.dirty = true
-    return restore(engine.run(pc, "query", begin.sql, undefined, false)).pipe(
-      Effect.onExit((exit) =>
-        Exit.isSuccess(exit)
-          ? Effect.void
-          : Effect.sync(() => engine.release(pc, true, pc.broken ? "broken" : "stateUnknown"))
-      ),
-      Effect.as(new SessionState(engine, pc, options))
-    )
+    return new SessionState(engine, pc, options, begin.sql, begin.count)
   })
 
 const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>>) =>
@@ -325,6 +364,10 @@ export const finishSession = (
         metrics.sessionDuration.unsafeUpdate(duration, engine.labels)
         const rollback = (label: string): Effect.Effect<void> => {
           metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", label))
+          if (!state.begun) {
+            engine.release(pc, pc.dirty)
+            return Effect.void
+          }
           if (pc.broken || pc.closed) {
             engine.release(pc, false, "broken")
             return Effect.void
@@ -340,6 +383,20 @@ export const finishSession = (
         }
         if (Exit.isFailure(exit) || state.rollbackOnly) {
           return rollback(causeLabel(exit))
+        }
+        if (!state.begun) {
+          engine.release(pc, pc.dirty)
+          metrics.commits.unsafeUpdate(1, engine.labels)
+          return runHooks(state.hooks)
+        }
+        if (pc.broken || pc.closed) {
+          engine.release(pc, false, "broken")
+          return Effect.fail(
+            new SessionError.ConnectionLost({
+              message:
+                "the connection was lost before COMMIT was sent: the server rolled the transaction back; the unit can be retried"
+            })
+          )
         }
         return Effect.matchEffect<
           void,
