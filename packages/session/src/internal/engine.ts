@@ -175,9 +175,14 @@ export class EngineImpl {
       done(err ? SessionError.classify(err) : undefined, rows)
       if (onSettled) onSettled()
     }
-    const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
-    if (method === "execute") pc.conn.execute(options, cb)
-    else pc.conn.query(options, cb)
+    // the positional forms: mysql2 copies an options object with spreads on every call
+    if (rowsAsArray) {
+      const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
+      if (method === "execute") pc.conn.execute(options, cb)
+      else pc.conn.query(options, cb)
+    } else if (method === "execute") pc.conn.execute(sql, values as Array<any>, cb)
+    else if (values === undefined || values.length === 0) pc.conn.query(sql, cb)
+    else pc.conn.query(sql, values as Array<any>, cb)
     return Effect.async<void>((resumeCancel) => {
       if (settled) return resumeCancel(Effect.void)
       pc.dirty = true

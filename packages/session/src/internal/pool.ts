@@ -67,7 +67,6 @@ export class PooledConn {
 interface Waiter {
   readonly resume: (effect: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>) => void
   readonly since: number
-  timer: ReturnType<typeof setTimeout> | undefined
   prev: Waiter | undefined
   next: Waiter | undefined
   queued: boolean
@@ -226,10 +225,50 @@ export class ConnPool {
 
   private finish(w: Waiter) {
     w.done = true
-    if (w.timer !== undefined) {
-      clearTimeout(w.timer)
-      w.timer = undefined
+  }
+
+  /**
+   * Every waiter has the same timeout and the queue is FIFO, so the head always has the earliest deadline: one timer,
+   * armed for the head, serves the whole queue (no timer per waiter on the hot path).
+   */
+  private deadlineTimer: ReturnType<typeof setTimeout> | undefined
+  private deadlineAt = Infinity
+
+  private armDeadline() {
+    const head = this.head
+    if (head === undefined) return
+    const at = head.since + this.config.acquireTimeoutMs
+    if (this.deadlineTimer !== undefined && this.deadlineAt <= at) return
+    if (this.deadlineTimer !== undefined) clearTimeout(this.deadlineTimer)
+    this.deadlineAt = at
+    this.deadlineTimer = setTimeout(() => this.expire(), Math.max(0, at - Date.now()))
+    // waiters are kept alive by the lent connections they wait for; an idle engine must not hold the process
+    this.deadlineTimer.unref()
+  }
+
+  private expire() {
+    this.deadlineTimer = undefined
+    this.deadlineAt = Infinity
+    const now = Date.now()
+    while (this.head !== undefined && this.head.since + this.config.acquireTimeoutMs <= now) {
+      const w = this.head
+      this.unlink(w)
+      w.cancelled = true
+      w.done = true
+      this.timeouts++
+      this.config.onTimeout()
+      const stats = this.stats()
+      const last = this.lastConnectError ? `; last connection error: ${describeCause(this.lastConnectError)}` : ""
+      w.resume(
+        Effect.fail(
+          new SessionError.PoolTimeout({
+            stats,
+            message: `no connection to ${this.config.describe} became free within ${this.config.acquireTimeoutMs} ms (size ${stats.size}, in use ${stats.inUse}, waiting ${stats.waiting})${last}; raise pool.size or pool.acquireTimeout, or shorten transactions`
+          })
+        )
+      )
     }
+    this.armDeadline()
   }
 
   private takeIdle(): PooledConn | undefined {
@@ -284,7 +323,10 @@ export class ConnPool {
       this.inUse--
       if (err || pc.broken) {
         this.destroy(pc, "validation")
-        if (!w.cancelled && !w.done) this.pushFront(w)
+        if (!w.cancelled && !w.done) {
+          this.pushFront(w)
+          this.armDeadline()
+        }
         this.serve()
         return
       }
@@ -308,7 +350,6 @@ export class ConnPool {
     const w: Waiter = {
       resume,
       since: Date.now(),
-      timer: undefined,
       prev: undefined,
       next: undefined,
       queued: false,
@@ -344,25 +385,7 @@ export class ConnPool {
       return
     }
     this.pushBack(w)
-    w.timer = setTimeout(() => {
-      w.timer = undefined
-      if (w.done) return
-      this.unlink(w)
-      w.cancelled = true
-      w.done = true
-      this.timeouts++
-      this.config.onTimeout()
-      const stats = this.stats()
-      const last = this.lastConnectError ? `; last connection error: ${describeCause(this.lastConnectError)}` : ""
-      resume(
-        Effect.fail(
-          new SessionError.PoolTimeout({
-            stats,
-            message: `no connection to ${this.config.describe} became free within ${this.config.acquireTimeoutMs} ms (size ${stats.size}, in use ${stats.inUse}, waiting ${stats.waiting})${last}; raise pool.size or pool.acquireTimeout, or shorten transactions`
-          })
-        )
-      )
-    }, this.config.acquireTimeoutMs)
+    this.armDeadline()
     this.serve()
     return Effect.sync(() => {
       if (w.done && !w.cancelled) {
@@ -498,6 +521,7 @@ export class ConnPool {
   /** Destroys everything that is left, in use or not. */
   closeAll(): void {
     this.closing = true
+    if (this.deadlineTimer !== undefined) clearTimeout(this.deadlineTimer)
     if (this.maintenance) clearInterval(this.maintenance)
     for (const pc of [...this.all]) this.destroy(pc, "shutdown")
   }
