@@ -109,7 +109,12 @@ export const transact: {
 } = dual(
   (args) => Effect.isEffect(args[0]),
   <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) =>
-    Effect.flatMap(Engine.Engine, (engine) => internal.transact(engineImpl(engine), effect, options ?? {}))
+    Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
+      const engine = Context.getOption(fiber.currentContext, Engine.Engine)
+      return engine._tag === "Some"
+        ? internal.transact(engineImpl(engine.value), effect, options ?? {})
+        : Effect.flatMap(Engine.Engine, (engine) => internal.transact(engineImpl(engine), effect, options ?? {}))
+    })
 ) as any
 
 /**

@@ -48,15 +48,19 @@ export const SessionTag = Context.GenericTag<SessionService>("@sessionfx/session
 const abortsTransaction = (e: SessionError.SessionError) =>
   e._tag === "Deadlock" || e._tag === "ConnectionLost" || e._tag === "SerializationFailure"
 
-/** @internal */
-export class SessionState {
+/**
+ * The state of one unit of work. It is also the `Session` service itself (methods on the prototype, nothing
+ * allocated per unit beyond this object and its root frame).
+ *
+ * @internal
+ */
+export class SessionState implements SessionService {
   open = true
   aborted: SessionError.SessionError | undefined = undefined
   rollbackOnly: boolean
-  hooks: Array<Effect.Effect<void>> = []
+  hooks: Array<Effect.Effect<void>> | undefined = undefined
   seq = 0
   readonly root: Frame
-  readonly service: SessionService
   readonly startedAt = Date.now()
   private boundClient: Client.SqlClient | undefined
 
@@ -75,28 +79,42 @@ export class SessionState {
   ) {
     this.rollbackOnly = options.rollbackOnly === true
     this.root = new Frame(engine, this, undefined)
-    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the `sql` getter below needs the session
-    const state = this
-    this.service = {
-      // built on first use: most units use the SqlClient from the context (the engine's, following the fiber)
-      get sql() {
-        return state.client()
-      },
-      connectionId: pc.threadId,
-      isolation: options.isolation ?? engine.options.defaults.isolation,
-      readOnly: options.readOnly === true || options.consistentSnapshot === true,
-      savepoint: (effect) => Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect)),
-      afterCommit: (effect) =>
-        Effect.suspend(() => {
-          if (!this.open) return Effect.dieMessage("afterCommit called after the session ended")
-          this.hooks.push(effect)
-          return Effect.void
-        }),
-      setRollbackOnly: Effect.sync(() => {
-        this.rollbackOnly = true
-      }),
-      isOpen: Effect.sync(() => this.open)
-    }
+  }
+
+  get service(): SessionService {
+    return this
+  }
+
+  /** Built on first use: most units use the SqlClient from the context (the engine's, following the fiber). */
+  get sql(): Client.SqlClient {
+    return this.client()
+  }
+  get connectionId(): number {
+    return this.pc.threadId
+  }
+  get isolation(): Isolation | undefined {
+    return this.options.isolation ?? this.engine.options.defaults.isolation
+  }
+  get readOnly(): boolean {
+    return this.options.readOnly === true || this.options.consistentSnapshot === true
+  }
+  savepoint<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | SessionError.SessionError, R> {
+    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect))
+  }
+  afterCommit(effect: Effect.Effect<void>): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (!this.open) return Effect.dieMessage("afterCommit called after the session ended")
+      ;(this.hooks ??= []).push(effect)
+      return Effect.void
+    })
+  }
+  get setRollbackOnly(): Effect.Effect<void> {
+    return Effect.sync(() => {
+      this.rollbackOnly = true
+    })
+  }
+  get isOpen(): Effect.Effect<boolean> {
+    return Effect.sync(() => this.open)
   }
 
   /** The frame of this session the fiber is in (a savepoint), or the root. */
@@ -320,8 +338,8 @@ export const openSession = (
     return new SessionState(engine, pc, options, begin.sql, begin.count)
   })
 
-const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>>) =>
-  hooks.length === 0
+const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>> | undefined) =>
+  hooks === undefined || hooks.length === 0
     ? Effect.void
     : Effect.forEach(
         hooks,
@@ -343,103 +361,122 @@ const causeLabel = (exit: Exit.Exit<unknown, unknown>): string =>
 
 /**
  * Ends a session with the exit of its unit of work: COMMIT on success, ROLLBACK otherwise, and gives the connection
- * back in a known-clean state. A failing COMMIT is a typed error. Runs uninterruptibly.
+ * back in a known-clean state. A failing COMMIT is a typed error. Runs uninterruptibly, in one `Effect.async` when
+ * a round trip is needed.
+ *
+ * With `passThrough`, the result is the unit's own outcome (its value, or its failure with classified errors
+ * unwrapped) unless ending it failed; without, it is `void` or the ending's failure (the Layer spelling, where the
+ * unit's own outcome is already the scope's).
  *
  * @internal
  */
-export const finishSession = (
+export const finishSession = <A, E>(
   state: SessionState,
-  exit: Exit.Exit<unknown, unknown>
-): Effect.Effect<void, SessionError.SessionError> =>
+  exit: Exit.Exit<A, E>,
+  passThrough: boolean
+): Effect.Effect<any, any> =>
   Effect.uninterruptible(
-    Effect.zipRight(
-      state.root.lock.take,
-      Effect.suspend(() => {
-        const { engine, pc, root } = state
-        state.open = false
-        root.closed = true
-        // statements queued behind the close now see a closed session and fail with SessionClosed
-        root.lock.unsafeRelease()
-        const duration = Date.now() - state.startedAt
-        metrics.sessionDuration.unsafeUpdate(duration, engine.labels)
-        const rollback = (label: string): Effect.Effect<void> => {
-          metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", label))
-          if (!state.begun) {
-            engine.release(pc, pc.dirty)
-            return Effect.void
-          }
-          if (pc.broken || pc.closed) {
-            engine.release(pc, false, "broken")
-            return Effect.void
-          }
-          return Effect.matchEffect(root.control("ROLLBACK"), {
-            onFailure: () => Effect.sync(() => engine.release(pc, false, pc.broken ? "broken" : "resetFailed")),
-            onSuccess: () => Effect.sync(() => engine.release(pc, pc.dirty))
-          })
-        }
-        if (Exit.isSuccess(exit) && state.aborted !== undefined) {
-          const aborted = state.aborted
-          return Effect.zipRight(rollback("aborted"), Effect.fail(aborted))
-        }
-        if (Exit.isFailure(exit) || state.rollbackOnly) {
-          return rollback(causeLabel(exit))
-        }
-        if (!state.begun) {
-          engine.release(pc, pc.dirty)
-          metrics.commits.unsafeUpdate(1, engine.labels)
-          return runHooks(state.hooks)
-        }
-        if (pc.broken || pc.closed) {
-          engine.release(pc, false, "broken")
-          return Effect.fail(
-            new SessionError.ConnectionLost({
-              message:
-                "the connection was lost before COMMIT was sent: the server rolled the transaction back; the unit can be retried"
-            })
-          )
-        }
-        return Effect.matchEffect<
-          void,
-          SessionError.SessionError,
-          never,
-          void,
-          SessionError.SessionError,
-          never,
-          void,
-          SessionError.SessionError,
-          never
-        >(root.control("COMMIT"), {
-          onFailure: (e): Effect.Effect<void, SessionError.SessionError> => {
-            if (e._tag === "ConnectionLost" || pc.broken) {
-              engine.release(pc, false, "broken")
-              return Effect.fail(
-                new SessionError.CommitOutcomeUnknown({
-                  cause: e,
-                  message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — check with an idempotency key`
-                })
-              )
-            }
-            engine.release(pc, true)
-            metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", "commitFailed"))
-            return Effect.fail(
-              new SessionError.CommitFailed({
-                cause: e,
-                retryable: SessionError.isRetryable(e),
-                errno: (e as { errno?: number }).errno,
-                code: (e as { code?: string }).code,
-                message: `COMMIT failed and the transaction was rolled back: ${e.message}`
-              })
-            )
-          },
-          onSuccess: () => {
-            engine.release(pc, pc.dirty)
-            metrics.commits.unsafeUpdate(1, engine.labels)
-            return runHooks(state.hooks)
-          }
-        })
+    Effect.suspend(() => {
+      const lock = state.root.lock
+      if (!lock.locked) {
+        lock.locked = true
+        return endSession(state, exit, passThrough)
+      }
+      return Effect.zipRight(
+        lock.take,
+        Effect.suspend(() => endSession(state, exit, passThrough))
+      )
+    })
+  )
+
+const endSession = <A, E>(
+  state: SessionState,
+  exit: Exit.Exit<A, E>,
+  passThrough: boolean
+): Effect.Effect<any, any> => {
+  const { engine, pc, root } = state
+  state.open = false
+  root.closed = true
+  // statements queued behind the close now see a closed session and fail with SessionClosed
+  root.lock.unsafeRelease()
+  metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.labels)
+  const outcome: Effect.Effect<any, any> = passThrough ? Exit.mapError(exit, unwrapError) : Effect.void
+
+  const rollback = (label: string, after: Effect.Effect<any, any>): Effect.Effect<any, any> => {
+    metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", label))
+    if (!state.begun) {
+      engine.release(pc, pc.dirty)
+      return after
+    }
+    if (pc.broken || pc.closed) {
+      engine.release(pc, false, "broken")
+      return after
+    }
+    return Effect.async<any, any>((resume) => {
+      engine.startCommand(pc, "query", "ROLLBACK", undefined, false, (err) => {
+        if (err !== undefined) engine.release(pc, false, pc.broken ? "broken" : "resetFailed")
+        else engine.release(pc, pc.dirty)
+        resume(after)
+      })
+    })
+  }
+
+  if (Exit.isSuccess(exit) && state.aborted !== undefined) {
+    return rollback("aborted", Effect.fail(state.aborted))
+  }
+  if (Exit.isFailure(exit) || state.rollbackOnly) {
+    return rollback(causeLabel(exit), outcome)
+  }
+  const committed = (): Effect.Effect<any, any> => {
+    metrics.commits.unsafeUpdate(1, engine.labels)
+    return state.hooks === undefined ? outcome : Effect.zipRight(runHooks(state.hooks), outcome)
+  }
+  if (!state.begun) {
+    engine.release(pc, pc.dirty)
+    return committed()
+  }
+  if (pc.broken || pc.closed) {
+    engine.release(pc, false, "broken")
+    return Effect.fail(
+      new SessionError.ConnectionLost({
+        message:
+          "the connection was lost before COMMIT was sent: the server rolled the transaction back; the unit can be retried"
       })
     )
-  )
+  }
+  return Effect.async<any, any>((resume) => {
+    engine.startCommand(pc, "query", "COMMIT", undefined, false, (e) => {
+      if (e === undefined) {
+        engine.release(pc, pc.dirty)
+        return resume(committed())
+      }
+      if (e._tag === "ConnectionLost" || pc.broken) {
+        engine.release(pc, false, "broken")
+        return resume(
+          Effect.fail(
+            new SessionError.CommitOutcomeUnknown({
+              cause: e,
+              message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — check with an idempotency key`
+            })
+          )
+        )
+      }
+      engine.release(pc, true)
+      metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", "commitFailed"))
+      resume(
+        Effect.fail(
+          new SessionError.CommitFailed({
+            cause: e,
+            retryable: SessionError.isRetryable(e),
+            errno: (e as { errno?: number }).errno,
+            code: (e as { code?: string }).code,
+            message: `COMMIT failed and the transaction was rolled back: ${e.message}`
+          })
+        )
+      )
+    })
+  })
+}
 
 /** @internal */
 export interface OpenSavepoint {
@@ -569,9 +606,10 @@ const runOnce = <A, E, R>(
             })
         })
       }
-      return Effect.flatMap(Effect.exit(restore(body)), (exit) =>
-        Effect.zipRight(finishSession(state, exit), Exit.mapError(exit, unwrapError))
-      )
+      return Effect.matchCauseEffect(restore(body), {
+        onFailure: (cause) => finishSession(state, Exit.failCause(cause), true),
+        onSuccess: (a) => finishSession(state, Exit.succeed(a), true)
+      })
     })
   )
 
@@ -663,7 +701,7 @@ export const scopedSession = (
       Effect.flatMap(openSession(engine, options, restore), (state) =>
         Effect.as(
           // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
-          Effect.addFinalizer((exit) => finishSession(state, exit) as Effect.Effect<void>),
+          Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
           state.layerContext(state.root)
         )
       )

@@ -61,7 +61,8 @@ interface Core {
   readonly transformRows: Transform
 }
 
-const run = (
+const runIn = (
+  fiber: Fiber.RuntimeFiber<any, any>,
   core: Core,
   text: string,
   params: ReadonlyArray<unknown>,
@@ -70,18 +71,17 @@ const run = (
   raw: boolean,
   transform: Transform,
   operation: string
-): Effect.Effect<any, SqlError> =>
-  Effect.withFiberRuntime((fiber) => {
-    const target = core.resolve(fiber)
-    const effect: Effect.Effect<any, SqlError> =
-      target !== undefined
-        ? target.exec(method, text, params, rowsAsArray, raw, transform as any)
-        : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
-    if ((fiber as any).currentTracer === defaultTracer) return effect
-    const attributes: Record<string, unknown> = { "db.operation.name": operation, "db.query.text": text }
-    for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
-    return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
-  })
+): Effect.Effect<any, SqlError> => {
+  const target = core.resolve(fiber)
+  const effect: Effect.Effect<any, SqlError> =
+    target !== undefined
+      ? target.exec(method, text, params, rowsAsArray, raw, transform as any)
+      : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
+  if ((fiber as any).currentTracer === defaultTracer) return effect
+  const attributes: Record<string, unknown> = { "db.operation.name": operation, "db.query.text": text }
+  for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
+  return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
+}
 
 const autocommit = (
   engine: EngineImpl,
@@ -147,14 +147,24 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     return Effect.withFiberRuntime((fiber) =>
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
         ? fallback(this.slow())
-        : run(this.core, textOf(this.strings), this.args, method, rowsAsArray, raw, transform, operation)
+        : runIn(fiber, this.core, textOf(this.strings), this.args, method, rowsAsArray, raw, transform, operation)
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
     return Effect.withFiberRuntime((fiber) =>
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
         ? this.slow()
-        : run(this.core, textOf(this.strings), this.args, "execute", false, false, this.core.transformRows, "execute")
+        : runIn(
+            fiber,
+            this.core,
+            textOf(this.strings),
+            this.args,
+            "execute",
+            false,
+            false,
+            this.core.transformRows,
+            "execute"
+          )
     )
   }
   get raw(): Effect.Effect<unknown, SqlError> {
