@@ -5,6 +5,7 @@ import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
@@ -148,14 +149,18 @@ export class SessionState implements SessionService {
 
   /** Runs `effect` inside this session (frame `frame`): Session, the engine's SqlClient and the frame in context. */
   provide<A, E, R>(effect: Effect.Effect<A, E, R>, frame: Frame = this.root): Effect.Effect<A, E, Exclude<R, any>> {
-    const engine = this.engine
-    return Effect.mapInputContext(effect, (ctx: Context.Context<never>) => {
-      const map = new Map(ctx.unsafeMap)
-      map.set(SessionTag.key, this.service)
-      map.set(Client.SqlClient.key, engine.client)
-      map.set(engine.currentTag.key, frame)
-      return Context.unsafeMake(map) as Context.Context<R>
-    }) as any
+    return Effect.mapInputContext(effect as Effect.Effect<A, E, never>, (ctx: Context.Context<never>) =>
+      this.contextFrom(ctx, frame)
+    ) as any
+  }
+
+  /** `outer` plus this session's services, in one copy. */
+  contextFrom<R>(outer: Context.Context<R>, frame: Frame): Context.Context<R> {
+    const map = new Map(outer.unsafeMap)
+    map.set(SessionTag.key, this)
+    map.set(Client.SqlClient.key, this.engine.client)
+    map.set(this.engine.currentTag.key, frame)
+    return Context.unsafeMake(map) as Context.Context<R>
   }
 }
 
@@ -594,23 +599,36 @@ const runOnce = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSession(engine, options, restore), (state) => {
-      let body: Effect.Effect<A, E | SessionError.SessionError, R> = state.provide(effect)
-      if (options.timeout !== undefined) {
-        const d = options.timeout
-        body = Effect.timeoutFail(body, {
-          duration: d,
-          onTimeout: () =>
-            new SessionError.TransactionTimeout({
-              message: `the unit of work ran longer than ${Duration.format(Duration.decode(d))} and was rolled back`
-            })
+    Effect.flatMap(openSession(engine, options, restore), (state) =>
+      Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
+        let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
+        if (options.timeout !== undefined) {
+          const d = options.timeout
+          body = Effect.timeoutFail(body, {
+            duration: d,
+            onTimeout: () =>
+              new SessionError.TransactionTimeout({
+                message: `the unit of work ran longer than ${Duration.format(Duration.decode(d))} and was rolled back`
+              })
+          })
+        }
+        // what `Effect.locally(currentContext)` does, without its acquire/use/release: we are uninterruptible here,
+        // and both exits below put the outer context back before anything else runs
+        const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
+        const outer = fiber.getFiberRef(FiberRef.currentContext)
+        f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
+        return Effect.matchCauseEffect(restore(body), {
+          onFailure: (cause) => {
+            f.setFiberRef(FiberRef.currentContext, outer)
+            return finishSession(state, Exit.failCause(cause), true)
+          },
+          onSuccess: (a) => {
+            f.setFiberRef(FiberRef.currentContext, outer)
+            return finishSession(state, Exit.succeed(a), true)
+          }
         })
-      }
-      return Effect.matchCauseEffect(restore(body), {
-        onFailure: (cause) => finishSession(state, Exit.failCause(cause), true),
-        onSuccess: (a) => finishSession(state, Exit.succeed(a), true)
       })
-    })
+    )
   )
 
 const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
