@@ -33,6 +33,19 @@ type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>)
 const STATEFUL =
   /@|\bget_lock\b|^\s*(?:set|use|lock|unlock|prepare|execute|deallocate|call|handler|declare|create\s+(?:or\s+replace\s+)?temporary)\b/i
 
+const statefulCache = new Map<string, boolean>()
+
+/** Whether a statement may change session state; cached per SQL text (compiled texts are shared strings). */
+const isStateful = (sql: string): boolean => {
+  let v = statefulCache.get(sql)
+  if (v === undefined) {
+    v = STATEFUL.test(sql)
+    if (statefulCache.size > 10_000) statefulCache.clear()
+    statefulCache.set(sql, v)
+  }
+  return v
+}
+
 let engineSeq = 0
 
 /** @internal */
@@ -164,7 +177,7 @@ export class EngineImpl {
       )
       return undefined
     }
-    if (STATEFUL.test(sql)) pc.dirty = true
+    if (isStateful(sql)) pc.dirty = true
     let settled = false
     let onSettled: (() => void) | undefined
     pc.busy = true
