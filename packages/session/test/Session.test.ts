@@ -157,6 +157,38 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (i
     )
   )
 
+  it.scoped("an interrupted statement that outlives killGrace: its connection is destroyed and nothing hangs", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const conn = yield* adminConnection
+        const fiber = yield* Effect.fork(
+          Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(3) AS slept /* sfx-grace-marker */`))
+        )
+        yield* eventually(
+          Effect.map(
+            admin(
+              conn,
+              "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-grace-marker%' AND info NOT LIKE '%processlist%'"
+            ),
+            (rows) => Number(rows[0].n) === 1
+          ),
+          "the statement runs on the server"
+        )
+        const t0 = Date.now()
+        yield* Fiber.interrupt(fiber)
+        assert.isBelow(Date.now() - t0, 1500)
+        yield* eventually(
+          Effect.map(Engine.stats, (s) => s.inUse === 0 && s.destroyed >= 1),
+          "connection destroyed"
+        )
+        // the pool replaces it and serves the next unit
+        const ok = yield* Session.transact(Effect.flatMap(sql, (s) => s<{ one: number }>`SELECT 1 AS one`))
+        assert.strictEqual(Number(ok[0]!.one), 1)
+      }),
+      { pool: { size: 1 }, killGrace: "1 millis" }
+    )
+  )
+
   it.scoped("isolation and read-only are what the server reports", () =>
     withEngine(
       Effect.gen(function* () {

@@ -10,7 +10,7 @@ import * as Stream from "effect/Stream"
 import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
-import { ConnPool, type DestroyReason, hardClose, type PooledConn } from "./pool.js"
+import { ConnPool, type DestroyReason, hardClose, type Lease, type PooledConn } from "./pool.js"
 
 /** @internal */
 export type Isolation = "READ UNCOMMITTED" | "READ COMMITTED" | "REPEATABLE READ" | "SERIALIZABLE"
@@ -129,9 +129,24 @@ export class EngineImpl {
     clearInterval(this.gaugeTimer)
   }
 
-  /** Takes a connection; waiting is interruptible and a connection handed over during interruption goes back. */
-  readonly borrow = (): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> =>
-    this.pool.acquire
+  /**
+   * Takes a connection. Call it inside `uninterruptibleMask` with its `restore`: waiting is interruptible, and a
+   * connection handed over while the fiber is being interrupted goes back to the pool — also when the interruption
+   * lands after the hand-off, before the caller could register its finalizer.
+   */
+  borrow(
+    restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    return Effect.suspend(() => {
+      const lease: Lease = { pc: undefined }
+      return Effect.onExit(restore(this.pool.acquire(lease)), (exit) => {
+        if (exit._tag === "Success" || lease.pc === undefined) return Effect.void
+        const pc = lease.pc
+        lease.pc = undefined
+        return Effect.sync(() => this.release(pc, false))
+      })
+    })
+  }
 
   release(pc: PooledConn, reset: boolean, reason?: DestroyReason) {
     this.pool.release(pc, reset, reason)
@@ -166,7 +181,8 @@ export class EngineImpl {
     sql: string,
     values: ReadonlyArray<unknown> | undefined,
     rowsAsArray: boolean,
-    done: (err: SessionError.SessionError | undefined, rows: unknown) => void
+    done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
+    deadlineMs?: number
   ): Effect.Effect<void> | undefined {
     if (pc.closed || pc.broken) {
       done(
@@ -180,22 +196,34 @@ export class EngineImpl {
     if (isStateful(sql)) pc.dirty = true
     let settled = false
     let onSettled: (() => void) | undefined
+    let deadline: ReturnType<typeof setTimeout> | undefined
     pc.busy = true
-    const cb = (err: any, rows: unknown) => {
+    // settles exactly once: from mysql2's callback, or when the connection is destroyed under the command (mysql2
+    // never calls back the commands of a connection it was told to close)
+    const settle = (err: any, rows: unknown) => {
+      if (settled) return
       settled = true
       pc.busy = false
+      pc.pending = undefined
+      if (deadline !== undefined) clearTimeout(deadline)
       if (err && SessionError.isFatal(err)) pc.broken = true
       done(err ? SessionError.classify(err) : undefined, rows)
       if (onSettled) onSettled()
     }
+    pc.pending = settle
+    if (deadlineMs !== undefined) {
+      deadline = setTimeout(() => {
+        this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
+      }, deadlineMs)
+    }
     // the positional forms: mysql2 copies an options object with spreads on every call
     if (rowsAsArray) {
       const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
-      if (method === "execute") pc.conn.execute(options, cb)
-      else pc.conn.query(options, cb)
-    } else if (method === "execute") pc.conn.execute(sql, values as Array<any>, cb)
-    else if (values === undefined || values.length === 0) pc.conn.query(sql, cb)
-    else pc.conn.query(sql, values as Array<any>, cb)
+      if (method === "execute") pc.conn.execute(options, settle)
+      else pc.conn.query(options, settle)
+    } else if (method === "execute") pc.conn.execute(sql, values as Array<any>, settle)
+    else if (values === undefined || values.length === 0) pc.conn.query(sql, settle)
+    else pc.conn.query(sql, values as Array<any>, settle)
     return Effect.async<void>((resumeCancel) => {
       if (settled) return resumeCancel(Effect.void)
       pc.dirty = true
@@ -208,15 +236,15 @@ export class EngineImpl {
       }
       onSettled = finish
       const timer = setTimeout(() => {
-        pc.broken = true
-        hardClose(pc.conn)
-        finish()
+        this.pool.destroy(
+          pc,
+          "interrupted",
+          `the interrupted statement did not end within ${this.options.killGraceMs} ms`
+        )
       }, this.options.killGraceMs)
       this.killQuery(pc.threadId, (ok) => {
         if (!ok && !settled) {
-          pc.broken = true
-          hardClose(pc.conn)
-          finish()
+          this.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
         }
       })
     })
@@ -303,7 +331,7 @@ export class DirectConnection extends BaseConnection {
 /** @internal */
 export const borrowScoped = (engine: EngineImpl) =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(Effect.mapError(restore(engine.borrow()), toSqlError), (pc) =>
+    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
       Effect.as(
         Effect.addFinalizer(() => Effect.sync(() => engine.release(pc, false))),
         new DirectConnection(engine, pc) as Connection

@@ -64,10 +64,43 @@ export class Lock {
 
   readonly release: Effect.Effect<void> = Effect.sync(() => this.unsafeRelease())
 
+  /**
+   * Takes the lock with interruptible waiting. Call it inside `uninterruptibleMask` with its `restore`: if the
+   * fiber is interrupted after the lock was handed to it but before it could resume, the lock is passed on.
+   */
+  acquire(restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const token = { held: false }
+      const take = Effect.suspend(() => {
+        if (!this.locked) {
+          this.locked = true
+          token.held = true
+          return Effect.void
+        }
+        return Effect.async<void>((resume) => {
+          const w = this.enqueue(() => {
+            token.held = true
+            resume(Effect.void)
+          })
+          if (w !== undefined) {
+            return Effect.sync(() => {
+              if (!w.granted) this.cancel(w)
+            })
+          }
+        })
+      })
+      return Effect.onExit(restore(take), (exit) => {
+        if (exit._tag === "Success" || !token.held) return Effect.void
+        token.held = false
+        return Effect.sync(() => this.unsafeRelease())
+      })
+    })
+  }
+
   /** Runs `effect` holding the lock; waiting is interruptible, the lock is always given back. */
   withLock<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
     return Effect.uninterruptibleMask((restore) =>
-      Effect.zipRight(restore(this.take), Effect.ensuring(restore(effect), this.release))
+      Effect.zipRight(this.acquire(restore), Effect.ensuring(restore(effect), this.release))
     )
   }
 }

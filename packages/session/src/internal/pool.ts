@@ -54,6 +54,8 @@ export class PooledConn {
   inUse = false
   busy = false
   closed = false
+  /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
+  pending: ((err: unknown, rows: unknown) => void) | undefined = undefined
   constructor(
     readonly conn: Mysql.Connection,
     readonly threadId: number,
@@ -64,6 +66,17 @@ export class PooledConn {
   }
 }
 
+/**
+ * Who holds a connection handed over by the pool. A fiber can be interrupted after the pool handed it a connection
+ * but before it could register a finalizer; whoever finds `pc` still set (the interrupted acquire's canceler, or the
+ * caller's exit handler) gives it back, once.
+ *
+ * @internal
+ */
+export interface Lease {
+  pc: PooledConn | undefined
+}
+
 interface Waiter {
   readonly resume: (effect: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>) => void
   readonly since: number
@@ -72,7 +85,7 @@ interface Waiter {
   queued: boolean
   cancelled: boolean
   done: boolean
-  conn: PooledConn | undefined
+  readonly lease: Lease
 }
 
 /** @internal */
@@ -290,7 +303,7 @@ export class ConnPool {
       return
     }
     this.finish(w)
-    w.conn = pc
+    w.lease.pc = pc
     pc.inUse = true
     this.inUse++
     this.config.onWait(Date.now() - w.since)
@@ -335,69 +348,72 @@ export class ConnPool {
     })
   }
 
-  acquire: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> = Effect.async<
-    PooledConn,
-    SessionError.PoolTimeout | SessionError.ConnectionError
-  >((resume) => {
-    if (this.closing) {
-      resume(
-        Effect.fail(
-          new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
+  /** Takes a connection into `lease` (see `Lease`); waiting is interruptible. */
+  acquire(lease: Lease): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    return Effect.async<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>((resume) => {
+      if (this.closing) {
+        resume(
+          Effect.fail(
+            new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
+          )
         )
-      )
-      return
-    }
-    const w: Waiter = {
-      resume,
-      since: Date.now(),
-      prev: undefined,
-      next: undefined,
-      queued: false,
-      cancelled: false,
-      done: false,
-      conn: undefined
-    }
-    if (this.head === undefined) {
-      const pc = this.takeIdle()
-      if (pc !== undefined) {
-        if (!this.needsValidation(pc)) {
-          w.done = true
-          pc.inUse = true
-          this.inUse++
-          this.config.onWait(0)
-          resume(Effect.succeed(pc))
-          return
-        }
-        this.idle.push(pc)
-      }
-    }
-    if (this.config.queueLimit > 0 && this.waiting >= this.config.queueLimit) {
-      this.timeouts++
-      this.config.onTimeout()
-      resume(
-        Effect.fail(
-          new SessionError.PoolTimeout({
-            stats: this.stats(),
-            message: `${this.waiting} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
-          })
-        )
-      )
-      return
-    }
-    this.pushBack(w)
-    this.armDeadline()
-    this.serve()
-    return Effect.sync(() => {
-      if (w.done && !w.cancelled) {
-        // the connection was handed over but the fiber was interrupted before it resumed: take it back
-        if (w.conn !== undefined) this.release(w.conn, false)
         return
       }
-      w.cancelled = true
-      this.unlink(w)
-      this.finish(w)
+      const w: Waiter = {
+        resume,
+        since: Date.now(),
+        prev: undefined,
+        next: undefined,
+        queued: false,
+        cancelled: false,
+        done: false,
+        lease
+      }
+      if (this.head === undefined) {
+        const pc = this.takeIdle()
+        if (pc !== undefined) {
+          if (!this.needsValidation(pc)) {
+            w.done = true
+            lease.pc = pc
+            pc.inUse = true
+            this.inUse++
+            this.config.onWait(0)
+            resume(Effect.succeed(pc))
+            return
+          }
+          this.idle.push(pc)
+        }
+      }
+      if (this.config.queueLimit > 0 && this.waiting >= this.config.queueLimit) {
+        this.timeouts++
+        this.config.onTimeout()
+        resume(
+          Effect.fail(
+            new SessionError.PoolTimeout({
+              stats: this.stats(),
+              message: `${this.waiting} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
+            })
+          )
+        )
+        return
+      }
+      this.pushBack(w)
+      this.armDeadline()
+      this.serve()
+      return Effect.sync(() => {
+        if (w.done && !w.cancelled) {
+          // the connection was handed over but the fiber was interrupted before it resumed: take it back
+          const pc = lease.pc
+          lease.pc = undefined
+          if (pc !== undefined) this.release(pc, false)
+          return
+        }
+        w.cancelled = true
+        this.unlink(w)
+        this.finish(w)
+      })
     })
-  })
+  }
 
   /**
    * Returns a connection. `reset` asks for COM_RESET_CONNECTION before reuse; a broken connection, one past its
@@ -434,9 +450,10 @@ export class ConnPool {
     this.checkDrained()
   }
 
-  destroy(pc: PooledConn, reason: DestroyReason): void {
+  destroy(pc: PooledConn, reason: DestroyReason, why?: string): void {
     if (pc.closed) return
     pc.closed = true
+    pc.broken = true
     if (pc.inUse) {
       pc.inUse = false
       this.inUse--
@@ -445,6 +462,14 @@ export class ConnPool {
     const i = this.idle.indexOf(pc)
     if (i >= 0) this.idle.splice(i, 1)
     hardClose(pc.conn)
+    const pending = pc.pending
+    if (pending !== undefined) {
+      const err = Object.assign(
+        new Error(`connection ${pc.threadId} was closed while a command was in flight (${why ?? reason})`),
+        { code: "PROTOCOL_CONNECTION_LOST", fatal: true }
+      )
+      pending(err, undefined)
+    }
     this.destroyed++
     this.config.onDestroyed(reason)
     if (!this.closing) this.serve()

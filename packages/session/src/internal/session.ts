@@ -337,7 +337,7 @@ export const openSession = (
   options: UnitOptions,
   restore: Restore
 ): Effect.Effect<SessionState, SessionError.SessionError> =>
-  Effect.map(restore(engine.borrow()), (pc) => {
+  Effect.map(engine.borrow(restore), (pc) => {
     const begin = beginSql(engine, options)
     if (begin.dirty) pc.dirty = true
     return new SessionState(engine, pc, options, begin.sql, begin.count)
@@ -418,11 +418,20 @@ const endSession = <A, E>(
       return after
     }
     return Effect.async<any, any>((resume) => {
-      engine.startCommand(pc, "query", "ROLLBACK", undefined, false, (err) => {
-        if (err !== undefined) engine.release(pc, false, pc.broken ? "broken" : "resetFailed")
-        else engine.release(pc, pc.dirty)
-        resume(after)
-      })
+      // a ROLLBACK that does not answer is cut short: closing the connection rolls back on the server too
+      engine.startCommand(
+        pc,
+        "query",
+        "ROLLBACK",
+        undefined,
+        false,
+        (err) => {
+          if (err !== undefined) engine.release(pc, false, pc.broken ? "broken" : "resetFailed")
+          else engine.release(pc, pc.dirty)
+          resume(after)
+        },
+        Math.max(5_000, engine.options.killGraceMs)
+      )
     })
   }
 
@@ -449,37 +458,49 @@ const endSession = <A, E>(
       })
     )
   }
+  // with a unit `timeout`, COMMIT gets what is left of it: no answer by then is an unknown outcome
+  const timeoutMs =
+    state.options.timeout === undefined ? undefined : Duration.toMillis(Duration.decode(state.options.timeout))
+  const commitDeadline = timeoutMs === undefined ? undefined : Math.max(50, state.startedAt + timeoutMs - Date.now())
   return Effect.async<any, any>((resume) => {
-    engine.startCommand(pc, "query", "COMMIT", undefined, false, (e) => {
-      if (e === undefined) {
-        engine.release(pc, pc.dirty)
-        return resume(committed())
-      }
-      if (e._tag === "ConnectionLost" || pc.broken) {
-        engine.release(pc, false, "broken")
-        return resume(
+    engine.startCommand(
+      pc,
+      "query",
+      "COMMIT",
+      undefined,
+      false,
+      (e) => {
+        if (e === undefined) {
+          engine.release(pc, pc.dirty)
+          return resume(committed())
+        }
+        if (e._tag === "ConnectionLost" || pc.broken) {
+          engine.release(pc, false, "broken")
+          return resume(
+            Effect.fail(
+              new SessionError.CommitOutcomeUnknown({
+                cause: e,
+                message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — check with an idempotency key`
+              })
+            )
+          )
+        }
+        engine.release(pc, true)
+        metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", "commitFailed"))
+        resume(
           Effect.fail(
-            new SessionError.CommitOutcomeUnknown({
+            new SessionError.CommitFailed({
               cause: e,
-              message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — check with an idempotency key`
+              retryable: SessionError.isRetryable(e),
+              errno: (e as { errno?: number }).errno,
+              code: (e as { code?: string }).code,
+              message: `COMMIT failed and the transaction was rolled back: ${e.message}`
             })
           )
         )
-      }
-      engine.release(pc, true)
-      metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", "commitFailed"))
-      resume(
-        Effect.fail(
-          new SessionError.CommitFailed({
-            cause: e,
-            retryable: SessionError.isRetryable(e),
-            errno: (e as { errno?: number }).errno,
-            code: (e as { code?: string }).code,
-            message: `COMMIT failed and the transaction was rolled back: ${e.message}`
-          })
-        )
-      )
-    })
+      },
+      commitDeadline
+    )
   })
 }
 
@@ -496,7 +517,7 @@ export const openSavepoint = (
   restore: Restore
 ): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
   Effect.zipRight(
-    restore(parent.lock.take),
+    parent.lock.acquire(restore),
     Effect.suspend(() => {
       const state = parent.state
       if (parent.closed || !state.open) {

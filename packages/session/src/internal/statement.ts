@@ -93,7 +93,7 @@ const autocommit = (
   transform: Transform
 ): Effect.Effect<any, SqlError> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(Effect.mapError(restore(engine.borrow()), toSqlError), (pc) =>
+    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
       Effect.ensuring(
         restore(
           Effect.mapError(
