@@ -7,3 +7,8 @@ export * as MysqlServer from "./MysqlServer.js"
  * @since 0.1.0
  */
 export * as SessionTest from "./SessionTest.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as FaultProxy from "./FaultProxy.js"

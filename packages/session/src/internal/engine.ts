@@ -242,11 +242,19 @@ export class EngineImpl {
           `the interrupted statement did not end within ${this.options.killGraceMs} ms`
         )
       }, this.options.killGraceMs)
-      this.killQuery(pc.threadId, (ok) => {
-        if (!ok && !settled) {
-          this.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
-        }
-      })
+      // KILL QUERY can reach the server before the statement does (then it stops nothing): send it again, with
+      // growing pauses, until the statement has ended or the grace period is over
+      let attempt = 0
+      const kill = () => {
+        if (settled || finished) return
+        this.killQuery(pc.threadId, (ok) => {
+          if (settled || finished) return
+          if (!ok) return this.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
+          const again = setTimeout(kill, Math.min(500, 20 * 2 ** attempt++))
+          again.unref()
+        })
+      }
+      kill()
     })
   }
 
