@@ -5,6 +5,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session, SessionError } from "@sessionfx/session"
+import { Prng } from "@sessionfx/testing"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -12,17 +13,8 @@ import * as Option from "effect/Option"
 
 export const SOAK = process.env.SESSIONFX_SOAK === "1"
 
-/** mulberry32: the inputs of a run are reproducible from its seed. */
-export const prng = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** The inputs of a run are reproducible from its seed. */
+export const prng = Prng.make
 
 export type Step = "begin" | "locked" | "debited" | "inserted"
 

@@ -1,6 +1,7 @@
 /**
  * The "transfer" workload: a seeded plan of transfers, the schema, the reset between runs and the conservation check.
  */
+import { Prng } from "@sessionfx/testing"
 import * as Mysql from "mysql2/promise"
 
 export const INITIAL_BALANCE = 1000
@@ -19,17 +20,8 @@ export const isRetryableError = (error: unknown): boolean => {
   return false
 }
 
-/** mulberry32: a small, fast, seeded PRNG returning floats in [0, 1). */
-export const mulberry32 = (seed: number): (() => number) => {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+/** mulberry32, shared with the tests and the ledger demo. */
+export const mulberry32 = Prng.make
 
 /** The transfers of one run, drawn ahead of time so every implementation does the same work. */
 export interface Plan {

@@ -3,6 +3,7 @@
  * the throughput and checks that the total balance of its accounts is conserved.
  */
 import * as Effect from "effect/Effect"
+import { Prng } from "@sessionfx/testing"
 import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as MetricState from "effect/MetricState"
@@ -35,17 +36,7 @@ export interface Report {
 
 const INITIAL = 10_000
 
-/** mulberry32: a small seeded PRNG, so that a run can be repeated. */
-const prng = (seed: number) => {
-  let a = seed >>> 0
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0
-    let t = a
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
+const prng = Prng.make
 
 const retriesSoFar = Effect.map(Metric.snapshot, (pairs) => {
   let total: number | undefined

@@ -1,16 +1,11 @@
 import { assert, layer } from "@effect/vitest"
-import { MysqlServer } from "@sessionfx/testing"
+import { MysqlServer, Prng } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import type * as Client from "../src/Client.js"
 import { startApp, sumBalances } from "./utils.js"
 
 /** Bounded by default; `SESSIONFX_SOAK=1` sends ten times as many lines. */
 const LINES = process.env.SESSIONFX_SOAK === "1" ? 5000 : 500
-
-const prng = (seed: number) => () => {
-  seed = (seed * 1103515245 + 12345) & 0x7fffffff
-  return seed / 0x7fffffff
-}
 
 /** Lines no valid request can be made of: each must get one error response and change nothing. */
 const malformed = (random: () => number, accounts: ReadonlyArray<number>): string => {
@@ -82,7 +77,7 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
         ids.push(acc.id)
       }
       const before = yield* Effect.forEach(ids, (account) => setup.call("balance", { account }))
-      const random = prng(20261121)
+      const random = Prng.make(20261121)
       let client: Client.LineClient = yield* app.connect()
       let errors = 0
       let closed = 0

@@ -12,3 +12,8 @@ export * as SessionTest from "./SessionTest.js"
  * @since 0.1.0
  */
 export * as FaultProxy from "./FaultProxy.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Prng from "./Prng.js"

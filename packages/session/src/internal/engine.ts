@@ -139,11 +139,14 @@ export class EngineImpl {
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {
       const lease: Lease = { pc: undefined }
-      return Effect.onExit(restore(this.pool.acquire(lease)), (exit) => {
-        if (exit._tag === "Success" || lease.pc === undefined) return Effect.void
+      // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
+      return Effect.catchAllCause(restore(this.pool.acquire(lease)), (cause) => {
         const pc = lease.pc
-        lease.pc = undefined
-        return Effect.sync(() => this.release(pc, false))
+        if (pc !== undefined) {
+          lease.pc = undefined
+          this.release(pc, false)
+        }
+        return Effect.failCause(cause)
       })
     })
   }
@@ -224,8 +227,24 @@ export class EngineImpl {
     } else if (method === "execute") pc.conn.execute(sql, values as Array<any>, settle)
     else if (values === undefined || values.length === 0) pc.conn.query(sql, settle)
     else pc.conn.query(sql, values as Array<any>, settle)
+    // built only if the fiber is interrupted while the command runs
+    return Effect.suspend(() =>
+      this.cancelCommand(
+        pc,
+        () => settled,
+        (f) => (onSettled = f)
+      )
+    )
+  }
+
+  /** Interrupting a running command: KILL QUERY (resent until it lands), then destroy after `killGrace`. */
+  private cancelCommand(
+    pc: PooledConn,
+    isSettled: () => boolean,
+    setOnSettled: (f: () => void) => void
+  ): Effect.Effect<void> {
     return Effect.async<void>((resumeCancel) => {
-      if (settled) return resumeCancel(Effect.void)
+      if (isSettled()) return resumeCancel(Effect.void)
       pc.dirty = true
       let finished = false
       const finish = () => {
@@ -234,7 +253,7 @@ export class EngineImpl {
         clearTimeout(timer)
         resumeCancel(Effect.void)
       }
-      onSettled = finish
+      setOnSettled(finish)
       const timer = setTimeout(() => {
         this.pool.destroy(
           pc,
@@ -246,9 +265,9 @@ export class EngineImpl {
       // growing pauses, until the statement has ended or the grace period is over
       let attempt = 0
       const kill = () => {
-        if (settled || finished) return
+        if (isSettled() || finished) return
         this.killQuery(pc.threadId, (ok) => {
-          if (settled || finished) return
+          if (isSettled() || finished) return
           if (!ok) return this.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
           const again = setTimeout(kill, Math.min(500, 20 * 2 ** attempt++))
           again.unref()

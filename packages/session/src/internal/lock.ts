@@ -89,10 +89,13 @@ export class Lock {
           }
         })
       })
-      return Effect.onExit(restore(take), (exit) => {
-        if (exit._tag === "Success" || !token.held) return Effect.void
-        token.held = false
-        return Effect.sync(() => this.unsafeRelease())
+      // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
+      return Effect.catchAllCause(restore(take), (cause) => {
+        if (token.held) {
+          token.held = false
+          this.unsafeRelease()
+        }
+        return Effect.failCause(cause)
       })
     })
   }
