@@ -3,7 +3,9 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
 import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as App from "../src/App.js"
@@ -26,7 +28,10 @@ export const startApp = (overrides: Partial<Config.Settings> = {}) =>
       token: Redacted.make(TOKEN),
       ...overrides
     }
-    const context = yield* Layer.build(App.layer(settings))
+    // the server's fibers inherit this: request logs would drown the test output
+    const context = yield* Layer.build(App.layer(settings)).pipe(
+      Effect.locally(FiberRef.currentMinimumLogLevel, LogLevel.Warning)
+    )
     const tcp = Context.get(context, TcpServer)
     const http = Context.get(context, HttpServer.HttpServer)
     const sql = Context.get(context, SqlClient.SqlClient)
