@@ -13,6 +13,7 @@ import type * as Scope from "effect/Scope"
 import type * as Tracer from "effect/Tracer"
 import * as SessionError from "../SessionError.js"
 import { BaseConnection, type EngineImpl, type Isolation, toSqlError } from "./engine.js"
+import type { PooledConn } from "./pool.js"
 import { makeClient } from "./statement.js"
 import { Lock } from "./lock.js"
 import * as metrics from "./metrics.js"
@@ -337,11 +338,13 @@ export const openSession = (
   options: UnitOptions,
   restore: Restore
 ): Effect.Effect<SessionState, SessionError.SessionError> =>
-  Effect.map(engine.borrow(restore), (pc) => {
-    const begin = beginSql(engine, options)
-    if (begin.dirty) pc.dirty = true
-    return new SessionState(engine, pc, options, begin.sql, begin.count)
-  })
+  Effect.map(engine.borrow(restore), (pc) => newSession(engine, pc, options))
+
+const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions): SessionState => {
+  const begin = beginSql(engine, options)
+  if (begin.dirty) pc.dirty = true
+  return new SessionState(engine, pc, options, begin.sql, begin.count)
+}
 
 const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>> | undefined) =>
   hooks === undefined || hooks.length === 0
@@ -379,20 +382,20 @@ export const finishSession = <A, E>(
   state: SessionState,
   exit: Exit.Exit<A, E>,
   passThrough: boolean
-): Effect.Effect<any, any> =>
-  Effect.uninterruptible(
-    Effect.suspend(() => {
-      const lock = state.root.lock
-      if (!lock.locked) {
-        lock.locked = true
-        return endSession(state, exit, passThrough)
-      }
-      return Effect.zipRight(
-        lock.take,
-        Effect.suspend(() => endSession(state, exit, passThrough))
-      )
-    })
+): Effect.Effect<any, any> => Effect.uninterruptible(Effect.suspend(() => finishNow(state, exit, passThrough)))
+
+/** `finishSession` for a caller that is already uninterruptible. */
+const finishNow = <A, E>(state: SessionState, exit: Exit.Exit<A, E>, passThrough: boolean): Effect.Effect<any, any> => {
+  const lock = state.root.lock
+  if (!lock.locked) {
+    lock.locked = true
+    return endSession(state, exit, passThrough)
+  }
+  return Effect.zipRight(
+    lock.take,
+    Effect.suspend(() => endSession(state, exit, passThrough))
   )
+}
 
 const endSession = <A, E>(
   state: SessionState,
@@ -620,8 +623,9 @@ const runOnce = <A, E, R>(
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSession(engine, options, restore), (state) =>
+    Effect.flatMap(engine.borrow(restore), (pc) =>
       Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
+        const state = newSession(engine, pc, options)
         let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
         if (options.timeout !== undefined) {
           const d = options.timeout
@@ -641,11 +645,11 @@ const runOnce = <A, E, R>(
         return Effect.matchCauseEffect(restore(body), {
           onFailure: (cause) => {
             f.setFiberRef(FiberRef.currentContext, outer)
-            return finishSession(state, Exit.failCause(cause), true)
+            return finishNow(state, Exit.failCause(cause), true)
           },
           onSuccess: (a) => {
             f.setFiberRef(FiberRef.currentContext, outer)
-            return finishSession(state, Exit.succeed(a), true)
+            return finishNow(state, Exit.succeed(a), true)
           }
         })
       })
@@ -673,10 +677,14 @@ export const transact = <A, E, R>(
       return Effect.mapError(savepoint(frame, effect), unwrapError)
     }
     let attempts = 0
-    const once = Effect.suspend(() => {
-      attempts++
-      return runOnce(engine, options, effect)
-    })
+    const traced = (fiber as any).currentTracer !== defaultTracer || options.name !== undefined
+    const once =
+      traced || (options.retry !== undefined && options.retry !== false)
+        ? Effect.suspend(() => {
+            attempts++
+            return runOnce(engine, options, effect)
+          })
+        : runOnce(engine, options, effect)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
     const unit =
       options.retry === undefined || options.retry === false
@@ -698,7 +706,7 @@ export const transact = <A, E, R>(
             ).pipe(Effect.tap(() => Effect.sync(() => metrics.retries.unsafeUpdate(1, engine.labels))))
           )
     // spans only when a tracer that exports them is installed
-    if ((fiber as any).currentTracer === defaultTracer && options.name === undefined) return unit
+    if (!traced) return unit
     return Effect.useSpan(
       options.name ?? "sql.session",
       {
