@@ -10,11 +10,10 @@ import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
-import type * as Tracer from "effect/Tracer"
 import * as SessionError from "../SessionError.js"
 import { BaseConnection, type EngineImpl, type Isolation, toSqlError } from "./engine.js"
 import type { PooledConn } from "./pool.js"
-import { makeClient } from "./statement.js"
+import { defaultTracer, makeClient } from "./statement.js"
 import { Lock } from "./lock.js"
 import * as metrics from "./metrics.js"
 
@@ -655,8 +654,6 @@ const runOnce = <A, E, R>(
       })
     )
   )
-
-const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
 
 const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string =>
   Exit.isSuccess(exit)

@@ -32,7 +32,8 @@ export interface StatementTarget {
 /** @internal */
 export type Resolve = (fiber: Fiber.RuntimeFiber<any, any>) => (StatementTarget & Connection) | undefined
 
-const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
+/** Effect's built-in tracer: spans made for it are seen by nobody, so sessionfx skips them. @internal */
+export const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
 
 /** The SQL text of a template whose arguments are all plain values: compiled once per call site. */
 const textCache = new WeakMap<TemplateStringsArray, string>()
