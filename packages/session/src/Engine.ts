@@ -17,7 +17,7 @@ import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import type * as Mysql from "mysql2"
 import * as SessionError from "./SessionError.js"
-import { EngineImpl, type Isolation, toSqlError } from "./internal/engine.js"
+import { EngineImpl, type Isolation, sessionErrorsAsSqlError } from "./internal/engine.js"
 import { makeClient } from "./internal/statement.js"
 import { describeCause, hardClose } from "./internal/pool.js"
 import * as internalSession from "./internal/session.js"
@@ -313,11 +313,8 @@ export const make = (
     const currentKey = impl.currentTag.key
     const sql = makeClient(
       impl,
-      (fiber) => (fiber as any).currentContext.unsafeMap.get(currentKey),
-      (effect) =>
-        Effect.mapError(internalSession.transact(impl, effect, {}), (e) =>
-          SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
-        ) as any,
+      (fiber) => fiber.currentContext.unsafeMap.get(currentKey),
+      (effect) => Effect.mapError(internalSession.transact(impl, effect, {}), sessionErrorsAsSqlError) as any,
       impl.reactivity
     )
     impl.client = sql

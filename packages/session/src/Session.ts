@@ -110,10 +110,9 @@ export const transact: {
   (args) => Effect.isEffect(args[0]),
   <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) =>
     Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
-      const engine = Context.getOption(fiber.currentContext, Engine.Engine)
-      return engine._tag === "Some"
-        ? internal.transact(engineImpl(engine.value), effect, options ?? {})
-        : Effect.flatMap(Engine.Engine, (engine) => internal.transact(engineImpl(engine), effect, options ?? {}))
+      // the type requires an Engine; without one this dies like `yield* Engine.Engine` would
+      const engine = Context.unsafeGet(fiber.currentContext, Engine.Engine)
+      return internal.transact(engineImpl(engine), effect, options ?? {})
     })
 ) as any
 

@@ -10,6 +10,7 @@ import * as Stream from "effect/Stream"
 import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
+import type { Restore } from "./lock.js"
 import { ConnPool, type DestroyReason, hardClose, type Lease, type PooledConn } from "./pool.js"
 
 /** @internal */
@@ -20,11 +21,6 @@ export interface SessionDefaults {
   readonly isolation: Isolation | undefined
   readonly lockWaitTimeoutSeconds: number | undefined
   readonly statementTimeoutMs: number | undefined
-}
-
-/** @internal */
-export interface FrameLike {
-  readonly conn: Connection
 }
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
@@ -72,7 +68,8 @@ export interface EngineImplOptions {
 /** @internal */
 export class EngineImpl {
   readonly id = ++engineSeq
-  readonly currentTag: Context.Tag<FrameLike, FrameLike>
+  /** Where a fiber finds its current session (frame) of this engine: one key per engine, so engines never mix. */
+  readonly currentTag: Context.Tag<BaseConnection, BaseConnection>
   readonly pool: ConnPool
   flavor: "mariadb" | "mysql" = "mysql"
   version = ""
@@ -87,7 +84,7 @@ export class EngineImpl {
   client!: import("@effect/sql/SqlClient").SqlClient
 
   constructor(readonly options: EngineImplOptions) {
-    this.currentTag = Context.GenericTag<FrameLike>(`@sessionfx/session/CurrentSession/${this.id}`)
+    this.currentTag = Context.GenericTag<BaseConnection>(`@sessionfx/session/CurrentSession/${this.id}`)
     this.labels = [MetricLabel.make("engine", options.name)]
     const labels = this.labels
     this.pool = new ConnPool({
@@ -134,9 +131,7 @@ export class EngineImpl {
    * connection handed over while the fiber is being interrupted goes back to the pool — also when the interruption
    * lands after the hand-off, before the caller could register its finalizer.
    */
-  borrow(
-    restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  borrow(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {
       const lease: Lease = { pc: undefined }
       // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
@@ -200,13 +195,11 @@ export class EngineImpl {
     let settled = false
     let onSettled: (() => void) | undefined
     let deadline: ReturnType<typeof setTimeout> | undefined
-    pc.busy = true
     // settles exactly once: from mysql2's callback, or when the connection is destroyed under the command (mysql2
     // never calls back the commands of a connection it was told to close)
     const settle = (err: any, rows: unknown) => {
       if (settled) return
       settled = true
-      pc.busy = false
       pc.pending = undefined
       if (deadline !== undefined) clearTimeout(deadline)
       if (err && SessionError.isFatal(err)) pc.broken = true
@@ -297,6 +290,10 @@ export class EngineImpl {
 export const toSqlError = (e: SessionError.SessionError): SqlError =>
   e instanceof SqlError ? e : new SqlError({ cause: e, message: e.message })
 
+/** For `withTransaction`, whose error channel is `SqlError`: a `SessionError` travels as the cause. @internal */
+export const sessionErrorsAsSqlError = <E>(e: E): E | SqlError =>
+  SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
+
 const rowsOf = (results: unknown): ReadonlyArray<any> => (Array.isArray(results) ? results : [])
 
 /**
@@ -334,11 +331,7 @@ export abstract class BaseConnection implements Connection {
   }
   executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform): Stream.Stream<any, SqlError> {
     // rows are fetched whole and then streamed: the connection stays consistent and the frame's ordering holds
-    return Stream.flatMap(
-      Stream.fromEffect(this.execute(sql, params, transformRows)),
-      (rows) => Stream.fromIterable(rows),
-      { concurrency: 1 }
-    )
+    return Stream.fromIterableEffect(this.execute(sql, params, transformRows))
   }
 }
 

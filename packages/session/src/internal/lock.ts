@@ -1,5 +1,8 @@
 import * as Effect from "effect/Effect"
 
+/** The `restore` of `Effect.uninterruptibleMask`. @internal */
+export type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+
 /** @internal */
 export interface LockWaiter {
   readonly grant: () => void
@@ -29,27 +32,12 @@ export class Lock {
     return w
   }
 
-  /** Withdraws a queued waiter; if it had already been handed the lock, passes the lock on. */
+  /** Withdraws a waiter that has not been handed the lock. */
   cancel(w: LockWaiter): void {
-    if (w.granted) {
-      this.unsafeRelease()
-      return
-    }
     w.cancelled = true
     const i = this.waiters.indexOf(w)
     if (i >= 0) this.waiters.splice(i, 1)
   }
-
-  readonly take: Effect.Effect<void> = Effect.suspend(() => {
-    if (!this.locked) {
-      this.locked = true
-      return Effect.void
-    }
-    return Effect.async<void>((resume) => {
-      const w = this.enqueue(() => resume(Effect.void))
-      if (w !== undefined) return Effect.sync(() => this.cancel(w))
-    })
-  })
 
   unsafeRelease(): void {
     let w = this.waiters.shift()
@@ -62,35 +50,38 @@ export class Lock {
     w.grant()
   }
 
-  readonly release: Effect.Effect<void> = Effect.sync(() => this.unsafeRelease())
+  /** Takes the lock, marking `token.held` the moment it is handed over; a withdrawn wait leaves the queue. */
+  private takeInto(token: { held: boolean }): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (!this.locked) {
+        this.locked = true
+        token.held = true
+        return Effect.void
+      }
+      return Effect.async<void>((resume) => {
+        const w = this.enqueue(() => {
+          token.held = true
+          resume(Effect.void)
+        })!
+        return Effect.sync(() => {
+          if (!w.granted) this.cancel(w)
+        })
+      })
+    })
+  }
+
+  /** Takes the lock, for callers that are uninterruptible. */
+  readonly take: Effect.Effect<void> = this.takeInto({ held: false })
 
   /**
    * Takes the lock with interruptible waiting. Call it inside `uninterruptibleMask` with its `restore`: if the
    * fiber is interrupted after the lock was handed to it but before it could resume, the lock is passed on.
    */
-  acquire(restore: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>): Effect.Effect<void> {
+  acquire(restore: Restore): Effect.Effect<void> {
     return Effect.suspend(() => {
       const token = { held: false }
-      const take = Effect.suspend(() => {
-        if (!this.locked) {
-          this.locked = true
-          token.held = true
-          return Effect.void
-        }
-        return Effect.async<void>((resume) => {
-          const w = this.enqueue(() => {
-            token.held = true
-            resume(Effect.void)
-          })
-          if (w !== undefined) {
-            return Effect.sync(() => {
-              if (!w.granted) this.cancel(w)
-            })
-          }
-        })
-      })
       // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
-      return Effect.catchAllCause(restore(take), (cause) => {
+      return Effect.catchAllCause(restore(this.takeInto(token)), (cause) => {
         if (token.held) {
           token.held = false
           this.unsafeRelease()
@@ -98,12 +89,5 @@ export class Lock {
         return Effect.failCause(cause)
       })
     })
-  }
-
-  /** Runs `effect` holding the lock; waiting is interruptible, the lock is always given back. */
-  withLock<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.zipRight(this.acquire(restore), Effect.ensuring(restore(effect), this.release))
-    )
   }
 }

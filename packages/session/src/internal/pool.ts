@@ -40,11 +40,8 @@ export interface PoolConfig {
   readonly onWait: (millis: number) => void
 }
 
-let nextLocalId = 0
-
 /** @internal */
 export class PooledConn {
-  readonly localId = ++nextLocalId
   readonly createdAt = Date.now()
   lastUsedAt = Date.now()
   retireAt: number
@@ -52,7 +49,6 @@ export class PooledConn {
   /** Session state may differ from a fresh connection: reset before the next borrower. */
   dirty = false
   inUse = false
-  busy = false
   closed = false
   /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
   pending: ((err: unknown, rows: unknown) => void) | undefined = undefined
@@ -67,9 +63,9 @@ export class PooledConn {
 }
 
 /**
- * Who holds a connection handed over by the pool. A fiber can be interrupted after the pool handed it a connection
- * but before it could register a finalizer; whoever finds `pc` still set (the interrupted acquire's canceler, or the
- * caller's exit handler) gives it back, once.
+ * Where the pool puts the connection it hands over. A fiber can be interrupted after the hand-off but before it
+ * resumes (and could register a finalizer): the caller's exit handler finds `pc` still set and gives it back
+ * (`EngineImpl.borrow`).
  *
  * @internal
  */
@@ -165,7 +161,12 @@ export class ConnPool {
       if (err || !conn) {
         this.lastConnectError = err
         if (this.all.size === 0 && this.pending === 0) {
-          this.failAllWaiters(err)
+          this.failAllWaiters(
+            new SessionError.ConnectionError({
+              cause: err,
+              message: `cannot connect to ${this.config.describe}: ${describeCause(err)}`
+            })
+          )
         }
         return
       }
@@ -192,17 +193,17 @@ export class ConnPool {
     })
   }
 
-  private failAllWaiters(err: unknown) {
-    const error = new SessionError.ConnectionError({
-      cause: err,
-      message: `cannot connect to ${this.config.describe}: ${describeCause(err)}`
-    })
+  private failAllWaiters(error: SessionError.ConnectionError) {
     while (this.head) {
       const w = this.head
       this.unlink(w)
-      this.finish(w)
+      w.done = true
       w.resume(Effect.fail(error))
     }
+  }
+
+  private shuttingDown() {
+    return new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
   }
 
   private unlink(w: Waiter) {
@@ -234,10 +235,6 @@ export class ConnPool {
     else this.head = w
     this.tail = w
     this.waiting++
-  }
-
-  private finish(w: Waiter) {
-    w.done = true
   }
 
   /**
@@ -302,7 +299,7 @@ export class ConnPool {
       this.toIdle(pc)
       return
     }
-    this.finish(w)
+    w.done = true
     w.lease.pc = pc
     pc.inUse = true
     this.inUse++
@@ -351,14 +348,7 @@ export class ConnPool {
   /** Takes a connection into `lease` (see `Lease`); waiting is interruptible. */
   acquire(lease: Lease): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.async<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>((resume) => {
-      if (this.closing) {
-        resume(
-          Effect.fail(
-            new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
-          )
-        )
-        return
-      }
+      if (this.closing) return resume(Effect.fail(this.shuttingDown()))
       const w: Waiter = {
         resume,
         since: Date.now(),
@@ -372,15 +362,7 @@ export class ConnPool {
       if (this.head === undefined) {
         const pc = this.takeIdle()
         if (pc !== undefined) {
-          if (!this.needsValidation(pc)) {
-            w.done = true
-            lease.pc = pc
-            pc.inUse = true
-            this.inUse++
-            this.config.onWait(0)
-            resume(Effect.succeed(pc))
-            return
-          }
+          if (!this.needsValidation(pc)) return this.give(w, pc)
           this.idle.push(pc)
         }
       }
@@ -400,17 +382,12 @@ export class ConnPool {
       this.pushBack(w)
       this.armDeadline()
       this.serve()
+      // a connection already handed over stays in `lease`: the caller gives it back (see `Lease`)
       return Effect.sync(() => {
-        if (w.done && !w.cancelled) {
-          // the connection was handed over but the fiber was interrupted before it resumed: take it back
-          const pc = lease.pc
-          lease.pc = undefined
-          if (pc !== undefined) this.release(pc, false)
-          return
-        }
+        if (w.done) return
         w.cancelled = true
+        w.done = true
         this.unlink(w)
-        this.finish(w)
       })
     })
   }
@@ -515,32 +492,18 @@ export class ConnPool {
       this.closing = true
       if (this.maintenance) clearInterval(this.maintenance)
       for (const pc of [...this.idle]) this.destroy(pc, "shutdown")
-      this.failAllWaitersClosing()
-      const timers: { t?: ReturnType<typeof setTimeout> } = {}
+      this.failAllWaiters(this.shuttingDown())
       const done = () => {
-        if (timers.t) clearTimeout(timers.t)
+        clearTimeout(timer)
         resume(Effect.succeed(true))
       }
       this.drainWaiters.push(done)
-      timers.t = setTimeout(() => {
+      const timer = setTimeout(() => {
         this.drainWaiters = this.drainWaiters.filter((w) => w !== done)
         resume(Effect.succeed(false))
       }, timeoutMs)
       this.checkDrained()
     })
-  }
-
-  private failAllWaitersClosing() {
-    while (this.head) {
-      const w = this.head
-      this.unlink(w)
-      this.finish(w)
-      w.resume(
-        Effect.fail(
-          new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
-        )
-      )
-    }
   }
 
   /** Destroys everything that is left, in use or not. */

@@ -11,10 +11,10 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
-import { BaseConnection, type EngineImpl, type Isolation, toSqlError } from "./engine.js"
+import { BaseConnection, type EngineImpl, type Isolation, sessionErrorsAsSqlError, toSqlError } from "./engine.js"
 import type { PooledConn } from "./pool.js"
 import { defaultTracer, makeClient } from "./statement.js"
-import { Lock } from "./lock.js"
+import { Lock, type Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
 
 /** @internal */
@@ -73,17 +73,13 @@ export class SessionState implements SessionService {
 
   constructor(
     readonly engine: EngineImpl,
-    readonly pc: import("./pool.js").PooledConn,
+    readonly pc: PooledConn,
     readonly options: UnitOptions,
     readonly beginText: string,
     readonly beginCount: number
   ) {
     this.rollbackOnly = options.rollbackOnly === true
     this.root = new Frame(engine, this, undefined)
-  }
-
-  get service(): SessionService {
-    return this
   }
 
   /** Built on first use: most units use the SqlClient from the context (the engine's, following the fiber). */
@@ -118,9 +114,16 @@ export class SessionState implements SessionService {
     return Effect.sync(() => this.open)
   }
 
+  /** The statements that open the transaction, the first time they are asked for; afterwards `undefined`. */
+  takeBegin(): string | undefined {
+    if (this.begun) return undefined
+    this.begun = true
+    return this.beginText
+  }
+
   /** The frame of this session the fiber is in (a savepoint), or the root. */
   frameOf(fiber: Fiber.RuntimeFiber<any, any>): Frame {
-    const f = (fiber as any).currentContext.unsafeMap.get(this.engine.currentTag.key)
+    const f = fiber.currentContext.unsafeMap.get(this.engine.currentTag.key)
     return f instanceof Frame && f.state === this ? f : this.root
   }
 
@@ -131,9 +134,7 @@ export class SessionState implements SessionService {
       (fiber) => this.frameOf(fiber),
       ((effect: Effect.Effect<any, any, any>) =>
         Effect.withFiberRuntime<any, any, any>((fiber) =>
-          Effect.mapError(savepoint(this.frameOf(fiber), effect), (e) =>
-            SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
-          )
+          Effect.mapError(savepoint(this.frameOf(fiber), effect), sessionErrorsAsSqlError)
         )) as Client.SqlClient["withTransaction"],
       this.engine.reactivity
     ))
@@ -141,10 +142,7 @@ export class SessionState implements SessionService {
 
   /** What the Layer spelling provides. */
   layerContext(frame: Frame): Context.Context<never> {
-    return Context.make(SessionTag, this.service).pipe(
-      Context.add(Client.SqlClient, this.engine.client),
-      Context.add(this.engine.currentTag, frame)
-    ) as Context.Context<never>
+    return this.contextFrom(Context.empty(), frame)
   }
 
   /** Runs `effect` inside this session (frame `frame`): Session, the engine's SqlClient and the frame in context. */
@@ -180,9 +178,6 @@ const closedError = () =>
 export class Frame extends BaseConnection {
   readonly lock = new Lock()
   closed = false
-  get conn() {
-    return this
-  }
   constructor(
     engine: EngineImpl,
     readonly state: SessionState,
@@ -233,15 +228,15 @@ export class Frame extends BaseConnection {
         let text = sql
         let how = method
         let skip = 0
-        if (!state.begun) {
-          state.begun = true
+        const begin = state.takeBegin()
+        if (begin !== undefined) {
           if (countPlaceholders(sql) === params.length) {
-            text = `${state.beginText};\n${sql}`
+            text = `${begin};\n${sql}`
             how = "query"
             skip = state.beginCount
           } else {
             // a literal "?" in the text: the text protocol's client-side formatting would misplace the values
-            text = state.beginText
+            text = begin
             how = "query"
             skip = -1
           }
@@ -283,12 +278,9 @@ export class Frame extends BaseConnection {
 
   /** Runs a control statement (SAVEPOINT, COMMIT, …) while the caller already holds the relevant lock. */
   control(sql: string): Effect.Effect<void, SessionError.SessionError> {
-    const state = this.state
-    if (!state.begun) {
-      state.begun = true
-      sql = `${state.beginText};\n${sql}`
-    }
-    return Effect.asVoid(this.engine.run(state.pc, "query", sql, undefined, false))
+    const begin = this.state.takeBegin()
+    const text = begin === undefined ? sql : `${begin};\n${sql}`
+    return Effect.asVoid(this.engine.run(this.state.pc, "query", text, undefined, false))
   }
 }
 
@@ -322,9 +314,6 @@ export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: strin
   parts.push(chars.length > 0 ? `START TRANSACTION ${chars.join(", ")}` : "START TRANSACTION")
   return { sql: parts.join("; "), count: parts.length, dirty: vars.length > 0 }
 }
-
-/** @internal */
-export type Restore = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
 
 /**
  * Borrows a connection and opens the transaction. Call it inside `uninterruptibleMask`: waiting (through `restore`)
@@ -599,11 +588,11 @@ export const savepoint = <A, E, R>(
     )
   )
 
-/** @internal */
-export const currentFrame = (engine: EngineImpl): Effect.Effect<Frame | undefined> =>
-  Effect.map(Effect.serviceOption(engine.currentTag), (o) =>
-    Option.isSome(o) && o.value instanceof Frame && o.value.state.open && !o.value.closed ? o.value : undefined
-  )
+/** The open frame of `engine` the fiber is in, if any: a unit started there nests as a savepoint. @internal */
+const openFrameOf = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<any, any>): Frame | undefined => {
+  const f = fiber.currentContext.unsafeMap.get(engine.currentTag.key)
+  return f instanceof Frame && f.state.open && !f.closed ? f : undefined
+}
 
 /** @internal */
 export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError> = Schedule.exponential(
@@ -669,39 +658,30 @@ export const transact = <A, E, R>(
   options: UnitOptions
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.withFiberRuntime((fiber) => {
-    const frame = (fiber as any).currentContext.unsafeMap.get(engine.currentTag.key) as Frame | undefined
-    if (frame !== undefined && frame.state.open && !frame.closed && options.propagation !== "new") {
+    const frame = openFrameOf(engine, fiber)
+    if (frame !== undefined && options.propagation !== "new") {
       return Effect.mapError(savepoint(frame, effect), unwrapError)
     }
     let attempts = 0
-    const traced = (fiber as any).currentTracer !== defaultTracer || options.name !== undefined
+    const retrying = options.retry !== undefined && options.retry !== false
+    const traced = fiber.currentTracer !== defaultTracer || options.name !== undefined
     const once =
-      traced || (options.retry !== undefined && options.retry !== false)
+      traced || retrying
         ? Effect.suspend(() => {
-            attempts++
+            // every attempt after the first is a retry
+            if (attempts++ > 0) metrics.retries.unsafeUpdate(1, engine.labels)
             return runOnce(engine, options, effect)
           })
         : runOnce(engine, options, effect)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
-    const unit =
-      options.retry === undefined || options.retry === false
-        ? once
-        : Effect.catchIf(once, SessionError.isRetryable, () =>
-            Effect.retry(
-              Effect.tapError(once, (e) =>
-                SessionError.isRetryable(e)
-                  ? Effect.sync(() => metrics.retries.unsafeUpdate(1, engine.labels))
-                  : Effect.void
-              ),
-              {
-                schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<
-                  unknown,
-                  unknown
-                >,
-                while: SessionError.isRetryable
-              }
-            ).pipe(Effect.tap(() => Effect.sync(() => metrics.retries.unsafeUpdate(1, engine.labels))))
-          )
+    const unit = retrying
+      ? Effect.catchIf(once, SessionError.isRetryable, () =>
+          Effect.retry(once, {
+            schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
+            while: SessionError.isRetryable
+          })
+        )
+      : once
     // spans only when a tracer that exports them is installed
     if (!traced) return unit
     return Effect.useSpan(
@@ -729,7 +709,8 @@ export const scopedSession = (
   engine: EngineImpl,
   options: UnitOptions
 ): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
-  Effect.flatMap(currentFrame(engine), (frame) => {
+  Effect.withFiberRuntime((fiber) => {
+    const frame = openFrameOf(engine, fiber)
     if (frame !== undefined && options.propagation !== "new") {
       return Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(openSavepoint(frame, restore), (sp) =>

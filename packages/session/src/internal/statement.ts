@@ -78,7 +78,7 @@ const runIn = (
     target !== undefined
       ? target.exec(method, text, params, rowsAsArray, raw, transform as any)
       : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
-  if ((fiber as any).currentTracer === defaultTracer) return effect
+  if (fiber.currentTracer === defaultTracer) return effect
   const attributes: Record<string, unknown> = { "db.operation.name": operation, "db.query.text": text }
   for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
   return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
@@ -152,21 +152,7 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return Effect.withFiberRuntime((fiber) =>
-      fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
-        ? this.slow()
-        : runIn(
-            fiber,
-            this.core,
-            textOf(this.strings),
-            this.args,
-            "execute",
-            false,
-            false,
-            this.core.transformRows,
-            "execute"
-          )
-    )
+    return this.go("execute", false, false, this.core.transformRows, "execute", (s) => s)
   }
   get raw(): Effect.Effect<unknown, SqlError> {
     return this.go("execute", false, true, undefined, "executeRaw", (s) => s.raw)
