@@ -38,6 +38,17 @@ const countRows = (table: string, id: number) =>
   )
 
 // ids unique per run: the suite may run against a long-lived server (MYSQL_URL)
+/** How many statements carrying `marker` the server is running now. */
+const running = (conn: Parameters<typeof admin>[0], marker: string) =>
+  Effect.map(
+    admin(
+      conn,
+      "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE ? AND info NOT LIKE '%processlist%'",
+      [`%${marker}%`]
+    ),
+    (rows) => Number(rows[0].n)
+  )
+
 let nextId = Math.floor(Math.random() * 1_000_000_000)
 const freshId = () => ++nextId
 
@@ -132,23 +143,13 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (i
           Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(20) AS slept /* sfx-sleep-marker */`))
         )
         yield* eventually(
-          Effect.map(
-            admin(
-              conn,
-              "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-sleep-marker%' AND info NOT LIKE '%processlist%'"
-            ),
-            (rows) => Number(rows[0].n) === 1
-          ),
+          Effect.map(running(conn, "sfx-sleep-marker"), (n) => n === 1),
           "the statement runs on the server"
         )
         const t0 = Date.now()
         yield* Fiber.interrupt(fiber)
         assert.isBelow(Date.now() - t0, 2000)
-        const rows = yield* admin(
-          conn,
-          "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-sleep-marker%' AND info NOT LIKE '%processlist%'"
-        )
-        assert.strictEqual(Number(rows[0].n), 0)
+        assert.strictEqual(yield* running(conn, "sfx-sleep-marker"), 0)
         yield* eventually(
           Effect.map(Engine.stats, (s) => s.inUse === 0),
           "connection returned"
@@ -165,13 +166,7 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (i
           Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(3) AS slept /* sfx-grace-marker */`))
         )
         yield* eventually(
-          Effect.map(
-            admin(
-              conn,
-              "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE '%sfx-grace-marker%' AND info NOT LIKE '%processlist%'"
-            ),
-            (rows) => Number(rows[0].n) === 1
-          ),
+          Effect.map(running(conn, "sfx-grace-marker"), (n) => n === 1),
           "the statement runs on the server"
         )
         const t0 = Date.now()

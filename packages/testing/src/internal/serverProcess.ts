@@ -294,6 +294,21 @@ const killGroup = (pid: number, signal: NodeJS.Signals): void => {
   }
 }
 
+/** Follows a child process: `exited` completes when it exits (or fails to start); `isAlive` until then. */
+const watchExit = (child: ChildProcess.ChildProcess) => {
+  const exited = Deferred.unsafeMake<ExitInfo>(FiberId.none)
+  let alive = true
+  const done = (info: ExitInfo) => {
+    alive = false
+    Deferred.unsafeDone(exited, Effect.succeed(info))
+  }
+  child.once("error", (error) => done({ code: null, signal: null, error: error.message }))
+  child.once("exit", (code, signal) => done({ code, signal, error: undefined }))
+  // a forgotten scope must not keep the node process alive; the watchdog cleans up after us
+  child.unref()
+  return { exited, isAlive: () => alive }
+}
+
 /**
  * Spawns a detached process (its own process group) with stdout and stderr appended to `logFile`.
  *
@@ -311,8 +326,6 @@ export const spawnLogged = (
     } catch (error) {
       return Effect.fail(`cannot open ${logFile}: ${String(error)}`)
     }
-    const exited = Deferred.unsafeMake<ExitInfo>(FiberId.none)
-    let alive = true
     let child: ChildProcess.ChildProcess
     try {
       child = ChildProcess.spawn(file, args, { detached: true, stdio: ["ignore", fd, fd] })
@@ -321,21 +334,14 @@ export const spawnLogged = (
     } finally {
       Fs.closeSync(fd)
     }
-    const done = (info: ExitInfo) => {
-      alive = false
-      Deferred.unsafeDone(exited, Effect.succeed(info))
-    }
-    child.once("error", (error) => done({ code: null, signal: null, error: error.message }))
-    child.once("exit", (code, signal) => done({ code, signal, error: undefined }))
-    // a forgotten scope must not keep the node process alive; the watchdog cleans up after us
-    child.unref()
+    const { exited, isAlive } = watchExit(child)
     if (child.pid === undefined) {
       return Deferred.await(exited).pipe(
         Effect.flatMap((info) => Effect.fail(`cannot spawn ${file}: ${info.error ?? "unknown error"}`))
       )
     }
     const pid = child.pid
-    return Effect.succeed({ pid, exited, isAlive: () => alive })
+    return Effect.succeed({ pid, exited, isAlive })
   })
 
 /**
@@ -403,23 +409,15 @@ export const spawnWatchdog = (
   dirs: ReadonlyArray<string>
 ): Effect.Effect<Option.Option<ServerProcess>> =>
   Effect.sync(() => {
-    const exited = Deferred.unsafeMake<ExitInfo>(FiberId.none)
-    let alive = true
     try {
       const child = ChildProcess.spawn(
         "/bin/sh",
         ["-c", watchdogScript, "sessionfx-mysql-watchdog", String(process.pid), pidFile, ...dirs],
         { detached: true, stdio: "ignore" }
       )
-      const done = (info: ExitInfo) => {
-        alive = false
-        Deferred.unsafeDone(exited, Effect.succeed(info))
-      }
-      child.once("error", (error) => done({ code: null, signal: null, error: error.message }))
-      child.once("exit", (code, signal) => done({ code, signal, error: undefined }))
-      child.unref()
+      const { exited, isAlive } = watchExit(child)
       const pid = child.pid
-      return pid === undefined ? Option.none() : Option.some({ pid, exited, isAlive: () => alive })
+      return pid === undefined ? Option.none() : Option.some({ pid, exited, isAlive })
     } catch {
       return Option.none()
     }
