@@ -184,6 +184,101 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (i
     )
   )
 
+  // The fiber that opened the session runs its statements without a per-statement interruption hook; whatever it
+  // does next in the session after an interruption must stop the statement first. One case per place that does so.
+  it.scoped("interrupted mid-statement, the unit's own fiber stops the statement before anything else it runs", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const conn = yield* adminConnection
+        const sleep = (marker: string) =>
+          Effect.flatMap(sql, (s) => s.unsafe(`SELECT SLEEP(20) AS slept /* ${marker} */`))
+        const cases: ReadonlyArray<{
+          readonly name: string
+          readonly unit: (marker: string, after: Ref.Ref<ReadonlyArray<string>>) => Effect.Effect<unknown, unknown, any>
+          readonly after: ReadonlyArray<string>
+        }> = [
+          {
+            name: "a finalizer runs another statement",
+            unit: (marker, after) =>
+              Session.transact(
+                Effect.onInterrupt(sleep(marker), () =>
+                  Effect.flatMap(sql, (s) => s<{ one: number }>`SELECT 1 AS one`).pipe(
+                    Effect.flatMap((rows) => Ref.update(after, (l) => [...l, `statement ${Number(rows[0]!.one)}`])),
+                    Effect.orDie
+                  )
+                )
+              ),
+            after: ["statement 1"]
+          },
+          {
+            name: "inside a savepoint",
+            unit: (marker) => Session.transact(Effect.zipRight(insert(freshId()), Session.transact(sleep(marker)))),
+            after: []
+          },
+          {
+            name: "a finalizer opens a savepoint",
+            unit: (marker, after) =>
+              Session.transact(
+                Effect.onInterrupt(sleep(marker), () =>
+                  Session.transact(Ref.update(after, (l) => [...l, "savepoint"])).pipe(Effect.orDie)
+                )
+              ),
+            after: ["savepoint"]
+          },
+          {
+            name: "the Layer spelling",
+            unit: (marker) => Effect.provide(sleep(marker), SessionLive),
+            after: []
+          }
+        ]
+        for (const [i, c] of cases.entries()) {
+          const marker = `sfx-owner-marker-${i}`
+          const after = yield* Ref.make<ReadonlyArray<string>>([])
+          const fiber = yield* Effect.fork(c.unit(marker, after))
+          yield* eventually(
+            Effect.map(running(conn, marker), (n) => n === 1),
+            `${c.name}: the statement runs on the server`
+          )
+          const t0 = Date.now()
+          yield* Fiber.interrupt(fiber)
+          assert.isBelow(Date.now() - t0, 2000, c.name)
+          assert.strictEqual(yield* running(conn, marker), 0, `${c.name}: the statement is gone from the server`)
+          assert.deepStrictEqual(yield* Ref.get(after), c.after, c.name)
+          yield* eventually(
+            Effect.map(Engine.stats, (s) => s.inUse === 0),
+            `${c.name}: connection returned`
+          )
+        }
+      })
+    )
+  )
+
+  it.scoped("a statement interrupted in a forked fiber is stopped while its unit goes on", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const conn = yield* adminConnection
+        const id = freshId()
+        const t0 = Date.now()
+        const timedOut = yield* Session.transact(
+          Effect.gen(function* () {
+            const s = yield* sql
+            // Effect.timeout runs the statement in a fiber of its own and interrupts it
+            const first = yield* Effect.timeout(
+              s`SELECT SLEEP(20) AS slept /* sfx-forked-marker */`,
+              "300 millis"
+            ).pipe(Effect.option)
+            assert.strictEqual(yield* running(conn, "sfx-forked-marker"), 0)
+            yield* insert(id)
+            return first._tag === "None"
+          })
+        )
+        assert.isTrue(timedOut)
+        assert.isBelow(Date.now() - t0, 5000)
+        assert.strictEqual(yield* countRows("items", id), 1)
+      })
+    )
+  )
+
   it.scoped("isolation and read-only are what the server reports", () =>
     withEngine(
       Effect.gen(function* () {

@@ -169,9 +169,8 @@ export class EngineImpl {
   }
 
   /**
-   * Starts one command on a pooled connection; `done` is called exactly once when it settles. The returned canceler
-   * (for `Effect.async`) sends KILL QUERY and waits for the statement to end; if it does not end within
-   * `killGraceMs`, the connection is destroyed.
+   * Starts one command on a pooled connection; `done` is called exactly once when it settles. Returns the command
+   * (to stop it: `Command.cancel`), or `undefined` when the connection is already gone (`done` has been called).
    */
   startCommand(
     pc: PooledConn,
@@ -181,7 +180,7 @@ export class EngineImpl {
     rowsAsArray: boolean,
     done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
     deadlineMs?: number
-  ): Effect.Effect<void> | undefined {
+  ): Command | undefined {
     if (pc.closed || pc.broken) {
       done(
         new SessionError.ConnectionLost({
@@ -192,23 +191,11 @@ export class EngineImpl {
       return undefined
     }
     if (isStateful(sql)) pc.dirty = true
-    let settled = false
-    let onSettled: (() => void) | undefined
-    let deadline: ReturnType<typeof setTimeout> | undefined
-    // settles exactly once: from mysql2's callback, or when the connection is destroyed under the command (mysql2
-    // never calls back the commands of a connection it was told to close)
-    const settle = (err: any, rows: unknown) => {
-      if (settled) return
-      settled = true
-      pc.pending = undefined
-      if (deadline !== undefined) clearTimeout(deadline)
-      if (err && SessionError.isFatal(err)) pc.broken = true
-      done(err ? SessionError.classify(err) : undefined, rows)
-      if (onSettled) onSettled()
-    }
+    const command = new Command(this, pc, done)
+    const settle = command.callback
     pc.pending = settle
     if (deadlineMs !== undefined) {
-      deadline = setTimeout(() => {
+      command.deadline = setTimeout(() => {
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }
@@ -220,54 +207,7 @@ export class EngineImpl {
     } else if (method === "execute") pc.conn.execute(sql, values as Array<any>, settle)
     else if (values === undefined || values.length === 0) pc.conn.query(sql, settle)
     else pc.conn.query(sql, values as Array<any>, settle)
-    // built only if the fiber is interrupted while the command runs
-    return Effect.suspend(() =>
-      this.cancelCommand(
-        pc,
-        () => settled,
-        (f) => (onSettled = f)
-      )
-    )
-  }
-
-  /** Interrupting a running command: KILL QUERY (resent until it lands), then destroy after `killGrace`. */
-  private cancelCommand(
-    pc: PooledConn,
-    isSettled: () => boolean,
-    setOnSettled: (f: () => void) => void
-  ): Effect.Effect<void> {
-    return Effect.async<void>((resumeCancel) => {
-      if (isSettled()) return resumeCancel(Effect.void)
-      pc.dirty = true
-      let finished = false
-      const finish = () => {
-        if (finished) return
-        finished = true
-        clearTimeout(timer)
-        resumeCancel(Effect.void)
-      }
-      setOnSettled(finish)
-      const timer = setTimeout(() => {
-        this.pool.destroy(
-          pc,
-          "interrupted",
-          `the interrupted statement did not end within ${this.options.killGraceMs} ms`
-        )
-      }, this.options.killGraceMs)
-      // KILL QUERY can reach the server before the statement does (then it stops nothing): send it again, with
-      // growing pauses, until the statement has ended or the grace period is over
-      let attempt = 0
-      const kill = () => {
-        if (isSettled() || finished) return
-        this.killQuery(pc.threadId, (ok) => {
-          if (isSettled() || finished) return
-          if (!ok) return this.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
-          const again = setTimeout(kill, Math.min(500, 20 * 2 ** attempt++))
-          again.unref()
-        })
-      }
-      kill()
-    })
+    return command
   }
 
   /** Runs one command on a pooled connection (see `startCommand`). */
@@ -278,11 +218,107 @@ export class EngineImpl {
     values: ReadonlyArray<unknown> | undefined,
     rowsAsArray: boolean
   ): Effect.Effect<unknown, SessionError.SessionError> {
-    return Effect.async<unknown, SessionError.SessionError>((resume) =>
+    return Effect.async<unknown, SessionError.SessionError>((resume) => {
+      const command = this.startCommand(pc, method, sql, values, rowsAsArray, (err, rows) =>
+        resume(err ? Effect.fail(err) : Effect.succeed(rows))
+      )
+      return command === undefined ? undefined : Effect.suspend(() => command.cancel())
+    })
+  }
+
+  /**
+   * `run` for a caller that is uninterruptible (control statements: SAVEPOINT, RELEASE, …): no interruption hook,
+   * which `Effect.async` would otherwise wrap around the command for nothing.
+   */
+  runUninterruptible(
+    pc: PooledConn,
+    method: "query" | "execute",
+    sql: string,
+    values: ReadonlyArray<unknown> | undefined,
+    rowsAsArray: boolean
+  ): Effect.Effect<unknown, SessionError.SessionError> {
+    return Effect.async<unknown, SessionError.SessionError>((resume) => {
       this.startCommand(pc, method, sql, values, rowsAsArray, (err, rows) =>
         resume(err ? Effect.fail(err) : Effect.succeed(rows))
       )
-    )
+    })
+  }
+}
+
+/**
+ * One command in flight on a pooled connection. It settles exactly once: from mysql2's callback, or when the
+ * connection is destroyed under it (mysql2 never calls back the commands of a connection it was told to close).
+ *
+ * @internal
+ */
+export class Command {
+  settled = false
+  /** Someone asked to stop it (`cancel`): a caller chaining a follow-up command must not start it. */
+  cancelled = false
+  deadline: ReturnType<typeof setTimeout> | undefined = undefined
+  private onSettled: (() => void) | undefined = undefined
+  /** mysql2's callback, also what the pool calls when it destroys the connection (`PooledConn.pending`). */
+  readonly callback: (err: unknown, rows: unknown) => void
+
+  constructor(
+    readonly engine: EngineImpl,
+    readonly pc: PooledConn,
+    private readonly done: (err: SessionError.SessionError | undefined, rows: unknown) => void
+  ) {
+    this.callback = (err, rows) => this.settle(err, rows)
+  }
+
+  private settle(err: any, rows: unknown): void {
+    if (this.settled) return
+    this.settled = true
+    const pc = this.pc
+    pc.pending = undefined
+    if (this.deadline !== undefined) clearTimeout(this.deadline)
+    if (err && SessionError.isFatal(err)) pc.broken = true
+    this.done(err ? SessionError.classify(err) : undefined, rows)
+    if (this.onSettled !== undefined) this.onSettled()
+  }
+
+  /**
+   * Stops the command and completes when it has ended: KILL QUERY from another connection (resent until it lands),
+   * and if the command has not ended after `killGrace`, the connection is destroyed.
+   */
+  cancel(): Effect.Effect<void> {
+    return Effect.async<void>((resumeCancel) => {
+      this.cancelled = true
+      if (this.settled) return resumeCancel(Effect.void)
+      const { engine, pc } = this
+      pc.dirty = true
+      let finished = false
+      const finish = () => {
+        if (finished) return
+        finished = true
+        clearTimeout(timer)
+        resumeCancel(Effect.void)
+      }
+      const before = this.onSettled
+      this.onSettled = before === undefined ? finish : () => (before(), finish())
+      const timer = setTimeout(() => {
+        engine.pool.destroy(
+          pc,
+          "interrupted",
+          `the interrupted statement did not end within ${engine.options.killGraceMs} ms`
+        )
+      }, engine.options.killGraceMs)
+      // KILL QUERY can reach the server before the statement does (then it stops nothing): send it again, with
+      // growing pauses, until the statement has ended or the grace period is over
+      let attempt = 0
+      const kill = () => {
+        if (this.settled || finished) return
+        engine.killQuery(pc.threadId, (ok) => {
+          if (this.settled || finished) return
+          if (!ok) return engine.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
+          const again = setTimeout(kill, Math.min(500, 20 * 2 ** attempt++))
+          again.unref()
+        })
+      }
+      kill()
+    })
   }
 }
 

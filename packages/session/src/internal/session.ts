@@ -11,7 +11,14 @@ import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
-import { BaseConnection, type EngineImpl, type Isolation, sessionErrorsAsSqlError, toSqlError } from "./engine.js"
+import {
+  BaseConnection,
+  type Command,
+  type EngineImpl,
+  type Isolation,
+  sessionErrorsAsSqlError,
+  toSqlError
+} from "./engine.js"
 import type { PooledConn } from "./pool.js"
 import { defaultTracer, makeClient } from "./statement.js"
 import { Lock, type Restore } from "./lock.js"
@@ -71,6 +78,12 @@ export class SessionState implements SessionService {
    */
   begun = false
 
+  /**
+   * The fiber that opened the session and runs its unit: its statements need no interruption hook (`Frame.exec`).
+   * Cleared when the session ends.
+   */
+  owner: Fiber.RuntimeFiber<any, any> | undefined = undefined
+
   constructor(
     readonly engine: EngineImpl,
     readonly pc: PooledConn,
@@ -96,7 +109,7 @@ export class SessionState implements SessionService {
     return this.options.readOnly === true || this.options.consistentSnapshot === true
   }
   savepoint<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | SessionError.SessionError, R> {
-    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect))
+    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect, fiber))
   }
   afterCommit(effect: Effect.Effect<void>): Effect.Effect<void> {
     return Effect.suspend(() => {
@@ -134,7 +147,7 @@ export class SessionState implements SessionService {
       (fiber) => this.frameOf(fiber),
       ((effect: Effect.Effect<any, any, any>) =>
         Effect.withFiberRuntime<any, any, any>((fiber) =>
-          Effect.mapError(savepoint(this.frameOf(fiber), effect), sessionErrorsAsSqlError)
+          Effect.mapError(savepoint(this.frameOf(fiber), effect, fiber), sessionErrorsAsSqlError)
         )) as Client.SqlClient["withTransaction"],
       this.engine.reactivity
     ))
@@ -168,6 +181,9 @@ const countPlaceholders = (sql: string): number => {
   return n
 }
 
+const interruptedError = () =>
+  new SqlError({ message: "the statement was stopped before it ran: the fiber that issued it was interrupted" })
+
 const closedError = () =>
   new SessionError.SessionClosed({
     message:
@@ -191,21 +207,46 @@ export class Frame extends BaseConnection {
     return this.state.aborted
   }
 
+  /**
+   * The command this frame's lock holder runs without an interruption hook, and the fiber that started it (see
+   * `exec`). Set only while it runs.
+   */
+  running: Command | undefined = undefined
+  runningFiber: Fiber.RuntimeFiber<any, any> | undefined = undefined
+
   runStatement(
     method: "query" | "execute",
     sql: string,
     params: ReadonlyArray<unknown>,
     rowsAsArray: boolean
   ): Effect.Effect<unknown, SqlError> {
-    return this.exec(method, sql, params, rowsAsArray, true, undefined)
+    return Effect.withFiberRuntime((fiber) => this.exec(fiber, method, sql, params, rowsAsArray, true, undefined))
+  }
+
+  /**
+   * Stops the command a fiber left behind when it was interrupted while the command ran (see `exec`), and
+   * completes when it has ended.
+   */
+  reclaim(): Effect.Effect<void> {
+    return Effect.suspend(() =>
+      this.running === undefined ? Effect.void : Effect.zipRight(this.running.cancel(), this.reclaim())
+    )
   }
 
   /**
    * One statement in this frame, in one `Effect.async`: wait for the frame (FIFO), check the session is open and
    * not aborted, run it, give the frame back from the driver's callback. Interruption while it waits leaves the
-   * queue; while it runs, KILL QUERY (see `EngineImpl.startCommand`).
+   * queue; while it runs, KILL QUERY (`Command.cancel`).
+   *
+   * The fiber that opened the session (its owner) finding the frame free needs no interruption hook: if it is
+   * interrupted while its statement runs, whatever it does next in this session — end it (`finishSession`), end a
+   * savepoint, open one, run another statement — first stops that statement (`reclaim`), since a fiber that runs
+   * something new has given up on what it ran before. `Effect.async` with a canceler costs an `onInterrupt` frame
+   * per statement; this keeps it off the common path. Other fibers (forked in the unit, `Effect.timeout`, racing)
+   * and waiting statements keep the canceler.
    */
   exec(
+    fiber: Fiber.RuntimeFiber<any, any> | undefined,
     method: "query" | "execute",
     sql: string,
     params: ReadonlyArray<unknown>,
@@ -215,9 +256,48 @@ export class Frame extends BaseConnection {
   ): Effect.Effect<any, SqlError> {
     const early = this.check()
     if (early !== undefined) return Effect.fail(toSqlError(early))
+    if (fiber !== undefined && this.runningFiber === fiber) {
+      // interrupted while its statement ran, the fiber now runs another (a finalizer): stop the first one
+      return Effect.zipRight(
+        this.reclaim(),
+        Effect.suspend(() => this.exec(fiber, method, sql, params, rowsAsArray, raw, transform))
+      )
+    }
+    const owner = fiber !== undefined && fiber === this.state.owner
     return Effect.async<any, SqlError>((resume) => {
-      let cancelCommand: Effect.Effect<void> | undefined
+      let command: Command | undefined
+      let tracked = false
       const state = this.state
+      const onDone = (err: SessionError.SessionError | undefined, result: unknown, skip: number) => {
+        if (tracked) {
+          this.running = undefined
+          this.runningFiber = undefined
+        }
+        this.lock.unsafeRelease()
+        // drop the results of the transaction's opening statements; keep a multi-statement's own results
+        const rest = skip > 0 && Array.isArray(result) ? result.slice(skip) : undefined
+        const rows = rest === undefined ? result : rest.length === 1 ? rest[0] : rest
+        if (err !== undefined) {
+          if (abortsTransaction(err) && state.aborted === undefined) state.aborted = err
+          resume(Effect.fail(toSqlError(err)))
+        } else if (raw) {
+          resume(Effect.succeed(rows))
+        } else {
+          const list = Array.isArray(rows) ? rows : []
+          resume(Effect.succeed(transform ? transform(list) : list))
+        }
+      }
+      const run = (
+        how: "query" | "execute",
+        text: string,
+        values: ReadonlyArray<unknown> | undefined,
+        skip: number
+      ) => {
+        command = this.engine.startCommand(state.pc, how, text, values, rowsAsArray, (err, rows) =>
+          onDone(err, rows, skip)
+        )
+        if (tracked) this.running = command !== undefined && !command.settled ? command : undefined
+      }
       const start = () => {
         const bad = this.check()
         if (bad !== undefined) {
@@ -225,45 +305,25 @@ export class Frame extends BaseConnection {
           resume(Effect.fail(toSqlError(bad)))
           return
         }
-        let text = sql
-        let how = method
-        let skip = 0
         const begin = state.takeBegin()
-        if (begin !== undefined) {
-          if (countPlaceholders(sql) === params.length) {
-            text = `${begin};\n${sql}`
-            how = "query"
-            skip = state.beginCount
-          } else {
-            // a literal "?" in the text: the text protocol's client-side formatting would misplace the values
-            text = begin
-            how = "query"
-            skip = -1
-          }
-        }
-        const onDone = (err: SessionError.SessionError | undefined, result: unknown) => {
-          this.lock.unsafeRelease()
-          // drop the results of the transaction's opening statements; keep a multi-statement's own results
-          const rest = skip > 0 && Array.isArray(result) ? result.slice(skip) : undefined
-          const rows = rest === undefined ? result : rest.length === 1 ? rest[0] : rest
-          if (err !== undefined) {
-            if (abortsTransaction(err) && state.aborted === undefined) state.aborted = err
-            resume(Effect.fail(toSqlError(err)))
-          } else if (raw) {
-            resume(Effect.succeed(rows))
-          } else {
-            const list = Array.isArray(rows) ? rows : []
-            resume(Effect.succeed(transform ? transform(list) : list))
-          }
-        }
-        if (skip === -1) {
-          cancelCommand = this.engine.startCommand(state.pc, "query", text, undefined, false, (err) => {
-            if (err !== undefined) return onDone(err, undefined)
-            cancelCommand = this.engine.startCommand(state.pc, method, sql, params, rowsAsArray, onDone)
-          })
-        } else {
-          cancelCommand = this.engine.startCommand(state.pc, how, text, params, rowsAsArray, onDone)
-        }
+        if (begin === undefined) return run(method, sql, params, 0)
+        if (countPlaceholders(sql) === params.length) return run("query", `${begin};\n${sql}`, params, state.beginCount)
+        // a literal "?" in the text: the text protocol's client-side formatting would misplace the values
+        const first = this.engine.startCommand(state.pc, "query", begin, undefined, false, (err) => {
+          if (err !== undefined) return onDone(err, undefined, 0)
+          if (first!.cancelled) return onDone(interruptedError(), undefined, 0)
+          run(method, sql, params, 0)
+        })
+        command = first
+        if (tracked) this.running = first !== undefined && !first.settled ? first : this.running
+      }
+      if (owner && !this.lock.locked) {
+        this.lock.locked = true
+        tracked = true
+        this.runningFiber = fiber
+        start()
+        if (this.running === undefined) this.runningFiber = undefined
+        return
       }
       const waiter = this.lock.enqueue(start)
       return Effect.suspend(() => {
@@ -271,7 +331,7 @@ export class Frame extends BaseConnection {
           this.lock.cancel(waiter)
           return Effect.void
         }
-        return cancelCommand ?? Effect.void
+        return command === undefined ? Effect.void : command.cancel()
       })
     })
   }
@@ -280,7 +340,7 @@ export class Frame extends BaseConnection {
   control(sql: string): Effect.Effect<void, SessionError.SessionError> {
     const begin = this.state.takeBegin()
     const text = begin === undefined ? sql : `${begin};\n${sql}`
-    return Effect.asVoid(this.engine.run(this.state.pc, "query", text, undefined, false))
+    return Effect.asVoid(this.engine.runUninterruptible(this.state.pc, "query", text, undefined, false))
   }
 }
 
@@ -374,6 +434,13 @@ export const finishSession = <A, E>(
 
 /** `finishSession` for a caller that is already uninterruptible. */
 const finishNow = <A, E>(state: SessionState, exit: Exit.Exit<A, E>, passThrough: boolean): Effect.Effect<any, any> => {
+  // a statement the owner left running when it was interrupted: stop it before ROLLBACK
+  if (state.root.running !== undefined) {
+    return Effect.zipRight(
+      state.root.reclaim(),
+      Effect.suspend(() => finishNow(state, exit, passThrough))
+    )
+  }
   const lock = state.root.lock
   if (!lock.locked) {
     lock.locked = true
@@ -392,6 +459,7 @@ const endSession = <A, E>(
 ): Effect.Effect<any, any> => {
   const { engine, pc, root } = state
   state.open = false
+  state.owner = undefined
   root.closed = true
   // statements queued behind the close now see a closed session and fail with SessionClosed
   root.lock.unsafeRelease()
@@ -505,10 +573,14 @@ export interface OpenSavepoint {
 /** Takes the parent frame (siblings wait), then SAVEPOINT. Call inside `uninterruptibleMask`. @internal */
 export const openSavepoint = (
   parent: Frame,
-  restore: Restore
+  restore: Restore,
+  fiber: Fiber.RuntimeFiber<any, any>
 ): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
   Effect.zipRight(
-    parent.lock.acquire(restore),
+    // a statement this fiber left running when it was interrupted (see `Frame.exec`): stop it first
+    parent.runningFiber === fiber
+      ? Effect.zipRight(parent.reclaim(), parent.lock.acquire(restore))
+      : parent.lock.acquire(restore),
     Effect.suspend(() => {
       const state = parent.state
       if (parent.closed || !state.open) {
@@ -540,7 +612,8 @@ export const closeSavepoint = (
 ): Effect.Effect<void, SessionError.SessionError> =>
   Effect.uninterruptible(
     Effect.zipRight(
-      sp.child.lock.take,
+      // a statement the fiber left running in the savepoint when it was interrupted: stop it first
+      sp.child.running !== undefined ? Effect.zipRight(sp.child.reclaim(), sp.child.lock.take) : sp.child.lock.take,
       Effect.suspend(() => {
         sp.child.closed = true
         const state = sp.parent.state
@@ -578,10 +651,11 @@ export const unwrapError = <E>(e: E): E | SessionError.SessionError =>
 /** Runs `effect` in a savepoint of `parent`. @internal */
 export const savepoint = <A, E, R>(
   parent: Frame,
-  effect: Effect.Effect<A, E, R>
+  effect: Effect.Effect<A, E, R>,
+  fiber: Fiber.RuntimeFiber<any, any>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSavepoint(parent, restore), (sp) =>
+    Effect.flatMap(openSavepoint(parent, restore, fiber), (sp) =>
       Effect.flatMap(Effect.exit(restore(parent.state.provide(effect, sp.child))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)
       )
@@ -614,6 +688,7 @@ const runOnce = <A, E, R>(
     Effect.flatMap(engine.borrow(restore), (pc) =>
       Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
         const state = newSession(engine, pc, options)
+        state.owner = fiber
         let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
         if (options.timeout !== undefined) {
           const d = options.timeout
@@ -660,7 +735,7 @@ export const transact = <A, E, R>(
   Effect.withFiberRuntime((fiber) => {
     const frame = openFrameOf(engine, fiber)
     if (frame !== undefined && options.propagation !== "new") {
-      return Effect.mapError(savepoint(frame, effect), unwrapError)
+      return Effect.mapError(savepoint(frame, effect, fiber), unwrapError)
     }
     let attempts = 0
     const retrying = options.retry !== undefined && options.retry !== false
@@ -713,7 +788,7 @@ export const scopedSession = (
     const frame = openFrameOf(engine, fiber)
     if (frame !== undefined && options.propagation !== "new") {
       return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(openSavepoint(frame, restore), (sp) =>
+        Effect.flatMap(openSavepoint(frame, restore, fiber), (sp) =>
           Effect.as(
             // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
             Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
@@ -723,12 +798,13 @@ export const scopedSession = (
       )
     }
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(openSession(engine, options, restore), (state) =>
-        Effect.as(
+      Effect.flatMap(openSession(engine, options, restore), (state) => {
+        state.owner = fiber
+        return Effect.as(
           // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
           Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
           state.layerContext(state.root)
         )
-      )
+      })
     )
   })

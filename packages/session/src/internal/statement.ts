@@ -20,6 +20,7 @@ import { borrowScoped, type EngineImpl, toSqlError } from "./engine.js"
  */
 export interface StatementTarget {
   exec(
+    fiber: Fiber.RuntimeFiber<any, any> | undefined,
     method: "query" | "execute",
     sql: string,
     params: ReadonlyArray<unknown>,
@@ -76,7 +77,7 @@ const runIn = (
   const target = core.resolve(fiber)
   const effect: Effect.Effect<any, SqlError> =
     target !== undefined
-      ? target.exec(method, text, params, rowsAsArray, raw, transform as any)
+      ? target.exec(fiber, method, text, params, rowsAsArray, raw, transform as any)
       : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
   if (fiber.currentTracer === defaultTracer) return effect
   const attributes: Record<string, unknown> = { "db.operation.name": operation, "db.query.text": text }
