@@ -133,9 +133,10 @@ export class EngineImpl {
    */
   borrow(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {
-      const lease: Lease = { pc: undefined }
+      const lease: Lease = { pc: undefined, waiter: undefined }
       // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
       return Effect.catchAllCause(restore(this.pool.acquire(lease)), (cause) => {
+        this.pool.withdraw(lease)
         const pc = lease.pc
         if (pc !== undefined) {
           lease.pc = undefined

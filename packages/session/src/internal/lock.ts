@@ -18,7 +18,7 @@ export interface LockWaiter {
  */
 export class Lock {
   locked = false
-  private waiters: Array<LockWaiter> = []
+  private waiters: Array<LockWaiter> | undefined = undefined
 
   /** Takes the lock now (returns `undefined`) or queues `grant` to be called when it is handed over. */
   enqueue(grant: () => void): LockWaiter | undefined {
@@ -28,20 +28,20 @@ export class Lock {
       return undefined
     }
     const w: LockWaiter = { grant, granted: false, cancelled: false }
-    this.waiters.push(w)
+    ;(this.waiters ??= []).push(w)
     return w
   }
 
   /** Withdraws a waiter that has not been handed the lock. */
   cancel(w: LockWaiter): void {
     w.cancelled = true
-    const i = this.waiters.indexOf(w)
-    if (i >= 0) this.waiters.splice(i, 1)
+    const i = this.waiters?.indexOf(w) ?? -1
+    if (i >= 0) this.waiters!.splice(i, 1)
   }
 
   unsafeRelease(): void {
-    let w = this.waiters.shift()
-    while (w !== undefined && w.cancelled) w = this.waiters.shift()
+    let w = this.waiters?.shift()
+    while (w !== undefined && w.cancelled) w = this.waiters!.shift()
     if (w === undefined) {
       this.locked = false
       return

@@ -71,9 +71,12 @@ export class PooledConn {
  */
 export interface Lease {
   pc: PooledConn | undefined
+  /** The queue entry while it waits (see `ConnPool.withdraw`). */
+  waiter: Waiter | undefined
 }
 
-interface Waiter {
+/** @internal */
+export interface Waiter {
   readonly resume: (effect: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>) => void
   readonly since: number
   prev: Waiter | undefined
@@ -345,7 +348,10 @@ export class ConnPool {
     })
   }
 
-  /** Takes a connection into `lease` (see `Lease`); waiting is interruptible. */
+  /**
+   * Takes a connection into `lease` (see `Lease`). Waiting is interruptible, and a caller interrupted while it
+   * waits must `withdraw` (`EngineImpl.borrow` does).
+   */
   acquire(lease: Lease): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.async<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>((resume) => {
       if (this.closing) return resume(Effect.fail(this.shuttingDown()))
@@ -381,15 +387,20 @@ export class ConnPool {
       }
       this.pushBack(w)
       this.armDeadline()
+      lease.waiter = w
       this.serve()
-      // a connection already handed over stays in `lease`: the caller gives it back (see `Lease`)
-      return Effect.sync(() => {
-        if (w.done) return
-        w.cancelled = true
-        w.done = true
-        this.unlink(w)
-      })
+      // no canceler (it would cost an onInterrupt frame per wait): an interrupted caller withdraws the wait itself,
+      // and a connection already handed over stays in `lease` for it to give back (see `EngineImpl.borrow`)
     })
+  }
+
+  /** Leaves the queue: the caller of `acquire` was interrupted while it waited. */
+  withdraw(lease: Lease): void {
+    const w = lease.waiter
+    if (w === undefined || w.done) return
+    w.cancelled = true
+    w.done = true
+    this.unlink(w)
   }
 
   /**

@@ -388,8 +388,29 @@ export const openSession = (
 ): Effect.Effect<SessionState, SessionError.SessionError> =>
   Effect.map(engine.borrow(restore), (pc) => newSession(engine, pc, options))
 
+/** The opening statements of a unit that sets none of its own: the engine's defaults, built once per engine. */
+const defaultBegins = new WeakMap<EngineImpl, ReturnType<typeof beginSql>>()
+
+const beginOf = (engine: EngineImpl, options: UnitOptions): ReturnType<typeof beginSql> => {
+  if (
+    options.isolation !== undefined ||
+    options.readOnly !== undefined ||
+    options.consistentSnapshot !== undefined ||
+    options.lockWaitTimeout !== undefined ||
+    options.statementTimeout !== undefined
+  ) {
+    return beginSql(engine, options)
+  }
+  let begin = defaultBegins.get(engine)
+  if (begin === undefined) {
+    begin = beginSql(engine, options)
+    defaultBegins.set(engine, begin)
+  }
+  return begin
+}
+
 const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions): SessionState => {
-  const begin = beginSql(engine, options)
+  const begin = beginOf(engine, options)
   if (begin.dirty) pc.dirty = true
   return new SessionState(engine, pc, options, begin.sql, begin.count)
 }
@@ -737,26 +758,27 @@ export const transact = <A, E, R>(
     if (frame !== undefined && options.propagation !== "new") {
       return Effect.mapError(savepoint(frame, effect, fiber), unwrapError)
     }
-    let attempts = 0
+    let attempts = 1
     const retrying = options.retry !== undefined && options.retry !== false
     const traced = fiber.currentTracer !== defaultTracer || options.name !== undefined
-    const once =
-      traced || retrying
-        ? Effect.suspend(() => {
-            // every attempt after the first is a retry
-            if (attempts++ > 0) metrics.retries.unsafeUpdate(1, engine.labels)
-            return runOnce(engine, options, effect)
-          })
-        : runOnce(engine, options, effect)
+    const first = runOnce(engine, options, effect)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
     const unit = retrying
-      ? Effect.catchIf(once, SessionError.isRetryable, () =>
-          Effect.retry(once, {
-            schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
-            while: SessionError.isRetryable
-          })
+      ? Effect.catchIf(first, SessionError.isRetryable, () =>
+          Effect.retry(
+            Effect.suspend(() => {
+              // every attempt after the first is a retry
+              attempts++
+              metrics.retries.unsafeUpdate(1, engine.labels)
+              return runOnce(engine, options, effect)
+            }),
+            {
+              schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
+              while: SessionError.isRetryable
+            }
+          )
         )
-      : once
+      : first
     // spans only when a tracer that exports them is installed
     if (!traced) return unit
     return Effect.useSpan(
