@@ -205,6 +205,42 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Engine", (it
     }).pipe(Effect.provide(engineLayer({ pool: { size: 1 } })))
   )
 
+  it.scoped("prepared statements: reused across units, after a reset and past the per-connection cap", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const double = (n: number) =>
+        Session.transact(Effect.flatMap(SqlClient.SqlClient, (s) => s<{ x: number }>`SELECT ${n} * 2 AS x`))
+      assert.strictEqual(Number((yield* double(1))[0]!.x), 2)
+      // a unit that changes session state: its connection is reset (COM_RESET_CONNECTION drops the server's
+      // prepared statements) before the next unit gets it
+      yield* Session.transact(Effect.flatMap(SqlClient.SqlClient, (s) => s`SET @reset_me = 1`))
+      assert.strictEqual(Number((yield* double(2))[0]!.x), 4)
+      // more distinct texts than a connection keeps: the first is prepared again when it comes back
+      const texts = Array.from({ length: 300 }, (_, i) => `SELECT ? + ${i} AS x`)
+      const results = yield* Session.transact(Effect.forEach(texts, (text) => sql.unsafe<{ x: number }>(text, [1])))
+      assert.deepStrictEqual(
+        results.map((rows) => Number(rows[0]!.x)),
+        texts.map((_, i) => 1 + i)
+      )
+      assert.strictEqual(Number((yield* double(3))[0]!.x), 6)
+      assert.strictEqual(Number((yield* sql.unsafe<{ x: number }>(texts[0]!, [5]))[0]!.x), 5)
+    }).pipe(Effect.provide(engineLayer({ pool: { size: 1 } })))
+  )
+
+  it.scoped("a bind value mysql2 cannot send is a typed failure; the connection goes on", () =>
+    Effect.gen(function* () {
+      const failure = yield* Effect.flip(
+        Session.transact(Effect.flatMap(SqlClient.SqlClient, (s) => s`SELECT ${undefined} AS x`))
+      )
+      assert.include(String(failure.message), "undefined")
+      const rows = yield* Session.transact(
+        Effect.flatMap(SqlClient.SqlClient, (s) => s<{ one: number }>`SELECT 1 AS one`)
+      )
+      assert.strictEqual(Number(rows[0]!.one), 1)
+      assert.strictEqual((yield* Engine.stats).inUse, 0)
+    }).pipe(Effect.provide(engineLayer({ pool: { size: 1 } })))
+  )
+
   it.scoped("wrong password: ConnectionError naming host, port and user, never the password", () =>
     Effect.gen(function* () {
       const server = yield* MysqlServer.MysqlServer

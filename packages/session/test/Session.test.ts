@@ -2,7 +2,7 @@ import { assert, expect, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { SqlError } from "@effect/sql/SqlError"
 import { Engine, Session, SessionError, SessionLive } from "@sessionfx/session"
-import { MysqlServer } from "@sessionfx/testing"
+import { FaultProxy, MysqlServer } from "@sessionfx/testing"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -159,29 +159,36 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Session", (i
   )
 
   it.scoped("an interrupted statement that outlives killGrace: its connection is destroyed and nothing hangs", () =>
-    withEngine(
-      Effect.gen(function* () {
-        const conn = yield* adminConnection
-        const fiber = yield* Effect.fork(
-          Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(3) AS slept /* sfx-grace-marker */`))
-        )
-        yield* eventually(
-          Effect.map(running(conn, "sfx-grace-marker"), (n) => n === 1),
-          "the statement runs on the server"
-        )
-        const t0 = Date.now()
-        yield* Fiber.interrupt(fiber)
-        assert.isBelow(Date.now() - t0, 1500)
-        yield* eventually(
-          Effect.map(Engine.stats, (s) => s.inUse === 0 && s.destroyed >= 1),
-          "connection destroyed"
-        )
-        // the pool replaces it and serves the next unit
-        const ok = yield* Session.transact(Effect.flatMap(sql, (s) => s<{ one: number }>`SELECT 1 AS one`))
-        assert.strictEqual(Number(ok[0]!.one), 1)
-      }),
-      { pool: { size: 1 }, killGrace: "1 millis" }
-    )
+    Effect.gen(function* () {
+      // KILL QUERY over loopback can land within a millisecond: through a proxy that slows every round trip down,
+      // the statement is sure to outlive the grace period
+      const server = yield* MysqlServer.MysqlServer
+      const proxy = yield* FaultProxy.make({ target: { host: server.host, port: server.port } })
+      yield* withEngine(
+        Effect.gen(function* () {
+          const conn = yield* adminConnection
+          const fiber = yield* Effect.fork(
+            Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(3) AS slept /* sfx-grace-marker */`))
+          )
+          yield* eventually(
+            Effect.map(running(conn, "sfx-grace-marker"), (n) => n === 1),
+            "the statement runs on the server"
+          )
+          yield* proxy.setLatency(300)
+          const t0 = Date.now()
+          yield* Fiber.interrupt(fiber)
+          assert.isBelow(Date.now() - t0, 1500)
+          const stats = yield* Engine.stats
+          assert.strictEqual(stats.inUse, 0)
+          assert.isAtLeast(stats.destroyed, 1)
+          yield* proxy.setLatency(0)
+          // the pool replaces it and serves the next unit
+          const ok = yield* Session.transact(Effect.flatMap(sql, (s) => s<{ one: number }>`SELECT 1 AS one`))
+          assert.strictEqual(Number(ok[0]!.one), 1)
+        }),
+        { url: proxy.urlFor(server), pool: { size: 1 }, killGrace: "50 millis" }
+      )
+    })
   )
 
   // The fiber that opened the session runs its statements without a per-statement interruption hook; whatever it

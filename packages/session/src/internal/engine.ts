@@ -11,7 +11,7 @@ import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
 import type { Restore } from "./lock.js"
-import { ConnPool, type DestroyReason, hardClose, type Lease, type PooledConn } from "./pool.js"
+import { ConnPool, type DestroyReason, hardClose, type Lease, type PooledConn, type PreparedStatement } from "./pool.js"
 
 /** @internal */
 export type Isolation = "READ UNCOMMITTED" | "READ COMMITTED" | "REPEATABLE READ" | "SERIALIZABLE"
@@ -194,20 +194,30 @@ export class EngineImpl {
     if (isStateful(sql)) pc.dirty = true
     const command = new Command(this, pc, done)
     const settle = command.callback
+    const bad = values === undefined ? undefined : badBindValue(values)
+    if (bad !== undefined) {
+      settle(bad, undefined)
+      return command
+    }
     pc.pending = settle
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }
-    // the positional forms: mysql2 copies an options object with spreads on every call
-    if (rowsAsArray) {
-      const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
-      if (method === "execute") pc.conn.execute(options, settle)
-      else pc.conn.query(options, settle)
-    } else if (method === "execute") pc.conn.execute(sql, values as Array<any>, settle)
-    else if (values === undefined || values.length === 0) pc.conn.query(sql, settle)
-    else pc.conn.query(sql, values as Array<any>, settle)
+    try {
+      if (rowsAsArray) {
+        const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
+        if (method === "execute") pc.conn.execute(options, settle)
+        else pc.conn.query(options, settle)
+      } else if (method === "execute") executePrepared(pc, sql, values ?? [], settle)
+      // the positional forms: mysql2 copies an options object with spreads on every call
+      else if (values === undefined || values.length === 0) pc.conn.query(sql, settle)
+      else pc.conn.query(sql, values as Array<any>, settle)
+    } catch (e) {
+      // mysql2 throws on arguments it cannot send (an undefined bind value, a function)
+      settle(e, undefined)
+    }
     return command
   }
 
@@ -321,6 +331,59 @@ export class Command {
       kill()
     })
   }
+}
+
+/** How many prepared statements a connection keeps by SQL text, at most. */
+const STATEMENTS_PER_CONNECTION = 256
+
+/** "Unknown prepared statement handler": a statement the server no longer has. */
+const ER_UNKNOWN_STMT_HANDLER = 1243
+
+/** A bind value mysql2 refuses (the binary protocol) or would send as NULL (the text protocol): refused for both. @internal */
+export const badBindValue = (values: ReadonlyArray<unknown>): TypeError | undefined => {
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]
+    if (v === undefined)
+      return new TypeError("Bind parameters must not contain undefined. To pass SQL NULL specify JS null")
+    if (typeof v === "function") return new TypeError("Bind parameters must not contain function(s)")
+  }
+  return undefined
+}
+
+/**
+ * A prepared statement (binary protocol), through the connection's own statement map: once a text is prepared on
+ * a connection, executing it again is one COM_STMT_EXECUTE command, without what mysql2's `execute` does on every
+ * call (an options object, a Prepare command that looks its cache up by a key string built per call, and a
+ * second command through the queue).
+ */
+const executePrepared = (
+  pc: PooledConn,
+  sql: string,
+  values: ReadonlyArray<unknown>,
+  settle: (err: unknown, rows: unknown) => void
+): void => {
+  const known = pc.statements.get(sql)
+  if (known !== undefined) {
+    known.execute(values, (err, rows) => {
+      // mysql2's own statement cache evicted and closed it: prepare it again (the server ran nothing)
+      if (err && (err as { errno?: number }).errno === ER_UNKNOWN_STMT_HANDLER && pc.statements.get(sql) === known) {
+        pc.statements.delete(sql)
+        return executePrepared(pc, sql, values, settle)
+      }
+      settle(err, rows)
+    })
+    return
+  }
+  pc.conn.prepare(sql, (err, statement) => {
+    if (err) return settle(err, undefined)
+    const stmt = statement as unknown as PreparedStatement
+    if (pc.statements.size >= STATEMENTS_PER_CONNECTION) {
+      // the oldest entry leaves this map only; mysql2's cache still owns (and closes) the statement
+      pc.statements.delete(pc.statements.keys().next().value!)
+    }
+    pc.statements.set(sql, stmt)
+    stmt.execute(values, settle)
+  })
 }
 
 /** @internal */

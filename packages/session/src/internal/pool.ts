@@ -10,6 +10,11 @@ import * as Effect from "effect/Effect"
 import * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
 
+/** What mysql2's `prepare` yields: executing it sends COM_STMT_EXECUTE and nothing else. @internal */
+export interface PreparedStatement {
+  execute(values: ReadonlyArray<unknown>, callback: (err: unknown, rows: unknown) => void): unknown
+}
+
 /** @internal */
 export type DestroyReason =
   | "broken"
@@ -52,6 +57,11 @@ export class PooledConn {
   closed = false
   /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
   pending: ((err: unknown, rows: unknown) => void) | undefined = undefined
+  /**
+   * The statements prepared on this connection, by SQL text (see `EngineImpl.startCommand`). Emptied when the
+   * connection is reset: COM_RESET_CONNECTION deallocates them on the server.
+   */
+  readonly statements = new Map<string, PreparedStatement>()
   constructor(
     readonly conn: Mysql.Connection,
     readonly threadId: number,
@@ -418,6 +428,7 @@ export class ConnPool {
     if (pc.lastUsedAt >= pc.retireAt) return this.destroy(pc, "maxLifetime")
     if (reset || pc.dirty) {
       this.resetting++
+      pc.statements.clear()
       pc.conn.reset((err) => {
         this.resetting--
         if (err || pc.broken) return this.destroy(pc, "resetFailed")

@@ -12,6 +12,7 @@ import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
 import {
+  badBindValue,
   BaseConnection,
   type Command,
   type EngineImpl,
@@ -298,13 +299,16 @@ export class Frame extends BaseConnection {
         )
         if (tracked) this.running = command !== undefined && !command.settled ? command : undefined
       }
+      const refuse = (error: SqlError) => {
+        this.lock.unsafeRelease()
+        resume(Effect.fail(error))
+      }
       const start = () => {
         const bad = this.check()
-        if (bad !== undefined) {
-          this.lock.unsafeRelease()
-          resume(Effect.fail(toSqlError(bad)))
-          return
-        }
+        if (bad !== undefined) return refuse(toSqlError(bad))
+        // refused before the transaction's opening statements are taken: they must travel with a statement that runs
+        const refused = badBindValue(params)
+        if (refused !== undefined) return refuse(new SqlError({ cause: refused, message: refused.message }))
         const begin = state.takeBegin()
         if (begin === undefined) return run(method, sql, params, 0)
         if (countPlaceholders(sql) === params.length) return run("query", `${begin};\n${sql}`, params, state.beginCount)

@@ -523,11 +523,18 @@ const initFailed = (reason: string, extra: Partial<ConstructorParameters<typeof 
     ...extra
   })
 
-const initArgs = (install: Installation, dataDir: string, extraFile: string, logFile: string): ReadonlyArray<string> =>
+const initArgs = (
+  install: Installation,
+  dataDir: string,
+  tmpDir: string,
+  extraFile: string,
+  logFile: string
+): ReadonlyArray<string> =>
   install.installDb !== undefined
     ? [
         "--no-defaults",
         `--datadir=${dataDir}`,
+        `--tmpdir=${tmpDir}`,
         `--basedir=${install.basedir}`,
         ...userArgs(),
         "--auth-root-authentication-method=normal",
@@ -540,6 +547,7 @@ const initArgs = (install: Installation, dataDir: string, extraFile: string, log
         "--no-defaults",
         "--initialize-insecure",
         `--datadir=${dataDir}`,
+        `--tmpdir=${tmpDir}`,
         `--basedir=${install.basedir}`,
         `--log-error=${logFile}`,
         ...userArgs(),
@@ -591,9 +599,14 @@ export const ensureTemplate = (
         const logFile = Path.join(work, "init.log")
         const extraFile = Path.join(work, "lockdown.sql")
         Fs.mkdirSync(dataDir, { mode: 0o700 })
+        // the bootstrap's temporary tables in a directory of its own: in the shared /tmp, concurrent initialisations
+        // were seen to fail ("Could not remove temporary table '/tmp/#sql-temptable-…'", then "Unknown table
+        // 'mysql.tmp_user_sys'")
+        const tmpDir = Path.join(work, "tmp")
+        Fs.mkdirSync(tmpDir, { mode: 0o700 })
         Fs.writeFileSync(extraFile, lockdownSql)
         const tool = install.installDb ?? install.server
-        const proc = yield* spawnLogged(tool, initArgs(install, dataDir, extraFile, logFile), logFile).pipe(
+        const proc = yield* spawnLogged(tool, initArgs(install, dataDir, tmpDir, extraFile, logFile), logFile).pipe(
           Effect.mapError((reason) => initFailed(reason))
         )
         const info = yield* Effect.interruptible(Deferred.await(proc.exited)).pipe(
