@@ -172,6 +172,7 @@ export class EngineImpl {
   /**
    * Starts one command on a pooled connection; `done` is called exactly once when it settles. Returns the command
    * (to stop it: `Command.cancel`), or `undefined` when the connection is already gone (`done` has been called).
+   * Callers refuse bad bind values first (`badBindValue`): `run` does, and `Frame.exec` before it takes BEGIN.
    */
   startCommand(
     pc: PooledConn,
@@ -194,11 +195,6 @@ export class EngineImpl {
     if (isStateful(sql)) pc.dirty = true
     const command = new Command(this, pc, done)
     const settle = command.callback
-    const bad = values === undefined ? undefined : badBindValue(values)
-    if (bad !== undefined) {
-      settle(bad, undefined)
-      return command
-    }
     pc.pending = settle
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
@@ -221,37 +217,26 @@ export class EngineImpl {
     return command
   }
 
-  /** Runs one command on a pooled connection (see `startCommand`). */
+  /**
+   * Runs one command on a pooled connection (see `startCommand`). Interrupting it stops the command
+   * (`Command.cancel`); a caller that is uninterruptible anyway (control statements: SAVEPOINT, RELEASE, …) passes
+   * `interruptible: false` and spares the `onInterrupt` frame `Effect.async` puts around a canceler.
+   */
   run(
     pc: PooledConn,
     method: "query" | "execute",
     sql: string,
     values: ReadonlyArray<unknown> | undefined,
-    rowsAsArray: boolean
+    rowsAsArray: boolean,
+    interruptible = true
   ): Effect.Effect<unknown, SessionError.SessionError> {
     return Effect.async<unknown, SessionError.SessionError>((resume) => {
+      const bad = values === undefined ? undefined : badBindValue(values)
+      if (bad !== undefined) return resume(Effect.fail(SessionError.classify(bad)))
       const command = this.startCommand(pc, method, sql, values, rowsAsArray, (err, rows) =>
         resume(err ? Effect.fail(err) : Effect.succeed(rows))
       )
-      return command === undefined ? undefined : Effect.suspend(() => command.cancel())
-    })
-  }
-
-  /**
-   * `run` for a caller that is uninterruptible (control statements: SAVEPOINT, RELEASE, …): no interruption hook,
-   * which `Effect.async` would otherwise wrap around the command for nothing.
-   */
-  runUninterruptible(
-    pc: PooledConn,
-    method: "query" | "execute",
-    sql: string,
-    values: ReadonlyArray<unknown> | undefined,
-    rowsAsArray: boolean
-  ): Effect.Effect<unknown, SessionError.SessionError> {
-    return Effect.async<unknown, SessionError.SessionError>((resume) => {
-      this.startCommand(pc, method, sql, values, rowsAsArray, (err, rows) =>
-        resume(err ? Effect.fail(err) : Effect.succeed(rows))
-      )
+      return interruptible && command !== undefined ? command.cancel() : undefined
     })
   }
 }

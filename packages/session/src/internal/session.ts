@@ -344,7 +344,7 @@ export class Frame extends BaseConnection {
   control(sql: string): Effect.Effect<void, SessionError.SessionError> {
     const begin = this.state.takeBegin()
     const text = begin === undefined ? sql : `${begin};\n${sql}`
-    return Effect.asVoid(this.engine.runUninterruptible(this.state.pc, "query", text, undefined, false))
+    return Effect.asVoid(this.engine.run(this.state.pc, "query", text, undefined, false, false))
   }
 }
 
