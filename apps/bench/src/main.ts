@@ -3,12 +3,15 @@
  *
  *   pnpm bench [compare] [--quick] [--transfers 20000] [--accounts 1000] [--concurrency 1,16,64,256] [--reps 3]
  *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 500] [--out results]
- *   pnpm bench scale [--units 10000]
- *   pnpm bench soak [--sessions 200000]        (re-runs itself under node --expose-gc)
+ *   pnpm bench scale [--units 10000] [--spawn fiber|forEach]
+ *   pnpm bench soak [--sessions 200000]
+ *
+ * scale and soak run in a process of their own (`build/stress.mjs`, see stressMain.ts).
  *
  * Uses the server named by MYSQL_URL, or starts a private one.
  */
-import { spawnSync } from "node:child_process"
+import { spawn } from "node:child_process"
+import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NodeRuntime } from "@effect/platform-node"
@@ -17,8 +20,9 @@ import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import { BASELINE, type Impl, implementations } from "./impls/index.js"
 import * as Report from "./report.js"
-import { type Progress, runOnce } from "./runner.js"
-import { runScale, runSoak } from "./stress.js"
+import { withProgress } from "./progress.js"
+import { runOnce } from "./runner.js"
+import type { ScaleResult, SoakResult, Spawn, StressJob } from "./stress.js"
 import { createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
 
 interface Args {
@@ -32,12 +36,13 @@ interface Args {
   readonly warmup: number
   readonly units: number
   readonly sessions: number
+  readonly spawn: Spawn
   readonly out: string
 }
 
 const usage = `usage: bench [compare|scale|soak] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
              [--reps N] [--impls ${Object.keys(implementations).join(",")}] [--seed N] [--warmup N]
-             [--units N (scale)] [--sessions N (soak)] [--out DIR]`
+             [--units N (scale)] [--spawn fiber|forEach (scale)] [--sessions N (soak)] [--out DIR]`
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
   const flags = new Map<string, string>()
@@ -57,7 +62,19 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     } else if (arg === "compare" || arg === "scale" || arg === "soak") mode = arg
     else throw new Error(`unknown argument ${arg}\n${usage}`)
   }
-  const known = ["transfers", "accounts", "concurrency", "reps", "impls", "seed", "warmup", "units", "sessions", "out"]
+  const known = [
+    "transfers",
+    "accounts",
+    "concurrency",
+    "reps",
+    "impls",
+    "seed",
+    "warmup",
+    "units",
+    "sessions",
+    "spawn",
+    "out"
+  ]
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}\n${usage}`)
   const int = (key: string, fallback: number) => {
     const v = flags.get(key)
@@ -70,6 +87,8 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
   for (const name of impls) {
     if (!(name in implementations)) throw new Error(`unknown implementation ${name}\n${usage}`)
   }
+  const spawnMode = flags.get("spawn") ?? "fiber"
+  if (spawnMode !== "fiber" && spawnMode !== "forEach") throw new Error(`--spawn must be fiber or forEach\n${usage}`)
   const accounts = int("accounts", 1000)
   if (accounts < 2) throw new Error("--accounts must be at least 2")
   return {
@@ -87,29 +106,8 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     warmup: int("warmup", quick ? 100 : 1000),
     units: int("units", quick ? 2000 : 10_000),
     sessions: int("sessions", quick ? 20_000 : 200_000),
+    spawn: spawnMode,
     out: flags.get("out") ?? Path.join(Path.dirname(fileURLToPath(import.meta.url)), "..", "results")
-  }
-}
-
-/** A one-line progress bar on stderr, redrawn while a job runs. */
-const withProgress = async <A>(label: string, total: number, f: (progress: Progress) => Promise<A>): Promise<A> => {
-  const progress: Progress = { done: 0 }
-  const tty = process.stderr.isTTY === true
-  const draw = (final: boolean) => {
-    const fraction = total === 0 ? 1 : Math.min(1, progress.done / total)
-    const width = 30
-    const filled = Math.round(fraction * width)
-    const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}% ${label} ${progress.done}/${total}`
-    if (tty) process.stderr.write(`\r\x1b[2K${bar}${final ? "\n" : ""}`)
-    else if (final) process.stderr.write(bar + "\n")
-  }
-  const timer = setInterval(() => draw(false), tty ? 200 : 10_000)
-  timer.unref()
-  try {
-    return await f(progress)
-  } finally {
-    clearInterval(timer)
-    draw(true)
   }
 }
 
@@ -181,11 +179,45 @@ const compare = async (url: string, server: string, args: Args) => {
   if (summary.some((r) => !r.conserved)) process.exitCode = 1
 }
 
+/** Runs a scale or soak job in the stress process and returns its result. */
+const runStress = <A>(url: string, job: StressJob): Promise<A> => {
+  const entry = Path.join(Path.dirname(fileURLToPath(import.meta.url)), "stress.mjs")
+  if (!Fs.existsSync(entry)) {
+    return Promise.reject(new Error(`${entry} is missing: run the benchmark as \`pnpm bench\`, which builds it`))
+  }
+  // the soak samples the heap after a full GC, which needs global.gc
+  const flags = job.mode === "soak" ? ["--expose-gc"] : []
+  return new Promise<A>((resolve, reject) => {
+    const child = spawn(process.execPath, [...flags, entry, JSON.stringify(job)], {
+      stdio: ["ignore", "pipe", "inherit"],
+      env: { ...process.env, MYSQL_URL: url }
+    })
+    const out: Array<Buffer> = []
+    child.stdout.on("data", (chunk: Buffer) => out.push(chunk))
+    child.on("error", reject)
+    child.on("close", (code, signal) => {
+      if (code !== 0) {
+        reject(new Error(`the ${job.mode} process failed (exit ${code ?? signal}); its error is printed above`))
+        return
+      }
+      try {
+        resolve(JSON.parse(Buffer.concat(out).toString("utf8")) as A)
+      } catch (e) {
+        reject(new Error(`the ${job.mode} process printed no result: ${String(e)}`))
+      }
+    })
+  })
+}
+
 const scale = async (url: string, args: Args) => {
   await createSchema(url, args.accounts)
-  const result = await withProgress(`scale: ${args.units} units, pool 16`, args.units, (p) =>
-    runScale(url, args.accounts, args.units, args.seed, p)
-  )
+  const result = await runStress<ScaleResult>(url, {
+    mode: "scale",
+    accounts: args.accounts,
+    units: args.units,
+    seed: args.seed,
+    spawn: args.spawn
+  })
   const md = Report.scaleMarkdown(result)
   const written = await Report.writeFiles(args.out, { "scale.json": Report.json(result), "scale.md": md })
   process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
@@ -194,9 +226,12 @@ const scale = async (url: string, args: Args) => {
 
 const soak = async (url: string, args: Args) => {
   await createSchema(url, args.accounts)
-  const result = await withProgress(`soak: ${args.sessions} sequential sessions`, args.sessions, (p) =>
-    runSoak(url, args.accounts, args.sessions, args.seed, p)
-  )
+  const result = await runStress<SoakResult>(url, {
+    mode: "soak",
+    accounts: args.accounts,
+    sessions: args.sessions,
+    seed: args.seed
+  })
   const md = Report.soakMarkdown(result)
   const written = await Report.writeFiles(args.out, { "soak.json": Report.json(result), "soak.md": md })
   process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
@@ -204,14 +239,6 @@ const soak = async (url: string, args: Args) => {
 }
 
 const args = parseArgs(process.argv.slice(2))
-
-if (args.mode === "soak" && typeof (globalThis as { gc?: unknown }).gc !== "function") {
-  // heap-after-GC needs global.gc: run this same command again under --expose-gc
-  const child = spawnSync(process.execPath, ["--expose-gc", ...process.execArgv, ...process.argv.slice(1)], {
-    stdio: "inherit"
-  })
-  process.exit(child.status ?? 1)
-}
 
 const program = Effect.gen(function* () {
   const server = yield* MysqlServer.MysqlServer

@@ -226,6 +226,8 @@ export const scaleMarkdown = (r: import("./stress.js").ScaleResult): string =>
   [
     `# Scale: ${r.units} units waiting at once on a pool of ${r.pool}`,
     ``,
+    `Units started ${r.spawn === "fiber" ? "as a fiber each (`runtime.runFork`)" : 'by one `Effect.forEach(…, { concurrency: "unbounded" })`'}, in a process that loads only sessionfx, Effect and mysql2 (RSS ${fixed(r.rssBeforeMb, 0)} MB before the first unit).`,
+    ``,
     `| completed | failed | elapsed s | transfers/s | acquire wait min / p50 / p99 / max ms | max rank displacement | in order (±pool) | peak RSS MB (target < 200) | conserved |`,
     `| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |`,
     `| ${r.completed} | ${r.failed} | ${fixed(r.elapsedMs / 1000, 1)} | ${fixed(r.throughput, 0)} | ` +

@@ -6,11 +6,8 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type { Impl } from "./impls/index.js"
+import type { Progress } from "./progress.js"
 import type { Plan } from "./workload.js"
-
-export interface Progress {
-  done: number
-}
 
 export interface Measurement {
   readonly completed: number

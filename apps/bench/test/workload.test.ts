@@ -4,6 +4,7 @@ import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import { implementations } from "../src/impls/index.js"
 import { runOnce } from "../src/runner.js"
+import { runScale } from "../src/stress.js"
 import { checkConservation, createSchema, makePlan, resetAccounts } from "../src/workload.js"
 
 describe("makePlan", () => {
@@ -44,6 +45,28 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("tra
             }),
           () => Effect.promise(() => impl.close())
         )
+      })
+    )
+  }
+
+  for (const spawn of ["fiber", "forEach"] as const) {
+    it.effect(`scale (${spawn}): 400 units waiting at once on the pool complete in order and conserve money`, () =>
+      Effect.gen(function* () {
+        const server = yield* MysqlServer.MysqlServer
+        const url = Redacted.value(server.url)
+        yield* Effect.promise(() => createSchema(url, 50))
+        const progress = { done: 0 }
+        const r = yield* Effect.promise(() => runScale(url, 50, 400, 3, spawn, progress))
+        assert.strictEqual(r.failed, 0)
+        assert.strictEqual(r.completed, 400)
+        assert.strictEqual(progress.done, 400)
+        assert.strictEqual(r.spawn, spawn)
+        // the pool serves its waiters first come, first served: no unit enters more than a pool's width out of order
+        assert.isAtMost(r.maxRankDisplacement, r.pool)
+        assert.strictEqual(r.inOrderFraction, 1)
+        assert.isTrue(r.conservation.ok, JSON.stringify(r.conservation))
+        assert.strictEqual(r.conservation.transferRows, 400)
+        assert.isAbove(r.peakRssMb, 0)
       })
     )
   }
