@@ -2,7 +2,7 @@
  * The benchmark CLI.
  *
  *   pnpm bench [compare] [--quick] [--transfers 20000] [--accounts 1000] [--concurrency 1,16,64,256] [--reps 3]
- *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 500] [--out results]
+ *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 1000] [--out results]
  *   pnpm bench scale [--units 10000] [--spawn fiber|forEach]
  *   pnpm bench soak [--sessions 200000]
  *
@@ -118,10 +118,16 @@ const compare = async (url: string, server: string, args: Args) => {
   const runs: Array<Report.RunRecord> = []
   try {
     if (args.warmup > 0) {
+      // every implementation warms up at every concurrency it will be measured at: the JIT has then seen its
+      // contended paths (waiting for a pooled connection) too, not only the uncontended ones
       const plan = makePlan(args.warmup, args.accounts, args.seed + 1)
       for (const impl of impls) {
-        await resetAccounts(url)
-        await withProgress(`warm-up ${impl.name}`, plan.size, (p) => runOnce(impl, plan, 16, p))
+        for (const concurrency of args.concurrency) {
+          await resetAccounts(url)
+          await withProgress(`warm-up ${impl.name} c=${concurrency}`, plan.size, (p) =>
+            runOnce(impl, plan, concurrency, p)
+          )
+        }
       }
     }
     const total = args.reps * args.concurrency.length * impls.length
