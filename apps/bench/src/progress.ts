@@ -18,8 +18,9 @@ export const withProgress = async <A>(
     const width = 30
     const filled = Math.round(fraction * width)
     const bar = `[${"#".repeat(filled)}${"-".repeat(width - filled)}] ${(fraction * 100).toFixed(0).padStart(3)}% ${label} ${progress.done}/${total}`
+    // on a terminal the bar is redrawn in place; in a log (CI) it is a line every 10 s and one at the end
     if (tty) process.stderr.write(`\r\x1b[2K${bar}${final ? "\n" : ""}`)
-    else if (final) process.stderr.write(bar + "\n")
+    else process.stderr.write(bar + "\n")
   }
   const timer = setInterval(() => draw(false), tty ? 200 : 10_000)
   timer.unref()
