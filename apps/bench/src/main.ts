@@ -111,6 +111,12 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
   }
 }
 
+/**
+ * A full GC before every run when node has `--expose-gc` (`pnpm bench` passes it), so that no run pays for the
+ * garbage the one before it left behind.
+ */
+const collectGarbage = (globalThis as { gc?: () => void }).gc
+
 const compare = async (url: string, server: string, args: Args) => {
   await createSchema(url, args.accounts)
   const impls: Array<Impl> = args.impls.map((name) => implementations[name]!())
@@ -141,6 +147,7 @@ const compare = async (url: string, server: string, args: Args) => {
         for (const impl of order) {
           n++
           await resetAccounts(url)
+          collectGarbage?.()
           const label = `run ${n}/${total} · rep ${rep} · c=${concurrency} · ${impl.name}`
           const m = await withProgress(label, plan.size, (p) => runOnce(impl, plan, concurrency, p))
           const conservation = await checkConservation(url, args.accounts, m.completed)
@@ -169,11 +176,12 @@ const compare = async (url: string, server: string, args: Args) => {
       reps: args.reps,
       concurrency: args.concurrency,
       seed: args.seed,
-      baseline: BASELINE
+      baseline: BASELINE,
+      gcBeforeEachRun: collectGarbage !== undefined
     },
     runs,
     summary,
-    targets: Report.evaluateTargets(summary)
+    targets: Report.evaluateTargets(summary, runs)
   }
   const md = Report.markdown(report)
   const written = await Report.writeFiles(args.out, {
