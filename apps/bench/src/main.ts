@@ -23,7 +23,7 @@ import * as Report from "./report.js"
 import { withProgress } from "./progress.js"
 import { runOnce } from "./runner.js"
 import type { ScaleResult, SoakResult, Spawn, StressJob } from "./stress.js"
-import { createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
+import { type Conservation, createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
 
 interface Args {
   readonly mode: "compare" | "scale" | "soak"
@@ -223,34 +223,39 @@ const runStress = <A>(url: string, job: StressJob): Promise<A> => {
   })
 }
 
-const scale = async (url: string, args: Args) => {
+/** Runs a scale or soak job in the stress process, writes `<mode>.json` and `<mode>.md`, fails on lost money. */
+const stress = async <R extends { readonly failed: number; readonly conservation: Conservation }>(
+  url: string,
+  args: Args,
+  job: StressJob,
+  markdown: (result: R) => string
+) => {
   await createSchema(url, args.accounts)
-  const result = await runStress<ScaleResult>(url, {
-    mode: "scale",
-    accounts: args.accounts,
-    units: args.units,
-    seed: args.seed,
-    spawn: args.spawn
+  const result = await runStress<R>(url, job)
+  const md = markdown(result)
+  const written = await Report.writeFiles(args.out, {
+    [`${job.mode}.json`]: Report.json(result),
+    [`${job.mode}.md`]: md
   })
-  const md = Report.scaleMarkdown(result)
-  const written = await Report.writeFiles(args.out, { "scale.json": Report.json(result), "scale.md": md })
   process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
   if (!result.conservation.ok || result.failed > 0) process.exitCode = 1
 }
 
-const soak = async (url: string, args: Args) => {
-  await createSchema(url, args.accounts)
-  const result = await runStress<SoakResult>(url, {
-    mode: "soak",
-    accounts: args.accounts,
-    sessions: args.sessions,
-    seed: args.seed
-  })
-  const md = Report.soakMarkdown(result)
-  const written = await Report.writeFiles(args.out, { "soak.json": Report.json(result), "soak.md": md })
-  process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
-  if (!result.conservation.ok || result.failed > 0) process.exitCode = 1
-}
+const scale = (url: string, args: Args) =>
+  stress<ScaleResult>(
+    url,
+    args,
+    { mode: "scale", accounts: args.accounts, units: args.units, seed: args.seed, spawn: args.spawn },
+    Report.scaleMarkdown
+  )
+
+const soak = (url: string, args: Args) =>
+  stress<SoakResult>(
+    url,
+    args,
+    { mode: "soak", accounts: args.accounts, sessions: args.sessions, seed: args.seed },
+    Report.soakMarkdown
+  )
 
 const args = parseArgs(process.argv.slice(2))
 
