@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite from nothing: set-up, type check, lint, then every vitest project.
+# The whole test suite from nothing: set-up, type check, lint (with publint and attw on the packed packages), every
+# vitest project, then the consumer check (the packed packages installed with npm outside the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -8,4 +9,5 @@ start=$(date +%s)
 pnpm typecheck
 pnpm lint
 pnpm test
-echo "test.sh: typecheck, lint and tests passed in $(( $(date +%s) - start )) s"
+./scripts/consumer/check.sh
+echo "test.sh: typecheck, lint, tests and the consumer check passed in $(( $(date +%s) - start )) s"

@@ -4,6 +4,8 @@
  *
  * @since 0.1.0
  */
+import type * as SqlClient from "@effect/sql/SqlClient"
+import { Engine } from "@sessionfx/session"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import type * as ConfigError from "effect/ConfigError"
@@ -214,3 +216,46 @@ export const layerConfig = (
   config: Config.Config.Wrap<Options>
 ): Layer.Layer<MysqlServer, MysqlServerError | ConfigError.ConfigError> =>
   Layer.scoped(MysqlServer, Effect.flatMap(Config.unwrap(config), make))
+
+/**
+ * The options of `engine` / `layerEngine`: every Engine option except where the server is, which comes from the
+ * `MysqlServer` in context.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type EngineOptions = Omit<
+  Engine.EngineOptions,
+  "url" | "host" | "port" | "database" | "username" | "password" | "socketPath"
+>
+
+type EngineLayer = ReturnType<typeof Engine.layer>
+
+/**
+ * An Engine (and its autocommit `SqlClient`) on the `MysqlServer` in context; the pool size defaults to 4.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const engine = (
+  options: EngineOptions = {}
+): Layer.Layer<Layer.Layer.Success<EngineLayer>, Layer.Layer.Error<EngineLayer>, MysqlServer> =>
+  Layer.unwrapEffect(
+    Effect.map(MysqlServer, (server) =>
+      Engine.layer({ ...options, pool: { size: 4, ...options.pool }, url: server.url })
+    )
+  )
+
+/**
+ * A private server and an Engine on it in one layer, for a test file or a local script:
+ * `layer(MysqlServer.layerEngine())("suite", (it) => …)`. The `MysqlServer` is provided too (admin access, restart).
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerEngine = (
+  options: { readonly engine?: EngineOptions | undefined; readonly server?: Options | undefined } = {}
+): Layer.Layer<
+  Layer.Layer.Success<EngineLayer> | MysqlServer | SqlClient.SqlClient,
+  Layer.Layer.Error<EngineLayer> | MysqlServerError
+> => engine(options.engine).pipe(Layer.provideMerge(layer(options.server)))

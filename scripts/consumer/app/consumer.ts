@@ -1,0 +1,41 @@
+// A TypeScript consumer, checked with `tsc` (strict, nodenext) against the packed type declarations.
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Engine, Session, SessionLive } from "@sessionfx/session"
+import * as SessionError from "@sessionfx/session/SessionError"
+import { MysqlServer, SessionTest } from "@sessionfx/testing"
+import * as Config from "effect/Config"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+
+// code that must run inside a unit of work says so in its type
+const audit = (note: string): Effect.Effect<void, SessionError.SessionError, SqlClient.SqlClient | Session.Session> =>
+  Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`INSERT INTO audit (note) VALUES (${note})`
+    yield* Session.afterCommit(Effect.log(`audited ${note}`))
+  }).pipe(Effect.mapError((e) => SessionError.classify(e)))
+
+const EngineLive: Layer.Layer<Engine.Engine | SqlClient.SqlClient, unknown> = Engine.layerConfig({
+  url: Config.redacted("DATABASE_URL"),
+  pool: { size: Config.integer("DB_POOL_SIZE").pipe(Config.withDefault(8)) }
+})
+
+export const inUnit: Effect.Effect<void, unknown> = audit("layer").pipe(
+  Effect.provide(SessionLive),
+  Effect.provide(EngineLive)
+)
+
+export const transacted: Effect.Effect<void, unknown> = Session.transact(audit("transact"), { retry: true }).pipe(
+  Effect.catchTag("DuplicateKey", (e) => Effect.logWarning(e.message)),
+  Effect.provide(EngineLive)
+)
+
+export const retryable: boolean = SessionError.isRetryable(new SessionError.Deadlock({ message: "x" }))
+
+export const testLayer = SessionTest.SessionTest.pipe(Layer.provideMerge(MysqlServer.layerEngine()))
+
+// @ts-expect-error needs a Session: the Engine alone does not open a unit of work
+export const missingSession: Effect.Effect<void, unknown> = audit("no unit").pipe(Effect.provide(EngineLive))
+
+// @ts-expect-error internal modules are not part of the package's exports
+export const internal = import("@sessionfx/session/internal/session")
