@@ -383,9 +383,23 @@ const classifyDriver = (cause: unknown, context: string | undefined, original: S
       return new StatementTimeout({ ...base, message: `${prefix}statement timeout exceeded: ${text}` })
     case 1180:
     case 1614:
+    case 3101: // MySQL Group Replication: the group did not certify the transaction at COMMIT; it was rolled back
     case 8002:
     case 9007:
       return new SerializationFailure({ ...base, message: `${prefix}serialization failure: ${text}` })
+    case 1047:
+      // Galera: "WSREP has not yet prepared node for application use" — the node is not in the primary component
+      // (joining, isolated, no quorum) and refused the statement before running it; a COMMIT refused this way
+      // replicated nothing. The outcome is known and the connection still works, so not ConnectionLost (which at
+      // COMMIT means an unknown outcome): retry the unit, preferably on another node. Plain MySQL's 1047 is
+      // "Unknown command", a client bug, left to the cases below.
+      if (/wsrep/i.test(text)) {
+        return new SerializationFailure({
+          ...base,
+          message: `${prefix}the cluster node is not ready and applied nothing; retry the unit on another node: ${text}`
+        })
+      }
+      break
     case 1040:
     case 1045:
     case 1044:

@@ -16,6 +16,7 @@ import type * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as internal from "./internal/server.js"
+import * as MysqlCluster from "./MysqlCluster.js"
 import type { MysqlServerError } from "./internal/serverError.js"
 
 export {
@@ -259,3 +260,19 @@ export const layerEngine = (
   Layer.Layer.Success<EngineLayer> | MysqlServer | SqlClient.SqlClient,
   Layer.Layer.Error<EngineLayer> | MysqlServerError
 > => engine(options.engine).pipe(Layer.provideMerge(layer(options.server)))
+
+/**
+ * A primary with GTID replicas: `MysqlCluster.replicated`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const replicated: typeof MysqlCluster.replicated = MysqlCluster.replicated
+
+/**
+ * A Galera cluster: `MysqlCluster.galera`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const galera: typeof MysqlCluster.galera = MysqlCluster.galera

@@ -6,6 +6,11 @@ export * as MysqlServer from "./MysqlServer.js"
 /**
  * @since 0.1.0
  */
+export * as MysqlCluster from "./MysqlCluster.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as SessionTest from "./SessionTest.js"
 
 /**

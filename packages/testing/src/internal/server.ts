@@ -1,3 +1,4 @@
+import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -126,9 +127,35 @@ const validName = (kind: string, value: string, pattern: RegExp): Effect.Effect<
 const isPortInUse = (lines: ReadonlyArray<string>): boolean =>
   lines.some((line) => /address already in use|bind on tcp\/ip port/i.test(line))
 
+/**
+ * What the servers of one replicated set or cluster need beyond the public options.
+ *
+ * @internal
+ */
+export interface EmbeddedInternals {
+  /** Fixed passwords, so that users copied or replicated from a peer keep working. */
+  readonly password?: string | undefined
+  readonly adminPassword?: string | undefined
+  /** Arguments computed anew at each start, after `serverArgs` (a Galera node bootstraps only on its first start). */
+  readonly startArgs?: (() => ReadonlyArray<string>) | undefined
+  /** Run the server as this OS user when we are root; its directories are handed to that user. */
+  readonly runAs?: string | undefined
+  /** After root can log in, at every start, before the server counts as started (a Galera node: synced). */
+  readonly awaitReady?: ((conn: Mysql.Connection) => Effect.Effect<void, string>) | undefined
+}
+
+const chownTo = (user: string, paths: ReadonlyArray<string>): Effect.Effect<void, string> =>
+  Effect.async<void, string>((resume) => {
+    const child = ChildProcess.execFile("chown", ["-R", `${user}:`, ...paths], { timeout: 30_000 }, (error) =>
+      resume(error ? Effect.fail(`chown -R ${user}: failed: ${error.message}`) : Effect.void)
+    )
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
 /** @internal */
 export const makeEmbedded = (
-  options: Options = {}
+  options: Options = {},
+  internals: EmbeddedInternals = {}
 ): Effect.Effect<MysqlServer.Service, MysqlServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
@@ -211,11 +238,18 @@ export const makeEmbedded = (
       const pidFile = Path.join(dataDir, "mysqld.pid")
       const serverPidFile = Path.join(dataDir, Proc.serverPidFile)
       Fs.rmSync(serverPidFile, { force: true })
+      const runAs = internals.runAs !== undefined && Proc.isRoot() ? internals.runAs : undefined
+      if (runAs !== undefined) {
+        yield* Effect.sync(() => Fs.closeSync(Fs.openSync(logFile, "a", 0o600)))
+        yield* chownTo(runAs, [dataDir, ...extraDirs]).pipe(
+          Effect.mapError((reason) => startFailed("prepare", reason, { dataDir }))
+        )
+      }
 
       // --- credentials and port ------------------------------------------------------------------------------
       const saved = persistent ? readState(dataDir) : undefined
-      const password = saved?.passwords[username] ?? randomPassword()
-      const adminPassword = saved?.adminPassword ?? randomPassword()
+      const password = internals.password ?? saved?.passwords[username] ?? randomPassword()
+      const adminPassword = internals.adminPassword ?? saved?.adminPassword ?? randomPassword()
       const secrets = [password, adminPassword]
       const fixedPort = options.port !== undefined
       let port =
@@ -280,7 +314,8 @@ export const makeEmbedded = (
             port: onPort,
             pidFile,
             logFile,
-            extra: extraArgs
+            extra: [...extraArgs, ...(internals.startArgs?.() ?? [])],
+            user: runAs
           })
           const proc = yield* Proc.spawnLogged(install.server, args, logFile).pipe(
             Effect.mapError((reason) => startFailed("start", reason, { dataDir, logFile }))
@@ -289,13 +324,23 @@ export const makeEmbedded = (
           Fs.writeFileSync(serverPidFile, String(proc.pid))
 
           const attempt = Sql.connect({ socketPath: socket, user: "root", password: "", multipleStatements: true })
-          const ready = attempt.pipe(
+          const loggedIn = attempt.pipe(
             Effect.retry({
               schedule: Schedule.spaced(Duration.millis(25)),
               while: (error) => error.code !== "ER_ACCESS_DENIED_ERROR"
             }),
             Effect.mapError((error) => `cannot log in as root over ${socket}: ${error.message}`)
           )
+          const awaitReady = internals.awaitReady
+          const ready =
+            awaitReady === undefined
+              ? loggedIn
+              : Effect.flatMap(loggedIn, (conn) =>
+                  awaitReady(conn).pipe(
+                    Effect.as(conn),
+                    Effect.onError(() => Sql.close(conn))
+                  )
+                )
           const exited = Deferred.await(proc.exited).pipe(
             Effect.flatMap((info) =>
               Effect.fail(`the server exited during startup${info.error ? ` (${info.error})` : ""}`)

@@ -681,6 +681,8 @@ export const serverArgs = (options: {
   readonly pidFile: string
   readonly logFile: string
   readonly extra: ReadonlyArray<string>
+  /** The OS user the server runs as when started by root; default root. The server honours only the first `--user`. */
+  readonly user?: string | undefined
 }): ReadonlyArray<string> => [
   "--no-defaults",
   `--basedir=${options.install.basedir}`,
@@ -690,7 +692,7 @@ export const serverArgs = (options: {
   "--bind-address=127.0.0.1",
   `--pid-file=${options.pidFile}`,
   `--log-error=${options.logFile}`,
-  ...userArgs(),
+  ...(options.user !== undefined && isRoot() ? [`--user=${options.user}`] : userArgs()),
   ...engineArgs,
   ...tuningArgs,
   ...(options.install.flavor === "mysql" ? ["--mysqlx=OFF"] : []),
