@@ -13,10 +13,13 @@ import * as Schema from "effect/Schema"
 import { Account, AccountIdFromString, HistoryPage, Transfer, TransferId } from "./Domain/Account.js"
 import {
   AccountNotFound,
+  AmountTooLarge,
+  BalanceOverflow,
   IdempotencyConflict,
   InsufficientFunds,
   InternalError,
   OutcomeUnknown,
+  PayloadTooLarge,
   Unauthorized,
   Unavailable
 } from "./Domain/Errors.js"
@@ -76,7 +79,14 @@ export const PoolStats = Schema.Struct({
 
 export const Health = Schema.Struct({
   status: Schema.Literal("ok"),
-  database: Schema.Struct({ reachable: Schema.Boolean, serverVersion: Schema.String }),
+  database: Schema.Struct({
+    reachable: Schema.Boolean,
+    serverVersion: Schema.String,
+    kind: Schema.Literal("embedded", "external"),
+    state: Schema.Literal("running", "restarting"),
+    restarts: Schema.Int.annotations({ description: "restarts of the embedded server since the ledger started" }),
+    lastRestartAt: Schema.NullOr(Schema.String)
+  }),
   pool: PoolStats
 }).annotations({ identifier: "Health" })
 
@@ -95,9 +105,18 @@ export class LedgerApi extends HttpApi.make("ledger")
   .add(SystemApi)
   .addError(AccountNotFound)
   .addError(InsufficientFunds)
+  .addError(AmountTooLarge)
+  .addError(BalanceOverflow)
   .addError(IdempotencyConflict)
+  .addError(PayloadTooLarge)
   .addError(Unavailable)
   .addError(OutcomeUnknown)
   .addError(InternalError)
   .annotate(OpenApi.Title, "sessionfx ledger")
-  .annotate(OpenApi.Description, "A ledger over MySQL/MariaDB: one transaction per request") {}
+  .annotate(
+    OpenApi.Description,
+    "A ledger over MySQL/MariaDB: one transaction per request. Money is an exact integer number of minor units: " +
+      "a JSON number up to 2^53 − 1, a string of decimal digits above (accepted either way). An amount is at most " +
+      "10^15 (422 amount_too_large), a balance at most 2^63 − 1 (409 balance_overflow). A request body is at most " +
+      "LEDGER_MAX_BODY_BYTES (default 1 MiB; more: 413)."
+  ) {}

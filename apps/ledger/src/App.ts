@@ -12,24 +12,30 @@ import * as Config from "./Config.js"
 import { LedgerConfig } from "./Config.js"
 import * as Http from "./Http.js"
 import { Ledger } from "./Ledger.js"
+import * as Supervisor from "./Supervisor.js"
 import CreateLedger from "./migrations/00001_create_ledger.js"
+import IdempotencyKeyBytes from "./migrations/00002_idempotency_key_bytes.js"
 import * as Tcp from "./Tcp.js"
 
-/** The Engine: on `DATABASE_URL`, or else on a persistent embedded server under `LEDGER_DATA_DIR`. */
+/**
+ * The Engine: on `DATABASE_URL`, or else on a persistent embedded server under `LEDGER_DATA_DIR`, which is restarted
+ * when it dies (`Supervisor`).
+ */
 export const DatabaseLive = Layer.unwrapScoped(
   Effect.gen(function* () {
     const config = yield* LedgerConfig
+    // no per-unit session settings: they would cost every unit a connection reset (see Ledger.ts)
     const options = {
       name: "ledger",
       pool: { size: config.poolSize, acquireTimeout: config.acquireTimeout },
-      shutdownTimeout: config.shutdownTimeout,
-      lockWaitTimeout: "5 seconds"
+      shutdownTimeout: config.shutdownTimeout
     } as const
     if (Option.isSome(config.databaseUrl)) {
       yield* Effect.logInfo("ledger database: DATABASE_URL")
-      return Engine.layer({ ...options, url: config.databaseUrl.value })
+      return Layer.merge(Engine.layer({ ...options, url: config.databaseUrl.value }), Supervisor.external)
     }
-    const server = yield* MysqlServer.make({ dataDir: config.dataDir })
+    // lock waits are bounded by the request timeout; the embedded server also gives up on a lock after 5 s
+    const server = yield* MysqlServer.make({ dataDir: config.dataDir, serverArgs: ["--innodb-lock-wait-timeout=5"] })
     yield* Effect.logInfo("ledger database: no DATABASE_URL, using the embedded default").pipe(
       Effect.annotateLogs({
         kind: server.kind,
@@ -39,14 +45,21 @@ export const DatabaseLive = Layer.unwrapScoped(
         dataDir: Option.getOrElse(server.dataDir, () => "(external MYSQL_URL)")
       })
     )
-    return Engine.layer({ ...options, url: server.url })
+    const supervisor = yield* Supervisor.make(server)
+    return Layer.merge(
+      Engine.layer({ ...options, url: server.url }),
+      Layer.succeed(Supervisor.DatabaseSupervisor, supervisor)
+    )
   })
 )
 
 /** Runs the migrations in src/migrations at start-up (MysqlMigrator; the Engine's SqlClient is the client). */
 export const MigrationsLive = Layer.effectDiscard(
   MysqlMigrator.make({})({
-    loader: MysqlMigrator.fromRecord({ "00001_create_ledger": CreateLedger }),
+    loader: MysqlMigrator.fromRecord({
+      "00001_create_ledger": CreateLedger,
+      "00002_idempotency_key_bytes": IdempotencyKeyBytes
+    }),
     table: "ledger_migrations"
   }).pipe(
     Effect.tap((ran) =>

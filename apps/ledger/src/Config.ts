@@ -24,7 +24,18 @@ export interface Settings {
   readonly httpPort: number
   readonly token: Redacted.Redacted<string>
   readonly maxLineBytes: number
+  /** Authenticated TCP connections. */
   readonly maxConnections: number
+  /** TCP connections that have not authenticated yet: a budget of their own (the oldest is closed when full). */
+  readonly maxUnauthenticated: number
+  /** A TCP connection must authenticate within this, from the moment it is accepted. */
+  readonly authTimeout: Duration.DurationInput
+  /** The largest HTTP request body (bytes); more is 413. */
+  readonly maxBodyBytes: number
+  /** An HTTP client must send its headers within this… */
+  readonly httpHeadersTimeout: Duration.DurationInput
+  /** …and its whole request within this. */
+  readonly httpRequestTimeout: Duration.DurationInput
   readonly idleTimeout: Duration.DurationInput
   readonly shutdownTimeout: Duration.DurationInput
   readonly requestTimeout: Duration.DurationInput
@@ -43,6 +54,11 @@ export const defaults = {
   httpPort: 8080,
   maxLineBytes: 64 * 1024,
   maxConnections: 256,
+  maxUnauthenticated: 64,
+  authTimeout: "5 seconds",
+  maxBodyBytes: 1024 * 1024,
+  httpHeadersTimeout: "10 seconds",
+  httpRequestTimeout: "30 seconds",
   idleTimeout: "60 seconds",
   shutdownTimeout: "10 seconds",
   requestTimeout: "10 seconds",
@@ -70,6 +86,21 @@ const raw = Config.all({
   maxConnections: Config.integer("LEDGER_MAX_CONNECTIONS").pipe(
     Config.validate({ message: "must be positive", validation: (n) => n > 0 }),
     Config.withDefault(defaults.maxConnections)
+  ),
+  maxUnauthenticated: Config.integer("LEDGER_MAX_UNAUTHENTICATED").pipe(
+    Config.validate({ message: "must be positive", validation: (n) => n > 0 }),
+    Config.withDefault(defaults.maxUnauthenticated)
+  ),
+  authTimeout: Config.duration("LEDGER_AUTH_TIMEOUT").pipe(Config.withDefault(defaults.authTimeout)),
+  maxBodyBytes: Config.integer("LEDGER_MAX_BODY_BYTES").pipe(
+    Config.validate({ message: "must be at least 1024", validation: (n) => n >= 1024 }),
+    Config.withDefault(defaults.maxBodyBytes)
+  ),
+  httpHeadersTimeout: Config.duration("LEDGER_HTTP_HEADERS_TIMEOUT").pipe(
+    Config.withDefault(defaults.httpHeadersTimeout)
+  ),
+  httpRequestTimeout: Config.duration("LEDGER_HTTP_REQUEST_TIMEOUT").pipe(
+    Config.withDefault(defaults.httpRequestTimeout)
   ),
   idleTimeout: Config.duration("LEDGER_IDLE_TIMEOUT").pipe(Config.withDefault(defaults.idleTimeout)),
   shutdownTimeout: Config.duration("LEDGER_SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),

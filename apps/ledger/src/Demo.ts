@@ -8,6 +8,7 @@ import * as Fiber from "effect/Fiber"
 import * as Metric from "effect/Metric"
 import * as MetricState from "effect/MetricState"
 import * as Client from "./Client.js"
+import { MAX_BATCH } from "./Domain/Requests.js"
 
 export interface Options {
   readonly host: string
@@ -28,8 +29,8 @@ export interface Report {
   readonly perSecond: number
   readonly p50: number
   readonly p99: number
-  readonly before: number
-  readonly after: number
+  readonly before: bigint
+  readonly after: bigint
   readonly conserved: boolean
   readonly retries: number | undefined
 }
@@ -48,10 +49,25 @@ const retriesSoFar = Effect.map(Metric.snapshot, (pairs) => {
   return total
 })
 
+/** Runs `ops` as batches of at most `MAX_BATCH` (one transaction each) and returns all results in order. */
+export const batched = (client: Client.LineClient, ops: ReadonlyArray<Record<string, unknown>>) =>
+  Effect.gen(function* () {
+    const results: Array<any> = []
+    for (let i = 0; i < ops.length; i += MAX_BATCH) {
+      const r: { results: Array<any> } = yield* client.call("batch", { ops: ops.slice(i, i + MAX_BATCH) })
+      results.push(...r.results)
+    }
+    return results
+  })
+
+/** The sum of the balances (money on the wire: a number, or a decimal string above 2^53 − 1). */
 const totalOf = (client: Client.LineClient, ids: ReadonlyArray<number>) =>
   Effect.map(
-    client.call("batch", { ops: ids.map((account) => ({ op: "balance", account })) }),
-    (r: { results: Array<{ balance: number }> }) => r.results.reduce((sum, a) => sum + a.balance, 0)
+    batched(
+      client,
+      ids.map((account) => ({ op: "balance", account }))
+    ),
+    (results: Array<{ balance: number | string }>) => results.reduce((sum, a) => sum + BigInt(a.balance), 0n)
   )
 
 const bar = (done: number, total: number, startedAt: number) => {
@@ -68,11 +84,15 @@ export const run = (options: Options): Effect.Effect<Report, Client.ClientClosed
       const random = prng(options.seed)
       const admin = yield* Client.connect({ host: options.host, port: options.port, token: options.token })
       const tag = `demo-${Date.now().toString(36)}`
-      const created: { results: Array<{ id: number }> } = yield* admin.call("batch", {
-        ops: Array.from({ length: options.accounts }, (_, i) => ({ op: "create_account", name: `${tag}-${i}` }))
-      })
-      const ids = created.results.map((a) => a.id)
-      yield* admin.call("batch", { ops: ids.map((account) => ({ op: "deposit", account, amount: INITIAL })) })
+      const created: Array<{ id: number }> = yield* batched(
+        admin,
+        Array.from({ length: options.accounts }, (_, i) => ({ op: "create_account", name: `${tag}-${i}` }))
+      )
+      const ids = created.map((a) => a.id)
+      yield* batched(
+        admin,
+        ids.map((account) => ({ op: "deposit", account, amount: INITIAL }))
+      )
       const before = yield* totalOf(admin, ids)
       const retriesBefore = yield* retriesSoFar
 

@@ -4,11 +4,17 @@
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpApiSwagger from "@effect/platform/HttpApiSwagger"
+import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServer from "@effect/platform/HttpServer"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import { flow } from "effect/Function"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createServer } from "node:http"
 import { Authorization, LedgerApi } from "./Api.js"
@@ -17,6 +23,7 @@ import { Unauthorized, Unavailable } from "./Domain/Errors.js"
 import { Ledger } from "./Ledger.js"
 import * as Metrics from "./Metrics.js"
 import { codeOf } from "./Protocol.js"
+import { DatabaseSupervisor } from "./Supervisor.js"
 
 export const AuthorizationLive = Layer.effect(
   Authorization,
@@ -64,23 +71,56 @@ const TransfersLive = HttpApiBuilder.group(LedgerApi, "transfers", (handlers) =>
 )
 
 const SystemLive = HttpApiBuilder.group(LedgerApi, "system", (handlers) =>
-  Effect.map(Ledger, (ledger) =>
-    handlers
+  Effect.gen(function* () {
+    const ledger = yield* Ledger
+    const supervisor = yield* DatabaseSupervisor
+    return handlers
       .handle("health", () =>
         Effect.gen(function* () {
           const reachable = yield* ledger.ping
-          if (!reachable) return yield* new Unavailable({ message: "the database does not answer" })
+          const status = yield* supervisor.status
+          if (!reachable) {
+            return yield* new Unavailable({
+              message:
+                status.state === "restarting"
+                  ? `the database does not answer: the embedded server died and is being restarted (restarts so far: ${status.restarts})`
+                  : "the database does not answer"
+            })
+          }
           const pool = yield* ledger.stats
           return {
             status: "ok" as const,
-            database: { reachable, serverVersion: ledger.serverVersion },
+            database: { reachable, serverVersion: ledger.serverVersion, ...status },
             pool
           }
         })
       )
       .handle("metrics", () => Metrics.prometheus)
-  )
+  })
 )
+
+/**
+ * Bodies over `limit` bytes get 413 and the connection is closed: a declared Content-Length is refused before
+ * anything is read, a chunked body as soon as it passes the limit (it is read once, here, and kept for the
+ * handler), so no request can make the server buffer more than `limit`.
+ */
+const bodyLimit = (limit: number) => {
+  const tooLarge = HttpServerResponse.unsafeJson(
+    { _tag: "PayloadTooLarge", limit, message: `a request body is at most ${limit} bytes` },
+    { status: 413, headers: { connection: "close" } }
+  )
+  return HttpMiddleware.make((app) =>
+    Effect.gen(function* () {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      if (request.method === "GET" || request.method === "HEAD" || request.method === "OPTIONS") return yield* app
+      const declared = request.headers["content-length"]
+      if (declared !== undefined && !(Number(declared) <= limit)) return tooLarge
+      const body = yield* Effect.either(HttpIncomingMessage.withMaxBodySize(request.text, Option.some(limit)))
+      if (body._tag === "Left") return tooLarge
+      return yield* app
+    })
+  )
+}
 
 export const ApiLive = HttpApiBuilder.api(LedgerApi).pipe(
   Layer.provide([AccountsLive, TransfersLive, SystemLive]),
@@ -89,13 +129,17 @@ export const ApiLive = HttpApiBuilder.api(LedgerApi).pipe(
 
 /** The HTTP server; its output `HttpServer` tells the bound address (port 0 picks a free one). */
 export const layer = Layer.unwrapEffect(
-  Effect.map(LedgerConfig, (config) =>
-    HttpApiBuilder.serve(HttpMiddleware.logger).pipe(
+  Effect.map(LedgerConfig, (config) => {
+    const requestTimeout = Duration.toMillis(Duration.decode(config.httpRequestTimeout))
+    const headersTimeout = Math.min(requestTimeout, Duration.toMillis(Duration.decode(config.httpHeadersTimeout)))
+    // Node enforces both timeouts (408, connection closed) on a timer checked every second
+    const make = () => createServer({ requestTimeout, headersTimeout, connectionsCheckingInterval: 1_000 })
+    return HttpApiBuilder.serve(flow(bodyLimit(config.maxBodyBytes), HttpMiddleware.logger)).pipe(
       Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
       Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
       Layer.provide(ApiLive),
       HttpServer.withLogAddress,
-      Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.httpPort, host: config.host }))
+      Layer.provideMerge(NodeHttpServer.layer(make, { port: config.httpPort, host: config.host }))
     )
-  )
+  })
 )

@@ -8,9 +8,14 @@ import { Engine, Session, SessionError } from "@sessionfx/session"
 import * as Effect from "effect/Effect"
 import { LedgerConfig } from "./Config.js"
 import type { Account, AccountId, HistoryPage, Transfer, TransferId } from "./Domain/Account.js"
+import { MAX_AMOUNT, MAX_BALANCE } from "./Domain/Account.js"
 import {
   AccountNotFound,
   accountNotFound,
+  AmountTooLarge,
+  amountTooLarge,
+  BalanceOverflow,
+  balanceOverflow,
   IdempotencyConflict,
   idempotencyConflict,
   InsufficientFunds,
@@ -32,43 +37,64 @@ import type {
   Withdraw
 } from "./Domain/Requests.js"
 
+type Int = number | string | bigint
+
 interface AccountRow {
-  readonly id: number | string
+  readonly id: Int
   readonly name: string
-  readonly balance: number | string
+  readonly balance: Int
 }
 
 interface TransferRow {
-  readonly id: number | string
-  readonly src: number | string | null
-  readonly dst: number | string | null
-  readonly amount: number | string
-  readonly idempotency_key: string | null
+  readonly id: Int
+  readonly src: Int | null
+  readonly dst: Int | null
+  readonly amount: Int
+  readonly idempotency_key: string | Uint8Array | null
 }
 
-type DomainError = AccountNotFound | InsufficientFunds | IdempotencyConflict
+type DomainError = AccountNotFound | InsufficientFunds | AmountTooLarge | BalanceOverflow | IdempotencyConflict
+
+/**
+ * An exact integer from a BIGINT column, whatever the driver hands over (a number when it is safe, a string or a
+ * bigint otherwise); a number that is not a safe integer has already lost precision, and is a defect, not money.
+ */
+const exact = (v: Int): bigint => {
+  if (typeof v === "number" && !Number.isSafeInteger(v)) throw new RangeError(`inexact integer from the database: ${v}`)
+  return BigInt(v)
+}
+
+const keyOf = (k: string | Uint8Array | null): string | null =>
+  k === null || typeof k === "string" ? k : Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString("utf8")
 
 const toAccount = (r: AccountRow): Account => ({
   id: Number(r.id) as AccountId,
   name: r.name,
-  balance: Number(r.balance)
+  balance: exact(r.balance)
 })
+
+const kindOf = (from: AccountId | null, to: AccountId | null): Transfer["kind"] =>
+  from === null ? "deposit" : to === null ? "withdrawal" : "transfer"
 
 const toTransfer = (r: TransferRow): Transfer => {
   const from = r.src === null ? null : (Number(r.src) as AccountId)
   const to = r.dst === null ? null : (Number(r.dst) as AccountId)
   return {
     id: Number(r.id) as TransferId,
-    kind: from === null ? "deposit" : to === null ? "withdrawal" : "transfer",
+    kind: kindOf(from, to),
     from,
     to,
-    amount: Number(r.amount),
-    idempotencyKey: r.idempotency_key
+    amount: exact(r.amount),
+    idempotencyKey: keyOf(r.idempotency_key)
   }
 }
 
 const isDomainError = (e: unknown): e is DomainError =>
-  e instanceof AccountNotFound || e instanceof InsufficientFunds || e instanceof IdempotencyConflict
+  e instanceof AccountNotFound ||
+  e instanceof InsufficientFunds ||
+  e instanceof IdempotencyConflict ||
+  e instanceof AmountTooLarge ||
+  e instanceof BalanceOverflow
 
 /** Maps what escapes a unit of work to what a client may see; the original goes to the server log. */
 const toPublic = (e: unknown): Effect.Effect<never, LedgerError> => {
@@ -102,24 +128,30 @@ const onSqlError =
 
 const lockAccounts = (sql: SqlClient.SqlClient, ids: ReadonlyArray<AccountId>) =>
   Effect.gen(function* () {
-    const sorted = [...new Set(ids)].sort((a, b) => a - b)
-    const rows = yield* sql<AccountRow>`
-      SELECT id, name, balance FROM accounts WHERE id IN ${sql.in(sorted)} ORDER BY id FOR UPDATE`
-    const byId = new Map(rows.map((r) => [Number(r.id), toAccount(r)] as const))
-    for (const id of sorted) {
+    const rows =
+      ids.length === 1
+        ? yield* sql<AccountRow>`SELECT id, name, balance FROM accounts WHERE id = ${ids[0]!} FOR UPDATE`
+        : yield* sql<AccountRow>`
+            SELECT id, name, balance FROM accounts WHERE id IN (${ids[0]!}, ${ids[1]!}) ORDER BY id FOR UPDATE`
+    const byId = new Map<number, Account>()
+    for (const r of rows) byId.set(Number(r.id), toAccount(r))
+    for (const id of ids) {
       if (!byId.has(id)) return yield* Effect.fail(accountNotFound(id))
     }
     return byId
   })
 
-/** One money movement = one `transfers` row; deposits have no source, withdrawals no destination. */
-const move = (from: AccountId | null, to: AccountId | null, amount: number, key: string | undefined) =>
+/**
+ * One money movement = one `transfers` row; deposits have no source, withdrawals no destination. Amounts are bound
+ * as bigints and cast to SIGNED in SQL, so the arithmetic is BIGINT whether the driver sends a bigint as an integer
+ * or as a string — never a DOUBLE.
+ */
+const move = (from: AccountId | null, to: AccountId | null, amount: bigint, key: string | undefined) =>
   Effect.gen(function* () {
+    if (amount > MAX_AMOUNT) return yield* Effect.fail(amountTooLarge(amount))
     const sql = yield* SqlClient.SqlClient
-    const accounts = yield* lockAccounts(
-      sql,
-      [from, to].filter((x): x is AccountId => x !== null)
-    )
+    const ids = from === null ? [to!] : to === null ? [from] : from < to ? [from, to] : [to, from]
+    const accounts = yield* lockAccounts(sql, ids)
     if (key !== undefined) {
       const prior = yield* sql<TransferRow>`
         SELECT id, src, dst, amount, idempotency_key FROM transfers WHERE idempotency_key = ${key}`
@@ -133,23 +165,24 @@ const move = (from: AccountId | null, to: AccountId | null, amount: number, key:
       const balance = accounts.get(from)!.balance
       if (balance < amount) return yield* Effect.fail(insufficientFunds(from, balance, amount))
     }
-    yield* sql`INSERT INTO transfers (src, dst, amount, idempotency_key) VALUES (${from}, ${to}, ${amount}, ${key ?? null})`.pipe(
+    if (to !== null) {
+      const balance = accounts.get(to)!.balance
+      if (balance > MAX_BALANCE - amount) return yield* Effect.fail(balanceOverflow(to, balance, amount))
+    }
+    const inserted = yield* sql`
+      INSERT INTO transfers (src, dst, amount, idempotency_key)
+      VALUES (${from}, ${to}, CAST(${amount} AS SIGNED), ${key ?? null})`.raw.pipe(
       onSqlError((e) => (e._tag === "DuplicateKey" && key !== undefined ? idempotencyConflict(key) : undefined))
     )
-    const [row] = yield* sql<{ id: number | string }>`SELECT LAST_INSERT_ID() AS id`
     if (from !== null) {
-      yield* sql`UPDATE accounts SET balance = balance - ${amount} WHERE id = ${from}`.pipe(
-        onSqlError((e) =>
-          e._tag === "CheckViolation" ? insufficientFunds(from, accounts.get(from)!.balance, amount) : undefined
-        )
-      )
+      yield* sql`UPDATE accounts SET balance = balance - CAST(${amount} AS SIGNED) WHERE id = ${from}`
     }
     if (to !== null) {
-      yield* sql`UPDATE accounts SET balance = balance + ${amount} WHERE id = ${to}`
+      yield* sql`UPDATE accounts SET balance = balance + CAST(${amount} AS SIGNED) WHERE id = ${to}`
     }
     const transfer: Transfer = {
-      id: Number(row!.id) as TransferId,
-      kind: from === null ? "deposit" : to === null ? "withdrawal" : "transfer",
+      id: Number((inserted as { insertId: Int }).insertId) as TransferId,
+      kind: kindOf(from, to),
       from,
       to,
       amount,
@@ -161,9 +194,12 @@ const move = (from: AccountId | null, to: AccountId | null, amount: number, key:
 const createAccountIn = (req: CreateAccount) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    yield* sql`INSERT INTO accounts (name, balance) VALUES (${req.name}, 0)`
-    const [row] = yield* sql<{ id: number | string }>`SELECT LAST_INSERT_ID() AS id`
-    const account: Account = { id: Number(row!.id) as AccountId, name: req.name, balance: 0 }
+    const inserted = yield* sql`INSERT INTO accounts (name, balance) VALUES (${req.name}, 0)`.raw
+    const account: Account = {
+      id: Number((inserted as { insertId: Int }).insertId) as AccountId,
+      name: req.name,
+      balance: 0n
+    }
     return account
   })
 
@@ -216,25 +252,36 @@ export class Ledger extends Effect.Service<Ledger>()("ledger/Ledger", {
     const engine = yield* Engine.Engine
     const config = yield* LedgerConfig
 
+    // the options of each kind of unit, built once: no per-unit session settings (a `SET SESSION` would make the
+    // connection dirty, cost a reset on release and drop its prepared statements); the request timeout bounds
+    // lock waits too
+    const optionsOf = (name: string, readOnly: boolean): Session.Options => ({
+      retry: true,
+      name: `ledger.${name}`,
+      timeout: config.requestTimeout,
+      ...(readOnly ? { readOnly: true } : {})
+    })
+    const unitOptions = new Map<string, Session.Options>()
     const unit = <A, E>(
       name: string,
       effect: Effect.Effect<A, E, SqlClient.SqlClient>,
-      options: { readonly readOnly?: boolean } = {}
-    ): Effect.Effect<A, LedgerError> =>
-      Session.transact(effect, {
-        retry: true,
-        name: `ledger.${name}`,
-        timeout: config.requestTimeout,
-        readOnly: options.readOnly ?? false
-      }).pipe(Effect.provideService(Engine.Engine, engine), Effect.catchAll(toPublic))
+      readOnly = false
+    ): Effect.Effect<A, LedgerError> => {
+      let options = unitOptions.get(name)
+      if (options === undefined) unitOptions.set(name, (options = optionsOf(name, readOnly)))
+      return Session.transact(effect, options).pipe(
+        Effect.provideService(Engine.Engine, engine),
+        Effect.catchAll(toPublic)
+      )
+    }
 
     return {
       createAccount: (req: CreateAccount) => unit("create_account", createAccountIn(req)),
       deposit: (req: Deposit) => unit("deposit", move(null, req.account, req.amount, req.idempotencyKey)),
       withdraw: (req: Withdraw) => unit("withdraw", move(req.account, null, req.amount, req.idempotencyKey)),
       transfer: (req: TransferRequest) => unit("transfer", move(req.from, req.to, req.amount, req.idempotencyKey)),
-      balance: (req: GetBalance) => unit("balance", balanceIn(req), { readOnly: true }),
-      history: (req: GetHistory) => unit("history", historyIn(req), { readOnly: true }),
+      balance: (req: GetBalance) => unit("balance", balanceIn(req), true),
+      history: (req: GetHistory) => unit("history", historyIn(req), true),
       batch: (req: Batch): Effect.Effect<BatchResult, LedgerError> =>
         unit(
           "batch",

@@ -20,12 +20,52 @@ export const requests = Metric.counter("ledger_requests_total", {
   incremental: true
 })
 
-export const connections = Metric.gauge("ledger_tcp_connections", { description: "open TCP connections" })
+export const connections = Metric.gauge("ledger_tcp_connections", {
+  description: "open TCP connections (authenticated or not)"
+})
+
+export const unauthenticatedConnections = Metric.gauge("ledger_tcp_unauthenticated_connections", {
+  description: "open TCP connections that have not authenticated yet"
+})
 
 export const rejectedConnections = Metric.counter("ledger_tcp_rejected_connections_total", {
-  description: "TCP connections refused because of the connection limit",
+  description: "TCP connections closed by a limit, by reason",
   incremental: true
 })
+
+/** `rejectedConnections` under one `reason` label, built once per reason. */
+const rejectedBy = new Map<string, Metric.Metric.Counter<number>>()
+export const rejected = (reason: string) => {
+  let m = rejectedBy.get(reason)
+  if (m === undefined) rejectedBy.set(reason, (m = Metric.tagged(rejectedConnections, "reason", reason)))
+  m.unsafeUpdate(1, [])
+}
+
+// the tagged metrics of each (op, transport) and (op, transport, outcome), built once: tagging allocates keys
+const durations = new Map<string, Metric.Metric.Histogram<number>>()
+const outcomes = new Map<string, Metric.Metric.Counter<number>>()
+
+/** Records one answered request: its latency under `op`/`transport`, its outcome (`ok` or an error code). */
+export const record = (op: string, transport: "tcp" | "http", outcome: string, ms: number): void => {
+  const key = `${op} ${transport}`
+  let d = durations.get(key)
+  if (d === undefined) {
+    d = requestDuration.pipe(Metric.tagged("op", op), Metric.tagged("transport", transport))
+    durations.set(key, d)
+  }
+  d.unsafeUpdate(ms, [])
+  const okey = `${key} ${outcome}`
+  let c = outcomes.get(okey)
+  if (c === undefined) {
+    c = Metric.taggedWithLabels(requests, [
+      MetricLabel.make("op", op),
+      MetricLabel.make("transport", transport),
+      MetricLabel.make("outcome", outcome)
+    ])
+    outcomes.set(okey, c)
+  }
+  c.unsafeUpdate(1, [])
+}
 
 /** Times `effect` and records it under `op` and `transport`; `outcome` is `ok` or the error's code. */
 export const track =
@@ -33,21 +73,16 @@ export const track =
   <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
     Effect.suspend(() => {
       const start = performance.now()
-      return Effect.onExit(effect, (exit) => {
-        const ms = performance.now() - start
-        const result =
-          exit._tag === "Success" ? "ok" : exit.cause._tag === "Fail" ? outcome(exit.cause.error) : "defect"
-        return Effect.zipRight(
-          Metric.update(requestDuration.pipe(Metric.tagged("op", op), Metric.tagged("transport", transport)), ms),
-          Metric.increment(
-            Metric.taggedWithLabels(requests, [
-              MetricLabel.make("op", op),
-              MetricLabel.make("transport", transport),
-              MetricLabel.make("outcome", result)
-            ])
+      return Effect.onExit(effect, (exit) =>
+        Effect.sync(() =>
+          record(
+            op,
+            transport,
+            exit._tag === "Success" ? "ok" : exit.cause._tag === "Fail" ? outcome(exit.cause.error) : "defect",
+            performance.now() - start
           )
         )
-      })
+      )
     })
 
 const escapeLabel = (v: string) => v.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, '\\"')

@@ -1,12 +1,14 @@
 /**
  * The operations by name, shared by the TCP line protocol (and `batch`): decode the payload, run the handler,
- * encode the result; errors become `{ code, message, …details }`.
+ * encode the result; errors become `{ code, message, …details }`. Decoders and encoders are built once per
+ * operation, and whatever can be answered without the database is answered synchronously (no Effect at all).
  */
+import type * as Either from "effect/Either"
 import * as Effect from "effect/Effect"
 import * as ParseResult from "effect/ParseResult"
-import * as Schema from "effect/Schema"
-import { Account, HistoryPage, Transfer } from "./Domain/Account.js"
-import { errorInfo, InternalError, InvalidRequest, ProtocolError, UnknownOperation } from "./Domain/Errors.js"
+import type * as Schema from "effect/Schema"
+import { Account, HistoryPage, toWire, Transfer } from "./Domain/Account.js"
+import { errorInfo, InternalError, InvalidRequest, type ProtocolError, UnknownOperation } from "./Domain/Errors.js"
 import type { LedgerError } from "./Domain/Errors.js"
 import {
   Batch,
@@ -21,8 +23,8 @@ import {
 import type { Ledger } from "./Ledger.js"
 
 interface Operation {
-  readonly payload: Schema.Schema<any, any>
-  readonly success: Schema.Schema<any, any>
+  readonly decode: (u: unknown) => Either.Either<any, ParseResult.ParseIssue>
+  readonly encode: (a: any) => Either.Either<unknown, ParseResult.ParseIssue>
   readonly run: (ledger: Ledger, payload: any) => Effect.Effect<unknown, LedgerError>
 }
 
@@ -30,7 +32,11 @@ const op = <P, PI, S, SI>(
   payload: Schema.Schema<P, PI>,
   success: Schema.Schema<S, SI>,
   run: (ledger: Ledger, payload: P) => Effect.Effect<S, LedgerError>
-): Operation => ({ payload, success, run })
+): Operation => ({
+  decode: ParseResult.decodeUnknownEither(payload, { errors: "all", onExcessProperty: "ignore" }),
+  encode: ParseResult.encodeEither(success),
+  run
+})
 
 export const operations: Record<string, Operation> = {
   create_account: op(CreateAccount, Account, (l, p) => l.createAccount(p)),
@@ -41,6 +47,12 @@ export const operations: Record<string, Operation> = {
   history: op(GetHistory, HistoryPage, (l, p) => l.history(p)),
   batch: op(Batch, BatchResult, (l, p) => l.batch(p))
 }
+
+const operationNames = Object.keys(operations).join(", ")
+
+/** The operation called `name`, if there is one (own keys only: `__proto__` or `toString` are not operations). */
+export const operationOf = (name: unknown): Operation | undefined =>
+  typeof name === "string" && Object.hasOwn(operations, name) ? operations[name] : undefined
 
 export type RequestId = string | number | null
 
@@ -54,16 +66,20 @@ export interface ErrorBody {
   readonly [detail: string]: unknown
 }
 
-const encodeProtocolError = Schema.encodeSync(ProtocolError)
-
+/** `{ code, message, …details }` of a protocol error: its own fields, money as on the wire. */
 export const errorBody = (e: ProtocolError): ErrorBody => {
-  const { _tag, message, ...details } = encodeProtocolError(e) as { _tag: ProtocolError["_tag"]; message: string }
-  return { code: errorInfo[_tag].code, message, ...details }
+  const body: Record<string, unknown> = { code: errorInfo[e._tag].code, message: e.message }
+  for (const key of Object.keys(e)) {
+    if (key === "_tag" || key === "message") continue
+    const value = (e as unknown as Record<string, unknown>)[key]
+    body[key] = typeof value === "bigint" ? toWire(value) : value
+  }
+  return body as ErrorBody
 }
 
 export const codeOf = (e: unknown): string => {
   const tag = (e as { _tag?: string } | null)?._tag
-  return tag !== undefined && tag in errorInfo ? errorInfo[tag as ProtocolError["_tag"]].code : "internal"
+  return tag !== undefined && Object.hasOwn(errorInfo, tag) ? errorInfo[tag as ProtocolError["_tag"]].code : "internal"
 }
 
 export const failure = (id: RequestId, e: ProtocolError): Response => ({ id, ok: false, error: errorBody(e) })
@@ -85,38 +101,43 @@ export const parse = (line: string): Parsed | Response => {
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
     return failure(null, new InvalidRequest({ message: "a request must be a JSON object with an `op` field" }))
   }
-  const { id: rawId, op, ...body } = value as Record<string, unknown>
+  const body = value as Record<string, unknown>
+  const rawId = body.id
   const id: RequestId = typeof rawId === "string" || typeof rawId === "number" ? rawId : null
-  return { id, op, body }
+  return { id, op: body.op, body }
 }
 
 export const isResponse = (u: Parsed | Response): u is Response => "ok" in u
 
-const describe = (e: ParseResult.ParseError) => ParseResult.TreeFormatter.formatErrorSync(e)
+const describe = (issue: ParseResult.ParseIssue) => ParseResult.TreeFormatter.formatIssueSync(issue)
 
-/** Runs one parsed request (other than `auth`) and builds its response. */
-export const dispatch = (ledger: Ledger, request: Parsed): Effect.Effect<Response> => {
-  const operation = typeof request.op === "string" ? operations[request.op] : undefined
-  if (operation === undefined || !Object.hasOwn(operations, request.op as string)) {
-    return Effect.succeed(
-      failure(
-        request.id,
-        new UnknownOperation({
-          op: typeof request.op === "string" ? request.op : null,
-          message: `unknown operation; expected one of: ${Object.keys(operations).join(", ")}`
-        })
-      )
+/**
+ * Runs one parsed request (other than `auth`): a response at once when the database is not needed (unknown
+ * operation, invalid payload), else the effect that runs it and builds the response.
+ */
+export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Effect<Response> => {
+  const operation = operationOf(request.op)
+  if (operation === undefined) {
+    return failure(
+      request.id,
+      new UnknownOperation({
+        op: typeof request.op === "string" ? request.op : null,
+        message: `unknown operation; expected one of: ${operationNames}`
+      })
     )
   }
-  return Schema.decodeUnknown(operation.payload, { errors: "all", onExcessProperty: "ignore" })(request.body).pipe(
-    Effect.mapError((e) => new InvalidRequest({ message: describe(e) })),
-    Effect.flatMap((payload) => operation.run(ledger, payload)),
-    Effect.flatMap((result) => Schema.encode(operation.success)(result)),
-    Effect.map((result): Response => ({ id: request.id, ok: true, result })),
-    Effect.catchAll((e) =>
-      Effect.succeed(
-        failure(request.id, e instanceof ParseResult.ParseError ? new InternalError({ message: "internal error" }) : e)
-      )
-    )
-  )
+  const payload = operation.decode(request.body)
+  if (payload._tag === "Left") return failure(request.id, new InvalidRequest({ message: describe(payload.left) }))
+  return Effect.matchEffect(operation.run(ledger, payload.right), {
+    onFailure: (e) => Effect.succeed(failure(request.id, e)),
+    onSuccess: (result) => {
+      const encoded = operation.encode(result)
+      return encoded._tag === "Right"
+        ? Effect.succeed<Response>({ id: request.id, ok: true, result: encoded.right })
+        : Effect.as(
+            Effect.logError("a result does not match its schema", describe(encoded.left)),
+            failure(request.id, new InternalError({ message: "internal error" }))
+          )
+    }
+  })
 }

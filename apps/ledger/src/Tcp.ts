@@ -1,16 +1,22 @@
 /**
- * The TCP line protocol: one JSON request per line, one JSON response per line, in order. A fiber per connection,
- * a unit of work per request; the first line must be `{"op":"auth","token":"…"}`.
+ * The TCP line protocol: one JSON request per line, one JSON response per line, in order. The first line must be
+ * `{"op":"auth","token":"…"}`.
+ *
+ * Before authentication a connection costs no fiber: plain socket callbacks read one short line under an absolute
+ * deadline, in a budget of their own (`maxUnauthenticated`; when it is full the oldest unauthenticated connection is
+ * closed), so unauthenticated clients never take a slot of the authenticated ones (`maxConnections`). Anything but
+ * a valid `auth` closes the connection.
+ *
+ * After authentication: a fiber per connection runs a plain sequential loop — take the next line, answer it, and
+ * write what is ready in one socket write when there is nothing more to read or before waiting on the database. It
+ * waits (one `Effect.async`) only when it has nothing to do; no queue, race or timeout per request.
  */
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
-import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import * as Queue from "effect/Queue"
 import * as Net from "node:net"
 import { LedgerConfig, tokenMatches } from "./Config.js"
 import {
@@ -30,237 +36,336 @@ export class TcpServer extends Context.Tag("ledger/TcpServer")<
   {
     readonly host: string
     readonly port: number
-    /** Connections being served now. */
+    /** Open connections, authenticated or not. */
     readonly connections: Effect.Effect<number>
+    /** Open connections that have not authenticated yet. */
+    readonly unauthenticated: Effect.Effect<number>
   }
 >() {}
 
-type Item = { readonly _tag: "Line"; readonly line: string } | { readonly _tag: "TooLong" } | { readonly _tag: "End" }
+/** What wakes a waiting connection fiber. */
+type Wake = "input" | "end" | "idle" | "shutdown" | "drain"
 
+const TOO_LONG = Symbol("too long")
+type Item = string | typeof TOO_LONG
+
+/** Pause reading when this many lines wait, resume below the low mark. */
 const HIGH_WATER = 64
 const LOW_WATER = 8
+/** Write what is ready once this much is pending, even with more lines to answer. */
+const FLUSH_BYTES = 64 * 1024
+/** The longest first line (an `auth` request is short). */
+const AUTH_LINE_BYTES = 4096
+
+const encode = (response: Protocol.Response) => JSON.stringify(response) + "\n"
+
+/** Writes a last line, closes, and destroys the socket if the peer does not finish closing in time. */
+const finish = (socket: Net.Socket, last?: string) => {
+  if (last !== undefined && socket.writable) socket.end(last)
+  else socket.end()
+  setTimeout(() => socket.destroy(), 2_000).unref()
+}
+
+interface Connection {
+  readonly socket: Net.Socket
+  readonly lines: Array<Item>
+  /** Set while the fiber waits. */
+  wake: ((why: Wake) => void) | undefined
+  ended: boolean
+  paused: boolean
+  /** Bytes of a line not yet complete. */
+  parts: Array<Buffer>
+  partLength: number
+  discarding: boolean
+}
+
+/** Splits `chunk` into lines of `c` (a line over `max` bytes becomes one TOO_LONG and is discarded). */
+const feed = (c: Connection, chunk: Buffer, max: number) => {
+  let start = 0
+  while (start <= chunk.length) {
+    const nl = chunk.indexOf(10, start)
+    if (nl === -1) {
+      const rest = chunk.subarray(start)
+      if (!c.discarding && rest.length > 0) {
+        c.partLength += rest.length
+        if (c.partLength > max) {
+          c.discarding = true
+          c.parts = []
+          c.lines.push(TOO_LONG)
+        } else {
+          c.parts.push(rest)
+        }
+      }
+      break
+    }
+    const piece = chunk.subarray(start, nl)
+    if (c.discarding) {
+      c.discarding = false
+    } else if (c.partLength + piece.length > max) {
+      c.lines.push(TOO_LONG)
+    } else {
+      const line = (c.parts.length === 0 ? piece : Buffer.concat([...c.parts, piece])).toString("utf8").trim()
+      if (line.length > 0) c.lines.push(line)
+    }
+    c.parts = []
+    c.partLength = 0
+    start = nl + 1
+  }
+  if (!c.paused && c.lines.length > HIGH_WATER) {
+    c.paused = true
+    c.socket.pause()
+  }
+  if (c.lines.length > 0) c.wake?.("input")
+}
 
 export const make = Effect.gen(function* () {
   const config = yield* LedgerConfig
   const ledger = yield* Ledger
   const fibers = yield* FiberSet.make<void, never>()
   const run = yield* FiberSet.runtime(fibers)<never>()
-  const shutdown = yield* Deferred.make<void>()
-  const sockets = new Set<Net.Socket>()
-  const idleTimeout = Duration.decode(config.idleTimeout)
-  let active = 0
+  const idleMs = Duration.toMillis(Duration.decode(config.idleTimeout))
+  const authMs = Duration.toMillis(Duration.decode(config.authTimeout))
+  /** Unauthenticated sockets, oldest first (a Set keeps insertion order). */
+  const pending = new Set<Net.Socket>()
+  const open = new Set<Connection>()
   let closing = false
 
-  const encode = (response: Protocol.Response) => JSON.stringify(response) + "\n"
-
-  const finish = (socket: Net.Socket) => {
-    socket.end()
-    setTimeout(() => socket.destroy(), 2_000).unref()
+  const gauges = () => {
+    Metrics.connections.unsafeUpdate(pending.size + open.size, [])
+    Metrics.unauthenticatedConnections.unsafeUpdate(pending.size, [])
   }
 
-  const serve = (socket: Net.Socket) =>
-    Effect.gen(function* () {
-      const inbox = yield* Queue.unbounded<Item>()
-      let parts: Array<Buffer> = []
-      let partLength = 0
-      let discarding = false
-      let paused = false
-      let done = false
+  const idleLine = encode(
+    Protocol.failure(
+      null,
+      new IdleTimeout({ message: `no request for ${Duration.format(config.idleTimeout)}; closing the connection` })
+    )
+  )
+  const tooLongLine = encode(
+    Protocol.failure(
+      null,
+      new LineTooLong({
+        limit: config.maxLineBytes,
+        message: `request line longer than ${config.maxLineBytes} bytes; it was discarded`
+      })
+    )
+  )
+  const notRun = new ShuttingDown({ message: "the server is shutting down; this request was not run" })
 
-      const push = (item: Item) => {
-        Queue.unsafeOffer(inbox, item)
-        if (!paused && inbox.unsafeSize().pipe(Option.getOrElse(() => 0)) > HIGH_WATER) {
-          paused = true
-          socket.pause()
-        }
+  const waitFor = (c: Connection) =>
+    Effect.async<Wake>((resume) => {
+      c.wake = (why) => {
+        c.wake = undefined
+        resume(Effect.succeed(why))
       }
-      socket.on("data", (chunk: Buffer) => {
-        if (done) return
-        let start = 0
-        while (start <= chunk.length) {
-          const nl = chunk.indexOf(10, start)
-          if (nl === -1) {
-            const rest = chunk.subarray(start)
-            if (!discarding && rest.length > 0) {
-              partLength += rest.length
-              if (partLength > config.maxLineBytes) {
-                discarding = true
-                parts = []
-                push({ _tag: "TooLong" })
-              } else {
-                parts.push(rest)
-              }
-            }
-            break
-          }
-          const piece = chunk.subarray(start, nl)
-          if (discarding) {
-            discarding = false
-          } else if (partLength + piece.length > config.maxLineBytes) {
-            push({ _tag: "TooLong" })
-          } else {
-            const line = Buffer.concat([...parts, piece])
-              .toString("utf8")
-              .trim()
-            if (line.length > 0) push({ _tag: "Line", line })
-          }
-          parts = []
-          partLength = 0
-          start = nl + 1
-        }
+      return Effect.sync(() => {
+        c.wake = undefined
       })
-      const onEnd = () => Queue.unsafeOffer(inbox, { _tag: "End" })
-      socket.on("end", onEnd)
-      socket.on("close", onEnd)
-      socket.on("error", (error) => {
-        onEnd()
-        run(Effect.logDebug("tcp client socket error", error.message))
-      })
+    })
 
-      const take = Effect.flatMap(Queue.take(inbox), (item) =>
-        Effect.sync(() => {
-          if (paused && inbox.unsafeSize().pipe(Option.getOrElse(() => 0)) < LOW_WATER) {
-            paused = false
-            socket.resume()
-          }
-          return item
-        })
-      )
-
-      const write = (response: Protocol.Response) =>
-        Effect.async<void>((resume) => {
-          if (socket.destroyed || !socket.writable) return resume(Effect.void)
-          socket.write(encode(response), () => resume(Effect.void))
-        })
-
-      /** Answers requests already received with `shutting_down`, so that a client knows which were not run. */
-      const refuseQueued = Effect.gen(function* () {
-        const rest = yield* Queue.takeAll(inbox)
-        for (const item of rest) {
-          if (item._tag !== "Line") continue
-          const parsed = Protocol.parse(item.line)
-          const id = parsed.id
-          yield* write(
-            Protocol.failure(id, new ShuttingDown({ message: "the server is shutting down; this request was not run" }))
-          )
-        }
-      })
-
-      let authenticated = false
+  /** The loop of an authenticated connection. */
+  const serve = (c: Connection) =>
+    Effect.gen(function* () {
+      const socket = c.socket
+      let out = ""
+      const flush = () => {
+        if (out.length > 0 && socket.writable) socket.write(out)
+        out = ""
+      }
       while (true) {
         if (closing) {
-          yield* refuseQueued
+          // answer what was received but not run, so that the client knows
+          for (const item of c.lines.splice(0)) {
+            if (item !== TOO_LONG) out += encode(Protocol.failure(Protocol.parse(item).id, notRun))
+          }
           break
         }
-        const next = yield* take.pipe(
-          Effect.raceFirst(Effect.as(Deferred.await(shutdown), { _tag: "Shutdown" } as const)),
-          Effect.timeoutOption(idleTimeout)
-        )
-        if (Option.isNone(next)) {
-          yield* write(
-            Protocol.failure(
-              null,
-              new IdleTimeout({
-                message: `no request for ${Duration.format(idleTimeout)}; closing the connection`
-              })
-            )
-          )
-          break
-        }
-        const item = next.value
-        if (item._tag === "End") break
-        if (item._tag === "Shutdown") continue
-        if (item._tag === "TooLong") {
-          yield* write(
-            Protocol.failure(
-              null,
-              new LineTooLong({
-                limit: config.maxLineBytes,
-                message: `request line longer than ${config.maxLineBytes} bytes; it was discarded`
-              })
-            )
-          )
+        const item = c.lines.shift()
+        if (item === undefined) {
+          flush()
+          if (c.ended) break
+          const why = yield* waitFor(c)
+          if (why === "idle") {
+            out += idleLine
+            break
+          }
+          if (why === "drain" || why === "input") continue
+          if (why === "end") c.ended = true
           continue
         }
-        const parsed = Protocol.parse(item.line)
+        if (c.paused && c.lines.length < LOW_WATER) {
+          c.paused = false
+          socket.resume()
+        }
+        if (item === TOO_LONG) {
+          out += tooLongLine
+          continue
+        }
+        const parsed = Protocol.parse(item)
         if (Protocol.isResponse(parsed)) {
-          yield* write(parsed)
+          out += encode(parsed)
           continue
         }
         if (parsed.op === "auth") {
+          // already authenticated: a repeated valid auth is answered, an invalid one closes
           const token = parsed.body.token
           if (typeof token === "string" && tokenMatches(config.token, token)) {
-            authenticated = true
-            yield* write({ id: parsed.id, ok: true, result: { authenticated: true } })
+            out += encode({ id: parsed.id, ok: true, result: { authenticated: true } })
             continue
           }
-          yield* write(Protocol.failure(parsed.id, new Unauthorized({ message: "invalid token" })))
+          out += encode(Protocol.failure(parsed.id, new Unauthorized({ message: "invalid token" })))
           break
         }
-        if (!authenticated) {
-          yield* write(
-            Protocol.failure(
-              parsed.id,
-              new Unauthorized({ message: 'authenticate first: send {"op":"auth","token":"…"} as the first line' })
-            )
-          )
-          break
-        }
-        const opName =
-          typeof parsed.op === "string" && Object.hasOwn(Protocol.operations, parsed.op) ? parsed.op : "unknown"
-        const response = yield* Protocol.dispatch(ledger, parsed).pipe(
-          Effect.flatMap((r) => (r.ok ? Effect.succeed(r) : Effect.fail(r))),
-          Metrics.track(opName, "tcp", (r) => (r as { error: Protocol.ErrorBody }).error.code),
-          Effect.merge,
-          Effect.catchAllDefect((defect) =>
+        const started = performance.now()
+        const answer = Protocol.dispatch(ledger, parsed)
+        let response: Protocol.Response
+        if (Effect.isEffect(answer)) {
+          flush()
+          response = yield* Effect.catchAllDefect(answer, (defect) =>
             Effect.as(
               Effect.logError("tcp request failed with a defect", defect),
               Protocol.failure(parsed.id, new InternalError({ message: "internal error" }))
             )
           )
+        } else {
+          response = answer
+        }
+        Metrics.record(
+          Protocol.operationOf(parsed.op) === undefined ? "unknown" : (parsed.op as string),
+          "tcp",
+          response.ok ? "ok" : response.error.code,
+          performance.now() - started
         )
-        yield* write(response)
+        out += encode(response)
+        if (out.length >= FLUSH_BYTES) flush()
+        if (socket.writableNeedDrain) {
+          flush()
+          socket.once("drain", () => c.wake?.("drain"))
+          while (socket.writableNeedDrain && !c.ended && !closing) {
+            if ((yield* waitFor(c)) === "end") c.ended = true
+          }
+        }
       }
-      done = true
+      flush()
     }).pipe(
-      Effect.annotateLogs({ remote: `${socket.remoteAddress}:${socket.remotePort}` }),
       Effect.ensuring(
         Effect.sync(() => {
-          active--
-          sockets.delete(socket)
-          finish(socket)
-        }).pipe(Effect.zipRight(Metric.set(Metrics.connections, active)))
+          open.delete(c)
+          gauges()
+          finish(c.socket)
+        })
       )
     )
 
-  const server = Net.createServer((socket) => {
-    socket.setNoDelay(true)
-    if (closing) {
-      socket.destroy()
-      return
-    }
-    if (active >= config.maxConnections) {
-      socket.on("error", () => {})
-      socket.write(
-        encode(
-          Protocol.failure(
-            null,
-            new TooManyConnections({
-              limit: config.maxConnections,
-              message: `the server accepts at most ${config.maxConnections} connections; try again later`
-            })
-          )
-        )
-      )
-      finish(socket)
-      run(Metric.increment(Metrics.rejectedConnections))
-      return
-    }
-    active++
-    sockets.add(socket)
-    run(Effect.zipRight(Metric.set(Metrics.connections, active), serve(socket)))
-  })
+  /** Refuses an unauthenticated socket with `error` and closes it. */
+  const refuse = (socket: Net.Socket, error: Unauthorized | TooManyConnections, reason: string) => {
+    pending.delete(socket)
+    gauges()
+    Metrics.rejected(reason)
+    finish(socket, encode(Protocol.failure(null, error)))
+  }
 
+  /** The authentication phase: plain callbacks, a deadline from accept, one line. */
+  const accept = (socket: Net.Socket) => {
+    socket.setNoDelay(true)
+    socket.on("error", () => socket.destroy())
+    if (closing) return void socket.destroy()
+    if (pending.size >= config.maxUnauthenticated) {
+      const oldest = pending.values().next().value!
+      refuse(
+        oldest,
+        new Unauthorized({ message: "too many unauthenticated connections: the oldest was closed" }),
+        "unauthenticated_budget"
+      )
+    }
+    pending.add(socket)
+    gauges()
+    const deadline = setTimeout(
+      () =>
+        refuse(
+          socket,
+          new Unauthorized({ message: `no valid auth within ${Duration.format(config.authTimeout)}` }),
+          "auth_timeout"
+        ),
+      authMs
+    )
+    deadline.unref()
+    let parts: Array<Buffer> = []
+    let length = 0
+    const onData = (chunk: Buffer) => {
+      if (!pending.has(socket)) return
+      const nl = chunk.indexOf(10)
+      if (nl === -1 || length + nl > AUTH_LINE_BYTES) {
+        parts.push(chunk)
+        length += chunk.length
+        if (length > AUTH_LINE_BYTES || nl !== -1) {
+          clearTimeout(deadline)
+          refuse(socket, new Unauthorized({ message: "the first line must be a short auth request" }), "unauthorized")
+        }
+        return
+      }
+      const line = Buffer.concat([...parts, chunk.subarray(0, nl)]).toString("utf8")
+      parts = []
+      clearTimeout(deadline)
+      socket.off("data", onData)
+      const parsed = Protocol.parse(line)
+      const token = Protocol.isResponse(parsed) ? undefined : parsed.body.token
+      if (
+        Protocol.isResponse(parsed) ||
+        parsed.op !== "auth" ||
+        typeof token !== "string" ||
+        !tokenMatches(config.token, token)
+      ) {
+        const message =
+          !Protocol.isResponse(parsed) && parsed.op === "auth"
+            ? "invalid token"
+            : 'authenticate first: send {"op":"auth","token":"…"} as the first line'
+        return refuse(socket, new Unauthorized({ message }), "unauthorized")
+      }
+      if (closing) return refuse(socket, new Unauthorized({ message: "the server is shutting down" }), "shutdown")
+      if (open.size >= config.maxConnections) {
+        return refuse(
+          socket,
+          new TooManyConnections({
+            limit: config.maxConnections,
+            message: `the server serves at most ${config.maxConnections} connections; try again later`
+          }),
+          "connection_limit"
+        )
+      }
+      pending.delete(socket)
+      const c: Connection = {
+        socket,
+        lines: [],
+        wake: undefined,
+        ended: false,
+        paused: false,
+        parts: [],
+        partLength: 0,
+        discarding: false
+      }
+      open.add(c)
+      gauges()
+      socket.write(encode({ id: parsed.id, ok: true, result: { authenticated: true } }))
+      socket.on("data", (more: Buffer) => feed(c, more, config.maxLineBytes))
+      const onEnd = () => {
+        c.ended = true
+        c.wake?.("end")
+      }
+      socket.on("end", onEnd)
+      socket.on("close", onEnd)
+      socket.setTimeout(idleMs, () => c.wake?.("idle"))
+      if (chunk.length > nl + 1) feed(c, chunk.subarray(nl + 1), config.maxLineBytes)
+      run(serve(c))
+    }
+    socket.on("data", onData)
+    socket.on("close", () => {
+      clearTimeout(deadline)
+      if (pending.delete(socket)) gauges()
+    })
+  }
+
+  const server = Net.createServer(accept)
   yield* Effect.async<void, Error>((resume) => {
     const onError = (error: Error) => resume(Effect.fail(error))
     server.once("error", onError)
@@ -270,6 +375,7 @@ export const make = Effect.gen(function* () {
     })
   }).pipe(Effect.orDie)
   server.on("error", (error) => run(Effect.logError("tcp server error", error.message)))
+  gauges()
 
   const address = server.address() as Net.AddressInfo
   yield* Effect.logInfo("ledger TCP line protocol listening").pipe(
@@ -280,13 +386,14 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       closing = true
       server.close()
-      yield* Deferred.succeed(shutdown, undefined)
+      for (const socket of pending) socket.destroy()
+      for (const c of open) c.wake?.("shutdown")
       const drained = yield* FiberSet.awaitEmpty(fibers).pipe(Effect.timeoutOption(config.shutdownTimeout))
       if (Option.isNone(drained)) {
         yield* Effect.logWarning("tcp shutdown: requests still running after the shutdown timeout; interrupting them")
         yield* FiberSet.clear(fibers)
       }
-      for (const socket of sockets) socket.destroy()
+      for (const c of open) c.socket.destroy()
       yield* Effect.logInfo("ledger TCP server stopped")
     })
   )
@@ -294,7 +401,8 @@ export const make = Effect.gen(function* () {
   return {
     host: address.address,
     port: address.port,
-    connections: Effect.sync(() => active)
+    connections: Effect.sync(() => pending.size + open.size),
+    unauthenticated: Effect.sync(() => pending.size)
   }
 })
 

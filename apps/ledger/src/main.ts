@@ -27,9 +27,14 @@ const LoggerLive = Layer.unwrapEffect(
   })
 ).pipe(Layer.orDie)
 
-const flag = (name: string, fallback: number) => {
+const text = (name: string): string | undefined => {
   const i = process.argv.indexOf(`--${name}`)
-  const value = i === -1 ? undefined : Number(process.argv[i + 1])
+  return i === -1 ? undefined : process.argv[i + 1]
+}
+
+const flag = (name: string, fallback: number) => {
+  const raw = text(name)
+  const value = raw === undefined ? undefined : Number(raw)
   return value !== undefined && Number.isInteger(value) && value > 0 ? value : fallback
 }
 
@@ -38,6 +43,7 @@ const serve = Effect.gen(function* () {
   return yield* Layer.launch(App.layer(settings))
 })
 
+/** `demo`: against `--host`/`--port` (token: `--token`, else as `serve` finds it) or a server started in-process. */
 const demo = Effect.gen(function* () {
   const settings = yield* Config.fromEnv
   const options = {
@@ -46,11 +52,14 @@ const demo = Effect.gen(function* () {
     accounts: flag("accounts", 32),
     seed: flag("seed", 42)
   }
+  const token = text("token") ?? Redacted.value(settings.token)
+  const external = text("port") !== undefined || text("host") !== undefined
   const report = yield* Effect.scoped(
     Effect.gen(function* () {
-      const context = yield* Layer.build(App.layer({ ...settings, tcpPort: 0, httpPort: 0 }))
-      const tcp = Context.get(context, TcpServer)
-      const demoOptions = { ...options, host: tcp.host, port: tcp.port, token: Redacted.value(settings.token) }
+      const target = external
+        ? { host: text("host") ?? "127.0.0.1", port: flag("port", settings.tcpPort) }
+        : Context.get(yield* Layer.build(App.layer({ ...settings, tcpPort: 0, httpPort: 0 })), TcpServer)
+      const demoOptions = { ...options, host: target.host, port: target.port, token }
       const report = yield* Demo.run(demoOptions)
       yield* Effect.sync(() => process.stdout.write(Demo.format(demoOptions, report) + "\n"))
       return report

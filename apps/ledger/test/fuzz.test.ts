@@ -36,7 +36,7 @@ const malformed = (random: () => number, accounts: ReadonlyArray<number>): strin
         op: "transfer",
         from: a,
         to: b,
-        amount: pick(["5", -5, 0, 1.5, 1e308, null, true, [5], { v: 5 }, "NaN", 2 ** 63])
+        amount: pick(["5.0", " 5", "0x5", -5, 0, 1.5, 1e308, null, true, [5], { v: 5 }, "NaN", 2 ** 63])
       })
     case 3:
       return JSON.stringify({ id: 3, op: pick(["transfr", "DROP TABLE accounts", "", "__proto__", "batch!"]), a })

@@ -123,8 +123,9 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       const app = yield* startApp({ maxConnections: 2, idleTimeout: "400 millis" })
       const first = yield* app.connect()
       yield* app.connect()
+      // the limit counts authenticated connections: the third is refused once it authenticates
       const third = yield* app.connect(null)
-      const refused = yield* third.next
+      const refused = yield* third.request({ op: "auth", token: TOKEN })
       assert.strictEqual(refused.error?.code, "too_many_connections")
       yield* third.closed
       // the first connection goes quiet: it is told and closed, then a new one is accepted

@@ -1,10 +1,34 @@
 /**
- * Accounts and transfers: ids are branded integers, money is an integer number of minor units.
+ * Accounts and transfers: ids are branded integers, money is an exact integer number of minor units (`bigint` in
+ * the domain, BIGINT in SQL, bound as a bigint: never a double anywhere).
  */
+import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 
-/** The largest amount one operation may move: 10^15 minor units (no floating point, always a safe integer). */
-export const MAX_AMOUNT = 1_000_000_000_000_000
+/** The largest amount one operation may move: 10^15 minor units; more is `amount_too_large`. */
+export const MAX_AMOUNT = 1_000_000_000_000_000n
+
+/** The largest balance an account may hold: BIGINT's ceiling, 2^63 − 1; more is `balance_overflow`. */
+export const MAX_BALANCE = 9_223_372_036_854_775_807n
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER)
+
+/** Money on the wire: a JSON integer up to 2^53 − 1, a string of decimal digits above (exact for every client). */
+export const toWire = (n: bigint): number | string => (n <= MAX_SAFE && n >= -MAX_SAFE ? Number(n) : n.toString())
+
+const WireMoney = Schema.Union(
+  Schema.Int.pipe(Schema.between(-Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER)),
+  Schema.String.pipe(Schema.pattern(/^-?[0-9]{1,30}$/))
+).annotations({
+  description: "an integer: a JSON number up to 2^53 − 1, else a string of decimal digits (exact either way)"
+})
+
+/** An integer amount of minor units as a `bigint`; accepts a safe JSON integer or a decimal string. */
+export const Money = Schema.transformOrFail(WireMoney, Schema.BigIntFromSelf, {
+  strict: true,
+  decode: (wire) => ParseResult.succeed(BigInt(wire)),
+  encode: (n) => ParseResult.succeed(toWire(n))
+})
 
 export const AccountId = Schema.Int.pipe(
   Schema.positive(),
@@ -24,15 +48,28 @@ export const TransferId = Schema.Int.pipe(
 )
 export type TransferId = typeof TransferId.Type
 
-export const Amount = Schema.Int.pipe(
-  Schema.positive(),
-  Schema.lessThanOrEqualTo(MAX_AMOUNT),
-  Schema.annotations({ identifier: "Amount", description: "a positive integer number of minor units (cents)" })
+/**
+ * A positive amount. Its ceiling (`MAX_AMOUNT`) is checked by the ledger, so that exceeding it is the typed
+ * `amount_too_large`, not a malformed request.
+ */
+export const Amount = Money.pipe(
+  Schema.filter((n) => n > 0n || "must be positive"),
+  Schema.annotations({
+    identifier: "Amount",
+    description:
+      "a positive integer number of minor units, at most 10^15 (1000000000000000; more: 422 amount_too_large); " +
+      "a JSON number up to 2^53 − 1 or a string of decimal digits"
+  })
 )
 
-export const Balance = Schema.Int.pipe(
-  Schema.nonNegative(),
-  Schema.annotations({ identifier: "Balance", description: "minor units, never negative" })
+export const Balance = Money.pipe(
+  Schema.filter((n) => n >= 0n || "must not be negative"),
+  Schema.annotations({
+    identifier: "Balance",
+    description:
+      "minor units, 0 ≤ balance ≤ 2^63 − 1 (9223372036854775807; more: 409 balance_overflow); " +
+      "a JSON number up to 2^53 − 1, a string of decimal digits above"
+  })
 )
 
 export const IdempotencyKey = Schema.String.pipe(
@@ -40,7 +77,9 @@ export const IdempotencyKey = Schema.String.pipe(
   Schema.maxLength(128),
   Schema.annotations({
     identifier: "IdempotencyKey",
-    description: "a client-chosen key; a retried request with the same key returns the original result"
+    description:
+      "a client-chosen key (1–128 characters), compared byte for byte (case, spaces, accents and Unicode " +
+      "normalisation forms all count); a retried request with the same key returns the original result"
   })
 )
 

@@ -4,7 +4,21 @@
  */
 import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import * as Schema from "effect/Schema"
-import { AccountId } from "./Account.js"
+import { AccountId, MAX_AMOUNT, MAX_BALANCE, Money } from "./Account.js"
+
+/**
+ * Builds an expected, typed outcome without capturing a stack trace (nobody reads it: the client gets the code and
+ * the message) and without re-validating fields the ledger has just computed.
+ */
+const noStack = <A>(make: () => A): A => {
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 0
+  try {
+    return make()
+  } finally {
+    Error.stackTraceLimit = limit
+  }
+}
 
 export class AccountNotFound extends Schema.TaggedError<AccountNotFound>()(
   "AccountNotFound",
@@ -13,21 +27,60 @@ export class AccountNotFound extends Schema.TaggedError<AccountNotFound>()(
 ) {}
 
 export const accountNotFound = (account: AccountId) =>
-  new AccountNotFound({ account, message: `account ${account} does not exist` })
+  noStack(() => new AccountNotFound({ account, message: `account ${account} does not exist` }, true))
 
 export class InsufficientFunds extends Schema.TaggedError<InsufficientFunds>()(
   "InsufficientFunds",
-  { account: AccountId, balance: Schema.Int, amount: Schema.Int, message: Schema.String },
+  { account: AccountId, balance: Money, amount: Money, message: Schema.String },
   HttpApiSchema.annotations({ status: 409 })
 ) {}
 
-export const insufficientFunds = (account: AccountId, balance: number, amount: number) =>
-  new InsufficientFunds({
-    account,
-    balance,
-    amount,
-    message: `account ${account} has ${balance}, cannot take ${amount}`
-  })
+export const insufficientFunds = (account: AccountId, balance: bigint, amount: bigint) =>
+  noStack(
+    () =>
+      new InsufficientFunds(
+        { account, balance, amount, message: `account ${account} has ${balance}, cannot take ${amount}` },
+        true
+      )
+  )
+
+/** An amount above `MAX_AMOUNT` (10^15 minor units). */
+export class AmountTooLarge extends Schema.TaggedError<AmountTooLarge>()(
+  "AmountTooLarge",
+  { amount: Money, limit: Money, message: Schema.String },
+  HttpApiSchema.annotations({ status: 422 })
+) {}
+
+export const amountTooLarge = (amount: bigint) =>
+  noStack(
+    () =>
+      new AmountTooLarge(
+        { amount, limit: MAX_AMOUNT, message: `an amount is at most ${MAX_AMOUNT} minor units; split it` },
+        true
+      )
+  )
+
+/** The destination would hold more than `MAX_BALANCE` (2^63 − 1): refused, nothing moved. */
+export class BalanceOverflow extends Schema.TaggedError<BalanceOverflow>()(
+  "BalanceOverflow",
+  { account: AccountId, balance: Money, amount: Money, limit: Money, message: Schema.String },
+  HttpApiSchema.annotations({ status: 409 })
+) {}
+
+export const balanceOverflow = (account: AccountId, balance: bigint, amount: bigint) =>
+  noStack(
+    () =>
+      new BalanceOverflow(
+        {
+          account,
+          balance,
+          amount,
+          limit: MAX_BALANCE,
+          message: `account ${account} has ${balance}; adding ${amount} would exceed the largest balance, ${MAX_BALANCE}`
+        },
+        true
+      )
+  )
 
 export class IdempotencyConflict extends Schema.TaggedError<IdempotencyConflict>()(
   "IdempotencyConflict",
@@ -36,7 +89,13 @@ export class IdempotencyConflict extends Schema.TaggedError<IdempotencyConflict>
 ) {}
 
 export const idempotencyConflict = (idempotencyKey: string) =>
-  new IdempotencyConflict({ idempotencyKey, message: "this idempotency key was already used for a different request" })
+  noStack(
+    () =>
+      new IdempotencyConflict(
+        { idempotencyKey, message: "this idempotency key was already used for a different request" },
+        true
+      )
+  )
 
 export class InvalidRequest extends Schema.TaggedError<InvalidRequest>()(
   "InvalidRequest",
@@ -74,6 +133,13 @@ export class TooManyConnections extends Schema.TaggedError<TooManyConnections>()
   HttpApiSchema.annotations({ status: 503 })
 ) {}
 
+/** An HTTP request body over `LEDGER_MAX_BODY_BYTES`. */
+export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()(
+  "PayloadTooLarge",
+  { limit: Schema.Int, message: Schema.String },
+  HttpApiSchema.annotations({ status: 413 })
+) {}
+
 export class ShuttingDown extends Schema.TaggedError<ShuttingDown>()(
   "ShuttingDown",
   { message: Schema.String },
@@ -102,11 +168,20 @@ export class InternalError extends Schema.TaggedError<InternalError>()(
 
 /** Errors a ledger operation can end with. */
 export type LedgerError =
-  AccountNotFound | InsufficientFunds | IdempotencyConflict | Unavailable | OutcomeUnknown | InternalError
+  | AccountNotFound
+  | InsufficientFunds
+  | AmountTooLarge
+  | BalanceOverflow
+  | IdempotencyConflict
+  | Unavailable
+  | OutcomeUnknown
+  | InternalError
 
 export const LedgerError = Schema.Union(
   AccountNotFound,
   InsufficientFunds,
+  AmountTooLarge,
+  BalanceOverflow,
   IdempotencyConflict,
   Unavailable,
   OutcomeUnknown,
@@ -117,11 +192,14 @@ export const LedgerError = Schema.Union(
 export const ProtocolError = Schema.Union(
   AccountNotFound,
   InsufficientFunds,
+  AmountTooLarge,
+  BalanceOverflow,
   IdempotencyConflict,
   InvalidRequest,
   UnknownOperation,
   Unauthorized,
   LineTooLong,
+  PayloadTooLarge,
   IdleTimeout,
   TooManyConnections,
   ShuttingDown,
@@ -135,11 +213,14 @@ export type ProtocolError = typeof ProtocolError.Type
 export const errorInfo: Record<ProtocolError["_tag"], { readonly code: string; readonly status: number }> = {
   AccountNotFound: { code: "account_not_found", status: 404 },
   InsufficientFunds: { code: "insufficient_funds", status: 409 },
+  AmountTooLarge: { code: "amount_too_large", status: 422 },
+  BalanceOverflow: { code: "balance_overflow", status: 409 },
   IdempotencyConflict: { code: "idempotency_conflict", status: 422 },
   InvalidRequest: { code: "invalid_request", status: 400 },
   UnknownOperation: { code: "unknown_operation", status: 400 },
   Unauthorized: { code: "unauthorized", status: 401 },
   LineTooLong: { code: "line_too_long", status: 413 },
+  PayloadTooLarge: { code: "payload_too_large", status: 413 },
   IdleTimeout: { code: "idle_timeout", status: 408 },
   TooManyConnections: { code: "too_many_connections", status: 503 },
   ShuttingDown: { code: "shutting_down", status: 503 },
