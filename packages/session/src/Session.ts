@@ -13,6 +13,7 @@ import * as Layer from "effect/Layer"
 import type * as Schedule from "effect/Schedule"
 import * as Engine from "./Engine.js"
 import type * as SessionError from "./SessionError.js"
+import * as keys from "./internal/keys.js"
 import * as internal from "./internal/session.js"
 
 /**
@@ -38,8 +39,15 @@ export interface Options {
   readonly retry?: boolean | Schedule.Schedule<unknown, SessionError.SessionError> | undefined
   /** Span name for the unit. */
   readonly name?: string | undefined
-  /** Always roll back, even on success (dry runs, tests). */
+  /** Always roll back, even on success (dry runs, tests). Nested: the savepoint is always rolled back. */
   readonly rollbackOnly?: boolean | undefined
+  /**
+   * A keyed unit: applied at most once. The key is recorded in sessionfx's key table (`createKeyTable`) inside the
+   * unit's transaction; a unit whose key is already committed fails with `AlreadyApplied` and changes nothing, and
+   * after a lost COMMIT the key tells whether the unit was applied (`outcome`). At most 255 bytes, compared byte for
+   * byte.
+   */
+  readonly key?: string | undefined
 }
 
 /**
@@ -65,8 +73,11 @@ export declare namespace Session {
     readonly readOnly: boolean
     /** Runs `effect` in a savepoint: RELEASE on success, ROLLBACK TO on failure, the outer unit goes on. */
     readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
-    /** Runs `effect` once, after the final successful COMMIT; never after a rollback. */
-    readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void>
+    /**
+     * Runs `effect` once, after the final successful COMMIT; never after a rollback (registered inside a savepoint
+     * that rolls back, it is dropped). From a fiber that outlived its unit: `SessionClosed`.
+     */
+    readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void, SessionError.SessionClosed>
     /** Marks the unit so that it rolls back even if it succeeds. */
     readonly setRollbackOnly: Effect.Effect<void>
     readonly isOpen: Effect.Effect<boolean>
@@ -133,7 +144,7 @@ export const savepoint = <A, E, R>(
  * @since 0.1.0
  * @category combinators
  */
-export const afterCommit = (effect: Effect.Effect<void>): Effect.Effect<void, never, Session> =>
+export const afterCommit = (effect: Effect.Effect<void>): Effect.Effect<void, SessionError.SessionClosed, Session> =>
   Effect.flatMap(Session, (session) => session.afterCommit(effect))
 
 /**
@@ -154,3 +165,33 @@ export const setRollbackOnly: Effect.Effect<void, never, Session> = Effect.flatM
  * @category accessors
  */
 export const connectionId: Effect.Effect<number, never, Session> = Effect.map(Session, (s) => s.connectionId)
+
+/**
+ * Whether the keyed unit `key` has been committed. It waits for a transaction that holds the key and has not ended
+ * yet, so the answer is final.
+ *
+ * @since 0.2.0
+ * @category keyed units
+ */
+export const outcome = (key: string): Effect.Effect<"committed" | "absent", SessionError.SessionError, Engine.Engine> =>
+  Effect.flatMap(Engine.Engine, (engine) => keys.outcome(engineImpl(engine), key))
+
+/**
+ * Creates sessionfx's key table for keyed units if it does not exist (`keyTableDdl`): run it once, e.g. from a
+ * migration.
+ *
+ * @since 0.2.0
+ * @category keyed units
+ */
+export const createKeyTable: Effect.Effect<void, SessionError.SessionError, Engine.Engine> = Effect.flatMap(
+  Engine.Engine,
+  (engine) => keys.createTable(engineImpl(engine))
+)
+
+/**
+ * The DDL of the key table, for a migration of your own.
+ *
+ * @since 0.2.0
+ * @category keyed units
+ */
+export const keyTableDdl: string = keys.DDL

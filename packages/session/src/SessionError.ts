@@ -8,6 +8,7 @@
 import { SqlError } from "@effect/sql/SqlError"
 import * as Data from "effect/Data"
 import * as Predicate from "effect/Predicate"
+import { connectAdvice } from "./internal/connect.js"
 
 export {
   /**
@@ -71,15 +72,30 @@ export class PoolTimeout extends Data.TaggedError("PoolTimeout")<Common & { read
 }
 
 /**
- * A new connection could not be opened (refused, unreachable, authentication, TLS, timeout). Check host, port,
- * user and password; the message never contains the password.
+ * A new connection could not be opened (refused, unreachable, authentication, TLS, timeout). The message says what
+ * to check and never contains the password; `retryable` is `false` when waiting cannot help.
  *
  * @since 0.1.0
  * @category errors
  */
-export class ConnectionError extends Data.TaggedError("ConnectionError")<Common> {
+export class ConnectionError extends Data.TaggedError("ConnectionError")<
+  Common & { readonly retryable?: boolean | undefined }
+> {
   readonly [TypeId]: TypeId = TypeId
-  readonly retryable = true as const
+  /**
+   * `false` when waiting cannot help (wrong password 1045, unknown database 1049, no access 1044, host not allowed
+   * 1130, unknown host); by default decided from `cause`.
+   */
+  override readonly retryable: boolean
+  constructor(args: Common & { readonly retryable?: boolean | undefined }) {
+    const known = connectAdvice(args.cause)
+    super(
+      known?.advice === undefined || args.message.includes(known.advice)
+        ? args
+        : { ...args, message: `${args.message}; ${known.advice}` }
+    )
+    this.retryable = args.retryable ?? known?.retryable ?? true
+  }
 }
 
 /**
@@ -247,6 +263,58 @@ export class SessionClosed extends Data.TaggedError("SessionClosed")<Common> {
 }
 
 /**
+ * A bind value that cannot be sent exactly: `undefined`, a function or symbol, `NaN` / `±Infinity`, a `number`
+ * integer beyond ±(2^53 − 1) (it has already lost precision: pass a `bigint` or a string), a `bigint` outside
+ * BIGINT's range, an invalid `Date`, an object with `toSqlString` (values never become SQL), or a class instance
+ * other than `Date` / `Uint8Array`. Nothing was sent to the server.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class BindError extends Data.TaggedError("BindError")<Common & { readonly index: number }> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * An option out of range, or one that a nested unit of work cannot honour (a read-only or differently isolated
+ * unit inside an open read-write transaction: use `propagation: "new"`). Nothing was sent to the server.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class InvalidOption extends Data.TaggedError("InvalidOption")<Common & { readonly option: string }> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
+ * A statement of this unit (or savepoint) was interrupted after it had been sent, and the server finished it
+ * before the interruption could stop it: its effect is in the transaction, so the unit (or savepoint) was rolled
+ * back rather than committed with it. Typical causes: `Effect.race` or `Effect.timeout` around a statement inside a
+ * unit. Retrying the whole unit is safe.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class StatementInterrupted extends Data.TaggedError("StatementInterrupted")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = true as const
+}
+
+/**
+ * A keyed unit of work (`Session.transact(effect, { key })`) whose key has already been committed: it was applied
+ * before (by an earlier attempt, process or retry) and was not applied again.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class AlreadyApplied extends Data.TaggedError("AlreadyApplied")<Common & { readonly key: string }> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
  * Every typed failure of sessionfx.
  *
  * @since 0.1.0
@@ -269,6 +337,10 @@ export type SessionError =
   | CommitFailed
   | CommitOutcomeUnknown
   | SessionClosed
+  | BindError
+  | InvalidOption
+  | StatementInterrupted
+  | AlreadyApplied
   | SqlError
 
 /**

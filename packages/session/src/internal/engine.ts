@@ -11,7 +11,16 @@ import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
 import type { Restore } from "./lock.js"
-import { ConnPool, type DestroyReason, hardClose, type Lease, type PooledConn, type PreparedStatement } from "./pool.js"
+import {
+  ConnPool,
+  type DestroyReason,
+  hardClose,
+  type Lease,
+  type PooledConn,
+  type PreparedStatement,
+  type Settings
+} from "./pool.js"
+import { bindValues, splitStatements } from "./values.js"
 
 /** @internal */
 export type Isolation = "READ UNCOMMITTED" | "READ COMMITTED" | "REPEATABLE READ" | "SERIALIZABLE"
@@ -25,21 +34,69 @@ export interface SessionDefaults {
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
-/** Statements that can change the state a connection carries beyond its transaction. */
-const STATEFUL =
-  /@|\bget_lock\b|^\s*(?:set|use|lock|unlock|prepare|execute|deallocate|call|handler|declare|create\s+(?:or\s+replace\s+)?temporary)\b/i
+/**
+ * Statements whose effect on the session the server does not flag (measured on MariaDB 10.11: named locks, table
+ * locks; result sets carry no state-change flag, so user variables assigned in a SELECT; and whatever a stored
+ * procedure does). A connection that ran one is reset before reuse. Where the server does speak (SET, temporary
+ * tables, USE, PREPARE, …), its status flag decides, whatever the text looks like.
+ */
+const UNFLAGGED = /(?<!@)@(?!@)|\bget_lock\b|\block\s+tables?\b|\block\s+instance\b|\bcall\b|\bhandler\b|\bxa\b/i
 
-const statefulCache = new Map<string, boolean>()
+const unflaggedCache = new Map<string, boolean>()
 
-/** Whether a statement may change session state; cached per SQL text (compiled texts are shared strings). */
-const isStateful = (sql: string): boolean => {
-  let v = statefulCache.get(sql)
+/** Whether a statement may change session state without the server saying so; cached per SQL text. */
+const maybeUnflagged = (sql: string): boolean => {
+  let v = unflaggedCache.get(sql)
   if (v === undefined) {
-    v = STATEFUL.test(sql)
-    if (statefulCache.size > 10_000) statefulCache.clear()
-    statefulCache.set(sql, v)
+    v = UNFLAGGED.test(sql)
+    if (unflaggedCache.size > 10_000) unflaggedCache.clear()
+    unflaggedCache.set(sql, v)
   }
   return v
+}
+
+/** SERVER_STATUS_IN_TRANS */
+const IN_TRANS = 0x1
+/** SERVER_SESSION_STATE_CHANGED */
+const STATE_CHANGED = 0x4000
+
+const STATUS = Symbol.for("@sessionfx/session/eofStatus")
+const PATCHED = Symbol.for("@sessionfx/session/eofStatusPatched")
+
+/**
+ * mysql2 hands the status flags of an OK packet to the caller (`serverStatus`) but drops those of the EOF packet that
+ * ends a result set. This records them on the connection, from the command's own prototype (Query, Execute): the
+ * original parser runs unchanged.
+ */
+const trackEofStatus = (command: unknown): void => {
+  const proto = command !== null && typeof command === "object" ? Object.getPrototypeOf(command) : undefined
+  if (proto === undefined || proto === null || proto[PATCHED] === true || typeof proto.row !== "function") return
+  const row = proto.row as (packet: any, connection: any) => unknown
+  proto.row = function (this: unknown, packet: any, connection: any) {
+    if (connection !== undefined && packet.isEOF()) connection[STATUS] = packet.eofStatusFlags()
+    return row.call(this, packet, connection)
+  }
+  proto[PATCHED] = true
+}
+
+/** The status flags that ended a command: its OK packet, the last OK packet of a multi-result, or the EOF packet. */
+const statusOf = (conn: Mysql.Connection, rows: unknown): number | undefined => {
+  if (rows !== null && typeof rows === "object") {
+    if (Array.isArray(rows)) {
+      const last = rows[rows.length - 1] as { serverStatus?: unknown } | undefined
+      if (last !== undefined && last !== null && typeof last.serverStatus === "number") return last.serverStatus
+    } else if (typeof (rows as { serverStatus?: unknown }).serverStatus === "number") {
+      return (rows as { serverStatus: number }).serverStatus
+    }
+  }
+  return (conn as any)[STATUS]
+}
+
+/** What a statement wants of the per-unit settings; `undefined` fields mean the server's value. @internal */
+export interface Want {
+  readonly lockWait?: number | undefined
+  readonly statementTime?: number | undefined
+  readonly isolation?: string | undefined
 }
 
 let engineSeq = 0
@@ -63,6 +120,27 @@ export interface EngineImplOptions {
   readonly spanAttributes: ReadonlyArray<readonly [string, unknown]>
   readonly compiler: Statement.Compiler
   readonly transformRows: Transform
+  /** Bound on COMMIT when the unit has no `timeout` of its own (default 10 s): past it, `CommitOutcomeUnknown`. */
+  readonly commitTimeoutMs?: number | undefined
+  /** A unit open longer than this is logged once with where it was opened (default 60 s; 0 = never). */
+  readonly longUnitThresholdMs?: number | undefined
+}
+
+/** The isolation level as `@@tx_isolation` spells it (`REPEATABLE-READ`) in the `SET TRANSACTION` form. */
+const isolationName = (v: unknown): string =>
+  String(v ?? "")
+    .replace(/-/g, " ")
+    .toUpperCase()
+
+/** Bound on control statements (SET, BEGIN, SAVEPOINT, RELEASE, ROLLBACK, a reset, a ping). */
+const controlTimeout = (killGraceMs: number) => Math.max(5_000, killGraceMs)
+
+/** A unit of work the engine watches for running too long (see `EngineImpl.watchUnits`). @internal */
+export interface Watched {
+  readonly startedAt: number
+  warned: boolean
+  readonly describe: () => string
+  readonly log: (message: string) => void
 }
 
 /** @internal */
@@ -73,12 +151,25 @@ export class EngineImpl {
   readonly pool: ConnPool
   flavor: "mariadb" | "mysql" = "mysql"
   version = ""
+  /** The server's values of the per-unit settings, read from the first connection. */
+  baseline: Settings | undefined = undefined
+  /** Whether the server flags session state changes (`session_track_state_change`). */
+  stateTracking = true
   /** Stable label arrays: Effect caches a metric's hook by the identity of its extra-tags array. */
   private readonly labelCache = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
   readonly labels: ReadonlyArray<MetricLabel.MetricLabel>
   private readonly killers = new Set<Mysql.Connection>()
+  /** A connection kept open for KILL QUERY: it works when the server is at `max_connections`. */
+  private control: Mysql.Connection | undefined = undefined
+  private controlOpening = false
+  private closed = false
   private gaugeTimer: ReturnType<typeof setInterval>
   private readonly gauges: ReadonlyArray<Metric.Metric.Gauge<number>>
+  /** Units of work in progress, watched for `longUnitThreshold`. */
+  readonly units = new Set<Watched>()
+  readonly commitTimeoutMs: number
+  readonly controlTimeoutMs: number
+  readonly longUnitThresholdMs: number
   reactivity!: Reactivity.Reactivity["Type"]
   /** The engine's client: follows the fiber's current session of this engine, else autocommit. */
   client!: import("@effect/sql/SqlClient").SqlClient
@@ -86,20 +177,98 @@ export class EngineImpl {
   constructor(readonly options: EngineImplOptions) {
     this.currentTag = Context.GenericTag<BaseConnection>(`@sessionfx/session/CurrentSession/${this.id}`)
     this.labels = [MetricLabel.make("engine", options.name)]
+    this.commitTimeoutMs = options.commitTimeoutMs ?? 10_000
+    this.controlTimeoutMs = controlTimeout(options.killGraceMs)
+    this.longUnitThresholdMs = options.longUnitThresholdMs ?? 60_000
     const labels = this.labels
     this.pool = new ConnPool({
       ...options.pool,
       lifetimeJitter: 0.1,
-      connection: options.connection,
+      // values are bound through the binary protocol, never formatted into text: one statement per command
+      connection: { ...options.connection, multipleStatements: false },
       describe: options.describe,
+      controlTimeoutMs: this.controlTimeoutMs,
       onCreated: () => metrics.created.unsafeUpdate(1, labels),
       onDestroyed: (reason) => metrics.destroyed.unsafeUpdate(1, this.labelsWith("reason", reason)),
       onTimeout: () => metrics.acquireTimeouts.unsafeUpdate(1, labels),
-      onWait: (millis) => metrics.acquireWait.unsafeUpdate(millis, labels)
+      onWait: (millis) => metrics.acquireWait.unsafeUpdate(millis, labels),
+      onDirtyReturn: (reason) => metrics.dirtyReturns.unsafeUpdate(1, this.labelsWith("reason", reason)),
+      prepare: (pc, cb) => this.prepareConnection(pc, cb)
     })
     this.gauges = [metrics.poolSize, metrics.poolInUse, metrics.poolIdle, metrics.poolWaiting]
-    this.gaugeTimer = setInterval(() => this.refreshGauges(), 1000)
+    this.gaugeTimer = setInterval(() => {
+      this.refreshGauges()
+      this.watchUnits()
+    }, 1000)
     this.gaugeTimer.unref()
+  }
+
+  /** Fills the pool and opens the control connection; call once the server's flavor is known. */
+  start(): void {
+    this.pool.fill()
+    this.openControl()
+  }
+
+  /**
+   * Every new connection, and every connection after a reset: ask the server to flag session state changes, and
+   * learn the server's values of the per-unit settings (once per engine).
+   */
+  private prepareConnection(pc: PooledConn, cb: (err: unknown) => void): void {
+    const conn = pc.conn
+    const withBaseline = () => {
+      if (this.baseline !== undefined) {
+        pc.settings = this.baseline
+        return cb(null)
+      }
+      const sql =
+        this.flavor === "mariadb"
+          ? "SELECT @@innodb_lock_wait_timeout AS lw, @@max_statement_time AS st, @@tx_isolation AS iso"
+          : "SELECT @@innodb_lock_wait_timeout AS lw, @@max_execution_time AS st, @@transaction_isolation AS iso"
+      conn.query(sql, (err, rows: any) => {
+        if (err) return cb(err)
+        const r = rows?.[0] ?? {}
+        this.baseline ??= {
+          lockWait: Number(r.lw),
+          statementTime: Number(r.st),
+          isolation: isolationName(r.iso)
+        }
+        pc.settings = this.baseline
+        cb(null)
+      })
+    }
+    if (!this.stateTracking) return withBaseline()
+    conn.query("SET SESSION session_track_state_change = ON", (err) => {
+      if (err) {
+        if (SessionError.isFatal(err)) return cb(err)
+        // a server without session tracking: every connection a user statement touched is reset on return
+        this.stateTracking = false
+      }
+      withBaseline()
+    })
+  }
+
+  /** The `SET` that gives `pc` the settings `want` asks for, or `undefined` when it already has them. */
+  settingsSql(pc: PooledConn, want: Want): { readonly sql: string; readonly settings: Settings } | undefined {
+    const base = this.baseline
+    if (base === undefined) return undefined
+    const cur = pc.settings
+    const lockWait = want.lockWait ?? base.lockWait
+    const statementTime = want.statementTime ?? base.statementTime
+    const isolation = want.isolation ?? base.isolation
+    if (lockWait === cur.lockWait && statementTime === cur.statementTime && isolation === cur.isolation)
+      return undefined
+    const parts: Array<string> = []
+    if (lockWait !== cur.lockWait) parts.push(`innodb_lock_wait_timeout = ${lockWait}`)
+    if (statementTime !== cur.statementTime) {
+      parts.push(
+        this.flavor === "mariadb" ? `max_statement_time = ${statementTime}` : `max_execution_time = ${statementTime}`
+      )
+    }
+    if (isolation !== cur.isolation) {
+      const name = this.flavor === "mariadb" ? "tx_isolation" : "transaction_isolation"
+      parts.push(`${name} = '${isolation.replace(/ /g, "-")}'`)
+    }
+    return { sql: `SET SESSION ${parts.join(", ")}`, settings: { lockWait, statementTime, isolation } }
   }
 
   /** The engine's labels plus one more, as a stable array. */
@@ -120,6 +289,21 @@ export class EngineImpl {
     gauges[1]!.unsafeUpdate(s.inUse, this.labels)
     gauges[2]!.unsafeUpdate(s.idle, this.labels)
     gauges[3]!.unsafeUpdate(s.waiting, this.labels)
+  }
+
+  /** Logs (once) and counts every unit open longer than `longUnitThreshold`. */
+  watchUnits(): void {
+    const threshold = this.longUnitThresholdMs
+    if (threshold <= 0 || this.units.size === 0) return
+    const now = Date.now()
+    for (const u of this.units) {
+      if (u.warned || now - u.startedAt < threshold) continue
+      u.warned = true
+      metrics.longUnits.unsafeUpdate(1, this.labels)
+      u.log(
+        `sessionfx: a unit of work on ${this.options.describe} has been open for ${now - u.startedAt} ms (longUnitThreshold ${threshold} ms): its writes are invisible to others and its locks held until it ends. ${u.describe()}`
+      )
+    }
   }
 
   stopTimers() {
@@ -151,28 +335,97 @@ export class EngineImpl {
     this.pool.release(pc, reset, reason)
   }
 
-  /** Sends `KILL QUERY` for a connection from a fresh connection of the same user. */
-  killQuery(threadId: number, cb: (ok: boolean) => void): void {
+  private openControl(): void {
+    if (this.closed || this.control !== undefined || this.controlOpening) return
+    this.controlOpening = true
+    this.pool.connect((err, conn) => {
+      this.controlOpening = false
+      if (err || !conn) return
+      if (this.closed) return hardClose(conn)
+      this.control = conn
+      const gone = () => {
+        if (this.control === conn) this.control = undefined
+        hardClose(conn)
+      }
+      conn.removeAllListeners("error")
+      conn.on("error", gone)
+      conn.on("end", gone)
+    })
+  }
+
+  /**
+   * Sends `KILL QUERY` for a pooled connection: on the engine's control connection (open from the start, so it works
+   * at `max_connections`), else on a fresh one. While it is in flight, nothing else is sent on that connection and it
+   * is not lent again (`PooledConn.kills`): a KILL that lands late must not stop the next statement.
+   */
+  killQuery(pc: PooledConn, cb: (ok: boolean) => void): void {
+    pc.kills++
+    const done = (ok: boolean) => {
+      pc.kills--
+      if (pc.kills === 0 && pc.afterKills !== undefined) {
+        const held = pc.afterKills
+        pc.afterKills = undefined
+        for (const f of held) f()
+      }
+      cb(ok)
+    }
+    const text = `KILL QUERY ${pc.threadId}`
+    const fresh = () =>
+      this.pool.connect((err, conn) => {
+        if (err || !conn) return done(false)
+        this.killers.add(conn)
+        conn.query(text, (e) => {
+          this.killers.delete(conn)
+          hardClose(conn)
+          done(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
+        })
+      })
+    const control = this.control
+    if (control === undefined) {
+      this.openControl()
+      return fresh()
+    }
+    control.query(text, (e) => {
+      if (e && SessionError.isFatal(e)) {
+        if (this.control === control) this.control = undefined
+        hardClose(control)
+        this.openControl()
+        return fresh()
+      }
+      done(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
+    })
+  }
+
+  /** `KILL CONNECTION`: ends a connection (and its transaction) the pool has already let go of. */
+  killConnection(threadId: number, cb: (ok: boolean) => void): void {
+    const text = `KILL CONNECTION ${threadId}`
+    const answer = (e: unknown) => cb(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
+    const control = this.control
+    if (control !== undefined) return void control.query(text, answer)
     this.pool.connect((err, conn) => {
       if (err || !conn) return cb(false)
       this.killers.add(conn)
-      conn.query(`KILL QUERY ${threadId}`, (e) => {
+      conn.query(text, (e) => {
         this.killers.delete(conn)
         hardClose(conn)
-        cb(!e)
+        answer(e)
       })
     })
   }
 
   closeKillers() {
+    this.closed = true
     for (const c of this.killers) hardClose(c)
     this.killers.clear()
+    if (this.control !== undefined) hardClose(this.control)
+    this.control = undefined
   }
 
   /**
    * Starts one command on a pooled connection; `done` is called exactly once when it settles. Returns the command
    * (to stop it: `Command.cancel`), or `undefined` when the connection is already gone (`done` has been called).
-   * Callers refuse bad bind values first (`badBindValue`): `run` does, and `Frame.exec` before it takes BEGIN.
+   * `values` must have been through `bindValues`. `internal` marks sessionfx's own control statements, whose session
+   * state changes are accounted for (`PooledConn.settings`) rather than making the connection dirty.
    */
   startCommand(
     pc: PooledConn,
@@ -181,7 +434,8 @@ export class EngineImpl {
     values: ReadonlyArray<unknown> | undefined,
     rowsAsArray: boolean,
     done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
-    deadlineMs?: number
+    deadlineMs?: number,
+    internal = false
   ): Command | undefined {
     if (pc.closed || pc.broken) {
       done(
@@ -192,35 +446,71 @@ export class EngineImpl {
       )
       return undefined
     }
-    if (isStateful(sql)) pc.dirty = true
-    const command = new Command(this, pc, done)
+    if (!internal && (!this.stateTracking || maybeUnflagged(sql))) pc.dirty = true
+    const command = new Command(this, pc, done, internal)
+    if (pc.kills > 0) {
+      // a KILL for an earlier statement is still in flight: send this one once it has been answered
+      ;(pc.afterKills ??= []).push(() => {
+        if (!command.settled && !command.cancelled) this.send(command, method, sql, values, rowsAsArray, deadlineMs)
+        else if (!command.settled) command.callback(interruptedError(), undefined)
+      })
+      return command
+    }
+    this.send(command, method, sql, values, rowsAsArray, deadlineMs)
+    return command
+  }
+
+  private send(
+    command: Command,
+    method: "query" | "execute",
+    sql: string,
+    values: ReadonlyArray<unknown> | undefined,
+    rowsAsArray: boolean,
+    deadlineMs: number | undefined
+  ): void {
+    const pc = command.pc
+    if (pc.closed || pc.broken) {
+      return command.callback(
+        Object.assign(new Error(`connection ${pc.threadId} is closed`), {
+          code: "PROTOCOL_CONNECTION_LOST",
+          fatal: true
+        }),
+        undefined
+      )
+    }
     const settle = command.callback
     pc.pending = settle
+    command.sent = true
+    ;(pc.conn as any)[STATUS] = undefined
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }
     try {
+      let issued: unknown
+      // values travel only through the binary protocol: a text query carries none (see `BaseConnection`)
       if (rowsAsArray) {
-        const options = { sql, values: values as Array<any> | undefined, rowsAsArray }
-        if (method === "execute") pc.conn.execute(options, settle)
-        else pc.conn.query(options, settle)
-      } else if (method === "execute") executePrepared(pc, sql, values ?? [], settle)
-      // the positional forms: mysql2 copies an options object with spreads on every call
-      else if (values === undefined || values.length === 0) pc.conn.query(sql, settle)
-      else pc.conn.query(sql, values as Array<any>, settle)
+        issued =
+          method === "execute" || (values !== undefined && values.length > 0)
+            ? pc.conn.execute({ sql, values: values as Array<any> | undefined, rowsAsArray }, settle)
+            : pc.conn.query({ sql, rowsAsArray }, settle)
+      } else if (method === "execute" || (values !== undefined && values.length > 0)) {
+        issued = executePrepared(pc, sql, values ?? [], settle)
+      } else {
+        issued = pc.conn.query(sql, settle)
+      }
+      trackEofStatus(issued)
     } catch (e) {
-      // mysql2 throws on arguments it cannot send (an undefined bind value, a function)
+      // mysql2 throws on arguments it cannot send
       settle(e, undefined)
     }
-    return command
   }
 
   /**
-   * Runs one command on a pooled connection (see `startCommand`). Interrupting it stops the command
-   * (`Command.cancel`); a caller that is uninterruptible anyway (control statements: SAVEPOINT, RELEASE, …) passes
-   * `interruptible: false` and spares the `onInterrupt` frame `Effect.async` puts around a canceler.
+   * Runs one statement on a pooled connection outside any unit (autocommit, `reserve`): the engine's default
+   * settings, values bound or refused before anything is sent. Interrupting it stops the statement
+   * (`Command.cancel`); a caller that is uninterruptible anyway passes `interruptible: false`.
    */
   run(
     pc: PooledConn,
@@ -231,26 +521,124 @@ export class EngineImpl {
     interruptible = true
   ): Effect.Effect<unknown, SessionError.SessionError> {
     return Effect.async<unknown, SessionError.SessionError>((resume) => {
-      const bad = values === undefined ? undefined : badBindValue(values)
-      if (bad !== undefined) return resume(Effect.fail(SessionError.classify(bad)))
-      const command = this.startCommand(pc, method, sql, values, rowsAsArray, (err, rows) =>
-        resume(err ? Effect.fail(err) : Effect.succeed(rows))
-      )
-      return interruptible && command !== undefined ? command.cancel() : undefined
+      const bound = values === undefined ? undefined : bindValues(values)
+      if (bound instanceof SessionError.BindError) return resume(Effect.fail(bound))
+      let command: Command | undefined
+      let stopped = false
+      const parts = method === "query" ? splitStatements(sql) : undefined
+      const main = () => {
+        if (parts === undefined) {
+          command = this.startCommand(pc, method, sql, bound, rowsAsArray, (err, rows) =>
+            resume(err ? Effect.fail(err) : Effect.succeed(rows))
+          )
+          return
+        }
+        // a multi-statement text: each statement on its own, in order, with its own values
+        const results: Array<unknown> = []
+        let offset = 0
+        const step = (k: number): void => {
+          if (k === parts.length) return resume(Effect.succeed(results))
+          if (stopped) return resume(Effect.fail(interruptedError()))
+          const part = parts[k]!
+          const values = (bound ?? []).slice(offset, offset + part.count)
+          offset += part.count
+          command = this.startCommand(
+            pc,
+            values.length > 0 ? "execute" : "query",
+            part.sql,
+            values,
+            rowsAsArray,
+            (err, rows) => {
+              if (err) return resume(Effect.fail(err))
+              results.push(rows)
+              step(k + 1)
+            }
+          )
+        }
+        step(0)
+      }
+      const set = this.settingsSql(pc, this.defaultWant)
+      if (set === undefined) main()
+      else {
+        command = this.startCommand(
+          pc,
+          "query",
+          set.sql,
+          undefined,
+          false,
+          (err) => {
+            if (err !== undefined) return resume(Effect.fail(err))
+            pc.settings = set.settings
+            if (command!.cancelled) return resume(Effect.fail(interruptedError()))
+            main()
+          },
+          this.controlTimeoutMs,
+          true
+        )
+      }
+      return interruptible
+        ? Effect.suspend(() => {
+            stopped = true
+            return command === undefined ? Effect.void : command.cancel()
+          })
+        : undefined
     })
   }
+
+  /** What a statement outside any unit wants of the per-unit settings: the engine's defaults. */
+  get defaultWant(): Want {
+    return (this._defaultWant ??= wantOf(this, {
+      lockWaitSeconds: this.options.defaults.lockWaitTimeoutSeconds,
+      statementTimeMs: this.options.defaults.statementTimeoutMs,
+      isolation: this.options.defaults.isolation
+    }))
+  }
+  private _defaultWant: Want | undefined
 }
 
+/** The settings a unit asks for, in the server's units. @internal */
+export const wantOf = (
+  engine: EngineImpl,
+  o: {
+    readonly lockWaitSeconds: number | undefined
+    readonly statementTimeMs: number | undefined
+    readonly isolation: string | undefined
+  }
+): Want => ({
+  lockWait: o.lockWaitSeconds,
+  statementTime:
+    o.statementTimeMs === undefined
+      ? undefined
+      : engine.flavor === "mariadb"
+        ? o.statementTimeMs / 1000
+        : Math.round(o.statementTimeMs),
+  isolation: o.isolation
+})
+
+/** "Unknown thread id": KILL for a connection that is already gone. */
+const ER_NO_SUCH_THREAD = 1094
+
+/** @internal */
+export const interruptedError = () =>
+  new SqlError({ message: "the statement was stopped before it ran: the fiber that issued it was interrupted" })
+
 /**
- * One command in flight on a pooled connection. It settles exactly once: from mysql2's callback, or when the
- * connection is destroyed under it (mysql2 never calls back the commands of a connection it was told to close).
+ * One command on a pooled connection. It settles exactly once: from mysql2's callback, or when the connection is
+ * destroyed under it (mysql2 never calls back the commands of a connection it was told to close). On settling it
+ * records what the server reported: whether a transaction is open, whether session state changed.
  *
  * @internal
  */
 export class Command {
   settled = false
+  /** Written to the connection (a command held back behind a KILL is not, yet). */
+  sent = false
   /** Someone asked to stop it (`cancel`): a caller chaining a follow-up command must not start it. */
   cancelled = false
+  /** It settled without an error: whatever it did is done. */
+  succeeded = false
+  /** The status flags the server reported when it ended, if any. */
+  status: number | undefined = undefined
   deadline: ReturnType<typeof setTimeout> | undefined = undefined
   private onSettled: (() => void) | undefined = undefined
   /** mysql2's callback, also what the pool calls when it destroys the connection (`PooledConn.pending`). */
@@ -259,7 +647,8 @@ export class Command {
   constructor(
     readonly engine: EngineImpl,
     readonly pc: PooledConn,
-    private readonly done: (err: SessionError.SessionError | undefined, rows: unknown) => void
+    private readonly done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
+    readonly internal: boolean
   ) {
     this.callback = (err, rows) => this.settle(err, rows)
   }
@@ -268,29 +657,49 @@ export class Command {
     if (this.settled) return
     this.settled = true
     const pc = this.pc
-    pc.pending = undefined
+    if (pc.pending === this.callback) pc.pending = undefined
     if (this.deadline !== undefined) clearTimeout(this.deadline)
-    if (err && SessionError.isFatal(err)) pc.broken = true
+    if (err) {
+      if (SessionError.isFatal(err)) pc.broken = true
+    } else {
+      this.succeeded = true
+      const status = statusOf(pc.conn, rows)
+      this.status = status
+      if (status !== undefined) {
+        pc.inTrans = (status & IN_TRANS) !== 0
+        if (!this.internal && (status & STATE_CHANGED) !== 0) pc.dirty = true
+      }
+    }
     this.done(err ? SessionError.classify(err) : undefined, rows)
     if (this.onSettled !== undefined) this.onSettled()
   }
 
   /**
-   * Stops the command and completes when it has ended: KILL QUERY from another connection (resent until it lands),
-   * and if the command has not ended after `killGrace`, the connection is destroyed.
+   * Stops the command and completes when it has ended: KILL QUERY (resent until it lands), and if the command has
+   * not ended after `killGrace`, the connection is destroyed. A command not yet sent is simply dropped.
    */
   cancel(): Effect.Effect<void> {
     return Effect.async<void>((resumeCancel) => {
       this.cancelled = true
       if (this.settled) return resumeCancel(Effect.void)
+      if (!this.sent) {
+        this.callback(interruptedError(), undefined)
+        return resumeCancel(Effect.void)
+      }
       const { engine, pc } = this
-      pc.dirty = true
       let finished = false
+      let killFailed = false
       const finish = () => {
         if (finished) return
         finished = true
         clearTimeout(timer)
-        resumeCancel(Effect.void)
+        resumeCancel(
+          killFailed
+            ? Effect.logWarning(
+                `sessionfx: KILL QUERY for connection ${pc.threadId} could not be sent; the connection was closed, but the server may finish the statement on its own`
+              )
+            : Effect.void
+        )
       }
       const before = this.onSettled
       this.onSettled = before === undefined ? finish : () => (before(), finish())
@@ -306,9 +715,12 @@ export class Command {
       let attempt = 0
       const kill = () => {
         if (this.settled || finished) return
-        engine.killQuery(pc.threadId, (ok) => {
+        engine.killQuery(pc, (ok) => {
           if (this.settled || finished) return
-          if (!ok) return engine.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
+          if (!ok) {
+            killFailed = true
+            return engine.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
+          }
           const again = setTimeout(kill, Math.min(500, 20 * 2 ** attempt++))
           again.unref()
         })
@@ -324,17 +736,6 @@ const STATEMENTS_PER_CONNECTION = 256
 /** "Unknown prepared statement handler": a statement the server no longer has. */
 const ER_UNKNOWN_STMT_HANDLER = 1243
 
-/** A bind value mysql2 refuses (the binary protocol) or would send as NULL (the text protocol): refused for both. @internal */
-export const badBindValue = (values: ReadonlyArray<unknown>): TypeError | undefined => {
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i]
-    if (v === undefined)
-      return new TypeError("Bind parameters must not contain undefined. To pass SQL NULL specify JS null")
-    if (typeof v === "function") return new TypeError("Bind parameters must not contain function(s)")
-  }
-  return undefined
-}
-
 /**
  * A prepared statement (binary protocol), through the connection's own statement map: once a text is prepared on
  * a connection, executing it again is one COM_STMT_EXECUTE command, without what mysql2's `execute` does on every
@@ -346,10 +747,10 @@ const executePrepared = (
   sql: string,
   values: ReadonlyArray<unknown>,
   settle: (err: unknown, rows: unknown) => void
-): void => {
+): unknown => {
   const known = pc.statements.get(sql)
   if (known !== undefined) {
-    known.execute(values, (err, rows) => {
+    return known.execute(values, (err, rows) => {
       // mysql2's own statement cache evicted and closed it: prepare it again (the server ran nothing)
       if (err && (err as { errno?: number }).errno === ER_UNKNOWN_STMT_HANDLER && pc.statements.get(sql) === known) {
         pc.statements.delete(sql)
@@ -357,7 +758,6 @@ const executePrepared = (
       }
       settle(err, rows)
     })
-    return
   }
   pc.conn.prepare(sql, (err, statement) => {
     if (err) return settle(err, undefined)
@@ -367,8 +767,9 @@ const executePrepared = (
       pc.statements.delete(pc.statements.keys().next().value!)
     }
     pc.statements.set(sql, stmt)
-    stmt.execute(values, settle)
+    trackEofStatus(stmt.execute(values, settle))
   })
+  return undefined
 }
 
 /** @internal */

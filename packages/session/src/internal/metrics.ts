@@ -35,3 +35,23 @@ export const sessionDuration = Metric.histogram(
   ms,
   "duration of a unit of work from first acquire to commit or rollback, in milliseconds"
 )
+/** @internal */
+export const dirtyReturns = Metric.counter("sessionfx_pool_dirty_returns_total", {
+  description: "connections that came back with a transaction open or their session state changed, and were reset",
+  incremental: true
+})
+/** @internal */
+export const longUnits = Metric.counter("sessionfx_session_long_units_total", {
+  description: "units of work open longer than longUnitThreshold",
+  incremental: true
+})
+/** @internal */
+export const implicitCommits = Metric.counter("sessionfx_session_implicit_commits_total", {
+  description: "transactions of a unit that the server ended by committing (DDL, a literal COMMIT)",
+  incremental: true
+})
+/** @internal */
+export const unknownOutcomes = Metric.counter("sessionfx_session_commit_outcome_unknown_total", {
+  description: "COMMITs whose outcome is unknown (connection lost, timed out or interrupted while in flight)",
+  incremental: true
+})

@@ -27,6 +27,22 @@ export type DestroyReason =
   | "shutdown"
   | "stateUnknown"
 
+/**
+ * The per-unit settings as they stand on a connection: `innodb_lock_wait_timeout` (seconds), the statement time
+ * limit (MariaDB `max_statement_time` in seconds, MySQL `max_execution_time` in milliseconds; 0 = none) and the
+ * session's isolation level (`REPEATABLE READ` form).
+ *
+ * @internal
+ */
+export interface Settings {
+  readonly lockWait: number
+  readonly statementTime: number
+  readonly isolation: string
+}
+
+/** Why a connection came back needing a reset (`sessionfx_pool_dirty_returns_total{reason}`). @internal */
+export type DirtyReason = "transaction" | "state"
+
 /** @internal */
 export interface PoolConfig {
   readonly size: number
@@ -43,6 +59,12 @@ export interface PoolConfig {
   readonly onDestroyed: (reason: DestroyReason) => void
   readonly onTimeout: () => void
   readonly onWait: (millis: number) => void
+  /** Runs on every new connection and after every reset, before it is lent: session tracking, baseline settings. */
+  readonly prepare: (pc: PooledConn, cb: (err: unknown) => void) => void
+  /** A connection came back with a transaction open or its session state changed. */
+  readonly onDirtyReturn: (reason: DirtyReason) => void
+  /** Bound on a reset or a validation ping; past it the connection is destroyed. */
+  readonly controlTimeoutMs: number
 }
 
 /** @internal */
@@ -51,8 +73,22 @@ export class PooledConn {
   lastUsedAt = Date.now()
   retireAt: number
   broken = false
-  /** Session state may differ from a fresh connection: reset before the next borrower. */
+  /**
+   * Session state may differ from a fresh connection (the server flagged a change, a statement the server does not
+   * flag, or an unknown outcome): reset before the next borrower.
+   */
   dirty = false
+  /** The server's word, from the status flags of the last OK or EOF packet: a transaction is open. */
+  inTrans = false
+  /** The per-unit settings on this connection (see `Settings`); set by `PoolConfig.prepare`. */
+  settings: Settings = { lockWait: 0, statementTime: 0, isolation: "" }
+  /**
+   * KILL QUERY statements sent for this connection and not answered yet. While any is in flight nothing else is
+   * sent on it (a late KILL would stop the next statement) and it is not given back to the pool.
+   */
+  kills = 0
+  /** Commands and a release waiting for `kills` to reach 0. */
+  afterKills: Array<() => void> | undefined = undefined
   inUse = false
   closed = false
   /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
@@ -198,11 +234,22 @@ export class ConnPool {
       }
       conn.on("error", onGone)
       conn.on("end", onGone)
-      this.all.add(pc)
-      this.created++
-      this.config.onCreated()
-      this.idle.push(pc)
-      this.serve()
+      this.pending++
+      this.config.prepare(pc, (err) => {
+        this.pending--
+        if (err || pc.broken || this.closing) {
+          hardClose(conn)
+          if (err) this.lastConnectError = err
+          if (this.closing) this.checkDrained()
+          else this.serve()
+          return
+        }
+        this.all.add(pc)
+        this.created++
+        this.config.onCreated()
+        this.idle.push(pc)
+        this.serve()
+      })
     })
   }
 
@@ -341,7 +388,24 @@ export class ConnPool {
   private validate(pc: PooledConn, w: Waiter) {
     pc.inUse = true
     this.inUse++
+    let answered = false
+    const timer = setTimeout(() => {
+      if (answered) return
+      answered = true
+      pc.inUse = false
+      this.inUse--
+      this.destroy(pc, "validation", `no answer to a ping within ${this.config.controlTimeoutMs} ms`)
+      if (!w.cancelled && !w.done) {
+        this.pushFront(w)
+        this.armDeadline()
+      }
+      this.serve()
+    }, this.config.controlTimeoutMs)
+    timer.unref()
     pc.conn.ping((err) => {
+      if (answered) return
+      answered = true
+      clearTimeout(timer)
       pc.inUse = false
       this.inUse--
       if (err || pc.broken) {
@@ -419,6 +483,12 @@ export class ConnPool {
    */
   release(pc: PooledConn, reset: boolean, destroyReason?: DestroyReason): void {
     if (!pc.inUse) return
+    if (pc.kills > 0 && destroyReason === undefined && !pc.closed) {
+      // a KILL QUERY for this connection is still on its way: lending it now could let it stop the next borrower's
+      // statement
+      ;(pc.afterKills ??= []).push(() => this.release(pc, reset))
+      return
+    }
     pc.inUse = false
     this.inUse--
     pc.lastUsedAt = Date.now()
@@ -426,19 +496,34 @@ export class ConnPool {
     if (pc.broken || pc.closed) return this.destroy(pc, "broken")
     if (this.closing) return this.destroy(pc, "shutdown")
     if (pc.lastUsedAt >= pc.retireAt) return this.destroy(pc, "maxLifetime")
-    if (reset || pc.dirty) {
-      this.resetting++
-      pc.statements.clear()
-      pc.conn.reset((err) => {
-        this.resetting--
-        if (err || pc.broken) return this.destroy(pc, "resetFailed")
-        pc.dirty = false
-        if (this.closing) return this.destroy(pc, "shutdown")
-        this.toIdle(pc)
-      })
-      return
-    }
+    // HikariCP's rule: a connection goes back only with no transaction open and its session as the pool left it
+    if (pc.inTrans) this.config.onDirtyReturn("transaction")
+    else if (pc.dirty) this.config.onDirtyReturn("state")
+    if (reset || pc.dirty || pc.inTrans) return this.reset(pc)
     this.toIdle(pc)
+  }
+
+  /** COM_RESET_CONNECTION (rolls back, clears session state and prepared statements), then `prepare` again. */
+  private reset(pc: PooledConn): void {
+    this.resetting++
+    pc.statements.clear()
+    let done = false
+    const finish = (err: unknown) => {
+      if (done) return
+      done = true
+      clearTimeout(timer)
+      this.resetting--
+      if (err || pc.broken) return this.destroy(pc, "resetFailed")
+      pc.dirty = false
+      pc.inTrans = false
+      if (this.closing) return this.destroy(pc, "shutdown")
+      this.toIdle(pc)
+    }
+    const timer = setTimeout(() => {
+      finish(new Error(`no answer to the reset within ${this.config.controlTimeoutMs} ms`))
+    }, this.config.controlTimeoutMs)
+    timer.unref()
+    pc.conn.reset((err) => (err ? finish(err) : this.config.prepare(pc, finish)))
   }
 
   private toIdle(pc: PooledConn) {
@@ -469,6 +554,10 @@ export class ConnPool {
       )
       pending(err, undefined)
     }
+    // commands held back behind a KILL now find the connection closed and settle
+    const held = pc.afterKills
+    pc.afterKills = undefined
+    if (held !== undefined) for (const f of held) f()
     this.destroyed++
     this.config.onDestroyed(reason)
     if (!this.closing) this.serve()

@@ -8,22 +8,29 @@ import * as Exit from "effect/Exit"
 import * as FiberRef from "effect/FiberRef"
 import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
+import * as Request from "effect/Request"
+import * as Runtime from "effect/Runtime"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
 import {
-  badBindValue,
   BaseConnection,
   type Command,
   type EngineImpl,
+  interruptedError,
   type Isolation,
   sessionErrorsAsSqlError,
-  toSqlError
+  toSqlError,
+  type Want,
+  type Watched,
+  wantOf
 } from "./engine.js"
 import type { PooledConn } from "./pool.js"
 import { defaultTracer, makeClient } from "./statement.js"
 import { Lock, type Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
+import { bindValues, splitStatements } from "./values.js"
+import * as keys from "./keys.js"
 
 /** @internal */
 export interface UnitOptions {
@@ -37,6 +44,9 @@ export interface UnitOptions {
   readonly retry?: boolean | Schedule.Schedule<unknown, SessionError.SessionError> | undefined
   readonly name?: string | undefined
   readonly rollbackOnly?: boolean | undefined
+  readonly key?: string | undefined
+  /** `@sessionfx/testing`'s SessionTest: every unit below runs inside this one (nothing can escape it). */
+  readonly containAll?: boolean | undefined
 }
 
 /** @internal */
@@ -46,7 +56,7 @@ export interface SessionService {
   readonly isolation: Isolation | undefined
   readonly readOnly: boolean
   readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
-  readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void>
+  readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void, SessionError.SessionClosed>
   readonly setRollbackOnly: Effect.Effect<void>
   readonly isOpen: Effect.Effect<boolean>
 }
@@ -54,30 +64,187 @@ export interface SessionService {
 /** The Context tag of the Session service; set by Session.ts. @internal */
 export const SessionTag = Context.GenericTag<SessionService>("@sessionfx/session/Session")
 
-const abortsTransaction = (e: SessionError.SessionError) =>
-  e._tag === "Deadlock" || e._tag === "ConnectionLost" || e._tag === "SerializationFailure"
+// ---------------------------------------------------------------------------------------------------------------
+// options
+// ---------------------------------------------------------------------------------------------------------------
+
+/** The largest `innodb_lock_wait_timeout` the server accepts (seconds). */
+const MAX_LOCK_WAIT = 1_073_741_824
+const ISOLATIONS: ReadonlyArray<string> = ["READ UNCOMMITTED", "READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"]
+
+const invalid = (option: string, message: string) =>
+  new SessionError.InvalidOption({ option, message: `${option}: ${message}. Nothing was sent to the server` })
+
+/** A duration option in milliseconds (`Infinity` for `Duration.infinity`), or the reason it is not one. */
+const durationMs = (option: string, d: Duration.DurationInput): number | SessionError.InvalidOption => {
+  let ms: number
+  try {
+    ms = Duration.toMillis(Duration.decode(d))
+  } catch {
+    return invalid(
+      option,
+      `${JSON.stringify(String(d))} is not a duration (e.g. "5 seconds", 5000, Duration.seconds(5))`
+    )
+  }
+  if (Number.isNaN(ms) || ms <= 0) return invalid(option, `must be a positive duration, got ${String(d)}`)
+  return ms
+}
+
+/** A unit's options checked and in the server's units, before anything is sent. @internal */
+export interface Checked {
+  readonly lockWaitSeconds: number | undefined
+  readonly statementTimeMs: number | undefined
+  readonly timeoutMs: number | undefined
+}
+
+/** @internal */
+export const checkOptions = (options: UnitOptions): Checked | SessionError.InvalidOption => {
+  let lockWaitSeconds: number | undefined
+  let statementTimeMs: number | undefined
+  let timeoutMs: number | undefined
+  if (options.lockWaitTimeout !== undefined) {
+    const ms = durationMs("lockWaitTimeout", options.lockWaitTimeout)
+    if (typeof ms !== "number") return ms
+    // the server counts whole seconds, at least 1; Duration.infinity is its maximum
+    lockWaitSeconds = Number.isFinite(ms) ? Math.min(MAX_LOCK_WAIT, Math.max(1, Math.ceil(ms / 1000))) : MAX_LOCK_WAIT
+  }
+  if (options.statementTimeout !== undefined) {
+    const ms = durationMs("statementTimeout", options.statementTimeout)
+    if (typeof ms !== "number") return ms
+    // 0 is the server's "no limit"
+    statementTimeMs = Number.isFinite(ms) ? Math.max(1, ms) : 0
+  }
+  if (options.timeout !== undefined) {
+    const ms = durationMs("timeout", options.timeout)
+    if (typeof ms !== "number") return ms
+    timeoutMs = Number.isFinite(ms) ? ms : undefined
+  }
+  if (options.isolation !== undefined && !ISOLATIONS.includes(options.isolation)) {
+    return invalid("isolation", `must be one of ${ISOLATIONS.join(", ")}, got ${JSON.stringify(options.isolation)}`)
+  }
+  if (options.propagation !== undefined && options.propagation !== "nested" && options.propagation !== "new") {
+    return invalid("propagation", `must be "nested" or "new", got ${JSON.stringify(options.propagation)}`)
+  }
+  if (options.key !== undefined) {
+    const bad = keys.checkKey(options.key)
+    if (bad !== undefined) return invalid("key", bad)
+  }
+  return { lockWaitSeconds, statementTimeMs, timeoutMs }
+}
+
+/** The settings a root unit wants: its options, else the engine's defaults. */
+const rootWant = (engine: EngineImpl, options: UnitOptions, checked: Checked): Want => {
+  const d = engine.options.defaults
+  return wantOf(engine, {
+    lockWaitSeconds:
+      checked.lockWaitSeconds ??
+      (d.lockWaitTimeoutSeconds === undefined
+        ? undefined
+        : Number.isFinite(d.lockWaitTimeoutSeconds)
+          ? Math.min(MAX_LOCK_WAIT, Math.max(1, Math.ceil(d.lockWaitTimeoutSeconds)))
+          : MAX_LOCK_WAIT),
+    statementTimeMs:
+      checked.statementTimeMs ??
+      (d.statementTimeoutMs === undefined
+        ? undefined
+        : Number.isFinite(d.statementTimeoutMs)
+          ? d.statementTimeoutMs
+          : 0),
+    isolation: options.isolation ?? d.isolation
+  })
+}
+
+/** A nested unit's settings: its own where it sets them, else its parent's. */
+const nestedWant = (engine: EngineImpl, parent: Want, checked: Checked): Want => {
+  if (checked.lockWaitSeconds === undefined && checked.statementTimeMs === undefined) return parent
+  const own = wantOf(engine, {
+    lockWaitSeconds: checked.lockWaitSeconds,
+    statementTimeMs: checked.statementTimeMs,
+    isolation: undefined
+  })
+  return {
+    lockWait: own.lockWait ?? parent.lockWait,
+    statementTime: own.statementTime ?? parent.statementTime,
+    isolation: parent.isolation
+  }
+}
+
+/** What a nested unit cannot honour inside `frame`'s transaction. */
+const refuseNested = (frame: Frame, options: UnitOptions): SessionError.InvalidOption | undefined => {
+  const state = frame.state
+  const contained = state.options.containAll === true
+  const where = contained
+    ? "inside SessionTest every unit runs in the test's transaction; test this unit with a session of its own"
+    : 'use propagation: "new" for a unit with a connection and transaction of its own'
+  if (!contained && options.retry !== undefined && options.retry !== false) {
+    return invalid(
+      "retry",
+      "a nested unit cannot be retried on its own: a deadlock rolls back the whole transaction. Put retry on the outermost unit, or " +
+        where
+    )
+  }
+  if ((options.readOnly === true || options.consistentSnapshot === true) && !state.readOnly) {
+    return invalid(
+      "readOnly",
+      `the enclosing transaction is read-write and the server cannot make part of it read-only; ${where}`
+    )
+  }
+  if (options.consistentSnapshot === true && state.options.consistentSnapshot !== true) {
+    return invalid("consistentSnapshot", `the enclosing transaction has already started without one; ${where}`)
+  }
+  if (options.isolation !== undefined && options.isolation !== state.isolationName()) {
+    return invalid(
+      "isolation",
+      `the enclosing transaction runs at ${state.isolationName()} and the server cannot change it mid-transaction; ${where}`
+    )
+  }
+  return undefined
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// state
+// ---------------------------------------------------------------------------------------------------------------
+
+const closedError = () =>
+  new SessionError.SessionClosed({
+    message:
+      "this session has already committed or rolled back; a fiber outlived its unit of work (forkDaemon, a stored reference). Run the code in a unit of work of its own"
+  })
+
+const poisonError = () =>
+  new SessionError.StatementInterrupted({
+    message:
+      "a statement of this unit was interrupted after it had been sent and the server finished it anyway (Effect.race / Effect.timeout around a statement inside a unit): its effect is in the transaction, so the unit was rolled back instead of committed; the unit can be retried"
+  })
+
+/** SERVER_STATUS_IN_TRANS */
+const IN_TRANS = 0x1
 
 /**
  * The state of one unit of work. It is also the `Session` service itself (methods on the prototype, nothing
  * allocated per unit beyond this object and its root frame).
  *
+ * A unit is open until it ends (`open`); it may be aborted on the way (`abortError`: the server ended its
+ * transaction in failure, or opening it failed), after which every statement fails and the unit ends in a
+ * rollback. Whether a transaction is open on the server (`begun`) follows the status flags the server reports.
+ *
  * @internal
  */
 export class SessionState implements SessionService {
   open = true
-  aborted: SessionError.SessionError | undefined = undefined
+  abortError: SessionError.SessionError | undefined = undefined
   rollbackOnly: boolean
-  hooks: Array<Effect.Effect<void>> | undefined = undefined
+  /** A transaction of this unit is open on the server (its OK packets said so). */
+  begun = false
+  /** How many times the server committed this unit's transaction on its own (DDL, a literal COMMIT). */
+  epoch = 0
   seq = 0
   readonly root: Frame
   readonly startedAt = Date.now()
+  readonly beginSql: string
+  /** Set while the unit is watched for `longUnitThreshold`. */
+  watched: Watched | undefined = undefined
   private boundClient: Client.SqlClient | undefined
-
-  /**
-   * The transaction starts with the session's first statement: START TRANSACTION travels in the same round trip
-   * (a multi-statement text query), and a unit that ran no statement never costs a BEGIN or a COMMIT.
-   */
-  begun = false
 
   /**
    * The fiber that opened the session and runs its unit: its statements need no interruption hook (`Frame.exec`).
@@ -89,14 +256,18 @@ export class SessionState implements SessionService {
     readonly engine: EngineImpl,
     readonly pc: PooledConn,
     readonly options: UnitOptions,
-    readonly beginText: string,
-    readonly beginCount: number
+    want: Want
   ) {
     this.rollbackOnly = options.rollbackOnly === true
-    this.root = new Frame(engine, this, undefined)
+    this.root = new Frame(engine, this, undefined, want)
+    this.beginSql =
+      options.consistentSnapshot === true
+        ? "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
+        : options.readOnly === true
+          ? "START TRANSACTION READ ONLY"
+          : "START TRANSACTION"
   }
 
-  /** Built on first use: most units use the SqlClient from the context (the engine's, following the fiber). */
   get sql(): Client.SqlClient {
     return this.client()
   }
@@ -106,16 +277,21 @@ export class SessionState implements SessionService {
   get isolation(): Isolation | undefined {
     return this.options.isolation ?? this.engine.options.defaults.isolation
   }
+  /** The isolation the transaction runs at, as the server names it. */
+  isolationName(): string {
+    return this.isolation ?? this.engine.baseline?.isolation ?? "REPEATABLE READ"
+  }
   get readOnly(): boolean {
     return this.options.readOnly === true || this.options.consistentSnapshot === true
   }
   savepoint<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | SessionError.SessionError, R> {
-    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect, fiber))
+    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect, fiber, {}, noChecks))
   }
-  afterCommit(effect: Effect.Effect<void>): Effect.Effect<void> {
-    return Effect.suspend(() => {
-      if (!this.open) return Effect.dieMessage("afterCommit called after the session ended")
-      ;(this.hooks ??= []).push(effect)
+  afterCommit(effect: Effect.Effect<void>): Effect.Effect<void, SessionError.SessionClosed> {
+    return Effect.withFiberRuntime((fiber) => {
+      const frame = this.frameOf(fiber)
+      if (!this.open || frame.closed) return Effect.fail(closedError())
+      ;(frame.hooks ??= []).push(effect)
       return Effect.void
     })
   }
@@ -128,11 +304,16 @@ export class SessionState implements SessionService {
     return Effect.sync(() => this.open)
   }
 
-  /** The statements that open the transaction, the first time they are asked for; afterwards `undefined`. */
-  takeBegin(): string | undefined {
-    if (this.begun) return undefined
-    this.begun = true
-    return this.beginText
+  /** The server ended the transaction in failure (or it could not be opened): the unit can only roll back. */
+  abort(e: SessionError.SessionError): void {
+    if (this.abortError === undefined) this.abortError = e
+  }
+
+  /** The server committed the transaction on its own: the unit goes on in a new one, opened before its next statement. */
+  implicitCommit(): void {
+    this.begun = false
+    this.epoch++
+    metrics.implicitCommits.unsafeUpdate(1, this.engine.labels)
   }
 
   /** The frame of this session the fiber is in (a savepoint), or the root. */
@@ -148,7 +329,7 @@ export class SessionState implements SessionService {
       (fiber) => this.frameOf(fiber),
       ((effect: Effect.Effect<any, any, any>) =>
         Effect.withFiberRuntime<any, any, any>((fiber) =>
-          Effect.mapError(savepoint(this.frameOf(fiber), effect, fiber), sessionErrorsAsSqlError)
+          Effect.mapError(savepoint(this.frameOf(fiber), effect, fiber, {}, noChecks), sessionErrorsAsSqlError)
         )) as Client.SqlClient["withTransaction"],
       this.engine.reactivity
     ))
@@ -176,36 +357,28 @@ export class SessionState implements SessionService {
   }
 }
 
-const countPlaceholders = (sql: string): number => {
-  let n = 0
-  for (let i = sql.indexOf("?"); i !== -1; i = sql.indexOf("?", i + 1)) n++
-  return n
-}
-
-const interruptedError = () =>
-  new SqlError({ message: "the statement was stopped before it ran: the fiber that issued it was interrupted" })
-
-const closedError = () =>
-  new SessionError.SessionClosed({
-    message:
-      "this session has already committed or rolled back; a fiber outlived its unit of work (forkDaemon, a stored reference). Run the code in a unit of work of its own"
-  })
-
-/** A savepoint level of a session: statements in one frame run one at a time. @internal */
+/** A savepoint level of a session (or its root): statements in one frame run one at a time. @internal */
 export class Frame extends BaseConnection {
   readonly lock = new Lock()
   closed = false
+  /** `afterCommit` hooks registered in this frame; a released savepoint hands them to its parent. */
+  hooks: Array<Effect.Effect<void>> | undefined = undefined
+  /** A statement of this frame was interrupted after it had taken effect: the frame rolls back at its end. */
+  poisoned: SessionError.SessionError | undefined = undefined
+  /** Roll this frame back at its end even when it succeeds (a nested `rollbackOnly`). */
+  rollbackOnly = false
   constructor(
     engine: EngineImpl,
     readonly state: SessionState,
-    readonly parent: Frame | undefined
+    readonly parent: Frame | undefined,
+    readonly want: Want
   ) {
     super(engine)
   }
 
-  private check(): SessionError.SessionError | undefined {
+  check(): SessionError.SessionError | undefined {
     if (this.closed || !this.state.open) return closedError()
-    return this.state.aborted
+    return this.state.abortError
   }
 
   /**
@@ -235,16 +408,104 @@ export class Frame extends BaseConnection {
   }
 
   /**
+   * What must precede a statement of this frame, then `next`: the frame's settings (a SET, only when the connection
+   * does not have them yet) and the transaction (START TRANSACTION, when none is open). If either fails, the unit
+   * is aborted: a unit's statements run inside its transaction or not at all. `track` sees each command in flight.
+   */
+  prepareThen(next: () => void, fail: (e: SessionError.SessionError) => void, track: (c: Command | undefined) => void) {
+    const state = this.state
+    const engine = state.engine
+    const pc = state.pc
+    const begin = () => {
+      if (state.begun) return next()
+      let c: Command | undefined = undefined
+      c = engine.startCommand(
+        pc,
+        "query",
+        state.beginSql,
+        undefined,
+        false,
+        (err) => {
+          if (err !== undefined) {
+            state.abort(err)
+            return fail(err)
+          }
+          state.begun = true
+          if (c?.cancelled) return fail(interruptedError())
+          next()
+        },
+        engine.controlTimeoutMs,
+        true
+      )
+      track(c)
+    }
+    const set = engine.settingsSql(pc, this.want)
+    if (set === undefined) return begin()
+    let c: Command | undefined = undefined
+    c = engine.startCommand(
+      pc,
+      "query",
+      set.sql,
+      undefined,
+      false,
+      (err) => {
+        if (err !== undefined) {
+          state.abort(err)
+          return fail(err)
+        }
+        pc.settings = set.settings
+        if (c?.cancelled) return fail(interruptedError())
+        begin()
+      },
+      engine.controlTimeoutMs,
+      true
+    )
+    track(c)
+  }
+
+  /**
+   * After a statement failed inside the transaction: did the server end the transaction? The status flags of an
+   * OK packet say so; an error packet has none, so ask (`DO 0`, on the error path only). A transaction the server
+   * ended in failure (deadlock, lock wait timeout with `innodb_rollback_on_timeout`, …) aborts the unit.
+   */
+  private afterFailure(err: SessionError.SessionError, done: () => void, track: (c: Command | undefined) => void) {
+    const state = this.state
+    if (!state.begun) return done()
+    const pc = state.pc
+    if (pc.broken || pc.closed || err._tag === "ConnectionLost") {
+      state.abort(err)
+      return done()
+    }
+    track(
+      state.engine.startCommand(
+        pc,
+        "query",
+        "DO 0",
+        undefined,
+        false,
+        (probeError) => {
+          if (probeError !== undefined || !pc.inTrans) {
+            state.begun = false
+            state.abort(err)
+          }
+          done()
+        },
+        state.engine.controlTimeoutMs,
+        true
+      )
+    )
+  }
+
+  /**
    * One statement in this frame, in one `Effect.async`: wait for the frame (FIFO), check the session is open and
-   * not aborted, run it, give the frame back from the driver's callback. Interruption while it waits leaves the
-   * queue; while it runs, KILL QUERY (`Command.cancel`).
+   * not aborted, bind the values (or refuse them before anything is sent), open the transaction if needed, run it,
+   * learn from the server's status flags what it did to the transaction, give the frame back.
    *
-   * The fiber that opened the session (its owner) finding the frame free needs no interruption hook: if it is
-   * interrupted while its statement runs, whatever it does next in this session — end it (`finishSession`), end a
-   * savepoint, open one, run another statement — first stops that statement (`reclaim`), since a fiber that runs
-   * something new has given up on what it ran before. `Effect.async` with a canceler costs an `onInterrupt` frame
-   * per statement; this keeps it off the common path. Other fibers (forked in the unit, `Effect.timeout`, racing)
-   * and waiting statements keep the canceler.
+   * Interruption while it waits leaves the queue: nothing ran. While it runs: KILL QUERY (`Command.cancel`); if the
+   * server finished the statement anyway, its effect is in the transaction and the frame is poisoned (it rolls back
+   * at its end). The fiber that opened the session (its owner) finding the frame free needs no interruption hook:
+   * if it is interrupted while its statement runs, the whole unit is ending, and whatever it does next in this
+   * session first stops that statement (`reclaim`).
    */
   exec(
     fiber: Fiber.RuntimeFiber<any, any> | undefined,
@@ -268,18 +529,20 @@ export class Frame extends BaseConnection {
     return Effect.async<any, SqlError>((resume) => {
       let command: Command | undefined
       let tracked = false
+      /** Interrupted: no further statement of a multi-statement text starts. */
+      let stopped = false
       const state = this.state
-      const onDone = (err: SessionError.SessionError | undefined, result: unknown, skip: number) => {
+      const track = (c: Command | undefined) => {
+        command = c
+        if (tracked) this.running = c !== undefined && !c.settled ? c : undefined
+      }
+      const finish = (err: SessionError.SessionError | undefined, rows: unknown) => {
         if (tracked) {
           this.running = undefined
           this.runningFiber = undefined
         }
         this.lock.unsafeRelease()
-        // drop the results of the transaction's opening statements; keep a multi-statement's own results
-        const rest = skip > 0 && Array.isArray(result) ? result.slice(skip) : undefined
-        const rows = rest === undefined ? result : rest.length === 1 ? rest[0] : rest
         if (err !== undefined) {
-          if (abortsTransaction(err) && state.aborted === undefined) state.aborted = err
           resume(Effect.fail(toSqlError(err)))
         } else if (raw) {
           resume(Effect.succeed(rows))
@@ -288,38 +551,57 @@ export class Frame extends BaseConnection {
           resume(Effect.succeed(transform ? transform(list) : list))
         }
       }
-      const run = (
-        how: "query" | "execute",
-        text: string,
-        values: ReadonlyArray<unknown> | undefined,
-        skip: number
-      ) => {
-        command = this.engine.startCommand(state.pc, how, text, values, rowsAsArray, (err, rows) =>
-          onDone(err, rows, skip)
-        )
-        if (tracked) this.running = command !== undefined && !command.settled ? command : undefined
-      }
-      const refuse = (error: SqlError) => {
-        this.lock.unsafeRelease()
-        resume(Effect.fail(error))
-      }
       const start = () => {
         const bad = this.check()
-        if (bad !== undefined) return refuse(toSqlError(bad))
-        // refused before the transaction's opening statements are taken: they must travel with a statement that runs
-        const refused = badBindValue(params)
-        if (refused !== undefined) return refuse(new SqlError({ cause: refused, message: refused.message }))
-        const begin = state.takeBegin()
-        if (begin === undefined) return run(method, sql, params, 0)
-        if (countPlaceholders(sql) === params.length) return run("query", `${begin};\n${sql}`, params, state.beginCount)
-        // a literal "?" in the text: the text protocol's client-side formatting would misplace the values
-        const first = this.engine.startCommand(state.pc, "query", begin, undefined, false, (err) => {
-          if (err !== undefined) return onDone(err, undefined, 0)
-          if (first!.cancelled) return onDone(interruptedError(), undefined, 0)
-          run(method, sql, params, 0)
-        })
-        command = first
-        if (tracked) this.running = first !== undefined && !first.settled ? first : this.running
+        if (bad !== undefined) return finish(bad, undefined)
+        // refused before anything is sent: the transaction's opening waits for a statement that runs
+        const bound = bindValues(params)
+        if (bound instanceof SessionError.BindError) return finish(bound, undefined)
+        const fail = (e: SessionError.SessionError) => finish(e, undefined)
+        const runOne = (
+          text: string,
+          values: ReadonlyArray<unknown>,
+          how: "query" | "execute",
+          next: (rows: unknown) => void
+        ) => {
+          if (stopped) return fail(interruptedError())
+          let main: Command | undefined = undefined
+          main = state.engine.startCommand(state.pc, how, text, values, rowsAsArray, (err, rows) => {
+            if (err === undefined) {
+              const status = main?.status ?? (state.pc.inTrans ? IN_TRANS : 0)
+              if (state.begun && (status & IN_TRANS) === 0) state.implicitCommit()
+              // stopped too late: the server finished it, so its effect is in the transaction
+              if (main?.cancelled || stopped) this.poisoned ??= poisonError()
+              return next(rows)
+            }
+            if (main !== undefined && !main.sent) return fail(err)
+            this.afterFailure(err, () => fail(err), track)
+          })
+          track(main)
+        }
+        const parts = method === "query" ? splitStatements(sql) : undefined
+        if (parts === undefined) {
+          return this.prepareThen(() => runOne(sql, bound, method, (rows) => finish(undefined, rows)), fail, track)
+        }
+        // a multi-statement text: each statement on its own, in order, with its own values
+        const results: Array<unknown> = []
+        let offset = 0
+        const step = (k: number): void => {
+          if (k === parts.length) return finish(undefined, results)
+          const part = parts[k]!
+          const values = bound.slice(offset, offset + part.count)
+          offset += part.count
+          this.prepareThen(
+            () =>
+              runOne(part.sql, values, values.length > 0 ? "execute" : "query", (rows) => {
+                results.push(rows)
+                step(k + 1)
+              }),
+            fail,
+            track
+          )
+        }
+        step(0)
       }
       if (owner && !this.lock.locked) {
         this.lock.locked = true
@@ -335,89 +617,44 @@ export class Frame extends BaseConnection {
           this.lock.cancel(waiter)
           return Effect.void
         }
+        stopped = true
         return command === undefined ? Effect.void : command.cancel()
       })
     })
   }
 
-  /** Runs a control statement (SAVEPOINT, COMMIT, …) while the caller already holds the relevant lock. */
-  control(sql: string): Effect.Effect<void, SessionError.SessionError> {
-    const begin = this.state.takeBegin()
-    const text = begin === undefined ? sql : `${begin};\n${sql}`
-    return Effect.asVoid(this.engine.run(this.state.pc, "query", text, undefined, false, false))
+  /**
+   * A control statement of sessionfx (SAVEPOINT, RELEASE, ROLLBACK TO) while the caller holds the relevant lock,
+   * uninterruptible and bounded. With `begin`, the frame's settings and transaction first. A failure aborts the unit.
+   */
+  control(sql: string, begin: boolean): Effect.Effect<void, SessionError.SessionError> {
+    return Effect.async<void, SessionError.SessionError>((resume) => {
+      const state = this.state
+      const fail = (e: SessionError.SessionError) => {
+        state.abort(e)
+        resume(Effect.fail(e))
+      }
+      const run = () => {
+        state.engine.startCommand(
+          state.pc,
+          "query",
+          sql,
+          undefined,
+          false,
+          (err) => (err !== undefined ? fail(err) : resume(Effect.void)),
+          state.engine.controlTimeoutMs,
+          true
+        )
+      }
+      if (begin) this.prepareThen(run, fail, () => undefined)
+      else run()
+    })
   }
 }
 
-const seconds = (d: Duration.DurationInput) => Duration.toMillis(Duration.decode(d)) / 1000
-
-/** The statements that open a transaction with the requested characteristics, in one round trip. @internal */
-export const beginSql = (engine: EngineImpl, options: UnitOptions): { sql: string; count: number; dirty: boolean } => {
-  const defaults = engine.options.defaults
-  const parts: Array<string> = []
-  const vars: Array<string> = []
-  const lockWait = options.lockWaitTimeout !== undefined ? seconds(options.lockWaitTimeout) : undefined
-  const lw = lockWait ?? defaults.lockWaitTimeoutSeconds
-  if (lw !== undefined) vars.push(`innodb_lock_wait_timeout = ${Math.max(1, Math.ceil(lw))}`)
-  const stMs =
-    options.statementTimeout !== undefined
-      ? Duration.toMillis(Duration.decode(options.statementTimeout))
-      : defaults.statementTimeoutMs
-  if (stMs !== undefined) {
-    vars.push(
-      engine.flavor === "mariadb"
-        ? `max_statement_time = ${(stMs / 1000).toFixed(3)}`
-        : `max_execution_time = ${Math.max(1, Math.round(stMs))}`
-    )
-  }
-  if (vars.length > 0) parts.push(`SET SESSION ${vars.join(", ")}`)
-  const isolation = options.isolation ?? defaults.isolation
-  if (isolation !== undefined) parts.push(`SET TRANSACTION ISOLATION LEVEL ${isolation}`)
-  const chars: Array<string> = []
-  if (options.consistentSnapshot) chars.push("WITH CONSISTENT SNAPSHOT")
-  if (options.readOnly || options.consistentSnapshot) chars.push("READ ONLY")
-  parts.push(chars.length > 0 ? `START TRANSACTION ${chars.join(", ")}` : "START TRANSACTION")
-  return { sql: parts.join("; "), count: parts.length, dirty: vars.length > 0 }
-}
-
-/**
- * Borrows a connection and opens the transaction. Call it inside `uninterruptibleMask`: waiting (through `restore`)
- * is interruptible, and once it has a connection no interruption can lose it.
- *
- * @internal
- */
-export const openSession = (
-  engine: EngineImpl,
-  options: UnitOptions,
-  restore: Restore
-): Effect.Effect<SessionState, SessionError.SessionError> =>
-  Effect.map(engine.borrow(restore), (pc) => newSession(engine, pc, options))
-
-/** The opening statements of a unit that sets none of its own: the engine's defaults, built once per engine. */
-const defaultBegins = new WeakMap<EngineImpl, ReturnType<typeof beginSql>>()
-
-const beginOf = (engine: EngineImpl, options: UnitOptions): ReturnType<typeof beginSql> => {
-  if (
-    options.isolation !== undefined ||
-    options.readOnly !== undefined ||
-    options.consistentSnapshot !== undefined ||
-    options.lockWaitTimeout !== undefined ||
-    options.statementTimeout !== undefined
-  ) {
-    return beginSql(engine, options)
-  }
-  let begin = defaultBegins.get(engine)
-  if (begin === undefined) {
-    begin = beginSql(engine, options)
-    defaultBegins.set(engine, begin)
-  }
-  return begin
-}
-
-const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions): SessionState => {
-  const begin = beginOf(engine, options)
-  if (begin.dirty) pc.dirty = true
-  return new SessionState(engine, pc, options, begin.sql, begin.count)
-}
+// ---------------------------------------------------------------------------------------------------------------
+// ending a unit
+// ---------------------------------------------------------------------------------------------------------------
 
 const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>> | undefined) =>
   hooks === undefined || hooks.length === 0
@@ -442,8 +679,9 @@ const causeLabel = (exit: Exit.Exit<unknown, unknown>): string =>
 
 /**
  * Ends a session with the exit of its unit of work: COMMIT on success, ROLLBACK otherwise, and gives the connection
- * back in a known-clean state. A failing COMMIT is a typed error. Runs uninterruptibly, in one `Effect.async` when
- * a round trip is needed.
+ * back (the pool resets it unless the server said it is clean). A failing COMMIT is a typed error. Runs
+ * uninterruptibly, except while COMMIT is in flight: interrupted then, the connection is destroyed and the outcome
+ * is unknown (and the fiber's exit is the interruption).
  *
  * With `passThrough`, the result is the unit's own outcome (its value, or its failure with classified errors
  * unwrapped) unless ending it failed; without, it is `void` or the ending's failure (the Layer spelling, where the
@@ -486,6 +724,7 @@ const endSession = <A, E>(
   state.open = false
   state.owner = undefined
   root.closed = true
+  if (state.watched !== undefined) engine.units.delete(state.watched)
   // statements queued behind the close now see a closed session and fail with SessionClosed
   root.lock.unsafeRelease()
   metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.labels)
@@ -493,12 +732,10 @@ const endSession = <A, E>(
 
   const rollback = (label: string, after: Effect.Effect<any, any>): Effect.Effect<any, any> => {
     metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", label))
-    if (!state.begun) {
-      engine.release(pc, pc.dirty)
-      return after
-    }
-    if (pc.broken || pc.closed) {
-      engine.release(pc, false, "broken")
+    if (!state.begun || pc.broken || pc.closed) {
+      // nothing open (or the connection is gone, and the server rolls back): the pool decides what the connection
+      // needs from what the server last said
+      engine.release(pc, false)
       return after
     }
     return Effect.async<any, any>((resume) => {
@@ -511,26 +748,26 @@ const endSession = <A, E>(
         false,
         (err) => {
           if (err !== undefined) engine.release(pc, false, pc.broken ? "broken" : "resetFailed")
-          else engine.release(pc, pc.dirty)
+          else engine.release(pc, false)
           resume(after)
         },
-        Math.max(5_000, engine.options.killGraceMs)
+        engine.controlTimeoutMs,
+        true
       )
     })
   }
 
-  if (Exit.isSuccess(exit) && state.aborted !== undefined) {
-    return rollback("aborted", Effect.fail(state.aborted))
-  }
-  if (Exit.isFailure(exit) || state.rollbackOnly) {
-    return rollback(causeLabel(exit), outcome)
-  }
+  if (state.abortError !== undefined) return rollback("aborted", Effect.fail(state.abortError))
+  if (Exit.isFailure(exit)) return rollback(causeLabel(exit), outcome)
+  if (root.poisoned !== undefined) return rollback("interrupted", Effect.fail(root.poisoned))
+  if (state.rollbackOnly) return rollback("rollbackOnly", outcome)
+
   const committed = (): Effect.Effect<any, any> => {
     metrics.commits.unsafeUpdate(1, engine.labels)
-    return state.hooks === undefined ? outcome : Effect.zipRight(runHooks(state.hooks), outcome)
+    return root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
   }
   if (!state.begun) {
-    engine.release(pc, pc.dirty)
+    engine.release(pc, false)
     return committed()
   }
   if (pc.broken || pc.closed) {
@@ -542,12 +779,17 @@ const endSession = <A, E>(
       })
     )
   }
-  // with a unit `timeout`, COMMIT gets what is left of it: no answer by then is an unknown outcome
+  // COMMIT gets what is left of the unit's timeout, else the engine's commitTimeout: no answer by then is an
+  // unknown outcome
   const timeoutMs =
     state.options.timeout === undefined ? undefined : Duration.toMillis(Duration.decode(state.options.timeout))
-  const commitDeadline = timeoutMs === undefined ? undefined : Math.max(50, state.startedAt + timeoutMs - Date.now())
-  return Effect.async<any, any>((resume) => {
-    engine.startCommand(
+  const commitDeadline =
+    timeoutMs === undefined || !Number.isFinite(timeoutMs)
+      ? engine.commitTimeoutMs
+      : Math.max(50, state.startedAt + timeoutMs - Date.now())
+  let command: Command | undefined
+  const commit = Effect.async<any, any>((resume) => {
+    command = engine.startCommand(
       pc,
       "query",
       "COMMIT",
@@ -555,17 +797,22 @@ const endSession = <A, E>(
       false,
       (e) => {
         if (e === undefined) {
-          engine.release(pc, pc.dirty)
+          engine.release(pc, false)
           return resume(committed())
         }
         if (e._tag === "ConnectionLost" || pc.broken) {
           engine.release(pc, false, "broken")
+          metrics.unknownOutcomes.unsafeUpdate(1, engine.labels)
           return resume(
-            Effect.fail(
-              new SessionError.CommitOutcomeUnknown({
-                cause: e,
-                message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — check with an idempotency key`
-              })
+            keys.resolveUnknown(
+              state,
+              e,
+              committed,
+              () =>
+                new SessionError.CommitOutcomeUnknown({
+                  cause: e,
+                  message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — give the unit a key (Session.transact(unit, { key })) to make it safe to retry and to ask Session.outcome(key)`
+                })
             )
           )
         }
@@ -583,23 +830,47 @@ const endSession = <A, E>(
           )
         )
       },
-      commitDeadline
+      commitDeadline,
+      true
     )
+    // interrupted while COMMIT is in flight: stop waiting at once; the outcome is unknown
+    return Effect.sync(() => {
+      if (command !== undefined && !command.settled) {
+        metrics.unknownOutcomes.unsafeUpdate(1, engine.labels)
+        engine.pool.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")
+      }
+    })
   })
+  return Effect.onInterrupt(Effect.interruptible(commit), () =>
+    Effect.sync(() => {
+      // interrupted before COMMIT was sent: nothing is committed; the pool rolls the connection back
+      if (command === undefined) engine.release(pc, true)
+    })
+  )
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// savepoints (nested units)
+// ---------------------------------------------------------------------------------------------------------------
 
 /** @internal */
 export interface OpenSavepoint {
   readonly parent: Frame
   readonly child: Frame
   readonly name: string
+  /** `SessionState.epoch` when it was made: a savepoint does not outlive an implicit commit. */
+  readonly epoch: number
 }
+
+const noChecks: Checked = { lockWaitSeconds: undefined, statementTimeMs: undefined, timeoutMs: undefined }
 
 /** Takes the parent frame (siblings wait), then SAVEPOINT. Call inside `uninterruptibleMask`. @internal */
 export const openSavepoint = (
   parent: Frame,
   restore: Restore,
-  fiber: Fiber.RuntimeFiber<any, any>
+  fiber: Fiber.RuntimeFiber<any, any>,
+  options: UnitOptions,
+  checked: Checked
 ): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
   Effect.zipRight(
     // a statement this fiber left running when it was interrupted (see `Frame.exec`): stop it first
@@ -608,29 +879,29 @@ export const openSavepoint = (
       : parent.lock.acquire(restore),
     Effect.suspend(() => {
       const state = parent.state
-      if (parent.closed || !state.open) {
+      const bad = parent.check()
+      if (bad !== undefined) {
         parent.lock.unsafeRelease()
-        return Effect.fail(closedError())
-      }
-      if (state.aborted) {
-        parent.lock.unsafeRelease()
-        return Effect.fail(state.aborted)
+        return Effect.fail(bad)
       }
       const name = `sfx_sp_${++state.seq}`
-      const child = new Frame(state.engine, state, parent)
-      return parent.control(`SAVEPOINT ${name}`).pipe(
-        Effect.tapError((e) =>
-          Effect.sync(() => {
-            if (abortsTransaction(e) && state.aborted === undefined) state.aborted = e
-            parent.lock.unsafeRelease()
-          })
-        ),
-        Effect.as({ parent, child, name })
+      const child = new Frame(state.engine, state, parent, nestedWant(state.engine, parent.want, checked))
+      child.rollbackOnly = options.rollbackOnly === true
+      return parent.control(`SAVEPOINT ${name}`, true).pipe(
+        Effect.tapError(() => Effect.sync(() => parent.lock.unsafeRelease())),
+        Effect.map(() => ({ parent, child, name, epoch: state.epoch }))
       )
     })
   )
 
-/** RELEASE on success, ROLLBACK TO on failure, then lets siblings in. @internal */
+/**
+ * RELEASE on success, ROLLBACK TO on failure (or `rollbackOnly`, or a poisoned frame), then lets siblings in. Hooks
+ * of a released savepoint go to its parent; those of a rolled-back one are dropped. A savepoint that an implicit
+ * commit (DDL) ended no longer exists: on success there is nothing to release; on failure what it did since is the
+ * whole open transaction, which is rolled back.
+ *
+ * @internal
+ */
 export const closeSavepoint = (
   sp: OpenSavepoint,
   exit: Exit.Exit<unknown, unknown>
@@ -640,28 +911,32 @@ export const closeSavepoint = (
       // a statement the fiber left running in the savepoint when it was interrupted: stop it first
       sp.child.running !== undefined ? Effect.zipRight(sp.child.reclaim(), sp.child.lock.take) : sp.child.lock.take,
       Effect.suspend(() => {
-        sp.child.closed = true
+        const child = sp.child
+        child.closed = true
         const state = sp.parent.state
-        const end: Effect.Effect<void, SessionError.SessionError> =
-          state.aborted !== undefined
-            ? Exit.isSuccess(exit)
-              ? Effect.fail(state.aborted)
+        const undo = Exit.isFailure(exit) || child.rollbackOnly || child.poisoned !== undefined
+        if (!undo && child.hooks !== undefined) (sp.parent.hooks ??= []).push(...child.hooks)
+        let end: Effect.Effect<void, SessionError.SessionError>
+        if (state.abortError !== undefined) {
+          end = Exit.isSuccess(exit) ? Effect.fail(state.abortError) : Effect.void
+        } else if (state.epoch !== sp.epoch) {
+          end =
+            undo && state.begun
+              ? Effect.tap(sp.parent.control("ROLLBACK", false), () => {
+                  state.begun = false
+                })
               : Effect.void
-            : Exit.isSuccess(exit)
-              ? sp.parent.control(`RELEASE SAVEPOINT ${sp.name}`)
-              : sp.parent.control(`ROLLBACK TO SAVEPOINT ${sp.name}`)
-        return end.pipe(
-          Effect.tapError((e) =>
-            Effect.sync(() => {
-              if (state.aborted === undefined) state.aborted = e
-            })
-          ),
-          Effect.ensuring(
-            Effect.sync(() => {
-              sp.child.lock.unsafeRelease()
-              sp.parent.lock.unsafeRelease()
-            })
-          )
+        } else {
+          end = sp.parent.control(undo ? `ROLLBACK TO SAVEPOINT ${sp.name}` : `RELEASE SAVEPOINT ${sp.name}`, false)
+        }
+        if (child.poisoned !== undefined && Exit.isSuccess(exit))
+          end = Effect.zipRight(end, Effect.fail(child.poisoned))
+        return Effect.ensuring(
+          end,
+          Effect.sync(() => {
+            child.lock.unsafeRelease()
+            sp.parent.lock.unsafeRelease()
+          })
         )
       })
     )
@@ -673,25 +948,58 @@ export const unwrapError = <E>(e: E): E | SessionError.SessionError =>
     ? (e.cause as SessionError.SessionError)
     : e
 
-/** Runs `effect` in a savepoint of `parent`. @internal */
+const withTimeout = <A, E, R>(
+  body: Effect.Effect<A, E, R>,
+  timeoutMs: number | undefined
+): Effect.Effect<A, E | SessionError.TransactionTimeout, R> =>
+  timeoutMs === undefined
+    ? body
+    : Effect.timeoutFail(body, {
+        duration: timeoutMs,
+        onTimeout: () =>
+          new SessionError.TransactionTimeout({
+            message: `the unit of work ran longer than ${Duration.format(Duration.millis(timeoutMs))} and was rolled back`
+          })
+      })
+
+/** Runs `effect` in a savepoint of `parent` (a nested unit with its options). @internal */
 export const savepoint = <A, E, R>(
   parent: Frame,
   effect: Effect.Effect<A, E, R>,
-  fiber: Fiber.RuntimeFiber<any, any>
+  fiber: Fiber.RuntimeFiber<any, any>,
+  options: UnitOptions,
+  checked: Checked
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSavepoint(parent, restore, fiber), (sp) =>
-      Effect.flatMap(Effect.exit(restore(parent.state.provide(effect, sp.child))), (exit) =>
+    Effect.flatMap(openSavepoint(parent, restore, fiber, options, checked), (sp) => {
+      let body: Effect.Effect<A, E | SessionError.SessionError, R> = parent.state.provide(effect, sp.child)
+      if (options.key !== undefined) body = Effect.zipRight(recordKey(options.key), body) as typeof body
+      return Effect.flatMap(Effect.exit(restore(withTimeout(body, checked.timeoutMs))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)
       )
-    )
+    })
   )
 
-/** The open frame of `engine` the fiber is in, if any: a unit started there nests as a savepoint. @internal */
-const openFrameOf = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<any, any>): Frame | undefined => {
+// ---------------------------------------------------------------------------------------------------------------
+// units
+// ---------------------------------------------------------------------------------------------------------------
+
+/** The frame of `engine` in the fiber's context, open or ended. */
+const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<any, any>): Frame | undefined => {
   const f = fiber.currentContext.unsafeMap.get(engine.currentTag.key)
-  return f instanceof Frame && f.state.open && !f.closed ? f : undefined
+  return f instanceof Frame ? f : undefined
 }
+
+/** The first statement of a keyed unit: its key, in its transaction (see `keys.ts`). */
+const recordKey = (key: string): Effect.Effect<void, SessionError.SessionError> =>
+  Effect.withFiberRuntime((fiber) => {
+    const state = fiber.currentContext.unsafeMap.get(SessionTag.key) as SessionState
+    return Effect.asVoid(
+      Effect.mapError(state.frameOf(fiber).exec(fiber, "execute", keys.INSERT, [key], false, true, undefined), (e) =>
+        keys.recordError(key, unwrapError(e) as SessionError.SessionError)
+      )
+    )
+  })
 
 /** @internal */
 export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError> = Schedule.exponential(
@@ -704,26 +1012,68 @@ export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError>
   Schedule.asVoid
 ) as any
 
+/**
+ * Requests (`Effect.request`, `SqlResolver`) made inside a unit run inside it: a batch never gathers requests of
+ * two units, and never runs outside the unit's transaction.
+ */
+const containRequests = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.flatMap(Effect.step(effect), (step: any) =>
+    step._op === "Blocked"
+      ? Effect.zipRight(Effect.runRequestBlock(step.effect_instruction_i0), containRequests(step.effect_instruction_i1))
+      : step
+  )
+
+/** Where the unit was opened, for the long-unit warning: the caller's stack, formatted only if ever needed. */
+const openedAt = (label: string): (() => string) => {
+  const site: { stack?: string } = {}
+  Error.captureStackTrace(site, openedAt)
+  return () => `${label} opened at:\n${(site.stack ?? "").split("\n").slice(2, 12).join("\n")}`
+}
+
+const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<any, any>, label: string): void => {
+  const engine = state.engine
+  if (engine.longUnitThresholdMs <= 0) return
+  const w: Watched = {
+    startedAt: state.startedAt,
+    warned: false,
+    describe: openedAt(label),
+    log: (message) => {
+      const runtime = Runtime.make({
+        context: fiber.currentContext,
+        fiberRefs: fiber.getFiberRefs(),
+        runtimeFlags: Runtime.defaultRuntimeFlags
+      })
+      Runtime.runFork(runtime)(Effect.logWarning(message))
+    }
+  }
+  state.watched = w
+  engine.units.add(w)
+}
+
+const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions, checked: Checked): SessionState =>
+  new SessionState(engine, pc, options, rootWant(engine, options, checked))
+
 const runOnce = <A, E, R>(
   engine: EngineImpl,
   options: UnitOptions,
+  checked: Checked,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(engine.borrow(restore), (pc) =>
       Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
-        const state = newSession(engine, pc, options)
+        const state = newSession(engine, pc, options, checked)
         state.owner = fiber
+        watch(state, fiber, options.name ?? "Session.transact")
         let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
-        if (options.timeout !== undefined) {
-          const d = options.timeout
-          body = Effect.timeoutFail(body, {
-            duration: d,
-            onTimeout: () =>
-              new SessionError.TransactionTimeout({
-                message: `the unit of work ran longer than ${Duration.format(Duration.decode(d))} and was rolled back`
-              })
-          })
+        if (options.key !== undefined) body = Effect.zipRight(recordKey(options.key), body) as typeof body
+        body = containRequests(withTimeout(body, checked.timeoutMs))
+        if (fiber.getFiberRef(FiberRef.currentRequestCacheEnabled)) {
+          // reads cached inside the unit live and die with it
+          const inner = body
+          body = Effect.flatMap(Request.makeCache({ capacity: 65_536, timeToLive: "60 seconds" }), (cache) =>
+            Effect.withRequestCache(inner, cache)
+          )
         }
         // what `Effect.locally(currentContext)` does, without its acquire/use/release: we are uninterruptible here,
         // and both exits below put the outer context back before anything else runs
@@ -758,14 +1108,23 @@ export const transact = <A, E, R>(
   options: UnitOptions
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.withFiberRuntime((fiber) => {
-    const frame = openFrameOf(engine, fiber)
-    if (frame !== undefined && options.propagation !== "new") {
-      return Effect.mapError(savepoint(frame, effect, fiber), unwrapError)
+    const checked = checkOptions(options)
+    if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
+    const frame = frameIn(engine, fiber)
+    if (frame !== undefined) {
+      const contained = frame.state.options.containAll === true
+      if (options.propagation !== "new" || contained) {
+        // a fiber whose unit has ended never starts a fresh one by accident
+        if (frame.closed || !frame.state.open) return Effect.fail(closedError())
+        const refused = refuseNested(frame, options)
+        if (refused !== undefined) return Effect.fail(refused)
+        return Effect.mapError(savepoint(frame, effect, fiber, options, checked), unwrapError)
+      }
     }
     let attempts = 1
     const retrying = options.retry !== undefined && options.retry !== false
     const traced = fiber.currentTracer !== defaultTracer || options.name !== undefined
-    const first = runOnce(engine, options, effect)
+    const first = runOnce(engine, options, checked, effect)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
     const unit = retrying
       ? Effect.catchIf(first, SessionError.isRetryable, () =>
@@ -774,7 +1133,7 @@ export const transact = <A, E, R>(
               // every attempt after the first is a retry
               attempts++
               metrics.retries.unsafeUpdate(1, engine.labels)
-              return runOnce(engine, options, effect)
+              return runOnce(engine, options, checked, effect)
             }),
             {
               schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
@@ -811,10 +1170,20 @@ export const scopedSession = (
   options: UnitOptions
 ): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
   Effect.withFiberRuntime((fiber) => {
-    const frame = openFrameOf(engine, fiber)
-    if (frame !== undefined && options.propagation !== "new") {
+    const checked = checkOptions(options)
+    if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
+    if (options.retry !== undefined && options.retry !== false) {
+      return Effect.fail(
+        invalid("retry", "the Layer spelling cannot re-run the program it provides; use Session.transact")
+      )
+    }
+    const frame = frameIn(engine, fiber)
+    if (frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)) {
+      if (frame.closed || !frame.state.open) return Effect.fail(closedError())
+      const refused = refuseNested(frame, options)
+      if (refused !== undefined) return Effect.fail(refused)
       return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(openSavepoint(frame, restore, fiber), (sp) =>
+        Effect.flatMap(openSavepoint(frame, restore, fiber, options, checked), (sp) =>
           Effect.as(
             // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
             Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
@@ -824,13 +1193,16 @@ export const scopedSession = (
       )
     }
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(openSession(engine, options, restore), (state) => {
+      Effect.flatMap(engine.borrow(restore), (pc) => {
+        const state = newSession(engine, pc, options, checked)
         state.owner = fiber
-        return Effect.as(
+        watch(state, fiber, options.name ?? "Session.layer")
+        const opened = Effect.as(
           // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
           Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
           state.layerContext(state.root)
         )
+        return options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(recordKey(options.key)))
       })
     )
   })

@@ -1,0 +1,125 @@
+/**
+ * Keyed units of work: a unit with a `key` records it in sessionfx's own table inside its transaction, so the key is
+ * committed exactly when the unit is. A second unit with the same key finds it (the primary key refuses it) and is
+ * not applied again; after an unknown COMMIT outcome the key says what happened.
+ */
+import * as Effect from "effect/Effect"
+import * as SessionError from "../SessionError.js"
+import type { EngineImpl } from "./engine.js"
+
+/** @internal */
+export const TABLE = "sessionfx_unit_keys"
+
+/**
+ * The key table. Keys compare byte for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys.
+ *
+ * @internal
+ */
+export const DDL = `CREATE TABLE IF NOT EXISTS ${TABLE} (
+  unit_key VARBINARY(255) NOT NULL PRIMARY KEY,
+  committed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
+) ENGINE = InnoDB`
+
+/** @internal */
+export const INSERT = `INSERT INTO ${TABLE} (unit_key) VALUES (?)`
+
+/** A locking read: it waits for a transaction that has inserted the key and not yet ended. */
+const SELECT = `SELECT 1 AS found FROM ${TABLE} WHERE unit_key = ? LOCK IN SHARE MODE`
+
+/** Why `key` cannot be a unit's key, if it cannot. @internal */
+export const checkKey = (key: unknown): string | undefined => {
+  if (typeof key !== "string" || key.length === 0) return "must be a non-empty string"
+  if (Buffer.byteLength(key, "utf8") > 255) return "must be at most 255 bytes (UTF-8)"
+  return undefined
+}
+
+/** The error of a keyed unit's INSERT, as the user should see it. @internal */
+export const recordError = (key: string, e: SessionError.SessionError): SessionError.SessionError => {
+  if (e._tag === "DuplicateKey") {
+    return new SessionError.AlreadyApplied({
+      key,
+      message: `the unit of work with key ${JSON.stringify(key)} has already been committed; it was not applied again`
+    })
+  }
+  if ((e as { errno?: number }).errno === 1146) {
+    return new SessionError.InvalidOption({
+      option: "key",
+      cause: e,
+      message: `key: the key table ${TABLE} does not exist; create it once with Session.createKeyTable (or the migration in docs/session.md)`
+    })
+  }
+  return e
+}
+
+/** Runs one autocommit statement on a connection of its own. */
+const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unknown>) =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(engine.borrow(restore), (pc) =>
+      Effect.ensuring(
+        restore(engine.run(pc, "query", sql, values, false)),
+        Effect.sync(() => engine.release(pc, false))
+      )
+    )
+  )
+
+/** Whether the key is committed: a locking read, so a transaction still holding it is waited for. @internal */
+export const outcome = (
+  engine: EngineImpl,
+  key: string
+): Effect.Effect<"committed" | "absent", SessionError.SessionError> =>
+  Effect.suspend(() => {
+    const bad = checkKey(key)
+    if (bad !== undefined) return Effect.fail(new SessionError.InvalidOption({ option: "key", message: `key: ${bad}` }))
+    return Effect.map(
+      Effect.mapError(autocommit(engine, SELECT, [key]), (e) => recordError(key, e)),
+      (rows) => (Array.isArray(rows) && rows.length > 0 ? "committed" : "absent")
+    )
+  })
+
+/** Creates the key table if it does not exist. @internal */
+export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
+  Effect.asVoid(autocommit(engine, DDL, []))
+
+/** KILL CONNECTION: the lost connection's transaction is ended on the server (committed or rolled back) for good. */
+const killConnection = (engine: EngineImpl, threadId: number): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    engine.killConnection(threadId, () => resume(Effect.void))
+  })
+
+/**
+ * After a keyed unit lost its connection during COMMIT: make sure the server has ended that transaction, then read
+ * the key. Committed → the unit succeeded (`committed`); absent → nothing was applied and the unit can be retried
+ * (`ConnectionLost`, retryable); no answer within the engine's `commitTimeout` → `unknown`.
+ *
+ * @internal
+ */
+export const resolveUnknown = (
+  state: {
+    readonly engine: EngineImpl
+    readonly options: { readonly key?: string | undefined }
+    readonly pc: { readonly threadId: number }
+  },
+  cause: SessionError.SessionError,
+  committed: () => Effect.Effect<any, any>,
+  unknown: () => SessionError.SessionError
+): Effect.Effect<any, any> => {
+  const key = state.options.key
+  if (key === undefined) return Effect.fail(unknown())
+  const engine = state.engine
+  return killConnection(engine, state.pc.threadId).pipe(
+    Effect.zipRight(outcome(engine, key)),
+    Effect.timeout(engine.commitTimeoutMs),
+    Effect.matchEffect({
+      onFailure: () => Effect.fail(unknown()),
+      onSuccess: (found) =>
+        found === "committed"
+          ? committed()
+          : Effect.fail(
+              new SessionError.ConnectionLost({
+                cause,
+                message: `the connection was lost while COMMIT was in flight; the unit's key ${JSON.stringify(key)} is not committed, so nothing was applied; the unit can be retried`
+              })
+            )
+    })
+  )
+}
