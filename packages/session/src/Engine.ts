@@ -9,7 +9,7 @@ import * as Statement from "@effect/sql/Statement"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
-import * as Duration from "effect/Duration"
+import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
@@ -18,6 +18,7 @@ import type * as Mysql from "mysql2"
 import * as SessionError from "./SessionError.js"
 import { EngineImpl, type Isolation, sessionErrorsAsSqlError } from "./internal/engine.js"
 import { makeCompiler } from "./internal/compiler.js"
+import * as Options from "./internal/options.js"
 import { makeClient } from "./internal/statement.js"
 import { describeCause, hardClose } from "./internal/pool.js"
 import * as internalSession from "./internal/session.js"
@@ -131,6 +132,8 @@ export declare namespace Engine {
 }
 
 interface Target {
+  /** The url had more than one `@`: a password with an unencoded `@` (or `/`, `?`, `#`) is the usual cause. */
+  readonly ambiguousUserinfo: boolean
   readonly host: string
   readonly port: number
   readonly database: string | undefined
@@ -140,24 +143,29 @@ interface Target {
   readonly ssl: string | Mysql.SslOptions | undefined
 }
 
-const parseTarget = (options: EngineOptions): Effect.Effect<Target, SessionError.ConnectionError> =>
+const parseTarget = (
+  options: EngineOptions,
+  port: number | undefined
+): Effect.Effect<Target, SessionError.ConnectionError> =>
   Effect.suspend(() => {
     if (options.url !== undefined) {
       const raw = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
+      const ambiguousUserinfo = raw.split("@").length > 2
       let url: URL
       try {
         url = new URL(raw)
       } catch {
         return Effect.fail(
           new SessionError.ConnectionError({
-            message:
-              "the Engine url is not a valid URL; expected mysql://user:password@host:3306/database (the value is not shown because it may contain a password)"
+            retryable: false,
+            message: `the Engine url is not a valid URL; expected mysql://user:password@host:3306/database (the value is not shown because it may contain a password)${ambiguousUserinfo ? encodeHint : ""}`
           })
         )
       }
       if (url.protocol !== "mysql:" && url.protocol !== "mariadb:") {
         return Effect.fail(
           new SessionError.ConnectionError({
+            retryable: false,
             message: `the Engine url has scheme "${url.protocol}"; expected mysql://user:password@host:3306/database`
           })
         )
@@ -167,6 +175,7 @@ const parseTarget = (options: EngineOptions): Effect.Effect<Target, SessionError
       const ssl: string | Mysql.SslOptions | undefined =
         options.ssl ?? (sslParam === null || sslParam === "false" ? undefined : sslParam === "true" ? {} : sslParam)
       return Effect.succeed<Target>({
+        ambiguousUserinfo,
         host: url.hostname === "" ? "localhost" : url.hostname.replace(/^\[|\]$/g, ""),
         port,
         database: url.pathname.length > 1 ? decodeURIComponent(url.pathname.slice(1)) : options.database,
@@ -177,8 +186,9 @@ const parseTarget = (options: EngineOptions): Effect.Effect<Target, SessionError
       })
     }
     return Effect.succeed<Target>({
+      ambiguousUserinfo: false,
       host: options.host ?? "localhost",
-      port: options.port ?? 3306,
+      port: port ?? 3306,
       database: options.database,
       user: options.username,
       password: options.password,
@@ -187,8 +197,8 @@ const parseTarget = (options: EngineOptions): Effect.Effect<Target, SessionError
     })
   })
 
-const millis = (d: Duration.DurationInput | undefined, fallback: number) =>
-  d === undefined ? fallback : Duration.toMillis(Duration.decode(d))
+const encodeHint =
+  "; the url contains more than one '@': percent-encode the password (encodeURIComponent: '@' is %40, '/' is %2F, '#' is %23)"
 
 const describeTarget = (t: Target) =>
   `mysql://${t.user ?? ""}@${t.socketPath ? `[socket ${t.socketPath}]` : `${t.host}:${t.port}`}/${t.database ?? ""}`
@@ -202,12 +212,16 @@ const describeTarget = (t: Target) =>
  */
 export const make = (
   options: EngineOptions
-): Effect.Effect<Engine.Service, SessionError.ConnectionError, Scope.Scope | Reactivity.Reactivity> =>
+): Effect.Effect<
+  Engine.Service,
+  SessionError.ConnectionError | SessionError.InvalidOption,
+  Scope.Scope | Reactivity.Reactivity
+> =>
   Effect.gen(function* () {
-    const target = yield* parseTarget(options)
+    const checked = yield* Options.check(options)
+    const target = yield* parseTarget(options, checked.port)
     const describe = describeTarget(target)
-    const connectTimeoutMs = millis(options.connectTimeout, 10_000)
-    const size = Math.max(1, options.pool?.size ?? 10)
+    const connectTimeoutMs = checked.connectTimeoutMs
     const compiler = makeCompiler(options.transformQueryNames)
     const connection: Mysql.ConnectionOptions = {
       host: target.host,
@@ -227,20 +241,19 @@ export const make = (
       connection,
       describe,
       pool: {
-        size,
-        minIdle: Math.min(size, Math.max(0, options.pool?.minIdle ?? size)),
-        acquireTimeoutMs: millis(options.pool?.acquireTimeout, 10_000),
-        idleTimeoutMs: millis(options.pool?.idleTimeout, 600_000),
-        maxLifetimeMs: millis(options.pool?.maxLifetime, 1_800_000),
-        validateAfterIdleMs: millis(options.pool?.validateAfterIdle, 30_000),
-        queueLimit: options.pool?.queueLimit ?? 0
+        size: checked.size,
+        minIdle: checked.minIdle,
+        acquireTimeoutMs: checked.acquireTimeoutMs,
+        idleTimeoutMs: checked.idleTimeoutMs,
+        maxLifetimeMs: checked.maxLifetimeMs,
+        validateAfterIdleMs: checked.validateAfterIdleMs,
+        queueLimit: checked.queueLimit
       },
-      killGraceMs: millis(options.killGrace, 2_000),
+      killGraceMs: checked.killGraceMs,
       defaults: {
         isolation: options.isolation,
-        lockWaitTimeoutSeconds:
-          options.lockWaitTimeout === undefined ? undefined : millis(options.lockWaitTimeout, 0) / 1000,
-        statementTimeoutMs: options.statementTimeout === undefined ? undefined : millis(options.statementTimeout, 0)
+        lockWaitTimeoutSeconds: checked.lockWaitTimeoutSeconds,
+        statementTimeoutMs: checked.statementTimeoutMs
       },
       spanAttributes: [
         ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
@@ -259,7 +272,7 @@ export const make = (
     const fail = (cause: unknown) =>
       new SessionError.ConnectionError({
         cause,
-        message: `cannot connect to ${describe}: ${describeCause(cause)}`
+        message: `cannot connect to ${describe}: ${describeCause(cause)}${target.ambiguousUserinfo ? encodeHint : ""}`
       })
     const version = yield* Effect.async<string, SessionError.ConnectionError>((resume) => {
       let conn: Mysql.Connection | undefined
@@ -297,7 +310,7 @@ export const make = (
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {
-        const drained = yield* impl.pool.drain(millis(options.shutdownTimeout, 30_000))
+        const drained = yield* impl.pool.drain(checked.shutdownTimeoutMs)
         if (!drained) {
           yield* Effect.logWarning(
             `sessionfx: ${impl.pool.inUse} connection(s) to ${describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
@@ -338,7 +351,9 @@ export const make = (
  * @since 0.1.0
  * @category layers
  */
-export const layer = (options: EngineOptions): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError> =>
+export const layer = (
+  options: EngineOptions
+): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError | SessionError.InvalidOption> =>
   Layer.scopedContext(
     Effect.map(make(options), (engine) => Context.make(Engine, engine).pipe(Context.add(Client.SqlClient, engine.sql)))
   ).pipe(Layer.provide(Reactivity.layer))
@@ -351,8 +366,10 @@ export const layer = (options: EngineOptions): Layer.Layer<Engine | Client.SqlCl
  */
 export const layerConfig = (
   config: Config.Config.Wrap<EngineOptions>
-): Layer.Layer<Engine | Client.SqlClient, SessionError.ConnectionError | ConfigError.ConfigError> =>
-  Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
+): Layer.Layer<
+  Engine | Client.SqlClient,
+  SessionError.ConnectionError | SessionError.InvalidOption | ConfigError.ConfigError
+> => Layer.unwrapEffect(Effect.map(Config.unwrap(config), layer))
 
 /**
  * The pool's current figures.
