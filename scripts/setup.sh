@@ -49,4 +49,22 @@ MSG
   fi
 fi
 
+# The cluster tests (test/cluster) run a 3-node Galera cluster: Debian's galera-4 provider, and rsync plus ss or lsof
+# for the state transfer between nodes.
+cluster_missing=""
+[ -e /usr/lib/galera/libgalera_smm.so ] || cluster_missing="galera-4"
+command -v rsync >/dev/null 2>&1 || cluster_missing="$cluster_missing rsync"
+command -v ss >/dev/null 2>&1 || command -v lsof >/dev/null 2>&1 || cluster_missing="$cluster_missing iproute2"
+if [ -n "$cluster_missing" ]; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing ${cluster_missing# } for the Galera tests"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    apt-get install -y -qq $cluster_missing >/dev/null
+  else
+    echo "setup: the Galera tests need: sudo apt-get install -y ${cluster_missing# }" >&2
+  fi
+fi
+
 pnpm install --frozen-lockfile --reporter=append-only 2>&1 | tail -n 3

@@ -4,7 +4,7 @@ export default defineProject({
   test: {
     name: "integration",
     include: ["**/*.test.ts"],
-    exclude: ["node_modules/**"],
+    exclude: ["node_modules/**", "cluster/**"],
     testTimeout: 120_000,
     hookTimeout: 120_000
   }

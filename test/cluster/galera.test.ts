@@ -1,0 +1,180 @@
+import { assert, layer } from "@effect/vitest"
+import * as SessionError from "@sessionfx/session/SessionError"
+import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
+import * as Effect from "effect/Effect"
+import type * as Mysql from "mysql2/promise"
+import type { DriverError } from "./support.js"
+import { classify, connect, query, rows } from "./support.js"
+
+const balance = (conn: Mysql.Connection, id: number) =>
+  Effect.map(rows<{ readonly v: number }>(conn, "SELECT v FROM counters WHERE id = ?", [id]), (r) => r[0]?.v)
+
+/** A connection whose reads wait until the node has applied everything the cluster committed before them. */
+const causalConnection = (node: MysqlCluster.GaleraNode) =>
+  Effect.tap(connect(node.url), (conn) => query(conn, "SET SESSION wsrep_sync_wait = 1"))
+
+/** One unit of work: add `amount`, retried (a new transaction each time) while the failure is retryable. */
+const increment = (conn: Mysql.Connection, id: number, amount: number, retries: { count: number }) =>
+  Effect.gen(function* () {
+    yield* query(conn, "BEGIN")
+    yield* query(conn, "UPDATE counters SET v = v + ? WHERE id = ?", [amount, id])
+    yield* query(conn, "COMMIT")
+  }).pipe(
+    Effect.tapError(() => Effect.ignore(query(conn, "ROLLBACK"))),
+    Effect.retry({
+      while: (e: DriverError) => {
+        const retryable = SessionError.isRetryable(classify(e))
+        if (retryable) retries.count++
+        return retryable
+      },
+      times: 50
+    })
+  )
+
+layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "200 seconds", excludeTestServices: true })(
+  "Galera, 3 nodes",
+  (it) => {
+    it.scoped("the three nodes form one primary component, each synced and ready", () =>
+      Effect.gen(function* () {
+        const { nodes } = yield* MysqlCluster.GaleraCluster
+        assert.strictEqual(nodes.length, 3)
+        const uuids = new Set<string>()
+        for (const node of nodes) {
+          const status = yield* node.status
+          assert.deepStrictEqual(
+            { ready: status.ready, size: status.clusterSize, cluster: status.clusterStatus, state: status.state },
+            { ready: true, size: 3, cluster: "Primary", state: "Synced" }
+          )
+          const conn = yield* connect(node.url)
+          const [row] = yield* rows<{ readonly Value: string }>(
+            conn,
+            "SHOW GLOBAL STATUS LIKE 'wsrep_cluster_state_uuid'"
+          )
+          uuids.add(String(row?.Value))
+        }
+        assert.strictEqual(uuids.size, 1, `one cluster: ${[...uuids].join(", ")}`)
+      })
+    )
+
+    it.scoped("a write committed on node 1 is read on node 3 (a causal read: wsrep_sync_wait = 1)", () =>
+      Effect.gen(function* () {
+        const { nodes } = yield* MysqlCluster.GaleraCluster
+        const n1 = yield* connect(nodes[0]!.url)
+        yield* query(n1, "CREATE TABLE counters (id INT PRIMARY KEY, v BIGINT NOT NULL)")
+        yield* query(n1, "INSERT INTO counters VALUES (1, 0), (2, 0), (3, 0)")
+        const n3 = yield* causalConnection(nodes[2]!)
+        for (let i = 1; i <= 20; i++) {
+          yield* query(n1, "UPDATE counters SET v = ? WHERE id = 1", [i])
+          assert.strictEqual(yield* balance(n3, 1), i)
+        }
+      })
+    )
+
+    it.scoped(
+      "two nodes update the same row: the second COMMIT fails with 1213 (Deadlock, retryable), nothing of it applied",
+      () =>
+        Effect.gen(function* () {
+          const { nodes } = yield* MysqlCluster.GaleraCluster
+          const a = yield* causalConnection(nodes[0]!)
+          const b = yield* causalConnection(nodes[1]!)
+          const before = (yield* balance(a, 2))!
+          yield* query(a, "BEGIN")
+          yield* query(b, "BEGIN")
+          yield* query(a, "UPDATE counters SET v = v + 1 WHERE id = 2")
+          // no lock conflict on node 2: the row is locked only on node 1, so b's statement succeeds
+          yield* query(b, "UPDATE counters SET v = v + 10 WHERE id = 2")
+          yield* query(a, "COMMIT")
+          const failed = yield* Effect.flip(query(b, "COMMIT"))
+          assert.strictEqual(failed.errno, 1213, failed.message)
+          const classified = classify(failed)
+          assert.strictEqual(classified._tag, "Deadlock")
+          assert.isTrue(SessionError.isRetryable(classified))
+          // the server ended b's transaction; only a's increment is in, on every node
+          const [open] = yield* rows<{ readonly t: number }>(b, "SELECT @@in_transaction AS t")
+          assert.strictEqual(Number(open?.t), 0)
+          for (const node of nodes) {
+            const conn = yield* causalConnection(node)
+            assert.strictEqual(yield* balance(conn, 2), before + 1)
+          }
+          // retried as a new unit, it applies
+          yield* increment(b, 2, 10, { count: 0 })
+          assert.strictEqual(yield* balance(a, 2), before + 11)
+        })
+    )
+
+    it.scoped("concurrent increments through all three nodes converge when conflicts are retried", () =>
+      Effect.gen(function* () {
+        const { nodes } = yield* MysqlCluster.GaleraCluster
+        const conns = yield* Effect.forEach(nodes, causalConnection)
+        const before = (yield* balance(conns[0]!, 3))!
+        const retries = { count: 0 }
+        const perNode = 15
+        yield* Effect.forEach(conns, (conn) => Effect.repeatN(increment(conn, 3, 1, retries), perNode - 1), {
+          concurrency: "unbounded",
+          discard: true
+        })
+        for (const conn of conns) {
+          assert.strictEqual(yield* balance(conn, 3), before + 3 * perNode)
+        }
+        console.log(`galera: ${3 * perNode} increments from 3 nodes, ${retries.count} retried conflicts`)
+      })
+    )
+
+    it.scoped("a node cut off from the cluster answers 1047 (retryable) until it is back", () =>
+      Effect.gen(function* () {
+        const { nodes, waitForClusterSize } = yield* MysqlCluster.GaleraCluster
+        const node = nodes[2]!
+        const conn = yield* connect(node.url)
+        const admin = yield* connect(node.admin.url)
+        yield* query(conn, "BEGIN")
+        yield* query(conn, "UPDATE counters SET v = v + 100 WHERE id = 1")
+        yield* query(admin, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=1'")
+        yield* Effect.addFinalizer(() =>
+          Effect.ignore(query(admin, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'"))
+        )
+        yield* waitForClusterSize(2, "60 seconds")
+        const status = yield* node.status
+        assert.isFalse(status.ready)
+        assert.strictEqual(status.clusterStatus, "non-Primary")
+        const refused = yield* Effect.flip(query(conn, "COMMIT"))
+        assert.strictEqual(refused.errno, 1047, refused.message)
+        assert.match(refused.message, /WSREP has not yet prepared node/)
+        const classified = classify(refused)
+        assert.strictEqual(classified._tag, "SerializationFailure")
+        assert.isTrue(SessionError.isRetryable(classified))
+        assert.strictEqual((yield* Effect.flip(query(conn, "SELECT v FROM counters"))).errno, 1047)
+        yield* query(admin, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
+        yield* node.waitReady("60 seconds")
+        yield* waitForClusterSize(3, "60 seconds")
+        // the refused COMMIT applied nothing anywhere
+        const n1 = yield* causalConnection(nodes[0]!)
+        const [row] = yield* rows<{ readonly v: number }>(n1, "SELECT v FROM counters WHERE id = 1")
+        const back = yield* causalConnection(node)
+        assert.strictEqual(yield* balance(back, 1), row?.v)
+        assert.isBelow(Number(row?.v), 100)
+      })
+    )
+
+    it.scoped("a killed node leaves the cluster (size 2), the others keep writing, and it rejoins after restart", () =>
+      Effect.gen(function* () {
+        const { nodes, waitForClusterSize } = yield* MysqlCluster.GaleraCluster
+        const victim = nodes[1]!
+        yield* victim.kill
+        yield* waitForClusterSize(2, "60 seconds")
+        const n1 = yield* causalConnection(nodes[0]!)
+        yield* query(n1, "UPDATE counters SET v = 4242 WHERE id = 1")
+        const n3 = yield* causalConnection(nodes[2]!)
+        assert.strictEqual(yield* balance(n3, 1), 4242)
+        yield* victim.start
+        yield* waitForClusterSize(3, "60 seconds")
+        const status = yield* victim.status
+        assert.isTrue(status.ready)
+        assert.strictEqual(status.state, "Synced")
+        const back = yield* causalConnection(victim)
+        assert.strictEqual(yield* balance(back, 1), 4242, "the writes made while it was down reached it")
+        yield* query(back, "UPDATE counters SET v = 4343 WHERE id = 1")
+        assert.strictEqual(yield* balance(n3, 1), 4343)
+      })
+    )
+  }
+)
