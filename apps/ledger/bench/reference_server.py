@@ -49,10 +49,12 @@ def to_int(value, name, positive=True):
 
 
 def transfer_json(row):
-    src, dst = row["src"], row["dst"]
+    src, dst, key = row["src"], row["dst"], row["idempotency_key"]
+    if isinstance(key, bytes):
+        key = key.decode("utf-8")
     kind = "deposit" if src is None else "withdrawal" if dst is None else "transfer"
     return {"id": row["id"], "kind": kind, "from": src, "to": dst, "amount": money(row["amount"]),
-            "idempotencyKey": row["idempotency_key"]}
+            "idempotencyKey": key}
 
 
 class Ledger:
@@ -99,7 +101,7 @@ class Ledger:
             prior = s.execute(text("SELECT id, src, dst, amount, idempotency_key FROM transfers "
                                    "WHERE idempotency_key = :k"), {"k": key}).mappings().first()
             if prior is not None:
-                if (prior["src"], prior["dst"], prior["amount"]) == (src, dst, amount):
+                if (prior["src"], prior["dst"], prior["amount"]) == (src, dst, amount):  # key compared as bytes
                     return transfer_json(prior)
                 raise Refused("idempotency_conflict", "this idempotency key was already used for a different request",
                               idempotencyKey=key)

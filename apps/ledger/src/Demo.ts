@@ -18,6 +18,10 @@ export interface Options {
   readonly transfers: number
   readonly accounts: number
   readonly seed: number
+  /** Called right before and right after the transfers (not the setup): the benchmark measures CPU between. */
+  readonly onTransfers?: { readonly start: () => void; readonly end: () => void } | undefined
+  /** No progress bar. */
+  readonly quiet?: boolean | undefined
 }
 
 export interface Report {
@@ -107,10 +111,12 @@ export const run = (options: Options): Effect.Effect<Report, Client.ClientClosed
       let refused = 0
       let errors = 0
       const latencies: Array<number> = []
+      options.onTransfers?.start()
       const startedAt = performance.now()
       const tty = process.stderr.isTTY === true
       let lastPrinted = -1
       const progress = Effect.sync(() => {
+        if (options.quiet) return
         const step = Math.floor((finished / options.transfers) * 10)
         if (tty) process.stderr.write(`\r${bar(finished, options.transfers, startedAt)}`)
         else if (step !== lastPrinted) {
@@ -137,10 +143,11 @@ export const run = (options: Options): Effect.Effect<Report, Client.ClientClosed
         })
       const ticker = yield* progress.pipe(Effect.delay("100 millis"), Effect.forever, Effect.fork)
       yield* Effect.forEach(clients, worker, { concurrency: "unbounded", discard: true })
-      yield* progress
-      process.stderr.write(tty ? "\n" : "")
-      yield* Fiber.interrupt(ticker)
       const seconds = (performance.now() - startedAt) / 1000
+      options.onTransfers?.end()
+      yield* progress
+      if (!options.quiet) process.stderr.write(tty ? "\n" : "")
+      yield* Fiber.interrupt(ticker)
       const after = yield* totalOf(admin, ids)
       const retriesAfter = yield* retriesSoFar
       latencies.sort((a, b) => a - b)

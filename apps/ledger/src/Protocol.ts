@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as ParseResult from "effect/ParseResult"
 import type * as Schema from "effect/Schema"
 import { Account, HistoryPage, toWire, Transfer } from "./Domain/Account.js"
-import { errorInfo, InternalError, InvalidRequest, type ProtocolError, UnknownOperation } from "./Domain/Errors.js"
+import { errorInfo, InternalError, invalidRequest, type ProtocolError, unknownOperation } from "./Domain/Errors.js"
 import type { LedgerError } from "./Domain/Errors.js"
 import {
   Batch,
@@ -96,10 +96,10 @@ export const parse = (line: string): Parsed | Response => {
   try {
     value = JSON.parse(line)
   } catch {
-    return failure(null, new InvalidRequest({ message: "malformed JSON: send one JSON object per line" }))
+    return failure(null, invalidRequest("malformed JSON: send one JSON object per line"))
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return failure(null, new InvalidRequest({ message: "a request must be a JSON object with an `op` field" }))
+    return failure(null, invalidRequest("a request must be a JSON object with an `op` field"))
   }
   const body = value as Record<string, unknown>
   const rawId = body.id
@@ -120,14 +120,14 @@ export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Eff
   if (operation === undefined) {
     return failure(
       request.id,
-      new UnknownOperation({
-        op: typeof request.op === "string" ? request.op : null,
-        message: `unknown operation; expected one of: ${operationNames}`
-      })
+      unknownOperation(
+        typeof request.op === "string" ? request.op : null,
+        `unknown operation; expected one of: ${operationNames}`
+      )
     )
   }
   const payload = operation.decode(request.body)
-  if (payload._tag === "Left") return failure(request.id, new InvalidRequest({ message: describe(payload.left) }))
+  if (payload._tag === "Left") return failure(request.id, invalidRequest(describe(payload.left)))
   return Effect.matchEffect(operation.run(ledger, payload.right), {
     onFailure: (e) => Effect.succeed(failure(request.id, e)),
     onSuccess: (result) => {

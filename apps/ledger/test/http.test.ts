@@ -1,27 +1,7 @@
 import { assert, layer } from "@effect/vitest"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
-import { startApp, TOKEN } from "./utils.js"
-
-const http = (baseUrl: string, method: string, path: string, body?: unknown, token: string | null = TOKEN) =>
-  Effect.promise(async () => {
-    const response = await fetch(baseUrl + path, {
-      method,
-      headers: {
-        ...(token === null ? {} : { authorization: `Bearer ${token}` }),
-        ...(body === undefined ? {} : { "content-type": "application/json" })
-      },
-      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) })
-    })
-    const text = await response.text()
-    let json: any = undefined
-    try {
-      json = JSON.parse(text)
-    } catch {
-      json = undefined
-    }
-    return { status: response.status, text, json, type: response.headers.get("content-type") ?? "" }
-  })
+import { http, startApp } from "./utils.js"
 
 layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger HTTP API", (it) => {
   it.scoped("every operation over HTTP, with typed errors and statuses", () =>

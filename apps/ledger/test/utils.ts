@@ -56,3 +56,24 @@ export const countTransfers = (sql: SqlClient.SqlClient, ids: ReadonlyArray<numb
     }>`SELECT COUNT(*) AS n FROM transfers WHERE src IN ${sql.in(ids)} OR dst IN ${sql.in(ids)}`,
     (rows) => Number(rows[0]?.n ?? 0)
   )
+
+/** One HTTP request; the body is parsed as JSON when it is JSON. */
+export const http = (baseUrl: string, method: string, path: string, body?: unknown, token: string | null = TOKEN) =>
+  Effect.promise(async () => {
+    const response = await fetch(baseUrl + path, {
+      method,
+      headers: {
+        ...(token === null ? {} : { authorization: `Bearer ${token}` }),
+        ...(body === undefined ? {} : { "content-type": "application/json" })
+      },
+      ...(body === undefined ? {} : { body: typeof body === "string" ? body : JSON.stringify(body) })
+    })
+    const text = await response.text()
+    let json: any = undefined
+    try {
+      json = JSON.parse(text)
+    } catch {
+      json = undefined
+    }
+    return { status: response.status, text, json, type: response.headers.get("content-type") ?? "" }
+  })

@@ -1,0 +1,310 @@
+/**
+ * The ledger against the reference server (bench/reference_server.py: the seed's design in Python with SQLAlchemy
+ * 1.4 `scoped_session`, a QueuePool of 10, PyMySQL, a thread per connection), both as processes of their own on one
+ * MariaDB, both driven by the ledger's demo client in this process. Runs are interleaved pairs (the order alternates),
+ * figures are medians; CPU is read from /proc (all threads of the server process; the database server's likewise),
+ * between the start and the end of the transfers.
+ *
+ *   pnpm --filter @sessionfx/ledger bench [--reps 5] [--transfers 4000] [--connections 16] [--accounts 32,1000]
+ *                                         [--noop 20000] [--profile <dir>]
+ *
+ * `--noop` also measures a request that never reaches the database (an unknown operation, one connection, one
+ * request at a time). `--profile <dir>` runs the ledger under `node --cpu-prof` and writes its profile there.
+ */
+import { MysqlServer } from "@sessionfx/testing"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Net from "node:net"
+import * as Path from "node:path"
+import * as Client from "./Client.js"
+import * as Demo from "./Demo.js"
+
+const argv = process.argv.slice(2)
+const arg = (name: string, fallback: string) => {
+  const i = argv.indexOf(`--${name}`)
+  return i === -1 ? fallback : argv[i + 1]!
+}
+const reps = Number(arg("reps", "5"))
+const transfers = Number(arg("transfers", "4000"))
+const connections = Number(arg("connections", "16"))
+const accountSets = arg("accounts", "32,1000").split(",").map(Number)
+const noop = Number(arg("noop", "20000"))
+const profileDir = arg("profile", "")
+
+const here = Path.dirname(new URL(import.meta.url).pathname)
+const appDir = Path.resolve(here, "..")
+const TOKEN = "bench-token-0123456789"
+const CLK_TCK = 100
+
+/** CPU seconds of a process, all threads, user + system (clock ticks of /proc/<pid>/stat). */
+const cpuOf = (pid: number): number => {
+  const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+}
+
+const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const s = Net.createServer()
+    s.once("error", reject)
+    s.listen(0, "127.0.0.1", () => {
+      const port = (s.address() as Net.AddressInfo).port
+      s.close(() => resolve(port))
+    })
+  })
+
+const python = () => {
+  for (const candidate of ["/usr/bin/python3", "python3"]) {
+    const r = ChildProcess.spawnSync(candidate, ["-c", "import sqlalchemy, pymysql"], { stdio: "ignore" })
+    if (r.status === 0) return candidate
+  }
+  throw new Error("no python3 with sqlalchemy and pymysql: run scripts/setup.sh (Debian python3-sqlalchemy python3-pymysql)")
+}
+
+interface Server {
+  readonly name: "ledger" | "reference"
+  readonly port: number
+  readonly pid: number
+  readonly stop: () => Promise<void>
+}
+
+/** Starts a server process and waits until its port answers. */
+const start = (name: Server["name"], command: string, args: Array<string>, env: Record<string, string>, port: number) =>
+  Effect.promise(async (): Promise<Server> => {
+    const child = ChildProcess.spawn(command, args, {
+      cwd: appDir,
+      env: { ...process.env, ...env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let log = ""
+    const keep = (d: Buffer) => {
+      log = (log + d.toString()).slice(-4000)
+    }
+    child.stdout!.on("data", keep)
+    child.stderr!.on("data", keep)
+    const deadline = Date.now() + 60_000
+    while (true) {
+      if (child.exitCode !== null) throw new Error(`${name} exited (${child.exitCode}): ${log}`)
+      const up = await new Promise<boolean>((resolve) => {
+        const s = Net.connect({ host: "127.0.0.1", port }, () => {
+          s.destroy()
+          resolve(true)
+        })
+        s.on("error", () => resolve(false))
+      })
+      if (up) break
+      if (Date.now() > deadline) throw new Error(`${name} did not listen on ${port}: ${log}`)
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    const stop = () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve()
+        child.once("exit", () => resolve())
+        child.kill("SIGTERM")
+        setTimeout(() => child.kill("SIGKILL"), 15_000).unref()
+      })
+    return { name, port, pid: child.pid!, stop }
+  })
+
+interface Sample {
+  readonly server: Server["name"]
+  readonly accounts: number
+  readonly perSecond: number
+  readonly p50: number
+  readonly p99: number
+  /** µs of server CPU per request */
+  readonly serverCpu: number
+  /** µs of database CPU per request */
+  readonly dbCpu: number
+  readonly conserved: boolean
+}
+
+const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) =>
+  Effect.gen(function* () {
+    let s0 = 0
+    let d0 = 0
+    let s1 = 0
+    let d1 = 0
+    const report = yield* Demo.run({
+      host: "127.0.0.1",
+      port: server.port,
+      token: TOKEN,
+      connections,
+      transfers,
+      accounts,
+      seed,
+      quiet: true,
+      onTransfers: {
+        start: () => {
+          s0 = cpuOf(server.pid)
+          d0 = cpuOf(dbPid)
+        },
+        end: () => {
+          s1 = cpuOf(server.pid)
+          d1 = cpuOf(dbPid)
+        }
+      }
+    })
+    const sample: Sample = {
+      server: server.name,
+      accounts,
+      perSecond: report.perSecond,
+      p50: report.p50,
+      p99: report.p99,
+      serverCpu: ((s1 - s0) / report.requests) * 1e6,
+      dbCpu: ((d1 - d0) / report.requests) * 1e6,
+      conserved: report.conserved
+    }
+    return sample
+  })
+
+/** Server CPU of a request that never reaches the database: `op` unknown, one connection, one at a time. */
+const runNoop = (server: Server) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const client = yield* Client.connect({ host: "127.0.0.1", port: server.port, token: TOKEN })
+      for (let i = 0; i < 500; i++) yield* client.request({ id: i, op: "no_such_op" })
+      const c0 = cpuOf(server.pid)
+      for (let i = 0; i < noop; i++) {
+        const r = yield* client.request({ id: i, op: "no_such_op" })
+        if (r.error?.code !== "unknown_operation") return yield* Effect.dieMessage(`unexpected: ${JSON.stringify(r)}`)
+      }
+      return ((cpuOf(server.pid) - c0) / noop) * 1e6
+    })
+  )
+
+const median = (xs: ReadonlyArray<number>) => {
+  const s = [...xs].sort((a, b) => a - b)
+  const m = Math.floor(s.length / 2)
+  return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
+}
+
+const fmt = (n: number, digits = 0) => n.toFixed(digits)
+
+const program = Effect.gen(function* () {
+  const py = python()
+  const db = yield* MysqlServer.make()
+  const dbPid = db.pid._tag === "Some" ? db.pid.value : undefined
+  if (dbPid === undefined) return yield* Effect.dieMessage("the benchmark needs an embedded database (unset MYSQL_URL)")
+  const url = Redacted.value(db.url)
+  const [ledgerPort, ledgerHttp, refPort] = yield* Effect.promise(() => Promise.all([freePort(), freePort(), freePort()]))
+  const nodeArgs = [
+    ...(profileDir === "" ? [] : ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`]),
+    "--import",
+    "tsx",
+    "src/main.ts",
+    "serve"
+  ]
+  const ledger = yield* Effect.acquireRelease(
+    start(
+      "ledger",
+      process.execPath,
+      nodeArgs,
+      {
+        DATABASE_URL: url,
+        LEDGER_TOKEN: TOKEN,
+        LEDGER_TCP_PORT: String(ledgerPort),
+        LEDGER_HTTP_PORT: String(ledgerHttp),
+        LEDGER_POOL_SIZE: "10",
+        LEDGER_LOG_LEVEL: "WARN",
+        LEDGER_MAX_CONNECTIONS: "1024"
+      },
+      ledgerPort
+    ),
+    (s) => Effect.promise(s.stop)
+  )
+  // the ledger's migrations have run: the reference uses the same tables
+  const reference = yield* Effect.acquireRelease(
+    start(
+      "reference",
+      py,
+      [
+        "bench/reference_server.py",
+        "--url",
+        url.replace(/^mysql:/, "mysql+pymysql:"),
+        "--port",
+        String(refPort),
+        "--token",
+        TOKEN
+      ],
+      {},
+      refPort
+    ),
+    (s) => Effect.promise(s.stop)
+  )
+  process.stderr.write(
+    `ledger vs reference: ${db.flavor} ${db.version}, ${connections} connections, ${transfers} transfers per run, ` +
+      `${reps} interleaved pairs per account set\n`
+  )
+  // warm-up: JIT, pools, prepared statements
+  for (const server of [ledger, reference]) yield* runDemo(server, dbPid, 32, 1)
+  const samples: Array<Sample> = []
+  for (let rep = 0; rep < reps; rep++) {
+    for (const accounts of accountSets) {
+      const order = rep % 2 === 0 ? [ledger, reference] : [reference, ledger]
+      for (const server of order) {
+        const s = yield* runDemo(server, dbPid, accounts, 100 + rep)
+        samples.push(s)
+        process.stderr.write(
+          `  rep ${rep + 1} ${accounts} accounts ${s.server.padEnd(9)} ${fmt(s.perSecond)}/s  p50 ${fmt(s.p50, 2)} ms  ` +
+            `p99 ${fmt(s.p99, 2)} ms  server ${fmt(s.serverCpu)} µs/req  db ${fmt(s.dbCpu)} µs/req` +
+            (s.conserved ? "" : "  NOT CONSERVED") +
+            "\n"
+        )
+      }
+    }
+  }
+  const noops: Record<Server["name"], Array<number>> = { ledger: [], reference: [] }
+  if (noop > 0) {
+    for (let rep = 0; rep < Math.max(3, Math.min(reps, 5)); rep++) {
+      for (const server of rep % 2 === 0 ? [ledger, reference] : [reference, ledger]) {
+        noops[server.name].push(yield* runNoop(server))
+      }
+    }
+  }
+
+  const lines: Array<string> = []
+  lines.push(
+    `| accounts | server | transfers/s | p50 ms | p99 ms | server CPU µs/req | DB CPU µs/req |`,
+    `| -------: | ------ | ----------: | -----: | -----: | ----------------: | ------------: |`
+  )
+  const ratios: Array<string> = []
+  for (const accounts of accountSets) {
+    const med = (server: Server["name"], f: (s: Sample) => number) =>
+      median(samples.filter((s) => s.server === server && s.accounts === accounts).map(f))
+    for (const server of ["ledger", "reference"] as const) {
+      lines.push(
+        `| ${accounts} | ${server} | ${fmt(med(server, (s) => s.perSecond))} | ${fmt(med(server, (s) => s.p50), 2)} | ` +
+          `${fmt(med(server, (s) => s.p99), 2)} | ${fmt(med(server, (s) => s.serverCpu))} | ${fmt(med(server, (s) => s.dbCpu))} |`
+      )
+    }
+    const r = (f: (s: Sample) => number) => med("ledger", f) / med("reference", f)
+    ratios.push(
+      `${accounts} accounts, ledger / reference: throughput ${fmt(r((s) => s.perSecond), 2)}x, ` +
+        `p50 ${fmt(r((s) => s.p50), 2)}x, p99 ${fmt(r((s) => s.p99), 2)}x, ` +
+        `server CPU per request ${fmt(r((s) => s.serverCpu), 2)}x, database CPU per request ${fmt(r((s) => s.dbCpu), 2)}x`
+    )
+  }
+  lines.push("", ...ratios)
+  if (noop > 0) {
+    lines.push(
+      "",
+      `request that never reaches the database (unknown op, ${noop} sequential requests, median of ${noops.ledger.length}): ` +
+        `ledger ${fmt(median(noops.ledger))} µs CPU, reference ${fmt(median(noops.reference))} µs CPU`
+    )
+  }
+  const conserved = samples.every((s) => s.conserved)
+  lines.push("", `totals conserved in every run: ${conserved ? "yes" : "NO"}`)
+  process.stdout.write(lines.join("\n") + "\n")
+  if (!conserved) return yield* Effect.dieMessage("a run did not conserve the total")
+})
+
+Effect.runPromise(Effect.scoped(program)).then(
+  () => process.exit(0),
+  (e) => {
+    process.stderr.write(`${e}\n`)
+    process.exit(1)
+  }
+)
