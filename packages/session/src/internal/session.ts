@@ -183,9 +183,12 @@ const refuseNested = (frame: Frame, options: UnitOptions): SessionError.InvalidO
         where
     )
   }
+  if (!contained && options.key !== undefined) {
+    return invalid("key", `a key belongs to the outermost unit, whose COMMIT it records; put it there, or ${where}`)
+  }
   if ((options.readOnly === true || options.consistentSnapshot === true) && !state.readOnly) {
     return invalid(
-      "readOnly",
+      options.consistentSnapshot === true ? "consistentSnapshot" : "readOnly",
       `the enclosing transaction is read-write and the server cannot make part of it read-only; ${where}`
     )
   }
@@ -374,6 +377,11 @@ export class Frame extends BaseConnection {
     readonly want: Want
   ) {
     super(engine)
+  }
+
+  /** Inside SessionTest, `reserve` hands out the test's own connection: nothing escapes its rollback. */
+  get containsReserve(): boolean {
+    return this.state.options.containAll === true
   }
 
   check(): SessionError.SessionError | undefined {
@@ -972,8 +980,8 @@ export const savepoint = <A, E, R>(
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(openSavepoint(parent, restore, fiber, options, checked), (sp) => {
-      let body: Effect.Effect<A, E | SessionError.SessionError, R> = parent.state.provide(effect, sp.child)
-      if (options.key !== undefined) body = Effect.zipRight(recordKey(options.key), body) as typeof body
+      const inner = options.key === undefined ? effect : Effect.zipRight(recordKey(options.key), effect)
+      const body: Effect.Effect<A, E | SessionError.SessionError, R> = parent.state.provide(inner, sp.child)
       return Effect.flatMap(Effect.exit(restore(withTimeout(body, checked.timeoutMs))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)
       )

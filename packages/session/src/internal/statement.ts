@@ -19,6 +19,8 @@ import { borrowScoped, type EngineImpl, toSqlError } from "./engine.js"
  * @internal
  */
 export interface StatementTarget {
+  /** Inside `@sessionfx/testing`'s SessionTest: `reserve` hands out this connection instead of a pooled one. */
+  readonly containsReserve?: boolean | undefined
   exec(
     fiber: Fiber.RuntimeFiber<any, any> | undefined,
     method: "query" | "execute",
@@ -61,11 +63,18 @@ interface Core {
   readonly resolve: Resolve
   readonly slow: Statement.Constructor
   readonly transformRows: Transform
+  /** A `@effect/sql` statement constructor whose statements run on `origin` when the running fiber has no unit. */
+  readonly slowFor: (origin: StatementTarget & Connection) => Statement.Constructor
 }
+
+/** Effect's current-fiber slot: the fiber whose code is building a statement. */
+const currentFiber = (): Fiber.RuntimeFiber<any, any> | undefined =>
+  (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<any, any> })["effect/FiberCurrent"]
 
 const runIn = (
   fiber: Fiber.RuntimeFiber<any, any>,
   core: Core,
+  origin: (StatementTarget & Connection) | undefined,
   text: string,
   params: ReadonlyArray<unknown>,
   method: "query" | "execute",
@@ -74,7 +83,9 @@ const runIn = (
   transform: Transform,
   operation: string
 ): Effect.Effect<any, SqlError> => {
-  const target = core.resolve(fiber)
+  // a statement built inside a unit and run by a fiber outside any unit still belongs to that unit (and fails with
+  // SessionClosed once it has ended): it never runs in autocommit by accident
+  const target = core.resolve(fiber) ?? origin
   const effect: Effect.Effect<any, SqlError> =
     target !== undefined
       ? target.exec(fiber, method, text, params, rowsAsArray, raw, transform as any)
@@ -122,7 +133,8 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
   constructor(
     readonly strings: TemplateStringsArray,
     readonly args: ReadonlyArray<unknown>,
-    readonly core: Core
+    readonly core: Core,
+    readonly origin: (StatementTarget & Connection) | undefined
   ) {
     super()
   }
@@ -130,7 +142,8 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     return identity as any
   }
   private slow(): Statement.Statement<A> {
-    return (this._slow ??= (this.core.slow as any)(this.strings, ...this.args))
+    const make = this.origin === undefined ? this.core.slow : this.core.slowFor(this.origin)
+    return (this._slow ??= (make as any)(this.strings, ...this.args))
   }
   get segments() {
     return this.slow().segments
@@ -149,7 +162,18 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     return Effect.withFiberRuntime((fiber) =>
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
         ? fallback(this.slow())
-        : runIn(fiber, this.core, textOf(this.strings), this.args, method, rowsAsArray, raw, transform, operation)
+        : runIn(
+            fiber,
+            this.core,
+            this.origin,
+            textOf(this.strings),
+            this.args,
+            method,
+            rowsAsArray,
+            raw,
+            transform,
+            operation
+          )
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
@@ -193,15 +217,34 @@ export const makeClient = (
     const target = resolve(fiber)
     return target !== undefined ? Effect.succeed(target as Connection) : borrowScoped(engine)
   })
+  const acquirerFor = (origin: StatementTarget & Connection): Connection.Acquirer =>
+    Effect.withFiberRuntime((fiber) => Effect.succeed((resolve(fiber) ?? origin) as Connection))
+  const reserve: Effect.Effect<Connection, SqlError, Scope.Scope> = Effect.withFiberRuntime((fiber) => {
+    const target = resolve(fiber)
+    return target !== undefined && target.containsReserve === true
+      ? Effect.succeed(target as Connection)
+      : borrowScoped(engine)
+  })
   const build = (transformRows: Transform, compiler: Statement.Compiler): Client.SqlClient => {
     const slow = Statement.make(acquirer, compiler, engine.options.spanAttributes, transformRows)
-    const core: Core = { engine, resolve, slow, transformRows }
+    const slowByOrigin = new WeakMap<object, Statement.Constructor>()
+    const slowFor = (origin: StatementTarget & Connection): Statement.Constructor => {
+      let c = slowByOrigin.get(origin)
+      if (c === undefined) {
+        c = Statement.make(acquirerFor(origin), compiler, engine.options.spanAttributes, transformRows)
+        slowByOrigin.set(origin, c)
+      }
+      return c
+    }
+    const core: Core = { engine, resolve, slow, transformRows, slowFor }
     const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
+      const fiber = currentFiber()
+      const origin = fiber === undefined ? undefined : resolve(fiber)
       if (Array.isArray(strings) && "raw" in strings) {
         for (let i = 0; i < args.length; i++) {
-          if (!isPlain(args[i])) return (slow as any)(strings, ...args)
+          if (!isPlain(args[i])) return ((origin === undefined ? slow : slowFor(origin)) as any)(strings, ...args)
         }
-        return new FastStatement(strings as unknown as TemplateStringsArray, args, core)
+        return new FastStatement(strings as unknown as TemplateStringsArray, args, core, origin)
       }
       return (slow as any)(strings, ...args)
     }
@@ -209,7 +252,7 @@ export const makeClient = (
       [Client.TypeId]: Client.TypeId,
       safe: undefined as any,
       withTransaction,
-      reserve: borrowScoped(engine),
+      reserve,
       withoutTransforms: (): Client.SqlClient =>
         transformRows === undefined ? client : build(undefined, compiler.withoutTransform),
       reactive: <A, E, R>(
