@@ -4,7 +4,7 @@ import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
 import * as Effect from "effect/Effect"
 import type * as Mysql from "mysql2/promise"
 import type { DriverError } from "./support.js"
-import { classify, connect, query, rows } from "./support.js"
+import { classify, connect, gtidOf, query, rows } from "./support.js"
 
 const balance = (conn: Mysql.Connection, id: number) =>
   Effect.map(rows<{ readonly v: number }>(conn, "SELECT v FROM counters WHERE id = ?", [id]), (r) => r[0]?.v)
@@ -68,6 +68,34 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "200 seconds", excludeT
           assert.strictEqual(yield* balance(n3, 1), i)
         }
       })
+    )
+
+    it.scoped(
+      "a commit's OK packet carries its cluster-wide GTID; WSREP_SYNC_WAIT_UPTO_GTID on another node waits for it",
+      () =>
+        Effect.gen(function* () {
+          const { nodes } = yield* MysqlCluster.GaleraCluster
+          const n1 = yield* connect(nodes[0]!.url)
+          yield* query(n1, "SET SESSION session_track_system_variables = 'last_gtid'")
+          yield* query(n1, "BEGIN")
+          yield* query(n1, "UPDATE counters SET v = 7 WHERE id = 1")
+          const gtid = gtidOf(yield* query<Mysql.ResultSetHeader>(n1, "COMMIT"))
+          assert.match(String(gtid), /^1-1-\d+$/) // wsrep_gtid_domain_id 1, the cluster's one server_id
+          for (const node of nodes.slice(1)) {
+            const conn = yield* connect(node.url)
+            const [waited] = yield* rows<{ readonly r: unknown }>(conn, "SELECT WSREP_SYNC_WAIT_UPTO_GTID(?, 5) AS r", [
+              gtid
+            ])
+            assert.strictEqual(Number(waited?.r), 1)
+            assert.strictEqual(yield* balance(conn, 1), 7)
+            const [position] = yield* rows<{ readonly pos: string }>(conn, "SELECT @@GLOBAL.gtid_binlog_pos AS pos")
+            assert.include(String(position?.pos), String(gtid), "the same GTID on every node")
+          }
+          // a GTID the cluster has not reached: the wait ends with error 1205 (MASTER_GTID_WAIT returns -1 instead)
+          const n2 = yield* connect(nodes[1]!.url)
+          const timedOut = yield* Effect.flip(query(n2, "SELECT WSREP_SYNC_WAIT_UPTO_GTID('1-1-999999999', 0.2)"))
+          assert.strictEqual(timedOut.errno, 1205, timedOut.message)
+        })
     )
 
     it.scoped(

@@ -147,6 +147,12 @@ export interface GaleraOptions extends ClusterOptions {
   readonly nodes?: number | undefined
   /** The `libgalera_smm.so` to load; by default Debian's (`galera-4`). */
   readonly provider?: string | undefined
+  /**
+   * Cluster-wide GTIDs (`--log-bin --wsrep-gtid-mode=ON`, one `server_id`, `wsrep_gtid_domain_id=1`): a COMMIT's OK
+   * packet carries the transaction's GTID (with `session_track_system_variables='last_gtid'`), the same on every
+   * node, and `WSREP_SYNC_WAIT_UPTO_GTID(gtid, seconds)` on any node waits for it. Default `true`.
+   */
+  readonly gtid?: boolean | undefined
   /** More `wsrep_provider_options` entries (`key=value`), after the defaults. */
   readonly providerOptions?: ReadonlyArray<string> | undefined
 }
