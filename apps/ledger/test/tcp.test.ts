@@ -6,6 +6,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import * as Client from "../src/Client.js"
+import * as Demo from "../src/Demo.js"
 import { countTransfers, startApp, sumBalances, TOKEN } from "./utils.js"
 
 const fund = (client: Client.LineClient, n: number, amount: number) =>
@@ -292,6 +293,26 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       // the server is gone: a new connection is refused
       const refused = yield* Effect.either(app.connect())
       assert.strictEqual(refused._tag, "Left")
+    })
+  )
+
+  it.scoped("the demo client sets up more accounts than one batch holds, against any ledger address", () =>
+    Effect.gen(function* () {
+      const app = yield* startApp()
+      const report = yield* Demo.run({
+        host: app.tcp.host,
+        port: app.tcp.port,
+        token: TOKEN,
+        connections: 4,
+        transfers: 200,
+        accounts: 101,
+        seed: 7,
+        quiet: true
+      })
+      assert.deepStrictEqual([report.requests, report.errors, report.conserved], [200, 0, true])
+      assert.strictEqual(report.before, 101n * 10_000n)
+      const names = yield* app.sql<{ n: number | string }>`SELECT COUNT(*) AS n FROM accounts WHERE name LIKE 'demo-%'`
+      assert.isAtLeast(Number(names[0]!.n), 101)
     })
   )
 })

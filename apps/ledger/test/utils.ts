@@ -8,6 +8,7 @@ import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as App from "../src/App.js"
 import * as Client from "../src/Client.js"
 import * as Config from "../src/Config.js"
@@ -77,3 +78,13 @@ export const http = (baseUrl: string, method: string, path: string, body?: unkno
     }
     return { status: response.status, text, json, type: response.headers.get("content-type") ?? "" }
   })
+
+/**
+ * Polls a condition about state outside this process's fibers (sockets the server closed, a database process coming
+ * back) until it holds: every 20 ms, for at most `times` tries.
+ */
+export const until = (check: Effect.Effect<boolean>, times = 500) =>
+  Effect.flatMap(check, (ok) => (ok ? Effect.void : Effect.fail("not yet"))).pipe(
+    Effect.retry({ schedule: Schedule.spaced("20 millis"), times }),
+    Effect.orDie
+  )
