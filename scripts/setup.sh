@@ -67,4 +67,17 @@ if [ -n "$cluster_missing" ]; then
   fi
 fi
 
+# The ledger benchmark's reference server (apps/ledger/bench/reference_server.py) is Python 3 with Debian's
+# SQLAlchemy 1.4 and PyMySQL.
+if ! /usr/bin/python3 -c "import sqlalchemy, pymysql" >/dev/null 2>&1 && ! python3 -c "import sqlalchemy, pymysql" >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: installing python3-sqlalchemy and python3-pymysql for the ledger benchmark"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq python3-sqlalchemy python3-pymysql >/dev/null
+  else
+    echo "setup: the ledger benchmark needs: sudo apt-get install -y python3-sqlalchemy python3-pymysql" >&2
+  fi
+fi
+
 pnpm install --frozen-lockfile --reporter=append-only 2>&1 | tail -n 3
