@@ -1,0 +1,396 @@
+/**
+ * `sql…stream`: rows as the server sends them, with backpressure, inside a unit of work (on the frame's connection,
+ * holding the frame for the stream's whole life) and outside one (on a connection borrowed for the stream's life).
+ *
+ * The statement runs through mysql2's event mode (`execute` without a callback: one `result` event per row). Rows
+ * are buffered up to `HIGH_WATER_MARK`; past it the connection's socket is paused, so the server blocks on its
+ * writes and nothing more is read until the consumer pulls. Every pull hands over all buffered rows as one chunk.
+ *
+ * A consumer that stops early (`Stream.take`, interruption, a failure downstream) stops the statement on the server
+ * (`Command.cancel`: KILL QUERY, resent until it lands, the connection destroyed after `killGrace`); the frame is
+ * given back only once the statement has ended, so the next statement of the unit finds a connection that is idle.
+ * A killed SELECT is a statement-level event: the transaction goes on.
+ *
+ * @internal
+ */
+import type { SqlError } from "@effect/sql/SqlError"
+import * as Chunk from "effect/Chunk"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as SessionError from "../SessionError.js"
+import {
+  Command,
+  type EngineImpl,
+  interruptedError,
+  maybeUnflagged,
+  STATUS,
+  toSqlError,
+  trackEofStatus
+} from "./engine.js"
+import type { PooledConn } from "./pool.js"
+import type { Frame } from "./session.js"
+import { bindValues } from "./values.js"
+
+type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+
+/** Rows buffered before the socket is paused (plus at most what one read of the socket carried). */
+export const HIGH_WATER_MARK = 2048
+
+/** SERVER_STATUS_IN_TRANS */
+const IN_TRANS = 0x1
+
+/** Where a stream runs: a unit's frame, or a connection of its own in autocommit. */
+interface Target {
+  readonly engine: EngineImpl
+  readonly pc: PooledConn
+  /** Whether the statement may run now (a closed or aborted session says why not). */
+  check(): SessionError.SessionError | undefined
+  /** What precedes the statement (settings, START TRANSACTION), then `next`; `track` sees each command. */
+  prepareThen(
+    next: () => void,
+    fail: (e: SessionError.SessionError) => void,
+    track: (c: Command | undefined) => void
+  ): void
+  /** The statement failed on the server: learn what that did to the transaction, then `done`. */
+  afterFailure(err: SessionError.SessionError, done: () => void): void
+  /** The statement ended normally. */
+  afterSuccess(command: Command): void
+}
+
+const lostError = (pc: PooledConn) =>
+  Object.assign(new Error(`connection ${pc.threadId} was lost while a stream was being read`), {
+    code: "PROTOCOL_CONNECTION_LOST",
+    fatal: true
+  })
+
+/**
+ * One streamed statement: its rows, its command, and the state shared by the driver's events and the consumer.
+ * Every transition is synchronous (driver callbacks, or the consumer's fiber), so no two run at once.
+ */
+class Reader {
+  /** Rows read and not yet pulled. */
+  private rows: Array<any> = []
+  /** The socket is paused because `rows` reached the high-water mark. */
+  private paused = false
+  /** The consumer is gone: rows are dropped and the statement is stopped. */
+  private stopping = false
+  /** Nothing of this stream is in flight any more: the statement ended, failed or never started. */
+  private finished = false
+  private failure: SessionError.SessionError | undefined = undefined
+  /** The command a stop must cancel: the settings SET or START TRANSACTION, then the statement itself. */
+  private inFlight: Command | undefined = undefined
+  /** A pull waiting for rows or the end. */
+  private notify: (() => void) | undefined = undefined
+  private idleWaiters: Array<() => void> = []
+  private detach: (() => void) | undefined = undefined
+
+  constructor(
+    readonly target: Target,
+    readonly sql: string,
+    readonly transform: Transform,
+    readonly highWaterMark: number
+  ) {}
+
+  /**
+   * Checks the target, binds the values (refused before anything is sent), runs what must precede the statement,
+   * and sends the statement. Completes once it is sent; its rows arrive through `pull`. Interrupted, it stops
+   * whatever it had sent.
+   */
+  open(params: ReadonlyArray<unknown>): Effect.Effect<void, SqlError> {
+    return Effect.async<void, SqlError>((resume) => {
+      const fail = (e: SessionError.SessionError) => {
+        this.end(e)
+        resume(Effect.fail(toSqlError(e)))
+      }
+      const bad = this.target.check()
+      if (bad !== undefined) return fail(bad)
+      const bound = bindValues(params)
+      if (bound instanceof SessionError.BindError) return fail(bound)
+      this.target.prepareThen(
+        () => {
+          if (this.stopping) return this.end(undefined)
+          this.start(bound)
+          resume(Effect.void)
+        },
+        fail,
+        (c) => {
+          this.inFlight = c
+        }
+      )
+      return this.stop()
+    })
+  }
+
+  private start(values: ReadonlyArray<unknown>): void {
+    const { engine, pc } = this.target
+    const command = new Command(engine, pc, (err) => this.settled(command, err), false)
+    this.inFlight = command
+    if (pc.closed || pc.broken) return command.callback(lostError(pc), undefined)
+    if (!engine.stateTracking || maybeUnflagged(this.sql)) pc.dirty = true
+    if (pc.kills > 0) {
+      // a KILL for an earlier statement is still in flight: send this one once it has been answered
+      ;(pc.afterKills ??= []).push(() => {
+        if (!command.settled && !command.cancelled) this.send(command, values)
+        else if (!command.settled) command.callback(interruptedError(), undefined)
+      })
+      return
+    }
+    this.send(command, values)
+  }
+
+  private send(command: Command, values: ReadonlyArray<unknown>): void {
+    const pc = this.target.pc
+    if (pc.closed || pc.broken) return command.callback(lostError(pc), undefined)
+    const conn = pc.conn
+    // a destroyed connection settles the command through `pending` (see `ConnPool.destroy`)
+    pc.pending = command.callback
+    command.sent = true
+    ;(conn as any)[STATUS] = undefined
+    // without a callback, mysql2 reports a lost connection on the connection, not on the command
+    const onGone = (e?: unknown) => command.callback(e instanceof Error ? e : lostError(pc), undefined)
+    conn.on("error", onGone)
+    conn.on("end", onGone)
+    this.detach = () => {
+      conn.removeListener("error", onGone)
+      conn.removeListener("end", onGone)
+    }
+    let issued: any
+    try {
+      // values only through the binary protocol; the same prepared statement (mysql2's cache key) as `execute`
+      issued = conn.execute({ sql: this.sql, values: values as Array<any> })
+    } catch (e) {
+      // mysql2 throws on arguments it cannot send
+      return command.callback(e, undefined)
+    }
+    trackEofStatus(issued)
+    issued.on("result", (row: unknown) => this.row(row))
+    issued.once("error", (e: unknown) => command.callback(e, undefined))
+    issued.once("end", () => command.callback(null, undefined))
+  }
+
+  private row(row: unknown): void {
+    if (this.stopping) return
+    this.rows.push(row)
+    if (!this.paused && this.rows.length >= this.highWaterMark) {
+      this.paused = true
+      this.target.pc.conn.pause()
+    }
+    const notify = this.notify
+    if (notify !== undefined) {
+      this.notify = undefined
+      notify()
+    }
+  }
+
+  /** The statement's command settled (`Command` settles exactly once). */
+  private settled(command: Command, err: SessionError.SessionError | undefined): void {
+    if (this.detach !== undefined) {
+      this.detach()
+      this.detach = undefined
+    }
+    if (this.inFlight === command) this.inFlight = undefined
+    const pc = this.target.pc
+    if (this.paused) {
+      this.paused = false
+      if (!pc.closed && !pc.broken) pc.conn.resume()
+    }
+    if (err === undefined) {
+      this.target.afterSuccess(command)
+      return this.end(undefined)
+    }
+    // stopped by its consumer: the KILL's error is the expected end, unless the connection went with it
+    if (this.stopping && !pc.broken && !pc.closed) return this.end(undefined)
+    if (!command.sent) return this.end(err)
+    this.target.afterFailure(err, () => this.end(this.stopping ? undefined : err))
+  }
+
+  private end(err: SessionError.SessionError | undefined): void {
+    if (this.finished) return
+    this.finished = true
+    this.inFlight = undefined
+    this.failure = err
+    const notify = this.notify
+    this.notify = undefined
+    if (notify !== undefined) notify()
+    const waiters = this.idleWaiters
+    this.idleWaiters = []
+    for (const w of waiters) w()
+  }
+
+  /** The buffered rows as one chunk, the end, the failure, or (nothing yet) the next pull. */
+  private take(): Effect.Effect<Chunk.Chunk<any>, Option.Option<SqlError>> {
+    return Effect.suspend(() => {
+      if (this.rows.length > 0) {
+        const out = this.rows
+        this.rows = []
+        if (this.paused) {
+          // rows queued in the driver while paused are parsed now, into the next chunk
+          this.paused = false
+          const pc = this.target.pc
+          if (!pc.closed && !pc.broken) pc.conn.resume()
+        }
+        return Effect.succeed(Chunk.unsafeFromArray(this.transform !== undefined ? this.transform(out) : out))
+      }
+      if (this.finished) {
+        return this.failure === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(toSqlError(this.failure)))
+      }
+      return this.pull()
+    })
+  }
+
+  /**
+   * Waits for rows. The fiber resumes after the driver has parsed the whole socket read that carried the first
+   * row, so a chunk holds every row of that read.
+   */
+  pull(): Effect.Effect<Chunk.Chunk<any>, Option.Option<SqlError>> {
+    return Effect.async<Chunk.Chunk<any>, Option.Option<SqlError>>((resume) => {
+      if (this.rows.length > 0 || this.finished) return resume(this.take())
+      this.notify = () => resume(this.take())
+      return Effect.sync(() => {
+        this.notify = undefined
+      })
+    })
+  }
+
+  stream(): Stream.Stream<any, SqlError> {
+    return Stream.repeatEffectChunkOption(Effect.suspend(() => this.pull()))
+  }
+
+  /** Completes when nothing of this stream is in flight. */
+  private idle(): Effect.Effect<void> {
+    return Effect.async<void>((resume) => {
+      if (this.finished) return resume(Effect.void)
+      this.idleWaiters.push(() => resume(Effect.void))
+    })
+  }
+
+  /**
+   * The consumer is done: drop what is buffered, stop the statement on the server if it is still running
+   * (`Command.cancel`), and complete once nothing of this stream is in flight (a probe after a failure included).
+   */
+  stop(): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      this.stopping = true
+      this.notify = undefined
+      this.rows = []
+      if (this.finished) return Effect.void
+      const pc = this.target.pc
+      if (this.paused) {
+        // the remaining rows and the KILL's answer must be read for the command to end
+        this.paused = false
+        if (!pc.closed && !pc.broken) pc.conn.resume()
+      }
+      const c = this.inFlight
+      return c === undefined || c.settled ? this.idle() : Effect.zipRight(c.cancel(), this.idle())
+    })
+  }
+}
+
+/** The target of a stream inside a unit: its frame. */
+const frameTarget = (frame: Frame): Target => ({
+  engine: frame.state.engine,
+  pc: frame.state.pc,
+  check: () => frame.check(),
+  prepareThen: (next, fail, track) => frame.prepareThen(next, fail, track),
+  afterFailure: (err, done) => frame.afterFailure(err, done, () => undefined),
+  afterSuccess: (command) => {
+    const state = frame.state
+    const status = command.status ?? (state.pc.inTrans ? IN_TRANS : 0)
+    // a statement the server committed on its own (it is not a SELECT): the unit goes on in a new transaction
+    if (state.begun && (status & IN_TRANS) === 0) state.implicitCommit()
+  }
+})
+
+/** The target of a stream outside any unit: autocommit with the engine's default settings. */
+const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
+  engine,
+  pc,
+  check: () => undefined,
+  prepareThen: (next, fail, track) => {
+    const set = engine.settingsSql(pc, engine.defaultWant)
+    if (set === undefined) return next()
+    let c: Command | undefined = undefined
+    c = engine.startCommand(
+      pc,
+      "query",
+      set.sql,
+      undefined,
+      false,
+      (err) => {
+        if (err !== undefined) return fail(err)
+        pc.settings = set.settings
+        if (c?.cancelled) return fail(interruptedError())
+        next()
+      },
+      engine.controlTimeoutMs,
+      true
+    )
+    track(c)
+  },
+  afterFailure: (_err, done) => done(),
+  afterSuccess: () => undefined
+})
+
+/**
+ * A stream inside a unit: it holds the frame's lock from before the statement is sent until it has ended (the
+ * frame's other statements wait), runs inside the unit's transaction, and fails with `SessionClosed` once the unit
+ * has ended.
+ *
+ * @internal
+ */
+export const frameStream = (
+  frame: Frame,
+  sql: string,
+  params: ReadonlyArray<unknown>,
+  transform: Transform
+): Stream.Stream<any, SqlError> =>
+  Stream.unwrapScoped(
+    Effect.uninterruptibleMask((restore) =>
+      Effect.withFiberRuntime<Stream.Stream<any, SqlError>, SqlError, Scope.Scope>((fiber) => {
+        const early = frame.check()
+        if (early !== undefined) return Effect.fail(toSqlError(early))
+        // a statement this fiber left running when it was interrupted (see `Frame.exec`): stop it first
+        const take =
+          frame.runningFiber === fiber
+            ? Effect.zipRight(frame.reclaim(), frame.lock.acquire(restore))
+            : frame.lock.acquire(restore)
+        return Effect.flatMap(take, () => {
+          const reader = new Reader(frameTarget(frame), sql, transform, HIGH_WATER_MARK)
+          return Effect.zipRight(
+            Effect.addFinalizer(() =>
+              Effect.ensuring(
+                reader.stop(),
+                Effect.sync(() => frame.lock.unsafeRelease())
+              )
+            ),
+            Effect.as(restore(reader.open(params)), reader.stream())
+          )
+        })
+      })
+    )
+  )
+
+/**
+ * A stream outside any unit, on `pc` (borrowed by the caller for the stream's life, e.g. `borrowScoped`, whose
+ * release runs after this stream's own finalizer).
+ *
+ * @internal
+ */
+export const directStream = (
+  engine: EngineImpl,
+  pc: PooledConn,
+  sql: string,
+  params: ReadonlyArray<unknown>,
+  transform: Transform
+): Stream.Stream<any, SqlError> =>
+  Stream.unwrapScoped(
+    Effect.uninterruptibleMask((restore) => {
+      const reader = new Reader(directTarget(engine, pc), sql, transform, HIGH_WATER_MARK)
+      return Effect.zipRight(
+        Effect.addFinalizer(() => reader.stop()),
+        Effect.as(restore(reader.open(params)), reader.stream())
+      )
+    })
+  )
