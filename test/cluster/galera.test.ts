@@ -1,7 +1,12 @@
 import { assert, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Engine, Session } from "@sessionfx/session"
 import * as SessionError from "@sessionfx/session/SessionError"
 import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
+import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
 import type * as Mysql from "mysql2/promise"
 import type { DriverError } from "./support.js"
 import { classify, connect, gtidOf, query, rows } from "./support.js"
@@ -146,6 +151,60 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "200 seconds", excludeT
         }
         console.log(`galera: ${3 * perNode} increments from 3 nodes, ${retries.count} retried conflicts`)
       })
+    )
+
+    it.scoped(
+      "through the Engine: one per node, Session.transact(…, { retry: true }) retries certification failures",
+      () =>
+        Effect.gen(function* () {
+          const { nodes } = yield* MysqlCluster.GaleraCluster
+          const n1 = yield* causalConnection(nodes[0]!)
+          yield* query(n1, "INSERT INTO counters VALUES (4, 0)")
+          const engines = yield* Effect.forEach(nodes, (node) =>
+            Layer.build(Engine.layer({ url: node.url, pool: { size: 2 } }))
+          )
+          let attempts = 0
+          const add = (amount: number, beforeCommit: Effect.Effect<void> = Effect.void) =>
+            Session.transact(
+              Effect.gen(function* () {
+                attempts++
+                const sql = yield* SqlClient.SqlClient
+                yield* sql`UPDATE counters SET v = v + ${amount} WHERE id = 4`
+                yield* beforeCommit
+              }),
+              { retry: true }
+            )
+          // a deterministic conflict: node 2's unit has updated the row when node 1's unit commits the same row
+          const updated = yield* Deferred.make<void>()
+          const committed = yield* Deferred.make<void>()
+          const loser = yield* add(
+            10,
+            Effect.zipRight(Deferred.succeed(updated, undefined), Deferred.await(committed))
+          ).pipe(Effect.provide(engines[1]!), Effect.fork)
+          yield* Deferred.await(updated)
+          yield* add(1).pipe(Effect.provide(engines[0]!))
+          yield* Deferred.succeed(committed, undefined)
+          yield* Fiber.join(loser)
+          assert.strictEqual(attempts, 3, "node 2's unit failed its COMMIT once (1213) and was re-run")
+          assert.strictEqual(yield* balance(n1, 4), 11)
+          // concurrent units through all three engines converge
+          attempts = 0
+          const perNode = 10
+          yield* Effect.forEach(
+            engines,
+            (engine) =>
+              Effect.forEach(Array.from({ length: perNode }), () => add(1), { concurrency: 2, discard: true }).pipe(
+                Effect.provide(engine)
+              ),
+            { concurrency: "unbounded", discard: true }
+          )
+          for (const node of nodes) {
+            const conn = yield* causalConnection(node)
+            assert.strictEqual(yield* balance(conn, 4), 11 + 3 * perNode)
+          }
+          assert.isAtLeast(attempts, 3 * perNode)
+          console.log(`galera through the Engine: ${3 * perNode} units, ${attempts - 3 * perNode} retried`)
+        })
     )
 
     it.scoped("a node cut off from the cluster answers 1047 (retryable) until it is back", () =>
