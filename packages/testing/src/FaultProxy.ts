@@ -22,8 +22,16 @@ import { MysqlServer } from "./MysqlServer.js"
  * @category models
  */
 export type ResetTrigger =
-  | { readonly bytesFromClient: number; readonly forward?: boolean | undefined }
-  | { readonly match: (chunk: Buffer) => boolean; readonly forward?: boolean | undefined }
+  | {
+      readonly bytesFromClient: number
+      readonly forward?: boolean | undefined
+      readonly action?: "reset" | "blackhole" | undefined
+    }
+  | {
+      readonly match: (chunk: Buffer) => boolean
+      readonly forward?: boolean | undefined
+      readonly action?: "reset" | "blackhole" | undefined
+    }
 
 /**
  * @since 0.1.0
@@ -172,6 +180,11 @@ export const make = (options: Options): Effect.Effect<FaultProxy.Service, Error,
           trigger = undefined
           counters.triggered++
           const upstream = pipe.upstream
+          if (t.action === "blackhole") {
+            if (t.forward === true && upstream !== undefined) pipe.toServer.push(chunk)
+            pipe.poisoned = true
+            return
+          }
           if (t.forward === true && upstream !== undefined && latency <= 0) {
             upstream.write(chunk, () => close(pipe))
           } else {

@@ -1,0 +1,853 @@
+/**
+ * Adversarial tests of isolation between units (issue 13, guarantee 18): a unit sees only its own work and leaves
+ * nothing behind — no session state and no open transaction on a returned connection, no request batched or cached
+ * across units, no context leaked into its caller, no live handle in a fiber that outlives it — plus the long-unit
+ * warning, SessionTest containment, and interruption when the server is at `max_connections`. Each check reads the
+ * server's state from a connection of its own, or from the next unit on the same (pool of 1) connection.
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlResolver from "@effect/sql/SqlResolver"
+import { assert, layer } from "@effect/vitest"
+import { Engine, Session, SessionLive } from "@sessionfx/session"
+import { MysqlServer, SessionTest } from "@sessionfx/testing"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as ManagedRuntime from "effect/ManagedRuntime"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Mysql from "mysql2/promise"
+import * as Redacted from "effect/Redacted"
+import * as Admin from "./support/admin.js"
+import {
+  adminQuery,
+  appConnection,
+  count,
+  countId,
+  counter,
+  engineLayer,
+  eventually,
+  expectTag,
+  failureOf,
+  freshId,
+  repeat,
+  rootTag,
+  serverLayer,
+  show,
+  sql,
+  suiteOptions,
+  theServer,
+  withEngine
+} from "./support/unit.js"
+
+const schema = [
+  `CREATE TABLE IF NOT EXISTS items (id INT PRIMARY KEY, label VARCHAR(200) NOT NULL DEFAULT 'x')`,
+  `CREATE TABLE IF NOT EXISTS texts (id INT PRIMARY KEY, body TEXT CHARACTER SET utf8mb4 NOT NULL)`,
+  `CREATE TABLE IF NOT EXISTS locked_t (id INT PRIMARY KEY)`,
+  `CREATE TABLE IF NOT EXISTS counters (id INT PRIMARY KEY, v INT NOT NULL)`,
+  `CREATE DATABASE IF NOT EXISTS other_db`,
+  `GRANT SELECT ON other_db.* TO 'app'@'%'`,
+  `GRANT SELECT ON other_db.* TO 'app'@'localhost'`,
+  `DROP PROCEDURE IF EXISTS sfx_set_pv`,
+  `CREATE PROCEDURE sfx_set_pv() BEGIN SET @pv = 42; END`
+]
+
+const suite = (args: ReadonlyArray<string> = []) =>
+  Layer.effectDiscard(Effect.forEach(schema, (s) => adminQuery(s), { discard: true })).pipe(
+    Layer.provideMerge(serverLayer(args))
+  )
+
+const insert = (id: number, label = "x") =>
+  Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${id}, ${label})`)
+
+const one = <A>(statement: string) =>
+  Effect.flatMap(sql, (s) =>
+    Effect.map(s.unsafe<Record<string, A>>(statement).unprepared, (rows) => Object.values(rows[0]!)[0] as A)
+  )
+
+/** One statement on a fresh application connection outside any pool. */
+const onOtherConnection = (statements: ReadonlyArray<string>) =>
+  Effect.scoped(
+    Effect.flatMap(appConnection, (conn) =>
+      Effect.tryPromise(async () => {
+        let last: unknown
+        for (const s of statements) last = (await conn.query(s))[0]
+        return last as Array<Record<string, unknown>>
+      })
+    )
+  )
+
+const UTF8 = "héllo ✓ 😀 Ωμέγα"
+
+interface Leak {
+  readonly name: string
+  /** The statement unit A runs (sent as is, unprepared). */
+  readonly statement: string
+  /** Run in unit B on the same pool (of one connection): a description of what leaked, or undefined. */
+  readonly check: (
+    baseline: Baseline
+  ) => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | Session.Session>
+  /** Checks that need the pool free (another connection, autocommit statements). */
+  readonly after?: () => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | MysqlServer.MysqlServer>
+}
+
+interface Baseline {
+  readonly timeZone: string
+  readonly sqlMode: string
+  readonly isolation: string
+  readonly lockWait: number
+  readonly maxStatementTime: number
+  readonly selectLimit: string
+}
+
+const readBaseline = Session.transact(
+  Effect.gen(function* () {
+    return {
+      timeZone: String(yield* one("SELECT @@session.time_zone")),
+      sqlMode: String(yield* one("SELECT @@session.sql_mode")),
+      isolation: String(yield* one("SELECT @@session.tx_isolation")),
+      lockWait: Number(yield* one("SELECT @@session.innodb_lock_wait_timeout")),
+      maxStatementTime: Number(yield* one("SELECT @@session.max_statement_time")),
+      selectLimit: String(yield* one("SELECT @@session.sql_select_limit"))
+    } satisfies Baseline
+  })
+)
+
+const differs = (what: string, got: unknown, expected: unknown) =>
+  String(got) === String(expected)
+    ? undefined
+    : `${what} is ${JSON.stringify(got)}, expected ${JSON.stringify(expected)}`
+
+const leaks: ReadonlyArray<Leak> = [
+  {
+    name: "SET NAMES latin1",
+    statement: "SET NAMES latin1",
+    check: () =>
+      Effect.gen(function* () {
+        const id = freshId()
+        yield* Effect.flatMap(sql, (s) => s`INSERT INTO texts (id, body) VALUES (${id}, ${UTF8})`)
+        // read back by the superuser, on its own utf8mb4 connection, after B commits: see `after`
+        leakedTexts.push(id)
+        return undefined
+      }),
+    after: () =>
+      Effect.gen(function* () {
+        const ids = leakedTexts.splice(0)
+        if (ids.length === 0) return undefined // the next unit failed already (reported)
+        const rows = yield* adminQuery<{ id: number; body: string }>(
+          `SELECT id, body FROM texts WHERE id IN (${ids.join(",")})`
+        )
+        const bad = rows.filter((r) => r.body !== UTF8)
+        return bad.length === 0 && rows.length === ids.length
+          ? undefined
+          : `text stored as ${JSON.stringify(bad[0]?.body)}`
+      })
+  },
+  {
+    name: "SET @v = 1",
+    statement: "SET @v = 1",
+    check: () => Effect.map(one("SELECT @v"), (v) => differs("@v", v, null))
+  },
+  {
+    name: "SET time_zone",
+    statement: "SET time_zone = '+05:00'",
+    check: (b) => Effect.map(one("SELECT @@session.time_zone"), (v) => differs("time_zone", v, b.timeZone))
+  },
+  {
+    name: "SET sql_mode = ''",
+    statement: "SET sql_mode = ''",
+    check: (b) => Effect.map(one("SELECT @@session.sql_mode"), (v) => differs("sql_mode", v, b.sqlMode))
+  },
+  {
+    name: "SET SESSION TRANSACTION ISOLATION LEVEL",
+    statement: "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    check: (b) => Effect.map(one("SELECT @@session.tx_isolation"), (v) => differs("tx_isolation", v, b.isolation))
+  },
+  {
+    name: "SET innodb_lock_wait_timeout",
+    statement: "SET SESSION innodb_lock_wait_timeout = 1",
+    check: (b) =>
+      Effect.map(one("SELECT @@session.innodb_lock_wait_timeout"), (v) =>
+        differs("innodb_lock_wait_timeout", v, b.lockWait)
+      )
+  },
+  {
+    name: "SET max_statement_time",
+    statement: "SET SESSION max_statement_time = 0.5",
+    check: (b) =>
+      Effect.map(one("SELECT @@session.max_statement_time"), (v) =>
+        differs("max_statement_time", v, b.maxStatementTime)
+      )
+  },
+  {
+    name: "SET sql_select_limit",
+    statement: "SET SESSION sql_select_limit = 1",
+    check: (b) =>
+      Effect.map(one("SELECT @@session.sql_select_limit"), (v) => differs("sql_select_limit", v, b.selectLimit))
+  },
+  {
+    name: "CREATE TEMPORARY TABLE",
+    statement: "CREATE TEMPORARY TABLE tmp_leak (x INT)",
+    check: () =>
+      Effect.map(Effect.either(one("SELECT COUNT(*) FROM tmp_leak")), (r) =>
+        Either.isRight(r) ? "the temporary table is visible to the next unit" : undefined
+      )
+  },
+  {
+    name: "USE other_db",
+    statement: "USE other_db",
+    check: () => Effect.map(one("SELECT DATABASE()"), (v) => differs("DATABASE()", v, "app"))
+  },
+  {
+    name: "SET autocommit = 0",
+    statement: "SET autocommit = 0",
+    check: () => Effect.succeed(undefined),
+    // the leak shows outside units: an autocommit write must be committed when it returns
+    after: () =>
+      Effect.gen(function* () {
+        const id = freshId()
+        yield* insert(id)
+        return (yield* countId("items", id)) === 1 ? undefined : "an autocommit INSERT was not committed"
+      })
+  },
+  {
+    name: "PREPARE",
+    statement: "PREPARE sfx_leak FROM 'SELECT 1'",
+    check: () =>
+      Effect.map(Effect.either(Effect.flatMap(sql, (s) => s`EXECUTE sfx_leak`.unprepared)), (r) =>
+        Either.isRight(r) ? "the prepared statement survived into the next unit" : undefined
+      )
+  },
+  {
+    name: "LOCK TABLES",
+    statement: "LOCK TABLES locked_t WRITE",
+    check: () => Effect.succeed(undefined),
+    after: () =>
+      Effect.map(
+        Effect.either(
+          onOtherConnection(["SET SESSION lock_wait_timeout = 2", `INSERT INTO locked_t (id) VALUES (${freshId()})`])
+        ),
+        (r) => (Either.isLeft(r) ? `another connection cannot write the table: ${String(r.left)}` : undefined)
+      )
+  },
+  {
+    name: "GET_LOCK",
+    statement: "SELECT GET_LOCK('sfx_named', 0)",
+    check: () => Effect.succeed(undefined),
+    after: () =>
+      Effect.map(
+        onOtherConnection(["SELECT GET_LOCK('sfx_named', 0) AS g", "SELECT RELEASE_LOCK('sfx_named') AS r"]),
+        (rows) => (Number(rows[0]?.r) === 1 ? undefined : "another session cannot get the named lock")
+      )
+  },
+  {
+    name: "CALL a procedure that sets a user variable",
+    statement: "CALL sfx_set_pv()",
+    check: () => Effect.map(one("SELECT @pv"), (v) => differs("@pv", v, null))
+  }
+]
+const leakedTexts: Array<number> = []
+
+type Variant = "first, commit" | "later, rollback" | "comment, commit" | "later, commit" | "outside any unit"
+const variants: ReadonlyArray<Variant> = [
+  "first, commit",
+  "later, rollback",
+  "comment, commit",
+  "later, commit",
+  "outside any unit"
+]
+
+const runA = (leak: Leak, variant: Variant) =>
+  Effect.flatMap(sql, (s) => {
+    const text = variant.startsWith("comment") ? `/* x */ ${leak.statement}` : leak.statement
+    const statement = s.unsafe(text).unprepared
+    if (variant === "outside any unit") return Effect.asVoid(statement)
+    const body = variant.startsWith("later") ? Effect.zipRight(s`SELECT 1 AS warm`, statement) : statement
+    return Effect.asVoid(
+      Effect.exit(
+        Session.transact(variant.endsWith("rollback") ? Effect.zipRight(body, Effect.fail("roll back" as const)) : body)
+      )
+    )
+  })
+
+layer(suite(), suiteOptions)("isolation", (it) => {
+  it.effect("connection state never outlives the unit that changed it (pool 1; every statement × position)", () =>
+    Effect.gen(function* () {
+      const problems: Array<string> = []
+      let n = 0
+      for (const leak of leaks) {
+        for (const variant of variants) {
+          const name = `iso-leak-${++n}`
+          yield* withEngine(
+            Effect.gen(function* () {
+              const baseline = yield* readBaseline
+              const a = yield* Effect.exit(runA(leak, variant))
+              if (Exit.isFailure(a) && variant === "outside any unit") {
+                problems.push(`${leak.name} (${variant}): statement failed: ${show(a)}`)
+              }
+              // baseline: what a fresh connection of this engine reports; B must see exactly that
+              const found = yield* Effect.exit(Session.transact(leak.check(baseline)))
+              if (Exit.isFailure(found))
+                problems.push(`${leak.name} (${variant}): the next unit failed: ${show(found)}`)
+              else if (found.value !== undefined) problems.push(`${leak.name} (${variant}): ${found.value}`)
+              if (leak.after) {
+                const after = yield* Effect.exit(leak.after())
+                if (Exit.isFailure(after)) problems.push(`${leak.name} (${variant}): ${show(after)}`)
+                else if (after.value !== undefined) problems.push(`${leak.name} (${variant}): ${after.value}`)
+              }
+            }),
+            { pool: { size: 1 }, name }
+          )
+        }
+      }
+      assert.deepStrictEqual(problems, [], "session state crossed from one unit to the next")
+    })
+  )
+
+  it.effect("dirty returns are counted: sessionfx_pool_dirty_returns_total by reason", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const s = yield* sql
+        const state0 = yield* counter("sessionfx_pool_dirty_returns_total", "iso-dirty", { reason: "state" })
+        yield* Session.transact(s`SET @counted = 1`.unprepared)
+        assert.isAtLeast(
+          (yield* counter("sessionfx_pool_dirty_returns_total", "iso-dirty", { reason: "state" })) - state0,
+          1,
+          "a unit that set a user variable is not counted as a dirty return (reason state)"
+        )
+        const trx0 = yield* counter("sessionfx_pool_dirty_returns_total", "iso-dirty", { reason: "transaction" })
+        yield* s`BEGIN`.unprepared
+        assert.isAtLeast(
+          (yield* counter("sessionfx_pool_dirty_returns_total", "iso-dirty", { reason: "transaction" })) - trx0,
+          1,
+          "an autocommit BEGIN is not counted as a dirty return (reason transaction)"
+        )
+      }),
+      { pool: { size: 1 }, name: "iso-dirty" }
+    )
+  )
+
+  it.effect("an autocommit BEGIN outside any unit never swallows a later write (pool 1, several spellings)", () =>
+    Effect.gen(function* () {
+      const spellings: ReadonlyArray<readonly [string, (s: SqlClient.SqlClient) => Effect.Effect<unknown, unknown>]> = [
+        ["sql`BEGIN`", (s) => s`BEGIN`],
+        ["START TRANSACTION (unprepared)", (s) => s`START TRANSACTION`.unprepared],
+        ["/* c */ begin work", (s) => s.unsafe("/* c */ begin work")],
+        ["START TRANSACTION READ WRITE", (s) => s.unsafe("START TRANSACTION READ WRITE").unprepared],
+        ["SET autocommit = 0", (s) => s.unsafe("SET autocommit = 0").unprepared],
+        [
+          "BEGIN then a write",
+          (s) => Effect.zipRight(s`BEGIN`.unprepared, s`INSERT INTO items (id, label) VALUES (${freshId()}, 'pending')`)
+        ]
+      ]
+      const problems: Array<string> = []
+      for (const [name, open] of spellings) {
+        yield* withEngine(
+          Effect.gen(function* () {
+            const s = yield* sql
+            const exit = yield* Effect.exit(open(s))
+            if (Exit.isFailure(exit)) problems.push(`${name}: ${show(exit)}`)
+            // the next autocommit statement on the (only) connection is committed when it returns
+            const w = freshId()
+            yield* insert(w)
+            if ((yield* countId("items", w)) !== 1)
+              problems.push(`${name}: the next autocommit INSERT is not committed`)
+            // a unit that fails on that connection rolls back only its own work; the earlier write stays
+            const u = freshId()
+            yield* Effect.exit(Session.transact(Effect.zipRight(insert(u), Effect.fail("x"))))
+            if ((yield* countId("items", u)) !== 0) problems.push(`${name}: the failed unit's write was kept`)
+            if ((yield* countId("items", w)) !== 1) problems.push(`${name}: the autocommit write was lost later`)
+          }),
+          { pool: { size: 1 } }
+        )
+      }
+      // the write made after BEGIN in the last spelling is an autocommit statement of its own: committed, not lost
+      assert.strictEqual(
+        yield* count("items", "label = 'pending'"),
+        1,
+        "an autocommit write after an autocommit BEGIN was lost"
+      )
+      assert.deepStrictEqual(problems, [], "open transactions returned to the pool")
+    })
+  )
+
+  it.effect("an abandoned sql.reserve with START TRANSACTION is never committed by an unrelated unit", () =>
+    withEngine(
+      Effect.gen(function* () {
+        for (const variant of [
+          "START TRANSACTION + INSERT",
+          "SET autocommit=0 + INSERT",
+          "SET @r + nothing"
+        ] as const) {
+          const r = freshId()
+          const w = freshId()
+          yield* Effect.scoped(
+            Effect.gen(function* () {
+              const s = yield* sql
+              const conn = yield* s.reserve
+              if (variant === "SET @r + nothing") {
+                yield* conn.executeUnprepared("SET @r = 7", [], undefined)
+                return
+              }
+              yield* conn.executeUnprepared(
+                variant.startsWith("START") ? "START TRANSACTION" : "SET autocommit = 0",
+                [],
+                undefined
+              )
+              yield* conn.execute("INSERT INTO items (id, label) VALUES (?, 'reserved')", [r], undefined)
+            })
+          )
+          const seen = yield* Session.transact(
+            Effect.gen(function* () {
+              yield* insert(w)
+              return yield* one("SELECT @r")
+            })
+          )
+          assert.strictEqual(yield* countId("items", w), 1, `${variant}: the unit's own write`)
+          assert.strictEqual(
+            yield* countId("items", r),
+            0,
+            `${variant}: the abandoned write was committed by the next unit`
+          )
+          assert.strictEqual(seen, null, `${variant}: the reserved connection's variable leaked into a unit`)
+          // and outside units
+          const x = freshId()
+          yield* insert(x)
+          assert.strictEqual(yield* countId("items", x), 1, `${variant}: the next autocommit write is not committed`)
+        }
+      }),
+      { pool: { size: 1 } }
+    )
+  )
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // batching and caching
+  // ---------------------------------------------------------------------------------------------------------------
+
+  it.effect("batched requests of two units (SqlResolver, batching: true) run inside their own unit", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const engineSql = yield* sql
+        const voidResolver = yield* SqlResolver.void("IsoInsert", {
+          Request: Schema.Number,
+          execute: (ids) =>
+            engineSql`INSERT INTO items ${engineSql.insert(ids.map((id) => ({ id, label: "batched" })))}`
+        })
+        const ctxResolver = yield* SqlResolver.void("IsoInsertCtx", {
+          Request: Schema.Number,
+          withContext: true,
+          execute: (ids) =>
+            Effect.flatMap(
+              SqlClient.SqlClient,
+              (s) => s`INSERT INTO items ${s.insert(ids.map((id) => ({ id, label: "batched-ctx" })))}`
+            )
+        })
+        const finder = yield* SqlResolver.findById("IsoFind", {
+          Id: Schema.Number,
+          Result: Schema.Struct({ id: Schema.Number, label: Schema.String }),
+          ResultId: (r) => r.id,
+          execute: (ids) => engineSql`SELECT id, label FROM items WHERE ${engineSql.in("id", ids)}`
+        })
+        const resolvers = [
+          ["SqlResolver.void", voidResolver.execute],
+          ["SqlResolver.void withContext", ctxResolver.execute]
+        ] as const
+        for (const [name, write] of resolvers) {
+          for (const outcome of ["fail", "commit"] as const) {
+            const [a, b] = [freshId(), freshId()]
+            const unit = (id: number) =>
+              Session.transact(
+                Effect.gen(function* () {
+                  yield* write(id)
+                  const own = yield* Effect.flatMap(
+                    sql,
+                    (s) => s<{ n: number }>`SELECT COUNT(*) AS n FROM items WHERE id = ${id}`
+                  )
+                  // a read through a resolver is in the unit too (the row is not committed yet)
+                  const viaResolver = yield* finder.execute(id)
+                  const seen = { own: Number(own[0]!.n), viaResolver: Option.isSome(viaResolver) }
+                  if (outcome === "fail") return yield* Effect.fail(seen)
+                  return seen
+                })
+              )
+            const exits = yield* Effect.all([Effect.exit(unit(a)), Effect.exit(unit(b))], {
+              concurrency: 2,
+              batching: true
+            })
+            const seen = exits.map((e) => (Exit.isSuccess(e) ? e.value : (failureOf(e, name) as any)))
+            assert.deepStrictEqual(
+              seen,
+              [
+                { own: 1, viaResolver: true },
+                { own: 1, viaResolver: true }
+              ],
+              `${name}/${outcome}: each unit sees its own write (${exits.map(show).join(" / ")})`
+            )
+            const kept = [yield* countId("items", a), yield* countId("items", b)]
+            assert.deepStrictEqual(
+              kept,
+              outcome === "fail" ? [0, 0] : [1, 1],
+              `${name}/${outcome}: rows after the units`
+            )
+            // the caller's context is clean: its next autocommit statement works
+            const after = yield* Effect.exit(Effect.flatMap(sql, (s) => s`SELECT 1 AS ok`))
+            assert.isTrue(Exit.isSuccess(after), `${name}/${outcome}: the caller's next statement: ${show(after)}`)
+            const x = freshId()
+            yield* insert(x)
+            assert.strictEqual(yield* countId("items", x), 1, `${name}/${outcome}: the caller's autocommit write`)
+          }
+        }
+        // two requests of the same unit may be batched together; they stay in that unit
+        const [c, d] = [freshId(), freshId()]
+        yield* Effect.exit(
+          Session.transact(
+            Effect.zipRight(
+              Effect.all([voidResolver.execute(c), voidResolver.execute(d)], { concurrency: 2, batching: true }),
+              Effect.fail("roll back")
+            )
+          )
+        )
+        assert.deepStrictEqual(
+          [yield* countId("items", c), yield* countId("items", d)],
+          [0, 0],
+          "a batch inside one unit"
+        )
+      }),
+      { pool: { size: 3 } }
+    )
+  )
+
+  it.effect("a read cached under withRequestCaching(true) never crosses units", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const engineSql = yield* sql
+        const finder = yield* SqlResolver.findById("IsoCached", {
+          Id: Schema.Number,
+          Result: Schema.Struct({ id: Schema.Number, label: Schema.String }),
+          ResultId: (r) => r.id,
+          execute: (ids) => engineSql`SELECT id, label FROM items WHERE ${engineSql.in("id", ids)}`
+        })
+        yield* Effect.gen(function* () {
+          // cached inside a unit that rolls back: never served to a later unit or outside
+          const x = freshId()
+          const inA = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                yield* insert(x, "rolled back")
+                const r = yield* finder.execute(x)
+                return yield* Effect.fail(r)
+              })
+            )
+          )
+          assert.isTrue(Option.isSome(failureOf(inA, "unit A") as Option.Option<unknown>), "unit A reads its own row")
+          const inB = yield* Session.transact(finder.execute(x))
+          assert.isTrue(Option.isNone(inB), "unit B was served unit A's rolled-back row from the request cache")
+          assert.isTrue(Option.isNone(yield* finder.execute(x)), "outside units, the rolled-back row was served")
+
+          // cached outside (absent), then written in a unit: the unit sees its own write
+          const y = freshId()
+          assert.isTrue(Option.isNone(yield* finder.execute(y)))
+          const inC = yield* Session.transact(Effect.zipRight(insert(y, "mine"), finder.execute(y)))
+          assert.isTrue(Option.isSome(inC), "a unit was served a read cached outside it instead of its own write")
+        }).pipe(Effect.withRequestCaching(true))
+      })
+    )
+  )
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // fibers that outlive their unit
+  // ---------------------------------------------------------------------------------------------------------------
+
+  it.effect(
+    "a daemon forked by a unit gets SessionClosed after the unit ended (transact, statement, layer, savepoint)",
+    () =>
+      withEngine(
+        Effect.gen(function* () {
+          const actions: ReadonlyArray<readonly [string, (id: number) => Effect.Effect<unknown, unknown, any>]> = [
+            ["Session.transact(insert)", (id) => Session.transact(insert(id))],
+            ["a statement", (id) => insert(id)],
+            ["Effect.provide(SessionLive)", (id) => Effect.provide(insert(id), SessionLive)],
+            ["Session.savepoint", (id) => Session.savepoint(insert(id))],
+            ["sql.withTransaction", (id) => Effect.flatMap(sql, (s) => s.withTransaction(insert(id)))]
+          ]
+          const problems: Array<string> = []
+          for (const [name, action] of actions) {
+            for (const outcome of ["committed", "rolled back"] as const) {
+              const d = freshId()
+              const go = yield* Deferred.make<void>()
+              const a = yield* Effect.exit(
+                Session.transact(
+                  Effect.gen(function* () {
+                    const fiber = yield* Effect.forkDaemon(Effect.zipRight(Deferred.await(go), action(d)))
+                    return outcome === "committed" ? fiber : yield* Effect.fail(fiber)
+                  })
+                )
+              )
+              const fiber = (Exit.isSuccess(a) ? a.value : failureOf(a, name)) as Fiber.RuntimeFiber<unknown, unknown>
+              yield* Deferred.succeed(go, undefined)
+              const exit = yield* Fiber.await(fiber)
+              const tag = Exit.isFailure(exit) ? rootTag(Option.getOrUndefined(failureOption(exit))) : "success"
+              if (tag !== "SessionClosed") problems.push(`${name} after the unit ${outcome}: ${tag} (${show(exit)})`)
+              if ((yield* countId("items", d)) !== 0)
+                problems.push(`${name} after the unit ${outcome}: its write was committed`)
+            }
+          }
+          assert.deepStrictEqual(problems, [], "fibers that outlived their unit")
+        }),
+        { pool: { size: 2 } }
+      )
+  )
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // SessionTest containment
+  // ---------------------------------------------------------------------------------------------------------------
+
+  it.effect('SessionTest contains propagation "new" and sql.reserve: nothing committed, the code sees its writes', () =>
+    withEngine(
+      Effect.gen(function* () {
+        const escapes: ReadonlyArray<readonly [string, (id: number) => Effect.Effect<unknown, unknown, any>]> = [
+          ["Session.transact propagation new", (id) => Session.transact(insert(id), { propagation: "new" })],
+          ["Session.layer propagation new", (id) => Effect.provide(insert(id), Session.layer({ propagation: "new" }))],
+          [
+            "sql.reserve",
+            (id) =>
+              Effect.scoped(
+                Effect.flatMap(sql, (s) =>
+                  Effect.flatMap(s.reserve, (conn) =>
+                    conn.execute("INSERT INTO items (id, label) VALUES (?, 'reserved')", [id], undefined)
+                  )
+                )
+              )
+          ],
+          [
+            "the Engine's client captured outside",
+            (id) => Effect.flatMap(Engine.Engine, (e) => e.sql`INSERT INTO items (id) VALUES (${id})`)
+          ]
+        ]
+        for (const [name, escape] of escapes) {
+          const id = freshId()
+          const exit = yield* Effect.exit(
+            Effect.provide(
+              Effect.gen(function* () {
+                yield* escape(id)
+                const rows = yield* Effect.flatMap(
+                  sql,
+                  (s) => s<{ n: number }>`SELECT COUNT(*) AS n FROM items WHERE id = ${id}`
+                )
+                return Number(rows[0]!.n)
+              }),
+              SessionTest.SessionTest
+            )
+          )
+          assert.isTrue(Exit.isSuccess(exit), `${name}: the code under test failed: ${show(exit)}`)
+          if (Exit.isSuccess(exit)) assert.strictEqual(exit.value, 1, `${name}: the code does not see its own write`)
+          assert.strictEqual(yield* countId("items", id), 0, `${name}: escaped SessionTest and committed`)
+        }
+      }),
+      { pool: { size: 3 } }
+    )
+  )
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // long units
+  // ---------------------------------------------------------------------------------------------------------------
+
+  it.effect("a unit open longer than longUnitThreshold is logged once (warning, where it was opened) and counted", () =>
+    Effect.gen(function* () {
+      const warned = yield* Deferred.make<string>()
+      const warnings: Array<string> = []
+      const capture = Logger.make(({ logLevel, message, annotations }) => {
+        const text = [...(Array.isArray(message) ? message : [message])].map(String).join(" ")
+        const all = `${text} ${JSON.stringify(Object.fromEntries(annotations as any))}`
+        if (logLevel._tag === "Warning" && /long|open for|longUnitThreshold/i.test(all)) {
+          warnings.push(all)
+          Deferred.unsafeDone(warned, Exit.succeed(all))
+        }
+      })
+      yield* withEngine(
+        Effect.gen(function* () {
+          const id = freshId()
+          const whileOpen = yield* Session.transact(
+            Effect.gen(function* () {
+              yield* insert(id)
+              // the scenario itself: a unit that stays open for 7.5x the threshold; reported while it is open
+              yield* Effect.flatMap(sql, (s) => s`SELECT SLEEP(1.5)`)
+              return yield* Deferred.isDone(warned)
+            })
+          )
+          assert.isTrue(whileOpen, "the long unit was not reported while it was open")
+          const text = yield* Deferred.await(warned).pipe(Effect.timeout("2 seconds"))
+          assert.include(
+            text,
+            "isolation.test",
+            `the warning does not say where the unit was opened: ${text.slice(0, 400)}`
+          )
+          assert.strictEqual(warnings.length, 1, `logged ${warnings.length} times`)
+          assert.strictEqual(yield* counter("sessionfx_session_long_units_total", "iso-long"), 1)
+          // a short unit is not reported
+          yield* Session.transact(insert(freshId()))
+          assert.strictEqual(yield* counter("sessionfx_session_long_units_total", "iso-long"), 1)
+          // a unit of 3x the threshold that ends before any periodic check is still reported (at the latest when it ends)
+          yield* Session.transact(Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.6)`))
+          yield* eventually(
+            Effect.map(counter("sessionfx_session_long_units_total", "iso-long"), (n) => n === 2),
+            "a 600 ms unit (threshold 200 ms) counted as long",
+            2
+          )
+          assert.strictEqual(warnings.length, 2, `the 600 ms unit was not logged: ${warnings.length} warnings`)
+        }),
+        { longUnitThreshold: "200 millis", name: "iso-long" } as any
+      ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))
+    })
+  )
+
+  it.effect(
+    "a Session layer in a ManagedRuntime (a unit as long as the application) is reported while it is open",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* theServer
+        const warned = yield* Deferred.make<void>()
+        const capture = Logger.make(({ logLevel }) => {
+          if (logLevel._tag === "Warning") Deferred.unsafeDone(warned, Exit.void)
+        })
+        const EngineLive = engineLayer({ longUnitThreshold: "200 millis", name: "iso-runtime" } as any).pipe(
+          Layer.provide(Layer.succeed(MysqlServer.MysqlServer, server))
+        )
+        const runtime = ManagedRuntime.make(
+          SessionLive.pipe(Layer.provideMerge(EngineLive), Layer.provide(Logger.replace(Logger.defaultLogger, capture)))
+        )
+        const id = freshId()
+        yield* Effect.promise(() => runtime.runPromise(insert(id)))
+        const reported = yield* Effect.either(Effect.timeout(Deferred.await(warned), "3 seconds"))
+        const visibleBefore = yield* countId("items", id)
+        yield* Effect.promise(() => runtime.dispose())
+        assert.isTrue(Either.isRight(reported), "no warning while a unit stayed open for the runtime's lifetime")
+        assert.strictEqual(
+          visibleBefore,
+          0,
+          "the write was visible before dispose: the composition did not give one long unit"
+        )
+        assert.strictEqual(yield* countId("items", id), 1, "committed on dispose")
+      })
+  )
+
+  // ---------------------------------------------------------------------------------------------------------------
+  // issue 13 #9: literal COMMIT, nested retry
+  // ---------------------------------------------------------------------------------------------------------------
+
+  it.effect("a literal COMMIT inside a unit: w1 kept, w2 rolled back with the failing unit; nested retry refused", () =>
+    withEngine(
+      Effect.gen(function* () {
+        for (const commit of ["COMMIT", "commit", "/* c */ COMMIT"]) {
+          const [w1, w2] = [freshId(), freshId()]
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                yield* insert(w1)
+                yield* Effect.flatMap(sql, (s) => s.unsafe(commit).unprepared)
+                yield* insert(w2)
+                return yield* Effect.fail("boom" as const)
+              })
+            )
+          )
+          assert.deepStrictEqual(exit, Exit.fail("boom"))
+          assert.deepStrictEqual([yield* countId("items", w1), yield* countId("items", w2)], [1, 0], commit)
+        }
+        const inner = yield* Session.transact(Effect.exit(Session.transact(insert(freshId()), { retry: true })))
+        expectTag(inner, ["InvalidOption"], "nested retry")
+      })
+    )
+  )
+})
+
+const failureOption = <A, E>(exit: Exit.Exit<A, E>) =>
+  Exit.isFailure(exit)
+    ? Option.fromNullable((exit.cause as any)._tag === "Fail" ? (exit.cause as any).error : undefined)
+    : Option.none()
+
+// -----------------------------------------------------------------------------------------------------------------
+// the server at max_connections: interruption still stops the statement on the server
+// -----------------------------------------------------------------------------------------------------------------
+
+layer(suite(["--max-connections=8"]), suiteOptions)("isolation at max_connections", (it) => {
+  it.scoped(
+    "interrupting a long UPDATE when the server is full stops it there: never applied, gone from the processlist",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* theServer
+        const rowId = freshId()
+        yield* adminQuery("INSERT INTO counters (id, v) VALUES (?, 0)", [rowId])
+        // the superuser's checks run on a connection opened before the server is full
+        const adminConn = yield* Admin.connection(server)
+        const adminSql = <A>(statement: string, params: Array<unknown> = []) =>
+          Effect.promise(() => adminConn.query(statement, params).then(([rows]) => rows as Array<A>))
+        const stillRunning = (marker: string) =>
+          Effect.map(
+            adminSql<{ n: number }>(
+              "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE ? AND info NOT LIKE '%processlist%'",
+              [`%${marker}%`]
+            ),
+            (rows) => Number(rows[0]!.n)
+          )
+        yield* withEngine(
+          Effect.gen(function* () {
+            yield* Session.transact(Effect.flatMap(sql, (s) => s`SELECT 1`))
+            // fill every remaining slot of the server with application connections
+            const fillers: Array<Mysql.Connection> = []
+            yield* Effect.addFinalizer(() => Effect.sync(() => fillers.forEach((c) => c.destroy())))
+            let full = false
+            for (let i = 0; i < 20 && !full; i++) {
+              const r = yield* Effect.either(
+                Effect.tryPromise(() =>
+                  Mysql.createConnection({ uri: Redacted.value(server.url), connectTimeout: 3_000 })
+                )
+              )
+              if (Either.isRight(r)) fillers.push(r.right)
+              else full = true
+            }
+            assert.isTrue(full, "the server never refused a connection: the scenario did not happen")
+            yield* repeat(4, (i) =>
+              Effect.gen(function* () {
+                const marker = `sfx-full-${i}`
+                const inUnit = i % 2 === 0
+                const update = Effect.flatMap(sql, (s) =>
+                  s.unsafe(`UPDATE counters SET v = v + 1 WHERE id = ? AND SLEEP(2) = 0 /* ${marker} */`, [rowId])
+                )
+                const t0 = Date.now()
+                const program: Effect.Effect<unknown, unknown, SqlClient.SqlClient | Engine.Engine> = inUnit
+                  ? Session.transact(update)
+                  : update
+                const exit = yield* Effect.exit(Effect.timeout(program, "200 millis"))
+                const returnedMs = Date.now() - t0
+                assert.isTrue(Exit.isFailure(exit), "the timeout did not fire")
+                assert.isBelow(returnedMs, 1500, `returned after ${returnedMs} ms`)
+                // SLEEP(2) would keep it in the processlist for ~1.8 s more if it was not stopped
+                yield* eventually(
+                  Effect.map(stillRunning(marker), (n) => n === 0),
+                  `${marker} stopped on the server`,
+                  0.8
+                )
+                const v = yield* adminSql<{ v: number }>("SELECT v FROM counters WHERE id = ?", [rowId])
+                assert.strictEqual(
+                  Number(v[0]!.v),
+                  0,
+                  `${inUnit ? "in a unit" : "autocommit"}: the interrupted UPDATE was applied`
+                )
+              })
+            )
+            fillers.splice(0).forEach((c) => c.destroy())
+            // and the engine serves units again
+            const ok = yield* Effect.exit(Session.transact(Effect.flatMap(sql, (s) => s`SELECT 1`)))
+            assert.isTrue(Exit.isSuccess(ok), show(ok))
+            const v = yield* adminSql<{ v: number }>("SELECT v FROM counters WHERE id = ?", [rowId])
+            assert.strictEqual(Number(v[0]!.v), 0, "an interrupted UPDATE was applied later")
+          }),
+          { pool: { size: 2 }, killGrace: "1 second" }
+        )
+      })
+  )
+})
