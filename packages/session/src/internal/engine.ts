@@ -20,6 +20,7 @@ import {
   type PreparedStatement,
   type Settings
 } from "./pool.js"
+import { directStream } from "./stream.js"
 import { bindValues, splitStatements } from "./values.js"
 
 /** @internal */
@@ -44,8 +45,8 @@ const UNFLAGGED = /(?<!@)@(?!@)|\bget_lock\b|\block\s+tables?\b|\block\s+instanc
 
 const unflaggedCache = new Map<string, boolean>()
 
-/** Whether a statement may change session state without the server saying so; cached per SQL text. */
-const maybeUnflagged = (sql: string): boolean => {
+/** Whether a statement may change session state without the server saying so; cached per SQL text. @internal */
+export const maybeUnflagged = (sql: string): boolean => {
   let v = unflaggedCache.get(sql)
   if (v === undefined) {
     v = UNFLAGGED.test(sql)
@@ -60,15 +61,18 @@ const IN_TRANS = 0x1
 /** SERVER_SESSION_STATE_CHANGED */
 const STATE_CHANGED = 0x4000
 
-const STATUS = Symbol.for("@sessionfx/session/eofStatus")
+/** Where `trackEofStatus` records the status flags of the last EOF packet on a connection. @internal */
+export const STATUS = Symbol.for("@sessionfx/session/eofStatus")
 const PATCHED = Symbol.for("@sessionfx/session/eofStatusPatched")
 
 /**
  * mysql2 hands the status flags of an OK packet to the caller (`serverStatus`) but drops those of the EOF packet that
  * ends a result set. This records them on the connection, from the command's own prototype (Query, Execute): the
  * original parser runs unchanged.
+ *
+ * @internal
  */
-const trackEofStatus = (command: unknown): void => {
+export const trackEofStatus = (command: unknown): void => {
   const proto = command !== null && typeof command === "object" ? Object.getPrototypeOf(command) : undefined
   if (proto === undefined || proto === null || proto[PATCHED] === true || typeof proto.row !== "function") return
   const row = proto.row as (packet: any, connection: any) => unknown
@@ -831,6 +835,11 @@ export class DirectConnection extends BaseConnection {
   }
   runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
     return Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
+  }
+
+  /** Rows as the server sends them, on this connection (see `stream.ts`). */
+  override executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
+    return directStream(this.engine, this.pc, sql, params, transformRows)
   }
 }
 

@@ -12,6 +12,7 @@ import * as Request from "effect/Request"
 import * as Runtime from "effect/Runtime"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import type * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
 import {
   BaseConnection,
@@ -31,6 +32,7 @@ import { Lock, type Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
 import { bindValues, splitStatements } from "./values.js"
 import * as keys from "./keys.js"
+import { frameStream } from "./stream.js"
 
 /** @internal */
 export interface UnitOptions {
@@ -389,6 +391,15 @@ export class Frame extends BaseConnection {
     return this.state.abortError
   }
 
+  /** Rows as the server sends them, holding this frame until the stream ends (see `stream.ts`). */
+  override executeStream(
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
+  ): Stream.Stream<any, SqlError> {
+    return frameStream(this, sql, params, transformRows)
+  }
+
   /**
    * The command this frame's lock holder runs without an interruption hook, and the fiber that started it (see
    * `exec`). Set only while it runs.
@@ -476,7 +487,7 @@ export class Frame extends BaseConnection {
    * OK packet say so; an error packet has none, so ask (`DO 0`, on the error path only). A transaction the server
    * ended in failure (deadlock, lock wait timeout with `innodb_rollback_on_timeout`, …) aborts the unit.
    */
-  private afterFailure(err: SessionError.SessionError, done: () => void, track: (c: Command | undefined) => void) {
+  afterFailure(err: SessionError.SessionError, done: () => void, track: (c: Command | undefined) => void) {
     const state = this.state
     if (!state.begun) return done()
     const pc = state.pc

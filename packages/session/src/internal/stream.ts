@@ -85,6 +85,10 @@ class Reader {
   private notify: (() => void) | undefined = undefined
   private idleWaiters: Array<() => void> = []
   private detach: (() => void) | undefined = undefined
+  /** mysql2's command for the statement, once sent. */
+  private issued: any = undefined
+  /** A row has arrived: the command is reading rows (`Command.next` is its row state). */
+  private reading = false
 
   constructor(
     readonly target: Target,
@@ -165,6 +169,7 @@ class Reader {
       return command.callback(e, undefined)
     }
     trackEofStatus(issued)
+    this.issued = issued
     issued.on("result", (row: unknown) => this.row(row))
     issued.once("error", (e: unknown) => command.callback(e, undefined))
     issued.once("end", () => command.callback(null, undefined))
@@ -172,6 +177,7 @@ class Reader {
 
   private row(row: unknown): void {
     if (this.stopping) return
+    this.reading = true
     this.rows.push(row)
     if (!this.paused && this.rows.length >= this.highWaterMark) {
       this.paused = true
@@ -191,11 +197,9 @@ class Reader {
       this.detach = undefined
     }
     if (this.inFlight === command) this.inFlight = undefined
+    this.issued = undefined
     const pc = this.target.pc
-    if (this.paused) {
-      this.paused = false
-      if (!pc.closed && !pc.broken) pc.conn.resume()
-    }
+    this.unpause()
     if (err === undefined) {
       this.target.afterSuccess(command)
       return this.end(undefined)
@@ -225,16 +229,14 @@ class Reader {
       if (this.rows.length > 0) {
         const out = this.rows
         this.rows = []
-        if (this.paused) {
-          // rows queued in the driver while paused are parsed now, into the next chunk
-          this.paused = false
-          const pc = this.target.pc
-          if (!pc.closed && !pc.broken) pc.conn.resume()
-        }
+        // rows queued in the driver while paused are parsed now, into the next chunk
+        this.unpause()
         return Effect.succeed(Chunk.unsafeFromArray(this.transform !== undefined ? this.transform(out) : out))
       }
       if (this.finished) {
-        return this.failure === undefined ? Effect.fail(Option.none()) : Effect.fail(Option.some(toSqlError(this.failure)))
+        return this.failure === undefined
+          ? Effect.fail(Option.none())
+          : Effect.fail(Option.some(toSqlError(this.failure)))
       }
       return this.pull()
     })
@@ -269,6 +271,10 @@ class Reader {
   /**
    * The consumer is done: drop what is buffered, stop the statement on the server if it is still running
    * (`Command.cancel`), and complete once nothing of this stream is in flight (a probe after a failure included).
+   *
+   * A statement that is sending rows is first held where it is: the socket stays paused (the server blocks on its
+   * writes) until the server has answered the KILL, so what is left to read is what the buffers already hold, not
+   * what the server could produce while the KILL travels; those rows are then skipped without being parsed.
    */
   stop(): Effect.Effect<void> {
     return Effect.suspend(() => {
@@ -276,15 +282,49 @@ class Reader {
       this.notify = undefined
       this.rows = []
       if (this.finished) return Effect.void
-      const pc = this.target.pc
-      if (this.paused) {
-        // the remaining rows and the KILL's answer must be read for the command to end
-        this.paused = false
-        if (!pc.closed && !pc.broken) pc.conn.resume()
-      }
       const c = this.inFlight
-      return c === undefined || c.settled ? this.idle() : Effect.zipRight(c.cancel(), this.idle())
+      if (c === undefined || c.settled) return this.idle()
+      const { engine, pc } = this.target
+      if (this.issued === undefined || pc.closed || pc.broken) {
+        this.unpause()
+        return Effect.zipRight(c.cancel(), this.idle())
+      }
+      this.skipRows()
+      if (!this.paused) {
+        this.paused = true
+        pc.conn.pause()
+      }
+      const held = Effect.async<void>((resume) => {
+        engine.killQuery(pc, () => {
+          // whatever the KILL's fate, the command must be read to its end (or `cancel` destroys the connection)
+          this.unpause()
+          resume(Effect.void)
+        })
+      })
+      return Effect.zipRight(held, Effect.zipRight(c.cancel(), this.idle()))
     })
+  }
+
+  private unpause(): void {
+    if (!this.paused) return
+    this.paused = false
+    const pc = this.target.pc
+    if (!pc.closed && !pc.broken) pc.conn.resume()
+  }
+
+  /**
+   * Rows nobody will read are skipped without being parsed: once the command is in its row state (a row has
+   * arrived), its next state becomes one that passes only the end of the result (EOF: status flags, more results)
+   * to mysql2's own row state. Error packets never reach a state (mysql2's `Command.execute` handles them).
+   */
+  private skipRows(): void {
+    const issued = this.issued
+    if (!this.reading || issued === undefined || typeof issued.next !== "function") return
+    const rowState = issued.next as (packet: any, connection: any) => unknown
+    const skip = function (this: unknown, packet: any, connection: any): unknown {
+      return packet.isEOF() ? rowState.call(this, packet, connection) : skip
+    }
+    issued.next = skip
   }
 }
 
