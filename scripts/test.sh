@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite from nothing: set-up, type check, lint (with publint and attw on the packed packages), every
-# vitest project, then the consumer check (the packed packages installed with npm outside the repository).
+# vitest project, the runnable examples, then the consumer check (the packed packages installed with npm outside the
+# repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -9,5 +10,6 @@ start=$(date +%s)
 pnpm typecheck
 pnpm lint
 pnpm test
+pnpm --filter @sessionfx/examples examples
 ./scripts/consumer/check.sh
 echo "test.sh: typecheck, lint, tests and the consumer check passed in $(( $(date +%s) - start )) s"

@@ -236,6 +236,15 @@ export const make = (
       supportBigNumbers: true,
       enableKeepAlive: true
     }
+    // OpenTelemetry database conventions; db.system follows the server's flavor once it has answered
+    const spanAttributes: Array<readonly [string, unknown]> = [
+      ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
+      ["server.address", target.host],
+      ["server.port", target.port],
+      ...(target.database ? ([["db.namespace", target.database]] as const) : []),
+      ["db.system", "mysql"],
+      ["db.system.name", "mysql"]
+    ]
     const impl = new EngineImpl({
       name: options.name ?? `${target.host}:${target.port}/${target.database ?? ""}`,
       connection,
@@ -255,13 +264,7 @@ export const make = (
         lockWaitTimeoutSeconds: checked.lockWaitTimeoutSeconds,
         statementTimeoutMs: checked.statementTimeoutMs
       },
-      spanAttributes: [
-        ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
-        ["db.system.name", "mysql"],
-        ["server.address", target.host],
-        ["server.port", target.port],
-        ...(target.database ? ([["db.namespace", target.database]] as const) : [])
-      ],
+      spanAttributes,
       compiler,
       transformRows: options.transformResultNames
         ? Statement.defaultTransforms(options.transformResultNames).array
@@ -307,6 +310,7 @@ export const make = (
     )
     impl.version = version
     impl.flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
+    spanAttributes.splice(-2, 2, ["db.system", impl.flavor], ["db.system.name", impl.flavor])
 
     yield* Effect.addFinalizer(() =>
       Effect.gen(function* () {

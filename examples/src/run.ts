@@ -1,0 +1,54 @@
+/**
+ * Runs the examples against a private server: `pnpm --filter @sessionfx/examples examples [readme|drizzle|kysely|opentelemetry]`.
+ */
+import { NodeRuntime } from "@effect/platform-node"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import type { Engine } from "@sessionfx/session"
+import { MysqlServer } from "@sessionfx/testing"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
+import { balances, createAccounts } from "./Accounts.js"
+import * as Drizzle from "./drizzle.js"
+import * as Kysely from "./kysely.js"
+import * as OpenTelemetry from "./opentelemetry.js"
+import * as Readme from "./readme.js"
+
+const readme = Effect.gen(function* () {
+  const server = yield* MysqlServer.MysqlServer
+  yield* createAccounts(Array.from({ length: 11 }, () => 100))
+  yield* Readme.program.pipe(
+    Effect.withConfigProvider(ConfigProvider.fromMap(new Map([["DATABASE_URL", Redacted.value(server.url)]])))
+  )
+  return yield* balances
+})
+
+const opentelemetry = Effect.suspend(() => {
+  const exporters = OpenTelemetry.makeExporters()
+  return Effect.gen(function* () {
+    const result = yield* OpenTelemetry.program
+    yield* Console.log(
+      OpenTelemetry.spanTree(exporters.spans, ["sql.session.outcome", "db.system", "db.namespace", "db.operation.name"])
+    )
+    return result
+  }).pipe(Effect.provide(OpenTelemetry.TelemetryLive(exporters)))
+})
+
+const examples: Record<
+  string,
+  Effect.Effect<unknown, unknown, MysqlServer.MysqlServer | Engine.Engine | SqlClient.SqlClient>
+> = { readme, drizzle: Drizzle.program, kysely: Kysely.program, opentelemetry }
+
+const selected = process.argv.slice(2)
+const unknown = selected.filter((name) => !(name in examples))
+if (unknown.length > 0) {
+  console.error(`unknown example(s): ${unknown.join(", ")}; choose from ${Object.keys(examples).join(", ")}`)
+  process.exit(2)
+}
+
+Effect.forEach(
+  selected.length > 0 ? selected : Object.keys(examples),
+  (name) => Effect.flatMap(examples[name]!, (result) => Console.log(`${name}: ${JSON.stringify(result)}`)),
+  { discard: true }
+).pipe(Effect.provide(MysqlServer.layerEngine()), NodeRuntime.runMain)
