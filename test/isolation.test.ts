@@ -53,7 +53,11 @@ const schema = [
   `GRANT SELECT ON other_db.* TO 'app'@'%'`,
   `GRANT SELECT ON other_db.* TO 'app'@'localhost'`,
   `DROP PROCEDURE IF EXISTS sfx_set_pv`,
-  `CREATE PROCEDURE sfx_set_pv() BEGIN SET @pv = 42; END`
+  `CREATE PROCEDURE sfx_set_pv() BEGIN SET @pv = 42; END`,
+  `DROP PROCEDURE IF EXISTS sfx_set_rs`,
+  `CREATE PROCEDURE sfx_set_rs() BEGIN SET @prs = 7; SELECT 1 AS one; END`,
+  `CREATE TABLE IF NOT EXISTS parent (id INT PRIMARY KEY)`,
+  `CREATE TABLE IF NOT EXISTS child (id INT PRIMARY KEY, parent_id INT NOT NULL, FOREIGN KEY (parent_id) REFERENCES parent (id))`
 ]
 
 const suite = (args: ReadonlyArray<string> = []) =>
@@ -252,6 +256,126 @@ const leaks: ReadonlyArray<Leak> = [
 ]
 const leakedTexts: Array<number> = []
 
+/** More members of the class: state changed by statements that answer with a result set (whose status flags mysql2
+ * does not expose), characteristics of the next transaction, and other session variables. */
+const moreLeaks: ReadonlyArray<Leak> = [
+  {
+    name: "SELECT @w := 5 (a result set that sets a variable)",
+    statement: "SELECT @w := 5 AS w",
+    check: () => Effect.map(one("SELECT @w"), (v) => differs("@w", v, null))
+  },
+  {
+    name: "SELECT ... INTO @x",
+    statement: "SELECT 9 INTO @x",
+    check: () => Effect.map(one("SELECT @x"), (v) => differs("@x", v, null))
+  },
+  {
+    name: "CALL a procedure that sets a variable and returns a result set",
+    statement: "CALL sfx_set_rs()",
+    check: () => Effect.map(one("SELECT @prs"), (v) => differs("@prs", v, null))
+  },
+  {
+    name: "CREATE TEMPORARY TABLE ... SELECT",
+    statement: "CREATE TEMPORARY TABLE tmp_leak2 SELECT 1 AS x",
+    check: () =>
+      Effect.map(Effect.either(one("SELECT COUNT(*) FROM tmp_leak2")), (r) =>
+        Either.isRight(r) ? "the temporary table is visible to the next unit" : undefined
+      )
+  },
+  {
+    name: "SET foreign_key_checks = 0",
+    statement: "SET SESSION foreign_key_checks = 0",
+    check: () =>
+      Effect.map(
+        Effect.either(Effect.flatMap(sql, (s) => s`INSERT INTO child (id, parent_id) VALUES (${freshId()}, -1)`)),
+        (r) => (Either.isRight(r) ? "a foreign key was not checked in the next unit" : undefined)
+      )
+  },
+  {
+    name: "SET TRANSACTION READ ONLY (the next transaction's characteristics)",
+    statement: "SET TRANSACTION READ ONLY",
+    check: () =>
+      Effect.map(
+        Effect.either(Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${freshId()}, 'rw')`)),
+        (r) => (Either.isLeft(r) ? `the next unit's transaction is read-only: ${String(r.left.message)}` : undefined)
+      ),
+    after: () =>
+      Effect.map(
+        Effect.either(Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) VALUES (${freshId()}, 'rw')`)),
+        (r) => (Either.isLeft(r) ? `the next autocommit write is read-only: ${String(r.left)}` : undefined)
+      )
+  },
+  {
+    name: "SET TRANSACTION ISOLATION LEVEL (next transaction)",
+    statement: "SET TRANSACTION ISOLATION LEVEL READ UNCOMMITTED",
+    check: () =>
+      Effect.gen(function* () {
+        yield* Effect.flatMap(sql, (s) => s`SELECT COUNT(*) FROM items FOR UPDATE`)
+        const id = yield* Session.connectionId
+        let level: string | undefined
+        yield* eventually(
+          Effect.map(
+            adminQuery<{ l: string }>(
+              "SELECT trx_isolation_level AS l FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ?",
+              [id]
+            ),
+            (rows) => {
+              level = rows[0]?.l
+              return level !== undefined
+            }
+          ),
+          "the unit's transaction is listed in innodb_trx"
+        )
+        return differs("the next unit's isolation", level, "REPEATABLE READ")
+      })
+  },
+  {
+    name: "SET NAMES (prepared protocol)",
+    statement: "PREPARED:SET NAMES latin1",
+    check: () =>
+      Effect.map(one("SELECT @@session.character_set_client"), (v) => differs("character_set_client", v, "utf8mb4"))
+  },
+  {
+    name: "SET @v (prepared protocol)",
+    statement: "PREPARED:SET @pv2 = 3",
+    check: () => Effect.map(one("SELECT @pv2"), (v) => differs("@pv2", v, null))
+  }
+]
+
+type MoreVariant = "first, commit" | "in a savepoint that rolls back" | "first, rollback" | "outside any unit"
+const moreVariants: ReadonlyArray<MoreVariant> = [
+  "first, commit",
+  "in a savepoint that rolls back",
+  "first, rollback",
+  "outside any unit"
+]
+
+const runMore = (leak: Leak, variant: MoreVariant) =>
+  Effect.flatMap(sql, (s) => {
+    const prepared = leak.statement.startsWith("PREPARED:")
+    const text = prepared ? leak.statement.slice("PREPARED:".length) : leak.statement
+    const statement = Effect.asVoid(prepared ? s.unsafe(text) : s.unsafe(text).unprepared)
+    switch (variant) {
+      case "outside any unit":
+        return statement
+      case "first, commit":
+        return Effect.asVoid(Effect.exit(Session.transact(statement)))
+      case "first, rollback":
+        return Effect.asVoid(Effect.exit(Session.transact(Effect.zipRight(statement, Effect.fail("x")))))
+      case "in a savepoint that rolls back":
+        return Effect.asVoid(
+          Effect.exit(
+            Session.transact(
+              Effect.zipRight(
+                s`SELECT 1 AS warm`,
+                Effect.either(Session.savepoint(Effect.zipRight(statement, Effect.fail("x"))))
+              )
+            )
+          )
+        )
+    }
+  })
+
 type Variant = "first, commit" | "later, rollback" | "comment, commit" | "later, commit" | "outside any unit"
 const variants: ReadonlyArray<Variant> = [
   "first, commit",
@@ -306,6 +430,36 @@ layer(suite(), suiteOptions)("isolation", (it) => {
       }
       assert.deepStrictEqual(problems, [], "session state crossed from one unit to the next")
     })
+  )
+
+  it.effect(
+    "more members: result sets that set state, next-transaction characteristics, prepared SETs, savepoints",
+    () =>
+      Effect.gen(function* () {
+        const problems: Array<string> = []
+        let n = 0
+        for (const leak of moreLeaks) {
+          for (const variant of moreVariants) {
+            yield* withEngine(
+              Effect.gen(function* () {
+                const baseline = yield* readBaseline
+                yield* Effect.exit(runMore(leak, variant))
+                const found = yield* Effect.exit(Session.transact(leak.check(baseline)))
+                if (Exit.isFailure(found))
+                  problems.push(`${leak.name} (${variant}): the next unit failed: ${show(found)}`)
+                else if (found.value !== undefined) problems.push(`${leak.name} (${variant}): ${found.value}`)
+                if (leak.after) {
+                  const after = yield* Effect.exit(leak.after())
+                  if (Exit.isFailure(after)) problems.push(`${leak.name} (${variant}): ${show(after)}`)
+                  else if (after.value !== undefined) problems.push(`${leak.name} (${variant}): ${after.value}`)
+                }
+              }),
+              { pool: { size: 1 }, name: `iso-more-${++n}` }
+            )
+          }
+        }
+        assert.deepStrictEqual(problems, [], "session state crossed from one unit to the next")
+      })
   )
 
   it.effect("dirty returns are counted: sessionfx_pool_dirty_returns_total by reason", () =>
