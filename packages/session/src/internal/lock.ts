@@ -19,6 +19,11 @@ export interface LockWaiter {
 export class Lock {
   locked = false
   private waiters: Array<LockWaiter> | undefined = undefined
+  /**
+   * Called (synchronously, after the waiter is queued) whenever someone has to wait: the holder may then be able to
+   * let go sooner (a stream reads the rest of its result, see `stream.ts`).
+   */
+  onWait: (() => void) | undefined = undefined
 
   /** Takes the lock now (returns `undefined`) or queues `grant` to be called when it is handed over. */
   enqueue(grant: () => void): LockWaiter | undefined {
@@ -29,7 +34,13 @@ export class Lock {
     }
     const w: LockWaiter = { grant, granted: false, cancelled: false }
     ;(this.waiters ??= []).push(w)
+    if (this.onWait !== undefined) this.onWait()
     return w
+  }
+
+  /** Someone is waiting for the lock. */
+  get contended(): boolean {
+    return this.waiters !== undefined && this.waiters.some((w) => !w.cancelled)
   }
 
   /** Withdraws a waiter that has not been handed the lock. */

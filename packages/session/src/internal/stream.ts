@@ -1,15 +1,20 @@
 /**
  * `sql…stream`: rows as the server sends them, with backpressure, inside a unit of work (on the frame's connection,
- * holding the frame for the stream's whole life) and outside one (on a connection borrowed for the stream's life).
+ * inside its transaction) and outside one (on a connection borrowed for the stream's life).
  *
  * The statement runs through mysql2's event mode (`execute` without a callback: one `result` event per row). Rows
  * are buffered up to `HIGH_WATER_MARK`; past it the connection's socket is paused, so the server blocks on its
  * writes and nothing more is read until the consumer pulls. Every pull hands over all buffered rows as one chunk.
  *
+ * Inside a unit the stream holds the frame (its lock) from before the statement is sent until the statement has
+ * ended on the server. Whoever has to wait for the frame meanwhile (a statement of the unit — also one run by the
+ * stream's own consumer —, a savepoint, the unit's end) makes the stream read the rest of its result into memory
+ * (`Reader.spill`), so nothing ever waits for a consumer, and nothing deadlocks; only such interleaving costs memory.
+ *
  * A consumer that stops early (`Stream.take`, interruption, a failure downstream) stops the statement on the server
- * (`Command.cancel`: KILL QUERY, resent until it lands, the connection destroyed after `killGrace`); the frame is
- * given back only once the statement has ended, so the next statement of the unit finds a connection that is idle.
- * A killed SELECT is a statement-level event: the transaction goes on.
+ * (KILL QUERY while the socket is held paused, then `Command.cancel`: resent until it lands, the connection
+ * destroyed after `killGrace`); the frame is given back only once the statement has ended, so the next statement of
+ * the unit finds an idle connection. A killed SELECT is a statement-level event: the transaction goes on.
  *
  * @internal
  */
@@ -89,13 +94,26 @@ class Reader {
   private issued: any = undefined
   /** A row has arrived: the command is reading rows (`Command.next` is its row state). */
   private reading = false
+  /** Called once, when nothing of this stream is in flight any more (the connection is free for others). */
+  onFinished: (() => void) | undefined = undefined
 
   constructor(
     readonly target: Target,
     readonly sql: string,
     readonly transform: Transform,
-    readonly highWaterMark: number
+    private highWaterMark: number
   ) {}
+
+  /**
+   * Someone else needs the connection (a statement of the same frame, a savepoint, the unit's end): read the rest
+   * of the result into memory, without backpressure, so the statement ends and the connection is free, instead of
+   * waiting for the consumer — who may be the very fiber that is waiting (a statement inside `Stream.mapEffect`).
+   */
+  spill(): void {
+    if (this.finished || this.stopping) return
+    this.highWaterMark = Infinity
+    this.unpause()
+  }
 
   /**
    * Checks the target, binds the values (refused before anything is sent), runs what must precede the statement,
@@ -170,9 +188,16 @@ class Reader {
     }
     trackEofStatus(issued)
     this.issued = issued
-    issued.on("result", (row: unknown) => this.row(row))
+    // a statement without a result set (INSERT, DDL, …) ends with an OK packet, which mysql2 emits as a `result`
+    // after `fields` with no fields: it is no row (as `execute` gives none), but its status flags end the command
+    let columns: unknown = undefined
+    let ok: unknown = undefined
+    issued.on("fields", (fields: unknown) => {
+      columns = fields
+    })
+    issued.on("result", (row: unknown) => (columns === undefined ? (ok = row) : this.row(row)))
     issued.once("error", (e: unknown) => command.callback(e, undefined))
-    issued.once("end", () => command.callback(null, undefined))
+    issued.once("end", () => command.callback(null, ok))
   }
 
   private row(row: unknown): void {
@@ -215,6 +240,9 @@ class Reader {
     this.finished = true
     this.inFlight = undefined
     this.failure = err
+    const finished = this.onFinished
+    this.onFinished = undefined
+    if (finished !== undefined) finished()
     const notify = this.notify
     this.notify = undefined
     if (notify !== undefined) notify()
@@ -374,9 +402,9 @@ const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
 })
 
 /**
- * A stream inside a unit: it holds the frame's lock from before the statement is sent until it has ended (the
- * frame's other statements wait), runs inside the unit's transaction, and fails with `SessionClosed` once the unit
- * has ended.
+ * A stream inside a unit: it holds the frame's lock from before the statement is sent until the statement has ended
+ * on the server (see `Reader.spill` for those who wait), runs inside the unit's transaction, and fails with
+ * `SessionClosed` once the unit has ended.
  *
  * @internal
  */
@@ -398,13 +426,21 @@ export const frameStream = (
             : frame.lock.acquire(restore)
         return Effect.flatMap(take, () => {
           const reader = new Reader(frameTarget(frame), sql, transform, HIGH_WATER_MARK)
+          const lock = frame.lock
+          let held = true
+          // the frame is free as soon as the statement has ended: the consumer may still be reading buffered rows
+          const release = () => {
+            if (!held) return
+            held = false
+            lock.onWait = undefined
+            lock.unsafeRelease()
+          }
+          reader.onFinished = release
+          // never make others wait for the consumer (see `Reader.spill`); outside the waiter's own call stack
+          lock.onWait = () => queueMicrotask(() => reader.spill())
+          if (lock.contended) reader.spill()
           return Effect.zipRight(
-            Effect.addFinalizer(() =>
-              Effect.ensuring(
-                reader.stop(),
-                Effect.sync(() => frame.lock.unsafeRelease())
-              )
-            ),
+            Effect.addFinalizer(() => Effect.ensuring(reader.stop(), Effect.sync(release))),
             Effect.as(restore(reader.open(params)), reader.stream())
           )
         })
