@@ -273,6 +273,82 @@ layer(ServerLive, { timeout: 180_000, excludeTestServices: true })("Stream", (it
     )
   )
 
+  it.scoped("the unit's end does not wait for a stream's slow consumer; an interrupted unit stops its stream", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const conn = yield* adminConnection
+        // a consumer forked by the unit, still reading (slowly) when the unit's body is done
+        const id = freshId()
+        const started = yield* Deferred.make<void>()
+        const t0 = Date.now()
+        const reader = yield* Session.transact(
+          Effect.gen(function* () {
+            const s = yield* sql
+            yield* insert(id)
+            const fiber = yield* s.unsafe(`SELECT seq /* late-marker */ FROM seq_1_to_100000`).stream.pipe(
+              Stream.tap(() => Deferred.succeed(started, undefined)),
+              Stream.mapEffect(() => Effect.sleep("1 millis")),
+              Stream.runCount,
+              Effect.forkDaemon
+            )
+            yield* Deferred.await(started)
+            return fiber
+          })
+        )
+        assert.isBelow(Date.now() - t0, 5_000)
+        assert.strictEqual(yield* countRows(id), 1)
+        assert.strictEqual(yield* running(conn, "late-marker"), 0)
+        yield* Fiber.interrupt(reader)
+
+        // the unit's own fiber interrupted while it reads a stream: the statement is stopped, the unit rolled back
+        const id2 = freshId()
+        const started2 = yield* Deferred.make<void>()
+        const unit = yield* Effect.fork(
+          Session.transact(
+            Effect.gen(function* () {
+              const s = yield* sql
+              yield* insert(id2)
+              yield* million(s, "unit-intr-marker").stream.pipe(
+                Stream.tap(() => Deferred.succeed(started2, undefined)),
+                Stream.mapEffect(() => Effect.sleep("1 millis")),
+                Stream.runDrain
+              )
+            })
+          )
+        )
+        yield* Deferred.await(started2)
+        yield* Fiber.interrupt(unit)
+        assert.strictEqual(yield* running(conn, "unit-intr-marker"), 0)
+        assert.strictEqual(yield* countRows(id2), 0)
+        assert.strictEqual((yield* Engine.stats).inUse, 0)
+      })
+    )
+  )
+
+  it.scoped("a write through .stream runs in the unit's transaction and yields no rows", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const s = yield* sql
+        const [kept, undone] = [freshId(), freshId()]
+        const rows = yield* Session.transact(
+          Stream.runCollect(s`INSERT INTO stream_items (id, label) VALUES (${kept}, 'x')`.stream)
+        )
+        assert.strictEqual(Chunk.size(rows), 0)
+        yield* Effect.exit(
+          Session.transact(
+            Effect.zipRight(
+              Stream.runDrain(s`INSERT INTO stream_items (id, label) VALUES (${undone}, 'x')`.stream),
+              Effect.fail("undo")
+            )
+          )
+        )
+        assert.strictEqual(yield* countRows(kept), 1)
+        assert.strictEqual(yield* countRows(undone), 0)
+        assert.strictEqual((yield* Engine.stats).inUse, 0)
+      })
+    )
+  )
+
   it.scoped("values are bound; a value that cannot be bound fails before anything is sent", () =>
     withEngine(
       Effect.gen(function* () {
