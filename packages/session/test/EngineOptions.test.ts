@@ -43,6 +43,8 @@ describe("Engine options", () => {
     ["shutdownTimeout", { shutdownTimeout: NaN }, /zero or more.*got NaN/],
     ["lockWaitTimeout", { lockWaitTimeout: "-1 seconds" as any }, /a duration/],
     ["statementTimeout", { statementTimeout: 0 }, /at least 1 ms/],
+    ["commitTimeout", { commitTimeout: 0 } as Record<string, unknown> as Engine.EngineOptions, /at least 1 ms/],
+    ["longUnitThreshold", { longUnitThreshold: -1 } as Record<string, unknown> as Engine.EngineOptions, /a duration/],
     ["port", { port: 70_000 }, /integer from 1 to 65535, got 70000/],
     ["isolation", { isolation: "SNAPSHOT" as any }, /SERIALIZABLE/]
   ]

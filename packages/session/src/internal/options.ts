@@ -84,6 +84,8 @@ const EngineOptions = Schema.Struct({
   connectTimeout: opt(positive),
   shutdownTimeout: opt(Millis({ min: 0, max: MAX_TIMER_MS, infinite: false })),
   killGrace: opt(Millis({ min: 0, max: MAX_TIMER_MS, infinite: false })),
+  commitTimeout: opt(positive),
+  longUnitThreshold: opt(Millis({ min: 1, max: Number.MAX_SAFE_INTEGER, infinite: true })),
   isolation: opt(
     Schema.Literal(...ISOLATIONS).annotations({
       message: (issue) => ({
