@@ -170,7 +170,7 @@ export const replicated: (options?: ReplicatedOptions) => Effect.Effect<Replicat
 
 /**
  * A Galera cluster of `nodes` MariaDB nodes on loopback (Debian's `galera-4`, rsync state transfer): the first node
- * bootstraps, the others join one by one; returns once all are synced. Run as root, the nodes run as the `mysql`
+ * bootstraps, the others join together; returns once all are synced. Run as root, the nodes run as the `mysql`
  * user (the rsync state transfer fails as root).
  *
  * @since 0.1.0
