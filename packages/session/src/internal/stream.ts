@@ -65,10 +65,12 @@ interface Target {
 }
 
 const lostError = (pc: PooledConn) =>
-  Object.assign(new Error(`connection ${pc.threadId} was lost while a stream was being read`), {
-    code: "PROTOCOL_CONNECTION_LOST",
-    fatal: true
-  })
+  Object.assign(
+    new Error(
+      `connection ${pc.threadId} was lost while a stream was being read (the server drops a connection whose client has not read for net_write_timeout: a consumer that holds a stream that long loses it)`
+    ),
+    { code: "PROTOCOL_CONNECTION_LOST", fatal: true }
+  )
 
 /**
  * One streamed statement: its rows, its command, and the state shared by the driver's events and the consumer.
