@@ -9,7 +9,7 @@ import * as Statement from "@effect/sql/Statement"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
@@ -86,6 +86,16 @@ export interface EngineOptions {
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   /** After KILL QUERY, how long an interrupted statement may take to end before its connection is destroyed (default 2 seconds). */
   readonly killGrace?: Duration.DurationInput | undefined
+  /**
+   * Bound on COMMIT for a unit without a `timeout` of its own (default 10 seconds): no answer by then is
+   * `CommitOutcomeUnknown`, and the connection is destroyed.
+   */
+  readonly commitTimeout?: Duration.DurationInput | undefined
+  /**
+   * A unit of work open longer than this is logged once at warning level, with where it was opened, and counted in
+   * `sessionfx_session_long_units_total` (default 1 minute; `Duration.infinity` turns it off).
+   */
+  readonly longUnitThreshold?: Duration.DurationInput | undefined
   /** Session default: isolation level (default: the server's). */
   readonly isolation?: IsolationLevel | undefined
   /** Session default: `innodb_lock_wait_timeout`. */
@@ -259,6 +269,14 @@ export const make = (
         queueLimit: checked.queueLimit
       },
       killGraceMs: checked.killGraceMs,
+      commitTimeoutMs:
+        options.commitTimeout === undefined ? undefined : Duration.toMillis(Duration.decode(options.commitTimeout)),
+      longUnitThresholdMs:
+        options.longUnitThreshold === undefined
+          ? undefined
+          : Duration.isFinite(Duration.decode(options.longUnitThreshold))
+            ? Duration.toMillis(Duration.decode(options.longUnitThreshold))
+            : 0,
       defaults: {
         isolation: options.isolation,
         lockWaitTimeoutSeconds: checked.lockWaitTimeoutSeconds,
@@ -325,12 +343,11 @@ export const make = (
         impl.stopTimers()
       })
     )
-    impl.pool.fill()
+    impl.start()
 
-    const currentKey = impl.currentTag.key
     const sql = makeClient(
       impl,
-      (fiber) => fiber.currentContext.unsafeMap.get(currentKey),
+      (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
       (effect) => Effect.mapError(internalSession.transact(impl, effect, {}), sessionErrorsAsSqlError) as any,
       impl.reactivity
     )
@@ -350,7 +367,22 @@ export const make = (
   })
 
 /**
- * The Engine and its autocommit `SqlClient`.
+ * The Engine and its autocommit `SqlClient`. Provide it once, at the program's edge: every unit of work of the
+ * program then shares its pool.
+ *
+ * @example
+ * import { Engine, Session } from "@sessionfx/session"
+ * import * as SqlClient from "@effect/sql/SqlClient"
+ * import { Effect, Redacted } from "effect"
+ *
+ * const EngineLive = Engine.layer({
+ *   url: Redacted.make("mysql://app:secret@localhost:3306/app"),
+ *   pool: { size: 16, acquireTimeout: "5 seconds" }
+ * })
+ *
+ * const program = Session.transact(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1`))
+ *
+ * export const main: Effect.Effect<unknown, unknown> = program.pipe(Effect.provide(EngineLive))
  *
  * @since 0.1.0
  * @category layers
@@ -363,7 +395,16 @@ export const layer = (
   ).pipe(Layer.provide(Reactivity.layer))
 
 /**
- * The Engine from `Config`, e.g. `Engine.layerConfig({ url: Config.redacted("DATABASE_URL") })`.
+ * The Engine from `Config`; options are checked when the layer is built (`InvalidOption` names the option).
+ *
+ * @example
+ * import { Engine } from "@sessionfx/session"
+ * import { Config } from "effect"
+ *
+ * export const EngineLive = Engine.layerConfig({
+ *   url: Config.redacted("DATABASE_URL"),
+ *   pool: { size: Config.integer("DB_POOL_SIZE").pipe(Config.withDefault(16)) }
+ * })
  *
  * @since 0.1.0
  * @category layers
@@ -377,6 +418,12 @@ export const layerConfig = (
 
 /**
  * The pool's current figures.
+ *
+ * @example
+ * import { Engine } from "@sessionfx/session"
+ * import { Effect } from "effect"
+ *
+ * export const report = Effect.flatMap(Engine.stats, (s) => Effect.log(`${s.inUse}/${s.size} in use, ${s.waiting} waiting`))
  *
  * @since 0.1.0
  * @category accessors

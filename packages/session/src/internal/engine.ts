@@ -4,6 +4,8 @@ import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
 import type * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Stream from "effect/Stream"
@@ -152,6 +154,14 @@ export class EngineImpl {
   readonly id = ++engineSeq
   /** Where a fiber finds its current session (frame) of this engine: one key per engine, so engines never mix. */
   readonly currentTag: Context.Tag<BaseConnection, BaseConnection>
+  /**
+   * The same, as a FiberRef: it survives `Effect.provide` of a whole context (a `SqlResolver` built with
+   * `withContext: true` runs its batch with the context it was built with), so a request made inside a unit still
+   * runs inside it.
+   */
+  readonly currentRef: FiberRef.FiberRef<BaseConnection | undefined> = FiberRef.unsafeMake<BaseConnection | undefined>(
+    undefined
+  )
   readonly pool: ConnPool
   flavor: "mariadb" | "mysql" = "mysql"
   version = ""
@@ -205,6 +215,11 @@ export class EngineImpl {
       this.watchUnits()
     }, 1000)
     this.gaugeTimer.unref()
+  }
+
+  /** The fiber's current session (frame) of this engine, if any. */
+  current(fiber: Fiber.RuntimeFiber<any, any>): BaseConnection | undefined {
+    return fiber.currentContext.unsafeMap.get(this.currentTag.key) ?? fiber.getFiberRef(this.currentRef)
   }
 
   /** Fills the pool and opens the control connection; call once the server's flavor is known. */

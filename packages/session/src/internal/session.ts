@@ -323,7 +323,7 @@ export class SessionState implements SessionService {
 
   /** The frame of this session the fiber is in (a savepoint), or the root. */
   frameOf(fiber: Fiber.RuntimeFiber<any, any>): Frame {
-    const f = fiber.currentContext.unsafeMap.get(this.engine.currentTag.key)
+    const f = this.engine.current(fiber)
     return f instanceof Frame && f.state === this ? f : this.root
   }
 
@@ -992,7 +992,11 @@ export const savepoint = <A, E, R>(
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(openSavepoint(parent, restore, fiber, options, checked), (sp) => {
       const inner = options.key === undefined ? effect : Effect.zipRight(recordKey(options.key), effect)
-      const body: Effect.Effect<A, E | SessionError.SessionError, R> = parent.state.provide(inner, sp.child)
+      const body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.locally(
+        parent.state.provide(inner, sp.child),
+        parent.engine.currentRef,
+        sp.child
+      )
       return Effect.flatMap(Effect.exit(restore(withTimeout(body, checked.timeoutMs))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)
       )
@@ -1005,7 +1009,7 @@ export const savepoint = <A, E, R>(
 
 /** The frame of `engine` in the fiber's context, open or ended. */
 const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<any, any>): Frame | undefined => {
-  const f = fiber.currentContext.unsafeMap.get(engine.currentTag.key)
+  const f = engine.current(fiber)
   return f instanceof Frame ? f : undefined
 }
 
@@ -1045,7 +1049,11 @@ const containRequests = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect
 /** Where the unit was opened, for the long-unit warning: the caller's stack, formatted only if ever needed. */
 const openedAt = (label: string): (() => string) => {
   const site: { stack?: string } = {}
+  // a short stack: capturing Effect's deep stacks in full costs tens of microseconds per unit
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 12
   Error.captureStackTrace(site, openedAt)
+  Error.stackTraceLimit = limit
   return () => `${label} opened at:\n${(site.stack ?? "").split("\n").slice(2, 12).join("\n")}`
 }
 
@@ -1098,14 +1106,18 @@ const runOnce = <A, E, R>(
         // and both exits below put the outer context back before anything else runs
         const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
         const outer = fiber.getFiberRef(FiberRef.currentContext)
+        const outerRef = fiber.getFiberRef(engine.currentRef)
         f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
+        f.setFiberRef(engine.currentRef, state.root)
         return Effect.matchCauseEffect(restore(body), {
           onFailure: (cause) => {
             f.setFiberRef(FiberRef.currentContext, outer)
+            f.setFiberRef(engine.currentRef, outerRef)
             return finishNow(state, Exit.failCause(cause), true)
           },
           onSuccess: (a) => {
             f.setFiberRef(FiberRef.currentContext, outer)
+            f.setFiberRef(engine.currentRef, outerRef)
             return finishNow(state, Exit.succeed(a), true)
           }
         })
@@ -1204,8 +1216,11 @@ export const scopedSession = (
       return Effect.uninterruptibleMask((restore) =>
         Effect.flatMap(openSavepoint(frame, restore, fiber, options, checked), (sp) =>
           Effect.as(
-            // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
-            Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
+            Effect.zipRight(
+              // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
+              Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
+              Effect.locallyScoped(engine.currentRef, sp.child as BaseConnection | undefined)
+            ),
             sp.parent.state.layerContext(sp.child)
           )
         )
@@ -1217,8 +1232,11 @@ export const scopedSession = (
         state.owner = fiber
         watch(state, fiber, options.name ?? "Session.layer")
         const opened = Effect.as(
-          // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
-          Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
+          Effect.zipRight(
+            // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
+            Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
+            Effect.locallyScoped(engine.currentRef, state.root as BaseConnection | undefined)
+          ),
           state.layerContext(state.root)
         )
         return options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(recordKey(options.key)))

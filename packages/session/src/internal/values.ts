@@ -26,6 +26,16 @@ const types = (): Typed =>
     (Mysql as unknown as { TypedParameter?: Typed }).TypedParameter ??
     (Mysql as unknown as { default: { TypedParameter: Typed } }).default.TypedParameter)
 
+/** mysql2's TypedParameter class, to build a checked BIGINT without its factory's second range check. */
+let TypedParameterClass: (new (type: number, value: bigint, unsigned: boolean) => unknown) | undefined
+const LONGLONG = 0x08
+
+/** A BIGINT parameter for a value already known to be in range. */
+const longlong = (v: bigint): unknown => {
+  TypedParameterClass ??= (types().LONGLONG(0) as object).constructor as typeof TypedParameterClass
+  return new TypedParameterClass!(LONGLONG, v, false)
+}
+
 /**
  * The value as mysql2 must send it, or a `BindError`. Strings, finite non-integer numbers, booleans, `null`, valid
  * Dates and Buffers go as they are; safe integers and bigints as BIGINT (unsigned above 2^63 − 1); other
@@ -38,7 +48,7 @@ const bindOne = (v: unknown, index: number): unknown => {
     case "boolean":
       return v
     case "number":
-      if (Number.isSafeInteger(v)) return types().LONGLONG(v)
+      if (Number.isSafeInteger(v)) return longlong(BigInt(v))
       if (Number.isFinite(v)) {
         if (Number.isInteger(v)) {
           return refuse(index, `(the integer ${v}, beyond ±(2^53 − 1))`, "it has already lost precision: pass a bigint")
@@ -47,7 +57,7 @@ const bindOne = (v: unknown, index: number): unknown => {
       }
       return refuse(index, `(${v})`, "SQL has no such number: pass null or a finite number")
     case "bigint":
-      if (v >= MIN_BIGINT && v <= MAX_SIGNED) return types().LONGLONG(v)
+      if (v >= MIN_BIGINT && v <= MAX_SIGNED) return longlong(v)
       if (v > MAX_SIGNED && v <= MAX_UNSIGNED) return types().LONGLONG.unsigned(v)
       return refuse(index, `(the bigint ${v}, outside BIGINT's range)`, "pass it as a string for a DECIMAL column")
     case "undefined":
