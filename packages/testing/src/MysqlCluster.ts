@@ -12,7 +12,7 @@ import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
 import * as internal from "./internal/cluster.js"
 import type { MysqlServerError } from "./internal/serverError.js"
-import type { MysqlServer } from "./MysqlServer.js"
+import type { MysqlServer, Options } from "./MysqlServer.js"
 
 /**
  * A primary and its replicas (MariaDB GTID replication on loopback), all sharing the same users and passwords.
@@ -111,23 +111,16 @@ export interface GaleraStatus {
 }
 
 /**
+ * The options every server of a set shares; `startTimeout` is per server (default 60 seconds, 90 for a Galera node,
+ * which may wait for a state transfer).
+ *
  * @since 0.1.0
  * @category models
  */
-export interface ClusterOptions {
-  /** default `"app"` */
-  readonly database?: string | undefined
-  /** default `"app"` */
-  readonly username?: string | undefined
-  /** Per server; default 60 seconds (90 for a Galera node, which may wait for a state transfer). */
-  readonly startTimeout?: Duration.DurationInput | undefined
-  /** default 10 seconds */
-  readonly stopTimeout?: Duration.DurationInput | undefined
-  /** Extra `mariadbd` arguments for every server, after the defaults. */
-  readonly serverArgs?: ReadonlyArray<string> | undefined
-  readonly searchPath?: ReadonlyArray<string> | undefined
-  readonly tmpDir?: string | undefined
-}
+export interface ClusterOptions extends Pick<
+  Options,
+  "database" | "username" | "startTimeout" | "stopTimeout" | "serverArgs" | "searchPath" | "tmpDir"
+> {}
 
 /**
  * @since 0.1.0

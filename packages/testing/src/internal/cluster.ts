@@ -43,6 +43,11 @@ const serverOptions = (options: MysqlCluster.ClusterOptions): Options => ({
   tmpDir: options.tmpDir
 })
 
+const validCount = (name: string, count: number, max: number): Effect.Effect<number, MysqlServerStartFailed> =>
+  Number.isInteger(count) && count >= 1 && count <= max
+    ? Effect.succeed(count)
+    : Effect.fail(startFailed("prepare", `${name} must be an integer from 1 to ${max}, got ${count}`))
+
 /** A copy of a server's service (its `pid` getter included) with more members. */
 const extend = <B extends object>(server: MysqlServer.Service, extra: B): MysqlServer.Service & B =>
   Object.defineProperties({ ...extra }, Object.getOwnPropertyDescriptors(server)) as unknown as MysqlServer.Service & B
@@ -131,10 +136,7 @@ export const replicated = (
 ): Effect.Effect<MysqlCluster.Replicated, MysqlServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
-      const count = options.replicas ?? 2
-      if (!Number.isInteger(count) || count < 1 || count > 8) {
-        return yield* startFailed("prepare", `replicas must be an integer from 1 to 8, got ${count}`)
-      }
+      const count = yield* validCount("replicas", options.replicas ?? 2, 8)
       const startTimeout = Duration.decode(options.startTimeout ?? Duration.seconds(60))
       // one set of users for all servers: the primary's bootstrap replays harmlessly on a replica
       const credentials = { password: randomPassword(), adminPassword: randomPassword() }
@@ -286,10 +288,7 @@ export const galera = (
 ): Effect.Effect<MysqlCluster.Galera, MysqlServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
-      const count = options.nodes ?? 3
-      if (!Number.isInteger(count) || count < 1 || count > 9) {
-        return yield* startFailed("prepare", `nodes must be an integer from 1 to 9, got ${count}`)
-      }
+      const count = yield* validCount("nodes", options.nodes ?? 3, 9)
       const provider = options.provider ?? providerCandidates.find((file) => Fs.existsSync(file))
       if (provider === undefined || !Fs.existsSync(provider)) {
         return yield* new MysqlServerNotInstalled({
