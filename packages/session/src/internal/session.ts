@@ -1208,6 +1208,14 @@ export const scopedSession = (
         invalid("retry", "the Layer spelling cannot re-run the program it provides; use Session.transact")
       )
     }
+    if (options.timeout !== undefined) {
+      return Effect.fail(
+        invalid(
+          "timeout",
+          "the Layer spelling cannot bound the program it provides; use Session.transact(program, { timeout })"
+        )
+      )
+    }
     const frame = frameIn(engine, fiber)
     if (frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)) {
       if (frame.closed || !frame.state.open) return Effect.fail(closedError())

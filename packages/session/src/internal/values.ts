@@ -32,7 +32,7 @@ const LONGLONG = 0x08
 
 /** A BIGINT parameter for a value already known to be in range. */
 const longlong = (v: bigint): unknown => {
-  TypedParameterClass ??= (types().LONGLONG(0) as object).constructor as typeof TypedParameterClass
+  TypedParameterClass ??= (types().LONGLONG(0) as object).constructor as unknown as typeof TypedParameterClass
   return new TypedParameterClass!(LONGLONG, v, false)
 }
 
