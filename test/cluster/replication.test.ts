@@ -1,6 +1,10 @@
 import { assert, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Engine, Session } from "@sessionfx/session"
+import * as SessionError from "@sessionfx/session/SessionError"
 import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type * as Mysql from "mysql2/promise"
 import { classify, connect, gtidOf, query, rows } from "./support.js"
 
@@ -125,6 +129,47 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", e
         const status = yield* replica.replicationStatus
         assert.isTrue(status.ioRunning && status.sqlRunning, status.lastError)
       })
+    )
+
+    it.scoped(
+      "through the Engine: read-your-writes by hand (commit on the primary, wait for its GTID on a replica)",
+      () =>
+        Effect.gen(function* () {
+          const { primary, replicas } = yield* MysqlCluster.ReplicatedServers
+          const onPrimary = yield* Layer.build(Engine.layer({ url: primary.url, pool: { size: 2 } }))
+          const onReplica = yield* Layer.build(Engine.layer({ url: replicas[0]!.url, pool: { size: 2 } }))
+          yield* replicas[0]!.stopSqlThread
+          yield* Effect.addFinalizer(() => Effect.orDie(replicas[0]!.startSqlThread))
+          // the Engine does not hand out the commit's GTID yet: read the position right after the unit
+          const gtid = yield* Effect.gen(function* () {
+            const sql = yield* SqlClient.SqlClient
+            yield* Session.transact(sql`INSERT INTO kv (id, v) VALUES (4, 4)`)
+            const [row] = yield* sql<{ readonly pos: string }>`SELECT @@GLOBAL.gtid_binlog_pos AS pos`
+            return row!.pos
+          }).pipe(Effect.provide(onPrimary))
+          const read = (wait: number) =>
+            Session.transact(
+              Effect.gen(function* () {
+                const sql = yield* SqlClient.SqlClient
+                const [waited] = yield* sql<{ readonly r: number }>`SELECT MASTER_GTID_WAIT(${gtid}, ${wait}) AS r`
+                const found = yield* sql<{ readonly v: number }>`SELECT v FROM kv WHERE id = 4`
+                return { waited: Number(waited?.r), v: found.length > 0 ? found[0]!.v : null }
+              }),
+              { readOnly: true }
+            ).pipe(Effect.provide(onReplica))
+          assert.deepStrictEqual(yield* read(0.2), { waited: -1, v: null }, "lagging: stale")
+          yield* replicas[0]!.startSqlThread
+          assert.deepStrictEqual(yield* read(5), { waited: 0, v: 4 }, "caught up: the write is seen")
+          // a writing unit on a replica is refused by the server, typed and not retried
+          const refused = yield* Effect.flip(
+            Session.transact(
+              Effect.flatMap(SqlClient.SqlClient, (sql) => sql`INSERT INTO kv (id, v) VALUES (5, 5)`),
+              { retry: true }
+            ).pipe(Effect.provide(onReplica))
+          )
+          assert.strictEqual(refused._tag, "ReadOnlyTransaction")
+          assert.isFalse(SessionError.isRetryable(refused))
+        })
     )
   }
 )
