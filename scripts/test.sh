@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite from nothing: set-up, type check, lint (with publint and attw on the packed packages), every
-# vitest project, the runnable examples, then the consumer check (the packed packages installed with npm outside the
-# repository).
+# The whole test suite from nothing: set-up, type check, lint (with publint and attw on the packed packages), the API
+# reference (docgen: examples type-checked and run), every vitest project, the runnable examples, then the consumer
+# check (the packed packages installed with npm outside the repository).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
@@ -9,6 +9,7 @@ export PATH="$HOME/.local/bin:$PATH"
 start=$(date +%s)
 pnpm typecheck
 pnpm lint
+./scripts/docs.sh --check
 pnpm test
 pnpm --filter @sessionfx/examples examples
 ./scripts/consumer/check.sh
