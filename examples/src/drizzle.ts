@@ -5,13 +5,9 @@
  *   pnpm --filter @sessionfx/examples examples drizzle
  */
 import * as MysqlDrizzle from "@effect/sql-drizzle/Mysql"
-import { Session } from "@sessionfx/session"
 import { eq, sql } from "drizzle-orm"
-import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
-import { accounts, balances, createAccounts } from "./Accounts.js"
-
-class Insufficient extends Data.TaggedError("Insufficient")<{ readonly id: number }> {}
+import { accounts, Insufficient, transferScenario } from "./Accounts.js"
 
 /** Built once from the Engine's `SqlClient`: inside a unit of work, that client runs on the unit's connection. */
 export const DrizzleLive = MysqlDrizzle.layer
@@ -33,19 +29,4 @@ export const transfer = (from: number, to: number, amount: number) =>
   })
 
 /** The example: one transfer commits, one overdraws and is rolled back, one nested transfer fails alone. */
-export const program = Effect.gen(function* () {
-  yield* createAccounts([100, 0, 0])
-  yield* Session.transact(transfer(1, 2, 30), { retry: true })
-  const overdrawn = yield* Session.transact(transfer(1, 2, 500)).pipe(
-    Effect.as("committed"),
-    Effect.catchTag("Insufficient", (e) => Effect.succeed(`account ${e.id} would be overdrawn: rolled back`))
-  )
-  yield* Session.transact(
-    Effect.gen(function* () {
-      yield* transfer(2, 3, 10)
-      // a savepoint: the nested unit fails and is rolled back alone, the outer one commits
-      yield* Session.transact(transfer(3, 1, 1_000)).pipe(Effect.catchTag("Insufficient", () => Effect.void))
-    })
-  )
-  return { overdrawn, balances: yield* balances }
-}).pipe(Effect.provide(DrizzleLive))
+export const program = transferScenario(transfer).pipe(Effect.provide(DrizzleLive))

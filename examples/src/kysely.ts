@@ -5,14 +5,10 @@
  *   pnpm --filter @sessionfx/examples examples kysely
  */
 import * as MysqlKysely from "@effect/sql-kysely/Mysql"
-import { Session } from "@sessionfx/session"
 import * as Context from "effect/Context"
-import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import { balances, createAccounts, type Database } from "./Accounts.js"
-
-class Insufficient extends Data.TaggedError("Insufficient")<{ readonly id: number }> {}
+import { Insufficient, transferScenario, type Database } from "./Accounts.js"
 
 /** The Effect-enabled Kysely instance as a service. */
 export class Kysely extends Context.Tag("examples/Kysely")<Kysely, MysqlKysely.EffectKysely<Database>>() {}
@@ -37,19 +33,4 @@ export const transfer = (from: number, to: number, amount: number) =>
   })
 
 /** The example: one transfer commits, one overdraws and is rolled back, one nested transfer fails alone. */
-export const program = Effect.gen(function* () {
-  yield* createAccounts([100, 0, 0])
-  yield* Session.transact(transfer(1, 2, 30), { retry: true })
-  const overdrawn = yield* Session.transact(transfer(1, 2, 500)).pipe(
-    Effect.as("committed"),
-    Effect.catchTag("Insufficient", (e) => Effect.succeed(`account ${e.id} would be overdrawn: rolled back`))
-  )
-  yield* Session.transact(
-    Effect.gen(function* () {
-      yield* transfer(2, 3, 10)
-      // a savepoint: the nested unit fails and is rolled back alone, the outer one commits
-      yield* Session.transact(transfer(3, 1, 1_000)).pipe(Effect.catchTag("Insufficient", () => Effect.void))
-    })
-  )
-  return { overdrawn, balances: yield* balances }
-}).pipe(Effect.provide(KyselyLive))
+export const program = transferScenario(transfer).pipe(Effect.provide(KyselyLive))
