@@ -259,15 +259,7 @@ export const make = (
       name: options.name ?? `${target.host}:${target.port}/${target.database ?? ""}`,
       connection,
       describe,
-      pool: {
-        size: checked.size,
-        minIdle: checked.minIdle,
-        acquireTimeoutMs: checked.acquireTimeoutMs,
-        idleTimeoutMs: checked.idleTimeoutMs,
-        maxLifetimeMs: checked.maxLifetimeMs,
-        validateAfterIdleMs: checked.validateAfterIdleMs,
-        queueLimit: checked.queueLimit
-      },
+      pool: checked.pool,
       killGraceMs: checked.killGraceMs,
       commitTimeoutMs:
         options.commitTimeout === undefined ? undefined : Duration.toMillis(Duration.decode(options.commitTimeout)),

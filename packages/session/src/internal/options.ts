@@ -5,6 +5,7 @@ import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as SessionError from "../SessionError.js"
+import type { EngineImplOptions } from "./engine.js"
 
 /** The longest delay a Node.js timer honours (2^31 - 1 ms, about 24.8 days); a longer one fires at once. */
 const MAX_TIMER_MS = 2_147_483_647
@@ -101,17 +102,11 @@ const EngineOptions = Schema.Struct({
 /** The Engine's numeric and enumerated options, checked and in milliseconds. @internal */
 export interface Checked {
   readonly port: number | undefined
-  readonly size: number
-  readonly minIdle: number
-  readonly acquireTimeoutMs: number
-  /** 0: idle connections are never closed. */
-  readonly idleTimeoutMs: number
-  /** 0: connections are never retired for age. */
-  readonly maxLifetimeMs: number
-  /** -1: never validated; 0: validated on every borrow. */
-  readonly validateAfterIdleMs: number
-  /** 0: unbounded. */
-  readonly queueLimit: number
+  /**
+   * `idleTimeoutMs` 0: idle connections are never closed; `maxLifetimeMs` 0: never retired for age;
+   * `validateAfterIdleMs` -1: never validated, 0: validated on every borrow; `queueLimit` 0: unbounded.
+   */
+  readonly pool: EngineImplOptions["pool"]
   readonly connectTimeoutMs: number
   readonly shutdownTimeoutMs: number
   readonly killGraceMs: number
@@ -153,13 +148,15 @@ export const check = (options: unknown): Effect.Effect<Checked, SessionError.Inv
       ms === undefined ? fallback : ms === Infinity ? whenInfinite : ms
     return Effect.succeed<Checked>({
       port: o.port,
-      size,
-      minIdle,
-      acquireTimeoutMs: o.pool?.acquireTimeout ?? 10_000,
-      idleTimeoutMs: never(o.pool?.idleTimeout, 600_000, 0),
-      maxLifetimeMs: never(o.pool?.maxLifetime, 1_800_000, 0),
-      validateAfterIdleMs: never(o.pool?.validateAfterIdle, 30_000, -1),
-      queueLimit: o.pool?.queueLimit ?? 0,
+      pool: {
+        size,
+        minIdle,
+        acquireTimeoutMs: o.pool?.acquireTimeout ?? 10_000,
+        idleTimeoutMs: never(o.pool?.idleTimeout, 600_000, 0),
+        maxLifetimeMs: never(o.pool?.maxLifetime, 1_800_000, 0),
+        validateAfterIdleMs: never(o.pool?.validateAfterIdle, 30_000, -1),
+        queueLimit: o.pool?.queueLimit ?? 0
+      },
       connectTimeoutMs: o.connectTimeout ?? 10_000,
       shutdownTimeoutMs: o.shutdownTimeout ?? 30_000,
       killGraceMs: o.killGrace ?? 2_000,
