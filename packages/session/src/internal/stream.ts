@@ -43,6 +43,9 @@ type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>
 /** Rows buffered before the socket is paused (plus at most what one read of the socket carried). */
 export const HIGH_WATER_MARK = 2048
 
+/** Bytes read from the socket since the consumer's last pull before it is paused, whatever the number of rows. */
+export const HIGH_WATER_BYTES = 4 * 1024 * 1024
+
 /** SERVER_STATUS_IN_TRANS */
 const IN_TRANS = 0x1
 
@@ -96,6 +99,9 @@ class Reader {
   private issued: any = undefined
   /** A row has arrived: the command is reading rows (`Command.next` is its row state). */
   private reading = false
+  /** The socket's `bytesRead` when the consumer last took the buffered rows. */
+  private mark = 0
+  private highWaterBytes = HIGH_WATER_BYTES
   /** Called once, when nothing of this stream is in flight any more (the connection is free for others). */
   onFinished: (() => void) | undefined = undefined
 
@@ -114,6 +120,7 @@ class Reader {
   spill(): void {
     if (this.finished || this.stopping) return
     this.highWaterMark = Infinity
+    this.highWaterBytes = Infinity
     this.unpause()
   }
 
@@ -172,6 +179,7 @@ class Reader {
     pc.pending = command.callback
     command.sent = true
     ;(conn as any)[STATUS] = undefined
+    this.mark = this.bytesRead()
     // without a callback, mysql2 reports a lost connection on the connection, not on the command
     const onGone = (e?: unknown) => command.callback(e instanceof Error ? e : lostError(pc), undefined)
     conn.on("error", onGone)
@@ -206,7 +214,10 @@ class Reader {
     if (this.stopping) return
     this.reading = true
     this.rows.push(row)
-    if (!this.paused && this.rows.length >= this.highWaterMark) {
+    if (
+      !this.paused &&
+      (this.rows.length >= this.highWaterMark || this.bytesRead() - this.mark >= this.highWaterBytes)
+    ) {
       this.paused = true
       this.target.pc.conn.pause()
     }
@@ -259,6 +270,7 @@ class Reader {
       if (this.rows.length > 0) {
         const out = this.rows
         this.rows = []
+        this.mark = this.bytesRead()
         // rows queued in the driver while paused are parsed now, into the next chunk
         this.unpause()
         return Effect.succeed(Chunk.unsafeFromArray(this.transform !== undefined ? this.transform(out) : out))
@@ -333,6 +345,12 @@ class Reader {
       })
       return Effect.zipRight(held, Effect.zipRight(c.cancel(), this.idle()))
     })
+  }
+
+  /** Bytes read from the connection's socket so far (0 where the socket does not say: rows alone then count). */
+  private bytesRead(): number {
+    const n = (this.target.pc.conn as unknown as { stream?: { bytesRead?: unknown } }).stream?.bytesRead
+    return typeof n === "number" ? n : 0
   }
 
   private unpause(): void {
