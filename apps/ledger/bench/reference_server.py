@@ -112,24 +112,26 @@ class Ledger:
         if dst is not None and accounts[dst]["balance"] + amount > MAX_BALANCE:
             raise Refused("balance_overflow", f"account {dst} cannot hold more", account=dst)
         try:
-            s.execute(text("INSERT INTO transfers (src, dst, amount, idempotency_key) VALUES (:s, :d, :a, :k)"),
-                      {"s": src, "d": dst, "a": amount, "k": key})
+            inserted = s.execute(text("INSERT INTO transfers (src, dst, amount, idempotency_key) "
+                                      "VALUES (:s, :d, :a, :k)"), {"s": src, "d": dst, "a": amount, "k": key})
         except IntegrityError:
             raise Refused("idempotency_conflict", "this idempotency key was already used for a different request",
                           idempotencyKey=key)
-        tid = s.execute(text("SELECT LAST_INSERT_ID()")).scalar()
-        if src is not None:
-            s.execute(text("UPDATE accounts SET balance = balance - :a WHERE id = :i"), {"a": amount, "i": src})
-        if dst is not None:
-            s.execute(text("UPDATE accounts SET balance = balance + :a WHERE id = :i"), {"a": amount, "i": dst})
+        tid = inserted.lastrowid  # from the INSERT's OK packet, as the ledger does
+        if src is not None and dst is not None:
+            s.execute(text("UPDATE accounts SET balance = balance + CASE WHEN id = :s THEN -:a ELSE :a END "
+                           "WHERE id IN (:s, :d)"), {"a": amount, "s": src, "d": dst})
+        else:
+            s.execute(text("UPDATE accounts SET balance = balance + :a WHERE id = :i"),
+                      {"a": amount if src is None else -amount, "i": dst if src is None else src})
         kind = "deposit" if src is None else "withdrawal" if dst is None else "transfer"
         return {"id": tid, "kind": kind, "from": src, "to": dst, "amount": money(amount), "idempotencyKey": key}
 
     def create_account(self, s, name):
         if not isinstance(name, str) or not 1 <= len(name) <= 100:
             raise Refused("invalid_request", "name must be 1-100 characters")
-        s.execute(text("INSERT INTO accounts (name, balance) VALUES (:n, 0)"), {"n": name})
-        return {"id": s.execute(text("SELECT LAST_INSERT_ID()")).scalar(), "name": name, "balance": 0}
+        inserted = s.execute(text("INSERT INTO accounts (name, balance) VALUES (:n, 0)"), {"n": name})
+        return {"id": inserted.lastrowid, "name": name, "balance": 0}
 
     def balance(self, s, account):
         row = s.execute(text("SELECT id, name, balance FROM accounts WHERE id = :i"), {"i": account}).mappings().first()

@@ -18,9 +18,10 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { createServer } from "node:http"
 import { Authorization, LedgerApi } from "./Api.js"
+import type * as Config from "./Config.js"
 import { LedgerConfig, tokenMatches } from "./Config.js"
 import { Unauthorized, Unavailable } from "./Domain/Errors.js"
-import { Ledger } from "./Ledger.js"
+import { bounded, Ledger } from "./Ledger.js"
 import * as Metrics from "./Metrics.js"
 import { codeOf } from "./Protocol.js"
 import { DatabaseSupervisor } from "./Supervisor.js"
@@ -37,11 +38,18 @@ export const AuthorizationLive = Layer.effect(
   )
 )
 
-const tracked = (op: string) => Metrics.track(op, "http", codeOf)
+/** Each HTTP request: bounded by the request timeout, then timed and counted under `op`. */
+const trackedWith = (config: Config.Settings) => {
+  const bound = bounded(config.requestTimeout)
+  return (op: string) =>
+    <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Metrics.track(op, "http", codeOf)(bound(effect))
+}
 
 const AccountsLive = HttpApiBuilder.group(LedgerApi, "accounts", (handlers) =>
-  Effect.map(Ledger, (ledger) =>
-    handlers
+  Effect.map(Effect.all([Ledger, LedgerConfig]), ([ledger, config]) => {
+    const tracked = trackedWith(config)
+    return handlers
       .handle("create", ({ payload }) => ledger.createAccount(payload).pipe(tracked("create_account")))
       .handle("balance", ({ path }) => ledger.balance({ account: path.id }).pipe(tracked("balance")))
       .handle("history", ({ path, urlParams }) =>
@@ -59,15 +67,16 @@ const AccountsLive = HttpApiBuilder.group(LedgerApi, "accounts", (handlers) =>
       .handle("withdraw", ({ path, payload }) =>
         ledger.withdraw({ account: path.id, ...payload }).pipe(tracked("withdraw"))
       )
-  )
+  })
 )
 
 const TransfersLive = HttpApiBuilder.group(LedgerApi, "transfers", (handlers) =>
-  Effect.map(Ledger, (ledger) =>
-    handlers
+  Effect.map(Effect.all([Ledger, LedgerConfig]), ([ledger, config]) => {
+    const tracked = trackedWith(config)
+    return handlers
       .handle("transfer", ({ payload }) => ledger.transfer(payload).pipe(tracked("transfer")))
       .handle("batch", ({ payload }) => ledger.batch(payload).pipe(tracked("batch")))
-  )
+  })
 )
 
 const SystemLive = HttpApiBuilder.group(LedgerApi, "system", (handlers) =>

@@ -5,8 +5,8 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Engine, Session, SessionError } from "@sessionfx/session"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import { LedgerConfig } from "./Config.js"
 import type { Account, AccountId, HistoryPage, Transfer, TransferId } from "./Domain/Account.js"
 import { MAX_AMOUNT, MAX_BALANCE } from "./Domain/Account.js"
 import {
@@ -174,10 +174,15 @@ const move = (from: AccountId | null, to: AccountId | null, amount: bigint, key:
       VALUES (${from}, ${to}, CAST(${amount} AS SIGNED), ${key ?? null})`.raw.pipe(
       onSqlError((e) => (e._tag === "DuplicateKey" && key !== undefined ? idempotencyConflict(key) : undefined))
     )
-    if (from !== null) {
+    // both rows are locked already: one statement moves the money
+    if (from !== null && to !== null) {
+      yield* sql`
+        UPDATE accounts SET balance = balance + CASE WHEN id = ${from} THEN -CAST(${amount} AS SIGNED)
+          ELSE CAST(${amount} AS SIGNED) END
+        WHERE id IN (${from}, ${to})`
+    } else if (from !== null) {
       yield* sql`UPDATE accounts SET balance = balance - CAST(${amount} AS SIGNED) WHERE id = ${from}`
-    }
-    if (to !== null) {
+    } else {
       yield* sql`UPDATE accounts SET balance = balance + CAST(${amount} AS SIGNED) WHERE id = ${to}`
     }
     const transfer: Transfer = {
@@ -247,10 +252,18 @@ const runOperation = (
   }
 }
 
+/** `effect` bounded by `LEDGER_REQUEST_TIMEOUT` (0: unbounded); past it, it is interrupted (rolled back). */
+export const bounded = (requestTimeout: Duration.DurationInput) => {
+  const ms = Duration.toMillis(Duration.decode(requestTimeout))
+  const timedOut = () =>
+    new Unavailable({ message: "the request took too long and was rolled back; try again later" })
+  return <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | Unavailable, R> =>
+    ms > 0 ? Effect.timeoutFail(effect, { duration: ms, onTimeout: timedOut }) : effect
+}
+
 export class Ledger extends Effect.Service<Ledger>()("ledger/Ledger", {
   effect: Effect.gen(function* () {
     const engine = yield* Engine.Engine
-    const config = yield* LedgerConfig
 
     // the options of each kind of unit, built once: no per-unit session settings (a `SET SESSION` would make the
     // connection dirty, cost a reset on release and drop its prepared statements); the request timeout bounds
@@ -258,9 +271,11 @@ export class Ledger extends Effect.Service<Ledger>()("ledger/Ledger", {
     const optionsOf = (name: string, readOnly: boolean): Session.Options => ({
       retry: true,
       name: `ledger.${name}`,
-      timeout: config.requestTimeout,
       ...(readOnly ? { readOnly: true } : {})
     })
+    // No unit `timeout`: it would run the body on a racing child fiber (measured: about 1 ms more CPU per transfer,
+    // 0.4 ms with the race outside the unit). Each transport bounds a request its own way (`LEDGER_REQUEST_TIMEOUT`):
+    // TCP with one watchdog timer for all connections, HTTP with `bounded` below.
     const unitOptions = new Map<string, Session.Options>()
     const unit = <A, E>(
       name: string,

@@ -33,38 +33,36 @@ export const rejectedConnections = Metric.counter("ledger_tcp_rejected_connectio
   incremental: true
 })
 
-/** `rejectedConnections` under one `reason` label, built once per reason. */
-const rejectedBy = new Map<string, Metric.Metric.Counter<number>>()
-export const rejected = (reason: string) => {
-  let m = rejectedBy.get(reason)
-  if (m === undefined) rejectedBy.set(reason, (m = Metric.tagged(rejectedConnections, "reason", reason)))
-  m.unsafeUpdate(1, [])
+// Tagged updates go through the untagged metric with a label array built once: `Metric.tagged(...)` would build a
+// new array per update, and Effect finds a metric's hook by the identity of that array (a key and a hash otherwise).
+const labelsOf = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
+const labelSet = (key: string, make: () => ReadonlyArray<MetricLabel.MetricLabel>) => {
+  let l = labelsOf.get(key)
+  if (l === undefined) labelsOf.set(key, (l = make()))
+  return l
 }
 
-// the tagged metrics of each (op, transport) and (op, transport, outcome), built once: tagging allocates keys
-const durations = new Map<string, Metric.Metric.Histogram<number>>()
-const outcomes = new Map<string, Metric.Metric.Counter<number>>()
+/** Counts a connection closed by a limit under its `reason`. */
+export const rejected = (reason: string) =>
+  rejectedConnections.unsafeUpdate(
+    1,
+    labelSet(`rejected ${reason}`, () => [MetricLabel.make("reason", reason)])
+  )
 
 /** Records one answered request: its latency under `op`/`transport`, its outcome (`ok` or an error code). */
 export const record = (op: string, transport: "tcp" | "http", outcome: string, ms: number): void => {
-  const key = `${op} ${transport}`
-  let d = durations.get(key)
-  if (d === undefined) {
-    d = requestDuration.pipe(Metric.tagged("op", op), Metric.tagged("transport", transport))
-    durations.set(key, d)
-  }
-  d.unsafeUpdate(ms, [])
-  const okey = `${key} ${outcome}`
-  let c = outcomes.get(okey)
-  if (c === undefined) {
-    c = Metric.taggedWithLabels(requests, [
+  requestDuration.unsafeUpdate(
+    ms,
+    labelSet(`${op} ${transport}`, () => [MetricLabel.make("op", op), MetricLabel.make("transport", transport)])
+  )
+  requests.unsafeUpdate(
+    1,
+    labelSet(`${op} ${transport} ${outcome}`, () => [
       MetricLabel.make("op", op),
       MetricLabel.make("transport", transport),
       MetricLabel.make("outcome", outcome)
     ])
-    outcomes.set(okey, c)
-  }
-  c.unsafeUpdate(1, [])
+  )
 }
 
 /** Times `effect` and records it under `op` and `transport`; `outcome` is `ok` or the error's code. */

@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as ParseResult from "effect/ParseResult"
 import type * as Schema from "effect/Schema"
 import { Account, HistoryPage, toWire, Transfer } from "./Domain/Account.js"
-import { errorInfo, InternalError, invalidRequest, type ProtocolError, unknownOperation } from "./Domain/Errors.js"
+import { errorInfo, InternalError, type ProtocolError } from "./Domain/Errors.js"
 import type { LedgerError } from "./Domain/Errors.js"
 import {
   Batch,
@@ -84,6 +84,16 @@ export const codeOf = (e: unknown): string => {
 
 export const failure = (id: RequestId, e: ProtocolError): Response => ({ id, ok: false, error: errorBody(e) })
 
+/**
+ * A refusal about the request itself (malformed, unknown operation, invalid payload), built as the response it is:
+ * it never travels through an Effect, so it needs no error object (the same body as `failure` of the error class).
+ */
+const refusal = (id: RequestId, tag: ProtocolError["_tag"], message: string, detail?: Record<string, unknown>): Response => ({
+  id,
+  ok: false,
+  error: { code: errorInfo[tag].code, message, ...detail }
+})
+
 export interface Parsed {
   readonly id: RequestId
   readonly op: unknown
@@ -96,10 +106,10 @@ export const parse = (line: string): Parsed | Response => {
   try {
     value = JSON.parse(line)
   } catch {
-    return failure(null, invalidRequest("malformed JSON: send one JSON object per line"))
+    return refusal(null, "InvalidRequest", "malformed JSON: send one JSON object per line")
   }
   if (typeof value !== "object" || value === null || Array.isArray(value)) {
-    return failure(null, invalidRequest("a request must be a JSON object with an `op` field"))
+    return refusal(null, "InvalidRequest", "a request must be a JSON object with an `op` field")
   }
   const body = value as Record<string, unknown>
   const rawId = body.id
@@ -118,16 +128,12 @@ const describe = (issue: ParseResult.ParseIssue) => ParseResult.TreeFormatter.fo
 export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Effect<Response> => {
   const operation = operationOf(request.op)
   if (operation === undefined) {
-    return failure(
-      request.id,
-      unknownOperation(
-        typeof request.op === "string" ? request.op : null,
-        `unknown operation; expected one of: ${operationNames}`
-      )
-    )
+    return refusal(request.id, "UnknownOperation", `unknown operation; expected one of: ${operationNames}`, {
+      op: typeof request.op === "string" ? request.op : null
+    })
   }
   const payload = operation.decode(request.body)
-  if (payload._tag === "Left") return failure(request.id, invalidRequest(describe(payload.left)))
+  if (payload._tag === "Left") return refusal(request.id, "InvalidRequest", describe(payload.left))
   return Effect.matchEffect(operation.run(ledger, payload.right), {
     onFailure: (e) => Effect.succeed(failure(request.id, e)),
     onSuccess: (result) => {

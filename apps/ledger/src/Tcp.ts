@@ -14,6 +14,8 @@
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -25,7 +27,8 @@ import {
   LineTooLong,
   ShuttingDown,
   TooManyConnections,
-  Unauthorized
+  Unauthorized,
+  Unavailable
 } from "./Domain/Errors.js"
 import { Ledger } from "./Ledger.js"
 import * as Metrics from "./Metrics.js"
@@ -77,6 +80,13 @@ interface Connection {
   parts: Array<Buffer>
   partLength: number
   discarding: boolean
+  /** When the request now waiting on the database started (0: none), and its id. */
+  busySince: number
+  busyId: Protocol.RequestId
+  /** The connection's fiber; set when it starts. */
+  fiber: Fiber.RuntimeFiber<void> | undefined
+  /** The watchdog interrupted a request that ran past the request timeout. */
+  timedOut: boolean
 }
 
 /** Splits `chunk` into lines of `c` (a line over `max` bytes becomes one TOO_LONG and is discarded). */
@@ -124,6 +134,7 @@ export const make = Effect.gen(function* () {
   const fibers = yield* FiberSet.make<void, never>()
   const run = yield* FiberSet.runtime(fibers)<never>()
   const idleMs = Duration.toMillis(Duration.decode(config.idleTimeout))
+  const requestMs = Duration.toMillis(Duration.decode(config.requestTimeout))
   const authMs = Duration.toMillis(Duration.decode(config.authTimeout))
   /** Unauthenticated sockets, oldest first (a Set keeps insertion order). */
   const pending = new Set<Net.Socket>()
@@ -221,12 +232,15 @@ export const make = Effect.gen(function* () {
         let response: Protocol.Response
         if (Effect.isEffect(answer)) {
           flush()
+          c.busySince = Date.now()
+          c.busyId = parsed.id
           response = yield* Effect.catchAllDefect(answer, (defect) =>
             Effect.as(
               Effect.logError("tcp request failed with a defect", defect),
               Protocol.failure(parsed.id, new InternalError({ message: "internal error" }))
             )
           )
+          c.busySince = 0
         } else {
           response = answer
         }
@@ -252,10 +266,35 @@ export const make = Effect.gen(function* () {
         Effect.sync(() => {
           open.delete(c)
           gauges()
-          finish(c.socket)
+          finish(c.socket, c.timedOut ? encode(Protocol.failure(c.busyId, tookTooLong)) : undefined)
         })
       )
     )
+
+  const tookTooLong = new Unavailable({
+    message: `the request ran longer than ${Duration.format(config.requestTimeout)} and was rolled back; the connection is closed`
+  })
+
+  /**
+   * The request timeout of every connection, with one timer: a request waiting on the database past it is interrupted
+   * (its unit rolls back), answered `unavailable`, and its connection closed — no timer or race per request.
+   */
+  if (requestMs > 0) {
+    const watchdog = setInterval(
+      () => {
+        const now = Date.now()
+        for (const c of open) {
+          if (c.busySince > 0 && now - c.busySince > requestMs && !c.timedOut && c.fiber !== undefined) {
+            c.timedOut = true
+            c.fiber.unsafeInterruptAsFork(FiberId.none)
+          }
+        }
+      },
+      Math.max(50, Math.min(1_000, requestMs / 4))
+    )
+    watchdog.unref()
+    yield* Effect.addFinalizer(() => Effect.sync(() => clearInterval(watchdog)))
+  }
 
   /** Refuses an unauthenticated socket with `error` and closes it. */
   const refuse = (socket: Net.Socket, error: Unauthorized | TooManyConnections, reason: string) => {
@@ -342,7 +381,11 @@ export const make = Effect.gen(function* () {
         paused: false,
         parts: [],
         partLength: 0,
-        discarding: false
+        discarding: false,
+        busySince: 0,
+        busyId: null,
+        fiber: undefined,
+        timedOut: false
       }
       open.add(c)
       gauges()
@@ -356,7 +399,7 @@ export const make = Effect.gen(function* () {
       socket.on("close", onEnd)
       socket.setTimeout(idleMs, () => c.wake?.("idle"))
       if (chunk.length > nl + 1) feed(c, chunk.subarray(nl + 1), config.maxLineBytes)
-      run(serve(c))
+      c.fiber = run(serve(c))
     }
     socket.on("data", onData)
     socket.on("close", () => {

@@ -29,9 +29,18 @@ const arg = (name: string, fallback: string) => {
 const reps = Number(arg("reps", "5"))
 const transfers = Number(arg("transfers", "4000"))
 const connections = Number(arg("connections", "16"))
-const accountSets = arg("accounts", "32,1000").split(",").map(Number)
+const accountSets = arg("accounts", "32,1000")
+  .split(",")
+  .map(Number)
+  .filter((n) => n > 1)
 const noop = Number(arg("noop", "20000"))
 const profileDir = arg("profile", "")
+/** `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables. */
+const variants = argv.flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : [])).map((spec) => {
+  const [name, vars = ""] = spec.split(":")
+  const env = Object.fromEntries(vars.split(",").filter((v) => v.includes("=")).map((v) => v.split("=") as [string, string]))
+  return { name: name!, env }
+})
 
 const here = Path.dirname(new URL(import.meta.url).pathname)
 const appDir = Path.resolve(here, "..")
@@ -64,14 +73,15 @@ const python = () => {
 }
 
 interface Server {
-  readonly name: "ledger" | "reference"
+  /** `ledger`, `reference`, or a `--variant` of the ledger */
+  readonly name: string
   readonly port: number
   readonly pid: number
   readonly stop: () => Promise<void>
 }
 
 /** Starts a server process and waits until its port answers. */
-const start = (name: Server["name"], command: string, args: Array<string>, env: Record<string, string>, port: number) =>
+const start = (name: string, command: string, args: Array<string>, env: Record<string, string>, port: number) =>
   Effect.promise(async (): Promise<Server> => {
     const child = ChildProcess.spawn(command, args, {
       cwd: appDir,
@@ -109,7 +119,7 @@ const start = (name: Server["name"], command: string, args: Array<string>, env: 
   })
 
 interface Sample {
-  readonly server: Server["name"]
+  readonly server: string
   readonly accounts: number
   readonly perSecond: number
   readonly p50: number
@@ -118,11 +128,18 @@ interface Sample {
   readonly serverCpu: number
   /** µs of database CPU per request */
   readonly dbCpu: number
+  /** statements the database received per request (`Questions`: BEGIN, COMMIT and pool resets included) */
+  readonly statements: number
   readonly conserved: boolean
 }
 
+/** The database's `Questions` counter, read over a connection of its own (each read counts 1, subtracted below). */
+let questions: () => number = () => 0
+
 const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) =>
   Effect.gen(function* () {
+    let q0 = 0
+    let q1 = 0
     let s0 = 0
     let d0 = 0
     let s1 = 0
@@ -140,10 +157,12 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) 
         start: () => {
           s0 = cpuOf(server.pid)
           d0 = cpuOf(dbPid)
+          q0 = questions()
         },
         end: () => {
           s1 = cpuOf(server.pid)
           d1 = cpuOf(dbPid)
+          q1 = questions()
         }
       }
     })
@@ -155,6 +174,7 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) 
       p99: report.p99,
       serverCpu: ((s1 - s0) / report.requests) * 1e6,
       dbCpu: ((d1 - d0) / report.requests) * 1e6,
+      statements: (q1 - q0 - 1) / report.requests,
       conserved: report.conserved
     }
     return sample
@@ -189,33 +209,47 @@ const program = Effect.gen(function* () {
   const dbPid = db.pid._tag === "Some" ? db.pid.value : undefined
   if (dbPid === undefined) return yield* Effect.dieMessage("the benchmark needs an embedded database (unset MYSQL_URL)")
   const url = Redacted.value(db.url)
-  const [ledgerPort, ledgerHttp, refPort] = yield* Effect.promise(() => Promise.all([freePort(), freePort(), freePort()]))
-  const nodeArgs = [
-    ...(profileDir === "" ? [] : ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`]),
-    "--import",
-    "tsx",
-    "src/main.ts",
-    "serve"
-  ]
-  const ledger = yield* Effect.acquireRelease(
-    start(
-      "ledger",
-      process.execPath,
-      nodeArgs,
-      {
-        DATABASE_URL: url,
-        LEDGER_TOKEN: TOKEN,
-        LEDGER_TCP_PORT: String(ledgerPort),
-        LEDGER_HTTP_PORT: String(ledgerHttp),
-        LEDGER_POOL_SIZE: "10",
-        LEDGER_LOG_LEVEL: "WARN",
-        LEDGER_MAX_CONNECTIONS: "1024"
-      },
-      ledgerPort
-    ),
-    (s) => Effect.promise(s.stop)
-  )
+  // a synchronous read of the counter between runs: a child process keeps the demo's event loop out of it
+  const admin = Redacted.value(db.admin.url)
+  questions = () => {
+    const out = ChildProcess.execFileSync(process.execPath, [
+      "-e",
+      `require("mysql2/promise").createConnection(${JSON.stringify(admin)}).then(async (c) => {` +
+        `const [r] = await c.query("SHOW GLOBAL STATUS LIKE 'Questions'"); process.stdout.write(String(r[0].Value)); c.end() })`
+    ], { cwd: appDir })
+    return Number(out.toString())
+  }
+  const ledgerEnv = {
+    DATABASE_URL: url,
+    LEDGER_TOKEN: TOKEN,
+    LEDGER_POOL_SIZE: "10",
+    LEDGER_LOG_LEVEL: "WARN",
+    LEDGER_MAX_CONNECTIONS: "1024"
+  }
+  const startLedger = (name: string, env: Record<string, string>, profile: boolean) =>
+    Effect.gen(function* () {
+      const [tcpPort, httpPort] = yield* Effect.promise(() => Promise.all([freePort(), freePort()]))
+      const args = [
+        ...(profile && profileDir !== "" ? ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`] : []),
+        "--import",
+        "tsx",
+        "src/main.ts",
+        "serve"
+      ]
+      return yield* Effect.acquireRelease(
+        start(
+          name,
+          process.execPath,
+          args,
+          { ...ledgerEnv, ...env, LEDGER_TCP_PORT: String(tcpPort), LEDGER_HTTP_PORT: String(httpPort) },
+          tcpPort
+        ),
+        (s) => Effect.promise(s.stop)
+      )
+    })
+  const ledger = yield* startLedger("ledger", {}, true)
   // the ledger's migrations have run: the reference uses the same tables
+  const refPort = yield* Effect.promise(freePort)
   const reference = yield* Effect.acquireRelease(
     start(
       "reference",
@@ -234,67 +268,82 @@ const program = Effect.gen(function* () {
     ),
     (s) => Effect.promise(s.stop)
   )
+  const others: Array<Server> = []
+  for (const v of variants) others.push(yield* startLedger(v.name, v.env, false))
+  const servers = [ledger, reference, ...others]
+  const names = servers.map((s) => s.name)
+  /** The servers in a different order each repetition (a rotation): no server always runs first or last. */
+  const rotation = (rep: number) => servers.map((_, i) => servers[(i + rep) % servers.length]!)
   process.stderr.write(
     `ledger vs reference: ${db.flavor} ${db.version}, ${connections} connections, ${transfers} transfers per run, ` +
-      `${reps} interleaved pairs per account set\n`
+      `${reps} interleaved rounds per account set${others.length > 0 ? `, variants: ${others.map((o) => o.name).join(", ")}` : ""}\n`
   )
   // warm-up: JIT, pools, prepared statements
-  for (const server of [ledger, reference]) yield* runDemo(server, dbPid, 32, 1)
+  if (accountSets.length > 0) for (const server of servers) yield* runDemo(server, dbPid, 32, 1)
+  // what each server costs with nothing to do (timers, pool upkeep), per second
+  const idle: Record<string, number> = {}
+  for (const server of servers) {
+    const c0 = cpuOf(server.pid)
+    yield* Effect.sleep("2 seconds")
+    idle[server.name] = ((cpuOf(server.pid) - c0) / 2) * 1e3
+  }
   const samples: Array<Sample> = []
   for (let rep = 0; rep < reps; rep++) {
     for (const accounts of accountSets) {
-      const order = rep % 2 === 0 ? [ledger, reference] : [reference, ledger]
-      for (const server of order) {
+      for (const server of rotation(rep)) {
         const s = yield* runDemo(server, dbPid, accounts, 100 + rep)
         samples.push(s)
         process.stderr.write(
           `  rep ${rep + 1} ${accounts} accounts ${s.server.padEnd(9)} ${fmt(s.perSecond)}/s  p50 ${fmt(s.p50, 2)} ms  ` +
-            `p99 ${fmt(s.p99, 2)} ms  server ${fmt(s.serverCpu)} µs/req  db ${fmt(s.dbCpu)} µs/req` +
+            `p99 ${fmt(s.p99, 2)} ms  server ${fmt(s.serverCpu)} µs/req  db ${fmt(s.dbCpu)} µs/req  ` +
+            `${fmt(s.statements, 2)} statements/req` +
             (s.conserved ? "" : "  NOT CONSERVED") +
             "\n"
         )
       }
     }
   }
-  const noops: Record<Server["name"], Array<number>> = { ledger: [], reference: [] }
+  const noops: Record<string, Array<number>> = Object.fromEntries(names.map((n) => [n, []]))
   if (noop > 0) {
     for (let rep = 0; rep < Math.max(3, Math.min(reps, 5)); rep++) {
-      for (const server of rep % 2 === 0 ? [ledger, reference] : [reference, ledger]) {
-        noops[server.name].push(yield* runNoop(server))
-      }
+      for (const server of rotation(rep)) noops[server.name]!.push(yield* runNoop(server))
     }
   }
 
   const lines: Array<string> = []
   lines.push(
-    `| accounts | server | transfers/s | p50 ms | p99 ms | server CPU µs/req | DB CPU µs/req |`,
-    `| -------: | ------ | ----------: | -----: | -----: | ----------------: | ------------: |`
+    `| accounts | server | transfers/s | p50 ms | p99 ms | server CPU µs/req | DB CPU µs/req | DB statements/req |`,
+    `| -------: | ------ | ----------: | -----: | -----: | ----------------: | ------------: | ----------------: |`
   )
   const ratios: Array<string> = []
   for (const accounts of accountSets) {
-    const med = (server: Server["name"], f: (s: Sample) => number) =>
+    const med = (server: string, f: (s: Sample) => number) =>
       median(samples.filter((s) => s.server === server && s.accounts === accounts).map(f))
-    for (const server of ["ledger", "reference"] as const) {
+    for (const server of names) {
       lines.push(
         `| ${accounts} | ${server} | ${fmt(med(server, (s) => s.perSecond))} | ${fmt(med(server, (s) => s.p50), 2)} | ` +
-          `${fmt(med(server, (s) => s.p99), 2)} | ${fmt(med(server, (s) => s.serverCpu))} | ${fmt(med(server, (s) => s.dbCpu))} |`
+          `${fmt(med(server, (s) => s.p99), 2)} | ${fmt(med(server, (s) => s.serverCpu))} | ${fmt(med(server, (s) => s.dbCpu))} | ` +
+          `${fmt(med(server, (s) => s.statements), 2)} |`
       )
     }
-    const r = (f: (s: Sample) => number) => med("ledger", f) / med("reference", f)
-    ratios.push(
-      `${accounts} accounts, ledger / reference: throughput ${fmt(r((s) => s.perSecond), 2)}x, ` +
-        `p50 ${fmt(r((s) => s.p50), 2)}x, p99 ${fmt(r((s) => s.p99), 2)}x, ` +
-        `server CPU per request ${fmt(r((s) => s.serverCpu), 2)}x, database CPU per request ${fmt(r((s) => s.dbCpu), 2)}x`
-    )
+    for (const server of names.filter((n) => n !== "reference")) {
+      const r = (f: (s: Sample) => number) => med(server, f) / med("reference", f)
+      ratios.push(
+        `${accounts} accounts, ${server} / reference: throughput ${fmt(r((s) => s.perSecond), 2)}x, ` +
+          `p50 ${fmt(r((s) => s.p50), 2)}x, p99 ${fmt(r((s) => s.p99), 2)}x, ` +
+          `server CPU per request ${fmt(r((s) => s.serverCpu), 2)}x, database CPU per request ${fmt(r((s) => s.dbCpu), 2)}x`
+      )
+    }
   }
   lines.push("", ...ratios)
   if (noop > 0) {
     lines.push(
       "",
-      `request that never reaches the database (unknown op, ${noop} sequential requests, median of ${noops.ledger.length}): ` +
-        `ledger ${fmt(median(noops.ledger))} µs CPU, reference ${fmt(median(noops.reference))} µs CPU`
+      `request that never reaches the database (unknown op, ${noop} sequential requests, median of ${noops.ledger!.length}): ` +
+        names.map((n) => `${n} ${fmt(median(noops[n]!))} µs CPU`).join(", ")
     )
   }
+  lines.push("", `idle CPU (nothing to do, 2 s): ${names.map((n) => `${n} ${fmt(idle[n]!)} ms/s`).join(", ")}`)
   const conserved = samples.every((s) => s.conserved)
   lines.push("", `totals conserved in every run: ${conserved ? "yes" : "NO"}`)
   process.stdout.write(lines.join("\n") + "\n")

@@ -1,7 +1,7 @@
 import { assert, layer } from "@effect/vitest"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
-import { http, startApp } from "./utils.js"
+import { http, startApp, TOKEN } from "./utils.js"
 
 layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger HTTP API", (it) => {
   it.scoped("every operation over HTTP, with typed errors and statuses", () =>

@@ -10,7 +10,7 @@ import { AccountId, MAX_AMOUNT, MAX_BALANCE, Money } from "./Account.js"
  * Builds an expected, typed outcome without capturing a stack trace (nobody reads it: the client gets the code and
  * the message) and without re-validating fields the ledger has just computed.
  */
-export const noStack = <A>(make: () => A): A => {
+const noStack = <A>(make: () => A): A => {
   const limit = Error.stackTraceLimit
   Error.stackTraceLimit = 0
   try {
@@ -108,11 +108,6 @@ export class UnknownOperation extends Schema.TaggedError<UnknownOperation>()(
   { op: Schema.Unknown, message: Schema.String },
   HttpApiSchema.annotations({ status: 400 })
 ) {}
-
-export const invalidRequest = (message: string) => noStack(() => new InvalidRequest({ message }, true))
-
-export const unknownOperation = (op: string | null, message: string) =>
-  noStack(() => new UnknownOperation({ op, message }, true))
 
 export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
   "Unauthorized",
