@@ -236,15 +236,14 @@ class Reader {
     }
     if (this.inFlight === command) this.inFlight = undefined
     this.issued = undefined
-    const pc = this.target.pc
     this.unpause()
     if (err === undefined) {
       this.target.afterSuccess(command)
       return this.end(undefined)
     }
-    // stopped by its consumer: the KILL's error is the expected end, unless the connection went with it
-    if (this.stopping && !pc.broken && !pc.closed) return this.end(undefined)
-    if (!command.sent) return this.end(err)
+    // stopped by its consumer, the KILL's error is the expected end (no failure for a consumer that is gone); but
+    // whatever ended it, the unit learns what the failure did to its transaction (a deadlock, a lost connection)
+    if (!command.sent) return this.end(this.stopping ? undefined : err)
     this.target.afterFailure(err, () => this.end(this.stopping ? undefined : err))
   }
 
