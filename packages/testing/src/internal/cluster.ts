@@ -56,13 +56,17 @@ const extend = <B extends object>(server: MysqlServer.Service, extra: B): MysqlS
 // admin statements
 // -----------------------------------------------------------------------------
 
-const describe = (server: MysqlServer.Service) => `mysql://${server.admin.username}:***@${loopback}:${server.port}`
+const adminTarget = (server: MysqlServer.Service) => `mysql://${server.admin.username}:***@${loopback}:${server.port}`
 
-/** Runs statements as the admin user on a fresh connection (servers restart, so nothing is kept open). */
+/**
+ * Runs one statement as the admin user on a fresh connection (servers restart, so nothing is kept open), bounded by
+ * `deadline` (default 30 seconds) from connect to answer.
+ */
 const adminQuery = <A = Record<string, unknown>>(
   server: MysqlServer.Service,
   sql: string,
-  values: ReadonlyArray<unknown> = []
+  values: ReadonlyArray<unknown> = [],
+  deadline: Duration.Duration = Duration.seconds(30)
 ): Effect.Effect<ReadonlyArray<A>, MysqlServerUnavailable> =>
   Effect.acquireUseRelease(
     Sql.connect({
@@ -76,11 +80,11 @@ const adminQuery = <A = Record<string, unknown>>(
     (conn) => Sql.close(conn)
   ).pipe(
     Effect.timeoutFail({
-      duration: Duration.seconds(30),
-      onTimeout: () => ({ code: undefined, errno: undefined, message: "no answer within 30 seconds" })
+      duration: deadline,
+      onTimeout: () => ({ code: undefined, errno: undefined, message: `no answer within ${Duration.format(deadline)}` })
     }),
     Effect.mapError(
-      (error) => new MysqlServerUnavailable({ target: describe(server), code: error.code, reason: error.message })
+      (error) => new MysqlServerUnavailable({ target: adminTarget(server), code: error.code, reason: error.message })
     )
   )
 
@@ -92,20 +96,21 @@ const statusOf = (rows: ReadonlyArray<Record<string, unknown>>): Record<string, 
   return out
 }
 
-/** Polls `check` every 100 ms until it answers `Some`, failing with `describe(last)` after `timeout`. */
+/** Runs `check` every 100 ms until it answers `Some`; fails with `onTimeout()` after `timeout`. */
 const pollUntil = <A, S>(
-  check: Effect.Effect<Option.Option<A>, never, never>,
+  check: Effect.Effect<Option.Option<A>>,
   timeout: Duration.DurationInput,
   onTimeout: () => S
 ): Effect.Effect<A, S> =>
   check.pipe(
-    Effect.flatMap(Option.match({ onNone: () => Effect.fail(undefined), onSome: Effect.succeed })),
-    Effect.retry(Schedule.spaced(Duration.millis(100))),
-    Effect.timeoutFail({ duration: timeout, onTimeout }),
-    Effect.catchIf(
-      (e): e is undefined => e === undefined,
-      () => Effect.fail(onTimeout())
-    )
+    Effect.flatMap(
+      Option.match({
+        onNone: () => Effect.zipRight(Effect.sleep(Duration.millis(100)), Effect.fail("pending" as const)),
+        onSome: Effect.succeed
+      })
+    ),
+    Effect.eventually,
+    Effect.timeoutFail({ duration: timeout, onTimeout })
   )
 
 // -----------------------------------------------------------------------------
@@ -202,11 +207,14 @@ export const replicated = (
 const makeReplica = (server: MysqlServer.Service, primary: MysqlServer.Service): MysqlCluster.Replica => {
   const run = (sql: string) => live(Effect.asVoid(adminQuery(server, sql)))
   const waitForGtid = (gtid: string, timeout: Duration.DurationInput) => {
-    const seconds = Duration.toMillis(Duration.decode(timeout)) / 1000
+    const wait = Duration.decode(timeout)
     return live(
-      adminQuery<{ readonly r: number | null }>(server, "SELECT MASTER_GTID_WAIT(?, ?) AS r", [gtid, seconds]).pipe(
-        Effect.map((rows) => Number(rows[0]?.r) === 0)
-      )
+      adminQuery<{ readonly r: number | null }>(
+        server,
+        "SELECT MASTER_GTID_WAIT(?, ?) AS r",
+        [gtid, Duration.toMillis(wait) / 1000],
+        Duration.sum(wait, Duration.seconds(30))
+      ).pipe(Effect.map((rows) => rows[0]?.r !== null && rows[0]?.r !== undefined && Number(rows[0].r) === 0))
     )
   }
   return extend(server, {
@@ -425,7 +433,7 @@ const makeGaleraNode = (server: MysqlServer.Service, index: number): MysqlCluste
           timeout,
           () =>
             new MysqlServerUnavailable({
-              target: describe(server),
+              target: adminTarget(server),
               code: undefined,
               reason: `node${index + 1} was not synced within ${Duration.format(timeout)}`
             })
