@@ -12,6 +12,7 @@ import * as MysqlMigrator from "@effect/sql-mysql2/MysqlMigrator"
 import { assert, layer } from "@effect/vitest"
 import { Engine, Session, SessionError } from "@sessionfx/session"
 import { FaultProxy } from "@sessionfx/testing"
+import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -19,11 +20,13 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import * as Querystring from "node:querystring"
 import * as Admin from "./support/admin.js"
 import {
   adminQuery,
+  bounded,
   count,
   countId,
   eventually,
@@ -138,7 +141,11 @@ const unbindable: ReadonlyArray<readonly [string, () => unknown]> = [
   ["an invalid Date", () => new Date(Number.NaN)],
   ["an object with toSqlString", () => ({ toSqlString: () => "1); INSERT INTO pwned VALUES (66); -- " })],
   ["a class instance", () => new Money(5)],
-  ["a Map", () => new Map([[1, 2]])]
+  ["a Map", () => new Map([[1, 2]])],
+  ["1e300 (an integer number beyond 2^53)", () => 1e300],
+  ["-1e20 (number)", () => -1e20],
+  ["an Int16Array", () => new Int16Array([1, 2])],
+  ["an ArrayBuffer", () => new ArrayBuffer(4)]
 ]
 
 /** Values and what the server must hold for them (read back by the superuser as text). */
@@ -154,6 +161,9 @@ const bindable: ReadonlyArray<{
   { name: "max safe integer", column: "b", value: () => Number.MAX_SAFE_INTEGER, stored: "9007199254740991" },
   { name: "min safe integer", column: "b", value: () => Number.MIN_SAFE_INTEGER, stored: "-9007199254740991" },
   { name: "a double", column: "d", value: () => 1.5, stored: "1.5" },
+  { name: "0.1", column: "d", value: () => 0.1, stored: "0.1" },
+  { name: "a large non-integer double", column: "d", value: () => 1500000000000000.5, stored: "1500000000000000.5" },
+  { name: "-0", column: "b", value: () => -0, stored: "0" },
   {
     name: "bigint BIGINT UNSIGNED max",
     column: "u",
@@ -201,10 +211,12 @@ const bindingTests = (it: any, label: string) => {
     withEngine(
       Effect.gen(function* () {
         const problems: Array<string> = []
+        const written: Array<number> = []
         let n = 0
         for (const [name, make] of unbindable) {
           for (const position of allPositions) {
-            for (const mode of ["execute", "unprepared"] as const) {
+            // every mode where the unit's transaction starts (first) and outside units; execute/unprepared elsewhere
+            for (const mode of position === "first" || position === "outside" ? modes : modes.slice(0, 2)) {
               const id = freshId()
               const marker = `sfxbind${label.length}m${++n}x`
               const stmt = Effect.flatMap(sql, (s) =>
@@ -220,10 +232,12 @@ const bindingTests = (it: any, label: string) => {
               const tag = position === "outside" ? rootTag(e) : tagOf(e)
               if (tag !== "BindError") problems.push(`${name} @ ${position}/${mode}: ${tag} (${(e as any)?.message})`)
               else if (rootError(e).retryable !== false) problems.push(`${name} @ ${position}/${mode}: retryable`)
-              if ((yield* countId("vals", id)) !== 0) problems.push(`${name} @ ${position}/${mode}: a row was written`)
+              written.push(id)
             }
           }
         }
+        const kept = yield* count("vals", `id IN (${written.join(",")})`)
+        if (kept !== 0) problems.push(`${kept} row(s) written with an unbindable value`)
         // inside a unit the statement itself fails with SqlError whose cause is the BindError
         for (const [name, make] of unbindable) {
           const inside = yield* Session.transact(
@@ -240,6 +254,46 @@ const bindingTests = (it: any, label: string) => {
         assert.strictEqual(yield* count("pwned"), 0, "a toSqlString object was spliced in as SQL")
       })
     )
+  )
+
+  it.effect(
+    `[${label}] plain objects without an exact JSON text (a bigint inside, a cycle) are BindError, not defects`,
+    () =>
+      withEngine(
+        Effect.gen(function* () {
+          const cyclic: Record<string, unknown> = { a: 1 }
+          cyclic.self = cyclic
+          const cases: ReadonlyArray<readonly [string, () => unknown]> = [
+            ["{ a: 1n }", () => ({ a: 1n })],
+            ["[1n]", () => [1n]],
+            ["a cyclic object", () => cyclic]
+          ]
+          const problems: Array<string> = []
+          for (const [name, make] of cases) {
+            for (const position of allPositions) {
+              const id = freshId()
+              const exit = yield* Effect.exit(
+                bounded(
+                  at(
+                    position,
+                    Effect.flatMap(sql, (s) => s`INSERT INTO vals (id, s) VALUES (${id}, ${make()})`)
+                  ),
+                  5_000,
+                  `${name} @ ${position}`
+                )
+              )
+              if (Exit.isSuccess(exit)) problems.push(`${name} @ ${position}: succeeded`)
+              else if (Option.isNone(Cause.failureOption(exit.cause)))
+                problems.push(`${name} @ ${position}: a defect: ${show(exit)}`)
+              else if (rootTag(failureOf(exit, name)) !== "BindError")
+                problems.push(`${name} @ ${position}: ${show(exit)}`)
+              if ((yield* countId("vals", id)) !== 0) problems.push(`${name} @ ${position}: a row was written`)
+            }
+          }
+          assert.deepStrictEqual(problems, [], "objects without a JSON text")
+        }),
+        { shutdownTimeout: "1 second" }
+      )
   )
 
   it.effect(`[${label}] every value is bound one way in every position and mode`, () =>
@@ -347,6 +401,28 @@ const bindingTests = (it: any, label: string) => {
               if (!Exit.isSuccess(found) || found.value !== 1) {
                 wrong.push(`#${i} compare @ ${position}: ${show(found)}`)
               }
+            }
+            // the statement helpers bind the same way: sql.insert, sql.in, sql.update
+            const hid = freshId()
+            const helpers = yield* Effect.exit(
+              at(
+                position,
+                Effect.gen(function* () {
+                  const s = yield* sql
+                  yield* s`INSERT INTO vals ${s.insert({ id: hid, s: value })}`
+                  const n = yield* s<{
+                    n: number
+                  }>`SELECT COUNT(*) AS n FROM vals WHERE id = ${hid} AND ${s.in("s", [value, "other"])}`
+                  yield* s`UPDATE vals SET ${s.update({ s: `${value}!` })} WHERE id = ${hid}`
+                  return Number(n[0]!.n)
+                })
+              )
+            )
+            if (!Exit.isSuccess(helpers) || helpers.value !== 1)
+              wrong.push(`#${i} helpers @ ${position}: ${show(helpers)}`)
+            const updated = yield* adminQuery<{ s: string }>("SELECT s FROM vals WHERE id = ?", [hid])
+            if (Exit.isSuccess(helpers) && updated[0]?.s !== `${value}!`) {
+              wrong.push(`#${i} sql.update @ ${position}: stored ${JSON.stringify(updated[0]?.s)}`)
             }
           }
         }
@@ -609,79 +685,97 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
       )
   )
 
-  it.effect("server truth: a caught deadlock aborts the unit; later statements fail; nothing of it is kept (x3)", () =>
-    withEngine(
-      repeat(3, () =>
-        Effect.gen(function* () {
-          const r1 = freshId()
-          const r2 = freshId()
-          yield* adminQuery("INSERT INTO items (id) VALUES (?), (?)", [r1, r2])
-          const aLocked = yield* Deferred.make<number>()
-          const bLocked = yield* Deferred.make<void>()
-          const aWaits = yield* Deferred.make<void>()
-          const wA = freshId()
-          const wB = freshId()
-          const unit = (
-            first: number,
-            second: number,
-            w: number,
-            mine: Effect.Effect<void, never, Session.Session>,
-            before: Effect.Effect<void>
-          ) =>
-            Session.transact(
-              Effect.gen(function* () {
-                const s = yield* sql
-                yield* s`UPDATE items SET qty = qty + 1 WHERE id = ${first}`
-                yield* mine
-                yield* before
-                const lock = yield* Effect.either(s`UPDATE items SET qty = qty + 1 WHERE id = ${second}`)
-                const later = yield* Effect.either(insert(w))
-                return { lock, later }
-              })
+  it.effect(
+    "server truth: a caught deadlock aborts the unit (also inside a savepoint); later statements fail (x4)",
+    () =>
+      withEngine(
+        repeat(4, (rep) =>
+          Effect.gen(function* () {
+            const inSavepoint = rep >= 2
+            const seen = yield* Ref.make<Record<string, { lockFailed: boolean; laterFailed: boolean }>>({})
+            const r1 = freshId()
+            const r2 = freshId()
+            yield* adminQuery("INSERT INTO items (id) VALUES (?), (?)", [r1, r2])
+            const aLocked = yield* Deferred.make<number>()
+            const bLocked = yield* Deferred.make<void>()
+            const aWaits = yield* Deferred.make<void>()
+            const wA = freshId()
+            const wB = freshId()
+            const unit = (
+              first: number,
+              second: number,
+              w: number,
+              mine: Effect.Effect<void, never, Session.Session>,
+              before: Effect.Effect<void>
+            ) =>
+              Session.transact(
+                Effect.gen(function* () {
+                  const s = yield* sql
+                  yield* s`UPDATE items SET qty = qty + 1 WHERE id = ${first}`
+                  yield* mine
+                  yield* before
+                  const update = s`UPDATE items SET qty = qty + 1 WHERE id = ${second}`
+                  const lock = yield* Effect.either(inSavepoint ? Session.savepoint(update) : update)
+                  const later = yield* Effect.either(insert(w))
+                  yield* Ref.update(seen, (m) => ({
+                    ...m,
+                    [w]: { lockFailed: Either.isLeft(lock), laterFailed: Either.isLeft(later) }
+                  }))
+                  return { lock, later }
+                })
+              )
+            const a = yield* Effect.fork(
+              unit(
+                r1,
+                r2,
+                wA,
+                Effect.flatMap(connectionId, (id) => Deferred.succeed(aLocked, id)),
+                Deferred.await(bLocked)
+              )
             )
-          const a = yield* Effect.fork(
-            unit(
-              r1,
-              r2,
-              wA,
-              Effect.flatMap(connectionId, (id) => Deferred.succeed(aLocked, id)),
-              Deferred.await(bLocked)
-            )
-          )
-          const b = yield* Effect.fork(unit(r2, r1, wB, Deferred.succeed(bLocked, undefined), Deferred.await(aWaits)))
-          const aId = yield* Deferred.await(aLocked)
-          yield* eventually(
-            Effect.map(
-              adminQuery<{ n: string }>(
-                "SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT'",
-                [aId]
+            const b = yield* Effect.fork(unit(r2, r1, wB, Deferred.succeed(bLocked, undefined), Deferred.await(aWaits)))
+            const aId = yield* Deferred.await(aLocked)
+            yield* eventually(
+              Effect.map(
+                adminQuery<{ n: string }>(
+                  "SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT'",
+                  [aId]
+                ),
+                (r) => Number(r[0]!.n) === 1
               ),
-              (r) => Number(r[0]!.n) === 1
-            ),
-            "unit A waits for B's row lock"
-          )
-          yield* Deferred.succeed(aWaits, undefined)
-          const exits = [yield* Fiber.await(a), yield* Fiber.await(b)] as const
-          const failed = exits.map((e) => Exit.isFailure(e))
-          assert.strictEqual(failed.filter(Boolean).length, 1, `exactly one unit fails: ${exits.map(show).join(" / ")}`)
-          const victim = failed[0] ? 0 : 1
-          expectTag(exits[victim]!, ["Deadlock"], "the victim fails with Deadlock although it caught it")
-          const winner = exits[1 - victim]!
-          assert.isTrue(Exit.isSuccess(winner) && Either.isRight(winner.value.lock), "the other unit got its lock")
-          assert.strictEqual(yield* countId("items", victim === 0 ? wA : wB), 0, "the victim's later write was kept")
-          assert.strictEqual(yield* countId("items", victim === 0 ? wB : wA), 1, "the winner's write was lost")
-          const qty = yield* adminQuery<{ id: number; qty: number }>("SELECT id, qty FROM items WHERE id IN (?, ?)", [
-            r1,
-            r2
-          ])
-          assert.deepStrictEqual(
-            qty.map((r) => Number(r.qty)).sort(),
-            [1, 1],
-            "only the winner's two updates are committed"
-          )
-        })
+              "unit A waits for B's row lock"
+            )
+            yield* Deferred.succeed(aWaits, undefined)
+            const exits = [yield* Fiber.await(a), yield* Fiber.await(b)] as const
+            const failed = exits.map((e) => Exit.isFailure(e))
+            assert.strictEqual(
+              failed.filter(Boolean).length,
+              1,
+              `exactly one unit fails: ${exits.map(show).join(" / ")}`
+            )
+            const victim = failed[0] ? 0 : 1
+            expectTag(exits[victim]!, ["Deadlock"], "the victim fails with Deadlock although it caught it")
+            const winner = exits[1 - victim]!
+            assert.isTrue(Exit.isSuccess(winner) && Either.isRight(winner.value.lock), "the other unit got its lock")
+            assert.deepStrictEqual(
+              (yield* Ref.get(seen))[victim === 0 ? wA : wB],
+              { lockFailed: true, laterFailed: true },
+              "the victim's statement after the deadlock did not fail"
+            )
+            assert.strictEqual(yield* countId("items", victim === 0 ? wA : wB), 0, "the victim's later write was kept")
+            assert.strictEqual(yield* countId("items", victim === 0 ? wB : wA), 1, "the winner's write was lost")
+            const qty = yield* adminQuery<{ id: number; qty: number }>("SELECT id, qty FROM items WHERE id IN (?, ?)", [
+              r1,
+              r2
+            ])
+            assert.deepStrictEqual(
+              qty.map((r) => Number(r.qty)).sort(),
+              [1, 1],
+              "only the winner's two updates are committed"
+            )
+          })
+        )
       )
-    )
   )
 
   it.effect("server truth: a lost connection, caught, aborts the unit: later statements fail, nothing kept", () =>
@@ -810,6 +904,38 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
             assert.deepStrictEqual(exit, Exit.fail("boom"))
             assert.deepStrictEqual(counts, [0, 0, 0, 0], "the work after the DDL is rolled back")
           }
+        }
+      })
+    )
+  )
+
+  it.effect("DDL inside a savepoint or sql.withTransaction: the unit goes on and commits what follows", () =>
+    withEngine(
+      Effect.gen(function* () {
+        for (const spelling of ["Session.savepoint", "sql.withTransaction", "nested Session.transact"] as const) {
+          const [a, b, c] = [freshId(), freshId(), freshId()]
+          const table = `ddl_sp_${a}`
+          const inner = Effect.gen(function* () {
+            yield* insert(a)
+            yield* Effect.flatMap(sql, (s) => s.unsafe(`CREATE TABLE ${table} (x INT)`))
+            yield* insert(b)
+          })
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                if (spelling === "Session.savepoint") yield* Session.savepoint(inner)
+                else if (spelling === "sql.withTransaction") yield* Effect.flatMap(sql, (s) => s.withTransaction(inner))
+                else yield* Session.transact(inner)
+                yield* insert(c)
+              })
+            )
+          )
+          assert.isTrue(Exit.isSuccess(exit), `${spelling} around DDL: ${show(exit)}`)
+          assert.deepStrictEqual(
+            [yield* countId("items", a), yield* countId("items", b), yield* countId("items", c)],
+            [1, 1, 1],
+            `${spelling} around DDL`
+          )
         }
       })
     )
@@ -1141,6 +1267,74 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
     )
   )
 
+  it.effect("a sent statement stopped by KILL QUERY leaves nothing and does not poison the unit (x3)", () =>
+    withEngine(
+      repeat(3, (i) =>
+        Effect.gen(function* () {
+          const [x, y] = [freshId(), freshId()]
+          const marker = `sfx-killed-${i}`
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                const s = yield* sql
+                const r = yield* Effect.either(
+                  Effect.timeout(
+                    s.unsafe(
+                      `INSERT INTO items (id, label) SELECT ?, IF(SLEEP(3) = 0, 'slow', 'killed') /* ${marker} */`,
+                      [x]
+                    ),
+                    "150 millis"
+                  )
+                )
+                assert.isTrue(Either.isLeft(r), "the 3 s statement was not timed out")
+                // stopped on the server before the unit goes on
+                assert.strictEqual(yield* running(marker), 0, "the interrupted statement still runs on the server")
+                yield* insert(y)
+              })
+            )
+          )
+          assert.isTrue(Exit.isSuccess(exit), `a statement the server stopped poisoned the unit: ${show(exit)}`)
+          assert.deepStrictEqual([yield* countId("items", x), yield* countId("items", y)], [0, 1])
+        })
+      )
+    )
+  )
+
+  it.effect("Effect.all fail-fast inside a unit: the interrupted sibling's write is never committed (x4)", () =>
+    withEngine(
+      repeat(4, (i) =>
+        Effect.gen(function* () {
+          const [a, b] = [freshId(), freshId()]
+          const sibling =
+            i % 2 === 0
+              ? insert(a)
+              : Effect.flatMap(sql, (s) => s`INSERT INTO items (id, label) SELECT ${a}, IF(SLEEP(0.1) = 0, 'a', 'k')`)
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                const r = yield* Effect.either(
+                  Effect.all([sibling, Effect.zipRight(Effect.yieldNow(), Effect.fail("sibling failed" as const))], {
+                    concurrency: 2
+                  })
+                )
+                assert.isTrue(Either.isLeft(r))
+                yield* insert(b)
+              })
+            )
+          )
+          const [ca, cb] = [yield* countId("items", a), yield* countId("items", b)]
+          if (Exit.isSuccess(exit)) {
+            assert.strictEqual(cb, 1)
+            assert.strictEqual(ca, 0, "the interrupted sibling's row was committed")
+          } else {
+            expectTag(exit, ["StatementInterrupted"], "the unit")
+            assert.deepStrictEqual([ca, cb], [0, 0])
+          }
+        })
+      )
+    )
+  )
+
   it.scoped(
     "interrupted after it completed (50 ms latency): the innermost level is poisoned, never committed (x4)",
     () =>
@@ -1363,6 +1557,40 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
         )
       }
     })
+  )
+
+  it.effect("per-unit isolation / readOnly on every unit: no prepares after warm-up, no reset, same connection", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const id = freshId()
+        yield* adminQuery("INSERT INTO items (id) VALUES (?)", [id])
+        for (const options of [
+          { isolation: "READ COMMITTED" },
+          { readOnly: true },
+          { isolation: "SERIALIZABLE", lockWaitTimeout: "2 seconds" },
+          { consistentSnapshot: true }
+        ] as ReadonlyArray<Session.Options>) {
+          const unit = Session.transact(
+            Effect.gen(function* () {
+              yield* Effect.flatMap(sql, (s) => s`SELECT qty FROM items WHERE id = ${id}`)
+              return yield* connectionId
+            }),
+            options
+          )
+          yield* unit
+          yield* unit
+          const prepares0 = yield* globalStatus("Com_stmt_prepare")
+          const destroyed0 = (yield* Engine.stats).destroyed
+          const ids = new Set<number>()
+          for (let i = 0; i < 8; i++) ids.add(yield* unit)
+          const prepares = (yield* globalStatus("Com_stmt_prepare")) - prepares0
+          assert.strictEqual(prepares, 0, `${JSON.stringify(options)}: ${prepares} prepares over 8 units`)
+          assert.strictEqual((yield* Engine.stats).destroyed - destroyed0, 0, `${JSON.stringify(options)}: destroyed`)
+          assert.strictEqual(ids.size, 1, `${JSON.stringify(options)}: not the pool's one connection`)
+        }
+      }),
+      { pool: { size: 1 } }
+    )
   )
 
   it.effect("per-unit settings cost the next unit nothing: no prepares after warm-up, no reset, same connection", () =>

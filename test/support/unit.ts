@@ -186,3 +186,18 @@ export const repeat = <E, R>(n: number, body: (i: number) => Effect.Effect<void,
         Effect.dieMessage(`repetition ${i + 1}/${n}: ${String((d as any)?.message ?? d)}`)
       )
   ).pipe(Effect.asVoid)
+
+/**
+ * `effect`, or a defect saying `what` hung after `ms`: a hang is reported as a failure of its own, quickly, and the
+ * hung fiber is left behind (disconnected) rather than awaited.
+ */
+export const bounded = <A, E, R>(effect: Effect.Effect<A, E, R>, ms: number, what: string) =>
+  Effect.disconnect(effect).pipe(Effect.timeoutFail({ duration: ms, onTimeout: () => new Hung({ what, ms }) }))
+
+/** A scenario that did not end within its bound. */
+export class Hung extends Error {
+  readonly _tag = "Hung"
+  constructor(readonly info: { readonly what: string; readonly ms: number }) {
+    super(`${info.what}: no answer within ${info.ms} ms (hung)`)
+  }
+}
