@@ -599,6 +599,55 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
     )
   )
 
+  it.scoped(
+    "the transaction's start lost on the wire (reset, delivered or not): the unit fails with nothing kept",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* theServer
+        const proxy = yield* FaultProxy.make({ target: { host: server.host, port: server.port } })
+        yield* withEngine(
+          Effect.gen(function* () {
+            yield* Session.transact(Effect.flatMap(sql, (s) => s`SELECT 1`))
+            for (const [i, forward] of [false, true, false, true].entries()) {
+              const [a, b] = [freshId(), freshId()]
+              const marker = `sfx-start-${i}`
+              const triggered0 = (yield* proxy.counters).triggered
+              // the first packet of the unit: START TRANSACTION / BEGIN, or its first statement when it opens the
+              // transaction by itself
+              yield* proxy.resetNextAfter({
+                match: (chunk) => {
+                  const text = chunk.toString("latin1")
+                  return /START TRANSACTION|\bBEGIN\b/i.test(text) || text.includes(marker)
+                },
+                forward
+              })
+              const exit = yield* Effect.exit(
+                Session.transact(
+                  Effect.gen(function* () {
+                    yield* Effect.flatMap(sql, (s) =>
+                      s.unsafe(`INSERT INTO items (id, label) VALUES (?, 'start') /* ${marker} */`, [a])
+                    )
+                    yield* insert(b)
+                  })
+                )
+              )
+              yield* proxy.resetNextAfter({ bytesFromClient: Number.MAX_SAFE_INTEGER })
+              assert.isAbove((yield* proxy.counters).triggered, triggered0, "the fault never fired")
+              const rows = [yield* countId("items", a), yield* countId("items", b)]
+              if (Exit.isSuccess(exit)) {
+                // only if it started again from scratch on a new connection, all of it in one transaction
+                assert.deepStrictEqual(rows, [1, 1], `forward ${forward}: the unit succeeded with rows ${rows}`)
+              } else {
+                expectTag(exit, ["ConnectionLost", "ConnectionError"], `forward ${forward}`)
+                assert.deepStrictEqual(rows, [0, 0], `forward ${forward}: a failed unit kept rows`)
+              }
+            }
+          }),
+          { url: proxy.urlFor(server), pool: { size: 1 } }
+        )
+      })
+  )
+
   it.effect("a caught failure, then more work, then the unit fails: nothing is kept (every kind, first or later)", () =>
     withEngine(
       Effect.gen(function* () {

@@ -20,6 +20,7 @@ import * as Logger from "effect/Logger"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import * as Scope from "effect/Scope"
 import * as Mysql from "mysql2/promise"
 import * as Redacted from "effect/Redacted"
 import * as Admin from "./support/admin.js"
@@ -754,6 +755,83 @@ layer(suite(), suiteOptions)("isolation", (it) => {
         }),
         { pool: { size: 2 } }
       )
+  )
+
+  it.effect("a stored Session reference or a fiber forked into an outer scope gets SessionClosed after the unit", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const problems: Array<string> = []
+        const d = freshId()
+        const go = yield* Deferred.make<void>()
+        const outer = yield* Scope.make()
+        const [session, forked] = yield* Session.transact(
+          Effect.gen(function* () {
+            const session = yield* Session.Session
+            const forked = yield* Effect.forkIn(Effect.zipRight(Deferred.await(go), insert(d)), outer)
+            return [session, forked] as const
+          })
+        )
+        const uses: ReadonlyArray<readonly [string, Effect.Effect<unknown, unknown>]> = [
+          ["session.sql", session.sql`INSERT INTO items (id) VALUES (${d})`],
+          ["session.savepoint", session.savepoint(Effect.void)],
+          ["session.afterCommit", session.afterCommit(Effect.void)]
+        ]
+        for (const [name, use] of uses) {
+          const exit = yield* Effect.exit(use)
+          const tag = Exit.isFailure(exit) ? rootTag(Option.getOrUndefined(failureOption(exit))) : "success"
+          if (tag !== "SessionClosed") problems.push(`${name}: ${tag} (${show(exit)})`)
+        }
+        yield* Deferred.succeed(go, undefined)
+        const exit = yield* Fiber.await(forked)
+        const tag = Exit.isFailure(exit) ? rootTag(Option.getOrUndefined(failureOption(exit))) : "success"
+        if (tag !== "SessionClosed") problems.push(`Effect.forkIn(outer scope): ${tag} (${show(exit)})`)
+        yield* Scope.close(outer, Exit.void)
+        assert.strictEqual(yield* countId("items", d), 0, "a write through a stale handle was committed")
+        assert.deepStrictEqual(problems, [], "stale handles")
+      })
+    )
+  )
+
+  it.effect("SqlResolver.ordered (INSERT … RETURNING) in two batched units: each in its own unit", () =>
+    withEngine(
+      Effect.gen(function* () {
+        const engineSql = yield* sql
+        const ordered = yield* SqlResolver.ordered("IsoInsertReturning", {
+          Request: Schema.Number,
+          Result: Schema.Struct({ id: Schema.Number }),
+          execute: (ids) =>
+            engineSql`INSERT INTO items ${engineSql.insert(ids.map((id) => ({ id, label: "ordered" })))} RETURNING id`
+        })
+        for (const outcome of ["fail", "commit"] as const) {
+          const [a, b, c] = [freshId(), freshId(), freshId()]
+          const unit = (id: number) =>
+            Session.transact(
+              Effect.gen(function* () {
+                const r = yield* ordered.execute(id)
+                const own = yield* Effect.flatMap(
+                  sql,
+                  (s) => s<{ n: number }>`SELECT COUNT(*) AS n FROM items WHERE id = ${id}`
+                )
+                if (outcome === "fail") return yield* Effect.fail({ r: r.id, own: Number(own[0]!.n) })
+                return { r: r.id, own: Number(own[0]!.n) }
+              })
+            )
+          const exits = yield* Effect.forEach([a, b, c], (id) => Effect.exit(unit(id)), {
+            concurrency: 3,
+            batching: true
+          })
+          const seen = exits.map((e) => (Exit.isSuccess(e) ? e.value : (failureOf(e, "ordered") as any)))
+          assert.deepStrictEqual(
+            seen,
+            [a, b, c].map((id) => ({ r: id, own: 1 })),
+            `${outcome}: each unit sees its own write (${exits.map(show).join(" / ")})`
+          )
+          const kept = [yield* countId("items", a), yield* countId("items", b), yield* countId("items", c)]
+          assert.deepStrictEqual(kept, outcome === "fail" ? [0, 0, 0] : [1, 1, 1], `${outcome}: rows after the units`)
+        }
+      }),
+      { pool: { size: 4 } }
+    )
   )
 
   // ---------------------------------------------------------------------------------------------------------------

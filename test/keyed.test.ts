@@ -28,6 +28,7 @@ import {
   theServer,
   withEngine
 } from "./support/unit.js"
+import * as Admin from "./support/admin.js"
 
 const schema = [
   // no unique constraint on k: a unit applied twice shows as two rows
@@ -153,6 +154,46 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
         // keys are exact: similar spellings are other keys
         for (const other of [k1.toUpperCase(), `${k1} `, `${k1}x`]) {
           assert.strictEqual(yield* Session.outcome(other), "absent", `outcome(${JSON.stringify(other)})`)
+        }
+      })
+    )
+  )
+
+  it.effect("a keyed unit retried after a retryable failure (its connection killed) is applied once", () =>
+    withEngine(
+      Effect.gen(function* () {
+        yield* Session.createKeyTable
+        const server = yield* theServer
+        const key = freshKey("retried")
+        let attempts = 0
+        yield* Session.transact(
+          Effect.gen(function* () {
+            attempts++
+            yield* apply(key)
+            if (attempts === 1) {
+              yield* Admin.kill(server, "CONNECTION", yield* Session.connectionId)
+              yield* Effect.flatMap(sql, (s) => s`SELECT 1`)
+            }
+          }),
+          { key, retry: true }
+        )
+        assert.strictEqual(attempts, 2)
+        assert.strictEqual(yield* applications(key), 1)
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+      })
+    )
+  )
+
+  it.effect("an invalid key is InvalidOption before anything is sent", () =>
+    withEngine(
+      Effect.gen(function* () {
+        yield* Session.createKeyTable
+        for (const key of ["", "k".repeat(300)]) {
+          const marker = freshKey("invalid")
+          const exit = yield* Effect.exit(Session.transact(apply(marker), { key }))
+          const e = expectTag(exit, ["InvalidOption"], `key of ${key.length} characters`)
+          assert.strictEqual(e.option, "key")
+          assert.strictEqual(yield* applications(marker), 0)
         }
       })
     )
