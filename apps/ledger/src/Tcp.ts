@@ -50,7 +50,12 @@ export class TcpServer extends Context.Tag("ledger/TcpServer")<
 type Wake = "input" | "end" | "idle" | "shutdown" | "drain"
 
 const TOO_LONG = Symbol("too long")
-type Item = string | typeof TOO_LONG
+/** A request line already parsed and dispatched (by the inline path) whose answer needs the database. */
+interface Pending {
+  readonly parsed: Protocol.Parsed
+  readonly answer: Effect.Effect<Protocol.Response>
+}
+type Item = string | typeof TOO_LONG | Pending
 
 /** Pause reading when this many lines wait, resume below the low mark. */
 const HIGH_WATER = 64
@@ -87,6 +92,8 @@ interface Connection {
   fiber: Fiber.RuntimeFiber<void> | undefined
   /** The watchdog interrupted a request that ran past the request timeout. */
   timedOut: boolean
+  /** Called after new lines were queued. */
+  readonly onInput: () => void
 }
 
 /** Splits `chunk` into lines of `c` (a line over `max` bytes becomes one TOO_LONG and is discarded). */
@@ -125,7 +132,7 @@ const feed = (c: Connection, chunk: Buffer, max: number) => {
     c.paused = true
     c.socket.pause()
   }
-  if (c.lines.length > 0) c.wake?.("input")
+  if (c.lines.length > 0) c.onInput()
 }
 
 export const make = Effect.gen(function* () {
@@ -174,6 +181,45 @@ export const make = Effect.gen(function* () {
       })
     })
 
+  /**
+   * New input while the connection's fiber waits with nothing queued: what needs no database (malformed lines,
+   * unknown operations, invalid payloads) is answered right here, in one write, without waking the fiber; the first
+   * request that needs the database is queued parsed and dispatched, and the fiber woken for it.
+   */
+  const inline = (c: Connection) => {
+    if (c.wake === undefined || closing) return void c.wake?.("input")
+    let out = ""
+    while (c.lines.length > 0) {
+      const item = c.lines[0]!
+      if (typeof item !== "string") break
+      const parsed = Protocol.parse(item)
+      if (Protocol.isResponse(parsed)) {
+        out += encode(parsed)
+      } else {
+        if (parsed.op === "auth") break
+        const started = performance.now()
+        const answer = Protocol.dispatch(ledger, parsed)
+        if (Effect.isEffect(answer)) {
+          c.lines[0] = { parsed, answer }
+          break
+        }
+        record(parsed, answer, started)
+        out += encode(answer)
+      }
+      c.lines.shift()
+    }
+    if (out.length > 0 && c.socket.writable) c.socket.write(out)
+    if (c.lines.length > 0) c.wake("input")
+  }
+
+  const record = (parsed: Protocol.Parsed, response: Protocol.Response, started: number) =>
+    Metrics.record(
+      Protocol.operationOf(parsed.op) === undefined ? "unknown" : (parsed.op as string),
+      "tcp",
+      response.ok ? "ok" : response.error.code,
+      performance.now() - started
+    )
+
   /** The loop of an authenticated connection. */
   const serve = (c: Connection) =>
     Effect.gen(function* () {
@@ -187,7 +233,9 @@ export const make = Effect.gen(function* () {
         if (closing) {
           // answer what was received but not run, so that the client knows
           for (const item of c.lines.splice(0)) {
-            if (item !== TOO_LONG) out += encode(Protocol.failure(Protocol.parse(item).id, notRun))
+            if (item === TOO_LONG) continue
+            const id = typeof item === "string" ? Protocol.parse(item).id : item.parsed.id
+            out += encode(Protocol.failure(id, notRun))
           }
           break
         }
@@ -208,27 +256,36 @@ export const make = Effect.gen(function* () {
           c.paused = false
           socket.resume()
         }
-        if (item === TOO_LONG) {
-          out += tooLongLine
-          continue
-        }
-        const parsed = Protocol.parse(item)
-        if (Protocol.isResponse(parsed)) {
-          out += encode(parsed)
-          continue
-        }
-        if (parsed.op === "auth") {
-          // already authenticated: a repeated valid auth is answered, an invalid one closes
-          const token = parsed.body.token
-          if (typeof token === "string" && tokenMatches(config.token, token)) {
-            out += encode({ id: parsed.id, ok: true, result: { authenticated: true } })
+        let parsed: Protocol.Parsed
+        let answer: Protocol.Response | Effect.Effect<Protocol.Response>
+        let started = performance.now()
+        if (typeof item === "object") {
+          parsed = item.parsed
+          answer = item.answer
+        } else {
+          if (item === TOO_LONG) {
+            out += tooLongLine
             continue
           }
-          out += encode(Protocol.failure(parsed.id, new Unauthorized({ message: "invalid token" })))
-          break
+          const p = Protocol.parse(item)
+          if (Protocol.isResponse(p)) {
+            out += encode(p)
+            continue
+          }
+          parsed = p
+          if (parsed.op === "auth") {
+            // already authenticated: a repeated valid auth is answered, an invalid one closes
+            const token = parsed.body.token
+            if (typeof token === "string" && tokenMatches(config.token, token)) {
+              out += encode({ id: parsed.id, ok: true, result: { authenticated: true } })
+              continue
+            }
+            out += encode(Protocol.failure(parsed.id, new Unauthorized({ message: "invalid token" })))
+            break
+          }
+          started = performance.now()
+          answer = Protocol.dispatch(ledger, parsed)
         }
-        const started = performance.now()
-        const answer = Protocol.dispatch(ledger, parsed)
         let response: Protocol.Response
         if (Effect.isEffect(answer)) {
           flush()
@@ -244,12 +301,7 @@ export const make = Effect.gen(function* () {
         } else {
           response = answer
         }
-        Metrics.record(
-          Protocol.operationOf(parsed.op) === undefined ? "unknown" : (parsed.op as string),
-          "tcp",
-          response.ok ? "ok" : response.error.code,
-          performance.now() - started
-        )
+        record(parsed, response, started)
         out += encode(response)
         if (out.length >= FLUSH_BYTES) flush()
         if (socket.writableNeedDrain) {
@@ -385,7 +437,8 @@ export const make = Effect.gen(function* () {
         busySince: 0,
         busyId: null,
         fiber: undefined,
-        timedOut: false
+        timedOut: false,
+        onInput: () => inline(c)
       }
       open.add(c)
       gauges()

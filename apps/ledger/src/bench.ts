@@ -54,6 +54,19 @@ const cpuOf = (pid: number): number => {
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
 }
 
+/** Seconds the threads of a process spent runnable but waiting for a CPU (field 2 of each task's schedstat). */
+const waitOf = (pid: number): number => {
+  let ns = 0
+  for (const task of Fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(Fs.readFileSync(`/proc/${pid}/task/${task}/schedstat`, "utf8").split(" ")[1])
+    } catch {
+      // a thread that just exited
+    }
+  }
+  return ns / 1e9
+}
+
 const freePort = () =>
   new Promise<number>((resolve, reject) => {
     const s = Net.createServer()
@@ -126,6 +139,8 @@ interface Sample {
   readonly p99: number
   /** µs of server CPU per request */
   readonly serverCpu: number
+  /** µs the server's threads waited for a CPU (runnable, not running) per request */
+  readonly serverWait: number
   /** µs of database CPU per request */
   readonly dbCpu: number
   /** statements the database received per request (`Questions`: BEGIN, COMMIT and pool resets included) */
@@ -135,6 +150,15 @@ interface Sample {
 
 /** The database's `Questions` counter, read over a connection of its own (each read counts 1, subtracted below). */
 let questions: () => number = () => 0
+const lastStatus: Array<Record<string, number>> = []
+const statusDelta = (requests: number) => {
+  const [a, b] = lastStatus.slice(-2)
+  if (a === undefined || b === undefined) return ""
+  return Object.keys(b)
+    .filter((k) => k !== "Questions" && b[k]! !== a[k]!)
+    .map((k) => `${k} ${((b[k]! - a[k]!) / requests).toFixed(2)}`)
+    .join(", ")
+}
 
 const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) =>
   Effect.gen(function* () {
@@ -142,6 +166,8 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) 
     let q1 = 0
     let s0 = 0
     let d0 = 0
+    let w0 = 0
+    let w1 = 0
     let s1 = 0
     let d1 = 0
     const report = yield* Demo.run({
@@ -157,11 +183,13 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) 
         start: () => {
           s0 = cpuOf(server.pid)
           d0 = cpuOf(dbPid)
+          w0 = waitOf(server.pid)
           q0 = questions()
         },
         end: () => {
           s1 = cpuOf(server.pid)
           d1 = cpuOf(dbPid)
+          w1 = waitOf(server.pid)
           q1 = questions()
         }
       }
@@ -173,6 +201,7 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) 
       p50: report.p50,
       p99: report.p99,
       serverCpu: ((s1 - s0) / report.requests) * 1e6,
+      serverWait: ((w1 - w0) / report.requests) * 1e6,
       dbCpu: ((d1 - d0) / report.requests) * 1e6,
       statements: (q1 - q0 - 1) / report.requests,
       conserved: report.conserved
@@ -211,13 +240,27 @@ const program = Effect.gen(function* () {
   const url = Redacted.value(db.url)
   // a synchronous read of the counter between runs: a child process keeps the demo's event loop out of it
   const admin = Redacted.value(db.admin.url)
+  const counters = [
+    "Questions",
+    "Com_stmt_prepare",
+    "Com_stmt_execute",
+    "Com_begin",
+    "Com_commit",
+    "Com_rollback",
+    "Com_reset_connection",
+    "Connections",
+    "Innodb_row_lock_waits",
+    "Innodb_row_lock_time"
+  ]
+  const read =
+    `require("mysql2/promise").createConnection(${JSON.stringify(admin)}).then(async (c) => {` +
+    `const [r] = await c.query("SHOW GLOBAL STATUS WHERE Variable_name IN (${counters.map((n) => `'${n}'`).join(", ")})");` +
+    `process.stdout.write(JSON.stringify(Object.fromEntries(r.map((x) => [x.Variable_name, Number(x.Value)])))); c.end() })`
   questions = () => {
-    const out = ChildProcess.execFileSync(process.execPath, [
-      "-e",
-      `require("mysql2/promise").createConnection(${JSON.stringify(admin)}).then(async (c) => {` +
-        `const [r] = await c.query("SHOW GLOBAL STATUS LIKE 'Questions'"); process.stdout.write(String(r[0].Value)); c.end() })`
-    ], { cwd: appDir })
-    return Number(out.toString())
+    const out = ChildProcess.execFileSync(process.execPath, ["-e", read], { cwd: appDir })
+    const status = JSON.parse(out.toString()) as Record<string, number>
+    lastStatus.push(status)
+    return status.Questions!
   }
   const ledgerEnv = {
     DATABASE_URL: url,
@@ -295,8 +338,10 @@ const program = Effect.gen(function* () {
         samples.push(s)
         process.stderr.write(
           `  rep ${rep + 1} ${accounts} accounts ${s.server.padEnd(9)} ${fmt(s.perSecond)}/s  p50 ${fmt(s.p50, 2)} ms  ` +
-            `p99 ${fmt(s.p99, 2)} ms  server ${fmt(s.serverCpu)} µs/req  db ${fmt(s.dbCpu)} µs/req  ` +
+            `p99 ${fmt(s.p99, 2)} ms  server ${fmt(s.serverCpu)} µs/req (waited for a CPU ${fmt(s.serverWait)})  ` +
+            `db ${fmt(s.dbCpu)} µs/req  ` +
             `${fmt(s.statements, 2)} statements/req` +
+            (process.env.LEDGER_BENCH_STATUS ? `  [${statusDelta(transfers)}]` : "") +
             (s.conserved ? "" : "  NOT CONSERVED") +
             "\n"
         )
@@ -312,8 +357,8 @@ const program = Effect.gen(function* () {
 
   const lines: Array<string> = []
   lines.push(
-    `| accounts | server | transfers/s | p50 ms | p99 ms | server CPU µs/req | DB CPU µs/req | DB statements/req |`,
-    `| -------: | ------ | ----------: | -----: | -----: | ----------------: | ------------: | ----------------: |`
+    `| accounts | server | transfers/s | p50 ms | p99 ms | server CPU µs/req | server waited for a CPU µs/req | DB CPU µs/req | DB statements/req |`,
+    `| -------: | ------ | ----------: | -----: | -----: | ----------------: | -----------------------------: | ------------: | ----------------: |`
   )
   const ratios: Array<string> = []
   for (const accounts of accountSets) {
@@ -322,7 +367,8 @@ const program = Effect.gen(function* () {
     for (const server of names) {
       lines.push(
         `| ${accounts} | ${server} | ${fmt(med(server, (s) => s.perSecond))} | ${fmt(med(server, (s) => s.p50), 2)} | ` +
-          `${fmt(med(server, (s) => s.p99), 2)} | ${fmt(med(server, (s) => s.serverCpu))} | ${fmt(med(server, (s) => s.dbCpu))} | ` +
+          `${fmt(med(server, (s) => s.p99), 2)} | ${fmt(med(server, (s) => s.serverCpu))} | ` +
+          `${fmt(med(server, (s) => s.serverWait))} | ${fmt(med(server, (s) => s.dbCpu))} | ` +
           `${fmt(med(server, (s) => s.statements), 2)} |`
       )
     }
