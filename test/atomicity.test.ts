@@ -868,21 +868,35 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
           ["COMMIT", () => Effect.flatMap(sql, (s) => s`COMMIT`)],
           ["commit (unprepared)", () => Effect.flatMap(sql, (s) => s`commit`.unprepared)],
           ["/* c */ COMMIT", () => Effect.flatMap(sql, (s) => s.unsafe("/* c */ COMMIT"))],
-          ["COMMIT WORK", () => Effect.flatMap(sql, (s) => s.unsafe("COMMIT WORK"))]
+          ["COMMIT WORK", () => Effect.flatMap(sql, (s) => s.unsafe("COMMIT WORK"))],
+          // these end the open transaction implicitly; the unit must still be one transaction afterwards
+          ["BEGIN", () => Effect.flatMap(sql, (s) => s.unsafe("BEGIN").unprepared)],
+          ["START TRANSACTION", () => Effect.flatMap(sql, (s) => s.unsafe("START TRANSACTION").unprepared)],
+          ["SET autocommit = 1", () => Effect.flatMap(sql, (s) => s.unsafe("SET autocommit = 1").unprepared)]
         ]
         const problems: Array<string> = []
         for (const [name, end] of enders) {
           for (const outcome of ["fails", "succeeds"] as const) {
             const w1 = freshId()
             const w2 = freshId()
+            // SET autocommit = 1 commits only when autocommit was 0 (MySQL's rule): ask the server which it was
+            let ends = true
             const exit = yield* Effect.exit(
               Session.transact(
                 Effect.gen(function* () {
                   yield* insert(w1)
+                  if (name.startsWith("SET autocommit")) {
+                    ends =
+                      Number(
+                        yield* Effect.flatMap(sql, (s) =>
+                          Effect.map(s<{ a: number }>`SELECT @@autocommit AS a`, (r) => r[0]!.a)
+                        )
+                      ) === 0
+                  }
                   yield* end(w1)
                   yield* insert(w2)
                   if (!(yield* openOnServer)) problems.push(`${name}: the write after it is in autocommit`)
-                  if (outcome === "fails") return yield* Effect.fail("boom" as const)
+                  if (outcome.startsWith("fails")) return yield* Effect.fail("boom" as const)
                 })
               )
             )
@@ -890,7 +904,10 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
             if (outcome === "fails") {
               if (!Exit.isFailure(exit) || tagOf(failureOf(exit, name)) !== "boom")
                 problems.push(`${name}/fails: ${show(exit)}`)
-              if (got[0] !== 1 || got[1] !== 0) problems.push(`${name}/fails: w1,w2 = ${got} (expected 1,0)`)
+              const expected = ends ? [1, 0] : [0, 0]
+              if (got[0] !== expected[0] || got[1] !== expected[1]) {
+                problems.push(`${name}/fails: w1,w2 = ${got} (expected ${expected})`)
+              }
             } else {
               if (!Exit.isSuccess(exit)) problems.push(`${name}/succeeds: ${show(exit)}`)
               if (got[0] !== 1 || got[1] !== 1) problems.push(`${name}/succeeds: w1,w2 = ${got} (expected 1,1)`)
@@ -917,10 +934,10 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
     )
   )
 
-  it.effect("after DDL, savepoints and sql.withTransaction work (commit and rollback of the rest)", () =>
+  it.effect("after DDL or COMMIT, savepoints and sql.withTransaction work (commit and rollback of the rest)", () =>
     withEngine(
       Effect.gen(function* () {
-        for (const outcome of ["succeeds", "fails"] as const) {
+        for (const outcome of ["succeeds", "fails", "succeeds after COMMIT", "fails after COMMIT"] as const) {
           const [a, b, c, d] = [freshId(), freshId(), freshId(), freshId()]
           const table = `after_ddl_${a}`
           const exit = yield* Effect.exit(
@@ -928,6 +945,7 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
               Effect.gen(function* () {
                 const s = yield* sql
                 yield* s.unsafe(`CREATE TABLE ${table} (x INT)`)
+                if (outcome.endsWith("after COMMIT")) yield* s`COMMIT`
                 yield* s.withTransaction(insert(a))
                 yield* Session.savepoint(insert(b))
                 const inner = yield* Effect.either(
@@ -935,7 +953,7 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
                 )
                 assert.isTrue(Either.isLeft(inner))
                 yield* s.withTransaction(s.withTransaction(insert(d)))
-                if (outcome === "fails") return yield* Effect.fail("boom" as const)
+                if (outcome.startsWith("fails")) return yield* Effect.fail("boom" as const)
               })
             )
           )
@@ -946,12 +964,16 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
             1,
             "the DDL is committed"
           )
-          if (outcome === "succeeds") {
-            assert.isTrue(Exit.isSuccess(exit), `unit after DDL: ${show(exit)}`)
-            assert.deepStrictEqual(counts, [1, 1, 0, 1], "a, b, d committed; c rolled back to its savepoint")
+          if (outcome.startsWith("succeeds")) {
+            assert.isTrue(Exit.isSuccess(exit), `${outcome}: ${show(exit)}`)
+            assert.deepStrictEqual(
+              counts,
+              [1, 1, 0, 1],
+              `${outcome}: a, b, d committed; c rolled back to its savepoint`
+            )
           } else {
             assert.deepStrictEqual(exit, Exit.fail("boom"))
-            assert.deepStrictEqual(counts, [0, 0, 0, 0], "the work after the DDL is rolled back")
+            assert.deepStrictEqual(counts, [0, 0, 0, 0], `${outcome}: the work after the DDL is rolled back`)
           }
         }
       })

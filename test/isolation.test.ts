@@ -1042,10 +1042,11 @@ layer(suite(["--max-connections=8"]), suiteOptions)("isolation at max_connection
               else full = true
             }
             assert.isTrue(full, "the server never refused a connection: the scenario did not happen")
-            yield* repeat(4, (i) =>
+            yield* repeat(6, (i) =>
               Effect.gen(function* () {
                 const marker = `sfx-full-${i}`
                 const inUnit = i % 2 === 0
+                const byInterrupt = i >= 4
                 const update = Effect.flatMap(sql, (s) =>
                   s.unsafe(`UPDATE counters SET v = v + 1 WHERE id = ? AND SLEEP(2) = 0 /* ${marker} */`, [rowId])
                 )
@@ -1053,9 +1054,18 @@ layer(suite(["--max-connections=8"]), suiteOptions)("isolation at max_connection
                 const program: Effect.Effect<unknown, unknown, SqlClient.SqlClient | Engine.Engine> = inUnit
                   ? Session.transact(update)
                   : update
-                const exit = yield* Effect.exit(Effect.timeout(program, "200 millis"))
+                const exit = byInterrupt
+                  ? yield* Effect.gen(function* () {
+                      const fiber = yield* Effect.fork(program)
+                      yield* eventually(
+                        Effect.map(stillRunning(marker), (n) => n === 1),
+                        `${marker} runs`
+                      )
+                      return yield* Fiber.interrupt(fiber)
+                    })
+                  : yield* Effect.exit(Effect.timeout(program, "200 millis"))
                 const returnedMs = Date.now() - t0
-                assert.isTrue(Exit.isFailure(exit), "the timeout did not fire")
+                assert.isTrue(Exit.isFailure(exit), "the timeout / interruption did not take effect")
                 assert.isBelow(returnedMs, 1500, `returned after ${returnedMs} ms`)
                 // SLEEP(2) would keep it in the processlist for ~1.8 s more if it was not stopped
                 yield* eventually(
