@@ -235,6 +235,16 @@ type EngineLayer = ReturnType<typeof Engine.layer>
 /**
  * An Engine (and its autocommit `SqlClient`) on the `MysqlServer` in context; the pool size defaults to 4.
  *
+ * @example
+ * import { MysqlServer } from "@sessionfx/testing"
+ * import { Layer } from "effect"
+ *
+ * // one server, two engines on it
+ * export const Engines = Layer.merge(
+ *   MysqlServer.engine({ name: "small", pool: { size: 1 } }),
+ *   MysqlServer.engine({ name: "large", pool: { size: 8 } })
+ * ).pipe(Layer.provide(MysqlServer.layer()))
+ *
  * @since 0.2.0
  * @category layers
  */
@@ -248,8 +258,19 @@ export const engine = (
   )
 
 /**
- * A private server and an Engine on it in one layer, for a test file or a local script:
- * `layer(MysqlServer.layerEngine())("suite", (it) => …)`. The `MysqlServer` is provided too (admin access, restart).
+ * A private server and an Engine on it in one layer, for a test file (`layer(MysqlServer.layerEngine())("suite",
+ * (it) => …)` with `@effect/vitest`) or a local script. The `MysqlServer` is provided too (admin access, restart).
+ *
+ * @example
+ * import * as SqlClient from "@effect/sql/SqlClient"
+ * import { Session } from "@sessionfx/session"
+ * import { MysqlServer } from "@sessionfx/testing"
+ * import { Effect } from "effect"
+ *
+ * // started, used and removed with the program
+ * export const main = Session.transact(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1`)).pipe(
+ *   Effect.provide(MysqlServer.layerEngine({ engine: { pool: { size: 2 } } }))
+ * )
  *
  * @since 0.2.0
  * @category layers
