@@ -31,6 +31,7 @@ const balances = Effect.flatMap(MysqlDrizzle.MysqlDrizzle, (db) =>
 
 const main = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  yield* sql`DROP TABLE IF EXISTS accounts` // MYSQL_URL may name a server used before
   yield* sql`CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)`
   yield* sql`INSERT INTO accounts VALUES (1, 100), (2, 0)`
   yield* Session.transact(Effect.zipRight(credit(1, -30), credit(2, 30)))

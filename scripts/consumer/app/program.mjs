@@ -26,6 +26,7 @@ const transfer = (from, to, amount) =>
 
 const main = Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
+  yield* sql`DROP TABLE IF EXISTS accounts` // MYSQL_URL may name a server used before
   yield* sql`CREATE TABLE accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)`
   yield* sql`INSERT INTO accounts VALUES (1, 100), (2, 0)`
 
