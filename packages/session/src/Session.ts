@@ -96,10 +96,12 @@ const engineImpl = (engine: Engine.Engine["Type"]) => engine[Engine.TypeId]
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine> =>
-  Layer.scopedContext(
-    Effect.flatMap(Engine.Engine, (engine) => internal.scopedSession(engineImpl(engine), options))
+): Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine> => {
+  const site = internal.captureSite(options.name ?? "Session.layer")
+  return Layer.scopedContext(
+    Effect.flatMap(Engine.Engine, (engine) => internal.scopedSession(engineImpl(engine), options, site))
   ) as Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine>
+}
 
 /**
  * A unit of work as a combinator, with `retry` and `timeout`.
@@ -119,12 +121,14 @@ export const transact: {
   ): Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
 } = dual(
   (args) => Effect.isEffect(args[0]),
-  <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) =>
-    Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
+  <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) => {
+    const site = internal.captureSite(options?.name ?? "Session.transact")
+    return Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
       // the type requires an Engine; without one this dies like `yield* Engine.Engine` would
       const engine = Context.unsafeGet(fiber.currentContext, Engine.Engine)
-      return internal.transact(engineImpl(engine), effect, options ?? {})
+      return internal.transact(engineImpl(engine), effect, options ?? {}, site)
     })
+  }
 ) as any
 
 /**

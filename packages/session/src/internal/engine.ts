@@ -39,11 +39,12 @@ type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>)
 
 /**
  * Statements whose effect on the session the server does not flag (measured on MariaDB 10.11: named locks, table
- * locks; result sets carry no state-change flag, so user variables assigned in a SELECT; and whatever a stored
- * procedure does). A connection that ran one is reset before reuse. Where the server does speak (SET, temporary
+ * locks, `CREATE TEMPORARY TABLE … SELECT`, `SET TRANSACTION …` for the next transaction; result sets carry no
+ * state-change flag, so user variables assigned in a SELECT; and whatever a stored procedure does). A connection that ran one is reset before reuse. Where the server does speak (SET, temporary
  * tables, USE, PREPARE, …), its status flag decides, whatever the text looks like.
  */
-const UNFLAGGED = /(?<!@)@(?!@)|\bget_lock\b|\block\s+tables?\b|\block\s+instance\b|\bcall\b|\bhandler\b|\bxa\b/i
+const UNFLAGGED =
+  /(?<!@)@(?!@)|\bget_lock\b|\block\s+tables?\b|\block\s+instance\b|\bcall\b|\bhandler\b|\bxa\b|\btemporary\b|\btransaction\s+(?:isolation|read)\b/i
 
 const unflaggedCache = new Map<string, boolean>()
 
@@ -169,6 +170,8 @@ export class EngineImpl {
   baseline: Settings | undefined = undefined
   /** Whether the server flags session state changes (`session_track_state_change`). */
   stateTracking = true
+  /** The `sql_mode` of a fresh connection of this engine, read from the first one. */
+  sqlMode: string | undefined = undefined
   /** Stable label arrays: Effect caches a metric's hook by the identity of its extra-tags array. */
   private readonly labelCache = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
   readonly labels: ReadonlyArray<MetricLabel.MetricLabel>
@@ -241,11 +244,12 @@ export class EngineImpl {
       }
       const sql =
         this.flavor === "mariadb"
-          ? "SELECT @@innodb_lock_wait_timeout AS lw, @@max_statement_time AS st, @@tx_isolation AS iso"
-          : "SELECT @@innodb_lock_wait_timeout AS lw, @@max_execution_time AS st, @@transaction_isolation AS iso"
+          ? "SELECT @@innodb_lock_wait_timeout AS lw, @@max_statement_time AS st, @@tx_isolation AS iso, @@session.sql_mode AS mode"
+          : "SELECT @@innodb_lock_wait_timeout AS lw, @@max_execution_time AS st, @@transaction_isolation AS iso, @@session.sql_mode AS mode"
       conn.query(sql, (err, rows: any) => {
         if (err) return cb(err)
         const r = rows?.[0] ?? {}
+        this.sqlMode ??= typeof r.mode === "string" ? r.mode : undefined
         this.baseline ??= {
           lockWait: Number(r.lw),
           statementTime: Number(r.st),
@@ -255,14 +259,26 @@ export class EngineImpl {
         cb(null)
       })
     }
-    if (!this.stateTracking) return withBaseline()
-    conn.query("SET SESSION session_track_state_change = ON", (err) => {
+    // a reset keeps the current database (MariaDB 10.11): go back to the one the connection was opened with
+    const database = this.options.connection.database
+    const withSchema = () =>
+      this.baseline === undefined || database === undefined
+        ? withBaseline()
+        : void conn.query(`USE \`${database.replace(/`/g, "``")}\``, (err) => (err ? cb(err) : withBaseline()))
+    // a reset leaves the server's sql_mode, not the one the handshake set (IGNORE_SPACE): put it back
+    const sqlMode = this.sqlMode === undefined ? "" : `, SESSION sql_mode = '${this.sqlMode.replace(/'/g, "''")}'`
+    if (!this.stateTracking) {
+      if (sqlMode === "") return withSchema()
+      conn.query(`SET ${sqlMode.slice(2)}`, (err) => (err ? cb(err) : withSchema()))
+      return
+    }
+    conn.query(`SET SESSION session_track_state_change = ON${sqlMode}`, (err) => {
       if (err) {
         if (SessionError.isFatal(err)) return cb(err)
         // a server without session tracking: every connection a user statement touched is reset on return
         this.stateTracking = false
       }
-      withBaseline()
+      withSchema()
     })
   }
 

@@ -89,6 +89,11 @@ export class PooledConn {
   kills = 0
   /** Commands and a release waiting for `kills` to reach 0. */
   afterKills: Array<() => void> | undefined = undefined
+  /**
+   * The client character set mysql2 negotiated at connect. mysql2 follows `character_set_client` changes the server
+   * reports (`SET NAMES`) and encodes strings accordingly, but not their undoing by a reset: restored after each.
+   */
+  readonly charsetNumber: number
   inUse = false
   closed = false
   /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
@@ -105,6 +110,7 @@ export class PooledConn {
     jitter: number
   ) {
     this.retireAt = lifetimeMs > 0 ? this.createdAt + lifetimeMs * (1 - Math.random() * jitter) : Infinity
+    this.charsetNumber = (conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber
   }
 }
 
@@ -523,7 +529,11 @@ export class ConnPool {
       finish(new Error(`no answer to the reset within ${this.config.controlTimeoutMs} ms`))
     }, this.config.controlTimeoutMs)
     timer.unref()
-    pc.conn.reset((err) => (err ? finish(err) : this.config.prepare(pc, finish)))
+    pc.conn.reset((err) => {
+      if (err) return finish(err)
+      ;(pc.conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber = pc.charsetNumber
+      this.config.prepare(pc, finish)
+    })
   }
 
   private toIdle(pc: PooledConn) {

@@ -1046,24 +1046,36 @@ const containRequests = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect
       : step
   )
 
-/** Where the unit was opened, for the long-unit warning: the caller's stack, formatted only if ever needed. */
-const openedAt = (label: string): (() => string) => {
+/** Frames of sessionfx and Effect themselves: the long-unit warning shows the user's code. */
+const OWN_FRAME = /[\\/](?:session[\\/](?:src|dist)|effect[\\/](?:src|dist)|node:internal)[\\/]|\(node:/
+
+/**
+ * Where a unit is opened, for the long-unit warning: the caller's stack when `Session.transact` / `Session.layer`
+ * is called (the unit's effect runs later, from Effect's run loop), formatted only if it is ever needed.
+ *
+ * @internal
+ */
+export const captureSite = (label: string): (() => string) => {
   const site: { stack?: string } = {}
-  // a short stack: capturing Effect's deep stacks in full costs tens of microseconds per unit
+  // a short stack: capturing Effect's deep stacks in full costs tens of microseconds
   const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 12
-  Error.captureStackTrace(site, openedAt)
+  Error.stackTraceLimit = 16
+  Error.captureStackTrace(site, captureSite)
   Error.stackTraceLimit = limit
-  return () => `${label} opened at:\n${(site.stack ?? "").split("\n").slice(2, 12).join("\n")}`
+  return () => {
+    const frames = (site.stack ?? "").split("\n").slice(1)
+    const own = frames.filter((line) => !OWN_FRAME.test(line))
+    return `${label} opened at:\n${(own.length > 0 ? own : frames).slice(0, 8).join("\n")}`
+  }
 }
 
-const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<any, any>, label: string): void => {
+const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<any, any>, site: () => string): void => {
   const engine = state.engine
   if (engine.longUnitThresholdMs <= 0) return
   const w: Watched = {
     startedAt: state.startedAt,
     warned: false,
-    describe: openedAt(label),
+    describe: site,
     log: (message) => {
       const runtime = Runtime.make({
         context: fiber.currentContext,
@@ -1084,14 +1096,15 @@ const runOnce = <A, E, R>(
   engine: EngineImpl,
   options: UnitOptions,
   checked: Checked,
-  effect: Effect.Effect<A, E, R>
+  effect: Effect.Effect<A, E, R>,
+  site: () => string
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(engine.borrow(restore), (pc) =>
       Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
         const state = newSession(engine, pc, options, checked)
         state.owner = fiber
-        watch(state, fiber, options.name ?? "Session.transact")
+        watch(state, fiber, site)
         let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
         if (options.key !== undefined) body = Effect.zipRight(recordKey(options.key), body) as typeof body
         body = containRequests(withTimeout(body, checked.timeoutMs))
@@ -1136,7 +1149,8 @@ const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string =>
 export const transact = <A, E, R>(
   engine: EngineImpl,
   effect: Effect.Effect<A, E, R>,
-  options: UnitOptions
+  options: UnitOptions,
+  site: () => string = () => `${options.name ?? "a unit of work"} (sql.withTransaction)`
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.withFiberRuntime((fiber) => {
     const checked = checkOptions(options)
@@ -1155,7 +1169,7 @@ export const transact = <A, E, R>(
     let attempts = 1
     const retrying = options.retry !== undefined && options.retry !== false
     const traced = fiber.currentTracer !== defaultTracer || options.name !== undefined
-    const first = runOnce(engine, options, checked, effect)
+    const first = runOnce(engine, options, checked, effect, site)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
     const unit = retrying
       ? Effect.catchIf(first, SessionError.isRetryable, () =>
@@ -1164,7 +1178,7 @@ export const transact = <A, E, R>(
               // every attempt after the first is a retry
               attempts++
               metrics.retries.unsafeUpdate(1, engine.labels)
-              return runOnce(engine, options, checked, effect)
+              return runOnce(engine, options, checked, effect, site)
             }),
             {
               schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
@@ -1198,7 +1212,8 @@ export const transact = <A, E, R>(
 /** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
 export const scopedSession = (
   engine: EngineImpl,
-  options: UnitOptions
+  options: UnitOptions,
+  site: () => string
 ): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
   Effect.withFiberRuntime((fiber) => {
     const checked = checkOptions(options)
@@ -1238,7 +1253,7 @@ export const scopedSession = (
       Effect.flatMap(engine.borrow(restore), (pc) => {
         const state = newSession(engine, pc, options, checked)
         state.owner = fiber
-        watch(state, fiber, options.name ?? "Session.layer")
+        watch(state, fiber, site)
         const opened = Effect.as(
           Effect.zipRight(
             // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure

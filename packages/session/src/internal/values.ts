@@ -79,9 +79,18 @@ const bindOne = (v: unknown, index: number): unknown => {
           "sessionfx never splices a value into SQL text: build SQL fragments with sql.unsafe or sql.literal"
         )
       }
-      if (Array.isArray(v)) return JSON.stringify(v)
       const proto = Object.getPrototypeOf(v)
-      if (proto === null || proto === Object.prototype) return JSON.stringify(v)
+      if (Array.isArray(v) || proto === null || proto === Object.prototype) {
+        try {
+          return JSON.stringify(v)
+        } catch (e) {
+          return refuse(
+            index,
+            `(an ${Array.isArray(v) ? "array" : "object"} without a JSON text: ${(e as Error).message})`,
+            "convert what it holds (bigints, cycles) first"
+          )
+        }
+      }
       return refuse(
         index,
         `(an instance of ${(v as object).constructor?.name ?? "a class"})`,
