@@ -858,8 +858,15 @@ layer(suite(), suiteOptions)("isolation", (it) => {
           [
             "the Engine's client captured outside",
             (id) => Effect.flatMap(Engine.Engine, (e) => e.sql`INSERT INTO items (id) VALUES (${id})`)
+          ],
+          ["a keyed unit with retry", (id) => Session.transact(insert(id), { key: `sessiontest-${id}`, retry: true })],
+          [
+            "propagation new with retry, in a forked fiber",
+            (id) =>
+              Effect.flatMap(Effect.fork(Session.transact(insert(id), { propagation: "new", retry: true })), Fiber.join)
           ]
         ]
+        yield* Session.createKeyTable
         for (const [name, escape] of escapes) {
           const id = freshId()
           const exit = yield* Effect.exit(
@@ -878,6 +885,11 @@ layer(suite(), suiteOptions)("isolation", (it) => {
           assert.isTrue(Exit.isSuccess(exit), `${name}: the code under test failed: ${show(exit)}`)
           if (Exit.isSuccess(exit)) assert.strictEqual(exit.value, 1, `${name}: the code does not see its own write`)
           assert.strictEqual(yield* countId("items", id), 0, `${name}: escaped SessionTest and committed`)
+          assert.strictEqual(
+            yield* Session.outcome(`sessiontest-${id}`),
+            "absent",
+            `${name}: a key escaped SessionTest`
+          )
         }
       }),
       { pool: { size: 3 } }
