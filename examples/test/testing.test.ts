@@ -1,5 +1,5 @@
 /**
- * docs/testing.md's example, as written there: an Engine on a private server in one line.
+ * docs/testing.md's example: an Engine on a private server in one line (the table dropped first, for MYSQL_URL).
  */
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -15,13 +15,14 @@ layer(MysqlServer.layerEngine(), { excludeTestServices: true })("MysqlServer.lay
   it.effect("a unit of work commits; a rollback-only session writes nothing", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
-      yield* sql`CREATE TABLE IF NOT EXISTS t (id INT PRIMARY KEY)`
+      yield* sql`DROP TABLE IF EXISTS t`
+      yield* sql`CREATE TABLE t (id INT PRIMARY KEY)`
       yield* Session.transact(sql`INSERT INTO t VALUES (1)`)
       assert.strictEqual(yield* count, 1)
       yield* sql`INSERT INTO t VALUES (2)`.pipe(Effect.provide(SessionTest.SessionTest))
       assert.strictEqual(yield* count, 1)
       const server = yield* MysqlServer.MysqlServer
-      assert.strictEqual(server.database, "app")
+      assert.include(["mariadb", "mysql"], server.flavor)
     })
   )
 })
