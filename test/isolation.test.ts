@@ -6,6 +6,7 @@
  * server's state from a connection of its own, or from the next unit on the same (pool of 1) connection.
  */
 import * as SqlClient from "@effect/sql/SqlClient"
+import * as Model from "@effect/sql/Model"
 import * as SqlResolver from "@effect/sql/SqlResolver"
 import { assert, layer } from "@effect/vitest"
 import { Engine, Session, SessionLive } from "@sessionfx/session"
@@ -27,6 +28,7 @@ import * as Admin from "./support/admin.js"
 import {
   adminQuery,
   appConnection,
+  bounded,
   count,
   countId,
   counter,
@@ -834,6 +836,56 @@ layer(suite(), suiteOptions)("isolation", (it) => {
     )
   )
 
+  it.effect(
+    "Model.makeDataLoaders (a batching window) used by two concurrent units: each write stays in its unit",
+    () =>
+      withEngine(
+        Effect.scoped(
+          Effect.gen(function* () {
+            const loaders = yield* Model.makeDataLoaders(LoadedItem, {
+              tableName: "items",
+              spanPrefix: "IsoLoaders",
+              idColumn: "id",
+              window: "20 millis"
+            })
+            for (const outcome of ["fail", "commit"] as const) {
+              const [a, b] = [freshId(), freshId()]
+              const unit = (id: number) =>
+                Session.transact(
+                  Effect.gen(function* () {
+                    yield* loaders.insertVoid(LoadedItem.insert.make({ id, label: "loader" }))
+                    const own = yield* Effect.flatMap(
+                      sql,
+                      (s) => s<{ n: number }>`SELECT COUNT(*) AS n FROM items WHERE id = ${id}`
+                    )
+                    const found = yield* loaders.findById(id)
+                    const seen = { own: Number(own[0]!.n), found: Option.isSome(found) }
+                    return outcome === "fail" ? yield* Effect.fail(seen) : seen
+                  })
+                )
+              const exits = yield* bounded(
+                Effect.all([Effect.exit(unit(a)), Effect.exit(unit(b))], { concurrency: 2 }),
+                10_000,
+                "two units using data loaders"
+              )
+              const seen = exits.map((e) => (Exit.isSuccess(e) ? e.value : (failureOf(e, "data loader unit") as any)))
+              assert.deepStrictEqual(
+                seen,
+                [
+                  { own: 1, found: true },
+                  { own: 1, found: true }
+                ],
+                `${outcome}: each unit sees its own write through the loaders (${exits.map(show).join(" / ")})`
+              )
+              const kept = [yield* countId("items", a), yield* countId("items", b)]
+              assert.deepStrictEqual(kept, outcome === "fail" ? [0, 0] : [1, 1], `${outcome}: rows after the units`)
+            }
+          })
+        ),
+        { pool: { size: 3 }, shutdownTimeout: "1 second" }
+      )
+  )
+
   // ---------------------------------------------------------------------------------------------------------------
   // SessionTest containment
   // ---------------------------------------------------------------------------------------------------------------
@@ -1007,6 +1059,11 @@ layer(suite(), suiteOptions)("isolation", (it) => {
     )
   )
 })
+
+class LoadedItem extends Model.Class<LoadedItem>("LoadedItem")({
+  id: Schema.Number,
+  label: Schema.String
+}) {}
 
 const failureOption = <A, E>(exit: Exit.Exit<A, E>) =>
   Exit.isFailure(exit)
