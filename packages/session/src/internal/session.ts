@@ -1059,7 +1059,7 @@ export const captureSite = (label: string): (() => string) => {
   const site: { stack?: string } = {}
   // a short stack: capturing Effect's deep stacks in full costs tens of microseconds
   const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 16
+  Error.stackTraceLimit = 6
   Error.captureStackTrace(site, captureSite)
   Error.stackTraceLimit = limit
   return () => {
