@@ -12,8 +12,8 @@ profiles=("$@")
 peers_for() {
   case "$1" in
     sql-0.52) echo "effect@3.22 @effect/sql@0.52 @effect/platform@0.97 @effect/experimental@0.61" ;;
-    # where Drizzle users are: @effect/sql-drizzle 0.50 requires @effect/sql ^0.51 and drizzle-orm <0.50
-    sql-0.51) echo "effect@3.21 @effect/sql@0.51 @effect/platform@0.96 @effect/experimental@0.60 @effect/sql-drizzle@0.50 drizzle-orm@0.45" ;;
+    # where Drizzle and Kysely users are: @effect/sql-drizzle 0.50 and @effect/sql-kysely 0.47 require @effect/sql ^0.51
+    sql-0.51) echo "effect@3.21 @effect/sql@0.51 @effect/platform@0.96 @effect/experimental@0.60 @effect/sql-drizzle@0.50 drizzle-orm@0.45 @effect/sql-kysely@0.47 kysely@0.28" ;;
     *) echo "consumer: unknown profile $1 (sql-0.52, sql-0.51)" >&2; return 1 ;;
   esac
 }
@@ -27,7 +27,7 @@ for profile in "${profiles[@]}"; do
   peers=$(peers_for "$profile")
   app="$scratch/$profile"
   mkdir -p "$app"
-  cp "$repo"/scripts/consumer/app/{program.mjs,drizzle.mjs,consumer.ts,tsconfig.json} "$app/"
+  cp "$repo"/scripts/consumer/app/{program.mjs,builders.mjs,consumer.ts,tsconfig.json} "$app/"
   printf '{ "name": "sessionfx-consumer", "private": true, "type": "module" }\n' >"$app/package.json"
   echo "consumer [$profile]: npm install of the tarballs with $peers"
   # shellcheck disable=SC2086
@@ -46,8 +46,8 @@ for profile in "${profiles[@]}"; do
   echo "consumer [$profile]: node program.mjs"
   (cd "$app" && node program.mjs) | sed "s/^/consumer [$profile]:   /"
   if [ -d "$app/node_modules/@effect/sql-drizzle" ]; then
-    echo "consumer [$profile]: node drizzle.mjs"
-    (cd "$app" && node drizzle.mjs) | sed "s/^/consumer [$profile]:   /"
+    echo "consumer [$profile]: node builders.mjs"
+    (cd "$app" && node builders.mjs) | sed "s/^/consumer [$profile]:   /"
   fi
   echo "consumer [$profile]: tsc -p . (strict, nodenext, skipLibCheck false)"
   (cd "$app" && node "$tsc" -p . --pretty false)
