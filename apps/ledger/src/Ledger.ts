@@ -255,8 +255,7 @@ const runOperation = (
 /** `effect` bounded by `LEDGER_REQUEST_TIMEOUT` (0: unbounded); past it, it is interrupted (rolled back). */
 export const bounded = (requestTimeout: Duration.DurationInput) => {
   const ms = Duration.toMillis(Duration.decode(requestTimeout))
-  const timedOut = () =>
-    new Unavailable({ message: "the request took too long and was rolled back; try again later" })
+  const timedOut = () => new Unavailable({ message: "the request took too long and was rolled back; try again later" })
   return <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | Unavailable, R> =>
     ms > 0 ? Effect.timeoutFail(effect, { duration: ms, onTimeout: timedOut }) : effect
 }

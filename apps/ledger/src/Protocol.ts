@@ -88,7 +88,12 @@ export const failure = (id: RequestId, e: ProtocolError): Response => ({ id, ok:
  * A refusal about the request itself (malformed, unknown operation, invalid payload), built as the response it is:
  * it never travels through an Effect, so it needs no error object (the same body as `failure` of the error class).
  */
-const refusal = (id: RequestId, tag: ProtocolError["_tag"], message: string, detail?: Record<string, unknown>): Response => ({
+const refusal = (
+  id: RequestId,
+  tag: ProtocolError["_tag"],
+  message: string,
+  detail?: Record<string, unknown>
+): Response => ({
   id,
   ok: false,
   error: { code: errorInfo[tag].code, message, ...detail }

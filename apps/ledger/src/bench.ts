@@ -36,11 +36,18 @@ const accountSets = arg("accounts", "32,1000")
 const noop = Number(arg("noop", "20000"))
 const profileDir = arg("profile", "")
 /** `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables. */
-const variants = argv.flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : [])).map((spec) => {
-  const [name, vars = ""] = spec.split(":")
-  const env = Object.fromEntries(vars.split(",").filter((v) => v.includes("=")).map((v) => v.split("=") as [string, string]))
-  return { name: name!, env }
-})
+const variants = argv
+  .flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : []))
+  .map((spec) => {
+    const [name, vars = ""] = spec.split(":")
+    const env = Object.fromEntries(
+      vars
+        .split(",")
+        .filter((v) => v.includes("="))
+        .map((v) => v.split("=") as [string, string])
+    )
+    return { name: name!, env }
+  })
 
 const here = Path.dirname(new URL(import.meta.url).pathname)
 const appDir = Path.resolve(here, "..")
@@ -82,7 +89,9 @@ const python = () => {
     const r = ChildProcess.spawnSync(candidate, ["-c", "import sqlalchemy, pymysql"], { stdio: "ignore" })
     if (r.status === 0) return candidate
   }
-  throw new Error("no python3 with sqlalchemy and pymysql: run scripts/setup.sh (Debian python3-sqlalchemy python3-pymysql)")
+  throw new Error(
+    "no python3 with sqlalchemy and pymysql: run scripts/setup.sh (Debian python3-sqlalchemy python3-pymysql)"
+  )
 }
 
 interface Server {
@@ -366,18 +375,42 @@ const program = Effect.gen(function* () {
       median(samples.filter((s) => s.server === server && s.accounts === accounts).map(f))
     for (const server of names) {
       lines.push(
-        `| ${accounts} | ${server} | ${fmt(med(server, (s) => s.perSecond))} | ${fmt(med(server, (s) => s.p50), 2)} | ` +
-          `${fmt(med(server, (s) => s.p99), 2)} | ${fmt(med(server, (s) => s.serverCpu))} | ` +
+        `| ${accounts} | ${server} | ${fmt(med(server, (s) => s.perSecond))} | ${fmt(
+          med(server, (s) => s.p50),
+          2
+        )} | ` +
+          `${fmt(
+            med(server, (s) => s.p99),
+            2
+          )} | ${fmt(med(server, (s) => s.serverCpu))} | ` +
           `${fmt(med(server, (s) => s.serverWait))} | ${fmt(med(server, (s) => s.dbCpu))} | ` +
-          `${fmt(med(server, (s) => s.statements), 2)} |`
+          `${fmt(
+            med(server, (s) => s.statements),
+            2
+          )} |`
       )
     }
     for (const server of names.filter((n) => n !== "reference")) {
       const r = (f: (s: Sample) => number) => med(server, f) / med("reference", f)
       ratios.push(
-        `${accounts} accounts, ${server} / reference: throughput ${fmt(r((s) => s.perSecond), 2)}x, ` +
-          `p50 ${fmt(r((s) => s.p50), 2)}x, p99 ${fmt(r((s) => s.p99), 2)}x, ` +
-          `server CPU per request ${fmt(r((s) => s.serverCpu), 2)}x, database CPU per request ${fmt(r((s) => s.dbCpu), 2)}x`
+        `${accounts} accounts, ${server} / reference: throughput ${fmt(
+          r((s) => s.perSecond),
+          2
+        )}x, ` +
+          `p50 ${fmt(
+            r((s) => s.p50),
+            2
+          )}x, p99 ${fmt(
+            r((s) => s.p99),
+            2
+          )}x, ` +
+          `server CPU per request ${fmt(
+            r((s) => s.serverCpu),
+            2
+          )}x, database CPU per request ${fmt(
+            r((s) => s.dbCpu),
+            2
+          )}x`
       )
     }
   }

@@ -162,7 +162,8 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
           body: new ReadableStream({
             start(controller) {
               const text = JSON.stringify(padded)
-              for (let i = 0; i < text.length; i += 1000) controller.enqueue(new TextEncoder().encode(text.slice(i, i + 1000)))
+              for (let i = 0; i < text.length; i += 1000)
+                controller.enqueue(new TextEncoder().encode(text.slice(i, i + 1000)))
               controller.close()
             }
           }),
@@ -193,31 +194,33 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
     })
   )
 
-  it.scoped("TCP: a request stuck past the request timeout is rolled back, answered unavailable, its connection closed", () =>
-    Effect.gen(function* () {
-      const server = yield* MysqlServer.MysqlServer
-      const app = yield* startApp({ requestTimeout: "500 millis" })
-      const c = yield* app.connect()
-      const a = (yield* c.call("create_account", { name: "locked" })).id
-      const b = (yield* c.call("create_account", { name: "free" })).id
-      yield* c.call("deposit", { account: a, amount: 100 })
-      // another client holds the row lock of `a`
-      const holder = yield* Effect.acquireRelease(
-        Effect.promise(() => Mysql.createConnection(Redacted.value(server.url))),
-        (conn) => Effect.promise(() => conn.end())
-      )
-      yield* Effect.promise(() => holder.query("BEGIN"))
-      yield* Effect.promise(() => holder.query("SELECT balance FROM accounts WHERE id = ? FOR UPDATE", [a]))
-      const started = Date.now()
-      const r = yield* c.request({ id: "stuck", op: "transfer", from: a, to: b, amount: 10 })
-      assert.deepStrictEqual([r.id, r.error?.code], ["stuck", "unavailable"])
-      assert.isBelow(Date.now() - started, 5_000)
-      yield* c.closed
-      yield* Effect.promise(() => holder.query("ROLLBACK"))
-      const other = yield* app.connect()
-      assert.strictEqual((yield* other.call("balance", { account: a })).balance, 100)
-      assert.strictEqual((yield* other.call("balance", { account: b })).balance, 0)
-      assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 1)
-    })
+  it.scoped(
+    "TCP: a request stuck past the request timeout is rolled back, answered unavailable, its connection closed",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* MysqlServer.MysqlServer
+        const app = yield* startApp({ requestTimeout: "500 millis" })
+        const c = yield* app.connect()
+        const a = (yield* c.call("create_account", { name: "locked" })).id
+        const b = (yield* c.call("create_account", { name: "free" })).id
+        yield* c.call("deposit", { account: a, amount: 100 })
+        // another client holds the row lock of `a`
+        const holder = yield* Effect.acquireRelease(
+          Effect.promise(() => Mysql.createConnection(Redacted.value(server.url))),
+          (conn) => Effect.promise(() => conn.end())
+        )
+        yield* Effect.promise(() => holder.query("BEGIN"))
+        yield* Effect.promise(() => holder.query("SELECT balance FROM accounts WHERE id = ? FOR UPDATE", [a]))
+        const started = Date.now()
+        const r = yield* c.request({ id: "stuck", op: "transfer", from: a, to: b, amount: 10 })
+        assert.deepStrictEqual([r.id, r.error?.code], ["stuck", "unavailable"])
+        assert.isBelow(Date.now() - started, 5_000)
+        yield* c.closed
+        yield* Effect.promise(() => holder.query("ROLLBACK"))
+        const other = yield* app.connect()
+        assert.strictEqual((yield* other.call("balance", { account: a })).balance, 100)
+        assert.strictEqual((yield* other.call("balance", { account: b })).balance, 0)
+        assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 1)
+      })
   )
 })

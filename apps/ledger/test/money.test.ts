@@ -8,9 +8,8 @@ const MAX = 9223372036854775807n
 
 /** The exact balance in the database (as text: no driver conversion in between). */
 const stored = (sql: Effect.Effect.Success<ReturnType<typeof startApp>>["sql"], id: number) =>
-  Effect.map(
-    sql<{ b: string }>`SELECT CAST(balance AS CHAR) AS b FROM accounts WHERE id = ${id}`,
-    (rows) => BigInt(rows[0]!.b)
+  Effect.map(sql<{ b: string }>`SELECT CAST(balance AS CHAR) AS b FROM accounts WHERE id = ${id}`, (rows) =>
+    BigInt(rows[0]!.b)
   )
 
 const transfersOf = (sql: Effect.Effect.Success<ReturnType<typeof startApp>>["sql"], id: number) =>

@@ -45,17 +45,26 @@ it.scopedLive(
       const a = (yield* c.call("create_account", { name: "survivor" })).id
       yield* c.call("deposit", { account: a, amount: 500 })
       const healthy = yield* http(baseUrl, "GET", "/health", undefined, null)
-      assert.deepStrictEqual([healthy.status, healthy.json.database.kind, healthy.json.database.restarts], [200, "embedded", 0])
+      assert.deepStrictEqual(
+        [healthy.status, healthy.json.database.kind, healthy.json.database.restarts],
+        [200, "embedded", 0]
+      )
 
       // a crash: SIGKILL of the server process
       const pid = Number(Fs.readFileSync(Path.join(dataDir, "mysqld.pid"), "utf8").trim())
       process.kill(pid, "SIGKILL")
       yield* until(
-        Effect.map(http(baseUrl, "GET", "/health", undefined, null), (h) => h.status === 200 && h.json.database.restarts === 1),
+        Effect.map(
+          http(baseUrl, "GET", "/health", undefined, null),
+          (h) => h.status === 200 && h.json.database.restarts === 1
+        ),
         3000
       )
       const after = yield* http(baseUrl, "GET", "/health", undefined, null)
-      assert.deepStrictEqual([after.json.database.state, Option.isSome(Option.fromNullable(after.json.database.lastRestartAt))], ["running", true])
+      assert.deepStrictEqual(
+        [after.json.database.state, Option.isSome(Option.fromNullable(after.json.database.lastRestartAt))],
+        ["running", true]
+      )
       assert.notStrictEqual(Number(Fs.readFileSync(Path.join(dataDir, "mysqld.pid"), "utf8").trim()), pid)
 
       // the same connection carries on; committed money survived the crash
