@@ -395,7 +395,7 @@ export class EngineImpl {
    */
   killQuery(pc: PooledConn, cb: (ok: boolean) => void): void {
     pc.kills++
-    const done = (ok: boolean) => {
+    this.kill(`KILL QUERY ${pc.threadId}`, (ok) => {
       pc.kills--
       if (pc.kills === 0 && pc.afterKills !== undefined) {
         const held = pc.afterKills
@@ -403,16 +403,25 @@ export class EngineImpl {
         for (const f of held) f()
       }
       cb(ok)
-    }
-    const text = `KILL QUERY ${pc.threadId}`
+    })
+  }
+
+  /** `KILL CONNECTION`: ends a connection (and its transaction) the pool has already let go of. */
+  killConnection(threadId: number, cb: (ok: boolean) => void): void {
+    this.kill(`KILL CONNECTION ${threadId}`, cb)
+  }
+
+  /** A KILL on the control connection, else on a fresh one; "no such thread" counts as done. */
+  private kill(text: string, cb: (ok: boolean) => void): void {
+    const answer = (e: unknown) => cb(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
     const fresh = () =>
       this.pool.connect((err, conn) => {
-        if (err || !conn) return done(false)
+        if (err || !conn) return cb(false)
         this.killers.add(conn)
         conn.query(text, (e) => {
           this.killers.delete(conn)
           hardClose(conn)
-          done(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
+          answer(e)
         })
       })
     const control = this.control
@@ -427,24 +436,7 @@ export class EngineImpl {
         this.openControl()
         return fresh()
       }
-      done(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
-    })
-  }
-
-  /** `KILL CONNECTION`: ends a connection (and its transaction) the pool has already let go of. */
-  killConnection(threadId: number, cb: (ok: boolean) => void): void {
-    const text = `KILL CONNECTION ${threadId}`
-    const answer = (e: unknown) => cb(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
-    const control = this.control
-    if (control !== undefined) return void control.query(text, answer)
-    this.pool.connect((err, conn) => {
-      if (err || !conn) return cb(false)
-      this.killers.add(conn)
-      conn.query(text, (e) => {
-        this.killers.delete(conn)
-        hardClose(conn)
-        answer(e)
-      })
+      answer(e)
     })
   }
 
@@ -543,6 +535,52 @@ export class EngineImpl {
   }
 
   /**
+   * One of sessionfx's own statements (SET, BEGIN, SAVEPOINT, …): bounded by `controlTimeout`, its session state
+   * accounted for by the caller. `done` learns whether it was cancelled while it ran.
+   */
+  controlStatement(
+    pc: PooledConn,
+    sql: string,
+    done: (err: SessionError.SessionError | undefined, cancelled: boolean) => void
+  ): Command | undefined {
+    const holder: { c: Command | undefined } = { c: undefined }
+    holder.c = this.startCommand(
+      pc,
+      "query",
+      sql,
+      undefined,
+      false,
+      (err) => done(err, holder.c?.cancelled === true),
+      this.controlTimeoutMs,
+      true
+    )
+    return holder.c
+  }
+
+  /**
+   * Gives `pc` the settings `want` asks for — a SET only when it does not have them — then `next`. Returns the SET
+   * in flight, or `undefined` when none was needed (`next` has run).
+   */
+  applySettings(
+    pc: PooledConn,
+    want: Want,
+    next: () => void,
+    fail: (e: SessionError.SessionError, cancelled: boolean) => void
+  ): Command | undefined {
+    const set = this.settingsSql(pc, want)
+    if (set === undefined) {
+      next()
+      return undefined
+    }
+    return this.controlStatement(pc, set.sql, (err, cancelled) => {
+      if (err !== undefined) return fail(err, false)
+      pc.settings = set.settings
+      if (cancelled) return fail(interruptedError(), true)
+      next()
+    })
+  }
+
+  /**
    * Runs one statement on a pooled connection outside any unit (autocommit, `reserve`): the engine's default
    * settings, values bound or refused before anything is sent. Interrupting it stops the statement
    * (`Command.cancel`); a caller that is uninterruptible anyway passes `interruptible: false`.
@@ -592,25 +630,8 @@ export class EngineImpl {
         }
         step(0)
       }
-      const set = this.settingsSql(pc, this.defaultWant)
-      if (set === undefined) main()
-      else {
-        command = this.startCommand(
-          pc,
-          "query",
-          set.sql,
-          undefined,
-          false,
-          (err) => {
-            if (err !== undefined) return resume(Effect.fail(err))
-            pc.settings = set.settings
-            if (command!.cancelled) return resume(Effect.fail(interruptedError()))
-            main()
-          },
-          this.controlTimeoutMs,
-          true
-        )
-      }
+      const set = this.applySettings(pc, this.defaultWant, main, (err) => resume(Effect.fail(err)))
+      if (set !== undefined) command = set
       return interruptible
         ? Effect.suspend(() => {
             stopped = true

@@ -435,51 +435,23 @@ export class Frame extends BaseConnection {
     const state = this.state
     const engine = state.engine
     const pc = state.pc
+    const abort = (e: SessionError.SessionError) => {
+      state.abort(e)
+      fail(e)
+    }
     const begin = () => {
       if (state.begun) return next()
-      let c: Command | undefined = undefined
-      c = engine.startCommand(
-        pc,
-        "query",
-        state.beginSql,
-        undefined,
-        false,
-        (err) => {
-          if (err !== undefined) {
-            state.abort(err)
-            return fail(err)
-          }
+      track(
+        engine.controlStatement(pc, state.beginSql, (err, cancelled) => {
+          if (err !== undefined) return abort(err)
           state.begun = true
-          if (c?.cancelled) return fail(interruptedError())
+          if (cancelled) return fail(interruptedError())
           next()
-        },
-        engine.controlTimeoutMs,
-        true
+        })
       )
-      track(c)
     }
-    const set = engine.settingsSql(pc, this.want)
-    if (set === undefined) return begin()
-    let c: Command | undefined = undefined
-    c = engine.startCommand(
-      pc,
-      "query",
-      set.sql,
-      undefined,
-      false,
-      (err) => {
-        if (err !== undefined) {
-          state.abort(err)
-          return fail(err)
-        }
-        pc.settings = set.settings
-        if (c?.cancelled) return fail(interruptedError())
-        begin()
-      },
-      engine.controlTimeoutMs,
-      true
-    )
-    track(c)
+    const set = engine.applySettings(pc, this.want, begin, (e, cancelled) => (cancelled ? fail(e) : abort(e)))
+    if (set !== undefined) track(set)
   }
 
   /**

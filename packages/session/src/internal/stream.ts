@@ -396,25 +396,8 @@ const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
   pc,
   check: () => undefined,
   prepareThen: (next, fail, track) => {
-    const set = engine.settingsSql(pc, engine.defaultWant)
-    if (set === undefined) return next()
-    let c: Command | undefined = undefined
-    c = engine.startCommand(
-      pc,
-      "query",
-      set.sql,
-      undefined,
-      false,
-      (err) => {
-        if (err !== undefined) return fail(err)
-        pc.settings = set.settings
-        if (c?.cancelled) return fail(interruptedError())
-        next()
-      },
-      engine.controlTimeoutMs,
-      true
-    )
-    track(c)
+    const set = engine.applySettings(pc, engine.defaultWant, next, fail)
+    if (set !== undefined) track(set)
   },
   afterFailure: (_err, done) => done(),
   afterSuccess: () => undefined
