@@ -209,6 +209,10 @@ export const make = Effect.gen(function* () {
       c.lines.shift()
     }
     if (out.length > 0 && c.socket.writable) c.socket.write(out)
+    if (c.paused && c.lines.length < LOW_WATER) {
+      c.paused = false
+      c.socket.resume()
+    }
     if (c.lines.length > 0) c.wake("input")
   }
 

@@ -315,4 +315,20 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       assert.isAtLeast(Number(names[0]!.n), 101)
     })
   )
+
+  it.scoped("a burst of lines that need no database is answered and reading goes on", () =>
+    Effect.gen(function* () {
+      const app = yield* startApp()
+      const c = yield* app.connect()
+      // far more lines than the read-ahead mark, all answered without the database
+      yield* c.send(Array.from({ length: 300 }, (_, i) => JSON.stringify({ id: i, op: "nope" }) + "\n").join(""))
+      const answers = yield* Effect.forEach(Array.from({ length: 300 }), () => c.next)
+      assert.deepStrictEqual(
+        answers.map((r) => [r.id, r.error?.code]),
+        answers.map((_, i) => [i, "unknown_operation"])
+      )
+      // and the connection still reads what comes next
+      assert.strictEqual((yield* c.call("create_account", { name: "after-burst" })).balance, 0)
+    })
+  )
 })
