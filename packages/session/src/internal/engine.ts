@@ -331,14 +331,18 @@ export class EngineImpl {
     const threshold = this.longUnitThresholdMs
     if (threshold <= 0 || this.units.size === 0) return
     const now = Date.now()
-    for (const u of this.units) {
-      if (u.warned || now - u.startedAt < threshold) continue
-      u.warned = true
-      metrics.longUnits.unsafeUpdate(1, this.labels)
-      u.log(
-        `sessionfx: a unit of work on ${this.options.describe} has been open for ${now - u.startedAt} ms (longUnitThreshold ${threshold} ms): its writes are invisible to others and its locks held until it ends. ${u.describe()}`
-      )
-    }
+    for (const u of this.units) this.checkUnit(u, now, false)
+  }
+
+  /** Reports `u` once if it has been open longer than `longUnitThreshold` (also when it ends before a check). */
+  checkUnit(u: Watched, now: number, ended: boolean): void {
+    const threshold = this.longUnitThresholdMs
+    if (u.warned || threshold <= 0 || now - u.startedAt < threshold) return
+    u.warned = true
+    metrics.longUnits.unsafeUpdate(1, this.labels)
+    u.log(
+      `sessionfx: a unit of work on ${this.options.describe} ${ended ? "was" : "has been"} open for ${now - u.startedAt} ms (longUnitThreshold ${threshold} ms): its writes are invisible to others and its locks held until it ends. ${u.describe()}`
+    )
   }
 
   stopTimers() {

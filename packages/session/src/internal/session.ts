@@ -715,7 +715,10 @@ const endSession = <A, E>(
   state.open = false
   state.owner = undefined
   root.closed = true
-  if (state.watched !== undefined) engine.units.delete(state.watched)
+  if (state.watched !== undefined) {
+    engine.units.delete(state.watched)
+    engine.checkUnit(state.watched, Date.now(), true)
+  }
   // statements queued behind the close now see a closed session and fail with SessionClosed
   root.lock.unsafeRelease()
   metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.labels)
