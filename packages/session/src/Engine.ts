@@ -104,6 +104,11 @@ export interface EngineOptions {
   readonly statementTimeout?: Duration.DurationInput | undefined
   readonly ssl?: string | Mysql.SslOptions | undefined
   readonly spanAttributes?: Record<string, unknown> | undefined
+  /**
+   * Record each statement's SQL text as `db.query.text` on its span (default false). The text holds placeholders,
+   * never bound values; it can still reveal schema and literals written into the SQL.
+   */
+  readonly queryTextInSpans?: boolean | undefined
   readonly transformResultNames?: ((str: string) => string) | undefined
   readonly transformQueryNames?: ((str: string) => string) | undefined
 }
@@ -275,6 +280,7 @@ export const make = (
         statementTimeoutMs: checked.statementTimeoutMs
       },
       spanAttributes,
+      queryTextInSpans: options.queryTextInSpans === true,
       compiler,
       transformRows: options.transformResultNames
         ? Statement.defaultTransforms(options.transformResultNames).array

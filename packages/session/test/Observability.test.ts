@@ -48,7 +48,10 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("observabilit
       yield* Session.transact(
         Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT ${1} AS one`),
         { isolation: "READ COMMITTED" }
-      ).pipe(Effect.withTracer(recordingTracer(spans)), Effect.provide(engineLayer({ name: "traced" })))
+      ).pipe(
+        Effect.withTracer(recordingTracer(spans)),
+        Effect.provide(engineLayer({ name: "traced", queryTextInSpans: true }))
+      )
       const session = spans.find((s) => s.name === "sql.session")
       assert.isDefined(session)
       assert.strictEqual(session!.attributes.get("db.isolation"), "READ COMMITTED")
@@ -57,6 +60,17 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("observabilit
       const statement = spans.find((s) => s.name === "sql.execute")
       assert.isDefined(statement)
       assert.strictEqual(statement!.attributes.get("db.query.text"), "SELECT ? AS one")
+      assert.strictEqual(statement!.attributes.get("db.operation.name"), "SELECT")
+      // without queryTextInSpans, no SQL text on spans
+      const quiet: Array<Recorded> = []
+      yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT ${2} AS two`).pipe(
+        Effect.withTracer(recordingTracer(quiet)),
+        Effect.provide(engineLayer({ name: "quiet" }))
+      )
+      const plain = quiet.find((s) => s.name === "sql.execute")
+      assert.isDefined(plain)
+      assert.isUndefined(plain!.attributes.get("db.query.text"))
+      assert.strictEqual(plain!.attributes.get("db.operation.name"), "SELECT")
       const password = Redacted.value(server.password)
       for (const s of spans) {
         for (const v of s.attributes.values()) expect(String(v)).not.toContain(password)

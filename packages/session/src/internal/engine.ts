@@ -131,6 +131,8 @@ export interface EngineImplOptions {
   readonly commitTimeoutMs?: number | undefined
   /** A unit open longer than this is logged once with where it was opened (default 60 s; 0 = never). */
   readonly longUnitThresholdMs?: number | undefined
+  /** Record the SQL text on statement spans (`db.query.text`). */
+  readonly queryTextInSpans?: boolean | undefined
 }
 
 /** The isolation level as `@@tx_isolation` spells it (`REPEATABLE-READ`) in the `SET TRANSACTION` form. */

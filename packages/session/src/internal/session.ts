@@ -1118,7 +1118,9 @@ const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string =>
     ? "commit"
     : Exit.isInterrupted(exit)
       ? "interrupted"
-      : `rollback:${(Option.getOrUndefined(Cause.failureOption(exit.cause)) as { _tag?: string } | undefined)?._tag ?? "defect"}`
+      : Cause.isFailure(exit.cause)
+        ? `rollback:${(Option.getOrUndefined(Cause.failureOption(exit.cause)) as { _tag?: unknown } | undefined)?._tag ?? "failure"}`
+        : "rollback:defect"
 
 /** The unit of work as a combinator: nested (savepoint) inside an open session, else a session of its own. @internal */
 export const transact = <A, E, R>(

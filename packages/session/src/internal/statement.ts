@@ -67,6 +67,20 @@ interface Core {
   readonly slowFor: (origin: StatementTarget & Connection) => Statement.Constructor
 }
 
+const verbs = new Map<string, string>()
+
+/** The statement's SQL verb (`SELECT`, `INSERT`, …) for `db.operation.name`, after leading comments; cached. */
+const verbOf = (text: string): string => {
+  let v = verbs.get(text)
+  if (v === undefined) {
+    const m = /^(?:\s|\/\*[\s\S]*?\*\/|(?:--|#)[^\n]*\n)*([A-Za-z]+)/.exec(text)
+    v = m === null ? "unknown" : m[1]!.toUpperCase()
+    if (verbs.size > 10_000) verbs.clear()
+    verbs.set(text, v)
+  }
+  return v
+}
+
 /** Effect's current-fiber slot: the fiber whose code is building a statement. */
 const currentFiber = (): Fiber.RuntimeFiber<any, any> | undefined =>
   (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<any, any> })["effect/FiberCurrent"]
@@ -91,7 +105,8 @@ const runIn = (
       ? target.exec(fiber, method, text, params, rowsAsArray, raw, transform as any)
       : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
   if (fiber.currentTracer === defaultTracer) return effect
-  const attributes: Record<string, unknown> = { "db.operation.name": operation, "db.query.text": text }
+  const attributes: Record<string, unknown> = { "db.operation.name": verbOf(text), "sql.method": operation }
+  if (core.engine.options.queryTextInSpans === true) attributes["db.query.text"] = text
   for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
   return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
 }
