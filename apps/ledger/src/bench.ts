@@ -6,7 +6,7 @@
  * between the start and the end of the transfers.
  *
  *   pnpm --filter @sessionfx/ledger bench [--reps 5] [--transfers 4000] [--connections 16] [--accounts 32,1000]
- *                                         [--noop 20000] [--profile <dir>]
+ *                                         [--noop 20000] [--profile <dir>] [--socket] [--variant name:VAR=value,…]
  *
  * `--noop` also measures a request that never reaches the database (an unknown operation, one connection, one
  * request at a time). `--profile <dir>` runs the ledger under `node --cpu-prof` and writes its profile there.
@@ -35,6 +35,8 @@ const accountSets = arg("accounts", "32,1000")
   .filter((n) => n > 1)
 const noop = Number(arg("noop", "20000"))
 const profileDir = arg("profile", "")
+/** `--socket`: both servers reach MariaDB over its unix socket instead of TCP loopback. */
+const overSocket = argv.includes("--socket")
 /** `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables. */
 const variants = argv
   .flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : []))
@@ -246,7 +248,13 @@ const program = Effect.gen(function* () {
   const db = yield* MysqlServer.make()
   const dbPid = db.pid._tag === "Some" ? db.pid.value : undefined
   if (dbPid === undefined) return yield* Effect.dieMessage("the benchmark needs an embedded database (unset MYSQL_URL)")
-  const url = Redacted.value(db.url)
+  const socketPath = db.socketPath._tag === "Some" ? db.socketPath.value : undefined
+  if (overSocket && socketPath === undefined) return yield* Effect.dieMessage("--socket needs the embedded server")
+  const tcpUrl = Redacted.value(db.url)
+  const url = overSocket ? `${tcpUrl}${tcpUrl.includes("?") ? "&" : "?"}socket=${encodeURIComponent(socketPath!)}` : tcpUrl
+  const pyUrl = overSocket
+    ? `${tcpUrl.replace(/^mysql:/, "mysql+pymysql:")}${tcpUrl.includes("?") ? "&" : "?"}unix_socket=${encodeURIComponent(socketPath!)}`
+    : tcpUrl.replace(/^mysql:/, "mysql+pymysql:")
   // a synchronous read of the counter between runs: a child process keeps the demo's event loop out of it
   const admin = Redacted.value(db.admin.url)
   const counters = [
@@ -309,7 +317,7 @@ const program = Effect.gen(function* () {
       [
         "bench/reference_server.py",
         "--url",
-        url.replace(/^mysql:/, "mysql+pymysql:"),
+        pyUrl,
         "--port",
         String(refPort),
         "--token",
@@ -327,7 +335,7 @@ const program = Effect.gen(function* () {
   /** The servers in a different order each repetition (a rotation): no server always runs first or last. */
   const rotation = (rep: number) => servers.map((_, i) => servers[(i + rep) % servers.length]!)
   process.stderr.write(
-    `ledger vs reference: ${db.flavor} ${db.version}, ${connections} connections, ${transfers} transfers per run, ` +
+    `ledger vs reference: ${db.flavor} ${db.version} over ${overSocket ? "its unix socket" : "TCP"}, ${connections} connections, ${transfers} transfers per run, ` +
       `${reps} interleaved rounds per account set${others.length > 0 ? `, variants: ${others.map((o) => o.name).join(", ")}` : ""}\n`
   )
   // warm-up: JIT, pools, prepared statements
