@@ -995,6 +995,18 @@ layer(suite(), suiteOptions)("isolation", (it) => {
             2
           )
           assert.strictEqual(warnings.length, 2, `the 600 ms unit was not logged: ${warnings.length} warnings`)
+          // the Layer spelling is reported with where it was provided, too
+          yield* Effect.provide(
+            Effect.flatMap(sql, (s) => s`SELECT SLEEP(1.2)`),
+            SessionLive
+          )
+          yield* eventually(
+            Effect.sync(() => warnings.length === 3),
+            "the Layer-spelled long unit was logged",
+            2
+          )
+          // a Layer is built by the runtime, not at a call site of the user's: its name is the least it can say
+          assert.match(warnings[2]!, /isolation\.test|Session\.layer|SessionLive/, `the Layer spelling's warning: ${warnings[2]!.slice(0, 300)}`)
         }),
         { longUnitThreshold: "200 millis", name: "iso-long" } as any
       ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))

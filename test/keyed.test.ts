@@ -253,6 +253,31 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
     )
   )
 
+  it.effect("two Engines (two processes) racing one key: exactly one applies (x3)", () =>
+    repeat(3, () =>
+      Effect.gen(function* () {
+        yield* withEngine(Session.createKeyTable)
+        const key = freshKey("engines")
+        const unit = (n: number) =>
+          withEngine(
+            Effect.exit(
+              Session.transact(
+                Effect.zipRight(
+                  apply(key, n),
+                  Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.05)`)
+                ),
+                { key, retry: true }
+              )
+            )
+          )
+        const exits = yield* Effect.all([unit(1), unit(2)], { concurrency: 2 })
+        assert.strictEqual(exits.filter(Exit.isSuccess).length, 1, exits.map(show).join(" / "))
+        for (const e of exits.filter(Exit.isFailure)) expectTag(e, ["AlreadyApplied"], "the other engine")
+        assert.strictEqual(yield* applications(key), 1)
+      })
+    )
+  )
+
   it.effect("a new Engine (a process restart) knows the key: outcome committed, AlreadyApplied", () =>
     Effect.gen(function* () {
       const key = freshKey("restart")
@@ -310,6 +335,7 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
         repeat(2, () =>
           Effect.gen(function* () {
             const key = freshKey("bh-interrupt")
+            const destroyed0 = (yield* Engine.stats).destroyed
             const bodyDone = yield* Deferred.make<void>()
             const fiber = yield* Effect.fork(
               Session.transact(
@@ -329,8 +355,8 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
             assert.isBelow(ms, 2000, `Fiber.interrupt of a unit in COMMIT took ${ms} ms`)
             yield* proxy.blackhole(false)
             yield* eventually(
-              Effect.map(Engine.stats, (s) => s.inUse === 0),
-              "nothing lent after the interrupt"
+              Effect.map(Engine.stats, (s) => s.inUse === 0 && s.destroyed > destroyed0),
+              "the connection stuck in COMMIT is destroyed and nothing is lent after the interrupt"
             )
           })
         ),
