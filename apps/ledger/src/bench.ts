@@ -251,7 +251,9 @@ const program = Effect.gen(function* () {
   const socketPath = db.socketPath._tag === "Some" ? db.socketPath.value : undefined
   if (overSocket && socketPath === undefined) return yield* Effect.dieMessage("--socket needs the embedded server")
   const tcpUrl = Redacted.value(db.url)
-  const url = overSocket ? `${tcpUrl}${tcpUrl.includes("?") ? "&" : "?"}socket=${encodeURIComponent(socketPath!)}` : tcpUrl
+  const url = overSocket
+    ? `${tcpUrl}${tcpUrl.includes("?") ? "&" : "?"}socket=${encodeURIComponent(socketPath!)}`
+    : tcpUrl
   const pyUrl = overSocket
     ? `${tcpUrl.replace(/^mysql:/, "mysql+pymysql:")}${tcpUrl.includes("?") ? "&" : "?"}unix_socket=${encodeURIComponent(socketPath!)}`
     : tcpUrl.replace(/^mysql:/, "mysql+pymysql:")
@@ -314,15 +316,7 @@ const program = Effect.gen(function* () {
     start(
       "reference",
       py,
-      [
-        "bench/reference_server.py",
-        "--url",
-        pyUrl,
-        "--port",
-        String(refPort),
-        "--token",
-        TOKEN
-      ],
+      ["bench/reference_server.py", "--url", pyUrl, "--port", String(refPort), "--token", TOKEN],
       {},
       refPort
     ),
