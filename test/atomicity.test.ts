@@ -1517,50 +1517,61 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
       Effect.gen(function* () {
         const server = yield* theServer
         const proxy = yield* FaultProxy.make({ target: { host: server.host, port: server.port } })
-        yield* withEngine(
-          Effect.gen(function* () {
-            yield* Session.transact(Effect.flatMap(sql, (s) => s`SELECT 1`))
-            yield* proxy.setLatency(50)
-            yield* repeat(5, () =>
-              Effect.gen(function* () {
-                const [a, b] = [freshId(), freshId()]
-                // unit A: its statement times out in flight and finishes by itself before the KILL can land
-                const aExit = yield* Effect.exit(
-                  Session.transact(
-                    Effect.gen(function* () {
-                      yield* Effect.either(
-                        Effect.timeout(
-                          Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.02) AS a`),
-                          "30 millis"
+        // a fresh Engine per repetition: nothing that stops a statement is warm (a KILL may need a new connection,
+        // slow through the proxy), so a late KILL has every chance to land on whatever runs next
+        yield* repeat(4, (i) =>
+          withEngine(
+            Effect.gen(function* () {
+              yield* proxy.setLatency(0)
+              yield* Session.transact(Effect.flatMap(sql, (s) => s`SELECT 1`))
+              yield* proxy.setLatency(50)
+              const [a, b] = [freshId(), freshId()]
+              const laterInA = i % 2 === 1
+              // unit A: its statement times out in flight and finishes by itself before the KILL can land
+              const aExit = yield* Effect.exit(
+                Session.transact(
+                  Effect.gen(function* () {
+                    yield* Effect.either(
+                      Effect.timeout(
+                        Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.02) AS a`),
+                        "30 millis"
+                      )
+                    )
+                    if (laterInA) {
+                      // a later statement of the same unit, running when a late KILL would land, is not hit by it
+                      // (a SLEEP alone returns 1 without an error when killed: make a kill visible)
+                      const later = yield* Effect.either(
+                        Effect.flatMap(
+                          sql,
+                          (s) => s<{ later: number }>`SELECT 7 AS later FROM DUAL WHERE SLEEP(0.6) = 0`
                         )
                       )
-                      // a later statement of the same unit is not hit by the late KILL
-                      const later = yield* Effect.either(Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.2) AS later`))
                       assert.isTrue(
-                        Either.isRight(later),
-                        `A's later statement failed: ${Either.isLeft(later) ? later.left.message : ""}`
+                        Either.isRight(later) && later.right.length === 1,
+                        `A's later statement was hit: ${Either.isLeft(later) ? later.left.message : "no row (killed)"}`
                       )
                       yield* insert(a)
-                    })
+                    }
+                    // otherwise A ends at once: B's statement runs when a late KILL would land
+                  })
+                )
+              )
+              if (Exit.isFailure(aExit)) expectTag(aExit, ["StatementInterrupted"], "unit A")
+              // unit B, next on the same connection, runs fine
+              const bExit = yield* Effect.exit(
+                Session.transact(
+                  Effect.flatMap(
+                    sql,
+                    (s) => s`INSERT INTO items (id, label) SELECT ${b}, IF(SLEEP(0.6) = 0, 'b', 'killed')`
                   )
                 )
-                if (Exit.isFailure(aExit)) expectTag(aExit, ["StatementInterrupted"], "unit A")
-                // unit B, next on the same connection, runs fine
-                const bExit = yield* Effect.exit(
-                  Session.transact(
-                    Effect.zipRight(
-                      Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.3) AS b`),
-                      insert(b)
-                    )
-                  )
-                )
-                assert.isTrue(Exit.isSuccess(bExit), `unit B was hit by A's interruption: ${show(bExit)}`)
-                assert.strictEqual(yield* countId("items", b), 1)
-              })
-            )
-            yield* proxy.setLatency(0)
-          }),
-          { url: proxy.urlFor(server), pool: { size: 1 }, killGrace: "3 seconds" }
+              )
+              assert.isTrue(Exit.isSuccess(bExit), `unit B was hit by A's interruption: ${show(bExit)}`)
+              assert.strictEqual(yield* count("items", "id = ? AND label = 'b'", [b]), 1, "B's statement was killed")
+              yield* proxy.setLatency(0)
+            }),
+            { url: proxy.urlFor(server), pool: { size: 1 }, killGrace: "3 seconds" }
+          )
         )
       })
   )
