@@ -125,8 +125,8 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
     Effect.gen(function* () {
       const app = yield* startApp()
       const gauge = metric(app.baseUrl, "ledger_tcp_connections")
-      const before = yield* gauge
-      assert.strictEqual(before, 0)
+      // the gauge is process-wide: the servers of earlier tests have closed their sockets by now
+      yield* until(Effect.map(gauge, (n) => n === 0))
       const clients = yield* Effect.scoped(
         Effect.gen(function* () {
           const cs = yield* Effect.forEach([1, 2, 3], () => app.connect())
