@@ -97,7 +97,7 @@ const engineImpl = (engine: Engine.Engine["Type"]) => engine[Engine.TypeId]
 export const layer = (
   options: Options = {}
 ): Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine> => {
-  const site = internal.captureSite(options.name ?? "Session.layer")
+  const site = internal.captureSite(options.name ?? "Session.layer", layer)
   return Layer.scopedContext(
     Effect.flatMap(Engine.Engine, (engine) => internal.scopedSession(engineImpl(engine), options, site))
   ) as Layer.Layer<Session | Client.SqlClient, SessionError.SessionError, Engine.Engine>
@@ -122,7 +122,7 @@ export const transact: {
 } = dual(
   (args) => Effect.isEffect(args[0]),
   <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) => {
-    const site = internal.captureSite(options?.name ?? "Session.transact")
+    const site = internal.captureSite(options?.name ?? "Session.transact", transact)
     return Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
       // the type requires an Engine; without one this dies like `yield* Engine.Engine` would
       const engine = Context.unsafeGet(fiber.currentContext, Engine.Engine)

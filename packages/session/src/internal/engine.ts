@@ -24,6 +24,7 @@ import {
 } from "./pool.js"
 import { directStream } from "./stream.js"
 import { bindValues, splitStatements } from "./values.js"
+import { unitSites } from "./sites.js"
 
 /** @internal */
 export type Isolation = "READ UNCOMMITTED" | "READ COMMITTED" | "REPEATABLE READ" | "SERIALIZABLE"
@@ -199,6 +200,7 @@ export class EngineImpl {
     this.commitTimeoutMs = options.commitTimeoutMs ?? 10_000
     this.controlTimeoutMs = controlTimeout(options.killGraceMs)
     this.longUnitThresholdMs = options.longUnitThresholdMs ?? 60_000
+    if (options.longUnitThresholdMs !== undefined && options.longUnitThresholdMs > 0) unitSites.capture = true
     const labels = this.labels
     this.pool = new ConnPool({
       ...options.pool,

@@ -30,6 +30,7 @@ import type { PooledConn } from "./pool.js"
 import { defaultTracer, makeClient } from "./statement.js"
 import { Lock, type Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
+import { unitSites } from "./sites.js"
 import { bindValues, splitStatements } from "./values.js"
 import * as keys from "./keys.js"
 import { frameStream } from "./stream.js"
@@ -1030,17 +1031,21 @@ const OWN_FRAME = /[\\/](?:session[\\/](?:src|dist)|effect[\\/](?:src|dist)|node
  *
  * @internal
  */
-export const captureSite = (label: string): (() => string) => {
+export const captureSite = (label: string, caller: (...args: Array<any>) => unknown): (() => string) => {
+  if (!unitSites.capture) {
+    return () =>
+      `${label} (set the Engine option longUnitThreshold to also record where units are opened; give the unit a name to tell it apart)`
+  }
   const site: { stack?: string } = {}
-  // a short stack: capturing Effect's deep stacks in full costs tens of microseconds
+  // a short stack from the caller of Session.transact / Session.layer: a capture costs microseconds per unit
   const limit = Error.stackTraceLimit
-  Error.stackTraceLimit = 6
-  Error.captureStackTrace(site, captureSite)
+  Error.stackTraceLimit = 4
+  Error.captureStackTrace(site, caller)
   Error.stackTraceLimit = limit
   return () => {
     const frames = (site.stack ?? "").split("\n").slice(1)
     const own = frames.filter((line) => !OWN_FRAME.test(line))
-    return `${label} opened at:\n${(own.length > 0 ? own : frames).slice(0, 8).join("\n")}`
+    return `${label} opened at:\n${(own.length > 0 ? own : frames).join("\n")}`
   }
 }
 
