@@ -1250,6 +1250,27 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
     )
   )
 
+  it.effect(
+    "the new API's types: afterCommit can fail with SessionClosed; BindError / InvalidOption / StatementInterrupted",
+    () =>
+      Effect.sync(() => {
+        const hook: Effect.Effect<void, SessionError.SessionClosed, Session.Session> = Session.afterCommit(Effect.void)
+        const bind = new SessionError.BindError({ message: "m", index: 0 })
+        const option = new SessionError.InvalidOption({ message: "m", option: "lockWaitTimeout" })
+        const interrupted = new SessionError.StatementInterrupted({ message: "m" })
+        const all: ReadonlyArray<SessionError.SessionError> = [bind, option, interrupted]
+        assert.isTrue(Effect.isEffect(hook))
+        assert.deepStrictEqual(
+          all.map((e) => [e._tag, SessionError.isRetryable(e), SessionError.isSessionError(e)]),
+          [
+            ["BindError", false, true],
+            ["InvalidOption", false, true],
+            ["StatementInterrupted", true, true]
+          ]
+        )
+      })
+  )
+
   it.effect("afterCommit from a fiber that outlived its unit fails with SessionClosed (typed, not a defect)", () =>
     withEngine(
       Effect.gen(function* () {

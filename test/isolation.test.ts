@@ -97,7 +97,7 @@ interface Leak {
   /** Run in unit B on the same pool (of one connection): a description of what leaked, or undefined. */
   readonly check: (
     baseline: Baseline
-  ) => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | Session.Session>
+  ) => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | Session.Session | MysqlServer.MysqlServer>
   /** Checks that need the pool free (another connection, autocommit statements). */
   readonly after?: () => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | MysqlServer.MysqlServer>
 }
@@ -1006,7 +1006,11 @@ layer(suite(), suiteOptions)("isolation", (it) => {
             2
           )
           // a Layer is built by the runtime, not at a call site of the user's: its name is the least it can say
-          assert.match(warnings[2]!, /isolation\.test|Session\.layer|SessionLive/, `the Layer spelling's warning: ${warnings[2]!.slice(0, 300)}`)
+          assert.match(
+            warnings[2]!,
+            /isolation\.test|Session\.layer|SessionLive/,
+            `the Layer spelling's warning: ${warnings[2]!.slice(0, 300)}`
+          )
         }),
         { longUnitThreshold: "200 millis", name: "iso-long" } as any
       ).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, capture)))

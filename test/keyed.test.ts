@@ -5,7 +5,7 @@
  * inside (`timeout`, `commitTimeout`). Faults come from the FaultProxy; every verdict counts rows on the server.
  */
 import { assert, layer } from "@effect/vitest"
-import { Engine, Session } from "@sessionfx/session"
+import { Engine, Session, SessionError } from "@sessionfx/session"
 import { FaultProxy, Prng } from "@sessionfx/testing"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -102,6 +102,16 @@ const untilApplied = <E, R>(key: string, attempt: (i: number) => Effect.Effect<u
   })
 
 layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
+  it.effect("the keyed API's types: createKeyTable, outcome, AlreadyApplied", () =>
+    Effect.sync(() => {
+      const create: Effect.Effect<void, SessionError.SessionError, Engine.Engine> = Session.createKeyTable
+      const ask: Effect.Effect<"committed" | "absent", SessionError.SessionError, Engine.Engine> = Session.outcome("k")
+      const applied = new SessionError.AlreadyApplied({ message: "m", key: "k" })
+      assert.isTrue(Effect.isEffect(create) && Effect.isEffect(ask))
+      assert.deepStrictEqual([applied._tag, applied.key, applied.retryable], ["AlreadyApplied", "k", false])
+    })
+  )
+
   it.effect("Session.createKeyTable is idempotent (sequential and concurrent) and creates a table", () =>
     withEngine(
       Effect.gen(function* () {
