@@ -576,8 +576,13 @@ layer(suite(), suiteOptions)("isolation", (it) => {
           yield* insert(x)
           assert.strictEqual(yield* countId("items", x), 1, `${variant}: the next autocommit write is not committed`)
         }
+        assert.isAtLeast(
+          yield* counter("sessionfx_pool_dirty_returns_total", "iso-reserve", { reason: "transaction" }),
+          2,
+          "abandoned reserved connections with a transaction open are not counted (reason transaction)"
+        )
       }),
-      { pool: { size: 1 } }
+      { pool: { size: 1 }, name: "iso-reserve" }
     )
   )
 

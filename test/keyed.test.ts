@@ -209,6 +209,41 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
     )
   )
 
+  it.effect("Session.outcome never says committed before the unit's COMMIT; after it, it does", () =>
+    withEngine(
+      Effect.gen(function* () {
+        yield* Session.createKeyTable
+        const key = freshKey("inflight")
+        const written = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const unit = yield* Effect.fork(
+          Session.transact(
+            Effect.gen(function* () {
+              yield* apply(key)
+              yield* Deferred.succeed(written, undefined)
+              yield* Deferred.await(release)
+            }),
+            { key }
+          )
+        )
+        yield* Deferred.await(written)
+        // while the unit is open: absent, or no answer yet (waiting for it to end) — never committed
+        const early = yield* Effect.fork(Session.outcome(key))
+        const during = yield* Effect.either(Effect.timeout(Fiber.join(early), "300 millis"))
+        if (during._tag === "Right") assert.strictEqual(during.right, "absent", "committed before the COMMIT")
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(unit)
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+        const late = yield* Effect.exit(Fiber.join(early))
+        if (Exit.isSuccess(late) && during._tag === "Left") {
+          // it waited for the unit: then it must say what the unit did
+          assert.strictEqual(late.value, "committed", "an outcome that waited for the unit")
+        }
+      }),
+      { pool: { size: 3 } }
+    )
+  )
+
   it.effect("a key that already committed: AlreadyApplied (with the key), the unit changes nothing", () =>
     withEngine(
       Effect.gen(function* () {

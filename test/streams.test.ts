@@ -5,7 +5,7 @@
  * autocommit. Memory is measured on this process's heap; the server's state is read by the superuser.
  */
 import { assert, layer } from "@effect/vitest"
-import { Session } from "@sessionfx/session"
+import { Session, SessionLive } from "@sessionfx/session"
 import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -72,22 +72,22 @@ layer(suite, suiteOptions)("streams", (it) => {
   it.effect("Stream.take(3) of 1e6 rows inside a unit returns quickly in bounded memory, and the unit goes on", () =>
     withEngine(
       Effect.gen(function* () {
-        for (const [i, where] of (["first statement", "after a write"] as const).entries()) {
+        for (const [i, where] of (["first statement", "after a write", "Layer spelling"] as const).entries()) {
           const [w0, w1] = [freshId(), freshId()]
           const marker = `sfx-take-${i}`
           const t0 = Date.now()
-          const result = yield* Session.transact(
-            Effect.gen(function* () {
-              if (where === "after a write") yield* insert(w0)
-              const stream = yield* million(marker)
-              const took = yield* measured(Stream.runCollect(Stream.take(stream, 3)))
-              // the unit goes on: a statement and a write on the same connection, in the same transaction
-              const s = yield* sql
-              const next = yield* s<{ one: number }>`SELECT 1 AS one`
-              yield* insert(w1)
-              return { ...took, next: Number(next[0]!.one) }
-            })
-          )
+          const body = Effect.gen(function* () {
+            if (where === "after a write") yield* insert(w0)
+            const stream = yield* million(marker)
+            const took = yield* measured(Stream.runCollect(Stream.take(stream, 3)))
+            // the unit goes on: a statement and a write on the same connection, in the same transaction
+            const s = yield* sql
+            const next = yield* s<{ one: number }>`SELECT 1 AS one`
+            yield* insert(w1)
+            return { ...took, next: Number(next[0]!.one) }
+          })
+          const result =
+            where === "Layer spelling" ? yield* Effect.provide(body, SessionLive) : yield* Session.transact(body)
           const unitMs = Date.now() - t0
           assert.deepStrictEqual(
             Chunk.toReadonlyArray(result.value).map((r) => Number(r.seq)),
