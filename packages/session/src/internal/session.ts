@@ -1087,7 +1087,19 @@ const runOnce = <A, E, R>(
         watch(state, fiber, site)
         let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
         if (options.key !== undefined) body = Effect.zipRight(recordKey(options.key), body) as typeof body
-        body = containRequests(withTimeout(body, checked.timeoutMs))
+        if (checked.timeoutMs !== undefined) {
+          // `timeout` runs the body on a child fiber (a race with the clock): that fiber is the unit's owner, so its
+          // statements keep the fast path (an interrupted owner's statement is stopped by `finishNow`'s reclaim)
+          const inner = body
+          body = withTimeout(
+            Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((child) => {
+              state.owner = child
+              return inner
+            }),
+            checked.timeoutMs
+          )
+        }
+        body = containRequests(body)
         if (fiber.getFiberRef(FiberRef.currentRequestCacheEnabled)) {
           // reads cached inside the unit live and die with it
           const inner = body
