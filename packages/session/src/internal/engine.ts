@@ -437,11 +437,26 @@ export class EngineImpl {
       this.openControl()
       return fresh()
     }
+    let settled = false
+    const dropControl = () => {
+      if (this.control === control) this.control = undefined
+      hardClose(control)
+      this.openControl()
+    }
+    // a control connection that does not answer (a black-holed link) is replaced: KILL goes out on a fresh one
+    const timer = setTimeout(() => {
+      if (settled) return
+      settled = true
+      dropControl()
+      fresh()
+    }, this.controlTimeoutMs)
+    timer.unref()
     control.query(text, (e) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
       if (e && SessionError.isFatal(e)) {
-        if (this.control === control) this.control = undefined
-        hardClose(control)
-        this.openControl()
+        dropControl()
         return fresh()
       }
       answer(e)
