@@ -44,6 +44,7 @@ import {
   suiteOptions,
   tagOf,
   theServer,
+  trxPoll,
   withEngine
 } from "./support/unit.js"
 
@@ -803,7 +804,9 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
                 ),
                 (r) => Number(r[0]!.n) === 1
               ),
-              "unit A waits for B's row lock"
+              "unit A waits for B's row lock",
+              10,
+              trxPoll
             )
             yield* Deferred.succeed(aWaits, undefined)
             const exits = [yield* Fiber.await(a), yield* Fiber.await(b)] as const
@@ -1652,7 +1655,6 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
                 yield* Effect.flatMap(sql, (s) => s`SELECT COUNT(*) FROM items FOR UPDATE`)
                 const id = yield* connectionId
                 let level: string | undefined
-                // information_schema.innodb_trx is refreshed at most every 100 ms
                 yield* eventually(
                   Effect.map(
                     adminQuery<{ l: string }>(
@@ -1664,7 +1666,9 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
                       return level !== undefined
                     }
                   ),
-                  "the unit's transaction is listed in innodb_trx"
+                  "the unit's transaction is listed in innodb_trx",
+                  10,
+                  trxPoll
                 )
                 return level
               })

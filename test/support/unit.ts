@@ -61,15 +61,6 @@ export const count = (table: string, where = "1 = 1", params: ReadonlyArray<unkn
 /** Rows of `table` with `id`, committed. */
 export const countId = (table: string, id: number | string) => count(table, "id = ?", [id])
 
-/** Whether the server holds an open InnoDB transaction for connection `id` (it does after a write in one). */
-export const inTransaction = (connectionId: number) =>
-  Effect.map(
-    adminQuery<{ n: string }>(`SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ?`, [
-      connectionId
-    ]),
-    (rows) => Number(rows[0]?.n ?? 0) > 0
-  )
-
 /** Statements the server is running now whose text holds `marker` (not counting this probe). */
 export const running = (marker: string) =>
   Effect.map(
@@ -99,10 +90,14 @@ export const appConnection = Effect.flatMap(MysqlServer.MysqlServer, (server) =>
   )
 )
 
-/** Polls `check` (every 10 ms, up to `seconds`) until it holds: for state the test cannot be told about. */
-export const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string, seconds = 10) =>
+/**
+ * Polls `check` (every `everyMs`, default 10 ms, up to `seconds`) until it holds: for state the test cannot be told
+ * about. Polls of `information_schema.innodb_trx` need `trxPoll`: InnoDB refreshes that table's cache only after
+ * 100 ms without a read, so faster polling keeps reading the same stale snapshot.
+ */
+export const eventually = <E, R>(check: Effect.Effect<boolean, E, R>, what: string, seconds = 10, everyMs = 10) =>
   check.pipe(
-    Effect.repeat({ schedule: Schedule.spaced("10 millis"), until: (ok) => ok }),
+    Effect.repeat({ schedule: Schedule.spaced(`${everyMs} millis`), until: (ok) => ok }),
     Effect.timeoutFail({
       duration: `${seconds} seconds`,
       onTimeout: () => new Error(`timed out waiting for: ${what}`)
@@ -172,6 +167,9 @@ export const counter = (name: string, engine: string, extra: Record<string, stri
       )
       .reduce((sum, p) => sum + Number((p.metricState as { count?: number }).count ?? 0), 0)
   )
+
+/** The poll interval for `information_schema.innodb_trx` (see `eventually`). */
+export const trxPoll = 150
 
 /** Ids unique within a file (each file has a fresh server). */
 let next = 0
