@@ -1144,7 +1144,7 @@ layer(suite(["--max-connections=8"]), suiteOptions)("isolation at max_connection
                 const inUnit = i % 2 === 0
                 const byInterrupt = i >= 4
                 const update = Effect.flatMap(sql, (s) =>
-                  s.unsafe(`UPDATE counters SET v = v + 1 WHERE id = ? AND SLEEP(2) = 0 /* ${marker} */`, [rowId])
+                  s.unsafe(`UPDATE counters SET v = v + 1 WHERE id = ? AND SLEEP(3) = 0 /* ${marker} */`, [rowId])
                 )
                 const t0 = Date.now()
                 const program: Effect.Effect<unknown, unknown, SqlClient.SqlClient | Engine.Engine> = inUnit
@@ -1163,11 +1163,11 @@ layer(suite(["--max-connections=8"]), suiteOptions)("isolation at max_connection
                 const returnedMs = Date.now() - t0
                 assert.isTrue(Exit.isFailure(exit), "the timeout / interruption did not take effect")
                 assert.isBelow(returnedMs, 1500, `returned after ${returnedMs} ms`)
-                // SLEEP(2) would keep it in the processlist for ~1.8 s more if it was not stopped
+                // SLEEP(3) would keep it in the processlist for ~2.8 s more if it was not stopped
                 yield* eventually(
                   Effect.map(stillRunning(marker), (n) => n === 0),
                   `${marker} stopped on the server`,
-                  0.8
+                  1.5
                 )
                 const v = yield* adminSql<{ v: number }>("SELECT v FROM counters WHERE id = ?", [rowId])
                 assert.strictEqual(

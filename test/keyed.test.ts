@@ -513,30 +513,54 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
       )
   )
 
-  it.scoped("without a key, under random interruption: a success is committed, a typed failure is absent (x24)", () =>
-    viaProxy((proxy) =>
-      Effect.gen(function* () {
-        yield* proxy.setLatency(2)
-        const random = Prng.make(78)
-        const problems: Array<string> = []
-        const seen: Record<string, number> = {}
-        for (let i = 0; i < 24; i++) {
-          const key = freshKey("plain")
-          const ms = Math.floor(random() * 30)
-          const exit = yield* Effect.exit(Effect.timeout(Session.transact(apply(key)), `${ms} millis`))
-          const tag = Exit.isSuccess(exit) ? "success" : rootTag(failureOf(exit, key))
-          seen[tag] = (seen[tag] ?? 0) + 1
-          const n = yield* applications(key)
-          // TimeoutException / CommitOutcomeUnknown: either is allowed; otherwise the report must match the server
-          if (tag === "success" && n !== 1) problems.push(`${key}: reported committed, ${n} rows`)
-          if (tag !== "success" && tag !== "TimeoutException" && tag !== "CommitOutcomeUnknown" && n !== 0) {
-            problems.push(`${key}: failed with ${tag}, yet ${n} row(s) committed`)
+  it.scoped(
+    "without a key, under random timeouts and interrupts: a success is committed, a typed failure is absent (x24)",
+    () =>
+      viaProxy((proxy) =>
+        Effect.gen(function* () {
+          yield* proxy.setLatency(2)
+          const random = Prng.make(78)
+          const problems: Array<string> = []
+          const seen: Record<string, number> = {}
+          for (let i = 0; i < 24; i++) {
+            const key = freshKey("plain")
+            const ms = Math.floor(random() * 30)
+            const unit = Session.transact(apply(key))
+            const exit =
+              i % 2 === 0
+                ? yield* Effect.exit(Effect.timeout(unit, `${ms} millis`))
+                : yield* Effect.gen(function* () {
+                    const fiber = yield* Effect.fork(unit)
+                    yield* Effect.sleep(`${ms} millis`)
+                    return yield* Fiber.interrupt(fiber)
+                  })
+            const tag = Exit.isSuccess(exit)
+              ? "success"
+              : Exit.isInterrupted(exit)
+                ? "interrupted"
+                : rootTag(failureOf(exit, key))
+            seen[tag] = (seen[tag] ?? 0) + 1
+            const n = yield* applications(key)
+            // TimeoutException / CommitOutcomeUnknown: either is allowed; otherwise the report must match the server
+            if (tag === "success" && n !== 1) problems.push(`${key}: reported committed, ${n} rows`)
+            if (
+              tag !== "success" &&
+              tag !== "TimeoutException" &&
+              tag !== "interrupted" &&
+              tag !== "CommitOutcomeUnknown" &&
+              n !== 0
+            ) {
+              problems.push(`${key}: failed with ${tag}, yet ${n} row(s) committed`)
+            }
           }
-        }
-        assert.deepStrictEqual(problems, [], `outcomes ${JSON.stringify(seen)}`)
-        assert.isAbove(seen["TimeoutException"] ?? 0, 0, "nothing was interrupted: the scenario did not happen")
-      })
-    )
+          assert.deepStrictEqual(problems, [], `outcomes ${JSON.stringify(seen)}`)
+          assert.isAbove(
+            (seen["TimeoutException"] ?? 0) + (seen["interrupted"] ?? 0),
+            0,
+            "nothing was interrupted: the scenario did not happen"
+          )
+        })
+      )
   )
 
   it.scoped(
