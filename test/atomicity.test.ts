@@ -1412,9 +1412,9 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
     )
   )
 
-  it.effect("Effect.all fail-fast inside a unit: the interrupted sibling's write is never committed (x4)", () =>
+  it.effect("Effect.all fail-fast inside a unit: the interrupted sibling's write is never committed (x20)", () =>
     withEngine(
-      repeat(4, (i) =>
+      repeat(20, (i) =>
         Effect.gen(function* () {
           const [a, b] = [freshId(), freshId()]
           const sibling =
@@ -1439,8 +1439,48 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
             assert.strictEqual(cb, 1)
             assert.strictEqual(ca, 0, "the interrupted sibling's row was committed")
           } else {
-            expectTag(exit, ["StatementInterrupted"], "the unit")
+            // a SqlError 1317 here is the sibling's KILL landing on the unit's next statement (insert b)
+            expectTag(exit, ["StatementInterrupted"], "the unit (an interruption must not hit its next statement)")
             assert.deepStrictEqual([ca, cb], [0, 0])
+          }
+        })
+      )
+    )
+  )
+
+  it.effect("a late KILL never hits the unit's next statement (no latency, x20)", () =>
+    withEngine(
+      repeat(20, (i) =>
+        Effect.gen(function* () {
+          const [x, y] = [freshId(), freshId()]
+          let timedOut = false
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                // interrupted while in flight (when the timeout fires first); it may complete before its KILL lands
+                timedOut = Either.isLeft(yield* Effect.either(Effect.timeout(insert(x), `${i % 3} millis`)))
+                // the next statement runs long enough for a late KILL to land on it
+                yield* Effect.flatMap(
+                  sql,
+                  (s) => s`INSERT INTO items (id, label) SELECT ${y}, IF(SLEEP(0.05) = 0, 'next', 'killed')`
+                )
+              })
+            )
+          )
+          if (Exit.isSuccess(exit)) {
+            assert.strictEqual(
+              yield* count("items", "id = ? AND label = 'next'", [y]),
+              1,
+              "the next statement was killed"
+            )
+            if (timedOut) assert.strictEqual(yield* countId("items", x), 0, "the interrupted INSERT was committed")
+          } else {
+            expectTag(
+              exit,
+              ["StatementInterrupted"],
+              "the unit (a SqlError 1317 means the KILL hit the next statement)"
+            )
+            assert.deepStrictEqual([yield* countId("items", x), yield* countId("items", y)], [0, 0])
           }
         })
       )
