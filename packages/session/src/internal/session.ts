@@ -518,7 +518,9 @@ export class Frame extends BaseConnection {
       )
     }
     const owner = fiber !== undefined && fiber === this.state.owner
-    return Effect.async<any, SqlError>((resume) => {
+    /** Some statement of this call took effect on the server. */
+    let applied = false
+    const statement = Effect.async<any, SqlError>((resume) => {
       let command: Command | undefined
       let tracked = false
       /** Interrupted: no further statement of a multi-statement text starts. */
@@ -563,6 +565,7 @@ export class Frame extends BaseConnection {
               const status = main?.status ?? (state.pc.inTrans ? IN_TRANS : 0)
               if (state.begun && (status & IN_TRANS) === 0) state.implicitCommit()
               // stopped too late: the server finished it, so its effect is in the transaction
+              applied = true
               if (main?.cancelled || stopped) this.poisoned ??= poisonError()
               return next(rows)
             }
@@ -613,6 +616,14 @@ export class Frame extends BaseConnection {
         return command === undefined ? Effect.void : command.cancel()
       })
     })
+    if (owner) return statement
+    // interrupted after the statement took effect — also when the interruption lands after the server answered,
+    // before the fiber went on (nothing left to cancel): its effect is in the transaction, so the frame rolls back
+    return Effect.onInterrupt(statement, () =>
+      Effect.sync(() => {
+        if (applied) this.poisoned ??= poisonError()
+      })
+    )
   }
 
   /**
