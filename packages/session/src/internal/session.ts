@@ -570,7 +570,17 @@ export class Frame extends BaseConnection {
               return next(rows)
             }
             if (main !== undefined && !main.sent) return fail(err)
-            this.afterFailure(err, () => fail(err), track)
+            // the statement has ended: nothing of the caller's is left to stop (`reclaim`) while sessionfx asks the
+            // server whether the transaction survived; the frame stays taken until that answer
+            if (tracked) {
+              this.running = undefined
+              this.runningFiber = undefined
+            }
+            this.afterFailure(
+              err,
+              () => fail(err),
+              () => undefined
+            )
           })
           track(main)
         }
