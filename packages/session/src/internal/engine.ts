@@ -596,7 +596,8 @@ export class EngineImpl {
       return undefined
     }
     return this.controlStatement(pc, set.sql, (err, cancelled) => {
-      if (err !== undefined) return fail(err, false)
+      // a SET stopped by an interruption did not apply (KILL QUERY stops the statement): only the caller fails
+      if (err !== undefined) return fail(err, cancelled)
       pc.settings = set.settings
       if (cancelled) return fail(interruptedError(), true)
       next()

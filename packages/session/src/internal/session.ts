@@ -444,14 +444,18 @@ export class Frame extends BaseConnection {
       if (state.begun) return next()
       track(
         engine.controlStatement(pc, state.beginSql, (err, cancelled) => {
-          if (err !== undefined) return abort(err)
+          // stopped by the interruption of the statement it was opening: no transaction was opened (the next statement
+          // opens it); any other failure aborts the unit
+          if (err !== undefined) return cancelled && err._tag !== "ConnectionLost" ? fail(err) : abort(err)
           state.begun = true
           if (cancelled) return fail(interruptedError())
           next()
         })
       )
     }
-    const set = engine.applySettings(pc, this.want, begin, (e, cancelled) => (cancelled ? fail(e) : abort(e)))
+    const set = engine.applySettings(pc, this.want, begin, (e, cancelled) =>
+      cancelled && e._tag !== "ConnectionLost" ? fail(e) : abort(e)
+    )
     if (set !== undefined) track(set)
   }
 
