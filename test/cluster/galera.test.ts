@@ -220,7 +220,15 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "200 seconds", excludeT
           Effect.ignore(query(admin, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'"))
         )
         yield* waitForClusterSize(2, "60 seconds")
-        const status = yield* node.status
+        // the peers see the cut first; the isolated node notices on its own schedule: wait for it (bounded)
+        const status = yield* node.status.pipe(
+          Effect.tap(() => Effect.sleep("100 millis")),
+          Effect.repeat({ until: (s) => !s.ready }),
+          Effect.timeoutFail({
+            duration: "30 seconds",
+            onTimeout: () => new Error("the isolated node still says ready")
+          })
+        )
         assert.isFalse(status.ready)
         assert.strictEqual(status.clusterStatus, "non-Primary")
         const refused = yield* Effect.flip(query(conn, "COMMIT"))
@@ -246,14 +254,21 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "200 seconds", excludeT
       Effect.gen(function* () {
         const { nodes, waitForClusterSize } = yield* MysqlCluster.GaleraCluster
         const victim = nodes[1]!
+        // start from a whole cluster (the previous test may still be bringing a node back)
+        yield* waitForClusterSize(3, "60 seconds")
+        for (const n of nodes) yield* n.waitReady("60 seconds")
         yield* victim.kill
         yield* waitForClusterSize(2, "60 seconds")
+        // the survivors form a new primary component: write once they say they are ready
+        yield* nodes[0]!.waitReady("60 seconds")
+        yield* nodes[2]!.waitReady("60 seconds")
         const n1 = yield* causalConnection(nodes[0]!)
         yield* query(n1, "UPDATE counters SET v = 4242 WHERE id = 1")
         const n3 = yield* causalConnection(nodes[2]!)
         assert.strictEqual(yield* balance(n3, 1), 4242)
         yield* victim.start
         yield* waitForClusterSize(3, "60 seconds")
+        yield* victim.waitReady("60 seconds")
         const status = yield* victim.status
         assert.isTrue(status.ready)
         assert.strictEqual(status.state, "Synced")
