@@ -464,7 +464,7 @@ export class Frame extends BaseConnection {
    * OK packet say so; an error packet has none, so ask (`DO 0`, on the error path only). A transaction the server
    * ended in failure (deadlock, lock wait timeout with `innodb_rollback_on_timeout`, …) aborts the unit.
    */
-  afterFailure(err: SessionError.SessionError, done: () => void, track: (c: Command | undefined) => void) {
+  afterFailure(err: SessionError.SessionError, done: () => void): void {
     const state = this.state
     if (!state.begun) return done()
     const pc = state.pc
@@ -472,24 +472,13 @@ export class Frame extends BaseConnection {
       state.abort(err)
       return done()
     }
-    track(
-      state.engine.startCommand(
-        pc,
-        "query",
-        "DO 0",
-        undefined,
-        false,
-        (probeError) => {
-          if (probeError !== undefined || !pc.inTrans) {
-            state.begun = false
-            state.abort(err)
-          }
-          done()
-        },
-        state.engine.controlTimeoutMs,
-        true
-      )
-    )
+    state.engine.controlStatement(pc, "DO 0", (probeError) => {
+      if (probeError !== undefined || !pc.inTrans) {
+        state.begun = false
+        state.abort(err)
+      }
+      done()
+    })
   }
 
   /**
@@ -580,11 +569,7 @@ export class Frame extends BaseConnection {
               this.running = undefined
               this.runningFiber = undefined
             }
-            this.afterFailure(
-              err,
-              () => fail(err),
-              () => undefined
-            )
+            this.afterFailure(err, () => fail(err))
           })
           track(main)
         }

@@ -381,7 +381,7 @@ const frameTarget = (frame: Frame): Target => ({
   pc: frame.state.pc,
   check: () => frame.check(),
   prepareThen: (next, fail, track) => frame.prepareThen(next, fail, track),
-  afterFailure: (err, done) => frame.afterFailure(err, done, () => undefined),
+  afterFailure: (err, done) => frame.afterFailure(err, done),
   afterSuccess: (command) => {
     const state = frame.state
     const status = command.status ?? (state.pc.inTrans ? IN_TRANS : 0)
