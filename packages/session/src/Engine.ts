@@ -22,6 +22,7 @@ import * as Options from "./internal/options.js"
 import { makeClient } from "./internal/statement.js"
 import { describeCause, hardClose } from "./internal/pool.js"
 import * as internalSession from "./internal/session.js"
+import { Member, type ServerStatus as InternalServerStatus, Topology } from "./internal/topology.js"
 
 /**
  * @since 0.1.0
@@ -69,8 +70,33 @@ export interface PoolOptions {
  * @category models
  */
 export interface EngineOptions {
-  /** `mysql://user:password@host:port/database`; overrides the separate fields. */
-  readonly url?: Redacted.Redacted | string | undefined
+  /**
+   * `mysql://user:password@host:port/database`; overrides the separate fields. A list of urls is a multi-primary
+   * cluster (MariaDB Galera): every node takes reads and writes, units go to healthy nodes (see `loadBalancing`).
+   */
+  readonly url?: Redacted.Redacted | string | ReadonlyArray<Redacted.Redacted | string> | undefined
+  /**
+   * Read replicas of `url` (MariaDB GTID replication): read-only units (`readOnly`, `consistentSnapshot`) go to a
+   * healthy replica, everything else to the primary. See docs/scale-out.md.
+   */
+  readonly replicas?: ReadonlyArray<Redacted.Redacted | string> | undefined
+  /**
+   * A replica that has not applied what the primary had committed this long ago, or whose replication stopped, is
+   * taken out of rotation until it catches up (default 5 seconds).
+   */
+  readonly maxReplicaLag?: Duration.DurationInput | undefined
+  /**
+   * How long a read-only unit waits on a replica for the commits its fiber made (its causality token) before it
+   * reads from the primary instead (default 1 second).
+   */
+  readonly readYourWritesTimeout?: Duration.DurationInput | undefined
+  /** How often each server of a topology is checked (default 1 second). */
+  readonly healthCheckInterval?: Duration.DurationInput | undefined
+  /**
+   * Multi-primary: `"spread"` (default) sends each unit to the healthy node with the fewest connections in use;
+   * `"failover"` to the first healthy node in `url` order.
+   */
+  readonly loadBalancing?: "spread" | "failover" | undefined
   readonly host?: string | undefined
   readonly port?: number | undefined
   readonly database?: string | undefined
@@ -143,8 +169,18 @@ export declare namespace Engine {
     /** The autocommit client; inside a session of this engine it joins that session. */
     readonly sql: Client.SqlClient
     readonly stats: Effect.Effect<Stats>
+    /** Every server of the engine (one without replicas or nodes: itself) and what its health checks say. */
+    readonly servers: Effect.Effect<ReadonlyArray<ServerStatus>>
   }
 }
+
+/**
+ * A server of an engine's topology, as its last health check saw it.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface ServerStatus extends InternalServerStatus {}
 
 interface Target {
   /** The url had more than one `@`: a password with an unencoded `@` (or `/`, `?`, `#`) is the usual cause. */
@@ -159,7 +195,7 @@ interface Target {
 }
 
 const parseTarget = (
-  options: EngineOptions,
+  options: Omit<EngineOptions, "url"> & { readonly url?: Redacted.Redacted | string | undefined },
   port: number | undefined
 ): Effect.Effect<Target, SessionError.ConnectionError> =>
   Effect.suspend(() => {
@@ -234,114 +270,126 @@ export const make = (
 > =>
   Effect.gen(function* () {
     const checked = yield* Options.check(options)
-    const target = yield* parseTarget(options, checked.port)
-    const describe = describeTarget(target)
-    const connectTimeoutMs = checked.connectTimeoutMs
-    const compiler = makeCompiler(options.transformQueryNames)
-    const connection: Mysql.ConnectionOptions = {
-      host: target.host,
-      port: target.port,
-      ...(target.socketPath ? { socketPath: target.socketPath } : {}),
-      ...(target.database ? { database: target.database } : {}),
-      ...(target.user ? { user: target.user } : {}),
-      ...(target.password ? { password: Redacted.value(target.password) } : {}),
-      ...(target.ssl !== undefined ? { ssl: target.ssl } : {}),
-      connectTimeout: connectTimeoutMs,
-      multipleStatements: true,
-      supportBigNumbers: true,
-      enableKeepAlive: true
+    const urls: ReadonlyArray<Redacted.Redacted | string | undefined> = Array.isArray(options.url)
+      ? options.url
+      : [options.url as Redacted.Redacted | string | undefined]
+    const replicaUrls = options.replicas ?? []
+    if (urls.length === 0) {
+      return yield* new SessionError.InvalidOption({
+        option: "url",
+        message: "Engine option url: an empty list; give one url, or one per node of a multi-primary cluster"
+      })
     }
-    // OpenTelemetry database conventions; db.system follows the server's flavor once it has answered
-    const spanAttributes: Array<readonly [string, unknown]> = [
-      ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
-      ["server.address", target.host],
-      ["server.port", target.port],
-      ...(target.database ? ([["db.namespace", target.database]] as const) : []),
-      ["db.system", "mysql"],
-      ["db.system.name", "mysql"]
-    ]
-    const impl = new EngineImpl({
-      name: options.name ?? `${target.host}:${target.port}/${target.database ?? ""}`,
-      connection,
-      describe,
-      pool: checked.pool,
-      killGraceMs: checked.killGraceMs,
-      commitTimeoutMs:
-        options.commitTimeout === undefined ? undefined : Duration.toMillis(Duration.decode(options.commitTimeout)),
-      longUnitThresholdMs:
-        options.longUnitThreshold === undefined
-          ? undefined
-          : Duration.isFinite(Duration.decode(options.longUnitThreshold))
-            ? Duration.toMillis(Duration.decode(options.longUnitThreshold))
-            : 0,
-      defaults: {
-        isolation: options.isolation,
-        lockWaitTimeoutSeconds: checked.lockWaitTimeoutSeconds,
-        statementTimeoutMs: checked.statementTimeoutMs
-      },
-      spanAttributes,
-      queryTextInSpans: options.queryTextInSpans === true,
-      compiler,
-      transformRows: options.transformResultNames
-        ? Statement.defaultTransforms(options.transformResultNames).array
-        : undefined
+    if (urls.length > 1 && replicaUrls.length > 0) {
+      return yield* new SessionError.InvalidOption({
+        option: "replicas",
+        message:
+          "Engine option replicas: a list of urls is a multi-primary cluster (every node takes writes and reads); replicas belong to a single primary url"
+      })
+    }
+    const topology = urls.length > 1 || replicaUrls.length > 0
+    const targets = yield* Effect.forEach([...urls, ...replicaUrls], (url) =>
+      parseTarget({ ...options, url }, checked.port)
+    )
+    const engineName = options.name ?? nameOf(targets[0]!)
+    const compiler = makeCompiler(options.transformQueryNames)
+    const transformRows = options.transformResultNames
+      ? Statement.defaultTransforms(options.transformResultNames).array
+      : undefined
+    const reactivity = yield* Reactivity.Reactivity
+    const runtime = yield* Effect.runtime<never>()
+    const roleOf = (i: number): "primary" | "replica" | "node" =>
+      urls.length > 1 ? "node" : i === 0 ? "primary" : "replica"
+    const servers = targets.map((target, i) => {
+      const impl = new EngineImpl({
+        name: topology ? nameOf(target) : engineName,
+        engineName: topology ? engineName : undefined,
+        role: roleOf(i),
+        trackCommits: topology,
+        connection: connectionOf(target, checked.connectTimeoutMs),
+        describe: describeTarget(target),
+        pool: checked.pool,
+        killGraceMs: checked.killGraceMs,
+        commitTimeoutMs:
+          options.commitTimeout === undefined ? undefined : Duration.toMillis(Duration.decode(options.commitTimeout)),
+        longUnitThresholdMs:
+          options.longUnitThreshold === undefined
+            ? undefined
+            : Duration.isFinite(Duration.decode(options.longUnitThreshold))
+              ? Duration.toMillis(Duration.decode(options.longUnitThreshold))
+              : 0,
+        defaults: {
+          isolation: options.isolation,
+          lockWaitTimeoutSeconds: checked.lockWaitTimeoutSeconds,
+          statementTimeoutMs: checked.statementTimeoutMs
+        },
+        spanAttributes: spanAttributesOf(options, target),
+        queryTextInSpans: options.queryTextInSpans === true,
+        compiler,
+        transformRows
+      })
+      impl.reactivity = reactivity
+      impl.runtime = runtime
+      return impl
     })
-    impl.reactivity = yield* Reactivity.Reactivity
-
-    const fail = (cause: unknown) =>
-      new SessionError.ConnectionError({
-        cause,
-        message: `cannot connect to ${describe}: ${describeCause(cause)}${target.ambiguousUserinfo ? encodeHint : ""}`
-      })
-    const version = yield* Effect.async<string, SessionError.ConnectionError>((resume) => {
-      let conn: Mysql.Connection | undefined
-      let settled = false
-      impl.pool.connect((err, c) => {
-        if (settled) {
-          if (c) hardClose(c)
-          return
-        }
-        if (err || !c) {
-          settled = true
-          return resume(Effect.fail(fail(err)))
-        }
-        conn = c
-        c.query("SELECT VERSION() AS v", (e, rows: any) => {
-          hardClose(c)
-          if (settled) return
-          settled = true
-          if (e) resume(Effect.fail(fail(e)))
-          else resume(Effect.succeed(String(rows?.[0]?.v ?? "")))
-        })
-      })
-      return Effect.sync(() => {
-        settled = true
-        if (conn) hardClose(conn)
-      })
-    }).pipe(
-      Effect.timeoutFail({
-        duration: connectTimeoutMs + 1000,
-        onTimeout: () => fail(new Error(`no answer within ${connectTimeoutMs} ms`))
-      })
-    )
-    impl.version = version
-    impl.flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
-    spanAttributes.splice(-2, 2, ["db.system", impl.flavor], ["db.system.name", impl.flavor])
-
+    const impl = servers[0]!
     yield* Effect.addFinalizer(() =>
-      Effect.gen(function* () {
-        const drained = yield* impl.pool.drain(checked.shutdownTimeoutMs)
-        if (!drained) {
-          yield* Effect.logWarning(
-            `sessionfx: ${impl.pool.inUse} connection(s) to ${describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
-          )
-        }
-        impl.pool.closeAll()
-        impl.closeKillers()
-        impl.stopTimers()
-      })
+      Effect.forEach(
+        servers,
+        (server) =>
+          Effect.gen(function* () {
+            const drained = yield* server.pool.drain(checked.shutdownTimeoutMs)
+            if (!drained) {
+              yield* Effect.logWarning(
+                `sessionfx: ${server.pool.inUse} connection(s) to ${server.options.describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
+              )
+            }
+            server.pool.closeAll()
+            server.closeKillers()
+            server.stopTimers()
+          }),
+        { concurrency: "unbounded", discard: true }
+      ).pipe(Effect.ensuring(Effect.sync(() => impl.topology?.close())))
     )
-    impl.start()
+    // the first server must answer; a replica or another node that does not starts out of rotation
+    const versions = yield* Effect.forEach(
+      servers,
+      (server, i) =>
+        i === 0
+          ? Effect.map(serverVersion(server, targets[i]!, checked.connectTimeoutMs), (v) => v as string | undefined)
+          : Effect.catchAll(serverVersion(server, targets[i]!, checked.connectTimeoutMs), (e) =>
+              Effect.as(
+                Effect.logWarning(
+                  `sessionfx: ${roleOf(i)} ${server.options.name} is not answering (${e.message}); it starts out of rotation`
+                ),
+                undefined
+              )
+            ),
+      { concurrency: "unbounded" }
+    )
+    const version = versions[0]!
+    const flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
+    if (topology && flavor === "mysql") {
+      return yield* new SessionError.InvalidOption({
+        option: urls.length > 1 ? "url" : "replicas",
+        message: `Engine option ${urls.length > 1 ? "url" : "replicas"}: replicas and multi-primary clusters are supported on MariaDB (GTID replication, Galera); ${describeTarget(targets[0]!)} is MySQL ${version}. Use one Engine per server for now`
+      })
+    }
+    for (const server of servers) {
+      server.version = version
+      server.flavor = flavor
+      const attrs = server.options.spanAttributes as Array<readonly [string, unknown]>
+      attrs.splice(-2, 2, ["db.system", flavor], ["db.system.name", flavor])
+    }
+    if (topology) {
+      const members = servers.map((server, i) => new Member(server, roleOf(i), i))
+      impl.topology = new Topology(impl, members, checked)
+      versions.forEach((v, i) => {
+        if (v === undefined) members[i]!.setHealthy(false, "not answering at start-up")
+      })
+    }
+    for (const server of servers) server.start()
+    impl.topology?.start()
 
     const sql = makeClient(
       impl,
@@ -352,17 +400,105 @@ export const make = (
     impl.client = sql
     const service: Engine.Service = {
       [TypeId]: impl,
-      name: impl.options.name,
-      flavor: impl.flavor,
+      name: engineName,
+      flavor,
       serverVersion: version,
       sql,
       stats: Effect.sync(() => {
         impl.refreshGauges()
         return impl.pool.stats()
+      }),
+      servers: Effect.sync(() => {
+        for (const server of servers) server.refreshGauges()
+        return impl.topology !== undefined
+          ? impl.topology.status()
+          : [
+              {
+                name: engineName,
+                role: "primary",
+                healthy: true,
+                reason: undefined,
+                lagMs: undefined,
+                position: undefined,
+                stats: impl.pool.stats()
+              }
+            ]
       })
     }
     return service
   })
+
+const nameOf = (t: Target) =>
+  t.socketPath ? `${t.socketPath}/${t.database ?? ""}` : `${t.host}:${t.port}/${t.database ?? ""}`
+
+const connectionOf = (target: Target, connectTimeoutMs: number): Mysql.ConnectionOptions => ({
+  host: target.host,
+  port: target.port,
+  ...(target.socketPath ? { socketPath: target.socketPath } : {}),
+  ...(target.database ? { database: target.database } : {}),
+  ...(target.user ? { user: target.user } : {}),
+  ...(target.password ? { password: Redacted.value(target.password) } : {}),
+  ...(target.ssl !== undefined ? { ssl: target.ssl } : {}),
+  connectTimeout: connectTimeoutMs,
+  multipleStatements: true,
+  supportBigNumbers: true,
+  enableKeepAlive: true
+})
+
+/** OpenTelemetry database conventions; db.system follows the server's flavor once it has answered. */
+const spanAttributesOf = (options: EngineOptions, target: Target): Array<readonly [string, unknown]> => [
+  ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
+  ["server.address", target.host],
+  ["server.port", target.port],
+  ...(target.database ? ([["db.namespace", target.database]] as const) : []),
+  ["db.system", "mysql"],
+  ["db.system.name", "mysql"]
+]
+
+/** `SELECT VERSION()` on a connection of its own, bounded by `connectTimeout`. */
+const serverVersion = (
+  impl: EngineImpl,
+  target: Target,
+  connectTimeoutMs: number
+): Effect.Effect<string, SessionError.ConnectionError> => {
+  const describe = describeTarget(target)
+  const fail = (cause: unknown) =>
+    new SessionError.ConnectionError({
+      cause,
+      message: `cannot connect to ${describe}: ${describeCause(cause)}${target.ambiguousUserinfo ? encodeHint : ""}`
+    })
+  return Effect.async<string, SessionError.ConnectionError>((resume) => {
+    let conn: Mysql.Connection | undefined
+    let settled = false
+    impl.pool.connect((err, c) => {
+      if (settled) {
+        if (c) hardClose(c)
+        return
+      }
+      if (err || !c) {
+        settled = true
+        return resume(Effect.fail(fail(err)))
+      }
+      conn = c
+      c.query("SELECT VERSION() AS v", (e, rows: any) => {
+        hardClose(c)
+        if (settled) return
+        settled = true
+        if (e) resume(Effect.fail(fail(e)))
+        else resume(Effect.succeed(String(rows?.[0]?.v ?? "")))
+      })
+    })
+    return Effect.sync(() => {
+      settled = true
+      if (conn) hardClose(conn)
+    })
+  }).pipe(
+    Effect.timeoutFail({
+      duration: connectTimeoutMs + 1000,
+      onTimeout: () => fail(new Error(`no answer within ${connectTimeoutMs} ms`))
+    })
+  )
+}
 
 /**
  * The Engine and its autocommit `SqlClient`. Provide it once, at the program's edge: every unit of work of the
@@ -427,3 +563,23 @@ export const layerConfig = (
  * @category accessors
  */
 export const stats: Effect.Effect<Stats, never, Engine> = Effect.flatMap(Engine, (e) => e.stats)
+
+/**
+ * Every server of the engine and its health: the primary and its replicas, or the nodes of a multi-primary
+ * cluster (an engine of one server: that server).
+ *
+ * @example
+ * import { Engine } from "@sessionfx/session"
+ * import { Effect } from "effect"
+ *
+ * export const report = Effect.flatMap(Engine.servers, (servers) =>
+ *   Effect.forEach(servers, (s) => Effect.log(`${s.role} ${s.name}: ${s.healthy ? "in rotation" : s.reason}`))
+ * )
+ *
+ * @since 0.3.0
+ * @category accessors
+ */
+export const servers: Effect.Effect<ReadonlyArray<ServerStatus>, never, Engine> = Effect.flatMap(
+  Engine,
+  (e) => e.servers
+)

@@ -7,7 +7,11 @@
 import type * as Client from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
 import type * as Duration from "effect/Duration"
+import type * as Brand from "effect/Brand"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import type * as Schedule from "effect/Schedule"
@@ -15,6 +19,7 @@ import * as Engine from "./Engine.js"
 import type * as SessionError from "./SessionError.js"
 import * as keys from "./internal/keys.js"
 import * as internal from "./internal/session.js"
+import { TOKEN_PATTERN } from "./internal/topology.js"
 
 /**
  * @since 0.1.0
@@ -48,7 +53,86 @@ export interface Options {
    * byte.
    */
   readonly key?: string | undefined
+  /**
+   * Where a read-only unit (`readOnly`, `consistentSnapshot`) of an engine with replicas reads:
+   * `"read-your-writes"` (default) a replica once it has applied the fiber's causality token (and `after`), else
+   * the primary after `readYourWritesTimeout`; `"replica"` any healthy replica, no wait (may be stale);
+   * `"primary"` the primary. Outermost units only.
+   */
+  readonly consistency?: "read-your-writes" | "replica" | "primary" | undefined
+  /**
+   * A causality token the unit must see, e.g. one received from another process (an HTTP header): a read-only
+   * unit waits for a replica to have applied it. Outermost units only.
+   */
+  readonly after?: CausalityToken | undefined
 }
+
+/**
+ * A causality token: the position (MariaDB GTID list, e.g. `"0-1-42"`) of commits a reader must see. Every unit
+ * committed through an engine with replicas or nodes yields one (from the COMMIT's OK packet, no extra query); it
+ * flows on in the fiber and its children by itself, and it is a plain string to carry across processes.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type CausalityToken = string & Brand.Brand<"@sessionfx/session/CausalityToken">
+
+/**
+ * The Schema of a causality token, to decode one received from elsewhere (a header, a message).
+ *
+ * @example
+ * import { Session } from "@sessionfx/session"
+ * import { Schema } from "effect"
+ *
+ * export const fromHeader = (value: string) => Schema.decodeUnknown(Session.CausalityToken)(value)
+ *
+ * @since 0.3.0
+ * @category schemas
+ */
+export const CausalityToken: Schema.Schema<CausalityToken, string> = Schema.String.pipe(
+  Schema.pattern(TOKEN_PATTERN, {
+    message: (issue) => `expected a causality token (a GTID list such as "0-1-42"), got ${JSON.stringify(issue.actual)}`
+  }),
+  Schema.brand("@sessionfx/session/CausalityToken")
+)
+
+/**
+ * The causality token of the current fiber for this engine: every commit it (or a fiber it joined) made through
+ * an engine with replicas or nodes, merged. `None` before the first.
+ *
+ * @example
+ * import { Session } from "@sessionfx/session"
+ * import { Effect, Option } from "effect"
+ *
+ * // hand the token to the client, which sends it back with its next read
+ * export const header = Effect.map(Session.causalityToken, Option.getOrElse(() => ""))
+ *
+ * @since 0.3.0
+ * @category accessors
+ */
+export const causalityToken: Effect.Effect<Option.Option<CausalityToken>, never, Engine.Engine> = Effect.flatMap(
+  Engine.Engine,
+  (engine) => Effect.map(FiberRef.get(engineImpl(engine).tokenRef), (t) => Option.fromNullable(t as CausalityToken))
+)
+
+/**
+ * Merges a causality token received from elsewhere into the fiber's: its later read-only units wait for it (as for
+ * the fiber's own commits).
+ *
+ * @example
+ * import { Session } from "@sessionfx/session"
+ * import { Effect, Schema } from "effect"
+ *
+ * export const withClientToken = (header: string | undefined) =>
+ *   header === undefined
+ *     ? Effect.void
+ *     : Effect.flatMap(Schema.decodeUnknown(Session.CausalityToken)(header), Session.useCausalityToken)
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const useCausalityToken = (token: CausalityToken): Effect.Effect<void, never, Engine.Engine> =>
+  Effect.flatMap(Engine.Engine, (engine) => engineImpl(engine).observe(token))
 
 /**
  * @since 0.1.0
@@ -71,6 +155,8 @@ export declare namespace Session {
     readonly connectionId: number
     readonly isolation: Engine.IsolationLevel | undefined
     readonly readOnly: boolean
+    /** The name of the server the unit runs on (an engine with replicas or nodes has several; `Engine.servers`). */
+    readonly server: string
     /** Runs `effect` in a savepoint: RELEASE on success, ROLLBACK TO on failure, the outer unit goes on. */
     readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
     /**

@@ -8,6 +8,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import type * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
+import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
 import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
@@ -25,6 +26,7 @@ import {
 import { directStream } from "./stream.js"
 import { bindValues, splitStatements } from "./values.js"
 import { unitSites } from "./sites.js"
+import { type Member, type Route, type Topology, WRITE } from "./topology.js"
 
 /** @internal */
 export type Isolation = "READ UNCOMMITTED" | "READ COMMITTED" | "REPEATABLE READ" | "SERIALIZABLE"
@@ -100,6 +102,45 @@ const statusOf = (conn: Mysql.Connection, rows: unknown): number | undefined => 
   return (conn as any)[STATUS]
 }
 
+/** The result header (OK packet) a command ended with: the last one of a multi-result. */
+const headerOf = (rows: unknown): { readonly stateChanges?: StateChanges } | undefined => {
+  if (rows === null || typeof rows !== "object") return undefined
+  if (Array.isArray(rows)) {
+    const last = rows[rows.length - 1] as unknown
+    return last !== null && typeof last === "object" && !Array.isArray(last) ? (last as any) : undefined
+  }
+  return rows as any
+}
+
+/** What mysql2 parses from an OK packet's session-state information. */
+interface StateChanges {
+  readonly systemVariables?: Record<string, string> | undefined
+  readonly schema?: string | null | undefined
+  readonly gtids?: ReadonlyArray<string> | undefined
+  readonly trackStateChange?: string | null | undefined
+}
+
+/** The commit's GTID in an OK packet: MariaDB `last_gtid`, MySQL `session_track_gtids = OWN_GTID`. @internal */
+export const gtidOf = (changes: StateChanges | undefined): string | undefined => {
+  if (changes === undefined) return undefined
+  const last = changes.systemVariables?.last_gtid
+  if (typeof last === "string" && last !== "") return last
+  const gtids = changes.gtids
+  return gtids !== undefined && gtids.length > 0 ? gtids.join(",") : undefined
+}
+
+/**
+ * Whether the only session state an OK packet reports is the commit's GTID: the server sets
+ * SERVER_SESSION_STATE_CHANGED for it too, but it is not a change a reset would undo.
+ */
+const onlyGtid = (changes: StateChanges): boolean => {
+  if (changes.trackStateChange !== null && changes.trackStateChange !== undefined) return false
+  if (changes.schema !== null && changes.schema !== undefined) return false
+  const vars = changes.systemVariables
+  if (vars !== undefined) for (const k in vars) if (k !== "last_gtid") return false
+  return true
+}
+
 /** What a statement wants of the per-unit settings; `undefined` fields mean the server's value. @internal */
 export interface Want {
   readonly lockWait?: number | undefined
@@ -111,7 +152,14 @@ let engineSeq = 0
 
 /** @internal */
 export interface EngineImplOptions {
+  /** The server's label (metrics, messages, `ServerStatus.name`). */
   readonly name: string
+  /** The engine's label when this server is one of a topology's (metrics: `engine` and `server` labels). */
+  readonly engineName?: string | undefined
+  /** Its place in the topology (default `primary`). */
+  readonly role?: "primary" | "replica" | "node" | undefined
+  /** Ask the server to report each commit's GTID in its OK packet (causality tokens). */
+  readonly trackCommits?: boolean | undefined
   readonly connection: Mysql.ConnectionOptions
   readonly describe: string
   readonly pool: {
@@ -193,10 +241,39 @@ export class EngineImpl {
   reactivity!: Reactivity.Reactivity["Type"]
   /** The engine's client: follows the fiber's current session of this engine, else autocommit. */
   client!: import("@effect/sql/SqlClient").SqlClient
+  /** Replicas or nodes beside this server (this one is the engine's identity: its tags, client, units). */
+  topology: Topology | undefined = undefined
+  /** This server's place in its engine's topology, if it has one. */
+  member: Member | undefined = undefined
+  /** Where the engine was built: its logger and services, for messages from callbacks. */
+  runtime: Runtime.Runtime<never> | undefined = undefined
+
+  /** Logs from callback land, with the logger of the program that built the engine. */
+  log(level: "Info" | "Warning", message: string): void {
+    const effect = level === "Info" ? Effect.logInfo(message) : Effect.logWarning(message)
+    if (this.runtime === undefined) Effect.runFork(effect)
+    else Runtime.runFork(this.runtime)(effect)
+  }
+
+  /** Merges the causality token of a commit into the fiber's. */
+  observe(gtid: string | undefined): Effect.Effect<void> {
+    return gtid === undefined ? Effect.void : FiberRef.update(this.tokenRef, (t) => mergeTokens(t, gtid))
+  }
+  /**
+   * The causality token of the fiber: the GTIDs of the commits it made (or was handed) through this engine,
+   * merged. Forked fibers inherit it; a joined fiber's is merged back.
+   */
+  readonly tokenRef: FiberRef.FiberRef<string | undefined> = FiberRef.unsafeMake<string | undefined>(undefined, {
+    fork: (a) => a,
+    join: (parent, child) => mergeTokens(parent, child)
+  })
 
   constructor(readonly options: EngineImplOptions) {
     this.currentTag = Context.GenericTag<BaseConnection>(`@sessionfx/session/CurrentSession/${this.id}`)
-    this.labels = [MetricLabel.make("engine", options.name)]
+    this.labels =
+      options.engineName === undefined
+        ? [MetricLabel.make("engine", options.name)]
+        : [MetricLabel.make("engine", options.engineName), MetricLabel.make("server", options.name)]
     this.commitTimeoutMs = options.commitTimeoutMs ?? 10_000
     this.controlTimeoutMs = controlTimeout(options.killGraceMs)
     this.longUnitThresholdMs = options.longUnitThresholdMs ?? 60_000
@@ -241,6 +318,8 @@ export class EngineImpl {
    */
   private prepareConnection(pc: PooledConn, cb: (err: unknown) => void): void {
     const conn = pc.conn
+    pc.owner = this
+    pc.lastGtid = undefined
     const withBaseline = () => {
       if (this.baseline !== undefined) {
         pc.settings = this.baseline
@@ -270,13 +349,20 @@ export class EngineImpl {
         ? withBaseline()
         : void conn.query(`USE \`${database.replace(/`/g, "``")}\``, (err) => (err ? cb(err) : withBaseline()))
     // a reset leaves the server's sql_mode, not the one the handshake set (IGNORE_SPACE): put it back
-    const sqlMode = this.sqlMode === undefined ? "" : `, SESSION sql_mode = '${this.sqlMode.replace(/'/g, "''")}'`
+    const extra =
+      (this.sqlMode === undefined ? "" : `, SESSION sql_mode = '${this.sqlMode.replace(/'/g, "''")}'`) +
+      (this.options.trackCommits !== true
+        ? ""
+        : this.flavor === "mariadb"
+          ? // a reset puts the list back to the global default: ask again every time
+            ", SESSION session_track_system_variables = CONCAT(@@global.session_track_system_variables, ',last_gtid')"
+          : ", SESSION session_track_gtids = OWN_GTID")
     if (!this.stateTracking) {
-      if (sqlMode === "") return withSchema()
-      conn.query(`SET ${sqlMode.slice(2)}`, (err) => (err ? cb(err) : withSchema()))
+      if (extra === "") return withSchema()
+      conn.query(`SET ${extra.slice(2)}`, (err) => (err ? cb(err) : withSchema()))
       return
     }
-    conn.query(`SET SESSION session_track_state_change = ON${sqlMode}`, (err) => {
+    conn.query(`SET SESSION session_track_state_change = ON${extra}`, (err) => {
       if (err) {
         if (SessionError.isFatal(err)) return cb(err)
         // a server without session tracking: every connection a user statement touched is reset on return
@@ -288,6 +374,8 @@ export class EngineImpl {
 
   /** The `SET` that gives `pc` the settings `want` asks for, or `undefined` when it already has them. */
   settingsSql(pc: PooledConn, want: Want): { readonly sql: string; readonly settings: Settings } | undefined {
+    const owner = ownerOf(this, pc)
+    if (owner !== this) return owner.settingsSql(pc, want)
     const base = this.baseline
     if (base === undefined) return undefined
     const cur = pc.settings
@@ -358,7 +446,15 @@ export class EngineImpl {
    * connection handed over while the fiber is being interrupted goes back to the pool — also when the interruption
    * lands after the hand-off, before the caller could register its finalizer.
    */
-  borrow(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  borrow(
+    restore: Restore,
+    route: Route = WRITE
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    return this.topology === undefined ? this.borrowHere(restore) : this.topology.borrow(restore, route)
+  }
+
+  /** `borrow` from this server's own pool. */
+  borrowHere(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {
       const lease: Lease = { pc: undefined, waiter: undefined }
       // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
@@ -375,7 +471,12 @@ export class EngineImpl {
   }
 
   release(pc: PooledConn, reset: boolean, reason?: DestroyReason) {
-    this.pool.release(pc, reset, reason)
+    ownerOf(this, pc).pool.release(pc, reset, reason)
+  }
+
+  /** Closes a connection at once (its server rolls back whatever it had open). */
+  destroy(pc: PooledConn, reason: DestroyReason, why?: string) {
+    ownerOf(this, pc).pool.destroy(pc, reason, why)
   }
 
   private openControl(): void {
@@ -402,6 +503,8 @@ export class EngineImpl {
    * is not lent again (`PooledConn.kills`): a KILL that lands late must not stop the next statement.
    */
   killQuery(pc: PooledConn, cb: (ok: boolean) => void): void {
+    const owner = ownerOf(this, pc)
+    if (owner !== this) return owner.killQuery(pc, cb)
     pc.kills++
     this.kill(`KILL QUERY ${pc.threadId}`, (ok) => {
       pc.kills--
@@ -487,6 +590,8 @@ export class EngineImpl {
     deadlineMs?: number,
     internal = false
   ): Command | undefined {
+    const owner = ownerOf(this, pc)
+    if (owner !== this) return owner.startCommand(pc, method, sql, values, rowsAsArray, done, deadlineMs, internal)
     if (pc.closed || pc.broken) {
       done(
         new SessionError.ConnectionLost({
@@ -590,6 +695,8 @@ export class EngineImpl {
     next: () => void,
     fail: (e: SessionError.SessionError, cancelled: boolean) => void
   ): Command | undefined {
+    const owner = ownerOf(this, pc)
+    if (owner !== this) return owner.applySettings(pc, want, next, fail)
     const set = this.settingsSql(pc, want)
     if (set === undefined) {
       next()
@@ -617,6 +724,8 @@ export class EngineImpl {
     rowsAsArray: boolean,
     interruptible = true
   ): Effect.Effect<unknown, SessionError.SessionError> {
+    const owner = ownerOf(this, pc)
+    if (owner !== this) return owner.run(pc, method, sql, values, rowsAsArray, interruptible)
     return Effect.async<unknown, SessionError.SessionError>((resume) => {
       const bound = values === undefined ? undefined : bindValues(values)
       if (bound instanceof SessionError.BindError) return resume(Effect.fail(bound))
@@ -674,6 +783,24 @@ export class EngineImpl {
     }))
   }
   private _defaultWant: Want | undefined
+}
+
+/** The server a connection belongs to (`PooledConn.owner`): commands, KILLs and its release go through it. */
+const ownerOf = (engine: EngineImpl, pc: PooledConn): EngineImpl => (pc.owner as EngineImpl | undefined) ?? engine
+
+/** Merges two causality tokens: per replication domain, the later position. @internal */
+export const mergeTokens = (a: string | undefined, b: string | undefined): string | undefined => {
+  if (a === undefined || a === b) return b
+  if (b === undefined) return a
+  const byDomain = new Map<string, { readonly text: string; readonly seq: bigint }>()
+  for (const text of `${a},${b}`.split(",")) {
+    const m = /^(\d+)-\d+-(\d+)$/.exec(text.trim())
+    if (m === null) return b // not a MariaDB GTID list (MySQL GTID sets): the later token
+    const cur = byDomain.get(m[1]!)
+    const seq = BigInt(m[2]!)
+    if (cur === undefined || seq > cur.seq) byDomain.set(m[1]!, { text: text.trim(), seq })
+  }
+  return [...byDomain.values()].map((g) => g.text).join(",")
 }
 
 /** The settings a unit asks for, in the server's units. @internal */
@@ -741,13 +868,22 @@ export class Command {
     if (this.deadline !== undefined) clearTimeout(this.deadline)
     if (err) {
       if (SessionError.isFatal(err)) pc.broken = true
+      else if (err.errno === 1047 && this.engine.member !== undefined && /wsrep/i.test(String(err.message))) {
+        // a Galera node out of the primary component: take it out now, its health check brings it back
+        this.engine.member.setHealthy(false, `refused a statement: ${err.message}`)
+      }
     } else {
       this.succeeded = true
       const status = statusOf(pc.conn, rows)
       this.status = status
       if (status !== undefined) {
         pc.inTrans = (status & IN_TRANS) !== 0
-        if (!this.internal && (status & STATE_CHANGED) !== 0) pc.dirty = true
+        if ((status & STATE_CHANGED) !== 0) {
+          const changes = headerOf(rows)?.stateChanges
+          const gtid = gtidOf(changes)
+          if (gtid !== undefined) pc.lastGtid = gtid
+          if (!this.internal && (gtid === undefined || !onlyGtid(changes!))) pc.dirty = true
+        }
       }
     }
     this.done(err ? SessionError.classify(err) : undefined, rows)

@@ -97,7 +97,7 @@ export const resolveUnknown = (
   state: {
     readonly engine: EngineImpl
     readonly options: { readonly key?: string | undefined }
-    readonly pc: { readonly threadId: number }
+    readonly pc: { readonly threadId: number; readonly owner: unknown }
   },
   cause: SessionError.SessionError,
   committed: () => Effect.Effect<any, any>,
@@ -106,7 +106,9 @@ export const resolveUnknown = (
   const key = state.options.key
   if (key === undefined) return Effect.fail(unknown())
   const engine = state.engine
-  return killConnection(engine, state.pc.threadId).pipe(
+  // the thread id is the lost connection's server's (a node or the primary of a topology)
+  const server = (state.pc.owner as EngineImpl | undefined) ?? engine
+  return killConnection(server, state.pc.threadId).pipe(
     Effect.zipRight(outcome(engine, key)),
     Effect.timeout(engine.commitTimeoutMs),
     Effect.matchEffect({

@@ -55,3 +55,23 @@ export const unknownOutcomes = Metric.counter("sessionfx_session_commit_outcome_
   description: "COMMITs whose outcome is unknown (connection lost, timed out or interrupted while in flight)",
   incremental: true
 })
+
+/** @internal */
+export const readFallbacks = Metric.counter("sessionfx_read_fallbacks_total", {
+  description: "read-only units sent to the primary instead of a replica, by reason",
+  incremental: true
+})
+/** @internal */
+export const causalWait = Metric.histogram(
+  "sessionfx_causal_wait_ms",
+  MetricBoundaries.exponential({ start: 0.25, factor: 2, count: 16 }),
+  "how long read-only units waited for a replica (or node) to apply the fiber's causality token"
+)
+/** @internal */
+export const serverHealthy = Metric.gauge("sessionfx_server_healthy", {
+  description: "1 while a server of the topology takes units, 0 while it is taken out"
+})
+/** @internal */
+export const replicaLag = Metric.gauge("sessionfx_replica_lag_ms", {
+  description: "how far behind the primary a replica was at its last health check (milliseconds)"
+})

@@ -96,7 +96,15 @@ const EngineOptions = Schema.Struct({
     })
   ),
   lockWaitTimeout: opt(Millis({ min: 1, max: Number.MAX_SAFE_INTEGER, infinite: true })),
-  statementTimeout: opt(Millis({ min: 1, max: Number.MAX_SAFE_INTEGER, infinite: true }))
+  statementTimeout: opt(Millis({ min: 1, max: Number.MAX_SAFE_INTEGER, infinite: true })),
+  maxReplicaLag: opt(positive),
+  readYourWritesTimeout: opt(Millis({ min: 0, max: MAX_TIMER_MS, infinite: false })),
+  healthCheckInterval: opt(Millis({ min: 50, max: MAX_TIMER_MS, infinite: false })),
+  loadBalancing: opt(
+    Schema.Literal("spread", "failover").annotations({
+      message: (issue) => ({ message: `expected "spread" or "failover", got ${show(issue.actual)}`, override: true })
+    })
+  )
 })
 
 /** The Engine's numeric and enumerated options, checked and in milliseconds. @internal */
@@ -112,6 +120,10 @@ export interface Checked {
   readonly killGraceMs: number
   readonly lockWaitTimeoutSeconds: number | undefined
   readonly statementTimeoutMs: number | undefined
+  readonly maxReplicaLagMs: number
+  readonly readYourWritesTimeoutMs: number
+  readonly healthCheckIntervalMs: number
+  readonly loadBalancing: "spread" | "failover"
 }
 
 const decode = Schema.decodeUnknownEither(EngineOptions, { errors: "first", onExcessProperty: "ignore" })
@@ -161,6 +173,10 @@ export const check = (options: unknown): Effect.Effect<Checked, SessionError.Inv
       shutdownTimeoutMs: o.shutdownTimeout ?? 30_000,
       killGraceMs: o.killGrace ?? 2_000,
       lockWaitTimeoutSeconds: o.lockWaitTimeout === undefined ? undefined : o.lockWaitTimeout / 1000,
-      statementTimeoutMs: o.statementTimeout
+      statementTimeoutMs: o.statementTimeout,
+      maxReplicaLagMs: o.maxReplicaLag ?? 5_000,
+      readYourWritesTimeoutMs: o.readYourWritesTimeout ?? 1_000,
+      healthCheckIntervalMs: o.healthCheckInterval ?? 1_000,
+      loadBalancing: o.loadBalancing ?? "spread"
     })
   })

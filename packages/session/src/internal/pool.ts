@@ -103,6 +103,13 @@ export class PooledConn {
    * connection is reset: COM_RESET_CONNECTION deallocates them on the server.
    */
   readonly statements = new Map<string, PreparedStatement>()
+  /**
+   * The server (an Engine of a topology) this connection belongs to: what is done to the connection (commands,
+   * KILL, release) is done by that server. Set when the connection is prepared.
+   */
+  owner: unknown = undefined
+  /** The GTID the server reported with the last commit on this connection (`last_gtid` tracking), if any. */
+  lastGtid: string | undefined = undefined
   constructor(
     readonly conn: Mysql.Connection,
     readonly threadId: number,

@@ -24,6 +24,7 @@ import {
   toSqlError,
   type Want,
   type Watched,
+  mergeTokens,
   wantOf
 } from "./engine.js"
 import type { PooledConn } from "./pool.js"
@@ -34,6 +35,7 @@ import { unitSites } from "./sites.js"
 import { bindValues, splitStatements } from "./values.js"
 import * as keys from "./keys.js"
 import { frameStream } from "./stream.js"
+import { type Consistency, type Route, TOKEN_PATTERN, WRITE } from "./topology.js"
 
 /** @internal */
 export interface UnitOptions {
@@ -48,6 +50,10 @@ export interface UnitOptions {
   readonly name?: string | undefined
   readonly rollbackOnly?: boolean | undefined
   readonly key?: string | undefined
+  /** Read-only units of an engine with replicas: where they read (see `Consistency`). */
+  readonly consistency?: Consistency | undefined
+  /** A causality token the unit must see (a commit made elsewhere). */
+  readonly after?: string | undefined
   /** `@sessionfx/testing`'s SessionTest: every unit below runs inside this one (nothing can escape it). */
   readonly containAll?: boolean | undefined
 }
@@ -58,6 +64,7 @@ export interface SessionService {
   readonly connectionId: number
   readonly isolation: Isolation | undefined
   readonly readOnly: boolean
+  readonly server: string
   readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
   readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void, SessionError.SessionClosed>
   readonly setRollbackOnly: Effect.Effect<void>
@@ -132,6 +139,23 @@ export const checkOptions = (options: UnitOptions): Checked | SessionError.Inval
     const bad = keys.checkKey(options.key)
     if (bad !== undefined) return invalid("key", bad)
   }
+  if (
+    options.consistency !== undefined &&
+    options.consistency !== "read-your-writes" &&
+    options.consistency !== "replica" &&
+    options.consistency !== "primary"
+  ) {
+    return invalid(
+      "consistency",
+      `must be "read-your-writes", "replica" or "primary", got ${JSON.stringify(options.consistency)}`
+    )
+  }
+  if (options.after !== undefined && (typeof options.after !== "string" || !TOKEN_PATTERN.test(options.after))) {
+    return invalid(
+      "after",
+      `expected a causality token (a GTID list such as "0-1-42", from Session.causalityToken), got ${JSON.stringify(options.after)}`
+    )
+  }
   return { lockWaitSeconds, statementTimeMs, timeoutMs }
 }
 
@@ -184,6 +208,12 @@ const refuseNested = (frame: Frame, options: UnitOptions): SessionError.InvalidO
       "retry",
       "a nested unit cannot be retried on its own: a deadlock rolls back the whole transaction. Put retry on the outermost unit, or " +
         where
+    )
+  }
+  if (!contained && (options.after !== undefined || options.consistency !== undefined)) {
+    return invalid(
+      options.after !== undefined ? "after" : "consistency",
+      `a nested unit runs in its enclosing transaction, on the server that one chose; put it on the outermost unit, or ${where}`
     )
   }
   if (!contained && options.key !== undefined) {
@@ -265,6 +295,7 @@ export class SessionState implements SessionService {
     want: Want
   ) {
     this.rollbackOnly = options.rollbackOnly === true
+    pc.lastGtid = undefined
     this.root = new Frame(engine, this, undefined, want)
     this.beginSql =
       options.consistentSnapshot === true
@@ -279,6 +310,10 @@ export class SessionState implements SessionService {
   }
   get connectionId(): number {
     return this.pc.threadId
+  }
+  /** The name of the server the unit runs on. */
+  get server(): string {
+    return ((this.pc.owner as EngineImpl | undefined) ?? this.engine).options.name
   }
   get isolation(): Isolation | undefined {
     return this.options.isolation ?? this.engine.options.defaults.isolation
@@ -767,13 +802,16 @@ const endSession = <A, E>(
   if (root.poisoned !== undefined) return rollback("interrupted", Effect.fail(root.poisoned))
   if (state.rollbackOnly) return rollback("rollbackOnly", outcome)
 
-  const committed = (): Effect.Effect<any, any> => {
+  const committed = (gtid: string | undefined = pc.lastGtid): Effect.Effect<any, any> => {
     metrics.commits.unsafeUpdate(1, engine.labels)
-    return root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
+    // the commit's causality token flows on in the fiber (before the hooks: they may read what it wrote)
+    const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
+    return gtid === undefined ? after : Effect.zipRight(engine.observe(gtid), after)
   }
   if (!state.begun) {
+    const gtid = pc.lastGtid
     engine.release(pc, false)
-    return committed()
+    return committed(gtid)
   }
   if (pc.broken || pc.closed) {
     engine.release(pc, false, "broken")
@@ -802,8 +840,9 @@ const endSession = <A, E>(
       false,
       (e) => {
         if (e === undefined) {
+          const gtid = pc.lastGtid
           engine.release(pc, false)
-          return resume(committed())
+          return resume(committed(gtid))
         }
         if (e._tag === "ConnectionLost" || pc.broken) {
           engine.release(pc, false, "broken")
@@ -1082,15 +1121,27 @@ const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<any, any>, site: (
 const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions, checked: Checked): SessionState =>
   new SessionState(engine, pc, options, rootWant(engine, options, checked))
 
+/** Where a root unit may run: decided by the engine's topology (read-only units may go to a replica). */
+const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeFiber<any, any>): Route => {
+  if (engine.topology === undefined) return WRITE
+  const readOnly = options.readOnly === true || options.consistentSnapshot === true
+  return {
+    readOnly,
+    consistency: options.consistency ?? "read-your-writes",
+    token: readOnly ? mergeTokens(fiber.getFiberRef(engine.tokenRef), options.after) : undefined
+  }
+}
+
 const runOnce = <A, E, R>(
   engine: EngineImpl,
   options: UnitOptions,
   checked: Checked,
   effect: Effect.Effect<A, E, R>,
-  site: () => string
+  site: () => string,
+  route: Route
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(engine.borrow(restore), (pc) =>
+    Effect.flatMap(engine.borrow(restore, route), (pc) =>
       Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
         const state = newSession(engine, pc, options, checked)
         state.owner = fiber
@@ -1173,7 +1224,8 @@ export const transact = <A, E, R>(
     let attempts = 1
     const retrying = options.retry !== undefined && options.retry !== false
     const traced = fiber.currentTracer !== defaultTracer || options.name !== undefined
-    const first = runOnce(engine, options, checked, effect, site)
+    const route = routeOf(engine, options, fiber)
+    const first = runOnce(engine, options, checked, effect, site, route)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
     const unit = retrying
       ? Effect.catchIf(first, SessionError.isRetryable, () =>
@@ -1182,7 +1234,7 @@ export const transact = <A, E, R>(
               // every attempt after the first is a retry
               attempts++
               metrics.retries.unsafeUpdate(1, engine.labels)
-              return runOnce(engine, options, checked, effect, site)
+              return runOnce(engine, options, checked, effect, site, route)
             }),
             {
               schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
@@ -1254,7 +1306,7 @@ export const scopedSession = (
       )
     }
     return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(engine.borrow(restore), (pc) => {
+      Effect.flatMap(engine.borrow(restore, routeOf(engine, options, fiber)), (pc) => {
         const state = newSession(engine, pc, options, checked)
         state.owner = fiber
         watch(state, fiber, site)

@@ -1,0 +1,459 @@
+/**
+ * Scale-out: a primary with read replicas, or several primaries (Galera). Each server is an `EngineImpl` with its
+ * own pool and guarantees; the first one is the engine's identity (its session tags, client, units). This module
+ * decides which server a unit borrows from, waits for a causality token where a unit must see it, and watches the
+ * servers' health.
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import type * as Mysql from "mysql2"
+import * as SessionError from "../SessionError.js"
+import type { Command, EngineImpl } from "./engine.js"
+import type { Restore } from "./lock.js"
+import * as metrics from "./metrics.js"
+import { hardClose, type PooledConn } from "./pool.js"
+
+/** How a read-only unit reads: see `docs/scale-out.md`. @internal */
+export type Consistency = "read-your-writes" | "replica" | "primary"
+
+/** What a unit asks of the topology. @internal */
+export interface Route {
+  readonly readOnly: boolean
+  readonly consistency: Consistency
+  /** What the unit must see: the fiber's causality token merged with the unit's `after`. */
+  readonly token: string | undefined
+}
+
+/** A write, or a statement outside any unit: the primary. @internal */
+export const WRITE: Route = { readOnly: false, consistency: "primary", token: undefined }
+
+/** A MariaDB GTID list (`domain-server-sequence`, comma-separated) or a MySQL GTID set (`uuid:1-5,…`). @internal */
+export const TOKEN_PATTERN =
+  /^(?:\d{1,10}-\d{1,10}-\d{1,20}(?:,\d{1,10}-\d{1,10}-\d{1,20})*|[0-9a-fA-F-]{36}:\d+(?:-\d+)?(?::\d+(?:-\d+)?)*(?:,[0-9a-fA-F-]{36}:\d+(?:-\d+)?(?::\d+(?:-\d+)?)*)*)$/
+
+/** Per replication domain, the highest sequence number (MariaDB GTIDs only; `undefined` for anything else). */
+const positions = (text: string): Map<string, bigint> | undefined => {
+  const out = new Map<string, bigint>()
+  if (text.trim() === "") return out
+  for (const part of text.split(",")) {
+    const m = /^(\d+)-\d+-(\d+)$/.exec(part.trim())
+    if (m === null) return undefined
+    const seq = BigInt(m[2]!)
+    const cur = out.get(m[1]!)
+    if (cur === undefined || seq > cur) out.set(m[1]!, seq)
+  }
+  return out
+}
+
+/** Whether `applied` (a server's position) includes every transaction of `wanted`. */
+const covers = (applied: Map<string, bigint> | undefined, wanted: Map<string, bigint> | undefined): boolean => {
+  if (applied === undefined || wanted === undefined) return false
+  for (const [domain, seq] of wanted) {
+    const have = applied.get(domain)
+    if (have === undefined || have < seq) return false
+  }
+  return true
+}
+
+/** One server of the topology and what the health checks last learnt about it. @internal */
+export class Member {
+  healthy = true
+  reason: string | undefined = undefined
+  lagMs: number | undefined = undefined
+  /** The server's position as text (replica: `gtid_slave_pos`; primary / node: `gtid_binlog_pos`). */
+  position: string | undefined = undefined
+  /** The same, per domain: a token it already covers needs no wait. */
+  applied: Map<string, bigint> | undefined = undefined
+  /** A connection of its own for health checks (never a pooled one: a busy pool must not hide a dead server). */
+  probe: Mysql.Connection | undefined = undefined
+  probing = false
+  constructor(
+    readonly server: EngineImpl,
+    readonly role: "primary" | "replica" | "node",
+    readonly index: number
+  ) {}
+
+  get name(): string {
+    return this.server.options.name
+  }
+
+  setHealthy(healthy: boolean, reason: string | undefined): void {
+    if (this.healthy !== healthy) {
+      const what = healthy
+        ? `sessionfx: ${this.role} ${this.name} is back in rotation`
+        : `sessionfx: ${this.role} ${this.name} taken out of rotation: ${reason}`
+      this.server.log(healthy ? "Info" : "Warning", what)
+    }
+    this.healthy = healthy
+    this.reason = healthy ? undefined : reason
+    metrics.serverHealthy.unsafeUpdate(healthy ? 1 : 0, this.server.labels)
+  }
+}
+
+/** @internal */
+export interface TopologyOptions {
+  readonly maxReplicaLagMs: number
+  readonly readYourWritesTimeoutMs: number
+  readonly healthCheckIntervalMs: number
+  readonly loadBalancing: "spread" | "failover"
+}
+
+/**
+ * The servers of one engine. With replicas: `members[0]` is the primary, the rest replicas. With several `url`s:
+ * every member is a node (multi-primary).
+ *
+ * @internal
+ */
+export class Topology {
+  readonly members: ReadonlyArray<Member>
+  readonly replicas: ReadonlyArray<Member>
+  readonly multiPrimary: boolean
+  /** The primary's position at each health check (time, per-domain position), newest last. */
+  private history: Array<{ readonly at: number; readonly pos: Map<string, bigint> }> = []
+  private timer: ReturnType<typeof setInterval> | undefined = undefined
+  private closed = false
+  private turn = 0
+
+  constructor(
+    readonly identity: EngineImpl,
+    members: ReadonlyArray<Member>,
+    readonly options: TopologyOptions
+  ) {
+    this.members = members
+    this.multiPrimary = members.every((m) => m.role === "node")
+    this.replicas = members.filter((m) => m.role === "replica")
+    for (const m of members) {
+      m.server.member = m
+      metrics.serverHealthy.unsafeUpdate(1, m.server.labels)
+    }
+  }
+
+  get primary(): Member {
+    return this.members[0]!
+  }
+
+  start(): void {
+    this.timer = setInterval(() => this.check(), this.options.healthCheckIntervalMs)
+    this.timer.unref()
+    this.check()
+  }
+
+  close(): void {
+    this.closed = true
+    if (this.timer !== undefined) clearInterval(this.timer)
+    for (const m of this.members) {
+      if (m.probe !== undefined) hardClose(m.probe)
+      m.probe = undefined
+    }
+  }
+
+  /**
+   * A connection for a unit (or an autocommit statement) that asks for `route`; called inside `uninterruptibleMask`
+   * with its `restore`, like `EngineImpl.borrow`.
+   */
+  borrow(
+    restore: Restore,
+    route: Route
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    if (this.multiPrimary) return this.borrowNode(restore, route)
+    if (!route.readOnly || route.consistency === "primary" || this.replicas.length === 0) {
+      return this.primary.server.borrowHere(restore)
+    }
+    const replica = this.pick(this.replicas)
+    if (replica === undefined) return this.fallback(restore, "noHealthyReplica")
+    const token = route.consistency === "replica" ? undefined : route.token
+    const wanted = token === undefined ? undefined : positions(token)
+    const needsWait = token !== undefined && !covers(replica.applied, wanted)
+    return Effect.matchCauseEffect(replica.server.borrowHere(restore), {
+      onFailure: (cause) => {
+        const e = Cause.failureOption(cause)
+        if (e._tag === "Some" && e.value._tag === "ConnectionError") {
+          replica.setHealthy(false, `cannot connect: ${e.value.message}`)
+          return this.fallback(restore, "replicaError")
+        }
+        return Effect.failCause(cause)
+      },
+      onSuccess: (pc) =>
+        !needsWait
+          ? Effect.succeed(pc)
+          : this.waitOn(restore, replica, pc, token, wanted, "MASTER_GTID_WAIT", (applied) =>
+              applied ? Effect.succeed(pc) : this.fallback(restore, applied === false ? "waitTimeout" : "replicaError")
+            )
+    })
+  }
+
+  /** Multi-primary: a healthy node (the least busy, or the first in order); read-only units wait for the token. */
+  private borrowNode(
+    restore: Restore,
+    route: Route
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    const tried = new Set<Member>()
+    const attempt = (): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> => {
+      const healthy = this.members.filter((m) => !tried.has(m))
+      // with every node out, try them anyway in order: the health checks may lag behind a recovery
+      const node = this.pick(healthy) ?? healthy[0]
+      if (node === undefined) {
+        return Effect.fail(
+          new SessionError.ConnectionError({
+            retryable: true,
+            message: `no node of ${this.identity.options.engineName ?? this.identity.options.name} could take the unit: ${this.members.map((m) => `${m.name}: ${m.reason ?? "not answering"}`).join("; ")}`
+          })
+        )
+      }
+      tried.add(node)
+      const token = route.readOnly && route.consistency !== "replica" ? route.token : undefined
+      const wanted = token === undefined ? undefined : positions(token)
+      const needsWait = token !== undefined && !covers(node.applied, wanted)
+      return Effect.matchCauseEffect(node.server.borrowHere(restore), {
+        onFailure: (cause) => {
+          const e = Cause.failureOption(cause)
+          if (e._tag === "Some" && e.value._tag === "ConnectionError") {
+            node.setHealthy(false, `cannot connect: ${e.value.message}`)
+            return attempt()
+          }
+          return Effect.failCause(cause)
+        },
+        onSuccess: (pc) =>
+          !needsWait
+            ? Effect.succeed(pc)
+            : this.waitOn(restore, node, pc, token, wanted, "WSREP_SYNC_WAIT_UPTO_GTID", (applied) =>
+                applied ? Effect.succeed(pc) : attempt()
+              )
+      })
+    }
+    return attempt()
+  }
+
+  /** The healthy member to use: the first (failover) or the one with the fewest connections lent (spread). */
+  private pick(candidates: ReadonlyArray<Member>): Member | undefined {
+    let best: Member | undefined
+    let bestLoad = Infinity
+    const n = candidates.length
+    // spread: start at a rotating position so that equally loaded members take turns
+    const start = this.options.loadBalancing === "failover" && this.multiPrimary ? 0 : this.turn++ % Math.max(1, n)
+    for (let k = 0; k < n; k++) {
+      const m = candidates[(start + k) % n]!
+      if (!m.healthy) continue
+      if (this.options.loadBalancing === "failover" && this.multiPrimary) return m
+      const load = m.server.pool.inUse + m.server.pool.waiting
+      if (load < bestLoad) {
+        best = m
+        bestLoad = load
+      }
+    }
+    return best
+  }
+
+  private fallback(
+    restore: Restore,
+    reason: "noHealthyReplica" | "waitTimeout" | "replicaError"
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    metrics.readFallbacks.unsafeUpdate(1, this.identity.labelsWith("reason", reason))
+    return this.primary.server.borrowHere(restore)
+  }
+
+  /**
+   * Waits on `pc` (of `member`) until the server has applied `token`, bounded by `readYourWritesTimeout`; then
+   * `next(true)`, or `next(false)` on time-out, `next(undefined)` when the wait failed — in both cases `pc` has gone
+   * back to its pool. Interrupting the wait stops it on the server (KILL QUERY) and returns the connection.
+   */
+  private waitOn(
+    restore: Restore,
+    member: Member,
+    pc: PooledConn,
+    token: string,
+    wanted: Map<string, bigint> | undefined,
+    fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID",
+    next: (
+      applied: boolean | undefined
+    ) => Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    const server = member.server
+    const timeoutMs = this.options.readYourWritesTimeoutMs
+    // the token matched TOKEN_PATTERN (digits, dashes, commas, hex, colons): safe as a literal
+    const seconds =
+      fn === "MASTER_GTID_WAIT" ? (timeoutMs / 1000).toFixed(3) : String(Math.max(1, Math.ceil(timeoutMs / 1000)))
+    const sql = `SELECT ${fn}('${token}', ${seconds}) AS applied`
+    const started = Date.now()
+    let command: Command | undefined
+    const wait = Effect.async<boolean | undefined>((resume) => {
+      command = server.startCommand(
+        pc,
+        "query",
+        sql,
+        undefined,
+        false,
+        (err, rows) => {
+          if (err !== undefined) {
+            // WSREP_SYNC_WAIT_UPTO_GTID times out with 1205
+            if ((err as { errno?: number }).errno === 1205) return resume(Effect.succeed(false))
+            return resume(Effect.succeed(undefined))
+          }
+          const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
+          resume(Effect.succeed(fn === "MASTER_GTID_WAIT" ? Number(v) === 0 : Number(v) === 1))
+        },
+        timeoutMs + server.controlTimeoutMs,
+        true
+      )
+      return Effect.suspend(() => (command === undefined ? Effect.void : command.cancel()))
+    })
+    return Effect.matchCauseEffect(restore(wait), {
+      onFailure: (cause) => {
+        server.release(pc, false)
+        return Effect.failCause(cause)
+      },
+      onSuccess: (applied) => {
+        metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.labels)
+        if (applied === true) {
+          if (wanted !== undefined) member.applied = mergePositions(member.applied, wanted)
+          return next(true)
+        }
+        server.release(pc, false)
+        return next(applied)
+      }
+    })
+  }
+
+  /** One round of health checks, each server on its own probe connection, bounded by `controlTimeout`. */
+  private check(): void {
+    if (this.closed) return
+    const now = Date.now()
+    if (this.multiPrimary) {
+      for (const m of this.members) {
+        this.probe(
+          m,
+          "SELECT VARIABLE_VALUE AS ready, @@gtid_binlog_pos AS pos FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_READY'",
+          (row) => {
+            m.position = row.pos === undefined || row.pos === null ? undefined : String(row.pos)
+            m.applied = m.position === undefined ? undefined : positions(m.position)
+            const ready = String(row.ready ?? "")
+            if (ready === "ON") m.setHealthy(true, undefined)
+            else m.setHealthy(false, `not part of the cluster's primary component (wsrep_ready=${ready || "unknown"})`)
+          }
+        )
+      }
+      return
+    }
+    const primary = this.primary
+    this.probe(primary, "SELECT @@gtid_binlog_pos AS pos", (row) => {
+      primary.position = String(row.pos ?? "")
+      const pos = positions(primary.position)
+      if (pos !== undefined) {
+        this.history.push({ at: now, pos })
+        // keep what the lag rule can still need: samples up to twice maxReplicaLag old, at least two
+        const horizon = now - 2 * this.options.maxReplicaLagMs - this.options.healthCheckIntervalMs
+        while (this.history.length > 2 && this.history[0]!.at < horizon) this.history.shift()
+      }
+      primary.setHealthy(true, undefined)
+    })
+    for (const r of this.replicas) {
+      this.probe(
+        r,
+        "SELECT @@gtid_slave_pos AS pos, (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING') AS running",
+        (row) => {
+          r.position = String(row.pos ?? "")
+          r.applied = positions(r.position)
+          r.lagMs = this.lagOf(r.applied, Date.now())
+          metrics.replicaLag.unsafeUpdate(r.lagMs ?? 0, r.server.labels)
+          if (String(row.running ?? "") !== "ON") {
+            r.setHealthy(false, "replication is not running (Slave_running is OFF: its IO or SQL thread stopped)")
+          } else if (r.lagMs !== undefined && r.lagMs > this.options.maxReplicaLagMs) {
+            r.setHealthy(false, `${r.lagMs} ms behind the primary (maxReplicaLag ${this.options.maxReplicaLagMs} ms)`)
+          } else r.setHealthy(true, undefined)
+        }
+      )
+    }
+  }
+
+  /**
+   * How far behind the primary a replica is: the age of the oldest primary position (of the health checks) it has
+   * not applied yet; 0 when it has applied the latest.
+   */
+  private lagOf(applied: Map<string, bigint> | undefined, now: number): number | undefined {
+    const h = this.history
+    if (h.length === 0 || applied === undefined) return undefined
+    for (let i = 0; i < h.length; i++) {
+      if (!covers(applied, h[i]!.pos)) return now - h[i]!.at
+    }
+    return 0
+  }
+
+  /** Runs a health query on the member's probe connection; an error or no answer takes the member out. */
+  private probe(m: Member, sql: string, onRow: (row: Record<string, unknown>) => void): void {
+    if (m.probing || this.closed) return
+    m.probing = true
+    const server = m.server
+    let settled = false
+    const done = (err: unknown, row?: Record<string, unknown>) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      m.probing = false
+      if (this.closed) return
+      if (err !== undefined && err !== null) {
+        if (m.probe !== undefined) hardClose(m.probe)
+        m.probe = undefined
+        m.setHealthy(false, `health check failed: ${(err as { message?: string }).message ?? String(err)}`)
+        return
+      }
+      onRow(row ?? {})
+    }
+    const timer = setTimeout(
+      () => done(new Error(`no answer to the health check within ${server.controlTimeoutMs} ms`)),
+      server.controlTimeoutMs
+    )
+    timer.unref()
+    const run = (conn: Mysql.Connection): void => {
+      conn.query(sql, (err, rows: any) => done(err ?? undefined, Array.isArray(rows) ? rows[0] : undefined))
+    }
+    if (m.probe !== undefined) return run(m.probe)
+    server.pool.connect((err, conn) => {
+      if (err || conn === undefined) return done(err ?? new Error("no connection"))
+      if (settled || this.closed) return hardClose(conn)
+      m.probe = conn
+      conn.removeAllListeners("error")
+      const gone = () => {
+        if (m.probe === conn) m.probe = undefined
+        hardClose(conn)
+      }
+      conn.on("error", gone)
+      conn.on("end", gone)
+      run(conn)
+    })
+  }
+
+  /** What `Engine.servers` reports. */
+  status(): ReadonlyArray<ServerStatus> {
+    return this.members.map((m) => ({
+      name: m.name,
+      role: m.role,
+      healthy: m.healthy,
+      reason: m.reason,
+      lagMs: m.role === "replica" ? m.lagMs : undefined,
+      position: m.position,
+      stats: m.server.pool.stats()
+    }))
+  }
+}
+
+const mergePositions = (a: Map<string, bigint> | undefined, b: Map<string, bigint>): Map<string, bigint> => {
+  const out = new Map(a ?? [])
+  for (const [d, s] of b) {
+    const cur = out.get(d)
+    if (cur === undefined || s > cur) out.set(d, s)
+  }
+  return out
+}
+
+/** @internal */
+export interface ServerStatus {
+  readonly name: string
+  readonly role: "primary" | "replica" | "node"
+  readonly healthy: boolean
+  readonly reason: string | undefined
+  readonly lagMs: number | undefined
+  readonly position: string | undefined
+  readonly stats: SessionError.PoolStats
+}
