@@ -31,8 +31,21 @@ export const DatabaseLive = Layer.unwrapScoped(
       shutdownTimeout: config.shutdownTimeout
     } as const
     if (Option.isSome(config.databaseUrl)) {
-      yield* Effect.logInfo("ledger database: DATABASE_URL")
-      return Layer.merge(Engine.layer({ ...options, url: config.databaseUrl.value }), Supervisor.external)
+      const nodes = Config.urlList(config.databaseUrl.value)
+      const replicas = Option.match(config.replicaUrls, { onNone: () => [], onSome: Config.urlList })
+      yield* Effect.logInfo("ledger database: DATABASE_URL").pipe(
+        Effect.annotateLogs({ nodes: nodes.length, replicas: replicas.length })
+      )
+      // several urls: a multi-primary cluster, this ledger's own node first, the others when it leaves the cluster;
+      // replicas: balances and histories (read-only units) read there, after the client's own writes (per
+      // connection on TCP: the causality token flows in the connection's fiber)
+      const engine = Engine.layer({
+        ...options,
+        url: nodes.length === 1 ? nodes[0]! : nodes,
+        ...(nodes.length > 1 ? { loadBalancing: "failover" as const } : {}),
+        ...(replicas.length > 0 ? { replicas, readYourWritesTimeout: config.readYourWritesTimeout } : {})
+      })
+      return Layer.merge(engine, Supervisor.external)
     }
     // lock waits are bounded by the request timeout; the embedded server also gives up on a lock after 5 s
     const server = yield* MysqlServer.make({ dataDir: config.dataDir, serverArgs: ["--innodb-lock-wait-timeout=5"] })

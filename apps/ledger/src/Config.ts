@@ -15,8 +15,15 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 
 export interface Settings {
-  /** `mysql://…`; none: the embedded default under `dataDir`. */
+  /**
+   * `mysql://…`; none: the embedded default under `dataDir`. Several urls, comma-separated: the nodes of a
+   * multi-primary (Galera) cluster, the first preferred and the others taking over when it leaves the cluster.
+   */
   readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
+  /** Read replicas of `databaseUrl` (comma-separated urls): balances and histories are read there. */
+  readonly replicaUrls: Option.Option<Redacted.Redacted<string>>
+  /** How long a read waits for a replica to have applied the client's own writes before it reads the primary. */
+  readonly readYourWritesTimeout: Duration.DurationInput
   readonly dataDir: string
   readonly host: string
   /** 0 picks a free port. */
@@ -48,6 +55,8 @@ export class LedgerConfig extends Context.Tag("ledger/LedgerConfig")<LedgerConfi
 /** Defaults for everything but the token and the database. */
 export const defaults = {
   databaseUrl: Option.none(),
+  replicaUrls: Option.none(),
+  readYourWritesTimeout: "1 second",
   dataDir: ".data/mysql",
   host: "127.0.0.1",
   tcpPort: 7070,
@@ -74,6 +83,10 @@ const port = (name: string) =>
 
 const raw = Config.all({
   databaseUrl: Config.option(Config.redacted("DATABASE_URL")),
+  replicaUrls: Config.option(Config.redacted("DATABASE_REPLICA_URLS")),
+  readYourWritesTimeout: Config.duration("LEDGER_READ_YOUR_WRITES_TIMEOUT").pipe(
+    Config.withDefault(defaults.readYourWritesTimeout)
+  ),
   dataDir: Config.string("LEDGER_DATA_DIR").pipe(Config.withDefault(defaults.dataDir)),
   host: Config.string("LEDGER_HOST").pipe(Config.withDefault(defaults.host)),
   tcpPort: port("LEDGER_TCP_PORT").pipe(Config.withDefault(defaults.tcpPort)),
@@ -151,3 +164,11 @@ export const tokenMatches = (expected: Redacted.Redacted<string>, presented: str
   const b = Crypto.createHash("sha256").update(presented).digest()
   return Crypto.timingSafeEqual(a, b)
 }
+
+/** A comma-separated list of urls (each kept redacted). */
+export const urlList = (value: Redacted.Redacted<string>): ReadonlyArray<Redacted.Redacted<string>> =>
+  Redacted.value(value)
+    .split(",")
+    .map((u) => u.trim())
+    .filter((u) => u !== "")
+    .map((u) => Redacted.make(u))
