@@ -7,9 +7,12 @@
  *
  *   pnpm --filter @sessionfx/ledger bench [--reps 5] [--transfers 4000] [--connections 16] [--accounts 32,1000]
  *                                         [--noop 20000] [--profile <dir>] [--socket] [--variant name:VAR=value,…]
+ *                                         [--no-floor]
  *
  * `--noop` also measures a request that never reaches the database (an unknown operation, one connection, one
  * request at a time). `--profile <dir>` runs the ledger under `node --cpu-prof` and writes its profile there.
+ * The floor (bench/floor.ts; `--no-floor` leaves it out) runs in the same rounds: the transfer path alone on `net` and
+ * `mysql2` callbacks with the ledger's statements, no Effect — what a transfer costs a Node process at least.
  */
 import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
@@ -37,6 +40,11 @@ const noop = Number(arg("noop", "20000"))
 const profileDir = arg("profile", "")
 /** `--socket`: both servers reach MariaDB over its unix socket instead of TCP loopback. */
 const overSocket = argv.includes("--socket")
+/**
+ * `--no-floor`: leave out the floor (bench/floor.ts: the transfer path alone on `net` + `mysql2` callbacks, no
+ * Effect, the same statements), which otherwise runs in the same rounds as a third server.
+ */
+const withFloor = !argv.includes("--no-floor")
 /** `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables. */
 const variants = argv
   .flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : []))
@@ -97,7 +105,7 @@ const python = () => {
 }
 
 interface Server {
-  /** `ledger`, `reference`, or a `--variant` of the ledger */
+  /** `ledger`, `reference`, `floor`, or a `--variant` of the ledger */
   readonly name: string
   readonly port: number
   readonly pid: number
@@ -157,6 +165,8 @@ interface Sample {
   /** statements the database received per request (`Questions`: BEGIN, COMMIT and pool resets included) */
   readonly statements: number
   readonly conserved: boolean
+  /** the round (0-based) */
+  readonly rep: number
 }
 
 /** The database's `Questions` counter, read over a connection of its own (each read counts 1, subtracted below). */
@@ -171,7 +181,7 @@ const statusDelta = (requests: number) => {
     .join(", ")
 }
 
-const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) =>
+const runDemo = (server: Server, dbPid: number, accounts: number, seed: number, rep = -1) =>
   Effect.gen(function* () {
     let q0 = 0
     let q1 = 0
@@ -215,7 +225,8 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number) 
       serverWait: ((w1 - w0) / report.requests) * 1e6,
       dbCpu: ((d1 - d0) / report.requests) * 1e6,
       statements: (q1 - q0 - 1) / report.requests,
-      conserved: report.conserved
+      conserved: report.conserved,
+      rep
     }
     return sample
   })
@@ -324,6 +335,21 @@ const program = Effect.gen(function* () {
   )
   const others: Array<Server> = []
   for (const v of variants) others.push(yield* startLedger(v.name, v.env, false))
+  if (withFloor) {
+    const floorPort = yield* Effect.promise(freePort)
+    others.push(
+      yield* Effect.acquireRelease(
+        start(
+          "floor",
+          process.execPath,
+          ["--import", "tsx", "bench/floor.ts", "--url", url, "--port", String(floorPort), "--token", TOKEN],
+          {},
+          floorPort
+        ),
+        (s) => Effect.promise(s.stop)
+      )
+    )
+  }
   const servers = [ledger, reference, ...others]
   const names = servers.map((s) => s.name)
   /** The servers in a different order each repetition (a rotation): no server always runs first or last. */
@@ -345,7 +371,7 @@ const program = Effect.gen(function* () {
   for (let rep = 0; rep < reps; rep++) {
     for (const accounts of accountSets) {
       for (const server of rotation(rep)) {
-        const s = yield* runDemo(server, dbPid, accounts, 100 + rep)
+        const s = yield* runDemo(server, dbPid, accounts, 100 + rep, rep)
         samples.push(s)
         process.stderr.write(
           `  rep ${rep + 1} ${accounts} accounts ${s.server.padEnd(9)} ${fmt(s.perSecond)}/s  p50 ${fmt(s.p50, 2)} ms  ` +
@@ -416,7 +442,29 @@ const program = Effect.gen(function* () {
       )
     }
   }
-  lines.push("", ...ratios)
+  // the same ratios taken round by round (each server against the ledger measured in the same round), then the
+  // median: a busy machine moves every server of a round together, so these vary much less than the medians above
+  const paired: Array<string> = []
+  for (const accounts of accountSets) {
+    for (const server of names.filter((n) => n !== "ledger")) {
+      const per = (f: (s: Sample) => number) => {
+        const rs: Array<number> = []
+        for (let rep = 0; rep < reps; rep++) {
+          const of = (name: string) =>
+            samples.find((s) => s.server === name && s.accounts === accounts && s.rep === rep)
+          const a = of(server)
+          const b = of("ledger")
+          if (a !== undefined && b !== undefined) rs.push(f(a) / f(b))
+        }
+        return fmt(median(rs), 2)
+      }
+      paired.push(
+        `${accounts} accounts, ${server} / ledger, median of per-round ratios: throughput ${per((s) => s.perSecond)}x, ` +
+          `server CPU per request ${per((s) => s.serverCpu)}x, database CPU per request ${per((s) => s.dbCpu)}x`
+      )
+    }
+  }
+  lines.push("", ...ratios, "", ...paired)
   if (noop > 0) {
     lines.push(
       "",
