@@ -25,25 +25,100 @@ import type { Ledger } from "./Ledger.js"
 interface Operation {
   readonly decode: (u: unknown) => Either.Either<any, ParseResult.ParseIssue>
   readonly encode: (a: any) => Either.Either<unknown, ParseResult.ParseIssue>
+  /**
+   * The payload of a plain, valid request, decoded by hand; `undefined` when it cannot vouch for the input (then the
+   * schema decides, and describes what is wrong). It accepts only what the schema accepts, and yields the same value.
+   */
+  readonly fastDecode: ((body: Record<string, unknown>) => unknown) | undefined
+  /** Likewise for the result: the wire form of a valid result, else `undefined` (the schema encodes it). */
+  readonly fastEncode: ((a: any) => unknown) | undefined
   readonly run: (ledger: Ledger, payload: any) => Effect.Effect<unknown, LedgerError>
 }
 
 const op = <P, PI, S, SI>(
   payload: Schema.Schema<P, PI>,
   success: Schema.Schema<S, SI>,
-  run: (ledger: Ledger, payload: P) => Effect.Effect<S, LedgerError>
+  run: (ledger: Ledger, payload: P) => Effect.Effect<S, LedgerError>,
+  fastDecode?: (body: Record<string, unknown>) => P | undefined,
+  fastEncode?: (a: S) => SI | undefined
 ): Operation => ({
   decode: ParseResult.decodeUnknownEither(payload, { errors: "all", onExcessProperty: "ignore" }),
   encode: ParseResult.encodeEither(success),
+  fastDecode,
+  fastEncode,
   run
 })
 
+/** An `AccountId` / `TransferId`: a positive safe integer. */
+const isId = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u) && u > 0
+
+/** An `Amount` on the wire (a positive safe integer, or 1–30 decimal digits, positive) as a bigint; else undefined. */
+const amountOf = (u: unknown): bigint | undefined => {
+  if (typeof u === "number") return Number.isSafeInteger(u) && u > 0 ? BigInt(u) : undefined
+  if (typeof u === "string" && u.length >= 1 && u.length <= 30 && /^[0-9]+$/.test(u)) {
+    const n = BigInt(u)
+    return n > 0n ? n : undefined
+  }
+  return undefined
+}
+
+/** `idempotencyKey`: absent (`null` key: no key), a 1–128 character string, or `false` (let the schema say why). */
+const keyOf = (u: unknown): string | null | false =>
+  u === undefined ? null : typeof u === "string" && u.length >= 1 && u.length <= 128 ? u : false
+
+/** A decoded move: the key is present only when given, as the schema's `optional` does. */
+const withKey = <A extends object>(a: A, key: string | null): A =>
+  key === null ? a : ({ ...a, idempotencyKey: key } as A)
+
+const fastMove = (body: Record<string, unknown>): Deposit | undefined => {
+  const amount = amountOf(body.amount)
+  const key = keyOf(body.idempotencyKey)
+  if (!isId(body.account) || amount === undefined || key === false) return undefined
+  return withKey({ account: body.account as Deposit["account"], amount }, key)
+}
+
+const fastTransfer = (body: Record<string, unknown>): TransferRequest | undefined => {
+  const { from, to } = body
+  const amount = amountOf(body.amount)
+  const key = keyOf(body.idempotencyKey)
+  if (!isId(from) || !isId(to) || from === to || amount === undefined || key === false) return undefined
+  return withKey({ from: from as TransferRequest["from"], to: to as TransferRequest["to"], amount }, key)
+}
+
+const fastTransferOut = (t: Transfer): typeof Transfer.Encoded | undefined =>
+  isId(t.id) &&
+  (t.from === null || isId(t.from)) &&
+  (t.to === null || isId(t.to)) &&
+  t.kind === (t.from === null ? "deposit" : t.to === null ? "withdrawal" : "transfer") &&
+  t.amount > 0n &&
+  (t.idempotencyKey === null || typeof t.idempotencyKey === "string")
+    ? {
+        id: t.id,
+        kind: t.kind,
+        from: t.from,
+        to: t.to,
+        amount: toWire(t.amount),
+        idempotencyKey: t.idempotencyKey
+      }
+    : undefined
+
+const fastAccountOut = (a: Account): typeof Account.Encoded | undefined =>
+  isId(a.id) && typeof a.name === "string" && a.balance >= 0n
+    ? { id: a.id, name: a.name, balance: toWire(a.balance) }
+    : undefined
+
 export const operations: Record<string, Operation> = {
-  create_account: op(CreateAccount, Account, (l, p) => l.createAccount(p)),
-  deposit: op(Deposit, Transfer, (l, p) => l.deposit(p)),
-  withdraw: op(Withdraw, Transfer, (l, p) => l.withdraw(p)),
-  transfer: op(TransferRequest, Transfer, (l, p) => l.transfer(p)),
-  balance: op(GetBalance, Account, (l, p) => l.balance(p)),
+  create_account: op(CreateAccount, Account, (l, p) => l.createAccount(p), undefined, fastAccountOut),
+  deposit: op(Deposit, Transfer, (l, p) => l.deposit(p), fastMove, fastTransferOut),
+  withdraw: op(Withdraw, Transfer, (l, p) => l.withdraw(p), fastMove, fastTransferOut),
+  transfer: op(TransferRequest, Transfer, (l, p) => l.transfer(p), fastTransfer, fastTransferOut),
+  balance: op(
+    GetBalance,
+    Account,
+    (l, p) => l.balance(p),
+    (body) => (isId(body.account) ? { account: body.account as GetBalance["account"] } : undefined),
+    fastAccountOut
+  ),
   history: op(GetHistory, HistoryPage, (l, p) => l.history(p)),
   batch: op(Batch, BatchResult, (l, p) => l.batch(p))
 }
@@ -137,11 +212,17 @@ export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Eff
       op: typeof request.op === "string" ? request.op : null
     })
   }
-  const payload = operation.decode(request.body)
-  if (payload._tag === "Left") return refusal(request.id, "InvalidRequest", describe(payload.left))
-  return Effect.matchEffect(operation.run(ledger, payload.right), {
+  let decoded = operation.fastDecode?.(request.body)
+  if (decoded === undefined) {
+    const payload = operation.decode(request.body)
+    if (payload._tag === "Left") return refusal(request.id, "InvalidRequest", describe(payload.left))
+    decoded = payload.right
+  }
+  return Effect.matchEffect(operation.run(ledger, decoded), {
     onFailure: (e) => Effect.succeed(failure(request.id, e)),
     onSuccess: (result) => {
+      const fast = operation.fastEncode?.(result)
+      if (fast !== undefined) return Effect.succeed<Response>({ id: request.id, ok: true, result: fast })
       const encoded = operation.encode(result)
       return encoded._tag === "Right"
         ? Effect.succeed<Response>({ id: request.id, ok: true, result: encoded.right })
