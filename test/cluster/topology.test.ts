@@ -16,6 +16,7 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
@@ -97,6 +98,18 @@ const gtidWaitsOn = (server: { readonly admin: { readonly url: Redacted.Redacted
 
 const fallbacks = (engine: string, reason: "noHealthyReplica" | "waitTimeout" | "replicaError") =>
   metricCount("sessionfx_read_fallbacks_total", { engine, reason })
+
+/** A gauge's current value on its series with `tags` (`undefined` when there is none). */
+const gaugeValue = (name: string, tags: Record<string, string>) =>
+  Effect.map(Metric.snapshot, (pairs) => {
+    const pair = pairs.find(
+      (p) =>
+        p.metricKey.name === name &&
+        Object.entries(tags).every(([k, v]) => p.metricKey.tags.some((t) => t.key === k && t.value === v))
+    )
+    const value = (pair?.metricState as { value?: unknown } | undefined)?.value
+    return value === undefined ? undefined : Number(value)
+  })
 
 let nextId = 0
 const freshId = () => ++nextId
@@ -431,6 +444,46 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", e
               assert.isFalse(ran, "the unit's effect did not run")
               const sql = yield* SqlClient.SqlClient
               yield* sql`SELECT COUNT(*) AS n FROM kv` // still there
+            })
+          )
+        })
+    )
+
+    it.scoped(
+      "nested units run on the enclosing unit's server; consistency and after on a nested unit are InvalidOption",
+      () =>
+        Effect.gen(function* () {
+          const { replicas } = yield* cluster
+          yield* schema
+          yield* withTopology({}, () =>
+            Effect.gen(function* () {
+              const id = freshId()
+              yield* write(id, 5)
+              const token = yield* decodeToken((yield* tokenNow)!)
+              const result = yield* Session.transact(
+                Effect.gen(function* () {
+                  const outer = yield* look(id)
+                  const inner = yield* Session.transact(look(id), { readOnly: true })
+                  const consistency = yield* Effect.flip(
+                    Session.transact(look(id), { readOnly: true, consistency: "primary" })
+                  )
+                  const after = yield* Effect.flip(Session.transact(look(id), { readOnly: true, after: token }))
+                  const still = yield* look(id)
+                  return { outer, inner, consistency, after, still }
+                }),
+                { readOnly: true }
+              )
+              assert.include(
+                replicas.map((r) => r.port),
+                result.outer.port
+              )
+              assert.strictEqual(result.outer.v, 5)
+              assert.deepStrictEqual(result.inner, result.outer, "a nested unit is a savepoint on the same server")
+              assert.strictEqual(result.consistency._tag, "InvalidOption")
+              assert.strictEqual((result.consistency as SessionError.InvalidOption).option, "consistency")
+              assert.strictEqual(result.after._tag, "InvalidOption")
+              assert.strictEqual((result.after as SessionError.InvalidOption).option, "after")
+              assert.deepStrictEqual(result.still, result.outer, "the enclosing unit carries on")
             })
           )
         })
@@ -811,7 +864,7 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", e
           const { replicas } = yield* cluster
           const [lagging, healthy] = replicas
           yield* schema
-          yield* withTopology({ healthCheckInterval: "200 millis", maxReplicaLag: "1 second" }, () =>
+          yield* withTopology({ healthCheckInterval: "200 millis", maxReplicaLag: "1 second" }, (t) =>
             Effect.gen(function* () {
               const id = freshId()
               yield* Effect.addFinalizer(() =>
@@ -843,10 +896,13 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", e
                 assert.strictEqual(ryw.v, v)
               }
               assert.notStrictEqual(seen[0]!.server, out.name, "the unhealthy one is the one that lags")
+              const healthyGauge = gaugeValue("sessionfx_server_healthy", { engine: t.name, server: out.name })
+              assert.strictEqual(yield* healthyGauge, 0, "sessionfx_server_healthy follows it out")
               yield* lagging!.startSqlThread
               yield* waitUntil("back in rotation", Effect.map(Engine.servers, brief), (ss) =>
                 ss.every((s) => s.healthy)
               )
+              assert.strictEqual(yield* healthyGauge, 1, "and back")
             })
           )
         })
@@ -995,6 +1051,53 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", e
             })
           )
         })
+    )
+
+    it.scoped("with retry, a unit whose replica dies under it re-runs on another server and succeeds", () =>
+      Effect.gen(function* () {
+        const { replicas } = yield* cluster
+        yield* schema
+        yield* withTopology({ healthCheckInterval: "1 minute" }, () =>
+          Effect.gen(function* () {
+            const id = freshId()
+            yield* write(id, 8)
+            for (const r of replicas) assert.isTrue(yield* r.waitCaughtUp("10 seconds"))
+            const started = yield* Deferred.make<Seen>()
+            const go = yield* Deferred.make<void>()
+            const attempts: Array<Seen> = []
+            const unit = yield* Effect.fork(
+              Session.transact(
+                Effect.gen(function* () {
+                  const seen = yield* look(id)
+                  attempts.push(seen)
+                  if (attempts.length === 1) {
+                    yield* Deferred.succeed(started, seen)
+                    yield* Deferred.await(go)
+                  }
+                  return yield* look(id)
+                }),
+                { readOnly: true, consistency: "replica", retry: true }
+              )
+            )
+            const first = yield* Deferred.await(started)
+            const victim = replicas.find((r) => r.port === first.port)
+            assert.isDefined(victim, `the unit runs on a replica (port ${first.port})`)
+            yield* Effect.addFinalizer(() =>
+              Option.isSome(victim!.pid)
+                ? Effect.void
+                : Effect.orDie(Effect.zipRight(victim!.start, victim!.waitCaughtUp("20 seconds")))
+            )
+            yield* victim!.kill
+            yield* Deferred.succeed(go, undefined)
+            const done = yield* Fiber.join(unit)
+            assert.strictEqual(attempts.length, 2, "one re-run")
+            assert.notStrictEqual(done.port, victim!.port, "on another server")
+            assert.strictEqual(done.v, 8)
+            yield* victim!.start
+            assert.isTrue(yield* victim!.waitCaughtUp("20 seconds"))
+          })
+        )
+      })
     )
 
     it.scoped(
