@@ -98,14 +98,8 @@ export const CausalityToken: Schema.Schema<CausalityToken, string> = Schema.Stri
 
 /**
  * The causality token of the current fiber for this engine: every commit it (or a fiber it joined) made through
- * an engine with replicas or nodes, merged. `None` before the first.
- *
- * @example
- * import { Session } from "@sessionfx/session"
- * import { Effect, Option } from "effect"
- *
- * // hand the token to the client, which sends it back with its next read
- * export const header = Effect.map(Session.causalityToken, Option.getOrElse(() => ""))
+ * an engine with replicas or nodes, merged. `None` before the first. To hand it to a client (which sends it back
+ * with its next read): `Effect.map(Session.causalityToken, Option.getOrElse(() => ""))`.
  *
  * @since 0.3.0
  * @category accessors
