@@ -398,12 +398,24 @@ export class EngineImpl {
     return { sql: `SET SESSION ${parts.join(", ")}`, settings: { lockWait, statementTime, isolation } }
   }
 
+  /** The engine's label alone, for what belongs to units rather than to a server (commits, rollbacks, routing). */
+  get unitLabels(): ReadonlyArray<MetricLabel.MetricLabel> {
+    return (this._unitLabels ??= this.options.engineName === undefined ? this.labels : this.labels.slice(0, 1))
+  }
+  private _unitLabels: ReadonlyArray<MetricLabel.MetricLabel> | undefined
+
+  /** `unitLabels` plus one more, as a stable array. */
+  unitLabelsWith(key: string, value: string): ReadonlyArray<MetricLabel.MetricLabel> {
+    if (this.options.engineName === undefined) return this.labelsWith(key, value)
+    return this.labelsWith(key, value, true)
+  }
+
   /** The engine's labels plus one more, as a stable array. */
-  labelsWith(key: string, value: string): ReadonlyArray<MetricLabel.MetricLabel> {
-    const k = `${key}\u0000${value}`
+  labelsWith(key: string, value: string, unit = false): ReadonlyArray<MetricLabel.MetricLabel> {
+    const k = `${unit ? "u" : "s"}\u0000${key}\u0000${value}`
     let l = this.labelCache.get(k)
     if (l === undefined) {
-      l = [...this.labels, MetricLabel.make(key, value)]
+      l = [...(unit ? this.unitLabels : this.labels), MetricLabel.make(key, value)]
       this.labelCache.set(k, l)
     }
     return l

@@ -354,7 +354,7 @@ export class SessionState implements SessionService {
   implicitCommit(): void {
     this.begun = false
     this.epoch++
-    metrics.implicitCommits.unsafeUpdate(1, this.engine.labels)
+    metrics.implicitCommits.unsafeUpdate(1, this.engine.unitLabels)
   }
 
   /** The frame of this session the fiber is in (a savepoint), or the root. */
@@ -767,11 +767,11 @@ const endSession = <A, E>(
   }
   // statements queued behind the close now see a closed session and fail with SessionClosed
   root.lock.unsafeRelease()
-  metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.labels)
+  metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.unitLabels)
   const outcome: Effect.Effect<any, any> = passThrough ? Exit.mapError(exit, unwrapError) : Effect.void
 
   const rollback = (label: string, after: Effect.Effect<any, any>): Effect.Effect<any, any> => {
-    metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", label))
+    metrics.rollbacks.unsafeUpdate(1, engine.unitLabelsWith("cause", label))
     if (!state.begun || pc.broken || pc.closed) {
       // nothing open (or the connection is gone, and the server rolls back): the pool decides what the connection
       // needs from what the server last said
@@ -803,7 +803,7 @@ const endSession = <A, E>(
   if (state.rollbackOnly) return rollback("rollbackOnly", outcome)
 
   const committed = (gtid: string | undefined = pc.lastGtid): Effect.Effect<any, any> => {
-    metrics.commits.unsafeUpdate(1, engine.labels)
+    metrics.commits.unsafeUpdate(1, engine.unitLabels)
     // the commit's causality token flows on in the fiber (before the hooks: they may read what it wrote)
     const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
     return gtid === undefined ? after : Effect.zipRight(engine.observe(gtid), after)
@@ -846,7 +846,7 @@ const endSession = <A, E>(
         }
         if (e._tag === "ConnectionLost" || pc.broken) {
           engine.release(pc, false, "broken")
-          metrics.unknownOutcomes.unsafeUpdate(1, engine.labels)
+          metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
           return resume(
             keys.resolveUnknown(
               state,
@@ -861,7 +861,7 @@ const endSession = <A, E>(
           )
         }
         engine.release(pc, true)
-        metrics.rollbacks.unsafeUpdate(1, engine.labelsWith("cause", "commitFailed"))
+        metrics.rollbacks.unsafeUpdate(1, engine.unitLabelsWith("cause", "commitFailed"))
         resume(
           Effect.fail(
             new SessionError.CommitFailed({
@@ -880,7 +880,7 @@ const endSession = <A, E>(
     // interrupted while COMMIT is in flight: stop waiting at once; the outcome is unknown
     return Effect.sync(() => {
       if (command !== undefined && !command.settled) {
-        metrics.unknownOutcomes.unsafeUpdate(1, engine.labels)
+        metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
         engine.pool.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")
       }
     })
@@ -1233,7 +1233,7 @@ export const transact = <A, E, R>(
             Effect.suspend(() => {
               // every attempt after the first is a retry
               attempts++
-              metrics.retries.unsafeUpdate(1, engine.labels)
+              metrics.retries.unsafeUpdate(1, engine.unitLabels)
               return runOnce(engine, options, checked, effect, site, route)
             }),
             {

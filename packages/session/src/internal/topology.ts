@@ -250,7 +250,7 @@ export class Topology {
     restore: Restore,
     reason: "noHealthyReplica" | "waitTimeout" | "replicaError"
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
-    metrics.readFallbacks.unsafeUpdate(1, this.identity.labelsWith("reason", reason))
+    metrics.readFallbacks.unsafeUpdate(1, this.identity.unitLabelsWith("reason", reason))
     return this.primary.server.borrowHere(restore)
   }
 
@@ -305,7 +305,7 @@ export class Topology {
         return Effect.failCause(cause)
       },
       onSuccess: (applied) => {
-        metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.labels)
+        metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
         if (applied === true) {
           if (wanted !== undefined) member.applied = mergePositions(member.applied, wanted)
           return next(true)
