@@ -9,6 +9,7 @@ import { Engine, Session } from "@sessionfx/session"
 import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
 import type * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
+import * as Cause from "effect/Cause"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -295,10 +296,17 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "240 seconds", excludeT
             2000,
             "a token no node reaches: the unit waits about readYourWritesTimeout (500 ms; 1 s allowed: the server takes whole seconds), not that once per node"
           )
+          // no node holds it (there is no primary to fall back to): a retryable failure that says so, the unit not run
+          assert.isTrue(Exit.isFailure(outcome), "a token no node has applied is not read past")
+          const failure = Exit.isFailure(outcome) ? Cause.failureOption(outcome.cause) : Option.none()
           assert.isTrue(
-            Exit.isSuccess(outcome),
-            `then it reads anyway, as a replica read falls back to the primary: ${Exit.isFailure(outcome) ? String(outcome.cause) : ""}`
+            Option.isSome(failure),
+            `a typed failure: ${Exit.isFailure(outcome) ? String(outcome.cause) : ""}`
           )
+          const error = Option.getOrThrow(failure) as { _tag?: string; retryable?: boolean; message?: string }
+          assert.strictEqual(error._tag, "ConnectionError")
+          assert.isTrue(error.retryable)
+          assert.include(error.message, "causality token 1-1-999999999")
           const servers = brief(yield* reads.servers)
           assert.isTrue(
             servers.every((s) => s.healthy),

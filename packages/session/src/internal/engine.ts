@@ -291,7 +291,18 @@ export class EngineImpl {
       onTimeout: () => metrics.acquireTimeouts.unsafeUpdate(1, labels),
       onWait: (millis) => metrics.acquireWait.unsafeUpdate(millis, labels),
       onDirtyReturn: (reason) => metrics.dirtyReturns.unsafeUpdate(1, this.labelsWith("reason", reason)),
-      prepare: (pc, cb) => this.prepareConnection(pc, cb)
+      prepare: (pc, cb) => this.prepareConnection(pc, cb),
+      // a replica or node whose connection the server or the network closed is taken out at once; its health
+      // check brings it back
+      onLost: (err) => {
+        const member = this.member
+        if (member !== undefined && member.role !== "primary") {
+          member.setHealthy(
+            false,
+            `a connection was lost${err instanceof Error ? `: ${err.message}` : " (closed by the server or the network)"}`
+          )
+        }
+      }
     })
     this.gauges = [metrics.poolSize, metrics.poolInUse, metrics.poolIdle, metrics.poolWaiting]
     this.gaugeTimer = setInterval(() => {
@@ -879,8 +890,15 @@ export class Command {
     if (pc.pending === this.callback) pc.pending = undefined
     if (this.deadline !== undefined) clearTimeout(this.deadline)
     if (err) {
-      if (SessionError.isFatal(err)) pc.broken = true
-      else if (err.errno === 1047 && this.engine.member !== undefined && /wsrep/i.test(String(err.message))) {
+      if (SessionError.isFatal(err)) {
+        // lost under a command, not closed by the pool (a deadline, an interruption): a replica or node of a
+        // topology is taken out at once; its health check brings it back
+        const member = this.engine.member
+        if (!pc.closed && member !== undefined && member.role !== "primary") {
+          member.setHealthy(false, `a connection was lost: ${String(err.message ?? err.code ?? err)}`)
+        }
+        pc.broken = true
+      } else if (err.errno === 1047 && this.engine.member !== undefined && /wsrep/i.test(String(err.message))) {
         // a Galera node out of the primary component: take it out now, its health check brings it back
         this.engine.member.setHealthy(false, `refused a statement: ${err.message}`)
       }

@@ -63,6 +63,8 @@ export interface PoolConfig {
   readonly prepare: (pc: PooledConn, cb: (err: unknown) => void) => void
   /** A connection came back with a transaction open or its session state changed. */
   readonly onDirtyReturn: (reason: DirtyReason) => void
+  /** A connection was closed by the server or the network (not by the pool). */
+  readonly onLost?: ((err: unknown) => void) | undefined
   /** Bound on a reset or a validation ping; past it the connection is destroyed. */
   readonly controlTimeoutMs: number
 }
@@ -240,8 +242,9 @@ export class ConnPool {
       this.lastConnectError = undefined
       const pc = new PooledConn(conn, conn.threadId ?? 0, this.config.maxLifetimeMs, this.config.lifetimeJitter)
       conn.removeAllListeners("error")
-      const onGone = () => {
+      const onGone = (err?: unknown) => {
         if (pc.closed) return
+        if (!pc.broken) this.config.onLost?.(err)
         pc.broken = true
         if (!pc.inUse) this.destroy(pc, "closedByServer")
       }

@@ -1223,7 +1223,9 @@ export const transact = <A, E, R>(
     }
     let attempts = 1
     const retrying = options.retry !== undefined && options.retry !== false
-    const traced = fiber.currentTracer !== defaultTracer || options.name !== undefined
+    // a span only when a tracer that exports it is installed (a unit's `name` alone does not open one: measured
+    // about 8 % of a transfer's CPU in the ledger, for a span nothing reads)
+    const traced = fiber.currentTracer !== defaultTracer
     const route = routeOf(engine, options, fiber)
     const first = runOnce(engine, options, checked, effect, site, route)
     // the retry machinery is built only after a first retryable failure: the common path pays nothing for it

@@ -190,15 +190,24 @@ export class Topology {
     route: Route
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     const tried = new Set<Member>()
+    /** The node waited on timed out: the others are asked whether they have the token already, without waiting. */
+    let timedOut: Member | undefined
+    const engineName = this.identity.options.engineName ?? this.identity.options.name
+    const notApplied = (waited: Member) =>
+      new SessionError.ConnectionError({
+        retryable: true,
+        message: `no node of ${engineName} has applied causality token ${route.token}: node ${waited.name} did not within readYourWritesTimeout (${this.options.readYourWritesTimeoutMs} ms; Galera waits in whole seconds) and the others have not either; the unit was not run. Retry it, or read with consistency: "replica" if stale data will do`
+      })
     const attempt = (): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> => {
-      const healthy = this.members.filter((m) => !tried.has(m))
+      const untried = this.members.filter((m) => !tried.has(m))
       // with every node out, try them anyway in order: the health checks may lag behind a recovery
-      const node = this.pick(healthy) ?? healthy[0]
+      const node = this.pick(untried) ?? untried[0]
       if (node === undefined) {
+        if (timedOut !== undefined) return Effect.fail(notApplied(timedOut))
         return Effect.fail(
           new SessionError.ConnectionError({
             retryable: true,
-            message: `no node of ${this.identity.options.engineName ?? this.identity.options.name} could take the unit: ${this.members.map((m) => `${m.name}: ${m.reason ?? "not answering"}`).join("; ")}`
+            message: `no node of ${engineName} could take the unit: ${this.members.map((m) => `${m.name}: ${m.reason ?? "could not be connected to"}`).join("; ")}`
           })
         )
       }
@@ -218,8 +227,19 @@ export class Topology {
         onSuccess: (pc) =>
           !needsWait
             ? Effect.succeed(pc)
-            : this.waitOn(restore, node, pc, token, wanted, "WSREP_SYNC_WAIT_UPTO_GTID", (applied) =>
-                applied ? Effect.succeed(pc) : attempt()
+            : this.waitOn(
+                restore,
+                node,
+                pc,
+                token,
+                wanted,
+                timedOut === undefined ? "WSREP_SYNC_WAIT_UPTO_GTID" : "POSITION",
+                (applied) => {
+                  if (applied === true) return Effect.succeed(pc)
+                  // timed out (or, after a time-out, not there yet): the bound is spent, the others are only asked
+                  if (applied === false && timedOut === undefined) timedOut = node
+                  return attempt()
+                }
               )
       })
     }
@@ -265,7 +285,7 @@ export class Topology {
     pc: PooledConn,
     token: string,
     wanted: Map<string, bigint> | undefined,
-    fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID",
+    fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID" | "POSITION",
     next: (
       applied: boolean | undefined
     ) => Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
@@ -275,7 +295,9 @@ export class Topology {
     // the token matched TOKEN_PATTERN (digits, dashes, commas, hex, colons): safe as a literal
     const seconds =
       fn === "MASTER_GTID_WAIT" ? (timeoutMs / 1000).toFixed(3) : String(Math.max(1, Math.ceil(timeoutMs / 1000)))
-    const sql = `SELECT ${fn}('${token}', ${seconds}) AS applied`
+    // POSITION: no wait, only whether the node has applied it already
+    const sql =
+      fn === "POSITION" ? "SELECT @@gtid_binlog_pos AS applied" : `SELECT ${fn}('${token}', ${seconds}) AS applied`
     const started = Date.now()
     let command: Command | undefined
     const wait = Effect.async<boolean | undefined>((resume) => {
@@ -292,7 +314,15 @@ export class Topology {
             return resume(Effect.succeed(undefined))
           }
           const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
-          resume(Effect.succeed(fn === "MASTER_GTID_WAIT" ? Number(v) === 0 : Number(v) === 1))
+          resume(
+            Effect.succeed(
+              fn === "POSITION"
+                ? covers(positions(String(v ?? "")), wanted)
+                : fn === "MASTER_GTID_WAIT"
+                  ? Number(v) === 0
+                  : Number(v) === 1
+            )
+          )
         },
         timeoutMs + server.controlTimeoutMs,
         true
@@ -305,7 +335,7 @@ export class Topology {
         return Effect.failCause(cause)
       },
       onSuccess: (applied) => {
-        metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
+        if (fn !== "POSITION") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
         if (applied === true) {
           if (wanted !== undefined) member.applied = mergePositions(member.applied, wanted)
           return next(true)
