@@ -167,14 +167,7 @@ export class Topology {
     const wanted = token === undefined ? undefined : positions(token)
     const needsWait = token !== undefined && !covers(replica.applied, wanted)
     return Effect.matchCauseEffect(replica.server.borrowHere(restore), {
-      onFailure: (cause) => {
-        const e = Cause.failureOption(cause)
-        if (e._tag === "Some" && e.value._tag === "ConnectionError") {
-          replica.setHealthy(false, `cannot connect: ${e.value.message}`)
-          return this.fallback(restore, "replicaError")
-        }
-        return Effect.failCause(cause)
-      },
+      onFailure: cannotConnect(replica, () => this.fallback(restore, "replicaError")),
       onSuccess: (pc) =>
         !needsWait
           ? Effect.succeed(pc)
@@ -216,14 +209,7 @@ export class Topology {
       const wanted = token === undefined ? undefined : positions(token)
       const needsWait = token !== undefined && !covers(node.applied, wanted)
       return Effect.matchCauseEffect(node.server.borrowHere(restore), {
-        onFailure: (cause) => {
-          const e = Cause.failureOption(cause)
-          if (e._tag === "Some" && e.value._tag === "ConnectionError") {
-            node.setHealthy(false, `cannot connect: ${e.value.message}`)
-            return attempt()
-          }
-          return Effect.failCause(cause)
-        },
+        onFailure: cannotConnect(node, attempt),
         onSuccess: (pc) =>
           !needsWait
             ? Effect.succeed(pc)
@@ -467,6 +453,18 @@ export class Topology {
     }))
   }
 }
+
+/** A member that cannot be connected to is taken out, and `otherwise` runs instead; any other failure stands. */
+const cannotConnect =
+  <A, E>(member: Member, otherwise: () => Effect.Effect<A, E>) =>
+  (cause: Cause.Cause<SessionError.PoolTimeout | SessionError.ConnectionError>) => {
+    const e = Cause.failureOption(cause)
+    if (e._tag === "Some" && e.value._tag === "ConnectionError") {
+      member.setHealthy(false, `cannot connect: ${e.value.message}`)
+      return otherwise()
+    }
+    return Effect.failCause(cause)
+  }
 
 const mergePositions = (a: Map<string, bigint> | undefined, b: Map<string, bigint>): Map<string, bigint> => {
   const out = new Map(a ?? [])
