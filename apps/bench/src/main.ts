@@ -5,28 +5,31 @@
  *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 1000] [--out results]
  *   pnpm bench scale [--units 10000] [--spawn fiber|forEach]
  *   pnpm bench soak [--sessions 200000]
+ *   pnpm bench replicas [--clients 64] [--seconds 5] [--reps 3] [--replicas 2] [--lag 1] [--accounts 1000]
  *
  * scale and soak run in a process of their own (`build/stress.mjs`, see stressMain.ts).
  *
- * Uses the server named by MYSQL_URL, or starts a private one.
+ * Uses the server named by MYSQL_URL, or starts a private one. `replicas` always starts its own primary and replicas
+ * (`MysqlCluster.replicated`).
  */
 import { spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NodeRuntime } from "@effect/platform-node"
-import { MysqlServer } from "@sessionfx/testing"
+import { MysqlCluster, MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import { BASELINE, type Impl, implementations } from "./impls/index.js"
 import * as Report from "./report.js"
 import { withProgress } from "./progress.js"
+import * as Replicas from "./replicas.js"
 import { runOnce } from "./runner.js"
 import type { ScaleResult, SoakResult, Spawn, StressJob } from "./stress.js"
 import { type Conservation, createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
 
 interface Args {
-  readonly mode: "compare" | "scale" | "soak"
+  readonly mode: "compare" | "scale" | "soak" | "replicas"
   readonly transfers: number
   readonly accounts: number
   readonly concurrency: ReadonlyArray<number>
@@ -37,12 +40,18 @@ interface Args {
   readonly units: number
   readonly sessions: number
   readonly spawn: Spawn
+  readonly clients: number
+  readonly seconds: number
+  readonly replicas: number
+  readonly lag: number
+  readonly quick: boolean
   readonly out: string
 }
 
-const usage = `usage: bench [compare|scale|soak] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
+const usage = `usage: bench [compare|scale|soak|replicas] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
              [--reps N] [--impls ${Object.keys(implementations).join(",")}] [--seed N] [--warmup N]
-             [--units N (scale)] [--spawn fiber|forEach (scale)] [--sessions N (soak)] [--out DIR]`
+             [--units N (scale)] [--spawn fiber|forEach (scale)] [--sessions N (soak)]
+             [--clients N] [--seconds N] [--replicas N] [--lag SECONDS] (replicas) [--out DIR]`
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
   const flags = new Map<string, string>()
@@ -59,7 +68,7 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
       const value = inline ?? argv[++i]
       if (value === undefined) throw new Error(`--${key} needs a value\n${usage}`)
       flags.set(key, value)
-    } else if (arg === "compare" || arg === "scale" || arg === "soak") mode = arg
+    } else if (arg === "compare" || arg === "scale" || arg === "soak" || arg === "replicas") mode = arg
     else throw new Error(`unknown argument ${arg}\n${usage}`)
   }
   const known = [
@@ -73,6 +82,10 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     "units",
     "sessions",
     "spawn",
+    "clients",
+    "seconds",
+    "replicas",
+    "lag",
     "out"
   ]
   for (const k of flags.keys()) if (!known.includes(k)) throw new Error(`unknown flag --${k}\n${usage}`)
@@ -101,6 +114,11 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
       return n
     }),
     reps: Math.max(1, int("reps", quick ? 1 : 3)),
+    clients: Math.max(1, int("clients", 64)),
+    seconds: Math.max(1, int("seconds", quick ? 2 : 5)),
+    replicas: Math.max(1, int("replicas", 2)),
+    lag: int("lag", 1),
+    quick,
     impls,
     seed: int("seed", 42),
     warmup: int("warmup", quick ? 100 : 1000),
@@ -257,9 +275,33 @@ const soak = (url: string, args: Args) =>
     Report.soakMarkdown
   )
 
+/** `replicas`: the read-heavy mix against one server, and against a primary + replicas with and without waits. */
+const replicas = async (servers: MysqlCluster.Replicated, args: Args) => {
+  const options: Replicas.ReplicasOptions = {
+    clients: args.clients,
+    seconds: args.seconds,
+    warmupSeconds: 1,
+    reps: args.reps,
+    sharedAccounts: args.accounts,
+    ownAccounts: 4,
+    readPercent: 90,
+    ownReadPercent: 50,
+    lagSeconds: args.lag,
+    seed: args.seed
+  }
+  const result = await Replicas.runReplicas(Replicas.clusterOf(servers), options)
+  const md = Replicas.markdown(result)
+  const written = await Report.writeFiles(args.out, {
+    "replicas.json": Report.json(result),
+    "replicas.md": md
+  })
+  process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
+  if (!result.ok) process.exitCode = 1
+}
+
 const args = parseArgs(process.argv.slice(2))
 
-const program = Effect.gen(function* () {
+const single = Effect.gen(function* () {
   const server = yield* MysqlServer.MysqlServer
   const url = Redacted.value(server.url)
   const label = `${server.flavor} ${server.version}`
@@ -268,5 +310,18 @@ const program = Effect.gen(function* () {
     args.mode === "scale" ? scale(url, args) : args.mode === "soak" ? soak(url, args) : compare(url, label, args)
   yield* Effect.promise(() => run)
 }).pipe(Effect.provide(MysqlServer.layer()))
+
+const cluster = Effect.scoped(
+  Effect.gen(function* () {
+    const started = Date.now()
+    const servers = yield* MysqlCluster.replicated({ replicas: args.replicas })
+    yield* Effect.logInfo(
+      `cluster: ${servers.primary.flavor} ${servers.primary.version}, primary at ${servers.primary.host}:${servers.primary.port} + replicas at ${servers.replicas.map((r) => `${r.host}:${r.port}`).join(", ")} (started in ${((Date.now() - started) / 1000).toFixed(1)} s)`
+    )
+    yield* Effect.promise(() => replicas(servers, args))
+  })
+)
+
+const program = args.mode === "replicas" ? cluster : single
 
 NodeRuntime.runMain(program)
