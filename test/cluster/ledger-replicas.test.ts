@@ -11,7 +11,7 @@ import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import type { LedgerProcess, LineClient } from "./ledger-support.js"
-import { lineClient, promSum, spawnLedger } from "./ledger-support.js"
+import { lineClient, promSum, spawnLedger, TOKEN } from "./ledger-support.js"
 import { waitUntil } from "./support.js"
 
 /** The `server` label the Engine gives a server in metrics: `host:port/database`. */
@@ -148,6 +148,69 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "240 seconds", e
           assert.isDefined(demo, "a read on another connection, right after both SQL threads stopped, was stale")
           assert.isTrue(demo!.other < demo!.expected, "the stale read shows less than the transfer made")
           assert.strictEqual(demo!.own, demo!.expected)
+        }),
+      240_000
+    )
+
+    it.scoped(
+      "HTTP: a response carries the causality token; a read that sends it back sees the write, also with both replicas lagging",
+      () =>
+        Effect.gen(function* () {
+          const { primary, replicas } = yield* MysqlCluster.ReplicatedServers
+          const ledger = yield* spawnLedger({
+            name: "replicas-http",
+            databaseUrl: Redacted.value(primary.url),
+            replicaUrls: replicas.map((r) => Redacted.value(r.url)).join(",")
+          })
+          yield* ledger.waitAnswering(150_000)
+          const call = (method: string, path: string, body?: unknown, token?: string) =>
+            Effect.promise(async () => {
+              const response = await fetch(`http://127.0.0.1:${ledger.httpPort}${path}`, {
+                method,
+                headers: {
+                  authorization: `Bearer ${TOKEN}`,
+                  "content-type": "application/json",
+                  ...(token !== undefined ? { "x-causality-token": token } : {})
+                },
+                ...(body !== undefined ? { body: JSON.stringify(body) } : {})
+              })
+              return {
+                status: response.status,
+                token: response.headers.get("x-causality-token"),
+                body: (await response.json()) as Record<string, any>
+              }
+            })
+          const created = yield* call("POST", "/accounts", { name: "h" })
+          assert.strictEqual(created.status, 201, JSON.stringify(created.body))
+          const id = Number(created.body.id)
+          assert.match(created.token ?? "", /^\d+-\d+-\d+/, "a write's response carries its commit's token")
+          // a malformed token is refused with a message that says what to send
+          const bad = yield* call("GET", `/accounts/${id}`, undefined, "not-a-token")
+          assert.strictEqual(bad.status, 400)
+          assert.include(String(bad.body.message), "x-causality-token")
+
+          let stale = 0
+          let reads = 0
+          let expected = 0
+          const round = Effect.gen(function* () {
+            const deposit = yield* call("POST", `/accounts/${id}/deposit`, { amount: 5 })
+            assert.strictEqual(deposit.status, 200, JSON.stringify(deposit.body))
+            expected += 5
+            assert.isString(deposit.token)
+            const read = yield* call("GET", `/accounts/${id}`, undefined, deposit.token!)
+            assert.strictEqual(read.status, 200, JSON.stringify(read.body))
+            reads++
+            if (Number(read.body.balance) !== expected) stale++
+          })
+          for (let i = 0; i < 40; i++) yield* round
+          for (const r of replicas) yield* r.stopSqlThread
+          yield* Effect.addFinalizer(() => Effect.forEach(replicas, (r) => Effect.ignore(r.startSqlThread)))
+          for (let i = 0; i < 20; i++) yield* round
+          const text = yield* metrics(ledger)
+          const waits = promSum(text, "sessionfx_causal_wait_ms_count", { engine: "ledger" })
+          console.log(`ledger-replicas over HTTP: ${reads} reads with the token, ${stale} stale; ${waits} causal waits`)
+          assert.strictEqual(stale, 0, "a read that sent the token back missed the write")
+          assert.isAtLeast(waits, 1, "the token made reads wait on a replica")
         }),
       240_000
     )

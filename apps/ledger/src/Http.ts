@@ -4,6 +4,7 @@
  */
 import * as HttpApiBuilder from "@effect/platform/HttpApiBuilder"
 import * as HttpApiSwagger from "@effect/platform/HttpApiSwagger"
+import * as HttpApp from "@effect/platform/HttpApp"
 import * as HttpIncomingMessage from "@effect/platform/HttpIncomingMessage"
 import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import * as HttpServer from "@effect/platform/HttpServer"
@@ -16,6 +17,8 @@ import { flow } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import { Session } from "@sessionfx/session"
 import { createServer } from "node:http"
 import { Authorization, LedgerApi } from "./Api.js"
 import type * as Config from "./Config.js"
@@ -43,7 +46,7 @@ const trackedWith = (config: Config.Settings) => {
   const bound = bounded(config.requestTimeout)
   return (op: string) =>
     <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-      Metrics.track(op, "http", codeOf)(bound(effect))
+      Effect.tap(Metrics.track(op, "http", codeOf)(bound(effect)), () => sendToken)
 }
 
 const AccountsLive = HttpApiBuilder.group(LedgerApi, "accounts", (handlers) =>
@@ -131,6 +134,44 @@ const bodyLimit = (limit: number) => {
   )
 }
 
+/** The header that carries a client's causality token (read-your-writes with replicas; see docs/ledger.md). */
+export const CAUSALITY_HEADER = "x-causality-token"
+
+/**
+ * Read-your-writes over HTTP, where every request is a fiber of its own: a response carries the causality token of
+ * the commits the request made (or was handed), and a request that sends it back (`X-Causality-Token`) reads from a
+ * replica only once that replica has applied them. Without replicas no token exists and no header is sent.
+ */
+const causality = HttpMiddleware.make((app) =>
+  Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    const presented = request.headers[CAUSALITY_HEADER]
+    if (presented !== undefined && presented !== "") {
+      const token = Schema.decodeUnknownOption(Session.CausalityToken)(presented)
+      if (Option.isNone(token)) {
+        return HttpServerResponse.unsafeJson(
+          {
+            _tag: "InvalidRequest",
+            message: `the ${CAUSALITY_HEADER} header is not a causality token: send back the value of the header of an earlier response, or no header`
+          },
+          { status: 400 }
+        )
+      }
+      yield* Session.useCausalityToken(token.value)
+    }
+    return yield* app
+  })
+)
+
+/** After a handler: its causality token (if the engine has one) goes out as the response's header. */
+const sendToken = Effect.flatMap(Session.causalityToken, (token) =>
+  Option.isNone(token)
+    ? Effect.void
+    : HttpApp.appendPreResponseHandler((_, response) =>
+        Effect.succeed(HttpServerResponse.setHeader(response, CAUSALITY_HEADER, token.value))
+      )
+)
+
 export const ApiLive = HttpApiBuilder.api(LedgerApi).pipe(
   Layer.provide([AccountsLive, TransfersLive, SystemLive]),
   Layer.provide(AuthorizationLive)
@@ -143,7 +184,7 @@ export const layer = Layer.unwrapEffect(
     const headersTimeout = Math.min(requestTimeout, Duration.toMillis(Duration.decode(config.httpHeadersTimeout)))
     // Node enforces both timeouts (408, connection closed) on a timer checked every second
     const make = () => createServer({ requestTimeout, headersTimeout, connectionsCheckingInterval: 1_000 })
-    return HttpApiBuilder.serve(flow(bodyLimit(config.maxBodyBytes), HttpMiddleware.logger)).pipe(
+    return HttpApiBuilder.serve(flow(causality, bodyLimit(config.maxBodyBytes), HttpMiddleware.logger)).pipe(
       Layer.provide(HttpApiSwagger.layer({ path: "/docs" })),
       Layer.provide(HttpApiBuilder.middlewareOpenApi({ path: "/openapi.json" })),
       Layer.provide(ApiLive),
