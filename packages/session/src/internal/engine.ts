@@ -662,6 +662,11 @@ export class EngineImpl {
     ;(pc.conn as any)[STATUS] = undefined
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
+        // a replica or node that stops answering is taken out at once (a black-holed link closes nothing)
+        const member = this.member
+        if (member !== undefined && member.role !== "primary") {
+          member.setHealthy(false, `a statement got no answer within ${deadlineMs} ms`)
+        }
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }

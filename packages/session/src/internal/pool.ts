@@ -269,7 +269,8 @@ export class ConnPool {
     })
   }
 
-  private failAllWaiters(error: SessionError.ConnectionError) {
+  /** Fails every waiting borrower with `error` (a topology took this server out: they go elsewhere). */
+  failAllWaiters(error: SessionError.ConnectionError) {
     while (this.head) {
       const w = this.head
       this.unlink(w)

@@ -86,9 +86,19 @@ export class Member {
         : `sessionfx: ${this.role} ${this.name} taken out of rotation: ${reason}`
       this.server.log(healthy ? "Info" : "Warning", what)
     }
+    const wasHealthy = this.healthy
     this.healthy = healthy
     this.reason = healthy ? undefined : reason
     metrics.serverHealthy.unsafeUpdate(healthy ? 1 : 0, this.server.labels)
+    if (wasHealthy && !healthy && this.server.pool.waiting > 0) {
+      // units waiting for one of its connections go elsewhere now instead of waiting out acquireTimeout
+      this.server.pool.failAllWaiters(
+        new SessionError.ConnectionError({
+          retryable: true,
+          message: `${this.role} ${this.name} was taken out of rotation while this unit waited for a connection: ${reason}`
+        })
+      )
+    }
   }
 }
 
