@@ -171,17 +171,26 @@ export class Topology {
     if (!route.readOnly || route.consistency === "primary" || this.replicas.length === 0) {
       return this.primary.server.borrowHere(restore)
     }
-    const replica = this.pick(this.replicas)
+    let replica = this.pick(this.replicas)
     if (replica === undefined) return this.fallback(restore, "noHealthyReplica")
     const token = route.consistency === "replica" ? undefined : route.token
     const wanted = token === undefined ? undefined : positions(token)
-    const needsWait = token !== undefined && !covers(replica.applied, wanted)
-    return Effect.matchCauseEffect(replica.server.borrowHere(restore), {
-      onFailure: cannotConnect(replica, () => this.fallback(restore, "replicaError")),
+    let needsWait = token !== undefined && !covers(replica.applied, wanted)
+    const bound = this.options.readYourWritesTimeoutMs
+    if (needsWait && (replica.lagMs ?? 0) > bound) {
+      // the wait would most likely outlast readYourWritesTimeout: a replica close enough behind, else the primary now
+      const close = this.pick(this.replicas.filter((r) => covers(r.applied, wanted) || (r.lagMs ?? 0) <= bound))
+      if (close === undefined) return this.fallback(restore, "lagging")
+      replica = close
+      needsWait = !covers(close.applied, wanted)
+    }
+    const chosen = replica
+    return Effect.matchCauseEffect(chosen.server.borrowHere(restore), {
+      onFailure: cannotConnect(chosen, () => this.fallback(restore, "replicaError")),
       onSuccess: (pc) =>
         !needsWait
           ? Effect.succeed(pc)
-          : this.waitOn(restore, replica, pc, token, wanted, "MASTER_GTID_WAIT", (applied) =>
+          : this.waitOn(restore, chosen, pc, token!, wanted, "MASTER_GTID_WAIT", (applied) =>
               applied ? Effect.succeed(pc) : this.fallback(restore, applied === false ? "waitTimeout" : "replicaError")
             )
     })
@@ -264,7 +273,7 @@ export class Topology {
 
   private fallback(
     restore: Restore,
-    reason: "noHealthyReplica" | "waitTimeout" | "replicaError"
+    reason: "noHealthyReplica" | "waitTimeout" | "replicaError" | "lagging"
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     metrics.readFallbacks.unsafeUpdate(1, this.identity.unitLabelsWith("reason", reason))
     return this.primary.server.borrowHere(restore)
