@@ -8,9 +8,14 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session } from "@sessionfx/session"
 import * as FaultProxy from "@sessionfx/testing/FaultProxy"
 import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
 import { waitUntil } from "./support.js"
 
 layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "180 seconds", excludeTestServices: true })(
@@ -92,6 +97,135 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "180 seconds", e
             JSON.stringify(pools.map((s) => s.stats))
           )
         })
+    )
+
+    it.scoped(
+      "a read-only unit interrupted while its COMMIT is in flight on a replica: the replica's pool gets its slot back, no other pool's count moves",
+      () =>
+        Effect.gen(function* () {
+          const { primary, replicas } = yield* MysqlCluster.ReplicatedServers
+          const proxy = yield* FaultProxy.make({ target: { host: "127.0.0.1", port: replicas[0]!.port } })
+          // only the proxied replica: every read-only unit runs there
+          const ctx = yield* Layer.build(
+            Engine.layer({
+              name: "commit-faults",
+              url: primary.url,
+              replicas: [proxy.urlFor(replicas[0]!)],
+              pool: { size: 2 }
+            })
+          )
+          const sql = yield* Effect.provide(SqlClient.SqlClient, ctx)
+          const servers = Effect.provide(Engine.servers, ctx)
+          yield* proxy.resetNextAfter({ match: (chunk) => chunk.includes("COMMIT"), action: "blackhole" })
+          const started = yield* Deferred.make<void>()
+          const unit = yield* Effect.fork(
+            Session.transact(Effect.zipRight(sql`SELECT 1 AS one`, Deferred.succeed(started, undefined)), {
+              readOnly: true
+            }).pipe(Effect.provide(ctx))
+          )
+          yield* Deferred.await(started)
+          // the COMMIT is black-holed: wait until it is in flight (the trigger fired), then interrupt
+          yield* waitUntil("the COMMIT reached the proxy", proxy.armed, (armed) => !armed)
+          yield* Fiber.interrupt(unit)
+          const after = yield* servers
+          for (const s of after) {
+            assert.isAtLeast(s.stats.inUse, 0, `no negative count: ${JSON.stringify(after.map((x) => x.stats))}`)
+            assert.strictEqual(
+              s.stats.inUse,
+              0,
+              `every slot back: ${JSON.stringify(after.map((x) => [x.name, x.stats]))}`
+            )
+          }
+          // and both pools still serve
+          const r = yield* Session.transact(sql`SELECT 2 AS two`, { readOnly: true }).pipe(Effect.provide(ctx))
+          assert.strictEqual(Number(r[0]?.two), 2)
+          yield* Effect.provide(sql`SELECT 3`, ctx)
+        })
+    )
+
+    it.scoped(
+      "an autocommit write through any statement form (helpers, unsafe, reserve) yields a causality token",
+      () =>
+        Effect.gen(function* () {
+          const { primary, replicas } = yield* MysqlCluster.ReplicatedServers
+          const ctx = yield* Layer.build(
+            Engine.layer({ name: "autocommit-tokens", url: primary.url, replicas: replicas.map((r) => r.url) })
+          )
+          const sql = yield* Effect.provide(SqlClient.SqlClient, ctx)
+          yield* Effect.provide(sql`CREATE TABLE IF NOT EXISTS tokens (id INT PRIMARY KEY, v INT NOT NULL)`, ctx)
+          yield* Effect.provide(sql`INSERT INTO tokens VALUES (1, 0) ON DUPLICATE KEY UPDATE v = 0`, ctx)
+          const forms: ReadonlyArray<readonly [string, Effect.Effect<unknown, unknown, never>]> = [
+            ["sql.update helper", sql`UPDATE tokens SET ${sql.update({ v: 1 })} WHERE id = 1`],
+            ["sql.unsafe", sql.unsafe("UPDATE tokens SET v = ? WHERE id = 1", [2])],
+            ["sql.in fragment", sql`UPDATE tokens SET v = 3 WHERE id IN ${sql.in([1])}`],
+            [
+              "sql.reserve",
+              Effect.scoped(
+                Effect.flatMap(sql.reserve, (conn) =>
+                  conn.execute("UPDATE tokens SET v = 4 WHERE id = 1", [], undefined)
+                )
+              )
+            ]
+          ]
+          let expected = 0
+          for (const [form, write] of forms) {
+            const [before, after] = yield* Effect.gen(function* () {
+              const before = yield* Session.causalityToken
+              yield* write
+              return [before, yield* Session.causalityToken] as const
+            }).pipe(Effect.provide(ctx))
+            expected++
+            assert.isTrue(Option.isSome(after), `${form}: the write yields a token`)
+            assert.notDeepEqual(after, before, `${form}: the token moved on with the write`)
+          }
+          assert.strictEqual(expected, forms.length)
+        })
+    )
+
+    it.scoped("a replica that loses a connection under a stream inside a unit is taken out (not the primary)", () =>
+      Effect.gen(function* () {
+        const { primary, replicas } = yield* MysqlCluster.ReplicatedServers
+        const proxy = yield* FaultProxy.make({ target: { host: "127.0.0.1", port: replicas[0]!.port } })
+        const ctx = yield* Layer.build(
+          Engine.layer({
+            name: "stream-faults",
+            url: primary.url,
+            replicas: [proxy.urlFor(replicas[0]!), replicas[1]!.url],
+            healthCheckInterval: "1 minute"
+          })
+        )
+        const sql = yield* Effect.provide(SqlClient.SqlClient, ctx)
+        const servers = Effect.provide(Engine.servers, ctx)
+        const proxied = (yield* servers).find((s) => s.name.includes(`:${proxy.port}/`))!
+        // until a unit lands on the proxied replica: a stream there, reset mid-stream
+        let found = false
+        for (let i = 0; i < 20 && !found; i++) {
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                const session = yield* Session.Session
+                if (session.server !== proxied.name) return "elsewhere"
+                found = true
+                // the connection is reset while the stream reads its rows
+                return yield* sql<{ readonly seq: number }>`SELECT seq FROM seq_1_to_1000000`.stream.pipe(
+                  Stream.tap((row) => (Number(row.seq) === 1000 ? proxy.resetAll : Effect.void)),
+                  Stream.runDrain
+                )
+              }),
+              { readOnly: true }
+            ).pipe(Effect.provide(ctx))
+          )
+          if (found) assert.isTrue(Exit.isFailure(exit), "the stream lost its connection")
+        }
+        assert.isTrue(found, "a unit ran on the proxied replica")
+        const after = yield* servers
+        const status = after.find((s) => s.name === proxied.name)!
+        assert.isFalse(status.healthy, `the proxied replica is out: ${JSON.stringify(after)}`)
+        assert.isTrue(
+          after.filter((s) => s.name !== proxied.name).every((s) => s.healthy),
+          `no other server is blamed: ${JSON.stringify(after)}`
+        )
+      })
     )
   }
 )

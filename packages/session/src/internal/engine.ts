@@ -243,6 +243,8 @@ export class EngineImpl {
   client!: import("@effect/sql/SqlClient").SqlClient
   /** Replicas or nodes beside this server (this one is the engine's identity: its tags, client, units). */
   topology: Topology | undefined = undefined
+  /** The server refused `last_gtid` tracking: its commits yield no tokens. */
+  commitTrackingRefused = false
   /** This server's place in its engine's topology, if it has one. */
   member: Member | undefined = undefined
   /** Where the engine was built: its logger and services, for messages from callbacks. */
@@ -253,6 +255,13 @@ export class EngineImpl {
     const effect = level === "Info" ? Effect.logInfo(message) : Effect.logWarning(message)
     if (this.runtime === undefined) Effect.runFork(effect)
     else Runtime.runFork(this.runtime)(effect)
+  }
+
+  /** A commit on `pc` yielded `gtid`: its server has applied it, and the fiber's token takes it in. */
+  observeCommit(pc: PooledConn, gtid: string | undefined): Effect.Effect<void> {
+    if (gtid === undefined) return Effect.void
+    ownerOf(this, pc).member?.noteApplied(gtid)
+    return this.observe(gtid)
   }
 
   /** Merges the causality token of a commit into the fiber's. */
@@ -362,7 +371,7 @@ export class EngineImpl {
     // a reset leaves the server's sql_mode, not the one the handshake set (IGNORE_SPACE): put it back
     const extra =
       (this.sqlMode === undefined ? "" : `, SESSION sql_mode = '${this.sqlMode.replace(/'/g, "''")}'`) +
-      (this.options.trackCommits !== true
+      (this.options.trackCommits !== true || this.commitTrackingRefused
         ? ""
         : this.flavor === "mariadb"
           ? // a reset puts the list back to the global default: ask again every time
@@ -376,6 +385,15 @@ export class EngineImpl {
     conn.query(`SET SESSION session_track_state_change = ON${extra}`, (err) => {
       if (err) {
         if (SessionError.isFatal(err)) return cb(err)
+        if (this.options.trackCommits === true && !this.commitTrackingRefused) {
+          // the server (or a proxy) refuses GTID tracking: no causality tokens from it, the rest as usual
+          this.commitTrackingRefused = true
+          this.log(
+            "Warning",
+            `sessionfx: ${this.options.describe} refused commit GTID tracking (${(err as Error).message}): its commits yield no causality tokens, so read-only units do not wait for them`
+          )
+          return this.prepareConnection(pc, cb)
+        }
         // a server without session tracking: every connection a user statement touched is reset on return
         this.stateTracking = false
       }
@@ -454,7 +472,7 @@ export class EngineImpl {
     const threshold = this.longUnitThresholdMs
     if (u.warned || threshold <= 0 || now - u.startedAt < threshold) return
     u.warned = true
-    metrics.longUnits.unsafeUpdate(1, this.labels)
+    metrics.longUnits.unsafeUpdate(1, this.unitLabels)
     u.log(
       `sessionfx: a unit of work on ${this.options.describe} ${ended ? "was" : "has been"} open for ${now - u.startedAt} ms (longUnitThreshold ${threshold} ms): its writes are invisible to others and its locks held until it ends. ${u.describe()}`
     )
@@ -879,12 +897,15 @@ export class Command {
   /** mysql2's callback, also what the pool calls when it destroys the connection (`PooledConn.pending`). */
   readonly callback: (err: unknown, rows: unknown) => void
 
+  /** The server the connection belongs to: its pool, its KILLs, its place in a topology. */
+  readonly engine: EngineImpl
   constructor(
-    readonly engine: EngineImpl,
+    engine: EngineImpl,
     readonly pc: PooledConn,
     private readonly done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
     readonly internal: boolean
   ) {
+    this.engine = ownerOf(engine, pc)
     this.callback = (err, rows) => this.settle(err, rows)
   }
 
@@ -1081,7 +1102,14 @@ export class DirectConnection extends BaseConnection {
     super(engine)
   }
   runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
-    return Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
+    const run = Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
+    if (this.engine.topology === undefined) return run
+    // an autocommit write's causality token (what the fast path in statement.ts does too)
+    const pc = this.pc
+    return Effect.suspend(() => {
+      pc.lastGtid = undefined
+      return Effect.tap(run, () => this.engine.observeCommit(pc, pc.lastGtid))
+    })
   }
 
   /** Rows as the server sends them, on this connection (see `stream.ts`). */

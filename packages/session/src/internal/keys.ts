@@ -51,12 +51,24 @@ export const recordError = (key: string, e: SessionError.SessionError): SessionE
   return e
 }
 
-/** Runs one autocommit statement on a connection of its own. */
+/**
+ * Runs one autocommit statement on a connection of its own. On a multi-primary cluster it is a causal read
+ * (`wsrep_sync_wait = 1`: the node first applies everything the cluster had committed), else a node that has not yet
+ * applied a commit certified elsewhere would answer "absent" for a key that is committed.
+ */
 const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unknown>) =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(engine.borrow(restore), (pc) =>
       Effect.ensuring(
-        restore(engine.run(pc, "query", sql, values, false)),
+        restore(
+          engine.topology?.multiPrimary === true
+            ? Effect.zipRight(
+                // a session setting: the connection is reset when it goes back
+                engine.run(pc, "query", "SET SESSION wsrep_sync_wait = 1", undefined, false),
+                engine.run(pc, "query", sql, values, false)
+              )
+            : engine.run(pc, "query", sql, values, false)
+        ),
         Effect.sync(() => engine.release(pc, false))
       )
     )
@@ -80,6 +92,18 @@ export const outcome = (
 export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
   Effect.asVoid(autocommit(engine, DDL, []))
 
+/** The server's GTID position (an engine with replicas or nodes only); `undefined` when there is none. */
+const position = (engine: EngineImpl): Effect.Effect<string | undefined> =>
+  engine.topology === undefined
+    ? Effect.succeed(undefined)
+    : autocommit(engine, "SELECT @@gtid_binlog_pos AS pos", []).pipe(
+        Effect.map((rows) => {
+          const pos = Array.isArray(rows) ? String((rows[0] as { pos?: unknown } | undefined)?.pos ?? "") : ""
+          return pos === "" ? undefined : pos
+        }),
+        Effect.orElseSucceed(() => undefined)
+      )
+
 /** KILL CONNECTION: the lost connection's transaction is ended on the server (committed or rolled back) for good. */
 const killConnection = (engine: EngineImpl, threadId: number): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
@@ -100,7 +124,7 @@ export const resolveUnknown = (
     readonly pc: { readonly threadId: number; readonly owner: unknown }
   },
   cause: SessionError.SessionError,
-  committed: () => Effect.Effect<any, any>,
+  committed: (gtid?: string) => Effect.Effect<any, any>,
   unknown: () => SessionError.SessionError
 ): Effect.Effect<any, any> => {
   const key = state.options.key
@@ -115,7 +139,8 @@ export const resolveUnknown = (
       onFailure: () => Effect.fail(unknown()),
       onSuccess: (found) =>
         found === "committed"
-          ? committed()
+          ? // the COMMIT's OK packet (and its GTID) was lost: a position that includes the commit is the token
+            Effect.flatMap(position(engine), committed)
           : Effect.fail(
               new SessionError.ConnectionLost({
                 cause,

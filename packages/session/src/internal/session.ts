@@ -806,7 +806,7 @@ const endSession = <A, E>(
     metrics.commits.unsafeUpdate(1, engine.unitLabels)
     // the commit's causality token flows on in the fiber (before the hooks: they may read what it wrote)
     const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
-    return gtid === undefined ? after : Effect.zipRight(engine.observe(gtid), after)
+    return gtid === undefined ? after : Effect.zipRight(engine.observeCommit(pc, gtid), after)
   }
   if (!state.begun) {
     const gtid = pc.lastGtid
@@ -881,7 +881,7 @@ const endSession = <A, E>(
     return Effect.sync(() => {
       if (command !== undefined && !command.settled) {
         metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
-        engine.pool.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")
+        engine.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")
       }
     })
   })
@@ -1128,7 +1128,12 @@ const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeF
   return {
     readOnly,
     consistency: options.consistency ?? "read-your-writes",
-    token: readOnly ? mergeTokens(fiber.getFiberRef(engine.tokenRef), options.after) : undefined
+    // replicas: only read-only units can run anywhere but the primary; nodes: every unit may land on a node that
+    // has not applied the fiber's commits yet
+    token:
+      readOnly || engine.topology.multiPrimary
+        ? mergeTokens(fiber.getFiberRef(engine.tokenRef), options.after)
+        : undefined
   }
 }
 

@@ -136,7 +136,7 @@ const autocommit = (
                     : []
               // an autocommit write's causality token (engines with replicas or nodes track them)
               const gtid = pc.lastGtid
-              return gtid === undefined ? Effect.succeed(result) : Effect.as(engine.observe(gtid), result)
+              return gtid === undefined ? Effect.succeed(result) : Effect.as(engine.observeCommit(pc, gtid), result)
             }),
             toSqlError
           )

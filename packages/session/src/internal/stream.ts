@@ -159,7 +159,8 @@ class Reader {
     const command = new Command(engine, pc, (err) => this.settled(command, err), false)
     this.inFlight = command
     if (pc.closed || pc.broken) return command.callback(lostError(pc), undefined)
-    if (!engine.stateTracking || maybeUnflagged(this.sql)) pc.dirty = true
+    // the connection's own server (a replica or node of a topology) knows whether it flags state changes
+    if (!command.engine.stateTracking || maybeUnflagged(this.sql)) pc.dirty = true
     if (pc.kills > 0) {
       // a KILL for an earlier statement is still in flight: send this one once it has been answered
       ;(pc.afterKills ??= []).push(() => {

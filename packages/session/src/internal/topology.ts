@@ -79,6 +79,12 @@ export class Member {
     return this.server.options.name
   }
 
+  /** The server has applied `gtid` (its own commit): a unit here after it needs no wait. */
+  noteApplied(gtid: string): void {
+    const p = positions(gtid)
+    if (p !== undefined) this.applied = mergePositions(this.applied, p)
+  }
+
   setHealthy(healthy: boolean, reason: string | undefined): void {
     if (this.healthy !== healthy) {
       const what = healthy
@@ -90,7 +96,8 @@ export class Member {
     this.healthy = healthy
     this.reason = healthy ? undefined : reason
     metrics.serverHealthy.unsafeUpdate(healthy ? 1 : 0, this.server.labels)
-    if (wasHealthy && !healthy && this.server.pool.waiting > 0) {
+    // the primary has nowhere to send its units: its health is reported, its waiters stay
+    if (wasHealthy && !healthy && this.role !== "primary" && this.server.pool.waiting > 0) {
       // units waiting for one of its connections go elsewhere now instead of waiting out acquireTimeout
       this.server.pool.failAllWaiters(
         new SessionError.ConnectionError({
@@ -224,7 +231,9 @@ export class Topology {
         )
       }
       tried.add(node)
-      const token = route.readOnly && route.consistency !== "replica" ? route.token : undefined
+      // every unit waits for the token on a node that may not have it: certification protects the rows a unit
+      // writes, not the ones it only reads (a node's own commits are known to it: no wait there)
+      const token = route.consistency !== "replica" ? route.token : undefined
       const wanted = token === undefined ? undefined : positions(token)
       const needsWait = token !== undefined && !covers(node.applied, wanted)
       return Effect.matchCauseEffect(node.server.borrowHere(restore), {
@@ -478,7 +487,8 @@ const cannotConnect =
   <A, E>(member: Member, otherwise: () => Effect.Effect<A, E>) =>
   (cause: Cause.Cause<SessionError.PoolTimeout | SessionError.ConnectionError>) => {
     const e = Cause.failureOption(cause)
-    if (e._tag === "Some" && e.value._tag === "ConnectionError") {
+    // an engine shutting down refuses new borrowers: that says nothing about the server
+    if (e._tag === "Some" && e.value._tag === "ConnectionError" && !member.server.pool.closing) {
       member.setHealthy(false, `cannot connect: ${e.value.message}`)
       return otherwise()
     }
