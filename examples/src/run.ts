@@ -1,5 +1,5 @@
 /**
- * Runs the examples against a private server: `pnpm --filter @sessionfx/examples examples [readme|drizzle|kysely|opentelemetry]`.
+ * Runs the examples against a private server: `pnpm --filter @sessionfx/examples examples [readme|drizzle|kysely|opentelemetry|replicas]`.
  */
 import { NodeRuntime } from "@effect/platform-node"
 import type * as SqlClient from "@effect/sql/SqlClient"
@@ -14,6 +14,7 @@ import * as Drizzle from "./drizzle.js"
 import * as Kysely from "./kysely.js"
 import * as OpenTelemetry from "./opentelemetry.js"
 import * as Readme from "./readme.js"
+import * as Replicas from "./replicas.js"
 
 const readme = Effect.gen(function* () {
   const server = yield* MysqlServer.MysqlServer
@@ -38,7 +39,7 @@ const opentelemetry = Effect.suspend(() => {
 const examples: Record<
   string,
   Effect.Effect<unknown, unknown, MysqlServer.MysqlServer | Engine.Engine | SqlClient.SqlClient>
-> = { readme, drizzle: Drizzle.program, kysely: Kysely.program, opentelemetry }
+> = { readme, drizzle: Drizzle.program, kysely: Kysely.program, opentelemetry, replicas: Replicas.run }
 
 const selected = process.argv.slice(2)
 const unknown = selected.filter((name) => !(name in examples))
