@@ -3,7 +3,7 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session, SessionError, SessionLive } from "@sessionfx/session"
 import * as EngineModule from "@sessionfx/session/Engine"
-import { MysqlServer } from "@sessionfx/testing"
+import { MysqlCluster, MysqlServer } from "@sessionfx/testing"
 import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
 
@@ -65,4 +65,34 @@ const main = Effect.gen(function* () {
 const EngineLive = MysqlServer.layerEngine({ engine: { pool: { size: 2 } } })
 
 await Effect.runPromise(main.pipe(Effect.provide(EngineLive), Effect.scoped))
+
+// scale-out from the tarball: a primary and a replica (embedded, private), a write, the writer's read on the replica
+const replicated = Effect.gen(function* () {
+  const { primary, replicas } = yield* MysqlCluster.replicated({ replicas: 1 })
+  const read = Effect.gen(function* () {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`CREATE TABLE kv (id INT PRIMARY KEY, v INT NOT NULL)`
+    yield* Session.transact(sql`INSERT INTO kv VALUES (1, 42)`)
+    const token = yield* Session.causalityToken
+    const [row, server] = yield* Session.transact(
+      Effect.all([
+        Effect.map(sql`SELECT v FROM kv WHERE id = 1`, (rows) => rows[0]),
+        Effect.map(Session.Session, (s) => s.server)
+      ]),
+      { readOnly: true }
+    )
+    const servers = yield* EngineModule.servers
+    return {
+      v: row?.v,
+      token: token._tag === "Some" ? token.value : null,
+      readOn: servers.find((s) => s.name === server)?.role
+    }
+  })
+  return yield* Effect.provide(read, Engine.layer({ url: primary.url, replicas: replicas.map((r) => r.url) }))
+})
+const scaled = await Effect.runPromise(Effect.scoped(replicated))
+console.log(JSON.stringify(scaled))
+if (scaled.v !== 42 || scaled.readOn !== "replica" || !/^\d+-\d+-\d+$/.test(String(scaled.token))) {
+  throw new Error(`unexpected scale-out outcome: ${JSON.stringify(scaled)}`)
+}
 console.log(`consumer program: ok (Engine ${typeof Engine.layer}, node ${process.version})`)
