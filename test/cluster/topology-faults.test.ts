@@ -8,6 +8,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session } from "@sessionfx/session"
 import * as FaultProxy from "@sessionfx/testing/FaultProxy"
 import * as MysqlCluster from "@sessionfx/testing/MysqlCluster"
+import * as Cause from "effect/Cause"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -226,6 +227,44 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "180 seconds", e
           `no other server is blamed: ${JSON.stringify(after)}`
         )
       })
+    )
+
+    it.scoped(
+      "a hostile token never becomes SQL: useCausalityToken refuses it as a defect, after as InvalidOption",
+      () =>
+        Effect.gen(function* () {
+          const { primary, replicas } = yield* MysqlCluster.ReplicatedServers
+          const ctx = yield* Layer.build(
+            Engine.layer({ name: "hostile-tokens", url: primary.url, replicas: replicas.map((r) => r.url) })
+          )
+          const sql = yield* Effect.provide(SqlClient.SqlClient, ctx)
+          const read = (options: Session.Options) =>
+            Session.transact(sql`SELECT 1 AS one`, { readOnly: true, ...options }).pipe(Effect.provide(ctx))
+          const hostile = [
+            "0-1-1', 0) AS applied, (SELECT SLEEP(5)) AS x -- ",
+            "0-1-1'); DROP TABLE kv; --",
+            "0-1-1\\' OR 1=1",
+            "",
+            "1-1-1,",
+            "0-1-1 "
+          ]
+          for (const token of hostile) {
+            const used = yield* Effect.exit(
+              Session.useCausalityToken(token as Session.CausalityToken).pipe(Effect.provide(ctx))
+            )
+            assert.isTrue(
+              Exit.isFailure(used) && Cause.isDie(used.cause),
+              `useCausalityToken(${JSON.stringify(token)}) dies`
+            )
+            assert.isTrue(Option.isNone(yield* Effect.provide(Session.causalityToken, ctx)), "nothing was kept")
+            const refused = yield* Effect.flip(read({ after: token as Session.CausalityToken }))
+            assert.strictEqual(refused._tag, "InvalidOption", JSON.stringify(token))
+          }
+          // a well-formed token the replicas will never reach: bound as a value, waited for, then the primary
+          const [took, rows] = yield* Effect.timed(read({ after: "0-1-99999999999" as Session.CausalityToken }))
+          assert.strictEqual(Number(rows[0]?.one), 1)
+          assert.isBelow(Duration.toMillis(took), 5_000)
+        })
     )
   }
 )

@@ -126,7 +126,12 @@ export const causalityToken: Effect.Effect<Option.Option<CausalityToken>, never,
  * @category combinators
  */
 export const useCausalityToken = (token: CausalityToken): Effect.Effect<void, never, Engine.Engine> =>
-  Effect.flatMap(Engine.Engine, (engine) => engineImpl(engine).observe(token))
+  typeof token !== "string" || !TOKEN_PATTERN.test(token)
+    ? // the type says it was decoded (Session.CausalityToken): anything else is a defect, never kept
+      Effect.dieMessage(
+        `Session.useCausalityToken: ${JSON.stringify(token)} is not a causality token; decode what you received with Session.CausalityToken`
+      )
+    : Effect.flatMap(Engine.Engine, (engine) => engineImpl(engine).observe(token))
 
 /**
  * @since 0.1.0

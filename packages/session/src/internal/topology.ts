@@ -14,6 +14,7 @@ import type { Command, EngineImpl } from "./engine.js"
 import type { Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
 import { hardClose, type PooledConn } from "./pool.js"
+import { bindValues } from "./values.js"
 
 /** How a read-only unit reads: see `docs/scale-out.md`. @internal */
 export type Consistency = "read-your-writes" | "replica" | "primary"
@@ -307,19 +308,23 @@ export class Topology {
     const server = member.server
     const timeoutMs = this.options.readYourWritesTimeoutMs
     // the token matched TOKEN_PATTERN (digits, dashes, commas, hex, colons): safe as a literal
-    const seconds =
-      fn === "MASTER_GTID_WAIT" ? (timeoutMs / 1000).toFixed(3) : String(Math.max(1, Math.ceil(timeoutMs / 1000)))
-    // POSITION: no wait, only whether the node has applied it already
-    const sql =
-      fn === "POSITION" ? "SELECT @@gtid_binlog_pos AS applied" : `SELECT ${fn}('${token}', ${seconds}) AS applied`
+    // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
+    const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
+    // POSITION: no wait, only whether the node has applied it already. The token is a bound value, never SQL text
+    const sql = fn === "POSITION" ? "SELECT @@gtid_binlog_pos AS applied" : `SELECT ${fn}(?, ?) AS applied`
+    const values = fn === "POSITION" ? undefined : bindValues([token, seconds])
+    if (values instanceof SessionError.BindError) {
+      server.release(pc, false)
+      return Effect.die(values)
+    }
     const started = Date.now()
     let command: Command | undefined
     const wait = Effect.async<boolean | undefined>((resume) => {
       command = server.startCommand(
         pc,
-        "query",
+        values === undefined ? "query" : "execute",
         sql,
-        undefined,
+        values,
         false,
         (err, rows) => {
           if (err !== undefined) {
