@@ -382,7 +382,7 @@ export const make = (
       attrs.splice(-2, 2, ["db.system", flavor], ["db.system.name", flavor])
     }
     if (topology) {
-      const members = servers.map((server, i) => new Member(server, roleOf(i), i))
+      const members = servers.map((server, i) => new Member(server, roleOf(i)))
       impl.topology = new Topology(impl, members, checked)
       versions.forEach((v, i) => {
         if (v === undefined) members[i]!.setHealthy(false, "not answering at start-up")

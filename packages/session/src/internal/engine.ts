@@ -303,15 +303,10 @@ export class EngineImpl {
       prepare: (pc, cb) => this.prepareConnection(pc, cb),
       // a replica or node whose connection the server or the network closed is taken out at once; its health
       // check brings it back
-      onLost: (err) => {
-        const member = this.member
-        if (member !== undefined && member.role !== "primary") {
-          member.setHealthy(
-            false,
-            `a connection was lost${err instanceof Error ? `: ${err.message}` : " (closed by the server or the network)"}`
-          )
-        }
-      }
+      onLost: (err) =>
+        this.member?.takeOut(
+          `a connection was lost${err instanceof Error ? `: ${err.message}` : " (closed by the server or the network)"}`
+        )
     })
     this.gauges = [metrics.poolSize, metrics.poolInUse, metrics.poolIdle, metrics.poolWaiting]
     this.gaugeTimer = setInterval(() => {
@@ -681,10 +676,7 @@ export class EngineImpl {
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
         // a replica or node that stops answering is taken out at once (a black-holed link closes nothing)
-        const member = this.member
-        if (member !== undefined && member.role !== "primary") {
-          member.setHealthy(false, `a statement got no answer within ${deadlineMs} ms`)
-        }
+        this.member?.takeOut(`a statement got no answer within ${deadlineMs} ms`)
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }
@@ -771,7 +763,24 @@ export class EngineImpl {
     interruptible = true
   ): Effect.Effect<unknown, SessionError.SessionError> {
     const owner = ownerOf(this, pc)
-    if (owner !== this) return owner.run(pc, method, sql, values, rowsAsArray, interruptible)
+    const run = owner.runHere(pc, method, sql, values, rowsAsArray, interruptible)
+    if (this.topology === undefined) return run
+    // an autocommit write yields a causality token (engines with replicas or nodes track them)
+    return Effect.suspend(() => {
+      pc.lastGtid = undefined
+      return Effect.tap(run, () => this.observeCommit(pc, pc.lastGtid))
+    })
+  }
+
+  /** `run` on this server, the connection's owner. */
+  private runHere(
+    pc: PooledConn,
+    method: "query" | "execute",
+    sql: string,
+    values: ReadonlyArray<unknown> | undefined,
+    rowsAsArray: boolean,
+    interruptible: boolean
+  ): Effect.Effect<unknown, SessionError.SessionError> {
     return Effect.async<unknown, SessionError.SessionError>((resume) => {
       const bound = values === undefined ? undefined : bindValues(values)
       if (bound instanceof SessionError.BindError) return resume(Effect.fail(bound))
@@ -918,15 +927,12 @@ export class Command {
     if (err) {
       if (SessionError.isFatal(err)) {
         // lost under a command, not closed by the pool (a deadline, an interruption): a replica or node of a
-        // topology is taken out at once; its health check brings it back
-        const member = this.engine.member
-        if (!pc.closed && member !== undefined && member.role !== "primary") {
-          member.setHealthy(false, `a connection was lost: ${String(err.message ?? err.code ?? err)}`)
-        }
+        // topology is taken out at once
+        if (!pc.closed) this.engine.member?.takeOut(`a connection was lost: ${String(err.message ?? err.code ?? err)}`)
         pc.broken = true
-      } else if (err.errno === 1047 && this.engine.member !== undefined && /wsrep/i.test(String(err.message))) {
-        // a Galera node out of the primary component: take it out now, its health check brings it back
-        this.engine.member.setHealthy(false, `refused a statement: ${err.message}`)
+      } else if (err.errno === 1047 && /wsrep/i.test(String(err.message))) {
+        // a Galera node out of the primary component
+        this.engine.member?.takeOut(`refused a statement: ${err.message}`)
       }
     } else {
       this.succeeded = true
@@ -1102,14 +1108,7 @@ export class DirectConnection extends BaseConnection {
     super(engine)
   }
   runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
-    const run = Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
-    if (this.engine.topology === undefined) return run
-    // an autocommit write's causality token (what the fast path in statement.ts does too)
-    const pc = this.pc
-    return Effect.suspend(() => {
-      pc.lastGtid = undefined
-      return Effect.tap(run, () => this.engine.observeCommit(pc, pc.lastGtid))
-    })
+    return Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
   }
 
   /** Rows as the server sends them, on this connection (see `stream.ts`). */

@@ -802,7 +802,7 @@ const endSession = <A, E>(
   if (root.poisoned !== undefined) return rollback("interrupted", Effect.fail(root.poisoned))
   if (state.rollbackOnly) return rollback("rollbackOnly", outcome)
 
-  const committed = (gtid: string | undefined = pc.lastGtid): Effect.Effect<any, any> => {
+  const committed = (gtid: string | undefined): Effect.Effect<any, any> => {
     metrics.commits.unsafeUpdate(1, engine.unitLabels)
     // the commit's causality token flows on in the fiber (before the hooks: they may read what it wrote)
     const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)

@@ -121,29 +121,21 @@ const autocommit = (
   transform: Transform
 ): Effect.Effect<any, SqlError> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) => {
-      pc.lastGtid = undefined
-      return Effect.ensuring(
+    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
+      Effect.ensuring(
         restore(
           Effect.mapError(
-            Effect.flatMap(engine.run(pc, method, sql, params, rowsAsArray), (rows) => {
-              const result = raw
-                ? rows
-                : transform
-                  ? transform(Array.isArray(rows) ? rows : [])
-                  : Array.isArray(rows)
-                    ? rows
-                    : []
-              // an autocommit write's causality token (engines with replicas or nodes track them)
-              const gtid = pc.lastGtid
-              return gtid === undefined ? Effect.succeed(result) : Effect.as(engine.observeCommit(pc, gtid), result)
+            Effect.map(engine.run(pc, method, sql, params, rowsAsArray), (rows) => {
+              if (raw) return rows
+              const list = Array.isArray(rows) ? rows : []
+              return transform ? transform(list) : list
             }),
             toSqlError
           )
         ),
         Effect.sync(() => engine.release(pc, false))
       )
-    })
+    )
   )
 
 /**

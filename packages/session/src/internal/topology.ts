@@ -72,8 +72,7 @@ export class Member {
   probing = false
   constructor(
     readonly server: EngineImpl,
-    readonly role: "primary" | "replica" | "node",
-    readonly index: number
+    readonly role: "primary" | "replica" | "node"
   ) {}
 
   get name(): string {
@@ -86,19 +85,29 @@ export class Member {
     if (p !== undefined) this.applied = mergePositions(this.applied, p)
   }
 
+  /**
+   * Takes a replica or node out of rotation at once (a lost connection, a statement past its deadline, a WSREP
+   * refusal); its health check brings it back. The primary has nowhere else to send its units: it stays.
+   */
+  takeOut(reason: string): void {
+    if (this.role !== "primary") this.setHealthy(false, reason)
+  }
+
   setHealthy(healthy: boolean, reason: string | undefined): void {
-    if (this.healthy !== healthy) {
-      const what = healthy
-        ? `sessionfx: ${this.role} ${this.name} is back in rotation`
-        : `sessionfx: ${this.role} ${this.name} taken out of rotation: ${reason}`
-      this.server.log(healthy ? "Info" : "Warning", what)
+    const changed = this.healthy !== healthy
+    if (changed) {
+      this.server.log(
+        healthy ? "Info" : "Warning",
+        healthy
+          ? `sessionfx: ${this.role} ${this.name} is back in rotation`
+          : `sessionfx: ${this.role} ${this.name} taken out of rotation: ${reason}`
+      )
     }
-    const wasHealthy = this.healthy
     this.healthy = healthy
     this.reason = healthy ? undefined : reason
     metrics.serverHealthy.unsafeUpdate(healthy ? 1 : 0, this.server.labels)
     // the primary has nowhere to send its units: its health is reported, its waiters stay
-    if (wasHealthy && !healthy && this.role !== "primary" && this.server.pool.waiting > 0) {
+    if (changed && !healthy && this.role !== "primary" && this.server.pool.waiting > 0) {
       // units waiting for one of its connections go elsewhere now instead of waiting out acquireTimeout
       this.server.pool.failAllWaiters(
         new SessionError.ConnectionError({
@@ -204,11 +213,17 @@ export class Topology {
     })
   }
 
-  /** Multi-primary: a healthy node (the least busy, or the first in order); read-only units wait for the token. */
+  /**
+   * Multi-primary: a healthy node (the least busy, or the first in order). Every unit waits for the fiber's token on
+   * a node that may not have it: certification protects the rows a unit writes, not the ones it only reads (a node's
+   * own commits are known to it: no wait there).
+   */
   private borrowNode(
     restore: Restore,
     route: Route
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    const token = route.consistency !== "replica" ? route.token : undefined
+    const wanted = token === undefined ? undefined : positions(token)
     const tried = new Set<Member>()
     /** The node waited on timed out: the others are asked whether they have the token already, without waiting. */
     let timedOut: Member | undefined
@@ -232,10 +247,6 @@ export class Topology {
         )
       }
       tried.add(node)
-      // every unit waits for the token on a node that may not have it: certification protects the rows a unit
-      // writes, not the ones it only reads (a node's own commits are known to it: no wait there)
-      const token = route.consistency !== "replica" ? route.token : undefined
-      const wanted = token === undefined ? undefined : positions(token)
       const needsWait = token !== undefined && !covers(node.applied, wanted)
       return Effect.matchCauseEffect(node.server.borrowHere(restore), {
         onFailure: cannotConnect(node, attempt),
@@ -494,7 +505,7 @@ const cannotConnect =
     const e = Cause.failureOption(cause)
     // an engine shutting down refuses new borrowers: that says nothing about the server
     if (e._tag === "Some" && e.value._tag === "ConnectionError" && !member.server.pool.closing) {
-      member.setHealthy(false, `cannot connect: ${e.value.message}`)
+      member.takeOut(`cannot connect: ${e.value.message}`)
       return otherwise()
     }
     return Effect.failCause(cause)
