@@ -4,6 +4,7 @@ export default defineProject({
   test: {
     name: "session",
     include: ["test/**/*.test.ts"],
+    exclude: ["test/unit/**"],
     testTimeout: 60_000,
     hookTimeout: 120_000
   }

@@ -14,13 +14,14 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type * as Mysql from "mysql2"
 import * as SessionError from "./SessionError.js"
 import { EngineImpl, type Isolation, sessionErrorsAsSqlError } from "./internal/engine.js"
-import { makeCompiler } from "./internal/compiler.js"
+import { makeCompiler } from "./internal/driver/mysql/compiler.js"
 import * as Options from "./internal/options.js"
 import { makeClient } from "./internal/statement.js"
-import { describeCause, hardClose } from "./internal/pool.js"
+import { describeCause } from "./internal/pool.js"
+import { MysqlServer, type SslOptions } from "./internal/driver/mysql/server.js"
+import type { RawConnection } from "./internal/driver/types.js"
 import * as internalSession from "./internal/session.js"
 import { Member, type ServerStatus as InternalServerStatus, Topology } from "./internal/topology.js"
 
@@ -128,7 +129,7 @@ export interface EngineOptions {
   readonly lockWaitTimeout?: Duration.DurationInput | undefined
   /** Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL). */
   readonly statementTimeout?: Duration.DurationInput | undefined
-  readonly ssl?: string | Mysql.SslOptions | undefined
+  readonly ssl?: string | SslOptions | undefined
   readonly spanAttributes?: Record<string, unknown> | undefined
   /**
    * Record each statement's SQL text as `db.query.text` on its span (default false). The text holds placeholders,
@@ -191,7 +192,7 @@ interface Target {
   readonly user: string | undefined
   readonly password: Redacted.Redacted | undefined
   readonly socketPath: string | undefined
-  readonly ssl: string | Mysql.SslOptions | undefined
+  readonly ssl: string | SslOptions | undefined
 }
 
 const parseTarget = (
@@ -223,7 +224,7 @@ const parseTarget = (
       }
       const port = url.port === "" ? 3306 : Number(url.port)
       const sslParam = url.searchParams.get("ssl")
-      const ssl: string | Mysql.SslOptions | undefined =
+      const ssl: string | SslOptions | undefined =
         options.ssl ?? (sslParam === null || sslParam === "false" ? undefined : sslParam === "true" ? {} : sslParam)
       return Effect.succeed<Target>({
         ambiguousUserinfo,
@@ -288,6 +289,8 @@ export const make = (
       })
     }
     const topology = urls.length > 1 || replicaUrls.length > 0
+    /** The servers beside the first, once they are known to be MariaDB. */
+    let router: Topology | undefined
     const targets = yield* Effect.forEach([...urls, ...replicaUrls], (url) =>
       parseTarget({ ...options, url }, checked.port)
     )
@@ -301,12 +304,16 @@ export const make = (
     const roleOf = (i: number): "primary" | "replica" | "node" =>
       urls.length > 1 ? "node" : i === 0 ? "primary" : "replica"
     const servers = targets.map((target, i) => {
-      const impl = new EngineImpl({
+      const driver = new MysqlServer({
+        target: connectionOf(target, checked.connectTimeoutMs),
+        trackCommits: topology,
+        onCommitTrackingRefused: (message) => impl.log("Warning", `sessionfx: ${describeTarget(target)} ${message}`)
+      })
+      const impl: EngineImpl = new EngineImpl({
         name: topology ? nameOf(target) : engineName,
         engineName: topology ? engineName : undefined,
         role: roleOf(i),
-        trackCommits: topology,
-        connection: connectionOf(target, checked.connectTimeoutMs),
+        driver,
         describe: describeTarget(target),
         pool: checked.pool,
         killGraceMs: checked.killGraceMs,
@@ -349,7 +356,7 @@ export const make = (
             server.stopTimers()
           }),
         { concurrency: "unbounded", discard: true }
-      ).pipe(Effect.ensuring(Effect.sync(() => impl.topology?.close())))
+      ).pipe(Effect.ensuring(Effect.sync(() => router?.close())))
     )
     // the first server must answer; a replica or another node that does not starts out of rotation
     const versions = yield* Effect.forEach(
@@ -376,20 +383,20 @@ export const make = (
       })
     }
     for (const server of servers) {
-      server.version = version
-      server.flavor = flavor
+      server.options.driver.setVersion(version)
       const attrs = server.options.spanAttributes as Array<readonly [string, unknown]>
       attrs.splice(-2, 2, ["db.system", flavor], ["db.system.name", flavor])
     }
     if (topology) {
       const members = servers.map((server, i) => new Member(server, roleOf(i)))
-      impl.topology = new Topology(impl, members, checked)
+      router = new Topology(impl, members, checked)
+      impl.topology = router
       versions.forEach((v, i) => {
         if (v === undefined) members[i]!.setHealthy(false, "not answering at start-up")
       })
     }
     for (const server of servers) server.start()
-    impl.topology?.start()
+    router?.start()
 
     const sql = makeClient(
       impl,
@@ -410,8 +417,8 @@ export const make = (
       }),
       servers: Effect.sync(() => {
         for (const server of servers) server.refreshGauges()
-        return impl.topology !== undefined
-          ? impl.topology.status()
+        return router !== undefined
+          ? router.status()
           : [
               {
                 name: engineName,
@@ -431,18 +438,15 @@ export const make = (
 const nameOf = (t: Target) =>
   t.socketPath ? `${t.socketPath}/${t.database ?? ""}` : `${t.host}:${t.port}/${t.database ?? ""}`
 
-const connectionOf = (target: Target, connectTimeoutMs: number): Mysql.ConnectionOptions => ({
+const connectionOf = (target: Target, connectTimeoutMs: number) => ({
   host: target.host,
   port: target.port,
-  ...(target.socketPath ? { socketPath: target.socketPath } : {}),
-  ...(target.database ? { database: target.database } : {}),
-  ...(target.user ? { user: target.user } : {}),
-  ...(target.password ? { password: Redacted.value(target.password) } : {}),
-  ...(target.ssl !== undefined ? { ssl: target.ssl } : {}),
-  connectTimeout: connectTimeoutMs,
-  multipleStatements: true,
-  supportBigNumbers: true,
-  enableKeepAlive: true
+  database: target.database,
+  user: target.user,
+  password: target.password === undefined ? undefined : Redacted.value(target.password),
+  socketPath: target.socketPath,
+  ssl: target.ssl,
+  connectTimeoutMs
 })
 
 /** OpenTelemetry database conventions; db.system follows the server's flavor once it has answered. */
@@ -468,11 +472,11 @@ const serverVersion = (
       message: `cannot connect to ${describe}: ${describeCause(cause)}${target.ambiguousUserinfo ? encodeHint : ""}`
     })
   return Effect.async<string, SessionError.ConnectionError>((resume) => {
-    let conn: Mysql.Connection | undefined
+    let conn: RawConnection | undefined
     let settled = false
     impl.pool.connect((err, c) => {
       if (settled) {
-        if (c) hardClose(c)
+        if (c) c.destroy()
         return
       }
       if (err || !c) {
@@ -480,17 +484,17 @@ const serverVersion = (
         return resume(Effect.fail(fail(err)))
       }
       conn = c
-      c.query("SELECT VERSION() AS v", (e, rows: any) => {
-        hardClose(c)
+      impl.options.driver.readVersion(c, (e, version) => {
+        c.destroy()
         if (settled) return
         settled = true
         if (e) resume(Effect.fail(fail(e)))
-        else resume(Effect.succeed(String(rows?.[0]?.v ?? "")))
+        else resume(Effect.succeed(version ?? ""))
       })
     })
     return Effect.sync(() => {
       settled = true
-      if (conn) hardClose(conn)
+      if (conn) conn.destroy()
     })
   }).pipe(
     Effect.timeoutFail({

@@ -19,7 +19,7 @@ import * as Engine from "./Engine.js"
 import type * as SessionError from "./SessionError.js"
 import * as keys from "./internal/keys.js"
 import * as internal from "./internal/session.js"
-import { TOKEN_PATTERN } from "./internal/topology.js"
+import { TOKEN_PATTERN } from "./internal/tokens.js"
 
 /**
  * @since 0.1.0
@@ -283,4 +283,4 @@ export const createKeyTable: Effect.Effect<void, SessionError.SessionError, Engi
  * @since 0.2.0
  * @category keyed units
  */
-export const keyTableDdl: string = keys.DDL
+export const keyTableDdl: string = keys.sql.create

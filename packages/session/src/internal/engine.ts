@@ -10,23 +10,37 @@ import type * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Runtime from "effect/Runtime"
 import * as Stream from "effect/Stream"
-import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
 import type { Restore } from "./lock.js"
-import {
-  ConnPool,
-  type DestroyReason,
-  hardClose,
-  type Lease,
-  type PooledConn,
-  type PreparedStatement,
-  type Settings
-} from "./pool.js"
-import { directStream } from "./stream.js"
-import { bindValues, splitStatements } from "./values.js"
+import { ConnPool, type DestroyReason, type Lease, type PooledConn, type Settings } from "./pool.js"
+import type { Reply } from "./driver/types.js"
+import { isFatal, isNodeNotReady, isNoSuchThread } from "./driver/mysql/errors.js"
+import type { ServerDriver } from "./driver/types.js"
+import { bindValues, splitStatements } from "./driver/mysql/values.js"
+import { SideConnections } from "./side.js"
 import { unitSites } from "./sites.js"
-import { type Member, type Route, type Topology, WRITE } from "./topology.js"
+import { mergeTokens, type Route, WRITE } from "./tokens.js"
+
+/**
+ * What a server of a topology is told (see `topology.ts`, which implements it): a lost connection or a silent
+ * statement takes it out; its own commits are known to it.
+ *
+ * @internal
+ */
+export interface MemberHooks {
+  takeOut(reason: string): void
+  noteApplied(gtid: string): void
+}
+
+/** Where a topology sends a unit (see `topology.ts`). @internal */
+export interface Router {
+  readonly multiPrimary: boolean
+  borrow(
+    restore: Restore,
+    route: Route
+  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
+}
 
 /** @internal */
 export type Isolation = "READ UNCOMMITTED" | "READ COMMITTED" | "REPEATABLE READ" | "SERIALIZABLE"
@@ -39,107 +53,6 @@ export interface SessionDefaults {
 }
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
-
-/**
- * Statements whose effect on the session the server does not flag (measured on MariaDB 10.11: named locks, table
- * locks, `CREATE TEMPORARY TABLE … SELECT`, `SET TRANSACTION …` for the next transaction; result sets carry no
- * state-change flag, so user variables assigned in a SELECT; and whatever a stored procedure does). A connection that ran one is reset before reuse. Where the server does speak (SET, temporary
- * tables, USE, PREPARE, …), its status flag decides, whatever the text looks like.
- */
-const UNFLAGGED =
-  /(?<!@)@(?!@)|\bget_lock\b|\block\s+tables?\b|\block\s+instance\b|\bcall\b|\bhandler\b|\bxa\b|\btemporary\b|\btransaction\s+(?:isolation|read)\b/i
-
-const unflaggedCache = new Map<string, boolean>()
-
-/** Whether a statement may change session state without the server saying so; cached per SQL text. @internal */
-export const maybeUnflagged = (sql: string): boolean => {
-  let v = unflaggedCache.get(sql)
-  if (v === undefined) {
-    v = UNFLAGGED.test(sql)
-    if (unflaggedCache.size > 10_000) unflaggedCache.clear()
-    unflaggedCache.set(sql, v)
-  }
-  return v
-}
-
-/** SERVER_STATUS_IN_TRANS */
-const IN_TRANS = 0x1
-/** SERVER_SESSION_STATE_CHANGED */
-const STATE_CHANGED = 0x4000
-
-/** Where `trackEofStatus` records the status flags of the last EOF packet on a connection. @internal */
-export const STATUS = Symbol.for("@sessionfx/session/eofStatus")
-const PATCHED = Symbol.for("@sessionfx/session/eofStatusPatched")
-
-/**
- * mysql2 hands the status flags of an OK packet to the caller (`serverStatus`) but drops those of the EOF packet that
- * ends a result set. This records them on the connection, from the command's own prototype (Query, Execute): the
- * original parser runs unchanged.
- *
- * @internal
- */
-export const trackEofStatus = (command: unknown): void => {
-  const proto = command !== null && typeof command === "object" ? Object.getPrototypeOf(command) : undefined
-  if (proto === undefined || proto === null || proto[PATCHED] === true || typeof proto.row !== "function") return
-  const row = proto.row as (packet: any, connection: any) => unknown
-  proto.row = function (this: unknown, packet: any, connection: any) {
-    if (connection !== undefined && packet.isEOF()) connection[STATUS] = packet.eofStatusFlags()
-    return row.call(this, packet, connection)
-  }
-  proto[PATCHED] = true
-}
-
-/** The status flags that ended a command: its OK packet, the last OK packet of a multi-result, or the EOF packet. */
-const statusOf = (conn: Mysql.Connection, rows: unknown): number | undefined => {
-  if (rows !== null && typeof rows === "object") {
-    if (Array.isArray(rows)) {
-      const last = rows[rows.length - 1] as { serverStatus?: unknown } | undefined
-      if (last !== undefined && last !== null && typeof last.serverStatus === "number") return last.serverStatus
-    } else if (typeof (rows as { serverStatus?: unknown }).serverStatus === "number") {
-      return (rows as { serverStatus: number }).serverStatus
-    }
-  }
-  return (conn as any)[STATUS]
-}
-
-/** The result header (OK packet) a command ended with: the last one of a multi-result. */
-const headerOf = (rows: unknown): { readonly stateChanges?: StateChanges } | undefined => {
-  if (rows === null || typeof rows !== "object") return undefined
-  if (Array.isArray(rows)) {
-    const last = rows[rows.length - 1] as unknown
-    return last !== null && typeof last === "object" && !Array.isArray(last) ? (last as any) : undefined
-  }
-  return rows as any
-}
-
-/** What mysql2 parses from an OK packet's session-state information. */
-interface StateChanges {
-  readonly systemVariables?: Record<string, string> | undefined
-  readonly schema?: string | null | undefined
-  readonly gtids?: ReadonlyArray<string> | undefined
-  readonly trackStateChange?: string | null | undefined
-}
-
-/** The commit's GTID in an OK packet: MariaDB `last_gtid`, MySQL `session_track_gtids = OWN_GTID`. @internal */
-export const gtidOf = (changes: StateChanges | undefined): string | undefined => {
-  if (changes === undefined) return undefined
-  const last = changes.systemVariables?.last_gtid
-  if (typeof last === "string" && last !== "") return last
-  const gtids = changes.gtids
-  return gtids !== undefined && gtids.length > 0 ? gtids.join(",") : undefined
-}
-
-/**
- * Whether the only session state an OK packet reports is the commit's GTID: the server sets
- * SERVER_SESSION_STATE_CHANGED for it too, but it is not a change a reset would undo.
- */
-const onlyGtid = (changes: StateChanges): boolean => {
-  if (changes.trackStateChange !== null && changes.trackStateChange !== undefined) return false
-  if (changes.schema !== null && changes.schema !== undefined) return false
-  const vars = changes.systemVariables
-  if (vars !== undefined) for (const k in vars) if (k !== "last_gtid") return false
-  return true
-}
 
 /** What a statement wants of the per-unit settings; `undefined` fields mean the server's value. @internal */
 export interface Want {
@@ -158,9 +71,8 @@ export interface EngineImplOptions {
   readonly engineName?: string | undefined
   /** Its place in the topology (default `primary`). */
   readonly role?: "primary" | "replica" | "node" | undefined
-  /** Ask the server to report each commit's GTID in its OK packet (causality tokens). */
-  readonly trackCommits?: boolean | undefined
-  readonly connection: Mysql.ConnectionOptions
+  /** The server, as its driver knows it: connections, dialect, settings. */
+  readonly driver: ServerDriver
   readonly describe: string
   readonly pool: {
     readonly size: number
@@ -183,12 +95,6 @@ export interface EngineImplOptions {
   /** Record the SQL text on statement spans (`db.query.text`). */
   readonly queryTextInSpans?: boolean | undefined
 }
-
-/** The isolation level as `@@tx_isolation` spells it (`REPEATABLE-READ`) in the `SET TRANSACTION` form. */
-const isolationName = (v: unknown): string =>
-  String(v ?? "")
-    .replace(/-/g, " ")
-    .toUpperCase()
 
 /** Bound on control statements (SET, BEGIN, SAVEPOINT, RELEASE, ROLLBACK, a reset, a ping). */
 const controlTimeout = (killGraceMs: number) => Math.max(5_000, killGraceMs)
@@ -215,22 +121,11 @@ export class EngineImpl {
     undefined
   )
   readonly pool: ConnPool
-  flavor: "mariadb" | "mysql" = "mysql"
-  version = ""
-  /** The server's values of the per-unit settings, read from the first connection. */
-  baseline: Settings | undefined = undefined
-  /** Whether the server flags session state changes (`session_track_state_change`). */
-  stateTracking = true
-  /** The `sql_mode` of a fresh connection of this engine, read from the first one. */
-  sqlMode: string | undefined = undefined
+  /** The control connection (KILL) and the probe connection (health checks). */
+  readonly side: SideConnections
   /** Stable label arrays: Effect caches a metric's hook by the identity of its extra-tags array. */
   private readonly labelCache = new Map<string, ReadonlyArray<MetricLabel.MetricLabel>>()
   readonly labels: ReadonlyArray<MetricLabel.MetricLabel>
-  private readonly killers = new Set<Mysql.Connection>()
-  /** A connection kept open for KILL QUERY: it works when the server is at `max_connections`. */
-  private control: Mysql.Connection | undefined = undefined
-  private controlOpening = false
-  private closed = false
   private gaugeTimer: ReturnType<typeof setInterval>
   private readonly gauges: ReadonlyArray<Metric.Metric.Gauge<number>>
   /** Units of work in progress, watched for `longUnitThreshold`. */
@@ -242,11 +137,9 @@ export class EngineImpl {
   /** The engine's client: follows the fiber's current session of this engine, else autocommit. */
   client!: import("@effect/sql/SqlClient").SqlClient
   /** Replicas or nodes beside this server (this one is the engine's identity: its tags, client, units). */
-  topology: Topology | undefined = undefined
-  /** The server refused `last_gtid` tracking: its commits yield no tokens. */
-  commitTrackingRefused = false
+  topology: Router | undefined = undefined
   /** This server's place in its engine's topology, if it has one. */
-  member: Member | undefined = undefined
+  member: MemberHooks | undefined = undefined
   /** Where the engine was built: its logger and services, for messages from callbacks. */
   runtime: Runtime.Runtime<never> | undefined = undefined
 
@@ -288,11 +181,11 @@ export class EngineImpl {
     this.longUnitThresholdMs = options.longUnitThresholdMs ?? 60_000
     if (options.longUnitThresholdMs !== undefined && options.longUnitThresholdMs > 0) unitSites.capture = true
     const labels = this.labels
+    this.side = new SideConnections(options.driver.connect, this.controlTimeoutMs)
     this.pool = new ConnPool({
       ...options.pool,
       lifetimeJitter: 0.1,
-      // values are bound through the binary protocol, never formatted into text: one statement per command
-      connection: { ...options.connection, multipleStatements: false },
+      connect: options.driver.connect,
       describe: options.describe,
       controlTimeoutMs: this.controlTimeoutMs,
       onCreated: () => metrics.created.unsafeUpdate(1, labels),
@@ -324,102 +217,35 @@ export class EngineImpl {
   /** Fills the pool and opens the control connection; call once the server's flavor is known. */
   start(): void {
     this.pool.fill()
-    this.openControl()
+    this.side.warm("control")
   }
 
-  /**
-   * Every new connection, and every connection after a reset: ask the server to flag session state changes, and
-   * learn the server's values of the per-unit settings (once per engine).
-   */
+  /** Every new connection, and every connection after a reset: the driver prepares it (see `MysqlServer.prepare`). */
   private prepareConnection(pc: PooledConn, cb: (err: unknown) => void): void {
-    const conn = pc.conn
     pc.owner = this
     pc.lastGtid = undefined
-    const withBaseline = () => {
-      if (this.baseline !== undefined) {
-        pc.settings = this.baseline
-        return cb(null)
-      }
-      const sql =
-        this.flavor === "mariadb"
-          ? "SELECT @@innodb_lock_wait_timeout AS lw, @@max_statement_time AS st, @@tx_isolation AS iso, @@session.sql_mode AS mode"
-          : "SELECT @@innodb_lock_wait_timeout AS lw, @@max_execution_time AS st, @@transaction_isolation AS iso, @@session.sql_mode AS mode"
-      conn.query(sql, (err, rows: any) => {
-        if (err) return cb(err)
-        const r = rows?.[0] ?? {}
-        this.sqlMode ??= typeof r.mode === "string" ? r.mode : undefined
-        this.baseline ??= {
-          lockWait: Number(r.lw),
-          statementTime: Number(r.st),
-          isolation: isolationName(r.iso)
-        }
-        pc.settings = this.baseline
-        cb(null)
-      })
-    }
-    // a reset keeps the current database (MariaDB 10.11): go back to the one the connection was opened with
-    const database = this.options.connection.database
-    const withSchema = () =>
-      this.baseline === undefined || database === undefined
-        ? withBaseline()
-        : void conn.query(`USE \`${database.replace(/`/g, "``")}\``, (err) => (err ? cb(err) : withBaseline()))
-    // a reset leaves the server's sql_mode, not the one the handshake set (IGNORE_SPACE): put it back
-    const extra =
-      (this.sqlMode === undefined ? "" : `, SESSION sql_mode = '${this.sqlMode.replace(/'/g, "''")}'`) +
-      (this.options.trackCommits !== true || this.commitTrackingRefused
-        ? ""
-        : this.flavor === "mariadb"
-          ? // a reset puts the list back to the global default: ask again every time
-            ", SESSION session_track_system_variables = CONCAT(@@global.session_track_system_variables, ',last_gtid')"
-          : ", SESSION session_track_gtids = OWN_GTID")
-    if (!this.stateTracking) {
-      if (extra === "") return withSchema()
-      conn.query(`SET ${extra.slice(2)}`, (err) => (err ? cb(err) : withSchema()))
-      return
-    }
-    conn.query(`SET SESSION session_track_state_change = ON${extra}`, (err) => {
-      if (err) {
-        if (SessionError.isFatal(err)) return cb(err)
-        if (this.options.trackCommits === true && !this.commitTrackingRefused) {
-          // the server (or a proxy) refuses GTID tracking: no causality tokens from it, the rest as usual
-          this.commitTrackingRefused = true
-          this.log(
-            "Warning",
-            `sessionfx: ${this.options.describe} refused commit GTID tracking (${(err as Error).message}): its commits yield no causality tokens, so read-only units do not wait for them`
-          )
-          return this.prepareConnection(pc, cb)
-        }
-        // a server without session tracking: every connection a user statement touched is reset on return
-        this.stateTracking = false
-      }
-      withSchema()
+    this.options.driver.prepare(pc.conn, (err, settings) => {
+      if (settings !== undefined) pc.settings = settings
+      cb(err)
     })
+  }
+
+  /** The server's values of the per-unit settings (known once a connection has been prepared). */
+  get baseline(): Settings | undefined {
+    return this.options.driver.baseline
   }
 
   /** The `SET` that gives `pc` the settings `want` asks for, or `undefined` when it already has them. */
   settingsSql(pc: PooledConn, want: Want): { readonly sql: string; readonly settings: Settings } | undefined {
-    const owner = ownerOf(this, pc)
-    if (owner !== this) return owner.settingsSql(pc, want)
-    const base = this.baseline
+    const base = ownerOf(this, pc).baseline
     if (base === undefined) return undefined
-    const cur = pc.settings
-    const lockWait = want.lockWait ?? base.lockWait
-    const statementTime = want.statementTime ?? base.statementTime
-    const isolation = want.isolation ?? base.isolation
-    if (lockWait === cur.lockWait && statementTime === cur.statementTime && isolation === cur.isolation)
-      return undefined
-    const parts: Array<string> = []
-    if (lockWait !== cur.lockWait) parts.push(`innodb_lock_wait_timeout = ${lockWait}`)
-    if (statementTime !== cur.statementTime) {
-      parts.push(
-        this.flavor === "mariadb" ? `max_statement_time = ${statementTime}` : `max_execution_time = ${statementTime}`
-      )
+    const settings: Settings = {
+      lockWait: want.lockWait ?? base.lockWait,
+      statementTime: want.statementTime ?? base.statementTime,
+      isolation: want.isolation ?? base.isolation
     }
-    if (isolation !== cur.isolation) {
-      const name = this.flavor === "mariadb" ? "tx_isolation" : "transaction_isolation"
-      parts.push(`${name} = '${isolation.replace(/ /g, "-")}'`)
-    }
-    return { sql: `SET SESSION ${parts.join(", ")}`, settings: { lockWait, statementTime, isolation } }
+    const sql = this.options.driver.dialect.settingsSql(pc.settings, settings)
+    return sql === undefined ? undefined : { sql, settings }
   }
 
   /** The engine's label alone, for what belongs to units rather than to a server (commits, rollbacks, routing). */
@@ -515,24 +341,6 @@ export class EngineImpl {
     ownerOf(this, pc).pool.destroy(pc, reason, why)
   }
 
-  private openControl(): void {
-    if (this.closed || this.control !== undefined || this.controlOpening) return
-    this.controlOpening = true
-    this.pool.connect((err, conn) => {
-      this.controlOpening = false
-      if (err || !conn) return
-      if (this.closed) return hardClose(conn)
-      this.control = conn
-      const gone = () => {
-        if (this.control === conn) this.control = undefined
-        hardClose(conn)
-      }
-      conn.removeAllListeners("error")
-      conn.on("error", gone)
-      conn.on("end", gone)
-    })
-  }
-
   /**
    * Sends `KILL QUERY` for a pooled connection: on the engine's control connection (open from the start, so it works
    * at `max_connections`), else on a fresh one. While it is in flight, nothing else is sent on that connection and it
@@ -542,7 +350,7 @@ export class EngineImpl {
     const owner = ownerOf(this, pc)
     if (owner !== this) return owner.killQuery(pc, cb)
     pc.kills++
-    this.kill(`KILL QUERY ${pc.threadId}`, (ok) => {
+    this.kill(this.options.driver.dialect.killQuery(pc.threadId), (ok) => {
       pc.kills--
       if (pc.kills === 0 && pc.afterKills !== undefined) {
         const held = pc.afterKills
@@ -555,59 +363,16 @@ export class EngineImpl {
 
   /** `KILL CONNECTION`: ends a connection (and its transaction) the pool has already let go of. */
   killConnection(threadId: number, cb: (ok: boolean) => void): void {
-    this.kill(`KILL CONNECTION ${threadId}`, cb)
+    this.kill(this.options.driver.dialect.killConnection(threadId), cb)
   }
 
   /** A KILL on the control connection, else on a fresh one; "no such thread" counts as done. */
   private kill(text: string, cb: (ok: boolean) => void): void {
-    const answer = (e: unknown) => cb(!e || (e as { errno?: number }).errno === ER_NO_SUCH_THREAD)
-    const fresh = () =>
-      this.pool.connect((err, conn) => {
-        if (err || !conn) return cb(false)
-        this.killers.add(conn)
-        conn.query(text, (e) => {
-          this.killers.delete(conn)
-          hardClose(conn)
-          answer(e)
-        })
-      })
-    const control = this.control
-    if (control === undefined) {
-      this.openControl()
-      return fresh()
-    }
-    let settled = false
-    const dropControl = () => {
-      if (this.control === control) this.control = undefined
-      hardClose(control)
-      this.openControl()
-    }
-    // a control connection that does not answer (a black-holed link) is replaced: KILL goes out on a fresh one
-    const timer = setTimeout(() => {
-      if (settled) return
-      settled = true
-      dropControl()
-      fresh()
-    }, this.controlTimeoutMs)
-    timer.unref()
-    control.query(text, (e) => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      if (e && SessionError.isFatal(e)) {
-        dropControl()
-        return fresh()
-      }
-      answer(e)
-    })
+    this.side.run("control", text, (e) => cb(!e || isNoSuchThread(e)), true)
   }
 
   closeKillers() {
-    this.closed = true
-    for (const c of this.killers) hardClose(c)
-    this.killers.clear()
-    if (this.control !== undefined) hardClose(this.control)
-    this.control = undefined
+    this.side.close()
   }
 
   /**
@@ -637,7 +402,7 @@ export class EngineImpl {
       )
       return undefined
     }
-    if (!internal && (!this.stateTracking || maybeUnflagged(sql))) pc.dirty = true
+    if (!internal && this.options.driver.marksDirty(sql)) pc.dirty = true
     const command = new Command(this, pc, done, internal)
     if (pc.kills > 0) {
       // a KILL for an earlier statement is still in flight: send this one once it has been answered
@@ -672,7 +437,6 @@ export class EngineImpl {
     const settle = command.callback
     pc.pending = settle
     command.sent = true
-    ;(pc.conn as any)[STATUS] = undefined
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
         // a replica or node that stops answering is taken out at once (a black-holed link closes nothing)
@@ -680,23 +444,11 @@ export class EngineImpl {
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }
-    try {
-      let issued: unknown
-      // values travel only through the binary protocol: a text query carries none (see `BaseConnection`)
-      if (rowsAsArray) {
-        issued =
-          method === "execute" || (values !== undefined && values.length > 0)
-            ? pc.conn.execute({ sql, values: values as Array<any> | undefined, rowsAsArray }, settle)
-            : pc.conn.query({ sql, rowsAsArray }, settle)
-      } else if (method === "execute" || (values !== undefined && values.length > 0)) {
-        issued = executePrepared(pc, sql, values ?? [], settle)
-      } else {
-        issued = pc.conn.query(sql, settle)
-      }
-      trackEofStatus(issued)
-    } catch (e) {
-      // mysql2 throws on arguments it cannot send
-      settle(e, undefined)
+    // values travel only through the binary protocol: a text query carries none (see `BaseConnection`)
+    if (method === "execute" || (values !== undefined && values.length > 0)) {
+      pc.conn.execute(sql, values ?? [], rowsAsArray, settle)
+    } else {
+      pc.conn.query(sql, rowsAsArray, settle)
     }
   }
 
@@ -843,21 +595,6 @@ export class EngineImpl {
 /** The server a connection belongs to (`PooledConn.owner`): commands, KILLs and its release go through it. */
 const ownerOf = (engine: EngineImpl, pc: PooledConn): EngineImpl => (pc.owner as EngineImpl | undefined) ?? engine
 
-/** Merges two causality tokens: per replication domain, the later position. @internal */
-export const mergeTokens = (a: string | undefined, b: string | undefined): string | undefined => {
-  if (a === undefined || a === b) return b
-  if (b === undefined) return a
-  const byDomain = new Map<string, { readonly text: string; readonly seq: bigint }>()
-  for (const text of `${a},${b}`.split(",")) {
-    const m = /^(\d+)-\d+-(\d+)$/.exec(text.trim())
-    if (m === null) return b // not a MariaDB GTID list (MySQL GTID sets): the later token
-    const cur = byDomain.get(m[1]!)
-    const seq = BigInt(m[2]!)
-    if (cur === undefined || seq > cur.seq) byDomain.set(m[1]!, { text: text.trim(), seq })
-  }
-  return [...byDomain.values()].map((g) => g.text).join(",")
-}
-
 /** The settings a unit asks for, in the server's units. @internal */
 export const wantOf = (
   engine: EngineImpl,
@@ -868,17 +605,14 @@ export const wantOf = (
   }
 ): Want => ({
   lockWait: o.lockWaitSeconds,
-  statementTime:
-    o.statementTimeMs === undefined
-      ? undefined
-      : engine.flavor === "mariadb"
-        ? o.statementTimeMs / 1000
-        : Math.round(o.statementTimeMs),
+  statementTime: o.statementTimeMs === undefined ? undefined : engine.options.driver.statementTime(o.statementTimeMs),
   isolation: o.isolation
 })
 
-/** "Unknown thread id": KILL for a connection that is already gone. */
-const ER_NO_SUCH_THREAD = 1094
+const messageOf = (err: unknown): string => {
+  const e = err as { readonly message?: unknown; readonly code?: unknown }
+  return String(e.message ?? e.code ?? err)
+}
 
 /** @internal */
 export const interruptedError = () =>
@@ -899,12 +633,12 @@ export class Command {
   cancelled = false
   /** It settled without an error: whatever it did is done. */
   succeeded = false
-  /** The status flags the server reported when it ended, if any. */
-  status: number | undefined = undefined
+  /** The server's word on its transaction when the command ended (`undefined`: it did not say). */
+  inTransaction: boolean | undefined = undefined
   deadline: ReturnType<typeof setTimeout> | undefined = undefined
   private onSettled: (() => void) | undefined = undefined
-  /** mysql2's callback, also what the pool calls when it destroys the connection (`PooledConn.pending`). */
-  readonly callback: (err: unknown, rows: unknown) => void
+  /** The driver's callback, also what the pool calls when it destroys the connection (`PooledConn.pending`). */
+  readonly callback: (err: unknown, reply: Reply | undefined) => void
 
   /** The server the connection belongs to: its pool, its KILLs, its place in a topology. */
   readonly engine: EngineImpl
@@ -915,40 +649,33 @@ export class Command {
     readonly internal: boolean
   ) {
     this.engine = ownerOf(engine, pc)
-    this.callback = (err, rows) => this.settle(err, rows)
+    this.callback = (err, reply) => this.settle(err, reply)
   }
 
-  private settle(err: any, rows: unknown): void {
+  private settle(err: unknown, reply: Reply | undefined): void {
     if (this.settled) return
     this.settled = true
     const pc = this.pc
     if (pc.pending === this.callback) pc.pending = undefined
     if (this.deadline !== undefined) clearTimeout(this.deadline)
     if (err) {
-      if (SessionError.isFatal(err)) {
+      if (isFatal(err)) {
         // lost under a command, not closed by the pool (a deadline, an interruption): a replica or node of a
         // topology is taken out at once
-        if (!pc.closed) this.engine.member?.takeOut(`a connection was lost: ${String(err.message ?? err.code ?? err)}`)
+        if (!pc.closed) this.engine.member?.takeOut(`a connection was lost: ${messageOf(err)}`)
         pc.broken = true
-      } else if (err.errno === 1047 && /wsrep/i.test(String(err.message))) {
+      } else if (isNodeNotReady(err)) {
         // a Galera node out of the primary component
-        this.engine.member?.takeOut(`refused a statement: ${err.message}`)
+        this.engine.member?.takeOut(`refused a statement: ${messageOf(err)}`)
       }
-    } else {
+    } else if (reply !== undefined) {
       this.succeeded = true
-      const status = statusOf(pc.conn, rows)
-      this.status = status
-      if (status !== undefined) {
-        pc.inTrans = (status & IN_TRANS) !== 0
-        if ((status & STATE_CHANGED) !== 0) {
-          const changes = headerOf(rows)?.stateChanges
-          const gtid = gtidOf(changes)
-          if (gtid !== undefined) pc.lastGtid = gtid
-          if (!this.internal && (gtid === undefined || !onlyGtid(changes!))) pc.dirty = true
-        }
-      }
+      this.inTransaction = reply.inTransaction
+      if (reply.inTransaction !== undefined) pc.inTrans = reply.inTransaction
+      if (reply.token !== undefined) pc.lastGtid = reply.token
+      if (reply.stateChanged && !this.internal) pc.dirty = true
     }
-    this.done(err ? SessionError.classify(err) : undefined, rows)
+    this.done(err ? SessionError.classify(err) : undefined, reply?.rows)
     if (this.onSettled !== undefined) this.onSettled()
   }
 
@@ -1008,48 +735,6 @@ export class Command {
   }
 }
 
-/** How many prepared statements a connection keeps by SQL text, at most. */
-const STATEMENTS_PER_CONNECTION = 256
-
-/** "Unknown prepared statement handler": a statement the server no longer has. */
-const ER_UNKNOWN_STMT_HANDLER = 1243
-
-/**
- * A prepared statement (binary protocol), through the connection's own statement map: once a text is prepared on
- * a connection, executing it again is one COM_STMT_EXECUTE command, without what mysql2's `execute` does on every
- * call (an options object, a Prepare command that looks its cache up by a key string built per call, and a
- * second command through the queue).
- */
-const executePrepared = (
-  pc: PooledConn,
-  sql: string,
-  values: ReadonlyArray<unknown>,
-  settle: (err: unknown, rows: unknown) => void
-): unknown => {
-  const known = pc.statements.get(sql)
-  if (known !== undefined) {
-    return known.execute(values, (err, rows) => {
-      // mysql2's own statement cache evicted and closed it: prepare it again (the server ran nothing)
-      if (err && (err as { errno?: number }).errno === ER_UNKNOWN_STMT_HANDLER && pc.statements.get(sql) === known) {
-        pc.statements.delete(sql)
-        return executePrepared(pc, sql, values, settle)
-      }
-      settle(err, rows)
-    })
-  }
-  pc.conn.prepare(sql, (err, statement) => {
-    if (err) return settle(err, undefined)
-    const stmt = statement as unknown as PreparedStatement
-    if (pc.statements.size >= STATEMENTS_PER_CONNECTION) {
-      // the oldest entry leaves this map only; mysql2's cache still owns (and closes) the statement
-      pc.statements.delete(pc.statements.keys().next().value!)
-    }
-    pc.statements.set(sql, stmt)
-    trackEofStatus(stmt.execute(values, settle))
-  })
-  return undefined
-}
-
 /** @internal */
 export const toSqlError = (e: SessionError.SessionError): SqlError =>
   e instanceof SqlError ? e : new SqlError({ cause: e, message: e.message })
@@ -1098,32 +783,3 @@ export abstract class BaseConnection implements Connection {
     return Stream.fromIterableEffect(this.execute(sql, params, transformRows))
   }
 }
-
-/** An autocommit statement on a connection borrowed for that one statement. @internal */
-export class DirectConnection extends BaseConnection {
-  constructor(
-    engine: EngineImpl,
-    readonly pc: PooledConn
-  ) {
-    super(engine)
-  }
-  runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
-    return Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
-  }
-
-  /** Rows as the server sends them, on this connection (see `stream.ts`). */
-  override executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
-    return directStream(this.engine, this.pc, sql, params, transformRows)
-  }
-}
-
-/** @internal */
-export const borrowScoped = (engine: EngineImpl) =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
-      Effect.as(
-        Effect.addFinalizer(() => Effect.sync(() => engine.release(pc, false))),
-        new DirectConnection(engine, pc) as Connection
-      )
-    )
-  )

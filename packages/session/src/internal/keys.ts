@@ -5,26 +5,15 @@
  */
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
+import { isNoSuchTable } from "./driver/mysql/errors.js"
+import { keysSql, topologySql } from "./driver/mysql/dialect.js"
 import type { EngineImpl } from "./engine.js"
 
 /** @internal */
 export const TABLE = "sessionfx_unit_keys"
 
-/**
- * The key table. Keys compare byte for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys.
- *
- * @internal
- */
-export const DDL = `CREATE TABLE IF NOT EXISTS ${TABLE} (
-  unit_key VARBINARY(255) NOT NULL PRIMARY KEY,
-  committed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
-) ENGINE = InnoDB`
-
-/** @internal */
-export const INSERT = `INSERT INTO ${TABLE} (unit_key) VALUES (?)`
-
-/** A locking read: it waits for a transaction that has inserted the key and not yet ended. */
-const SELECT = `SELECT 1 AS found FROM ${TABLE} WHERE unit_key = ? LOCK IN SHARE MODE`
+/** The key table's statements. Keys compare byte for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys. @internal */
+export const sql = keysSql(TABLE)
 
 /** Why `key` cannot be a unit's key, if it cannot. @internal */
 export const checkKey = (key: unknown): string | undefined => {
@@ -41,7 +30,7 @@ export const recordError = (key: string, e: SessionError.SessionError): SessionE
       message: `the unit of work with key ${JSON.stringify(key)} has already been committed; it was not applied again`
     })
   }
-  if ((e as { errno?: number }).errno === 1146) {
+  if (isNoSuchTable(e.cause ?? e) || isNoSuchTable(e)) {
     return new SessionError.InvalidOption({
       option: "key",
       cause: e,
@@ -64,7 +53,7 @@ const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unkno
           engine.topology?.multiPrimary === true
             ? Effect.zipRight(
                 // a session setting: the connection is reset when it goes back
-                engine.run(pc, "query", "SET SESSION wsrep_sync_wait = 1", undefined, false),
+                engine.run(pc, "query", topologySql.causalReads, undefined, false),
                 engine.run(pc, "query", sql, values, false)
               )
             : engine.run(pc, "query", sql, values, false)
@@ -83,20 +72,20 @@ export const outcome = (
     const bad = checkKey(key)
     if (bad !== undefined) return Effect.fail(new SessionError.InvalidOption({ option: "key", message: `key: ${bad}` }))
     return Effect.map(
-      Effect.mapError(autocommit(engine, SELECT, [key]), (e) => recordError(key, e)),
+      Effect.mapError(autocommit(engine, sql.find, [key]), (e) => recordError(key, e)),
       (rows) => (Array.isArray(rows) && rows.length > 0 ? "committed" : "absent")
     )
   })
 
 /** Creates the key table if it does not exist. @internal */
 export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
-  Effect.asVoid(autocommit(engine, DDL, []))
+  Effect.asVoid(autocommit(engine, sql.create, []))
 
 /** The server's GTID position (an engine with replicas or nodes only); `undefined` when there is none. */
 const position = (engine: EngineImpl): Effect.Effect<string | undefined> =>
   engine.topology === undefined
     ? Effect.succeed(undefined)
-    : autocommit(engine, "SELECT @@gtid_binlog_pos AS pos", []).pipe(
+    : autocommit(engine, topologySql.primary, []).pipe(
         Effect.map((rows) => {
           const pos = Array.isArray(rows) ? String((rows[0] as { pos?: unknown } | undefined)?.pos ?? "") : ""
           return pos === "" ? undefined : pos

@@ -1,5 +1,5 @@
 /**
- * The connection pool of an Engine: individual mysql2 connections, a FIFO queue of waiters with per-waiter
+ * The connection pool of one server: individual driver connections (`RawConnection`), a FIFO queue of waiters with per-waiter
  * deadlines, validation after idle, retirement by lifetime, reset on return and eviction of dead connections.
  *
  * It works in callback land on purpose: hand-off from a returning connection to the first waiter happens
@@ -7,13 +7,10 @@
  * waiting) costs one `Effect.async` and no timer.
  */
 import * as Effect from "effect/Effect"
-import * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
+import type { Connector, RawConnection, Reply, Settings } from "./driver/types.js"
 
-/** What mysql2's `prepare` yields: executing it sends COM_STMT_EXECUTE and nothing else. @internal */
-export interface PreparedStatement {
-  execute(values: ReadonlyArray<unknown>, callback: (err: unknown, rows: unknown) => void): unknown
-}
+export type { Settings } from "./driver/types.js"
 
 /** @internal */
 export type DestroyReason =
@@ -26,19 +23,6 @@ export type DestroyReason =
   | "interrupted"
   | "shutdown"
   | "stateUnknown"
-
-/**
- * The per-unit settings as they stand on a connection: `innodb_lock_wait_timeout` (seconds), the statement time
- * limit (MariaDB `max_statement_time` in seconds, MySQL `max_execution_time` in milliseconds; 0 = none) and the
- * session's isolation level (`REPEATABLE READ` form).
- *
- * @internal
- */
-export interface Settings {
-  readonly lockWait: number
-  readonly statementTime: number
-  readonly isolation: string
-}
 
 /** Why a connection came back needing a reset (`sessionfx_pool_dirty_returns_total{reason}`). @internal */
 export type DirtyReason = "transaction" | "state"
@@ -53,7 +37,8 @@ export interface PoolConfig {
   readonly lifetimeJitter: number
   readonly validateAfterIdleMs: number
   readonly queueLimit: number
-  readonly connection: Mysql.ConnectionOptions
+  /** Opens a connection to the server. */
+  readonly connect: Connector
   readonly describe: string
   readonly onCreated: () => void
   readonly onDestroyed: (reason: DestroyReason) => void
@@ -91,20 +76,10 @@ export class PooledConn {
   kills = 0
   /** Commands and a release waiting for `kills` to reach 0. */
   afterKills: Array<() => void> | undefined = undefined
-  /**
-   * The client character set mysql2 negotiated at connect. mysql2 follows `character_set_client` changes the server
-   * reports (`SET NAMES`) and encodes strings accordingly, but not their undoing by a reset: restored after each.
-   */
-  readonly charsetNumber: number
   inUse = false
   closed = false
   /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
-  pending: ((err: unknown, rows: unknown) => void) | undefined = undefined
-  /**
-   * The statements prepared on this connection, by SQL text (see `EngineImpl.startCommand`). Emptied when the
-   * connection is reset: COM_RESET_CONNECTION deallocates them on the server.
-   */
-  readonly statements = new Map<string, PreparedStatement>()
+  pending: ((err: unknown, reply: Reply | undefined) => void) | undefined = undefined
   /**
    * The server (an Engine of a topology) this connection belongs to: what is done to the connection (commands,
    * KILL, release) is done by that server. Set when the connection is prepared.
@@ -112,14 +87,14 @@ export class PooledConn {
   owner: unknown = undefined
   /** The GTID the server reported with the last commit on this connection (`last_gtid` tracking), if any. */
   lastGtid: string | undefined = undefined
+  readonly threadId: number
   constructor(
-    readonly conn: Mysql.Connection,
-    readonly threadId: number,
+    readonly conn: RawConnection,
     lifetimeMs: number,
     jitter: number
   ) {
+    this.threadId = conn.threadId
     this.retireAt = lifetimeMs > 0 ? this.createdAt + lifetimeMs * (1 - Math.random() * jitter) : Infinity
-    this.charsetNumber = (conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber
   }
 }
 
@@ -146,20 +121,6 @@ export interface Waiter {
   cancelled: boolean
   done: boolean
   readonly lease: Lease
-}
-
-/** @internal */
-export const hardClose = (conn: Mysql.Connection) => {
-  try {
-    ;(conn as any).stream?.destroy?.()
-  } catch {
-    // already gone
-  }
-  try {
-    conn.destroy()
-  } catch {
-    // already gone
-  }
 }
 
 /** @internal */
@@ -202,20 +163,9 @@ export class ConnPool {
     }
   }
 
-  /** Opens one connection outside the pool's accounting (startup check, KILL QUERY). */
-  connect(cb: (err: unknown, conn?: Mysql.Connection) => void): void {
-    let settled = false
-    const conn = Mysql.createConnection(this.config.connection)
-    const done = (err: unknown) => {
-      if (settled) return
-      settled = true
-      if (err) {
-        hardClose(conn)
-        cb(err)
-      } else cb(null, conn)
-    }
-    conn.once("error", done)
-    conn.connect((err) => done(err))
+  /** Opens one connection outside the pool's accounting (startup check, KILL QUERY, health checks). */
+  connect(cb: (err: unknown, conn?: RawConnection) => void): void {
+    this.config.connect(cb)
   }
 
   private create(): void {
@@ -235,26 +185,23 @@ export class ConnPool {
         return
       }
       if (this.closing) {
-        hardClose(conn)
+        conn.destroy()
         this.checkDrained()
         return
       }
       this.lastConnectError = undefined
-      const pc = new PooledConn(conn, conn.threadId ?? 0, this.config.maxLifetimeMs, this.config.lifetimeJitter)
-      conn.removeAllListeners("error")
-      const onGone = (err?: unknown) => {
+      const pc = new PooledConn(conn, this.config.maxLifetimeMs, this.config.lifetimeJitter)
+      conn.onGone((err) => {
         if (pc.closed) return
         if (!pc.broken) this.config.onLost?.(err)
         pc.broken = true
         if (!pc.inUse) this.destroy(pc, "closedByServer")
-      }
-      conn.on("error", onGone)
-      conn.on("end", onGone)
+      })
       this.pending++
       this.config.prepare(pc, (err) => {
         this.pending--
         if (err || pc.broken || this.closing) {
-          hardClose(conn)
+          conn.destroy()
           if (err) this.lastConnectError = err
           if (this.closing) this.checkDrained()
           else this.serve()
@@ -523,7 +470,6 @@ export class ConnPool {
   /** COM_RESET_CONNECTION (rolls back, clears session state and prepared statements), then `prepare` again. */
   private reset(pc: PooledConn): void {
     this.resetting++
-    pc.statements.clear()
     let done = false
     const finish = (err: unknown) => {
       if (done) return
@@ -542,7 +488,6 @@ export class ConnPool {
     timer.unref()
     pc.conn.reset((err) => {
       if (err) return finish(err)
-      ;(pc.conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber = pc.charsetNumber
       this.config.prepare(pc, finish)
     })
   }
@@ -566,7 +511,7 @@ export class ConnPool {
     this.all.delete(pc)
     const i = this.idle.indexOf(pc)
     if (i >= 0) this.idle.splice(i, 1)
-    hardClose(pc.conn)
+    pc.conn.destroy()
     const pending = pc.pending
     if (pending !== undefined) {
       const err = Object.assign(

@@ -24,18 +24,19 @@ import {
   toSqlError,
   type Want,
   type Watched,
-  mergeTokens,
   wantOf
 } from "./engine.js"
-import type { PooledConn } from "./pool.js"
+import type { Dialect } from "./driver/types.js"
+import type { DestroyReason, PooledConn } from "./pool.js"
 import { defaultTracer, makeClient } from "./statement.js"
 import { Lock, type Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
 import { unitSites } from "./sites.js"
-import { bindValues, splitStatements } from "./values.js"
+import { bindValues, splitStatements } from "./driver/mysql/values.js"
 import * as keys from "./keys.js"
-import { frameStream } from "./stream.js"
-import { type Consistency, type Route, TOKEN_PATTERN, WRITE } from "./topology.js"
+import { frameStream, type Target as StreamTarget } from "./stream.js"
+import * as Unit from "./unit.js"
+import { type Consistency, mergeTokens, type Route, TOKEN_PATTERN, WRITE } from "./tokens.js"
 
 /** @internal */
 export interface UnitOptions {
@@ -253,27 +254,20 @@ const poisonError = () =>
       "a statement of this unit was interrupted after it had been sent and the server finished it anyway (Effect.race / Effect.timeout around a statement inside a unit): its effect is in the transaction, so the unit was rolled back instead of committed; the unit can be retried"
   })
 
-/** SERVER_STATUS_IN_TRANS */
-const IN_TRANS = 0x1
-
 /**
  * The state of one unit of work. It is also the `Session` service itself (methods on the prototype, nothing
  * allocated per unit beyond this object and its root frame).
  *
- * A unit is open until it ends (`open`); it may be aborted on the way (`abortError`: the server ended its
- * transaction in failure, or opening it failed), after which every statement fails and the unit ends in a
- * rollback. Whether a transaction is open on the server (`begun`) follows the status flags the server reports.
+ * Its lifecycle is one field, `phase` (see `unit.ts`), changed only by `Unit.step` with the outcomes of its commands:
+ * open until it ends; aborted on the way when the server ended its transaction in failure or opening it failed
+ * (every statement then fails and the unit ends in a rollback); whether a transaction is open on the server follows
+ * the status flags the server reports.
  *
  * @internal
  */
 export class SessionState implements SessionService {
-  open = true
-  abortError: SessionError.SessionError | undefined = undefined
+  phase: Unit.Phase = Unit.initial
   rollbackOnly: boolean
-  /** A transaction of this unit is open on the server (its OK packets said so). */
-  begun = false
-  /** How many times the server committed this unit's transaction on its own (DDL, a literal COMMIT). */
-  epoch = 0
   seq = 0
   readonly root: Frame
   readonly startedAt = Date.now()
@@ -297,16 +291,18 @@ export class SessionState implements SessionService {
     this.rollbackOnly = options.rollbackOnly === true
     pc.lastGtid = undefined
     this.root = new Frame(engine, this, undefined, want)
-    this.beginSql =
-      options.consistentSnapshot === true
-        ? "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
-        : options.readOnly === true
-          ? "START TRANSACTION READ ONLY"
-          : "START TRANSACTION"
+    this.beginSql = this.dialect.begin({
+      readOnly: options.readOnly === true,
+      consistentSnapshot: options.consistentSnapshot === true
+    })
   }
 
   get sql(): Client.SqlClient {
     return this.client()
+  }
+  /** The statements of the server the unit runs on. */
+  get dialect(): Dialect {
+    return ((this.pc.owner as EngineImpl | undefined) ?? this.engine).options.driver.dialect
   }
   get connectionId(): number {
     return this.pc.threadId
@@ -345,16 +341,24 @@ export class SessionState implements SessionService {
     return Effect.sync(() => this.open)
   }
 
-  /** The server ended the transaction in failure (or it could not be opened): the unit can only roll back. */
-  abort(e: SessionError.SessionError): void {
-    if (this.abortError === undefined) this.abortError = e
+  /** Feeds a command's outcome to the unit's state machine: the only way its phase changes. */
+  apply(event: Unit.Event): void {
+    const before = this.phase
+    this.phase = Unit.step(before, event)
+    if (this.phase.epoch !== before.epoch) metrics.implicitCommits.unsafeUpdate(1, this.engine.unitLabels)
   }
 
-  /** The server committed the transaction on its own: the unit goes on in a new one, opened before its next statement. */
-  implicitCommit(): void {
-    this.begun = false
-    this.epoch++
-    metrics.implicitCommits.unsafeUpdate(1, this.engine.unitLabels)
+  /** Statements of the unit may still run. */
+  get open(): boolean {
+    return Unit.isOpen(this.phase)
+  }
+  /** A transaction of this unit is open on the server, as far as it has said. */
+  get begun(): boolean {
+    return Unit.serverOpen(this.phase)
+  }
+  /** Why the unit can only roll back, if it can. */
+  get abortError(): SessionError.SessionError | undefined {
+    return Unit.abortCause(this.phase) as SessionError.SessionError | undefined
   }
 
   /** The frame of this session the fiber is in (a savepoint), or the root. */
@@ -433,7 +437,7 @@ export class Frame extends BaseConnection {
     params: ReadonlyArray<unknown>,
     transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
   ): Stream.Stream<any, SqlError> {
-    return frameStream(this, sql, params, transformRows)
+    return frameStream(this, frameTarget(this), sql, params, transformRows)
   }
 
   /**
@@ -471,26 +475,24 @@ export class Frame extends BaseConnection {
     const state = this.state
     const engine = state.engine
     const pc = state.pc
-    const abort = (e: SessionError.SessionError) => {
-      state.abort(e)
+    // stopped by the interruption of the statement it was opening, nothing was opened (the next statement opens
+    // it); any other failure aborts the unit (`Unit.step`)
+    const openFailed = (e: SessionError.SessionError, cancelled: boolean) => {
+      state.apply({ _tag: "OpenFailed", cause: e, cancelled, lost: e._tag === "ConnectionLost" })
       fail(e)
     }
     const begin = () => {
       if (state.begun) return next()
       track(
         engine.controlStatement(pc, state.beginSql, (err, cancelled) => {
-          // stopped by the interruption of the statement it was opening: no transaction was opened (the next statement
-          // opens it); any other failure aborts the unit
-          if (err !== undefined) return cancelled && err._tag !== "ConnectionLost" ? fail(err) : abort(err)
-          state.begun = true
+          if (err !== undefined) return openFailed(err, cancelled)
+          state.apply({ _tag: "Began" })
           if (cancelled) return fail(interruptedError())
           next()
         })
       )
     }
-    const set = engine.applySettings(pc, this.want, begin, (e, cancelled) =>
-      cancelled && e._tag !== "ConnectionLost" ? fail(e) : abort(e)
-    )
+    const set = engine.applySettings(pc, this.want, begin, openFailed)
     if (set !== undefined) track(set)
   }
 
@@ -504,14 +506,11 @@ export class Frame extends BaseConnection {
     if (!state.begun) return done()
     const pc = state.pc
     if (pc.broken || pc.closed || err._tag === "ConnectionLost") {
-      state.abort(err)
+      state.apply({ _tag: "Lost", cause: err })
       return done()
     }
-    state.engine.controlStatement(pc, "DO 0", (probeError) => {
-      if (probeError !== undefined || !pc.inTrans) {
-        state.begun = false
-        state.abort(err)
-      }
+    state.engine.controlStatement(pc, state.dialect.statusProbe, (probeError) => {
+      state.apply({ _tag: "Failed", cause: err, transactionEnded: probeError !== undefined || !pc.inTrans })
       done()
     })
   }
@@ -590,8 +589,7 @@ export class Frame extends BaseConnection {
           let main: Command | undefined = undefined
           main = state.engine.startCommand(state.pc, how, text, values, rowsAsArray, (err, rows) => {
             if (err === undefined) {
-              const status = main?.status ?? (state.pc.inTrans ? IN_TRANS : 0)
-              if (state.begun && (status & IN_TRANS) === 0) state.implicitCommit()
+              state.apply({ _tag: "StatementDone", inTransaction: main?.inTransaction ?? state.pc.inTrans })
               // stopped too late: the server finished it, so its effect is in the transaction
               applied = true
               if (main?.cancelled || stopped) this.poisoned ??= poisonError()
@@ -668,7 +666,7 @@ export class Frame extends BaseConnection {
     return Effect.async<void, SessionError.SessionError>((resume) => {
       const state = this.state
       const fail = (e: SessionError.SessionError) => {
-        state.abort(e)
+        state.apply({ _tag: "ControlFailed", cause: e })
         resume(Effect.fail(e))
       }
       const run = () => {
@@ -689,6 +687,20 @@ export class Frame extends BaseConnection {
   }
 }
 
+/** Where a stream of a frame runs: the unit's connection, inside its transaction. */
+const frameTarget = (frame: Frame): StreamTarget => ({
+  engine: frame.state.engine,
+  pc: frame.state.pc,
+  check: () => frame.check(),
+  prepareThen: (next, fail, track) => frame.prepareThen(next, fail, track),
+  afterFailure: (err, done) => frame.afterFailure(err, done),
+  afterSuccess: (command) => {
+    const state = frame.state
+    // a statement the server committed on its own (it is not a SELECT): the unit goes on in a new transaction
+    state.apply({ _tag: "StatementDone", inTransaction: command.inTransaction ?? state.pc.inTrans })
+  }
+})
+
 // ---------------------------------------------------------------------------------------------------------------
 // ending a unit
 // ---------------------------------------------------------------------------------------------------------------
@@ -704,15 +716,6 @@ const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>> | undefined) =>
           ),
         { discard: true }
       )
-
-const causeLabel = (exit: Exit.Exit<unknown, unknown>): string =>
-  Exit.isSuccess(exit)
-    ? "rollbackOnly"
-    : Cause.isInterruptedOnly(exit.cause)
-      ? "interrupt"
-      : Cause.isFailure(exit.cause)
-        ? "failure"
-        : "defect"
 
 /**
  * Ends a session with the exit of its unit of work: COMMIT on success, ROLLBACK otherwise, and gives the connection
@@ -752,13 +755,32 @@ const finishNow = <A, E>(state: SessionState, exit: Exit.Exit<A, E>, passThrough
   )
 }
 
+/** How the unit's own effect ended, for `Unit.decide`. */
+const exitKind = (exit: Exit.Exit<unknown, unknown>): Unit.Exit =>
+  Exit.isSuccess(exit)
+    ? "success"
+    : Cause.isInterruptedOnly(exit.cause)
+      ? "interrupt"
+      : Cause.isFailure(exit.cause)
+        ? "failure"
+        : "defect"
+
 const endSession = <A, E>(
   state: SessionState,
   exit: Exit.Exit<A, E>,
   passThrough: boolean
 ): Effect.Effect<any, any> => {
   const { engine, pc, root } = state
-  state.open = false
+  const gone = pc.broken || pc.closed
+  const decision = Unit.decide(state.phase, {
+    exit: exitKind(exit),
+    poisoned: root.poisoned !== undefined,
+    rollbackOnly: state.rollbackOnly,
+    connectionGone: gone
+  })
+  const sendRollback = Unit.rollbackNeeded(state.phase, gone)
+  const aborted = state.abortError
+  state.apply({ _tag: "End", disposition: decision.disposition })
   state.owner = undefined
   root.closed = true
   if (state.watched !== undefined) {
@@ -769,112 +791,130 @@ const endSession = <A, E>(
   root.lock.unsafeRelease()
   metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.unitLabels)
   const outcome: Effect.Effect<any, any> = passThrough ? Exit.mapError(exit, unwrapError) : Effect.void
-
-  const rollback = (label: string, after: Effect.Effect<any, any>): Effect.Effect<any, any> => {
-    metrics.rollbacks.unsafeUpdate(1, engine.unitLabelsWith("cause", label))
-    if (!state.begun || pc.broken || pc.closed) {
-      // nothing open (or the connection is gone, and the server rolls back): the pool decides what the connection
-      // needs from what the server last said
-      engine.release(pc, false)
-      return after
+  switch (decision.disposition) {
+    case "rollback": {
+      const reason = decision.reason!
+      const after =
+        reason === "aborted" ? Effect.fail(aborted) : reason === "interrupted" ? Effect.fail(root.poisoned) : outcome
+      return rollbackUnit(state, reason, sendRollback, after)
     }
-    return Effect.async<any, any>((resume) => {
-      // a ROLLBACK that does not answer is cut short: closing the connection rolls back on the server too
-      engine.startCommand(
-        pc,
-        "query",
-        "ROLLBACK",
-        undefined,
-        false,
-        (err) => {
-          if (err !== undefined) engine.release(pc, false, pc.broken ? "broken" : "resetFailed")
-          else engine.release(pc, false)
-          resume(after)
-        },
-        engine.controlTimeoutMs,
-        true
+    case "release": {
+      const gtid = pc.lastGtid
+      endWith(state, false)
+      return committed(state, gtid, outcome)
+    }
+    case "lost":
+      endWith(state, false, "broken")
+      return Effect.fail(
+        new SessionError.ConnectionLost({
+          message:
+            "the connection was lost before COMMIT was sent: the server rolled the transaction back; the unit can be retried"
+        })
       )
-    })
+    case "commit":
+      return commitUnit(state, outcome)
   }
+}
 
-  if (state.abortError !== undefined) return rollback("aborted", Effect.fail(state.abortError))
-  if (Exit.isFailure(exit)) return rollback(causeLabel(exit), outcome)
-  if (root.poisoned !== undefined) return rollback("interrupted", Effect.fail(root.poisoned))
-  if (state.rollbackOnly) return rollback("rollbackOnly", outcome)
+/** Gives the unit's connection back (or destroys it) and ends the unit. */
+const endWith = (state: SessionState, reset: boolean, reason?: DestroyReason): void => {
+  state.engine.release(state.pc, reset, reason)
+  state.apply({ _tag: "Ended" })
+}
 
-  const committed = (gtid: string | undefined): Effect.Effect<any, any> => {
-    metrics.commits.unsafeUpdate(1, engine.unitLabels)
-    // the commit's causality token flows on in the fiber (before the hooks: they may read what it wrote)
-    const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
-    return gtid === undefined ? after : Effect.zipRight(engine.observeCommit(pc, gtid), after)
+/** ROLLBACK (when something is open on a working connection), then `after`. */
+const rollbackUnit = (
+  state: SessionState,
+  reason: string,
+  send: boolean,
+  after: Effect.Effect<any, any>
+): Effect.Effect<any, any> => {
+  const { engine, pc } = state
+  metrics.rollbacks.unsafeUpdate(1, engine.unitLabelsWith("cause", reason))
+  if (!send) {
+    // nothing open (or the connection is gone, and the server rolls back): the pool decides what the connection
+    // needs from what the server last said
+    endWith(state, false)
+    return after
   }
-  if (!state.begun) {
-    const gtid = pc.lastGtid
-    engine.release(pc, false)
-    return committed(gtid)
-  }
-  if (pc.broken || pc.closed) {
-    engine.release(pc, false, "broken")
-    return Effect.fail(
-      new SessionError.ConnectionLost({
-        message:
-          "the connection was lost before COMMIT was sent: the server rolled the transaction back; the unit can be retried"
-      })
+  return Effect.async<any, any>((resume) => {
+    // a ROLLBACK that does not answer is cut short: closing the connection rolls back on the server too
+    engine.startCommand(
+      pc,
+      "query",
+      state.dialect.rollback,
+      undefined,
+      false,
+      (err) => {
+        if (err !== undefined) endWith(state, false, pc.broken ? "broken" : "resetFailed")
+        else endWith(state, false)
+        resume(after)
+      },
+      engine.controlTimeoutMs,
+      true
     )
-  }
-  // COMMIT gets what is left of the unit's timeout, else the engine's commitTimeout: no answer by then is an
-  // unknown outcome
+  })
+}
+
+/** The unit is committed: its causality token flows on in the fiber (before the hooks: they may read what it wrote). */
+const committed = (state: SessionState, gtid: string | undefined, outcome: Effect.Effect<any, any>) => {
+  const { engine, pc, root } = state
+  metrics.commits.unsafeUpdate(1, engine.unitLabels)
+  const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
+  return gtid === undefined ? after : Effect.zipRight(engine.observeCommit(pc, gtid), after)
+}
+
+/** COMMIT gets what is left of the unit's timeout, else the engine's commitTimeout. */
+const commitDeadline = (state: SessionState): number => {
   const timeoutMs =
     state.options.timeout === undefined ? undefined : Duration.toMillis(Duration.decode(state.options.timeout))
-  const commitDeadline =
-    timeoutMs === undefined || !Number.isFinite(timeoutMs)
-      ? engine.commitTimeoutMs
-      : Math.max(50, state.startedAt + timeoutMs - Date.now())
+  return timeoutMs === undefined || !Number.isFinite(timeoutMs)
+    ? state.engine.commitTimeoutMs
+    : Math.max(50, state.startedAt + timeoutMs - Date.now())
+}
+
+/**
+ * COMMIT, and what its outcome means (`Unit.commitResult`): committed; refused (rolled back, a typed failure);
+ * no reply (outcome unknown: a keyed unit asks its key). Interrupted while COMMIT is in flight, the connection is
+ * destroyed and the outcome is unknown; before it was sent, nothing is committed.
+ */
+const commitUnit = (state: SessionState, outcome: Effect.Effect<any, any>): Effect.Effect<any, any> => {
+  const { engine, pc } = state
   let command: Command | undefined
+  const settle = (o: Unit.CommitOutcome): Effect.Effect<any, any> => {
+    switch (Unit.commitResult(o)) {
+      case "committed": {
+        const gtid = pc.lastGtid
+        endWith(state, false)
+        return committed(state, gtid, outcome)
+      }
+      case "unknown":
+        endWith(state, false, "broken")
+        metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
+        return commitUnknown(state, (o as { cause: SessionError.SessionError }).cause, outcome)
+      case "failed":
+      case "notSent":
+        return commitFailed(state, (o as { cause: SessionError.SessionError }).cause)
+    }
+  }
   const commit = Effect.async<any, any>((resume) => {
     command = engine.startCommand(
       pc,
       "query",
-      "COMMIT",
+      state.dialect.commit,
       undefined,
       false,
-      (e) => {
-        if (e === undefined) {
-          const gtid = pc.lastGtid
-          engine.release(pc, false)
-          return resume(committed(gtid))
-        }
-        if (e._tag === "ConnectionLost" || pc.broken) {
-          engine.release(pc, false, "broken")
-          metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
-          return resume(
-            keys.resolveUnknown(
-              state,
-              e,
-              committed,
-              () =>
-                new SessionError.CommitOutcomeUnknown({
-                  cause: e,
-                  message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — give the unit a key (Session.transact(unit, { key })) to make it safe to retry and to ask Session.outcome(key)`
-                })
-            )
-          )
-        }
-        engine.release(pc, true)
-        metrics.rollbacks.unsafeUpdate(1, engine.unitLabelsWith("cause", "commitFailed"))
+      (e) =>
         resume(
-          Effect.fail(
-            new SessionError.CommitFailed({
-              cause: e,
-              retryable: SessionError.isRetryable(e),
-              errno: (e as { errno?: number }).errno,
-              code: (e as { code?: string }).code,
-              message: `COMMIT failed and the transaction was rolled back: ${e.message}`
-            })
+          settle(
+            e === undefined
+              ? { _tag: "Done" }
+              : e._tag === "ConnectionLost" || pc.broken
+                ? { _tag: "Lost", cause: e }
+                : { _tag: "Failed", cause: e }
           )
-        )
-      },
-      commitDeadline,
+        ),
+      commitDeadline(state),
       true
     )
     // interrupted while COMMIT is in flight: stop waiting at once; the outcome is unknown
@@ -882,13 +922,40 @@ const endSession = <A, E>(
       if (command !== undefined && !command.settled) {
         metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
         engine.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")
+        state.apply({ _tag: "Ended" })
       }
     })
   })
   return Effect.onInterrupt(Effect.interruptible(commit), () =>
     Effect.sync(() => {
       // interrupted before COMMIT was sent: nothing is committed; the pool rolls the connection back
-      if (command === undefined) engine.release(pc, true)
+      if (command === undefined) endWith(state, true)
+    })
+  )
+}
+
+const commitUnknown = (state: SessionState, e: SessionError.SessionError, outcome: Effect.Effect<any, any>) =>
+  keys.resolveUnknown(
+    state,
+    e,
+    (gtid) => committed(state, gtid, outcome),
+    () =>
+      new SessionError.CommitOutcomeUnknown({
+        cause: e,
+        message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — give the unit a key (Session.transact(unit, { key })) to make it safe to retry and to ask Session.outcome(key)`
+      })
+  )
+
+const commitFailed = (state: SessionState, e: SessionError.SessionError) => {
+  endWith(state, true)
+  metrics.rollbacks.unsafeUpdate(1, state.engine.unitLabelsWith("cause", "commitFailed"))
+  return Effect.fail(
+    new SessionError.CommitFailed({
+      cause: e,
+      retryable: SessionError.isRetryable(e),
+      errno: (e as { errno?: number }).errno,
+      code: (e as { code?: string }).code,
+      message: `COMMIT failed and the transaction was rolled back: ${e.message}`
     })
   )
 }
@@ -931,9 +998,9 @@ export const openSavepoint = (
       const name = `sfx_sp_${++state.seq}`
       const child = new Frame(state.engine, state, parent, nestedWant(state.engine, parent.want, checked))
       child.rollbackOnly = options.rollbackOnly === true
-      return parent.control(`SAVEPOINT ${name}`, true).pipe(
+      return parent.control(state.dialect.savepoint(name), true).pipe(
         Effect.tapError(() => Effect.sync(() => parent.lock.unsafeRelease())),
-        Effect.map(() => ({ parent, child, name, epoch: state.epoch }))
+        Effect.map(() => ({ parent, child, name, epoch: state.phase.epoch }))
       )
     })
   )
@@ -961,17 +1028,23 @@ export const closeSavepoint = (
         const undo = Exit.isFailure(exit) || child.rollbackOnly || child.poisoned !== undefined
         if (!undo && child.hooks !== undefined) (sp.parent.hooks ??= []).push(...child.hooks)
         let end: Effect.Effect<void, SessionError.SessionError>
-        if (state.abortError !== undefined) {
-          end = Exit.isSuccess(exit) ? Effect.fail(state.abortError) : Effect.void
-        } else if (state.epoch !== sp.epoch) {
-          end =
-            undo && state.begun
-              ? Effect.tap(sp.parent.control("ROLLBACK", false), () => {
-                  state.begun = false
-                })
-              : Effect.void
-        } else {
-          end = sp.parent.control(undo ? `ROLLBACK TO SAVEPOINT ${sp.name}` : `RELEASE SAVEPOINT ${sp.name}`, false)
+        switch (Unit.decideSavepoint(state.phase, { undo, epochAtStart: sp.epoch })) {
+          case "aborted":
+            end = Exit.isSuccess(exit) ? Effect.fail(state.abortError!) : Effect.void
+            break
+          case "nothing":
+            end = Effect.void
+            break
+          case "rollbackAll":
+            end = Effect.tap(sp.parent.control(state.dialect.rollback, false), () =>
+              state.apply({ _tag: "RolledBack" })
+            )
+            break
+          case "rollbackTo":
+            end = sp.parent.control(state.dialect.rollbackToSavepoint(sp.name), false)
+            break
+          case "release":
+            end = sp.parent.control(state.dialect.releaseSavepoint(sp.name), false)
         }
         if (child.poisoned !== undefined && Exit.isSuccess(exit))
           end = Effect.zipRight(end, Effect.fail(child.poisoned))
@@ -1043,8 +1116,9 @@ const recordKey = (key: string): Effect.Effect<void, SessionError.SessionError> 
   Effect.withFiberRuntime((fiber) => {
     const state = fiber.currentContext.unsafeMap.get(SessionTag.key) as SessionState
     return Effect.asVoid(
-      Effect.mapError(state.frameOf(fiber).exec(fiber, "execute", keys.INSERT, [key], false, true, undefined), (e) =>
-        keys.recordError(key, unwrapError(e) as SessionError.SessionError)
+      Effect.mapError(
+        state.frameOf(fiber).exec(fiber, "execute", keys.sql.insert, [key], false, true, undefined),
+        (e) => keys.recordError(key, unwrapError(e) as SessionError.SessionError)
       )
     )
   })

@@ -11,7 +11,9 @@ import type { ReadonlyRecord } from "effect/Record"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
-import { borrowScoped, type EngineImpl, toSqlError } from "./engine.js"
+import type { PooledConn } from "./pool.js"
+import { BaseConnection, type EngineImpl, toSqlError } from "./engine.js"
+import { directStream } from "./stream.js"
 
 /**
  * What a statement runs on: the frame of the current session, or `undefined` for autocommit on the pool.
@@ -34,6 +36,35 @@ export interface StatementTarget {
 
 /** @internal */
 export type Resolve = (fiber: Fiber.RuntimeFiber<any, any>) => (StatementTarget & Connection) | undefined
+
+/** An autocommit statement on a connection borrowed for that one statement. @internal */
+export class DirectConnection extends BaseConnection {
+  constructor(
+    engine: EngineImpl,
+    readonly pc: PooledConn
+  ) {
+    super(engine)
+  }
+  runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
+    return Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
+  }
+
+  /** Rows as the server sends them, on this connection (see `stream.ts`). */
+  override executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
+    return directStream(this.engine, this.pc, sql, params, transformRows)
+  }
+}
+
+/** A connection of the pool for the scope's life, in autocommit. @internal */
+export const borrowScoped = (engine: EngineImpl) =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
+      Effect.as(
+        Effect.addFinalizer(() => Effect.sync(() => engine.release(pc, false))),
+        new DirectConnection(engine, pc) as Connection
+      )
+    )
+  )
 
 /** Effect's built-in tracer: spans made for it are seen by nobody, so sessionfx skips them. @internal */
 export const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)

@@ -2,8 +2,7 @@
  * `sql…stream`: rows as the server sends them, with backpressure, inside a unit of work (on the frame's connection,
  * inside its transaction) and outside one (on a connection borrowed for the stream's life).
  *
- * The statement runs through mysql2's event mode (`execute` without a callback: one `result` event per row). Rows
- * are buffered up to `HIGH_WATER_MARK`; past it the connection's socket is paused, so the server blocks on its
+ * The statement runs through the driver's row stream (`RawConnection.stream`: one call per row). Rows are buffered up to `HIGH_WATER_MARK`; past it the connection's socket is paused, so the server blocks on its
  * writes and nothing more is read until the consumer pulls. Every pull hands over all buffered rows as one chunk.
  *
  * Inside a unit the stream holds the frame (its lock) from before the statement is sent until the statement has
@@ -22,21 +21,15 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
-import {
-  Command,
-  type EngineImpl,
-  interruptedError,
-  maybeUnflagged,
-  STATUS,
-  toSqlError,
-  trackEofStatus
-} from "./engine.js"
+import { Command, type EngineImpl, interruptedError, toSqlError } from "./engine.js"
+import type { RowStream } from "./driver/types.js"
+import { bindValues } from "./driver/mysql/values.js"
+import type { Lock } from "./lock.js"
 import type { PooledConn } from "./pool.js"
-import type { Frame } from "./session.js"
-import { bindValues } from "./values.js"
 
 type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
@@ -46,11 +39,8 @@ export const HIGH_WATER_MARK = 2048
 /** Bytes read from the socket since the consumer's last pull before it is paused, whatever the number of rows. */
 export const HIGH_WATER_BYTES = 4 * 1024 * 1024
 
-/** SERVER_STATUS_IN_TRANS */
-const IN_TRANS = 0x1
-
-/** Where a stream runs: a unit's frame, or a connection of its own in autocommit. */
-interface Target {
+/** Where a stream runs: a unit's frame, or a connection of its own in autocommit. @internal */
+export interface Target {
   readonly engine: EngineImpl
   readonly pc: PooledConn
   /** Whether the statement may run now (a closed or aborted session says why not). */
@@ -95,10 +85,8 @@ class Reader {
   private notify: (() => void) | undefined = undefined
   private idleWaiters: Array<() => void> = []
   private detach: (() => void) | undefined = undefined
-  /** mysql2's command for the statement, once sent. */
-  private issued: any = undefined
-  /** A row has arrived: the command is reading rows (`Command.next` is its row state). */
-  private reading = false
+  /** The statement's rows in flight, once sent. */
+  private running: RowStream | undefined = undefined
   /** The socket's `bytesRead` when the consumer last took the buffered rows. */
   private mark = 0
   private highWaterBytes = HIGH_WATER_BYTES
@@ -160,7 +148,7 @@ class Reader {
     this.inFlight = command
     if (pc.closed || pc.broken) return command.callback(lostError(pc), undefined)
     // the connection's own server (a replica or node of a topology) knows whether it flags state changes
-    if (!command.engine.stateTracking || maybeUnflagged(this.sql)) pc.dirty = true
+    if (command.engine.options.driver.marksDirty(this.sql)) pc.dirty = true
     if (pc.kills > 0) {
       // a KILL for an earlier statement is still in flight: send this one once it has been answered
       ;(pc.afterKills ??= []).push(() => {
@@ -179,41 +167,14 @@ class Reader {
     // a destroyed connection settles the command through `pending` (see `ConnPool.destroy`)
     pc.pending = command.callback
     command.sent = true
-    ;(conn as any)[STATUS] = undefined
     this.mark = this.bytesRead()
-    // without a callback, mysql2 reports a lost connection on the connection, not on the command
-    const onGone = (e?: unknown) => command.callback(e instanceof Error ? e : lostError(pc), undefined)
-    conn.on("error", onGone)
-    conn.on("end", onGone)
-    this.detach = () => {
-      conn.removeListener("error", onGone)
-      conn.removeListener("end", onGone)
-    }
-    let issued: any
-    try {
-      // values only through the binary protocol; the same prepared statement (mysql2's cache key) as `execute`
-      issued = conn.execute({ sql: this.sql, values: values as Array<any> })
-    } catch (e) {
-      // mysql2 throws on arguments it cannot send
-      return command.callback(e, undefined)
-    }
-    trackEofStatus(issued)
-    this.issued = issued
-    // a statement without a result set (INSERT, DDL, …) ends with an OK packet, which mysql2 emits as a `result`
-    // after `fields` with no fields: it is no row (as `execute` gives none), but its status flags end the command
-    let columns: unknown = undefined
-    let ok: unknown = undefined
-    issued.on("fields", (fields: unknown) => {
-      columns = fields
-    })
-    issued.on("result", (row: unknown) => (columns === undefined ? (ok = row) : this.row(row)))
-    issued.once("error", (e: unknown) => command.callback(e, undefined))
-    issued.once("end", () => command.callback(null, ok))
+    // a row stream learns of a lost connection from the connection, not from the command
+    this.detach = conn.onGone((e) => command.callback(e instanceof Error ? e : lostError(pc), undefined))
+    this.running = conn.stream(this.sql, values, { row: (row) => this.row(row), end: command.callback })
   }
 
   private row(row: unknown): void {
     if (this.stopping) return
-    this.reading = true
     this.rows.push(row)
     if (
       !this.paused &&
@@ -236,7 +197,7 @@ class Reader {
       this.detach = undefined
     }
     if (this.inFlight === command) this.inFlight = undefined
-    this.issued = undefined
+    this.running = undefined
     this.unpause()
     if (err === undefined) {
       this.target.afterSuccess(command)
@@ -327,7 +288,7 @@ class Reader {
       const c = this.inFlight
       if (c === undefined || c.settled) return this.idle()
       const { engine, pc } = this.target
-      if (this.issued === undefined || pc.closed || pc.broken) {
+      if (this.running === undefined || pc.closed || pc.broken) {
         this.unpause()
         return Effect.zipRight(c.cancel(), this.idle())
       }
@@ -349,8 +310,7 @@ class Reader {
 
   /** Bytes read from the connection's socket so far (0 where the socket does not say: rows alone then count). */
   private bytesRead(): number {
-    const n = (this.target.pc.conn as unknown as { stream?: { bytesRead?: unknown } }).stream?.bytesRead
-    return typeof n === "number" ? n : 0
+    return this.target.pc.conn.bytesRead()
   }
 
   private unpause(): void {
@@ -360,36 +320,19 @@ class Reader {
     if (!pc.closed && !pc.broken) pc.conn.resume()
   }
 
-  /**
-   * Rows nobody will read are skipped without being parsed: once the command is in its row state (a row has
-   * arrived), its next state becomes one that passes only the end of the result (EOF: status flags, more results)
-   * to mysql2's own row state. Error packets never reach a state (mysql2's `Command.execute` handles them).
-   */
+  /** Rows nobody will read are skipped without being parsed (the end of the result still arrives). */
   private skipRows(): void {
-    const issued = this.issued
-    if (!this.reading || issued === undefined || typeof issued.next !== "function") return
-    const rowState = issued.next as (packet: any, connection: any) => unknown
-    const skip = function (this: unknown, packet: any, connection: any): unknown {
-      return packet.isEOF() ? rowState.call(this, packet, connection) : skip
-    }
-    issued.next = skip
+    this.running?.skipRest()
   }
 }
 
-/** The target of a stream inside a unit: its frame. */
-const frameTarget = (frame: Frame): Target => ({
-  engine: frame.state.engine,
-  pc: frame.state.pc,
-  check: () => frame.check(),
-  prepareThen: (next, fail, track) => frame.prepareThen(next, fail, track),
-  afterFailure: (err, done) => frame.afterFailure(err, done),
-  afterSuccess: (command) => {
-    const state = frame.state
-    const status = command.status ?? (state.pc.inTrans ? IN_TRANS : 0)
-    // a statement the server committed on its own (it is not a SELECT): the unit goes on in a new transaction
-    if (state.begun && (status & IN_TRANS) === 0) state.implicitCommit()
-  }
-})
+/** The frame a stream runs in: its lock, and a statement its fiber left running (see `Frame.exec`). @internal */
+export interface StreamFrame {
+  readonly lock: Lock
+  readonly runningFiber: Fiber.RuntimeFiber<unknown, unknown> | undefined
+  reclaim(): Effect.Effect<void>
+  check(): SessionError.SessionError | undefined
+}
 
 /** The target of a stream outside any unit: autocommit with the engine's default settings. */
 const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
@@ -412,7 +355,8 @@ const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
  * @internal
  */
 export const frameStream = (
-  frame: Frame,
+  frame: StreamFrame,
+  target: Target,
   sql: string,
   params: ReadonlyArray<unknown>,
   transform: Transform
@@ -428,7 +372,7 @@ export const frameStream = (
             ? Effect.zipRight(frame.reclaim(), frame.lock.acquire(restore))
             : frame.lock.acquire(restore)
         return Effect.flatMap(take, () => {
-          const reader = new Reader(frameTarget(frame), sql, transform, HIGH_WATER_MARK)
+          const reader = new Reader(target, sql, transform, HIGH_WATER_MARK)
           const lock = frame.lock
           let held = true
           // the frame is free as soon as the statement has ended: the consumer may still be reading buffered rows
