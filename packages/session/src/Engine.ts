@@ -22,7 +22,7 @@ import { makeClient } from "./internal/statement.js"
 import { describeCause } from "./internal/pool.js"
 import { MysqlServer, type SslOptions } from "./internal/driver/mysql/server.js"
 import type { RawConnection } from "./internal/driver/types.js"
-import * as internalSession from "./internal/session.js"
+import * as internalSession from "./internal/units.js"
 import { Member, type ServerStatus as InternalServerStatus, Topology } from "./internal/topology.js"
 
 /**

@@ -18,7 +18,7 @@ import type * as Schedule from "effect/Schedule"
 import * as Engine from "./Engine.js"
 import type * as SessionError from "./SessionError.js"
 import * as keys from "./internal/keys.js"
-import * as internal from "./internal/session.js"
+import * as internal from "./internal/units.js"
 import { TOKEN_PATTERN } from "./internal/tokens.js"
 
 /**

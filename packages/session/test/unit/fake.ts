@@ -18,7 +18,8 @@ import type {
 } from "../../src/internal/driver/types.js"
 import { EngineImpl } from "../../src/internal/engine.js"
 import { makeClient } from "../../src/internal/statement.js"
-import * as internalSession from "../../src/internal/session.js"
+import type { UnitOptions } from "../../src/internal/unitOptions.js"
+import * as internalSession from "../../src/internal/units.js"
 import { sessionErrorsAsSqlError } from "../../src/internal/engine.js"
 
 /** What a scripted statement answers: `undefined` lets the fake answer as a server would. */
@@ -245,8 +246,5 @@ export const fakeEngine = (
   )
 
 /** A unit of work on the fake engine. */
-export const transact = <A, E, R>(
-  impl: EngineImpl,
-  effect: Effect.Effect<A, E, R>,
-  options: internalSession.UnitOptions = {}
-) => internalSession.transact(impl, effect, options)
+export const transact = <A, E, R>(impl: EngineImpl, effect: Effect.Effect<A, E, R>, options: UnitOptions = {}) =>
+  internalSession.transact(impl, effect, options)
