@@ -153,20 +153,11 @@ const rollbackUnit = (
   }
   return Effect.async<any, any>((resume) => {
     // a ROLLBACK that does not answer is cut short: closing the connection rolls back on the server too
-    engine.startCommand(
-      pc,
-      "query",
-      state.dialect.rollback,
-      undefined,
-      false,
-      (err) => {
-        if (err !== undefined) endWith(state, false, pc.broken ? "broken" : "resetFailed")
-        else endWith(state, false)
-        resume(after)
-      },
-      engine.controlTimeoutMs,
-      true
-    )
+    engine.startCommand(pc, engine.control(state.dialect.rollback), (err) => {
+      if (err !== undefined) endWith(state, false, pc.broken ? "broken" : "resetFailed")
+      else endWith(state, false)
+      resume(after)
+    })
   })
 }
 
@@ -212,24 +203,17 @@ const commitUnit = (state: UnitState, outcome: Effect.Effect<any, any>): Effect.
     }
   }
   const commit = Effect.async<any, any>((resume) => {
-    command = engine.startCommand(
-      pc,
-      "query",
-      state.dialect.commit,
-      undefined,
-      false,
-      (e) =>
-        resume(
-          settle(
-            e === undefined
-              ? { _tag: "Done" }
-              : e._tag === "ConnectionLost" || pc.broken
-                ? { _tag: "Lost", cause: e }
-                : { _tag: "Failed", cause: e }
-          )
-        ),
-      commitDeadline(state),
-      true
+    const spec = { ...engine.control(state.dialect.commit), deadlineMs: commitDeadline(state) }
+    command = engine.startCommand(pc, spec, (e) =>
+      resume(
+        settle(
+          e === undefined
+            ? { _tag: "Done" }
+            : e._tag === "ConnectionLost" || pc.broken
+              ? { _tag: "Lost", cause: e }
+              : { _tag: "Failed", cause: e }
+        )
+      )
     )
     // interrupted while COMMIT is in flight: stop waiting at once; the outcome is unknown
     return Effect.sync(() => {

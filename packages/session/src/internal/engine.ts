@@ -54,6 +54,67 @@ export interface SessionDefaults {
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
+/** A statement of the user's, as a unit's frame or autocommit runs it. @internal */
+export interface StatementRequest {
+  readonly method: "query" | "execute"
+  readonly sql: string
+  readonly params: ReadonlyArray<unknown>
+  readonly rowsAsArray: boolean
+  /** The driver's result as it is (`.raw`), else its rows (transformed). */
+  readonly raw: boolean
+  readonly transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
+}
+
+/** What the caller of a statement gets: the driver's result (`raw`), else its rows, transformed. @internal */
+export const shapeRows = (req: StatementRequest, rows: unknown): unknown => {
+  if (req.raw) return rows
+  const list = Array.isArray(rows) ? rows : []
+  return req.transform ? req.transform(list) : list
+}
+
+/** One command to send. @internal */
+export interface CommandSpec {
+  readonly method: "query" | "execute"
+  readonly sql: string
+  /** Already through `bindValues`; travel only through the binary protocol. */
+  readonly values?: ReadonlyArray<unknown> | undefined
+  readonly rowsAsArray?: boolean | undefined
+  /** Past it, the connection is destroyed (an unknown state). */
+  readonly deadlineMs?: number | undefined
+  /** One of sessionfx's own statements, whose session state changes are accounted for rather than dirty. */
+  readonly internal?: boolean | undefined
+}
+
+/**
+ * The one loop over a text of several statements (`insert …; select LAST_INSERT_ID()`): each part is sent on its
+ * own, in order, with its own values (`start` sends one and calls `next` with its rows); `done` gets the rows of a
+ * single statement, or the list of every part's. Connections never run multi-statement text.
+ *
+ * @internal
+ */
+export const eachStatement = (
+  spec: CommandSpec,
+  start: (part: CommandSpec, next: (rows: unknown) => void) => void,
+  done: (rows: unknown) => void
+): void => {
+  const parts = spec.method === "query" ? splitStatements(spec.sql) : undefined
+  if (parts === undefined) return start(spec, done)
+  const results: Array<unknown> = []
+  const all = spec.values ?? []
+  let offset = 0
+  const step = (k: number): void => {
+    if (k === parts.length) return done(results)
+    const part = parts[k]!
+    const values = all.slice(offset, offset + part.count)
+    offset += part.count
+    start({ ...spec, method: values.length > 0 ? "execute" : "query", sql: part.sql, values }, (rows) => {
+      results.push(rows)
+      step(k + 1)
+    })
+  }
+  step(0)
+}
+
 /** What a statement wants of the per-unit settings; `undefined` fields mean the server's value. @internal */
 export interface Want {
   readonly lockWait?: number | undefined
@@ -378,21 +439,15 @@ export class EngineImpl {
   /**
    * Starts one command on a pooled connection; `done` is called exactly once when it settles. Returns the command
    * (to stop it: `Command.cancel`), or `undefined` when the connection is already gone (`done` has been called).
-   * `values` must have been through `bindValues`. `internal` marks sessionfx's own control statements, whose session
-   * state changes are accounted for (`PooledConn.settings`) rather than making the connection dirty.
+   * `spec.values` must have been through `bindValues`.
    */
   startCommand(
     pc: PooledConn,
-    method: "query" | "execute",
-    sql: string,
-    values: ReadonlyArray<unknown> | undefined,
-    rowsAsArray: boolean,
-    done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
-    deadlineMs?: number,
-    internal = false
+    spec: CommandSpec,
+    done: (err: SessionError.SessionError | undefined, rows: unknown) => void
   ): Command | undefined {
     const owner = ownerOf(this, pc)
-    if (owner !== this) return owner.startCommand(pc, method, sql, values, rowsAsArray, done, deadlineMs, internal)
+    if (owner !== this) return owner.startCommand(pc, spec, done)
     if (pc.closed || pc.broken) {
       done(
         new SessionError.ConnectionLost({
@@ -402,28 +457,22 @@ export class EngineImpl {
       )
       return undefined
     }
-    if (!internal && this.options.driver.marksDirty(sql)) pc.dirty = true
+    const internal = spec.internal === true
+    if (!internal && this.options.driver.marksDirty(spec.sql)) pc.dirty = true
     const command = new Command(this, pc, done, internal)
     if (pc.kills > 0) {
       // a KILL for an earlier statement is still in flight: send this one once it has been answered
       ;(pc.afterKills ??= []).push(() => {
-        if (!command.settled && !command.cancelled) this.send(command, method, sql, values, rowsAsArray, deadlineMs)
+        if (!command.settled && !command.cancelled) this.send(command, spec)
         else if (!command.settled) command.callback(interruptedError(), undefined)
       })
       return command
     }
-    this.send(command, method, sql, values, rowsAsArray, deadlineMs)
+    this.send(command, spec)
     return command
   }
 
-  private send(
-    command: Command,
-    method: "query" | "execute",
-    sql: string,
-    values: ReadonlyArray<unknown> | undefined,
-    rowsAsArray: boolean,
-    deadlineMs: number | undefined
-  ): void {
+  private send(command: Command, spec: CommandSpec): void {
     const pc = command.pc
     if (pc.closed || pc.broken) {
       return command.callback(
@@ -437,6 +486,7 @@ export class EngineImpl {
     const settle = command.callback
     pc.pending = settle
     command.sent = true
+    const deadlineMs = spec.deadlineMs
     if (deadlineMs !== undefined) {
       command.deadline = setTimeout(() => {
         // a replica or node that stops answering is taken out at once (a black-holed link closes nothing)
@@ -445,11 +495,17 @@ export class EngineImpl {
       }, deadlineMs)
     }
     // values travel only through the binary protocol: a text query carries none (see `BaseConnection`)
-    if (method === "execute" || (values !== undefined && values.length > 0)) {
-      pc.conn.execute(sql, values ?? [], rowsAsArray, settle)
+    const values = spec.values
+    if (spec.method === "execute" || (values !== undefined && values.length > 0)) {
+      pc.conn.execute(spec.sql, values ?? [], spec.rowsAsArray === true, settle)
     } else {
-      pc.conn.query(sql, rowsAsArray, settle)
+      pc.conn.query(spec.sql, spec.rowsAsArray === true, settle)
     }
+  }
+
+  /** One of sessionfx's own statements: bounded by `controlTimeout`, its session state accounted for by the caller. */
+  control(sql: string): CommandSpec {
+    return { method: "query", sql, deadlineMs: this.controlTimeoutMs, internal: true }
   }
 
   /**
@@ -462,16 +518,7 @@ export class EngineImpl {
     done: (err: SessionError.SessionError | undefined, cancelled: boolean) => void
   ): Command | undefined {
     const holder: { c: Command | undefined } = { c: undefined }
-    holder.c = this.startCommand(
-      pc,
-      "query",
-      sql,
-      undefined,
-      false,
-      (err) => done(err, holder.c?.cancelled === true),
-      this.controlTimeoutMs,
-      true
-    )
+    holder.c = this.startCommand(pc, this.control(sql), (err) => done(err, holder.c?.cancelled === true))
     return holder.c
   }
 
@@ -506,16 +553,8 @@ export class EngineImpl {
    * settings, values bound or refused before anything is sent. Interrupting it stops the statement
    * (`Command.cancel`); a caller that is uninterruptible anyway passes `interruptible: false`.
    */
-  run(
-    pc: PooledConn,
-    method: "query" | "execute",
-    sql: string,
-    values: ReadonlyArray<unknown> | undefined,
-    rowsAsArray: boolean,
-    interruptible = true
-  ): Effect.Effect<unknown, SessionError.SessionError> {
-    const owner = ownerOf(this, pc)
-    const run = owner.runHere(pc, method, sql, values, rowsAsArray, interruptible)
+  run(pc: PooledConn, spec: CommandSpec, interruptible = true): Effect.Effect<unknown, SessionError.SessionError> {
+    const run = ownerOf(this, pc).runHere(pc, spec, interruptible)
     if (this.topology === undefined) return run
     // an autocommit write yields a causality token (engines with replicas or nodes track them)
     return Effect.suspend(() => {
@@ -527,50 +566,25 @@ export class EngineImpl {
   /** `run` on this server, the connection's owner. */
   private runHere(
     pc: PooledConn,
-    method: "query" | "execute",
-    sql: string,
-    values: ReadonlyArray<unknown> | undefined,
-    rowsAsArray: boolean,
+    spec: CommandSpec,
     interruptible: boolean
   ): Effect.Effect<unknown, SessionError.SessionError> {
     return Effect.async<unknown, SessionError.SessionError>((resume) => {
-      const bound = values === undefined ? undefined : bindValues(values)
+      const bound = spec.values === undefined ? undefined : bindValues(spec.values)
       if (bound instanceof SessionError.BindError) return resume(Effect.fail(bound))
       let command: Command | undefined
       let stopped = false
-      const parts = method === "query" ? splitStatements(sql) : undefined
-      const main = () => {
-        if (parts === undefined) {
-          command = this.startCommand(pc, method, sql, bound, rowsAsArray, (err, rows) =>
-            resume(err ? Effect.fail(err) : Effect.succeed(rows))
-          )
-          return
-        }
-        // a multi-statement text: each statement on its own, in order, with its own values
-        const results: Array<unknown> = []
-        let offset = 0
-        const step = (k: number): void => {
-          if (k === parts.length) return resume(Effect.succeed(results))
-          if (stopped) return resume(Effect.fail(interruptedError()))
-          const part = parts[k]!
-          const values = (bound ?? []).slice(offset, offset + part.count)
-          offset += part.count
-          command = this.startCommand(
-            pc,
-            values.length > 0 ? "execute" : "query",
-            part.sql,
-            values,
-            rowsAsArray,
-            (err, rows) => {
-              if (err) return resume(Effect.fail(err))
-              results.push(rows)
-              step(k + 1)
-            }
-          )
-        }
-        step(0)
-      }
-      const set = this.applySettings(pc, this.defaultWant, main, (err) => resume(Effect.fail(err)))
+      const fail = (err: SessionError.SessionError) => resume(Effect.fail(err))
+      const main = () =>
+        eachStatement(
+          { ...spec, values: bound },
+          (part, next) => {
+            if (stopped) return fail(interruptedError())
+            command = this.startCommand(pc, part, (err, rows) => (err ? fail(err) : next(rows)))
+          },
+          (rows) => resume(Effect.succeed(rows))
+        )
+      const set = this.applySettings(pc, this.defaultWant, main, fail)
       if (set !== undefined) command = set
       return interruptible
         ? Effect.suspend(() => {

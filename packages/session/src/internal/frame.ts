@@ -13,14 +13,18 @@ import * as SessionError from "../SessionError.js"
 import {
   BaseConnection,
   type Command,
+  type CommandSpec,
+  eachStatement,
   type EngineImpl,
   interruptedError,
+  shapeRows,
+  type StatementRequest,
   toSqlError,
   type Want,
   type Watched
 } from "./engine.js"
 import type { Dialect } from "./driver/types.js"
-import { bindValues, splitStatements } from "./driver/mysql/values.js"
+import { bindValues } from "./driver/mysql/values.js"
 import { Lock } from "./lock.js"
 import type { PooledConn } from "./pool.js"
 import { frameStream, type Target as StreamTarget } from "./stream.js"
@@ -121,7 +125,9 @@ export class Frame extends BaseConnection {
     params: ReadonlyArray<unknown>,
     rowsAsArray: boolean
   ): Effect.Effect<unknown, SqlError> {
-    return Effect.withFiberRuntime((fiber) => this.exec(fiber, method, sql, params, rowsAsArray, true, undefined))
+    return Effect.withFiberRuntime((fiber) =>
+      this.exec(fiber, { method, sql, params, rowsAsArray, raw: true, transform: undefined })
+    )
   }
 
   /**
@@ -194,134 +200,25 @@ export class Frame extends BaseConnection {
    * if it is interrupted while its statement runs, the whole unit is ending, and whatever it does next in this
    * session first stops that statement (`reclaim`).
    */
-  exec(
-    fiber: Fiber.RuntimeFiber<any, any> | undefined,
-    method: "query" | "execute",
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    rowsAsArray: boolean,
-    raw: boolean,
-    transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
-  ): Effect.Effect<any, SqlError> {
+  exec(fiber: Fiber.RuntimeFiber<any, any> | undefined, req: StatementRequest): Effect.Effect<any, SqlError> {
     const early = this.check()
     if (early !== undefined) return Effect.fail(toSqlError(early))
     if (fiber !== undefined && this.runningFiber === fiber) {
       // interrupted while its statement ran, the fiber now runs another (a finalizer): stop the first one
       return Effect.zipRight(
         this.reclaim(),
-        Effect.suspend(() => this.exec(fiber, method, sql, params, rowsAsArray, raw, transform))
+        Effect.suspend(() => this.exec(fiber, req))
       )
     }
-    const owner = fiber !== undefined && fiber === this.state.owner
-    /** Some statement of this call took effect on the server. */
-    let applied = false
-    const statement = Effect.async<any, SqlError>((resume) => {
-      let command: Command | undefined
-      let tracked = false
-      /** Interrupted: no further statement of a multi-statement text starts. */
-      let stopped = false
-      const state = this.state
-      const track = (c: Command | undefined) => {
-        command = c
-        if (tracked) this.running = c !== undefined && !c.settled ? c : undefined
-      }
-      const finish = (err: SessionError.SessionError | undefined, rows: unknown) => {
-        if (tracked) {
-          this.running = undefined
-          this.runningFiber = undefined
-        }
-        this.lock.unsafeRelease()
-        if (err !== undefined) {
-          resume(Effect.fail(toSqlError(err)))
-        } else if (raw) {
-          resume(Effect.succeed(rows))
-        } else {
-          const list = Array.isArray(rows) ? rows : []
-          resume(Effect.succeed(transform ? transform(list) : list))
-        }
-      }
-      const start = () => {
-        const bad = this.check()
-        if (bad !== undefined) return finish(bad, undefined)
-        // refused before anything is sent: the transaction's opening waits for a statement that runs
-        const bound = bindValues(params)
-        if (bound instanceof SessionError.BindError) return finish(bound, undefined)
-        const fail = (e: SessionError.SessionError) => finish(e, undefined)
-        const runOne = (
-          text: string,
-          values: ReadonlyArray<unknown>,
-          how: "query" | "execute",
-          next: (rows: unknown) => void
-        ) => {
-          if (stopped) return fail(interruptedError())
-          let main: Command | undefined = undefined
-          main = state.engine.startCommand(state.pc, how, text, values, rowsAsArray, (err, rows) => {
-            if (err === undefined) {
-              state.apply({ _tag: "StatementDone", inTransaction: main?.inTransaction ?? state.pc.inTrans })
-              // stopped too late: the server finished it, so its effect is in the transaction
-              applied = true
-              if (main?.cancelled || stopped) this.poisoned ??= poisonError()
-              return next(rows)
-            }
-            if (main !== undefined && !main.sent) return fail(err)
-            // the statement has ended: nothing of the caller's is left to stop (`reclaim`) while sessionfx asks the
-            // server whether the transaction survived; the frame stays taken until that answer
-            if (tracked) {
-              this.running = undefined
-              this.runningFiber = undefined
-            }
-            this.afterFailure(err, () => fail(err))
-          })
-          track(main)
-        }
-        const parts = method === "query" ? splitStatements(sql) : undefined
-        if (parts === undefined) {
-          return this.prepareThen(() => runOne(sql, bound, method, (rows) => finish(undefined, rows)), fail, track)
-        }
-        // a multi-statement text: each statement on its own, in order, with its own values
-        const results: Array<unknown> = []
-        let offset = 0
-        const step = (k: number): void => {
-          if (k === parts.length) return finish(undefined, results)
-          const part = parts[k]!
-          const values = bound.slice(offset, offset + part.count)
-          offset += part.count
-          this.prepareThen(
-            () =>
-              runOne(part.sql, values, values.length > 0 ? "execute" : "query", (rows) => {
-                results.push(rows)
-                step(k + 1)
-              }),
-            fail,
-            track
-          )
-        }
-        step(0)
-      }
-      if (owner && !this.lock.locked) {
-        this.lock.locked = true
-        tracked = true
-        this.runningFiber = fiber
-        start()
-        if (this.running === undefined) this.runningFiber = undefined
-        return
-      }
-      const waiter = this.lock.enqueue(start)
-      return Effect.suspend(() => {
-        if (waiter !== undefined && !waiter.granted) {
-          this.lock.cancel(waiter)
-          return Effect.void
-        }
-        stopped = true
-        return command === undefined ? Effect.void : command.cancel()
-      })
-    })
-    if (owner) return statement
+    const owner = fiber !== undefined && fiber === this.state.owner ? fiber : undefined
+    const run = new Run(this, req)
+    const statement = Effect.async<any, SqlError>((resume) => run.begin(resume, owner))
+    if (owner !== undefined) return statement
     // interrupted after the statement took effect — also when the interruption lands after the server answered,
     // before the fiber went on (nothing left to cancel): its effect is in the transaction, so the frame rolls back
     return Effect.onInterrupt(statement, () =>
       Effect.sync(() => {
-        if (applied) this.poisoned ??= poisonError()
+        if (run.applied) this.poisoned ??= poisonError()
       })
     )
   }
@@ -338,20 +235,123 @@ export class Frame extends BaseConnection {
         resume(Effect.fail(e))
       }
       const run = () => {
-        state.engine.startCommand(
-          state.pc,
-          "query",
-          sql,
-          undefined,
-          false,
-          (err) => (err !== undefined ? fail(err) : resume(Effect.void)),
-          state.engine.controlTimeoutMs,
-          true
+        state.engine.startCommand(state.pc, state.engine.control(sql), (err) =>
+          err !== undefined ? fail(err) : resume(Effect.void)
         )
       }
       if (begin) this.prepareThen(run, fail, () => undefined)
       else run()
     })
+  }
+}
+
+const IN_TRANSACTION: Unit.Event = { _tag: "StatementDone", inTransaction: true }
+const NO_TRANSACTION: Unit.Event = { _tag: "StatementDone", inTransaction: false }
+
+/** A statement ended: what the server said of the transaction goes to the unit's state machine. */
+const statementDone = (state: UnitState, inTransaction: boolean | undefined): void =>
+  state.apply((inTransaction ?? state.pc.inTrans) ? IN_TRANSACTION : NO_TRANSACTION)
+
+/**
+ * One statement of a frame, from waiting for the frame to giving it back (see `Frame.exec`). The fiber that
+ * opened the unit (its owner) finding the frame free runs it at once without an interruption hook (`tracked`: a
+ * finalizer of that fiber stops it first, `Frame.reclaim`).
+ */
+class Run {
+  command: Command | undefined = undefined
+  tracked = false
+  /** Interrupted: no further statement of a multi-statement text starts. */
+  stopped = false
+  /** Some statement of this call took effect on the server. */
+  applied = false
+  private resume: (effect: Effect.Effect<any, SqlError>) => void = () => undefined
+
+  constructor(
+    readonly frame: Frame,
+    readonly req: StatementRequest
+  ) {}
+
+  begin(
+    resume: (effect: Effect.Effect<any, SqlError>) => void,
+    owner: Fiber.RuntimeFiber<any, any> | undefined
+  ): Effect.Effect<void> | undefined {
+    this.resume = resume
+    const frame = this.frame
+    if (owner !== undefined && !frame.lock.locked) {
+      frame.lock.locked = true
+      this.tracked = true
+      frame.runningFiber = owner
+      this.start()
+      if (frame.running === undefined) frame.runningFiber = undefined
+      return undefined
+    }
+    const waiter = frame.lock.enqueue(() => this.start())
+    return Effect.suspend(() => {
+      if (waiter !== undefined && !waiter.granted) {
+        frame.lock.cancel(waiter)
+        return Effect.void
+      }
+      this.stopped = true
+      return this.command === undefined ? Effect.void : this.command.cancel()
+    })
+  }
+
+  readonly track = (c: Command | undefined): void => {
+    this.command = c
+    if (this.tracked) this.frame.running = c !== undefined && !c.settled ? c : undefined
+  }
+
+  /** The statement has ended: nothing of the caller's is left to stop (`Frame.reclaim`). */
+  private untrack(): void {
+    if (this.tracked) {
+      this.frame.running = undefined
+      this.frame.runningFiber = undefined
+    }
+  }
+
+  readonly fail = (e: SessionError.SessionError): void => this.finish(e, undefined)
+
+  private finish(err: SessionError.SessionError | undefined, rows: unknown): void {
+    this.untrack()
+    this.frame.lock.unsafeRelease()
+    this.resume(err !== undefined ? Effect.fail(toSqlError(err)) : Effect.succeed(shapeRows(this.req, rows)))
+  }
+
+  /** Holding the frame: check, bind (refused before anything is sent), then each statement of the text. */
+  private start(): void {
+    const frame = this.frame
+    const bad = frame.check()
+    if (bad !== undefined) return this.fail(bad)
+    const bound = bindValues(this.req.params)
+    if (bound instanceof SessionError.BindError) return this.fail(bound)
+    const req = this.req
+    eachStatement(
+      { method: req.method, sql: req.sql, values: bound, rowsAsArray: req.rowsAsArray },
+      (part, next) => frame.prepareThen(() => this.runOne(part, next), this.fail, this.track),
+      (rows) => this.finish(undefined, rows)
+    )
+  }
+
+  private runOne(part: CommandSpec, next: (rows: unknown) => void): void {
+    if (this.stopped) return this.fail(interruptedError())
+    const frame = this.frame
+    const state = frame.state
+    // `main` stays undefined when the command settles at once (a connection already gone calls back synchronously)
+    let main: Command | undefined = undefined
+    main = state.engine.startCommand(state.pc, part, (err, rows) => {
+      if (err === undefined) {
+        statementDone(state, main?.inTransaction)
+        // stopped too late: the server finished it, so its effect is in the transaction
+        this.applied = true
+        if (main?.cancelled || this.stopped) frame.poisoned ??= poisonError()
+        return next(rows)
+      }
+      if (main !== undefined && !main.sent) return this.fail(err)
+      // while sessionfx asks the server whether the transaction survived, the frame stays taken
+      this.untrack()
+      frame.afterFailure(err, () => this.fail(err))
+    })
+    this.track(main)
   }
 }
 
@@ -365,6 +365,6 @@ const frameTarget = (frame: Frame): StreamTarget => ({
   afterSuccess: (command) => {
     const state = frame.state
     // a statement the server committed on its own (it is not a SELECT): the unit goes on in a new transaction
-    state.apply({ _tag: "StatementDone", inTransaction: command.inTransaction ?? state.pc.inTrans })
+    statementDone(state, command.inTransaction)
   }
 })

@@ -53,10 +53,10 @@ const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unkno
           engine.topology?.multiPrimary === true
             ? Effect.zipRight(
                 // a session setting: the connection is reset when it goes back
-                engine.run(pc, "query", topologySql.causalReads, undefined, false),
-                engine.run(pc, "query", sql, values, false)
+                engine.run(pc, { method: "query", sql: topologySql.causalReads }),
+                engine.run(pc, { method: "query", sql, values })
               )
-            : engine.run(pc, "query", sql, values, false)
+            : engine.run(pc, { method: "query", sql, values })
         ),
         Effect.sync(() => engine.release(pc, false))
       )

@@ -155,7 +155,14 @@ export class SessionState implements SessionService, UnitState {
     return Effect.withFiberRuntime((fiber) =>
       Effect.asVoid(
         Effect.mapError(
-          this.frameOf(fiber).exec(fiber, "execute", keys.sql.insert, [key], false, true, undefined),
+          this.frameOf(fiber).exec(fiber, {
+            method: "execute",
+            sql: keys.sql.insert,
+            params: [key],
+            rowsAsArray: false,
+            raw: true,
+            transform: undefined
+          }),
           (e) => keys.recordError(key, unwrapError(e) as SessionError.SessionError)
         )
       )

@@ -12,7 +12,7 @@ import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import type { PooledConn } from "./pool.js"
-import { BaseConnection, type EngineImpl, toSqlError } from "./engine.js"
+import { BaseConnection, type EngineImpl, shapeRows, type StatementRequest, toSqlError } from "./engine.js"
 import { directStream } from "./stream.js"
 
 /**
@@ -23,15 +23,7 @@ import { directStream } from "./stream.js"
 export interface StatementTarget {
   /** Inside `@sessionfx/testing`'s SessionTest: `reserve` hands out this connection instead of a pooled one. */
   readonly containsReserve?: boolean | undefined
-  exec(
-    fiber: Fiber.RuntimeFiber<any, any> | undefined,
-    method: "query" | "execute",
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    rowsAsArray: boolean,
-    raw: boolean,
-    transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
-  ): Effect.Effect<any, SqlError>
+  exec(fiber: Fiber.RuntimeFiber<any, any> | undefined, req: StatementRequest): Effect.Effect<any, SqlError>
 }
 
 /** @internal */
@@ -46,7 +38,7 @@ export class DirectConnection extends BaseConnection {
     super(engine)
   }
   runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
-    return Effect.mapError(this.engine.run(this.pc, method, sql, params, rowsAsArray), toSqlError)
+    return Effect.mapError(this.engine.run(this.pc, { method, sql, values: params, rowsAsArray }), toSqlError)
   }
 
   /** Rows as the server sends them, on this connection (see `stream.ts`). */
@@ -116,51 +108,71 @@ const verbOf = (text: string): string => {
 const currentFiber = (): Fiber.RuntimeFiber<any, any> | undefined =>
   (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<any, any> })["effect/FiberCurrent"]
 
+/** How a statement is run: what `@effect/sql` calls it, and what its caller gets back. */
+interface How {
+  readonly method: "query" | "execute"
+  readonly rowsAsArray: boolean
+  readonly raw: boolean
+  readonly transformed: boolean
+  readonly operation: string
+}
+
+const EXECUTE: How = { method: "execute", rowsAsArray: false, raw: false, transformed: true, operation: "execute" }
+const RAW: How = { method: "execute", rowsAsArray: false, raw: true, transformed: false, operation: "executeRaw" }
+const WITHOUT_TRANSFORM: How = {
+  method: "execute",
+  rowsAsArray: false,
+  raw: false,
+  transformed: false,
+  operation: "executeWithoutTransform"
+}
+const VALUES: How = { method: "execute", rowsAsArray: true, raw: false, transformed: false, operation: "executeValues" }
+const UNPREPARED: How = {
+  method: "query",
+  rowsAsArray: false,
+  raw: false,
+  transformed: true,
+  operation: "executeUnprepared"
+}
+
 const runIn = (
   fiber: Fiber.RuntimeFiber<any, any>,
-  core: Core,
-  origin: (StatementTarget & Connection) | undefined,
-  text: string,
-  params: ReadonlyArray<unknown>,
-  method: "query" | "execute",
-  rowsAsArray: boolean,
-  raw: boolean,
-  transform: Transform,
-  operation: string
+  s: FastStatement<unknown>,
+  how: How
 ): Effect.Effect<any, SqlError> => {
+  const core = s.core
+  const text = textOf(s.strings)
+  const req: StatementRequest = {
+    method: how.method,
+    sql: text,
+    params: s.args,
+    rowsAsArray: how.rowsAsArray,
+    raw: how.raw,
+    transform: how.transformed ? core.transformRows : undefined
+  }
   // a statement built inside a unit and run by a fiber outside any unit still belongs to that unit (and fails with
   // SessionClosed once it has ended): it never runs in autocommit by accident
-  const target = core.resolve(fiber) ?? origin
+  const target = core.resolve(fiber) ?? s.origin
   const effect: Effect.Effect<any, SqlError> =
-    target !== undefined
-      ? target.exec(fiber, method, text, params, rowsAsArray, raw, transform as any)
-      : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
+    target !== undefined ? target.exec(fiber, req) : autocommit(core.engine, req)
   if (fiber.currentTracer === defaultTracer) return effect
-  const attributes: Record<string, unknown> = { "db.operation.name": verbOf(text), "sql.method": operation }
+  const attributes: Record<string, unknown> = { "db.operation.name": verbOf(text), "sql.method": how.operation }
   if (core.engine.options.queryTextInSpans === true) attributes["db.query.text"] = text
   for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
   return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
 }
 
-const autocommit = (
-  engine: EngineImpl,
-  method: "query" | "execute",
-  sql: string,
-  params: ReadonlyArray<unknown>,
-  rowsAsArray: boolean,
-  raw: boolean,
-  transform: Transform
-): Effect.Effect<any, SqlError> =>
+/** One statement in autocommit, on a connection borrowed for it. */
+const autocommit = (engine: EngineImpl, req: StatementRequest): Effect.Effect<any, SqlError> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
       Effect.ensuring(
         restore(
           Effect.mapError(
-            Effect.map(engine.run(pc, method, sql, params, rowsAsArray), (rows) => {
-              if (raw) return rows
-              const list = Array.isArray(rows) ? rows : []
-              return transform ? transform(list) : list
-            }),
+            Effect.map(
+              engine.run(pc, { method: req.method, sql: req.sql, values: req.params, rowsAsArray: req.rowsAsArray }),
+              (rows) => shapeRows(req, rows)
+            ),
             toSqlError
           )
         ),
@@ -198,44 +210,29 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     return [textOf(this.strings), this.args]
   }
   private go(
-    method: "query" | "execute",
-    rowsAsArray: boolean,
-    raw: boolean,
-    transform: Transform,
-    operation: string,
+    how: How,
     fallback: (s: Statement.Statement<A>) => Effect.Effect<any, SqlError>
   ): Effect.Effect<any, SqlError> {
     return Effect.withFiberRuntime((fiber) =>
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
         ? fallback(this.slow())
-        : runIn(
-            fiber,
-            this.core,
-            this.origin,
-            textOf(this.strings),
-            this.args,
-            method,
-            rowsAsArray,
-            raw,
-            transform,
-            operation
-          )
+        : runIn(fiber, this as FastStatement<unknown>, how)
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go("execute", false, false, this.core.transformRows, "execute", (s) => s)
+    return this.go(EXECUTE, (s) => s)
   }
   get raw(): Effect.Effect<unknown, SqlError> {
-    return this.go("execute", false, true, undefined, "executeRaw", (s) => s.raw)
+    return this.go(RAW, (s) => s.raw)
   }
   get withoutTransform(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go("execute", false, false, undefined, "executeWithoutTransform", (s) => s.withoutTransform)
+    return this.go(WITHOUT_TRANSFORM, (s) => s.withoutTransform)
   }
   get values(): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError> {
-    return this.go("execute", true, false, undefined, "executeValues", (s) => s.values)
+    return this.go(VALUES, (s) => s.values)
   }
   get unprepared(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go("query", false, false, this.core.transformRows, "executeUnprepared", (s) => s.unprepared)
+    return this.go(UNPREPARED, (s) => s.unprepared)
   }
   get stream(): Stream.Stream<A, SqlError> {
     return this.slow().stream

@@ -293,32 +293,30 @@ export class Topology implements Router {
     const started = Date.now()
     let command: Command | undefined
     const wait = Effect.async<boolean | undefined>((resume) => {
-      command = server.startCommand(
-        pc,
-        values === undefined ? "query" : "execute",
+      const spec = {
+        method: values === undefined ? "query" : "execute",
         sql,
         values,
-        false,
-        (err, rows) => {
-          if (err !== undefined) {
-            // WSREP_SYNC_WAIT_UPTO_GTID times out with an error
-            if (isWaitTimeout(err.cause ?? err)) return resume(Effect.succeed(false))
-            return resume(Effect.succeed(undefined))
-          }
-          const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
-          resume(
-            Effect.succeed(
-              fn === "POSITION"
-                ? covers(positions(String(v ?? "")), wanted)
-                : fn === "MASTER_GTID_WAIT"
-                  ? Number(v) === 0
-                  : Number(v) === 1
-            )
+        deadlineMs: timeoutMs + server.controlTimeoutMs,
+        internal: true
+      } as const
+      command = server.startCommand(pc, spec, (err, rows) => {
+        if (err !== undefined) {
+          // WSREP_SYNC_WAIT_UPTO_GTID times out with an error
+          if (isWaitTimeout(err.cause ?? err)) return resume(Effect.succeed(false))
+          return resume(Effect.succeed(undefined))
+        }
+        const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
+        resume(
+          Effect.succeed(
+            fn === "POSITION"
+              ? covers(positions(String(v ?? "")), wanted)
+              : fn === "MASTER_GTID_WAIT"
+                ? Number(v) === 0
+                : Number(v) === 1
           )
-        },
-        timeoutMs + server.controlTimeoutMs,
-        true
-      )
+        )
+      })
       return Effect.suspend(() => (command === undefined ? Effect.void : command.cancel()))
     })
     return Effect.matchCauseEffect(restore(wait), {

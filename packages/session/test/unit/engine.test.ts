@@ -188,6 +188,31 @@ describe("engine on a fake driver", () => {
     })
   )
 
+  it.scoped("the server closed the connection between two statements: the next fails at once, the unit too", () =>
+    Effect.gen(function* () {
+      const server = new FakeServer()
+      const impl = yield* fakeEngine(server)
+      const gone = Effect.sync(() => {
+        for (const pc of impl.pool.all) pc.broken = true
+      })
+      const later = Effect.either(impl.client`UPDATE t SET v = v + 1 WHERE id = ${1}`)
+      let second: unknown
+      const exit = yield* Effect.exit(
+        transact(
+          impl,
+          Effect.gen(function* () {
+            yield* updates(impl, 1)
+            yield* gone
+            second = yield* later
+          })
+        )
+      )
+      assert.strictEqual((failureOf(exit) as { _tag: string })._tag, "ConnectionLost")
+      assert.strictEqual((second as { _tag: string })._tag, "Left")
+      assert.deepStrictEqual(server.statements(), [BEGIN, UPDATE])
+    })
+  )
+
   it.scoped("interrupted while a statement runs: KILL QUERY for that connection, ROLLBACK, nothing committed", () =>
     Effect.gen(function* () {
       const server = new FakeServer()
