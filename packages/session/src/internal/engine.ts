@@ -1,6 +1,4 @@
 import type * as Reactivity from "@effect/experimental/Reactivity"
-import type { Connection } from "@effect/sql/SqlConnection"
-import { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -9,15 +7,13 @@ import * as FiberRef from "effect/FiberRef"
 import type * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Runtime from "effect/Runtime"
-import * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
 import type { Restore } from "./lock.js"
 import { ConnPool, type DestroyReason, type Lease, type PooledConn, type Settings } from "./pool.js"
-import type { Reply } from "./driver/types.js"
-import { isFatal, isNodeNotReady, isNoSuchThread } from "./driver/mysql/errors.js"
+import { isNoSuchThread } from "./driver/mysql/errors.js"
+import { Command, interruptedError } from "./command.js"
 import type { ServerDriver } from "./driver/types.js"
-import { bindValues, splitStatements } from "./driver/mysql/values.js"
 import { SideConnections } from "./side.js"
 import { unitSites } from "./sites.js"
 import { mergeTokens, type Route, WRITE } from "./tokens.js"
@@ -54,23 +50,8 @@ export interface SessionDefaults {
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
-/** A statement of the user's, as a unit's frame or autocommit runs it. @internal */
-export interface StatementRequest {
-  readonly method: "query" | "execute"
-  readonly sql: string
-  readonly params: ReadonlyArray<unknown>
-  readonly rowsAsArray: boolean
-  /** The driver's result as it is (`.raw`), else its rows (transformed). */
-  readonly raw: boolean
-  readonly transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
-}
-
-/** What the caller of a statement gets: the driver's result (`raw`), else its rows, transformed. @internal */
-export const shapeRows = (req: StatementRequest, rows: unknown): unknown => {
-  if (req.raw) return rows
-  const list = Array.isArray(rows) ? rows : []
-  return req.transform ? req.transform(list) : list
-}
+/** A fiber's current frame of this engine (a `Frame`, see `frame.ts`), as the engine stores it. @internal */
+export type CurrentFrame = object
 
 /** One command to send. @internal */
 export interface CommandSpec {
@@ -83,36 +64,6 @@ export interface CommandSpec {
   readonly deadlineMs?: number | undefined
   /** One of sessionfx's own statements, whose session state changes are accounted for rather than dirty. */
   readonly internal?: boolean | undefined
-}
-
-/**
- * The one loop over a text of several statements (`insert …; select LAST_INSERT_ID()`): each part is sent on its
- * own, in order, with its own values (`start` sends one and calls `next` with its rows); `done` gets the rows of a
- * single statement, or the list of every part's. Connections never run multi-statement text.
- *
- * @internal
- */
-export const eachStatement = (
-  spec: CommandSpec,
-  start: (part: CommandSpec, next: (rows: unknown) => void) => void,
-  done: (rows: unknown) => void
-): void => {
-  const parts = spec.method === "query" ? splitStatements(spec.sql) : undefined
-  if (parts === undefined) return start(spec, done)
-  const results: Array<unknown> = []
-  const all = spec.values ?? []
-  let offset = 0
-  const step = (k: number): void => {
-    if (k === parts.length) return done(results)
-    const part = parts[k]!
-    const values = all.slice(offset, offset + part.count)
-    offset += part.count
-    start({ ...spec, method: values.length > 0 ? "execute" : "query", sql: part.sql, values }, (rows) => {
-      results.push(rows)
-      step(k + 1)
-    })
-  }
-  step(0)
 }
 
 /** What a statement wants of the per-unit settings; `undefined` fields mean the server's value. @internal */
@@ -172,13 +123,13 @@ export interface Watched {
 export class EngineImpl {
   readonly id = ++engineSeq
   /** Where a fiber finds its current session (frame) of this engine: one key per engine, so engines never mix. */
-  readonly currentTag: Context.Tag<BaseConnection, BaseConnection>
+  readonly currentTag: Context.Tag<CurrentFrame, CurrentFrame>
   /**
    * The same, as a FiberRef: it survives `Effect.provide` of a whole context (a `SqlResolver` built with
    * `withContext: true` runs its batch with the context it was built with), so a request made inside a unit still
    * runs inside it.
    */
-  readonly currentRef: FiberRef.FiberRef<BaseConnection | undefined> = FiberRef.unsafeMake<BaseConnection | undefined>(
+  readonly currentRef: FiberRef.FiberRef<CurrentFrame | undefined> = FiberRef.unsafeMake<CurrentFrame | undefined>(
     undefined
   )
   readonly pool: ConnPool
@@ -203,6 +154,11 @@ export class EngineImpl {
   member: MemberHooks | undefined = undefined
   /** Where the engine was built: its logger and services, for messages from callbacks. */
   runtime: Runtime.Runtime<never> | undefined = undefined
+
+  /** The server `pc` belongs to (a replica or node of this engine's topology, or this one). */
+  ownerOf(pc: PooledConn): EngineImpl {
+    return ownerOf(this, pc)
+  }
 
   /** Logs from callback land, with the logger of the program that built the engine. */
   log(level: "Info" | "Warning", message: string): void {
@@ -232,7 +188,7 @@ export class EngineImpl {
   })
 
   constructor(readonly options: EngineImplOptions) {
-    this.currentTag = Context.GenericTag<BaseConnection>(`@sessionfx/session/CurrentSession/${this.id}`)
+    this.currentTag = Context.GenericTag<CurrentFrame>(`@sessionfx/session/CurrentSession/${this.id}`)
     this.labels =
       options.engineName === undefined
         ? [MetricLabel.make("engine", options.name)]
@@ -271,7 +227,7 @@ export class EngineImpl {
   }
 
   /** The fiber's current session (frame) of this engine, if any. */
-  current(fiber: Fiber.RuntimeFiber<any, any>): BaseConnection | undefined {
+  current(fiber: Fiber.RuntimeFiber<any, any>): CurrentFrame | undefined {
     return fiber.currentContext.unsafeMap.get(this.currentTag.key) ?? fiber.getFiberRef(this.currentRef)
   }
 
@@ -494,7 +450,7 @@ export class EngineImpl {
         this.pool.destroy(pc, "stateUnknown", `no answer within ${deadlineMs} ms`)
       }, deadlineMs)
     }
-    // values travel only through the binary protocol: a text query carries none (see `BaseConnection`)
+    // values travel only through the binary protocol: a text query carries none
     const values = spec.values
     if (spec.method === "execute" || (values !== undefined && values.length > 0)) {
       pc.conn.execute(spec.sql, values ?? [], spec.rowsAsArray === true, settle)
@@ -548,53 +504,6 @@ export class EngineImpl {
     })
   }
 
-  /**
-   * Runs one statement on a pooled connection outside any unit (autocommit, `reserve`): the engine's default
-   * settings, values bound or refused before anything is sent. Interrupting it stops the statement
-   * (`Command.cancel`); a caller that is uninterruptible anyway passes `interruptible: false`.
-   */
-  run(pc: PooledConn, spec: CommandSpec, interruptible = true): Effect.Effect<unknown, SessionError.SessionError> {
-    const run = ownerOf(this, pc).runHere(pc, spec, interruptible)
-    if (this.topology === undefined) return run
-    // an autocommit write yields a causality token (engines with replicas or nodes track them)
-    return Effect.suspend(() => {
-      pc.lastGtid = undefined
-      return Effect.tap(run, () => this.observeCommit(pc, pc.lastGtid))
-    })
-  }
-
-  /** `run` on this server, the connection's owner. */
-  private runHere(
-    pc: PooledConn,
-    spec: CommandSpec,
-    interruptible: boolean
-  ): Effect.Effect<unknown, SessionError.SessionError> {
-    return Effect.async<unknown, SessionError.SessionError>((resume) => {
-      const bound = spec.values === undefined ? undefined : bindValues(spec.values)
-      if (bound instanceof SessionError.BindError) return resume(Effect.fail(bound))
-      let command: Command | undefined
-      let stopped = false
-      const fail = (err: SessionError.SessionError) => resume(Effect.fail(err))
-      const main = () =>
-        eachStatement(
-          { ...spec, values: bound },
-          (part, next) => {
-            if (stopped) return fail(interruptedError())
-            command = this.startCommand(pc, part, (err, rows) => (err ? fail(err) : next(rows)))
-          },
-          (rows) => resume(Effect.succeed(rows))
-        )
-      const set = this.applySettings(pc, this.defaultWant, main, fail)
-      if (set !== undefined) command = set
-      return interruptible
-        ? Effect.suspend(() => {
-            stopped = true
-            return command === undefined ? Effect.void : command.cancel()
-          })
-        : undefined
-    })
-  }
-
   /** What a statement outside any unit wants of the per-unit settings: the engine's defaults. */
   get defaultWant(): Want {
     return (this._defaultWant ??= wantOf(this, {
@@ -605,6 +514,8 @@ export class EngineImpl {
   }
   private _defaultWant: Want | undefined
 }
+
+export { Command, interruptedError } from "./command.js"
 
 /** The server a connection belongs to (`PooledConn.owner`): commands, KILLs and its release go through it. */
 const ownerOf = (engine: EngineImpl, pc: PooledConn): EngineImpl => (pc.owner as EngineImpl | undefined) ?? engine
@@ -622,178 +533,3 @@ export const wantOf = (
   statementTime: o.statementTimeMs === undefined ? undefined : engine.options.driver.statementTime(o.statementTimeMs),
   isolation: o.isolation
 })
-
-const messageOf = (err: unknown): string => {
-  const e = err as { readonly message?: unknown; readonly code?: unknown }
-  return String(e.message ?? e.code ?? err)
-}
-
-/** @internal */
-export const interruptedError = () =>
-  new SqlError({ message: "the statement was stopped before it ran: the fiber that issued it was interrupted" })
-
-/**
- * One command on a pooled connection. It settles exactly once: from mysql2's callback, or when the connection is
- * destroyed under it (mysql2 never calls back the commands of a connection it was told to close). On settling it
- * records what the server reported: whether a transaction is open, whether session state changed.
- *
- * @internal
- */
-export class Command {
-  settled = false
-  /** Written to the connection (a command held back behind a KILL is not, yet). */
-  sent = false
-  /** Someone asked to stop it (`cancel`): a caller chaining a follow-up command must not start it. */
-  cancelled = false
-  /** It settled without an error: whatever it did is done. */
-  succeeded = false
-  /** The server's word on its transaction when the command ended (`undefined`: it did not say). */
-  inTransaction: boolean | undefined = undefined
-  deadline: ReturnType<typeof setTimeout> | undefined = undefined
-  private onSettled: (() => void) | undefined = undefined
-  /** The driver's callback, also what the pool calls when it destroys the connection (`PooledConn.pending`). */
-  readonly callback: (err: unknown, reply: Reply | undefined) => void
-
-  /** The server the connection belongs to: its pool, its KILLs, its place in a topology. */
-  readonly engine: EngineImpl
-  constructor(
-    engine: EngineImpl,
-    readonly pc: PooledConn,
-    private readonly done: (err: SessionError.SessionError | undefined, rows: unknown) => void,
-    readonly internal: boolean
-  ) {
-    this.engine = ownerOf(engine, pc)
-    this.callback = (err, reply) => this.settle(err, reply)
-  }
-
-  private settle(err: unknown, reply: Reply | undefined): void {
-    if (this.settled) return
-    this.settled = true
-    const pc = this.pc
-    if (pc.pending === this.callback) pc.pending = undefined
-    if (this.deadline !== undefined) clearTimeout(this.deadline)
-    if (err) {
-      if (isFatal(err)) {
-        // lost under a command, not closed by the pool (a deadline, an interruption): a replica or node of a
-        // topology is taken out at once
-        if (!pc.closed) this.engine.member?.takeOut(`a connection was lost: ${messageOf(err)}`)
-        pc.broken = true
-      } else if (isNodeNotReady(err)) {
-        // a Galera node out of the primary component
-        this.engine.member?.takeOut(`refused a statement: ${messageOf(err)}`)
-      }
-    } else if (reply !== undefined) {
-      this.succeeded = true
-      this.inTransaction = reply.inTransaction
-      if (reply.inTransaction !== undefined) pc.inTrans = reply.inTransaction
-      if (reply.token !== undefined) pc.lastGtid = reply.token
-      if (reply.stateChanged && !this.internal) pc.dirty = true
-    }
-    this.done(err ? SessionError.classify(err) : undefined, reply?.rows)
-    if (this.onSettled !== undefined) this.onSettled()
-  }
-
-  /**
-   * Stops the command and completes when it has ended: KILL QUERY (resent until it lands), and if the command has
-   * not ended after `killGrace`, the connection is destroyed. A command not yet sent is simply dropped.
-   */
-  cancel(): Effect.Effect<void> {
-    return Effect.async<void>((resumeCancel) => {
-      this.cancelled = true
-      if (this.settled) return resumeCancel(Effect.void)
-      if (!this.sent) {
-        this.callback(interruptedError(), undefined)
-        return resumeCancel(Effect.void)
-      }
-      const { engine, pc } = this
-      let finished = false
-      let killFailed = false
-      const finish = () => {
-        if (finished) return
-        finished = true
-        clearTimeout(timer)
-        resumeCancel(
-          killFailed
-            ? Effect.logWarning(
-                `sessionfx: KILL QUERY for connection ${pc.threadId} could not be sent; the connection was closed, but the server may finish the statement on its own`
-              )
-            : Effect.void
-        )
-      }
-      const before = this.onSettled
-      this.onSettled = before === undefined ? finish : () => (before(), finish())
-      const timer = setTimeout(() => {
-        engine.pool.destroy(
-          pc,
-          "interrupted",
-          `the interrupted statement did not end within ${engine.options.killGraceMs} ms`
-        )
-      }, engine.options.killGraceMs)
-      // KILL QUERY can reach the server before the statement does (then it stops nothing): send it again, with
-      // growing pauses, until the statement has ended or the grace period is over
-      let attempt = 0
-      const kill = () => {
-        if (this.settled || finished) return
-        engine.killQuery(pc, (ok) => {
-          if (this.settled || finished) return
-          if (!ok) {
-            killFailed = true
-            return engine.pool.destroy(pc, "interrupted", "KILL QUERY could not be sent")
-          }
-          const again = setTimeout(kill, Math.min(500, 20 * 2 ** attempt++))
-          again.unref()
-        })
-      }
-      kill()
-    })
-  }
-}
-
-/** @internal */
-export const toSqlError = (e: SessionError.SessionError): SqlError =>
-  e instanceof SqlError ? e : new SqlError({ cause: e, message: e.message })
-
-/** For `withTransaction`, whose error channel is `SqlError`: a `SessionError` travels as the cause. @internal */
-export const sessionErrorsAsSqlError = <E>(e: E): E | SqlError =>
-  SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
-
-const rowsOf = (results: unknown): ReadonlyArray<any> => (Array.isArray(results) ? results : [])
-
-/**
- * The `@effect/sql` connection of a frame: a pooled connection plus the rule that decides whether a statement may
- * run (session open, frame open, one statement at a time).
- *
- * @internal
- */
-export abstract class BaseConnection implements Connection {
-  constructor(readonly engine: EngineImpl) {}
-
-  abstract runStatement(
-    method: "query" | "execute",
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    rowsAsArray: boolean
-  ): Effect.Effect<unknown, SqlError>
-
-  execute(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
-    const eff = Effect.map(this.runStatement("execute", sql, params, false), rowsOf)
-    return transformRows ? Effect.map(eff, transformRows) : eff
-  }
-  executeRaw(sql: string, params: ReadonlyArray<unknown>) {
-    return this.runStatement("execute", sql, params, false)
-  }
-  executeValues(sql: string, params: ReadonlyArray<unknown>) {
-    return Effect.map(this.runStatement("execute", sql, params, true), rowsOf) as Effect.Effect<
-      ReadonlyArray<ReadonlyArray<unknown>>,
-      SqlError
-    >
-  }
-  executeUnprepared(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
-    const eff = Effect.map(this.runStatement("query", sql, params, false), rowsOf)
-    return transformRows ? Effect.map(eff, transformRows) : eff
-  }
-  executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform): Stream.Stream<any, SqlError> {
-    // rows are fetched whole and then streamed: the connection stays consistent and the frame's ordering holds
-    return Stream.fromIterableEffect(this.execute(sql, params, transformRows))
-  }
-}

@@ -10,19 +10,9 @@ import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import type * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
-import {
-  BaseConnection,
-  type Command,
-  type CommandSpec,
-  eachStatement,
-  type EngineImpl,
-  interruptedError,
-  shapeRows,
-  type StatementRequest,
-  toSqlError,
-  type Want,
-  type Watched
-} from "./engine.js"
+import { eachStatement } from "./autocommit.js"
+import { BaseConnection, shapeRows, type StatementRequest, toSqlError } from "./connection.js"
+import { type Command, type CommandSpec, type EngineImpl, interruptedError, type Want, type Watched } from "./engine.js"
 import type { Dialect } from "./driver/types.js"
 import { bindValues } from "./driver/mysql/values.js"
 import { Lock } from "./lock.js"

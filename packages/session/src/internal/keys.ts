@@ -7,6 +7,7 @@ import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
 import { isNoSuchTable } from "./driver/mysql/errors.js"
 import { keysSql, topologySql } from "./driver/mysql/dialect.js"
+import { runAutocommit } from "./autocommit.js"
 import type { EngineImpl } from "./engine.js"
 
 /** @internal */
@@ -53,10 +54,10 @@ const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unkno
           engine.topology?.multiPrimary === true
             ? Effect.zipRight(
                 // a session setting: the connection is reset when it goes back
-                engine.run(pc, { method: "query", sql: topologySql.causalReads }),
-                engine.run(pc, { method: "query", sql, values })
+                runAutocommit(engine, pc, { method: "query", sql: topologySql.causalReads }),
+                runAutocommit(engine, pc, { method: "query", sql, values })
               )
-            : engine.run(pc, { method: "query", sql, values })
+            : runAutocommit(engine, pc, { method: "query", sql, values })
         ),
         Effect.sync(() => engine.release(pc, false))
       )

@@ -12,7 +12,9 @@ import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
 import type { PooledConn } from "./pool.js"
-import { BaseConnection, type EngineImpl, shapeRows, type StatementRequest, toSqlError } from "./engine.js"
+import { runAutocommit } from "./autocommit.js"
+import { BaseConnection, shapeRows, type StatementRequest, toSqlError } from "./connection.js"
+import type { EngineImpl } from "./engine.js"
 import { directStream } from "./stream.js"
 
 /**
@@ -38,7 +40,10 @@ export class DirectConnection extends BaseConnection {
     super(engine)
   }
   runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
-    return Effect.mapError(this.engine.run(this.pc, { method, sql, values: params, rowsAsArray }), toSqlError)
+    return Effect.mapError(
+      runAutocommit(this.engine, this.pc, { method, sql, values: params, rowsAsArray }),
+      toSqlError
+    )
   }
 
   /** Rows as the server sends them, on this connection (see `stream.ts`). */
@@ -170,7 +175,12 @@ const autocommit = (engine: EngineImpl, req: StatementRequest): Effect.Effect<an
         restore(
           Effect.mapError(
             Effect.map(
-              engine.run(pc, { method: req.method, sql: req.sql, values: req.params, rowsAsArray: req.rowsAsArray }),
+              runAutocommit(engine, pc, {
+                method: req.method,
+                sql: req.sql,
+                values: req.params,
+                rowsAsArray: req.rowsAsArray
+              }),
               (rows) => shapeRows(req, rows)
             ),
             toSqlError

@@ -25,7 +25,8 @@ import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
-import { Command, type EngineImpl, interruptedError, toSqlError } from "./engine.js"
+import { toSqlError } from "./connection.js"
+import { Command, type EngineImpl, interruptedError } from "./engine.js"
 import type { RowStream } from "./driver/types.js"
 import { bindValues } from "./driver/mysql/values.js"
 import type { Lock } from "./lock.js"
@@ -144,11 +145,11 @@ class Reader {
 
   private start(values: ReadonlyArray<unknown>): void {
     const { engine, pc } = this.target
-    const command = new Command(engine, pc, (err) => this.settled(command, err), false)
+    const command = new Command(engine.ownerOf(pc), pc, (err) => this.settled(command, err), false)
     this.inFlight = command
     if (pc.closed || pc.broken) return command.callback(lostError(pc), undefined)
     // the connection's own server (a replica or node of a topology) knows whether it flags state changes
-    if (command.engine.options.driver.marksDirty(this.sql)) pc.dirty = true
+    if (engine.ownerOf(pc).options.driver.marksDirty(this.sql)) pc.dirty = true
     if (pc.kills > 0) {
       // a KILL for an earlier statement is still in flight: send this one once it has been answered
       ;(pc.afterKills ??= []).push(() => {

@@ -16,7 +16,7 @@ import * as Runtime from "effect/Runtime"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
-import { BaseConnection, type EngineImpl, type Watched } from "./engine.js"
+import type { EngineImpl, Watched } from "./engine.js"
 import { finishNow, finishSession } from "./ending.js"
 import { closedError, Frame } from "./frame.js"
 import * as metrics from "./metrics.js"
@@ -290,7 +290,7 @@ export const scopedSession = (
             Effect.zipRight(
               // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
               Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
-              Effect.locallyScoped(engine.currentRef, sp.child as BaseConnection | undefined)
+              Effect.locallyScoped(engine.currentRef, sp.child as object | undefined)
             ),
             sp.parent.state.layerContext(sp.child)
           )
@@ -306,7 +306,7 @@ export const scopedSession = (
           Effect.zipRight(
             // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
             Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
-            Effect.locallyScoped(engine.currentRef, state.root as BaseConnection | undefined)
+            Effect.locallyScoped(engine.currentRef, state.root as object | undefined)
           ),
           state.layerContext(state.root)
         )

@@ -20,7 +20,7 @@ import { EngineImpl } from "../../src/internal/engine.js"
 import { makeClient } from "../../src/internal/statement.js"
 import type { UnitOptions } from "../../src/internal/unitOptions.js"
 import * as internalSession from "../../src/internal/units.js"
-import { sessionErrorsAsSqlError } from "../../src/internal/engine.js"
+import { sessionErrorsAsSqlError } from "../../src/internal/connection.js"
 
 /** What a scripted statement answers: `undefined` lets the fake answer as a server would. */
 export type Script =
