@@ -22,13 +22,15 @@ import * as Options from "./internal/options.js"
 import { makeClient } from "./internal/statement.js"
 import { MysqlServer, type SslOptions } from "./internal/driver/mysql/server.js"
 import {
+  closeServers,
   connectionOf,
   describeTarget,
+  millisOf,
   nameOf,
   parseTarget,
-  serverVersion,
   spanAttributesOf,
-  type Target
+  type Target,
+  versionsOf
 } from "./internal/target.js"
 import * as internalSession from "./internal/units.js"
 import { Member, type ServerStatus as InternalServerStatus, Topology } from "./internal/topology.js"
@@ -328,54 +330,6 @@ const buildServers = (o: {
       return impl
     })
   })
-
-/** A duration option in milliseconds; `infinite` for `Duration.infinity`. */
-const millisOf = (d: Duration.DurationInput | undefined, infinite?: number): number | undefined => {
-  if (d === undefined) return undefined
-  const decoded = Duration.decode(d)
-  return Duration.isFinite(decoded) || infinite === undefined ? Duration.toMillis(decoded) : infinite
-}
-
-/** Drains every server up to `shutdownTimeout`, then closes what is left. */
-const closeServers = (servers: ReadonlyArray<EngineImpl>, shutdownTimeoutMs: number) =>
-  Effect.forEach(
-    servers,
-    (server) =>
-      Effect.gen(function* () {
-        const drained = yield* server.pool.drain(shutdownTimeoutMs)
-        if (!drained) {
-          yield* Effect.logWarning(
-            `sessionfx: ${server.pool.inUse} connection(s) to ${server.options.describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
-          )
-        }
-        server.pool.closeAll()
-        server.closeKillers()
-        server.stopTimers()
-      }),
-    { concurrency: "unbounded", discard: true }
-  )
-
-/** Each server's version; the first server must answer, a replica or another node that does not starts out. */
-const versionsOf = (
-  servers: ReadonlyArray<EngineImpl>,
-  targets: ReadonlyArray<Target>,
-  o: { readonly connectTimeoutMs: number; readonly roleOf: (i: number) => Role }
-) =>
-  Effect.forEach(
-    servers,
-    (server, i) =>
-      i === 0
-        ? Effect.map(serverVersion(server, targets[i]!, o.connectTimeoutMs), (v) => v as string | undefined)
-        : Effect.catchAll(serverVersion(server, targets[i]!, o.connectTimeoutMs), (e) =>
-            Effect.as(
-              Effect.logWarning(
-                `sessionfx: ${o.roleOf(i)} ${server.options.name} is not answering (${e.message}); it starts out of rotation`
-              ),
-              undefined
-            )
-          ),
-    { concurrency: "unbounded" }
-  )
 
 /** The service: the first server is the engine's identity (its client, its units). */
 const serviceOf = (o: {

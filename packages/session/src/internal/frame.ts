@@ -99,7 +99,7 @@ export class Frame extends BaseConnection {
     params: ReadonlyArray<unknown>,
     transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
   ): Stream.Stream<any, SqlError> {
-    return frameStream(this, frameTarget(this), sql, params, transformRows)
+    return frameStream(this, frameTarget(this), { sql, params, transform: transformRows })
   }
 
   /**

@@ -8,128 +8,31 @@
  */
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
-import type { Connector, RawConnection, Reply, Settings } from "./driver/types.js"
+import type { RawConnection } from "./driver/types.js"
+import { type DestroyReason, type PoolConfig, PooledConn } from "./pooled.js"
+import { WaitQueue, type Lease as LeaseOf, type Waiter as WaiterOf } from "./waiters.js"
+
+/** @internal */
+export type Lease = LeaseOf<PooledConn>
+/** @internal */
+export type Waiter = WaiterOf<PooledConn>
 
 export type { Settings } from "./driver/types.js"
 
-/** @internal */
-export type DestroyReason =
-  | "broken"
-  | "closedByServer"
-  | "validation"
-  | "resetFailed"
-  | "maxLifetime"
-  | "idleTimeout"
-  | "interrupted"
-  | "shutdown"
-  | "stateUnknown"
-
-/** Why a connection came back needing a reset (`sessionfx_pool_dirty_returns_total{reason}`). @internal */
-export type DirtyReason = "transaction" | "state"
-
-/** @internal */
-export interface PoolConfig {
-  readonly size: number
-  readonly minIdle: number
-  readonly acquireTimeoutMs: number
-  readonly idleTimeoutMs: number
-  readonly maxLifetimeMs: number
-  readonly lifetimeJitter: number
-  readonly validateAfterIdleMs: number
-  readonly queueLimit: number
-  /** Opens a connection to the server. */
-  readonly connect: Connector
-  readonly describe: string
-  readonly onCreated: () => void
-  readonly onDestroyed: (reason: DestroyReason) => void
-  readonly onTimeout: () => void
-  readonly onWait: (millis: number) => void
-  /** Runs on every new connection and after every reset, before it is lent: session tracking, baseline settings. */
-  readonly prepare: (pc: PooledConn, cb: (err: unknown) => void) => void
-  /** A connection came back with a transaction open or its session state changed. */
-  readonly onDirtyReturn: (reason: DirtyReason) => void
-  /** A connection was closed by the server or the network (not by the pool). */
-  readonly onLost?: ((err: unknown) => void) | undefined
-  /** Bound on a reset or a validation ping; past it the connection is destroyed. */
-  readonly controlTimeoutMs: number
-}
-
-/** @internal */
-export class PooledConn {
-  readonly createdAt = Date.now()
-  lastUsedAt = Date.now()
-  retireAt: number
-  broken = false
-  /**
-   * Session state may differ from a fresh connection (the server flagged a change, a statement the server does not
-   * flag, or an unknown outcome): reset before the next borrower.
-   */
-  dirty = false
-  /** The server's word, from the status flags of the last OK or EOF packet: a transaction is open. */
-  inTrans = false
-  /** The per-unit settings on this connection (see `Settings`); set by `PoolConfig.prepare`. */
-  settings: Settings = { lockWait: 0, statementTime: 0, isolation: "" }
-  /**
-   * KILL QUERY statements sent for this connection and not answered yet. While any is in flight nothing else is
-   * sent on it (a late KILL would stop the next statement) and it is not given back to the pool.
-   */
-  kills = 0
-  /** Commands and a release waiting for `kills` to reach 0. */
-  afterKills: Array<() => void> | undefined = undefined
-  inUse = false
-  closed = false
-  /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
-  pending: ((err: unknown, reply: Reply | undefined) => void) | undefined = undefined
-  /**
-   * The server (an Engine of a topology) this connection belongs to: what is done to the connection (commands,
-   * KILL, release) is done by that server. Set when the connection is prepared.
-   */
-  owner: unknown = undefined
-  /** The GTID the server reported with the last commit on this connection (`last_gtid` tracking), if any. */
-  lastGtid: string | undefined = undefined
-  readonly threadId: number
-  constructor(
-    readonly conn: RawConnection,
-    lifetimeMs: number,
-    jitter: number
-  ) {
-    this.threadId = conn.threadId
-    this.retireAt = lifetimeMs > 0 ? this.createdAt + lifetimeMs * (1 - Math.random() * jitter) : Infinity
-  }
-}
-
-/**
- * Where the pool puts the connection it hands over. A fiber can be interrupted after the hand-off but before it
- * resumes (and could register a finalizer): the caller's exit handler finds `pc` still set and gives it back
- * (`EngineImpl.borrow`).
- *
- * @internal
- */
-export interface Lease {
-  pc: PooledConn | undefined
-  /** The queue entry while it waits (see `ConnPool.withdraw`). */
-  waiter: Waiter | undefined
-}
-
-/** @internal */
-export interface Waiter {
-  readonly resume: (effect: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>) => void
-  readonly since: number
-  prev: Waiter | undefined
-  next: Waiter | undefined
-  queued: boolean
-  cancelled: boolean
-  done: boolean
-  readonly lease: Lease
-}
+export type { DestroyReason, DirtyReason, PoolConfig } from "./pooled.js"
+export { PooledConn } from "./pooled.js"
 
 /** @internal */
 export class ConnPool {
   readonly all = new Set<PooledConn>()
   idle: Array<PooledConn> = []
-  head: Waiter | undefined
-  tail: Waiter | undefined
-  waiting = 0
+  /** Borrowers waiting for a connection, first come first served. */
+  readonly queue = new WaitQueue<PooledConn>()
+
+  /** How many borrowers wait. */
+  get waiting(): number {
+    return this.queue.size
+  }
   pending = 0
   inUse = 0
   resetting = 0
@@ -155,7 +58,7 @@ export class ConnPool {
       size: this.all.size,
       inUse: this.inUse,
       idle: this.idle.length,
-      waiting: this.waiting,
+      waiting: this.queue.size,
       pending: this.pending,
       created: this.created,
       destroyed: this.destroyed,
@@ -218,9 +121,9 @@ export class ConnPool {
 
   /** Fails every waiting borrower with `error` (a topology took this server out: they go elsewhere). */
   failAllWaiters(error: SessionError.ConnectionError) {
-    while (this.head) {
-      const w = this.head
-      this.unlink(w)
+    while (this.queue.head) {
+      const w = this.queue.head
+      this.queue.unlink(w)
       w.done = true
       w.resume(Effect.fail(error))
     }
@@ -228,37 +131,6 @@ export class ConnPool {
 
   private shuttingDown() {
     return new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
-  }
-
-  private unlink(w: Waiter) {
-    if (!w.queued) return
-    w.queued = false
-    if (w.prev) w.prev.next = w.next
-    else this.head = w.next
-    if (w.next) w.next.prev = w.prev
-    else this.tail = w.prev
-    w.prev = w.next = undefined
-    this.waiting--
-  }
-
-  private pushFront(w: Waiter) {
-    w.queued = true
-    w.next = this.head
-    w.prev = undefined
-    if (this.head) this.head.prev = w
-    else this.tail = w
-    this.head = w
-    this.waiting++
-  }
-
-  private pushBack(w: Waiter) {
-    w.queued = true
-    w.prev = this.tail
-    w.next = undefined
-    if (this.tail) this.tail.next = w
-    else this.head = w
-    this.tail = w
-    this.waiting++
   }
 
   /**
@@ -269,7 +141,7 @@ export class ConnPool {
   private deadlineAt = Infinity
 
   private armDeadline() {
-    const head = this.head
+    const head = this.queue.head
     if (head === undefined) return
     const at = head.since + this.config.acquireTimeoutMs
     if (this.deadlineTimer !== undefined && this.deadlineAt <= at) return
@@ -284,9 +156,9 @@ export class ConnPool {
     this.deadlineTimer = undefined
     this.deadlineAt = Infinity
     const now = Date.now()
-    while (this.head !== undefined && this.head.since + this.config.acquireTimeoutMs <= now) {
-      const w = this.head
-      this.unlink(w)
+    while (this.queue.head !== undefined && this.queue.head.since + this.config.acquireTimeoutMs <= now) {
+      const w = this.queue.head
+      this.queue.unlink(w)
       w.cancelled = true
       w.done = true
       this.timeouts++
@@ -333,11 +205,11 @@ export class ConnPool {
 
   /** Hands idle connections to waiters in order, and opens connections for the waiters left. */
   private serve() {
-    while (this.head) {
+    while (this.queue.head) {
       const pc = this.takeIdle()
       if (!pc) break
-      const w = this.head
-      this.unlink(w)
+      const w = this.queue.head
+      this.queue.unlink(w)
       if (this.needsValidation(pc)) {
         this.validate(pc, w)
       } else {
@@ -345,7 +217,7 @@ export class ConnPool {
       }
     }
     const capacity = this.config.size - this.all.size - this.pending
-    let wanted = this.waiting - this.pending
+    let wanted = this.queue.size - this.pending
     for (let i = 0; i < capacity && wanted > 0; i++, wanted--) this.create()
   }
 
@@ -360,7 +232,7 @@ export class ConnPool {
       this.inUse--
       this.destroy(pc, "validation", `no answer to a ping within ${this.config.controlTimeoutMs} ms`)
       if (!w.cancelled && !w.done) {
-        this.pushFront(w)
+        this.queue.pushFront(w)
         this.armDeadline()
       }
       this.serve()
@@ -375,7 +247,7 @@ export class ConnPool {
       if (err || pc.broken) {
         this.destroy(pc, "validation")
         if (!w.cancelled && !w.done) {
-          this.pushFront(w)
+          this.queue.pushFront(w)
           this.armDeadline()
         }
         this.serve()
@@ -403,27 +275,27 @@ export class ConnPool {
         done: false,
         lease
       }
-      if (this.head === undefined) {
+      if (this.queue.head === undefined) {
         const pc = this.takeIdle()
         if (pc !== undefined) {
           if (!this.needsValidation(pc)) return this.give(w, pc)
           this.idle.push(pc)
         }
       }
-      if (this.config.queueLimit > 0 && this.waiting >= this.config.queueLimit) {
+      if (this.config.queueLimit > 0 && this.queue.size >= this.config.queueLimit) {
         this.timeouts++
         this.config.onTimeout()
         resume(
           Effect.fail(
             new SessionError.PoolTimeout({
               stats: this.stats(),
-              message: `${this.waiting} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
+              message: `${this.queue.size} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
             })
           )
         )
         return
       }
-      this.pushBack(w)
+      this.queue.pushBack(w)
       this.armDeadline()
       lease.waiter = w
       this.serve()
@@ -438,7 +310,7 @@ export class ConnPool {
     if (w === undefined || w.done) return
     w.cancelled = true
     w.done = true
-    this.unlink(w)
+    this.queue.unlink(w)
   }
 
   /**

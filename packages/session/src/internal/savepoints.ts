@@ -13,7 +13,7 @@ import * as SessionError from "../SessionError.js"
 import { Frame } from "./frame.js"
 import type { Restore } from "./lock.js"
 import * as Unit from "./unit.js"
-import { type Checked, nestedWant, type UnitOptions } from "./unitOptions.js"
+import { type Nested, nestedWant } from "./unitOptions.js"
 
 /** @internal */
 export interface OpenSavepoint {
@@ -29,8 +29,7 @@ export const openSavepoint = (
   parent: Frame,
   restore: Restore,
   fiber: Fiber.RuntimeFiber<any, any>,
-  options: UnitOptions,
-  checked: Checked
+  nested: Nested
 ): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
   Effect.zipRight(
     // a statement this fiber left running when it was interrupted (see `Frame.exec`): stop it first
@@ -45,8 +44,8 @@ export const openSavepoint = (
         return Effect.fail(bad)
       }
       const name = `sfx_sp_${++state.seq}`
-      const child = new Frame(state.engine, state, parent, nestedWant(state.engine, parent.want, checked))
-      child.rollbackOnly = options.rollbackOnly === true
+      const child = new Frame(state.engine, state, parent, nestedWant(state.engine, parent.want, nested.checked))
+      child.rollbackOnly = nested.options.rollbackOnly === true
       return parent.control(state.dialect.savepoint(name), true).pipe(
         Effect.tapError(() => Effect.sync(() => parent.lock.unsafeRelease())),
         Effect.map(() => ({ parent, child, name, epoch: state.phase.epoch }))
@@ -134,11 +133,11 @@ export const savepoint = <A, E, R>(
   parent: Frame,
   effect: Effect.Effect<A, E, R>,
   fiber: Fiber.RuntimeFiber<any, any>,
-  options: UnitOptions,
-  checked: Checked
+  nested: Nested
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(openSavepoint(parent, restore, fiber, options, checked), (sp) => {
+    Effect.flatMap(openSavepoint(parent, restore, fiber, nested), (sp) => {
+      const { checked, options } = nested
       const inner = options.key === undefined ? effect : Effect.zipRight(parent.state.recordKey(options.key), effect)
       const body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.locally(
         parent.state.provide(inner, sp.child),

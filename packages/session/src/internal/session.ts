@@ -18,7 +18,7 @@ import type { PooledConn } from "./pool.js"
 import { savepoint, unwrapError } from "./savepoints.js"
 import { makeClient } from "./statement.js"
 import * as Unit from "./unit.js"
-import { noChecks, type UnitOptions } from "./unitOptions.js"
+import { PLAIN, type UnitOptions } from "./unitOptions.js"
 import type { Want } from "./engine.js"
 
 /** @internal */
@@ -105,7 +105,7 @@ export class SessionState implements SessionService, UnitState {
     return this.options.readOnly === true || this.options.consistentSnapshot === true
   }
   savepoint<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | SessionError.SessionError, R> {
-    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect, fiber, {}, noChecks))
+    return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect, fiber, PLAIN))
   }
   afterCommit(effect: Effect.Effect<void>): Effect.Effect<void, SessionError.SessionClosed> {
     return Effect.withFiberRuntime((fiber) => {
@@ -176,7 +176,7 @@ export class SessionState implements SessionService, UnitState {
       (fiber) => this.frameOf(fiber),
       ((effect: Effect.Effect<any, any, any>) =>
         Effect.withFiberRuntime<any, any, any>((fiber) =>
-          Effect.mapError(savepoint(this.frameOf(fiber), effect, fiber, {}, noChecks), sessionErrorsAsSqlError)
+          Effect.mapError(savepoint(this.frameOf(fiber), effect, fiber, PLAIN), sessionErrorsAsSqlError)
         )) as Client.SqlClient["withTransaction"],
       this.engine.reactivity
     ))

@@ -48,7 +48,7 @@ export class DirectConnection extends BaseConnection {
 
   /** Rows as the server sends them, on this connection (see `stream.ts`). */
   override executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
-    return directStream(this.engine, this.pc, sql, params, transformRows)
+    return directStream(this.engine, this.pc, { sql, params, transform: transformRows })
   }
 }
 
@@ -278,47 +278,61 @@ export const makeClient = (
       ? Effect.succeed(target as Connection)
       : borrowScoped(engine)
   })
-  const build = (transformRows: Transform, compiler: Statement.Compiler): Client.SqlClient => {
-    const slow = Statement.make(acquirer, compiler, engine.options.spanAttributes, transformRows)
-    const slowByOrigin = new WeakMap<object, Statement.Constructor>()
-    const slowFor = (origin: StatementTarget & Connection): Statement.Constructor => {
-      let c = slowByOrigin.get(origin)
-      if (c === undefined) {
-        c = Statement.make(acquirerFor(origin), compiler, engine.options.spanAttributes, transformRows)
-        slowByOrigin.set(origin, c)
-      }
-      return c
+  const parts: ClientParts = { engine, resolve, withTransaction, reactivity, acquirer, acquirerFor, reserve }
+  return buildClient(parts, engine.options.transformRows, engine.options.compiler)
+}
+
+/** What a client is made of, besides its row transform and compiler (see `makeClient`). */
+interface ClientParts {
+  readonly engine: EngineImpl
+  readonly resolve: Resolve
+  readonly withTransaction: Client.SqlClient["withTransaction"]
+  readonly reactivity: Reactivity.Reactivity["Type"]
+  readonly acquirer: Connection.Acquirer
+  readonly acquirerFor: (origin: StatementTarget & Connection) => Connection.Acquirer
+  readonly reserve: Effect.Effect<Connection, SqlError, Scope.Scope>
+}
+
+const buildClient = (p: ClientParts, transformRows: Transform, compiler: Statement.Compiler): Client.SqlClient => {
+  const { acquirer, acquirerFor, engine, reactivity, reserve, resolve, withTransaction } = p
+  const slow = Statement.make(acquirer, compiler, engine.options.spanAttributes, transformRows)
+  const slowByOrigin = new WeakMap<object, Statement.Constructor>()
+  const slowFor = (origin: StatementTarget & Connection): Statement.Constructor => {
+    let c = slowByOrigin.get(origin)
+    if (c === undefined) {
+      c = Statement.make(acquirerFor(origin), compiler, engine.options.spanAttributes, transformRows)
+      slowByOrigin.set(origin, c)
     }
-    const core: Core = { engine, resolve, slow, transformRows, slowFor }
-    const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
-      const fiber = currentFiber()
-      const origin = fiber === undefined ? undefined : resolve(fiber)
-      if (Array.isArray(strings) && "raw" in strings) {
-        for (let i = 0; i < args.length; i++) {
-          if (!isPlain(args[i])) return ((origin === undefined ? slow : slowFor(origin)) as any)(strings, ...args)
-        }
-        return new FastStatement(strings as unknown as TemplateStringsArray, args, core, origin)
-      }
-      return (slow as any)(strings, ...args)
-    }
-    const client: Client.SqlClient = Object.assign(sql, slow, {
-      [Client.TypeId]: Client.TypeId,
-      safe: undefined as any,
-      withTransaction,
-      reserve,
-      withoutTransforms: (): Client.SqlClient =>
-        transformRows === undefined ? client : build(undefined, compiler.withoutTransform),
-      reactive: <A, E, R>(
-        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
-        effect: Effect.Effect<A, E, R>
-      ) => reactivity.stream(keys, effect),
-      reactiveMailbox: <A, E, R>(
-        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
-        effect: Effect.Effect<A, E, R>
-      ) => reactivity.query(keys, effect) as Effect.Effect<any, never, R | Scope.Scope>
-    }) as any
-    ;(client as any).safe = client
-    return client
+    return c
   }
-  return build(engine.options.transformRows, engine.options.compiler)
+  const core: Core = { engine, resolve, slow, transformRows, slowFor }
+  const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
+    const fiber = currentFiber()
+    const origin = fiber === undefined ? undefined : resolve(fiber)
+    if (Array.isArray(strings) && "raw" in strings) {
+      for (let i = 0; i < args.length; i++) {
+        if (!isPlain(args[i])) return ((origin === undefined ? slow : slowFor(origin)) as any)(strings, ...args)
+      }
+      return new FastStatement(strings as unknown as TemplateStringsArray, args, core, origin)
+    }
+    return (slow as any)(strings, ...args)
+  }
+  const client: Client.SqlClient = Object.assign(sql, slow, {
+    [Client.TypeId]: Client.TypeId,
+    safe: undefined as any,
+    withTransaction,
+    reserve,
+    withoutTransforms: (): Client.SqlClient =>
+      transformRows === undefined ? client : buildClient(p, undefined, compiler.withoutTransform),
+    reactive: <A, E, R>(
+      keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
+      effect: Effect.Effect<A, E, R>
+    ) => reactivity.stream(keys, effect),
+    reactiveMailbox: <A, E, R>(
+      keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
+      effect: Effect.Effect<A, E, R>
+    ) => reactivity.query(keys, effect) as Effect.Effect<any, never, R | Scope.Scope>
+  }) as any
+  ;(client as any).safe = client
+  return client
 }

@@ -40,6 +40,13 @@ export const HIGH_WATER_MARK = 2048
 /** Bytes read from the socket since the consumer's last pull before it is paused, whatever the number of rows. */
 export const HIGH_WATER_BYTES = 4 * 1024 * 1024
 
+/** A streamed statement. @internal */
+export interface StreamRequest {
+  readonly sql: string
+  readonly params: ReadonlyArray<unknown>
+  readonly transform: Transform
+}
+
 /** Where a stream runs: a unit's frame, or a connection of its own in autocommit. @internal */
 export interface Target {
   readonly engine: EngineImpl
@@ -358,9 +365,7 @@ const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
 export const frameStream = (
   frame: StreamFrame,
   target: Target,
-  sql: string,
-  params: ReadonlyArray<unknown>,
-  transform: Transform
+  { params, sql, transform }: StreamRequest
 ): Stream.Stream<any, SqlError> =>
   Stream.unwrapScoped(
     Effect.uninterruptibleMask((restore) =>
@@ -405,9 +410,7 @@ export const frameStream = (
 export const directStream = (
   engine: EngineImpl,
   pc: PooledConn,
-  sql: string,
-  params: ReadonlyArray<unknown>,
-  transform: Transform
+  { params, sql, transform }: StreamRequest
 ): Stream.Stream<any, SqlError> =>
   Stream.unwrapScoped(
     Effect.uninterruptibleMask((restore) => {

@@ -4,6 +4,7 @@
  *
  * @internal
  */
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as SessionError from "../SessionError.js"
@@ -171,3 +172,54 @@ export const serverVersion = (
     })
   )
 }
+
+/** A duration option in milliseconds; `infinite` for `Duration.infinity`. */
+/** @internal */
+export const millisOf = (d: Duration.DurationInput | undefined, infinite?: number): number | undefined => {
+  if (d === undefined) return undefined
+  const decoded = Duration.decode(d)
+  return Duration.isFinite(decoded) || infinite === undefined ? Duration.toMillis(decoded) : infinite
+}
+
+/** Drains every server up to `shutdownTimeout`, then closes what is left. */
+/** @internal */
+export const closeServers = (servers: ReadonlyArray<EngineImpl>, shutdownTimeoutMs: number) =>
+  Effect.forEach(
+    servers,
+    (server) =>
+      Effect.gen(function* () {
+        const drained = yield* server.pool.drain(shutdownTimeoutMs)
+        if (!drained) {
+          yield* Effect.logWarning(
+            `sessionfx: ${server.pool.inUse} connection(s) to ${server.options.describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
+          )
+        }
+        server.pool.closeAll()
+        server.closeKillers()
+        server.stopTimers()
+      }),
+    { concurrency: "unbounded", discard: true }
+  )
+
+/** Each server's version; the first server must answer, a replica or another node that does not starts out. */
+/** @internal */
+export const versionsOf = (
+  servers: ReadonlyArray<EngineImpl>,
+  targets: ReadonlyArray<Target>,
+  o: { readonly connectTimeoutMs: number; readonly roleOf: (i: number) => string }
+) =>
+  Effect.forEach(
+    servers,
+    (server, i) =>
+      i === 0
+        ? Effect.map(serverVersion(server, targets[i]!, o.connectTimeoutMs), (v) => v as string | undefined)
+        : Effect.catchAll(serverVersion(server, targets[i]!, o.connectTimeoutMs), (e) =>
+            Effect.as(
+              Effect.logWarning(
+                `sessionfx: ${o.roleOf(i)} ${server.options.name} is not answering (${e.message}); it starts out of rotation`
+              ),
+              undefined
+            )
+          ),
+    { concurrency: "unbounded" }
+  )

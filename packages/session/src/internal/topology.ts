@@ -12,7 +12,7 @@ import * as SessionError from "../SessionError.js"
 import { topologySql } from "./driver/mysql/dialect.js"
 import { isWaitTimeout } from "./driver/mysql/errors.js"
 import { bindValues } from "./driver/mysql/values.js"
-import type { Command, EngineImpl, MemberHooks, Router } from "./engine.js"
+import type { EngineImpl, MemberHooks, Router } from "./engine.js"
 import type { Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
 import type { PooledConn } from "./pool.js"
@@ -164,7 +164,7 @@ export class Topology implements Router {
       onSuccess: (pc) =>
         !needsWait
           ? Effect.succeed(pc)
-          : this.waitOn(restore, chosen, pc, token!, wanted, "MASTER_GTID_WAIT", (applied) =>
+          : this.waitOn(restore, { member: chosen, pc, token: token!, wanted, fn: "MASTER_GTID_WAIT" }, (applied) =>
               applied ? Effect.succeed(pc) : this.fallback(restore, applied === false ? "waitTimeout" : "replicaError")
             )
     })
@@ -212,11 +212,13 @@ export class Topology implements Router {
             ? Effect.succeed(pc)
             : this.waitOn(
                 restore,
-                node,
-                pc,
-                token,
-                wanted,
-                timedOut === undefined ? "WSREP_SYNC_WAIT_UPTO_GTID" : "POSITION",
+                {
+                  member: node,
+                  pc,
+                  token,
+                  wanted,
+                  fn: timedOut === undefined ? "WSREP_SYNC_WAIT_UPTO_GTID" : "POSITION"
+                },
                 (applied) => {
                   if (applied === true) return Effect.succeed(pc)
                   // timed out (or, after a time-out, not there yet): the bound is spent, the others are only asked
@@ -258,79 +260,32 @@ export class Topology implements Router {
   }
 
   /**
-   * Waits on `pc` (of `member`) until the server has applied `token`, bounded by `readYourWritesTimeout`; then
-   * `next(true)`, or `next(false)` on time-out, `next(undefined)` when the wait failed — in both cases `pc` has gone
-   * back to its pool. Interrupting the wait stops it on the server (KILL QUERY) and returns the connection.
+   * Waits on `w.pc` (of `w.member`) until the server has applied `w.token`, bounded by `readYourWritesTimeout`;
+   * then `next(true)`, or `next(false)` on time-out, `next(undefined)` when the wait failed — in both cases the
+   * connection has gone back to its pool. Interrupting the wait stops it on the server (KILL QUERY) and returns the
+   * connection.
    */
   private waitOn(
     restore: Restore,
-    member: Member,
-    pc: PooledConn,
-    token: string,
-    wanted: Positions | undefined,
-    fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID" | "POSITION",
+    w: Wait,
     next: (
       applied: boolean | undefined
     ) => Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
-    const server = member.server
-    const timeoutMs = this.options.readYourWritesTimeoutMs
-    // the token matched TOKEN_PATTERN (digits, dashes, commas, hex, colons): safe as a literal
-    // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
-    const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
-    // POSITION: no wait, only whether the node has applied it already. The token is a bound value, never SQL text
-    const sql =
-      fn === "POSITION"
-        ? topologySql.position
-        : fn === "MASTER_GTID_WAIT"
-          ? topologySql.replicaWait
-          : topologySql.nodeWait
-    const values = fn === "POSITION" ? undefined : bindValues([token, seconds])
-    if (values instanceof SessionError.BindError) {
-      server.release(pc, false)
-      return Effect.die(values)
-    }
+    const server = w.member.server
     const started = Date.now()
-    let command: Command | undefined
-    const wait = Effect.async<boolean | undefined>((resume) => {
-      const spec = {
-        method: values === undefined ? "query" : "execute",
-        sql,
-        values,
-        deadlineMs: timeoutMs + server.controlTimeoutMs,
-        internal: true
-      } as const
-      command = server.startCommand(pc, spec, (err, rows) => {
-        if (err !== undefined) {
-          // WSREP_SYNC_WAIT_UPTO_GTID times out with an error
-          if (isWaitTimeout(err.cause ?? err)) return resume(Effect.succeed(false))
-          return resume(Effect.succeed(undefined))
-        }
-        const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
-        resume(
-          Effect.succeed(
-            fn === "POSITION"
-              ? covers(positions(String(v ?? "")), wanted)
-              : fn === "MASTER_GTID_WAIT"
-                ? Number(v) === 0
-                : Number(v) === 1
-          )
-        )
-      })
-      return Effect.suspend(() => (command === undefined ? Effect.void : command.cancel()))
-    })
-    return Effect.matchCauseEffect(restore(wait), {
+    return Effect.matchCauseEffect(restore(askApplied(w, this.options.readYourWritesTimeoutMs)), {
       onFailure: (cause) => {
-        server.release(pc, false)
+        server.release(w.pc, false)
         return Effect.failCause(cause)
       },
       onSuccess: (applied) => {
-        if (fn !== "POSITION") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
+        if (w.fn !== "POSITION") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
         if (applied === true) {
-          if (wanted !== undefined) member.applied = mergePositions(member.applied, wanted)
+          if (w.wanted !== undefined) w.member.applied = mergePositions(w.member.applied, w.wanted)
           return next(true)
         }
-        server.release(pc, false)
+        server.release(w.pc, false)
         return next(applied)
       }
     })
@@ -434,6 +389,59 @@ export class Topology implements Router {
       stats: m.server.pool.stats()
     }))
   }
+}
+
+/** A wait for a causality token on one server's connection. */
+interface Wait {
+  readonly member: Member
+  readonly pc: PooledConn
+  readonly token: string
+  readonly wanted: Positions | undefined
+  /** POSITION: no wait, only whether the node has applied it already. */
+  readonly fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID" | "POSITION"
+}
+
+/**
+ * Asks the server whether it has applied the token, waiting up to `timeoutMs`: `true`, `false` (timed out) or
+ * `undefined` (the wait failed). The token and the bound are values of a prepared statement, never SQL text.
+ */
+const askApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefined> => {
+  const server = w.member.server
+  const fn = w.fn
+  // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
+  const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
+  const sql =
+    fn === "POSITION"
+      ? topologySql.position
+      : fn === "MASTER_GTID_WAIT"
+        ? topologySql.replicaWait
+        : topologySql.nodeWait
+  const values = fn === "POSITION" ? undefined : bindValues([w.token, seconds])
+  if (values instanceof SessionError.BindError) return Effect.die(values)
+  const spec = {
+    method: values === undefined ? "query" : "execute",
+    sql,
+    values,
+    deadlineMs: timeoutMs + server.controlTimeoutMs,
+    internal: true
+  } as const
+  return Effect.async<boolean | undefined>((resume) => {
+    const command = server.startCommand(w.pc, spec, (err, rows) => {
+      // WSREP_SYNC_WAIT_UPTO_GTID times out with an error
+      if (err !== undefined) return resume(Effect.succeed(isWaitTimeout(err.cause ?? err) ? false : undefined))
+      const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
+      resume(
+        Effect.succeed(
+          fn === "POSITION"
+            ? covers(positions(String(v ?? "")), w.wanted)
+            : fn === "MASTER_GTID_WAIT"
+              ? Number(v) === 0
+              : Number(v) === 1
+        )
+      )
+    })
+    return Effect.suspend(() => (command === undefined ? Effect.void : command.cancel()))
+  })
 }
 
 /** A member that cannot be connected to is taken out, and `otherwise` runs instead; any other failure stands. */

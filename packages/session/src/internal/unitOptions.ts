@@ -202,3 +202,12 @@ export const refuseNested = (state: Enclosing, options: UnitOptions): SessionErr
 
 /** No option of a nested unit's own (a plain savepoint). @internal */
 export const noChecks: Checked = { lockWaitSeconds: undefined, statementTimeMs: undefined, timeoutMs: undefined }
+
+/** A nested unit's options, as given and as checked. @internal */
+export interface Nested {
+  readonly options: UnitOptions
+  readonly checked: Checked
+}
+
+/** A plain savepoint (`Session.savepoint`, `withTransaction` inside a unit). @internal */
+export const PLAIN: Nested = { options: {}, checked: noChecks }

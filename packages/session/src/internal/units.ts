@@ -122,13 +122,18 @@ const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeF
   }
 }
 
+/** What one attempt of a root unit needs. */
+interface Attempt {
+  readonly engine: EngineImpl
+  readonly options: UnitOptions
+  readonly checked: Checked
+  readonly site: () => string
+  readonly route: Route
+}
+
 const runOnce = <A, E, R>(
-  engine: EngineImpl,
-  options: UnitOptions,
-  checked: Checked,
-  effect: Effect.Effect<A, E, R>,
-  site: () => string,
-  route: Route
+  { checked, engine, options, route, site }: Attempt,
+  effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(engine.borrow(restore, route), (pc) =>
@@ -208,54 +213,70 @@ export const transact = <A, E, R>(
         if (frame.closed || !frame.state.open) return Effect.fail(closedError())
         const refused = refuseNested(frame.state, options)
         if (refused !== undefined) return Effect.fail(refused)
-        return Effect.mapError(savepoint(frame, effect, fiber, options, checked), unwrapError)
+        return Effect.mapError(savepoint(frame, effect, fiber, { options, checked }), unwrapError)
       }
     }
-    let attempts = 1
-    const retrying = options.retry !== undefined && options.retry !== false
     // a span only when a tracer that exports it is installed (a unit's `name` alone does not open one: measured
     // about 8 % of a transfer's CPU in the ledger, for a span nothing reads)
     const traced = fiber.currentTracer !== defaultTracer
-    const route = routeOf(engine, options, fiber)
-    const first = runOnce(engine, options, checked, effect, site, route)
-    // the retry machinery is built only after a first retryable failure: the common path pays nothing for it
-    const unit = retrying
-      ? Effect.catchIf(first, SessionError.isRetryable, () =>
-          Effect.retry(
-            Effect.suspend(() => {
-              // every attempt after the first is a retry
-              attempts++
-              metrics.retries.unsafeUpdate(1, engine.unitLabels)
-              return runOnce(engine, options, checked, effect, site, route)
-            }),
-            {
-              schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
-              while: SessionError.isRetryable
-            }
-          )
-        )
-      : first
-    // spans only when a tracer that exports them is installed
-    if (!traced) return unit
-    return Effect.useSpan(
-      options.name ?? "sql.session",
-      {
-        kind: "client",
-        captureStackTrace: false,
-        attributes: {
-          "db.isolation": options.isolation ?? engine.options.defaults.isolation ?? "server default",
-          "db.read_only": options.readOnly === true || options.consistentSnapshot === true
-        }
-      },
-      (span) =>
-        Effect.onExit(Effect.withParentSpan(unit, span), (exit) =>
-          Effect.sync(() => {
-            span.attribute("sql.session.attempts", attempts)
-            span.attribute("sql.session.outcome", outcomeOf(exit))
-          })
-        )
-    )
+    const attempt: Attempt = { engine, options, checked, site, route: routeOf(engine, options, fiber) }
+    const counted = { attempts: 1 }
+    const unit = withRetries(attempt, effect, counted)
+    return traced ? withUnitSpan(attempt, unit, counted) : unit
   })
+
+/**
+ * A root unit, retried in a fresh transaction while it fails retryable (when its options ask for it). The retry
+ * machinery is built only after a first retryable failure: the common path pays nothing for it.
+ */
+const withRetries = <A, E, R>(
+  attempt: Attempt,
+  effect: Effect.Effect<A, E, R>,
+  counted: { attempts: number }
+): Effect.Effect<A, E | SessionError.SessionError, R> => {
+  const { engine, options } = attempt
+  const first = runOnce(attempt, effect)
+  if (options.retry === undefined || options.retry === false) return first
+  return Effect.catchIf(first, SessionError.isRetryable, () =>
+    Effect.retry(
+      Effect.suspend(() => {
+        // every attempt after the first is a retry
+        counted.attempts++
+        metrics.retries.unsafeUpdate(1, engine.unitLabels)
+        return runOnce(attempt, effect)
+      }),
+      {
+        schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
+        while: SessionError.isRetryable
+      }
+    )
+  )
+}
+
+/** The unit's span (`sql.session`): its isolation, read-only, attempts and outcome. */
+const withUnitSpan = <A, E, R>(
+  { engine, options }: Attempt,
+  unit: Effect.Effect<A, E, R>,
+  counted: { readonly attempts: number }
+): Effect.Effect<A, E, R> =>
+  Effect.useSpan(
+    options.name ?? "sql.session",
+    {
+      kind: "client",
+      captureStackTrace: false,
+      attributes: {
+        "db.isolation": options.isolation ?? engine.options.defaults.isolation ?? "server default",
+        "db.read_only": options.readOnly === true || options.consistentSnapshot === true
+      }
+    },
+    (span) =>
+      Effect.onExit(Effect.withParentSpan(unit, span), (exit) =>
+        Effect.sync(() => {
+          span.attribute("sql.session.attempts", counted.attempts)
+          span.attribute("sql.session.outcome", outcomeOf(exit))
+        })
+      )
+  )
 
 /** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
 export const scopedSession = (
@@ -285,7 +306,7 @@ export const scopedSession = (
       const refused = refuseNested(frame.state, options)
       if (refused !== undefined) return Effect.fail(refused)
       return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(openSavepoint(frame, restore, fiber, options, checked), (sp) =>
+        Effect.flatMap(openSavepoint(frame, restore, fiber, { options, checked }), (sp) =>
           Effect.as(
             Effect.zipRight(
               // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
