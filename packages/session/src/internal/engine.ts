@@ -171,12 +171,15 @@ export class EngineImpl {
   settingsSql(pc: PooledConn, want: Want): { readonly sql: string; readonly settings: Settings } | undefined {
     const base = ownerOf(this, pc).baseline
     if (base === undefined) return undefined
-    const settings: Settings = {
-      lockWait: want.lockWait ?? base.lockWait,
-      statementTime: want.statementTime ?? base.statementTime,
-      isolation: want.isolation ?? base.isolation
-    }
-    const sql = this.options.driver.dialect.settingsSql(pc.settings, settings)
+    const cur = pc.settings
+    const lockWait = want.lockWait ?? base.lockWait
+    const statementTime = want.statementTime ?? base.statementTime
+    const isolation = want.isolation ?? base.isolation
+    // every statement asks: the common answer (nothing to change) allocates nothing
+    if (lockWait === cur.lockWait && statementTime === cur.statementTime && isolation === cur.isolation)
+      return undefined
+    const settings: Settings = { lockWait, statementTime, isolation }
+    const sql = this.options.driver.dialect.settingsSql(cur, settings)
     return sql === undefined ? undefined : { sql, settings }
   }
 

@@ -117,6 +117,21 @@ export const checkOptions = (options: UnitOptions): Checked | SessionError.Inval
 /** The settings a root unit wants: its options, else the engine's defaults. */
 /** @internal */
 export const rootWant = (engine: EngineImpl, options: UnitOptions, checked: Checked): Want => {
+  // a unit without settings of its own wants the engine's defaults: computed once per engine
+  if (
+    checked.lockWaitSeconds === undefined &&
+    checked.statementTimeMs === undefined &&
+    options.isolation === undefined
+  ) {
+    return (defaultWants.get(engine) ??
+      defaultWants.set(engine, computeRootWant(engine, options, checked)).get(engine))!
+  }
+  return computeRootWant(engine, options, checked)
+}
+
+const defaultWants = new WeakMap<EngineImpl, Want>()
+
+const computeRootWant = (engine: EngineImpl, options: UnitOptions, checked: Checked): Want => {
   const d = engine.options.defaults
   return wantOf(engine, {
     lockWaitSeconds:

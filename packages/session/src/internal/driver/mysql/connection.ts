@@ -183,9 +183,11 @@ class MysqlConnection implements RawConnection {
   private executePrepared(sql: string, values: ReadonlyArray<unknown>, settle: (err: unknown, rows: unknown) => void) {
     const known = this.statements.get(sql)
     if (known !== undefined) {
-      // most recently used last: eviction takes the least recently used
-      this.statements.delete(sql)
-      this.statements.set(sql, known)
+      // most recently used last, so that eviction takes the least recently used (only worth its cost near the bound)
+      if (this.statements.size > STATEMENTS_PER_CONNECTION / 2) {
+        this.statements.delete(sql)
+        this.statements.set(sql, known)
+      }
       return trackEofStatus(
         known.execute(values, (err, rows) => {
           // the server no longer has it: prepare it again (the server ran nothing)
