@@ -21,7 +21,7 @@ export interface StatementRequest {
   readonly rowsAsArray: boolean
   /** The driver's result as it is (`.raw`), else its rows (transformed). */
   readonly raw: boolean
-  readonly transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
+  readonly transform: Transform
 }
 
 /** What the caller of a statement gets: the driver's result (`raw`), else its rows, transformed. @internal */
@@ -39,7 +39,7 @@ export const toSqlError = (e: SessionError.SessionError): SqlError =>
 export const sessionErrorsAsSqlError = <E>(e: E): E | SqlError =>
   SessionError.isSessionError(e) ? toSqlError(e as SessionError.SessionError) : e
 
-const rowsOf = (results: unknown): ReadonlyArray<any> => (Array.isArray(results) ? results : [])
+const rowsOf = (results: unknown): ReadonlyArray<object> => (Array.isArray(results) ? results : [])
 
 /**
  * The `@effect/sql` connection of a frame: a pooled connection plus the rule that decides whether a statement may
@@ -74,7 +74,11 @@ export abstract class BaseConnection implements Connection {
     const eff = Effect.map(this.runStatement("query", sql, params, false), rowsOf)
     return transformRows ? Effect.map(eff, transformRows) : eff
   }
-  executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform): Stream.Stream<any, SqlError> {
+  executeStream(
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: Transform
+  ): Stream.Stream<unknown, SqlError> {
     // rows are fetched whole and then streamed: the connection stays consistent and the frame's ordering holds
     return Stream.fromIterableEffect(this.execute(sql, params, transformRows))
   }

@@ -142,7 +142,7 @@ export class EngineImpl {
   }
 
   /** The fiber's current session (frame) of this engine, if any. */
-  current(fiber: Fiber.RuntimeFiber<any, any>): CurrentFrame | undefined {
+  current(fiber: Fiber.RuntimeFiber<unknown, unknown>): CurrentFrame | undefined {
     return fiber.currentContext.unsafeMap.get(this.currentTag.key) ?? fiber.getFiberRef(this.currentRef)
   }
 

@@ -33,7 +33,7 @@ export interface UnitState {
   readonly phase: Unit.Phase
   rollbackOnly: boolean
   seq: number
-  owner: Fiber.RuntimeFiber<any, any> | undefined
+  owner: Fiber.RuntimeFiber<unknown, unknown> | undefined
   watched: Watched | undefined
   readonly open: boolean
   readonly begun: boolean
@@ -43,7 +43,7 @@ export interface UnitState {
   /** Feeds a command's outcome to the unit's state machine. */
   apply(event: Unit.Event): void
   /** Runs `effect` inside the unit, in `frame`. */
-  provide<A, E, R>(effect: Effect.Effect<A, E, R>, frame?: Frame): Effect.Effect<A, E, Exclude<R, any>>
+  provide<A, E, R>(effect: Effect.Effect<A, E, R>, frame?: Frame): Effect.Effect<A, E, never>
   /** The first statement of a keyed unit: its key, in its transaction (see `keys.ts`). */
   recordKey(key: string): Effect.Effect<void, SessionError.SessionError>
   /** What the Layer spelling provides: the unit's services, in `frame`. */
@@ -98,7 +98,7 @@ export class Frame extends BaseConnection {
     sql: string,
     params: ReadonlyArray<unknown>,
     transformRows: (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
-  ): Stream.Stream<any, SqlError> {
+  ): Stream.Stream<unknown, SqlError> {
     return frameStream(this, frameTarget(this), { sql, params, transform: transformRows })
   }
 
@@ -107,7 +107,7 @@ export class Frame extends BaseConnection {
    * `exec`). Set only while it runs.
    */
   running: Command | undefined = undefined
-  runningFiber: Fiber.RuntimeFiber<any, any> | undefined = undefined
+  runningFiber: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
 
   runStatement(
     method: "query" | "execute",
@@ -190,7 +190,10 @@ export class Frame extends BaseConnection {
    * if it is interrupted while its statement runs, the whole unit is ending, and whatever it does next in this
    * session first stops that statement (`reclaim`).
    */
-  exec(fiber: Fiber.RuntimeFiber<any, any> | undefined, req: StatementRequest): Effect.Effect<any, SqlError> {
+  exec(
+    fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined,
+    req: StatementRequest
+  ): Effect.Effect<unknown, SqlError> {
     const early = this.check()
     if (early !== undefined) return Effect.fail(toSqlError(early))
     if (fiber !== undefined && this.runningFiber === fiber) {
@@ -202,7 +205,7 @@ export class Frame extends BaseConnection {
     }
     const owner = fiber !== undefined && fiber === this.state.owner ? fiber : undefined
     const run = new Run(this, req)
-    const statement = Effect.async<any, SqlError>((resume) => run.begin(resume, owner))
+    const statement = Effect.async<unknown, SqlError>((resume) => run.begin(resume, owner))
     if (owner !== undefined) return statement
     // interrupted after the statement took effect — also when the interruption lands after the server answered,
     // before the fiber went on (nothing left to cancel): its effect is in the transaction, so the frame rolls back
@@ -254,7 +257,7 @@ class Run {
   stopped = false
   /** Some statement of this call took effect on the server. */
   applied = false
-  private resume: (effect: Effect.Effect<any, SqlError>) => void = () => undefined
+  private resume: (effect: Effect.Effect<unknown, SqlError>) => void = () => undefined
 
   constructor(
     readonly frame: Frame,
@@ -262,8 +265,8 @@ class Run {
   ) {}
 
   begin(
-    resume: (effect: Effect.Effect<any, SqlError>) => void,
-    owner: Fiber.RuntimeFiber<any, any> | undefined
+    resume: (effect: Effect.Effect<unknown, SqlError>) => void,
+    owner: Fiber.RuntimeFiber<unknown, unknown> | undefined
   ): Effect.Effect<void> | undefined {
     this.resume = resume
     const frame = this.frame

@@ -4,6 +4,7 @@
  * @internal
  */
 import * as Client from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
@@ -63,7 +64,7 @@ export class SessionState implements SessionService, UnitState {
    * The fiber that opened the session and runs its unit: its statements need no interruption hook (`Frame.exec`).
    * Cleared when the session ends.
    */
-  owner: Fiber.RuntimeFiber<any, any> | undefined = undefined
+  owner: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
 
   constructor(
     readonly engine: EngineImpl,
@@ -145,7 +146,7 @@ export class SessionState implements SessionService, UnitState {
   }
 
   /** The frame of this session the fiber is in (a savepoint), or the root. */
-  frameOf(fiber: Fiber.RuntimeFiber<any, any>): Frame {
+  frameOf(fiber: Fiber.RuntimeFiber<unknown, unknown>): Frame {
     const f = this.engine.current(fiber)
     return f instanceof Frame && f.state === (this as UnitState) ? f : this.root
   }
@@ -174,9 +175,14 @@ export class SessionState implements SessionService, UnitState {
     return (this.boundClient ??= makeClient(
       this.engine,
       (fiber) => this.frameOf(fiber),
-      ((effect: Effect.Effect<any, any, any>) =>
-        Effect.withFiberRuntime<any, any, any>((fiber) =>
-          Effect.mapError(savepoint(this.frameOf(fiber), effect, fiber, PLAIN), sessionErrorsAsSqlError)
+      (<R, E, A>(effect: Effect.Effect<A, E, R>) =>
+        Effect.withFiberRuntime<A, E | SqlError, R>(
+          (fiber) =>
+            // a SessionError travels as the cause of a SqlError (see `sessionErrorsAsSqlError`)
+            Effect.mapError(
+              savepoint(this.frameOf(fiber), effect, fiber, PLAIN),
+              sessionErrorsAsSqlError
+            ) as Effect.Effect<A, E | SqlError, R>
         )) as Client.SqlClient["withTransaction"],
       this.engine.reactivity
     ))
@@ -188,10 +194,10 @@ export class SessionState implements SessionService, UnitState {
   }
 
   /** Runs `effect` inside this session (frame `frame`): Session, the engine's SqlClient and the frame in context. */
-  provide<A, E, R>(effect: Effect.Effect<A, E, R>, frame: Frame = this.root): Effect.Effect<A, E, Exclude<R, any>> {
+  provide<A, E, R>(effect: Effect.Effect<A, E, R>, frame: Frame = this.root): Effect.Effect<A, E, never> {
     return Effect.mapInputContext(effect as Effect.Effect<A, E, never>, (ctx: Context.Context<never>) =>
       this.contextFrom(ctx, frame)
-    ) as any
+    )
   }
 
   /** `outer` plus this session's services, in one copy. */

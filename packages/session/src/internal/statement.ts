@@ -25,11 +25,11 @@ import { directStream } from "./stream.js"
 export interface StatementTarget {
   /** Inside `@sessionfx/testing`'s SessionTest: `reserve` hands out this connection instead of a pooled one. */
   readonly containsReserve?: boolean | undefined
-  exec(fiber: Fiber.RuntimeFiber<any, any> | undefined, req: StatementRequest): Effect.Effect<any, SqlError>
+  exec(fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined, req: StatementRequest): Effect.Effect<unknown, SqlError>
 }
 
 /** @internal */
-export type Resolve = (fiber: Fiber.RuntimeFiber<any, any>) => (StatementTarget & Connection) | undefined
+export type Resolve = (fiber: Fiber.RuntimeFiber<unknown, unknown>) => (StatementTarget & Connection) | undefined
 
 /** An autocommit statement on a connection borrowed for that one statement. @internal */
 export class DirectConnection extends BaseConnection {
@@ -84,6 +84,9 @@ const isPlain = (arg: unknown): boolean => {
   return arg instanceof Date || arg instanceof Uint8Array
 }
 
+/** A `@effect/sql` statement constructor called as a template tag. */
+type TemplateTag = (strings: unknown, ...args: Array<unknown>) => unknown
+
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
 interface Core {
@@ -110,8 +113,8 @@ const verbOf = (text: string): string => {
 }
 
 /** Effect's current-fiber slot: the fiber whose code is building a statement. */
-const currentFiber = (): Fiber.RuntimeFiber<any, any> | undefined =>
-  (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<any, any> })["effect/FiberCurrent"]
+const currentFiber = (): Fiber.RuntimeFiber<unknown, unknown> | undefined =>
+  (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<unknown, unknown> })["effect/FiberCurrent"]
 
 /** How a statement is run: what `@effect/sql` calls it, and what its caller gets back. */
 interface How {
@@ -141,10 +144,10 @@ const UNPREPARED: How = {
 }
 
 const runIn = (
-  fiber: Fiber.RuntimeFiber<any, any>,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
   s: FastStatement<unknown>,
   how: How
-): Effect.Effect<any, SqlError> => {
+): Effect.Effect<unknown, SqlError> => {
   const core = s.core
   const text = textOf(s.strings)
   const req: StatementRequest = {
@@ -158,7 +161,7 @@ const runIn = (
   // a statement built inside a unit and run by a fiber outside any unit still belongs to that unit (and fails with
   // SessionClosed once it has ended): it never runs in autocommit by accident
   const target = core.resolve(fiber) ?? s.origin
-  const effect: Effect.Effect<any, SqlError> =
+  const effect: Effect.Effect<unknown, SqlError> =
     target !== undefined ? target.exec(fiber, req) : autocommit(core.engine, req)
   if (fiber.currentTracer === defaultTracer) return effect
   const attributes: Record<string, unknown> = { "db.operation.name": verbOf(text), "sql.method": how.operation }
@@ -168,7 +171,7 @@ const runIn = (
 }
 
 /** One statement in autocommit, on a connection borrowed for it. */
-const autocommit = (engine: EngineImpl, req: StatementRequest): Effect.Effect<any, SqlError> =>
+const autocommit = (engine: EngineImpl, req: StatementRequest): Effect.Effect<unknown, SqlError> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
       Effect.ensuring(
@@ -206,12 +209,12 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
   ) {
     super()
   }
-  get [Statement.FragmentId]() {
-    return identity as any
+  get [Statement.FragmentId](): (_: Statement.FragmentId) => Statement.FragmentId {
+    return identity
   }
   private slow(): Statement.Statement<A> {
     const make = this.origin === undefined ? this.core.slow : this.core.slowFor(this.origin)
-    return (this._slow ??= (make as any)(this.strings, ...this.args))
+    return (this._slow ??= (make as unknown as TemplateTag)(this.strings, ...this.args) as Statement.Statement<A>)
   }
   get segments() {
     return this.slow().segments
@@ -219,14 +222,14 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
   compile(): readonly [sql: string, params: ReadonlyArray<unknown>] {
     return [textOf(this.strings), this.args]
   }
-  private go(
+  private go<X>(
     how: How,
-    fallback: (s: Statement.Statement<A>) => Effect.Effect<any, SqlError>
-  ): Effect.Effect<any, SqlError> {
+    fallback: (s: Statement.Statement<A>) => Effect.Effect<X, SqlError>
+  ): Effect.Effect<X, SqlError> {
     return Effect.withFiberRuntime((fiber) =>
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
         ? fallback(this.slow())
-        : runIn(fiber, this as FastStatement<unknown>, how)
+        : (runIn(fiber, this as FastStatement<unknown>, how) as Effect.Effect<X, SqlError>)
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
@@ -311,15 +314,17 @@ const buildClient = (p: ClientParts, transformRows: Transform, compiler: Stateme
     const origin = fiber === undefined ? undefined : resolve(fiber)
     if (Array.isArray(strings) && "raw" in strings) {
       for (let i = 0; i < args.length; i++) {
-        if (!isPlain(args[i])) return ((origin === undefined ? slow : slowFor(origin)) as any)(strings, ...args)
+        if (!isPlain(args[i])) {
+          return ((origin === undefined ? slow : slowFor(origin)) as unknown as TemplateTag)(strings, ...args)
+        }
       }
       return new FastStatement(strings as unknown as TemplateStringsArray, args, core, origin)
     }
-    return (slow as any)(strings, ...args)
+    return (slow as unknown as TemplateTag)(strings, ...args)
   }
   const client: Client.SqlClient = Object.assign(sql, slow, {
     [Client.TypeId]: Client.TypeId,
-    safe: undefined as any,
+    safe: undefined as unknown as Client.SqlClient,
     withTransaction,
     reserve,
     withoutTransforms: (): Client.SqlClient =>
@@ -331,8 +336,8 @@ const buildClient = (p: ClientParts, transformRows: Transform, compiler: Stateme
     reactiveMailbox: <A, E, R>(
       keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
       effect: Effect.Effect<A, E, R>
-    ) => reactivity.query(keys, effect) as Effect.Effect<any, never, R | Scope.Scope>
-  }) as any
-  ;(client as any).safe = client
+    ) => reactivity.query(keys, effect)
+  }) as unknown as Client.SqlClient
+  ;(client as { safe: Client.SqlClient }).safe = client
   return client
 }
