@@ -253,6 +253,8 @@ export class EngineImpl {
   /** `borrow` from this server's own pool. */
   borrowHere(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {
+      const idle = this.pool.tryAcquire()
+      if (idle !== undefined) return Effect.succeed(idle)
       const lease: Lease = { pc: undefined, waiter: undefined }
       // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
       return Effect.catchAllCause(restore(this.pool.acquire(lease)), (cause) => {

@@ -190,6 +190,24 @@ export class ConnPool {
     return this.config.validateAfterIdleMs >= 0 && Date.now() - pc.lastUsedAt > this.config.validateAfterIdleMs
   }
 
+  /**
+   * An idle connection that needs no validation, taken at once when nobody waits (`undefined` otherwise: then
+   * `acquire`). The common borrow costs no `Effect.async`, no waiter and no lease.
+   */
+  tryAcquire(): PooledConn | undefined {
+    if (this.closing || this.queue.head !== undefined) return undefined
+    const pc = this.takeIdle()
+    if (pc === undefined) return undefined
+    if (this.needsValidation(pc)) {
+      this.idle.push(pc)
+      return undefined
+    }
+    pc.inUse = true
+    this.inUse++
+    this.config.onWait(0)
+    return pc
+  }
+
   private give(w: Waiter, pc: PooledConn) {
     if (w.cancelled || w.done) {
       this.toIdle(pc)
