@@ -5,6 +5,11 @@
  * @internal
  */
 
+import type * as Brand from "effect/Brand"
+
+/** A causality token (see `Session.CausalityToken`). @internal */
+export type CausalityToken = string & Brand.Brand<"@sessionfx/session/CausalityToken">
+
 /** How a read-only unit reads: see `docs/scale-out.md`. @internal */
 export type Consistency = "read-your-writes" | "replica" | "primary"
 

@@ -9,25 +9,53 @@ import type * as Schedule from "effect/Schedule"
 import * as SessionError from "../SessionError.js"
 import { type EngineImpl, type Isolation, type Want, wantOf } from "./engine.js"
 import * as keys from "./keys.js"
-import { type Consistency, TOKEN_PATTERN } from "./tokens.js"
+import { type CausalityToken, TOKEN_PATTERN } from "./tokens.js"
 
-/** @internal */
-export interface UnitOptions {
+/** The options of a unit of work: `Session.Options` is this type. @internal */
+export interface SessionOptions {
+  /** Isolation level for this transaction (set before it starts). */
   readonly isolation?: Isolation | undefined
+  /** `START TRANSACTION READ ONLY`: writes fail with `ReadOnlyTransaction`. */
   readonly readOnly?: boolean | undefined
+  /** `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`. */
   readonly consistentSnapshot?: boolean | undefined
+  /** `innodb_lock_wait_timeout` for this session. */
   readonly lockWaitTimeout?: Duration.DurationInput | undefined
+  /** Per-statement limit, enforced by the server (MariaDB `max_statement_time`, MySQL `max_execution_time`). */
   readonly statementTimeout?: Duration.DurationInput | undefined
+  /** Limit for the whole unit: exceeded → interrupted, rolled back, `TransactionTimeout`. (`transact` only.) */
   readonly timeout?: Duration.DurationInput | undefined
+  /** `"nested"` (default): a savepoint inside an open session of the same engine; `"new"`: its own connection. */
   readonly propagation?: "nested" | "new" | undefined
+  /** Re-run the whole unit in a fresh transaction on retryable errors: `true` for the default policy, or a Schedule. (`transact` only.) */
   readonly retry?: boolean | Schedule.Schedule<unknown, SessionError.SessionError> | undefined
+  /** Span name for the unit. */
   readonly name?: string | undefined
+  /** Always roll back, even on success (dry runs, tests). Nested: the savepoint is always rolled back. */
   readonly rollbackOnly?: boolean | undefined
+  /**
+   * A keyed unit: applied at most once. The key is recorded in sessionfx's key table (`createKeyTable`) inside the
+   * unit's transaction; a unit whose key is already committed fails with `AlreadyApplied` and changes nothing, and
+   * after a lost COMMIT the key tells whether the unit was applied (`outcome`). At most 255 bytes, compared byte for
+   * byte.
+   */
   readonly key?: string | undefined
-  /** Read-only units of an engine with replicas: where they read (see `Consistency`). */
-  readonly consistency?: Consistency | undefined
-  /** A causality token the unit must see (a commit made elsewhere). */
-  readonly after?: string | undefined
+  /**
+   * Where a read-only unit (`readOnly`, `consistentSnapshot`) of an engine with replicas reads:
+   * `"read-your-writes"` (default) a replica once it has applied the fiber's causality token (and `after`), else
+   * the primary after `readYourWritesTimeout`; `"replica"` any healthy replica, no wait (may be stale);
+   * `"primary"` the primary. Outermost units only.
+   */
+  readonly consistency?: "read-your-writes" | "replica" | "primary" | undefined
+  /**
+   * A causality token the unit must see, e.g. one received from another process (an HTTP header): a read-only
+   * unit waits for a replica to have applied it. Outermost units only.
+   */
+  readonly after?: CausalityToken | undefined
+}
+
+/** A unit's options as the core takes them: the public ones, and SessionTest's. @internal */
+export interface UnitOptions extends SessionOptions {
   /** `@sessionfx/testing`'s SessionTest: every unit below runs inside this one (nothing can escape it). */
   readonly containAll?: boolean | undefined
 }
