@@ -203,16 +203,25 @@ export interface Enclosing {
   isolationName(): string
 }
 
+const retries = (o: UnitOptions): boolean => o.retry !== undefined && o.retry !== false
+
+/**
+ * A nested unit's retry is honoured by the outermost unit's: a retryable failure rolls back the whole transaction and
+ * the outer unit runs again, this one with it (`retry: true`, or the very schedule the outer unit retries with).
+ */
+const defersTo = (outer: UnitOptions, nested: UnitOptions): boolean =>
+  retries(outer) && (nested.retry === true || nested.retry === outer.retry)
+
 /** What a nested unit cannot honour inside the transaction of `state`. @internal */
 export const refuseNested = (state: Enclosing, options: UnitOptions): SessionError.InvalidOption | undefined => {
   const contained = state.options.containAll === true
   const where = contained
     ? "inside SessionTest every unit runs in the test's transaction; test this unit with a session of its own"
     : 'use propagation: "new" for a unit with a connection and transaction of its own'
-  if (!contained && options.retry !== undefined && options.retry !== false) {
+  if (!contained && retries(options) && !defersTo(state.options, options)) {
     return invalid(
       "retry",
-      "a nested unit cannot be retried on its own: a deadlock rolls back the whole transaction. Put retry on the outermost unit, or " +
+      "a nested unit cannot be retried on its own: a deadlock rolls back the whole transaction. Put retry on the outermost unit (a nested retry: true then defers to it), or " +
         where
     )
   }
