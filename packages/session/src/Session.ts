@@ -222,7 +222,7 @@ export const connectionId: Effect.Effect<number, never, Session> = Effect.map(Se
  * @category keyed units
  */
 export const outcome = (key: string): Effect.Effect<"committed" | "absent", SessionError.SessionError, Engine.Engine> =>
-  Effect.flatMap(Engine.Engine, (engine) => keys.outcome(engineImpl(engine), key))
+  Effect.flatMap(Engine.Engine, (engine) => internal.outcome(engineImpl(engine), key))
 
 /**
  * Creates sessionfx's key table for keyed units if it does not exist (`keyTableDdl`): run it once, e.g. from a

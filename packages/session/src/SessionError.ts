@@ -66,7 +66,13 @@ interface Common {
  * @since 0.1.0
  * @category errors
  */
-export class PoolTimeout extends Data.TaggedError("PoolTimeout")<Common & { readonly stats: PoolStats }> {
+export class PoolTimeout extends Data.TaggedError("PoolTimeout")<
+  Common & {
+    readonly stats: PoolStats
+    /** The pool shed the request at once (`pool.queueLimit` waiters already queued): a unit's retry does not re-run it. */
+    readonly shed?: boolean | undefined
+  }
+> {
   readonly [TypeId]: TypeId = TypeId
   readonly retryable = true as const
 }

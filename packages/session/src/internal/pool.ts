@@ -306,6 +306,7 @@ export class ConnPool {
         resume(
           Effect.fail(
             new SessionError.PoolTimeout({
+              shed: true,
               stats: this.stats(),
               message: `${this.queue.size} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
             })

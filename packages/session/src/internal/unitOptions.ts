@@ -118,6 +118,12 @@ export const checkOptions = (options: UnitOptions): Checked | SessionError.Inval
   if (options.propagation !== undefined && options.propagation !== "nested" && options.propagation !== "new") {
     return invalid("propagation", `must be "nested" or "new", got ${JSON.stringify(options.propagation)}`)
   }
+  if (options.key !== undefined && (options.readOnly === true || options.consistentSnapshot === true)) {
+    return invalid(
+      options.consistentSnapshot === true ? "consistentSnapshot" : "readOnly",
+      "a keyed unit records its key with an INSERT in its transaction, which a read-only transaction refuses; drop the key, or make the unit read-write"
+    )
+  }
   if (options.key !== undefined) {
     const bad = keys.checkKey(options.key)
     if (bad !== undefined) return invalid("key", bad)

@@ -19,6 +19,7 @@ import * as SessionError from "../SessionError.js"
 import type { EngineImpl, Watched } from "./engine.js"
 import { finishNow, finishSession } from "./ending.js"
 import { closedError, Frame } from "./frame.js"
+import * as keys from "./keys.js"
 import * as metrics from "./metrics.js"
 import type { PooledConn } from "./pool.js"
 import { closeSavepoint, openSavepoint, savepoint, unwrapError, withTimeout } from "./savepoints.js"
@@ -237,7 +238,7 @@ const withRetries = <A, E, R>(
   const { engine, options } = attempt
   const first = runOnce(attempt, effect)
   if (options.retry === undefined || options.retry === false) return first
-  return Effect.catchIf(first, SessionError.isRetryable, () =>
+  return Effect.catchIf(first, retriesUnit, () =>
     Effect.retry(
       Effect.suspend(() => {
         // every attempt after the first is a retry
@@ -247,11 +248,18 @@ const withRetries = <A, E, R>(
       }),
       {
         schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
-        while: SessionError.isRetryable
+        while: retriesUnit
       }
     )
   )
 }
+
+/**
+ * What a unit's retry runs it again for: a retryable failure, except a request the pool shed at once (`queueLimit`):
+ * running it again would only put it back into the queue that is already full.
+ */
+const retriesUnit = (e: unknown): boolean =>
+  SessionError.isRetryable(e) && !(e instanceof SessionError.PoolTimeout && e.shed === true)
 
 /** The unit's span (`sql.session`): its isolation, read-only, attempts and outcome. */
 const withUnitSpan = <A, E, R>(
@@ -277,6 +285,29 @@ const withUnitSpan = <A, E, R>(
         })
       )
   )
+
+/**
+ * Whether the unit keyed `key` is committed (see `keys.outcome`). Asked inside that very unit, the answer cannot be
+ * known before the unit ends (and the locking read would wait on the unit's own lock): refused at once.
+ *
+ * @internal
+ */
+export const outcome = (
+  engine: EngineImpl,
+  key: string
+): Effect.Effect<"committed" | "absent", SessionError.SessionError> =>
+  Effect.withFiberRuntime((fiber) => {
+    const frame = frameIn(engine, fiber)
+    if (frame !== undefined && frame.state.open && frame.state.options.key === key) {
+      return Effect.fail(
+        invalid(
+          "key",
+          `Session.outcome(${JSON.stringify(key)}) was asked inside the unit with that key: its outcome is known only once it has ended. Ask after the unit (or from another fiber)`
+        )
+      )
+    }
+    return keys.outcome(engine, key)
+  })
 
 /** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
 export const scopedSession = (

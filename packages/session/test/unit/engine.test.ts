@@ -316,6 +316,31 @@ describe("engine on a fake driver", () => {
     })
   )
 
+  it.scoped("a unit whose request the pool sheds (queueLimit) is not retried: one PoolTimeout, at once", () =>
+    Effect.gen(function* () {
+      const server = new FakeServer()
+      const started = yield* Deferred.make<void>()
+      server.script = (sql) => {
+        if (sql !== UPDATE) return undefined
+        Deferred.unsafeDone(started, Exit.void)
+        return { _tag: "hang" }
+      }
+      const impl = yield* fakeEngine(server, { size: 1, queueLimit: 1 })
+      // the one connection is held by a unit whose statement never ends; one more unit waits in the queue
+      const holder = yield* Effect.fork(transact(impl, updates(impl, 1)))
+      yield* Deferred.await(started)
+      const waiter = yield* Effect.fork(transact(impl, Effect.void))
+      yield* Effect.yieldNow()
+      const exit = yield* Effect.exit(transact(impl, updates(impl, 1), { retry: true }))
+      const e = failureOf(exit) as SessionError.PoolTimeout
+      assert.strictEqual(e._tag, "PoolTimeout")
+      assert.isTrue(e.shed)
+      assert.strictEqual(impl.pool.stats().acquireTimeouts, 1, "shed once, not retried")
+      yield* Fiber.interrupt(waiter)
+      yield* Fiber.interrupt(holder)
+    })
+  )
+
   it.scoped("a fiber that outlives its unit cannot run a statement in autocommit: SessionClosed", () =>
     Effect.gen(function* () {
       const server = new FakeServer()

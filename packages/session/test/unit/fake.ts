@@ -200,7 +200,12 @@ const lost = () =>
 /** An engine on the fake server (one server, no topology), released with the scope. */
 export const fakeEngine = (
   server: FakeServer,
-  o: { readonly size?: number; readonly acquireTimeoutMs?: number; readonly commitTimeoutMs?: number } = {}
+  o: {
+    readonly size?: number
+    readonly acquireTimeoutMs?: number
+    readonly commitTimeoutMs?: number
+    readonly queueLimit?: number
+  } = {}
 ) =>
   Effect.acquireRelease(
     Effect.sync(() => {
@@ -215,7 +220,7 @@ export const fakeEngine = (
           idleTimeoutMs: 0,
           maxLifetimeMs: 0,
           validateAfterIdleMs: -1,
-          queueLimit: 0
+          queueLimit: o.queueLimit ?? 0
         },
         killGraceMs: 500,
         commitTimeoutMs: o.commitTimeoutMs ?? 1_000,
