@@ -5,6 +5,7 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Client from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
@@ -344,7 +345,13 @@ const serviceOf = (o: {
   const sql = makeClient(
     impl,
     (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
-    (effect) => Effect.mapError(internalSession.transact(impl, effect, {}), sessionErrorsAsSqlError) as any,
+    // a SessionError travels as the SqlError's cause: what is left of the error channel is the effect's own or SqlError
+    <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.mapError(internalSession.transact(impl, effect, {}), sessionErrorsAsSqlError) as Effect.Effect<
+        A,
+        E | SqlError,
+        R
+      >,
     impl.reactivity
   )
   impl.client = sql

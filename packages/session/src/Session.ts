@@ -165,15 +165,19 @@ export const transact: {
   ): Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
 } = dual(
   (args) => Effect.isEffect(args[0]),
-  <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) => {
+  <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+    options?: Options
+  ): Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine> => {
     const site = internal.captureSite(options?.name ?? "Session.transact", transact)
+    // the unit provides its Session and SqlClient to `effect`
     return Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
       // the type requires an Engine; without one this dies like `yield* Engine.Engine` would
       const engine = Context.unsafeGet(fiber.currentContext, Engine.Engine)
       return internal.transact(engineImpl(engine), effect, options ?? {}, site)
-    })
+    }) as Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
   }
-) as any
+)
 
 /**
  * Runs `effect` in a savepoint of the current session.

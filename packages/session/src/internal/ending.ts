@@ -31,6 +31,22 @@ const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>> | undefined) =>
       )
 
 /**
+ * The types of a unit's end: with `passThrough`, the unit's own value and failure (or the ending's failure); without,
+ * `void` or the ending's failure.
+ *
+ * @internal
+ */
+export interface Finish {
+  <A, E>(state: UnitState, exit: Exit.Exit<A, E>, passThrough: true): Effect.Effect<A, E | SessionError.SessionError>
+  <A, E>(state: UnitState, exit: Exit.Exit<A, E>, passThrough: false): Effect.Effect<void, SessionError.SessionError>
+  <A, E>(
+    state: UnitState,
+    exit: Exit.Exit<A, E>,
+    passThrough: boolean
+  ): Effect.Effect<A | void, E | SessionError.SessionError>
+}
+
+/**
  * Ends a session with the exit of its unit of work: COMMIT on success, ROLLBACK otherwise, and gives the connection
  * back (the pool resets it unless the server said it is clean). A failing COMMIT is a typed error. Runs
  * uninterruptibly, except while COMMIT is in flight: interrupted then, the connection is destroyed and the outcome
@@ -42,19 +58,20 @@ const runHooks = (hooks: ReadonlyArray<Effect.Effect<void>> | undefined) =>
  *
  * @internal
  */
-export const finishSession = <A, E>(
+export const finishSession: Finish = <A, E>(
   state: UnitState,
   exit: Exit.Exit<A, E>,
   passThrough: boolean
-): Effect.Effect<any, any> => Effect.uninterruptible(Effect.suspend(() => finishNow(state, exit, passThrough)))
+): Effect.Effect<A | void, E | SessionError.SessionError> =>
+  Effect.uninterruptible(Effect.suspend(() => finishNow(state, exit, passThrough)))
 
 /** `finishSession` for a caller that is already uninterruptible. */
 /** @internal */
-export const finishNow = <A, E>(
+export const finishNow: Finish = <A, E>(
   state: UnitState,
   exit: Exit.Exit<A, E>,
   passThrough: boolean
-): Effect.Effect<any, any> => {
+): Effect.Effect<A | void, E | SessionError.SessionError> => {
   // a statement the owner left running when it was interrupted: stop it before ROLLBACK
   if (state.root.running !== undefined) {
     return Effect.zipRight(
@@ -83,7 +100,11 @@ const exitKind = (exit: Exit.Exit<unknown, unknown>): Unit.Exit =>
         ? "failure"
         : "defect"
 
-const endSession = <A, E>(state: UnitState, exit: Exit.Exit<A, E>, passThrough: boolean): Effect.Effect<any, any> => {
+const endSession = <A, E>(
+  state: UnitState,
+  exit: Exit.Exit<A, E>,
+  passThrough: boolean
+): Effect.Effect<A | void, E | SessionError.SessionError> => {
   const { engine, pc, root } = state
   const gone = pc.broken || pc.closed
   const decision = Unit.decide(state.phase, {
@@ -104,12 +125,15 @@ const endSession = <A, E>(state: UnitState, exit: Exit.Exit<A, E>, passThrough: 
   // statements queued behind the close now see a closed session and fail with SessionClosed
   root.lock.unsafeRelease()
   metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.unitLabels)
-  const outcome: Effect.Effect<any, any> = passThrough ? Exit.mapError(exit, unwrapError) : Effect.void
+  const outcome: Effect.Effect<A | void, E | SessionError.SessionError> = passThrough
+    ? Exit.mapError(exit, unwrapError)
+    : Effect.void
   switch (decision.disposition) {
     case "rollback": {
       const reason = decision.reason!
+      // an aborted unit has its abort's cause, an interrupted one its poisoning (see `Unit.decide`)
       const after =
-        reason === "aborted" ? Effect.fail(aborted) : reason === "interrupted" ? Effect.fail(root.poisoned) : outcome
+        reason === "aborted" ? Effect.fail(aborted!) : reason === "interrupted" ? Effect.fail(root.poisoned!) : outcome
       return rollbackUnit(state, reason, sendRollback, after)
     }
     case "release": {
@@ -137,12 +161,12 @@ const endWith = (state: UnitState, reset: boolean, reason?: DestroyReason): void
 }
 
 /** ROLLBACK (when something is open on a working connection), then `after`. */
-const rollbackUnit = (
+const rollbackUnit = <A, E>(
   state: UnitState,
   reason: string,
   send: boolean,
-  after: Effect.Effect<any, any>
-): Effect.Effect<any, any> => {
+  after: Effect.Effect<A, E>
+): Effect.Effect<A, E> => {
   const { engine, pc } = state
   metrics.rollbacks.unsafeUpdate(1, engine.unitLabelsWith("cause", reason))
   if (!send) {
@@ -151,7 +175,7 @@ const rollbackUnit = (
     endWith(state, false)
     return after
   }
-  return Effect.async<any, any>((resume) => {
+  return Effect.async<A, E>((resume) => {
     // a ROLLBACK that does not answer is cut short: closing the connection rolls back on the server too
     engine.startCommand(pc, engine.control(state.dialect.rollback), (err) => {
       if (err !== undefined) endWith(state, false, pc.broken ? "broken" : "resetFailed")
@@ -162,7 +186,11 @@ const rollbackUnit = (
 }
 
 /** The unit is committed: its causality token flows on in the fiber (before the hooks: they may read what it wrote). */
-const committed = (state: UnitState, gtid: string | undefined, outcome: Effect.Effect<any, any>) => {
+const committed = <A, E>(
+  state: UnitState,
+  gtid: string | undefined,
+  outcome: Effect.Effect<A, E>
+): Effect.Effect<A, E> => {
   const { engine, pc, root } = state
   metrics.commits.unsafeUpdate(1, engine.unitLabels)
   const after = root.hooks === undefined ? outcome : Effect.zipRight(runHooks(root.hooks), outcome)
@@ -183,10 +211,13 @@ const commitDeadline = (state: UnitState): number => {
  * no reply (outcome unknown: a keyed unit asks its key). Interrupted while COMMIT is in flight, the connection is
  * destroyed and the outcome is unknown; before it was sent, nothing is committed.
  */
-const commitUnit = (state: UnitState, outcome: Effect.Effect<any, any>): Effect.Effect<any, any> => {
+const commitUnit = <A, E>(
+  state: UnitState,
+  outcome: Effect.Effect<A, E>
+): Effect.Effect<A, E | SessionError.SessionError> => {
   const { engine, pc } = state
   let command: Command | undefined
-  const settle = (o: Unit.CommitOutcome): Effect.Effect<any, any> => {
+  const settle = (o: Unit.CommitOutcome): Effect.Effect<A, E | SessionError.SessionError> => {
     switch (Unit.commitResult(o)) {
       case "committed": {
         const gtid = pc.lastGtid
@@ -202,7 +233,7 @@ const commitUnit = (state: UnitState, outcome: Effect.Effect<any, any>): Effect.
         return commitFailed(state, (o as { cause: SessionError.SessionError }).cause)
     }
   }
-  const commit = Effect.async<any, any>((resume) => {
+  const commit = Effect.async<A, E | SessionError.SessionError>((resume) => {
     const spec = { ...engine.control(state.dialect.commit), deadlineMs: commitDeadline(state) }
     command = engine.startCommand(pc, spec, (e) =>
       resume(
@@ -232,7 +263,11 @@ const commitUnit = (state: UnitState, outcome: Effect.Effect<any, any>): Effect.
   )
 }
 
-const commitUnknown = (state: UnitState, e: SessionError.SessionError, outcome: Effect.Effect<any, any>) =>
+const commitUnknown = <A, E>(
+  state: UnitState,
+  e: SessionError.SessionError,
+  outcome: Effect.Effect<A, E>
+): Effect.Effect<A, E | SessionError.SessionError> =>
   keys.resolveUnknown(
     state,
     e,
@@ -244,7 +279,10 @@ const commitUnknown = (state: UnitState, e: SessionError.SessionError, outcome: 
       })
   )
 
-const commitFailed = (state: UnitState, e: SessionError.SessionError) => {
+const commitFailed = (
+  state: UnitState,
+  e: SessionError.SessionError
+): Effect.Effect<never, SessionError.CommitFailed> => {
   endWith(state, true)
   metrics.rollbacks.unsafeUpdate(1, state.engine.unitLabelsWith("cause", "commitFailed"))
   return Effect.fail(

@@ -107,16 +107,16 @@ const killConnection = (engine: EngineImpl, threadId: number): Effect.Effect<voi
  *
  * @internal
  */
-export const resolveUnknown = (
+export const resolveUnknown = <A, E>(
   state: {
     readonly engine: EngineImpl
     readonly options: { readonly key?: string | undefined }
     readonly pc: { readonly threadId: number; readonly owner: unknown }
   },
   cause: SessionError.SessionError,
-  committed: (gtid?: string) => Effect.Effect<any, any>,
+  committed: (gtid?: string) => Effect.Effect<A, E>,
   unknown: () => SessionError.SessionError
-): Effect.Effect<any, any> => {
+): Effect.Effect<A, E | SessionError.SessionError> => {
   const key = state.options.key
   if (key === undefined) return Effect.fail(unknown())
   const engine = state.engine
@@ -127,7 +127,7 @@ export const resolveUnknown = (
     Effect.timeout(engine.commitTimeoutMs),
     Effect.matchEffect({
       onFailure: () => Effect.fail(unknown()),
-      onSuccess: (found) =>
+      onSuccess: (found): Effect.Effect<A, E | SessionError.SessionError> =>
         found === "committed"
           ? // the COMMIT's OK packet (and its GTID) was lost: a position that includes the commit is the token
             Effect.flatMap(position(engine), committed)

@@ -28,7 +28,7 @@ export interface OpenSavepoint {
 export const openSavepoint = (
   parent: Frame,
   restore: Restore,
-  fiber: Fiber.RuntimeFiber<any, any>,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
   nested: Nested
 ): Effect.Effect<OpenSavepoint, SessionError.SessionError> =>
   Effect.zipRight(
@@ -132,7 +132,7 @@ export const withTimeout = <A, E, R>(
 export const savepoint = <A, E, R>(
   parent: Frame,
   effect: Effect.Effect<A, E, R>,
-  fiber: Fiber.RuntimeFiber<any, any>,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
   nested: Nested
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>

@@ -79,7 +79,7 @@ const lostError = (pc: PooledConn) =>
  */
 class Reader {
   /** Rows read and not yet pulled. */
-  private rows: Array<any> = []
+  private rows: Array<unknown> = []
   /** The socket is paused because `rows` reached the high-water mark. */
   private paused = false
   /** The consumer is gone: rows are dropped and the statement is stopped. */
@@ -234,7 +234,7 @@ class Reader {
   }
 
   /** The buffered rows as one chunk, the end, the failure, or (nothing yet) the next pull. */
-  private take(): Effect.Effect<Chunk.Chunk<any>, Option.Option<SqlError>> {
+  private take(): Effect.Effect<Chunk.Chunk<unknown>, Option.Option<SqlError>> {
     return Effect.suspend(() => {
       if (this.rows.length > 0) {
         const out = this.rows
@@ -242,7 +242,12 @@ class Reader {
         this.mark = this.bytesRead()
         // rows queued in the driver while paused are parsed now, into the next chunk
         this.unpause()
-        return Effect.succeed(Chunk.unsafeFromArray(this.transform !== undefined ? this.transform(out) : out))
+        return Effect.succeed(
+          Chunk.unsafeFromArray<unknown>(
+            // the driver's rows are objects
+            this.transform !== undefined ? this.transform(out as Array<object>) : out
+          )
+        )
       }
       if (this.finished) {
         return this.failure === undefined
@@ -257,8 +262,8 @@ class Reader {
    * Waits for rows. The fiber resumes after the driver has parsed the whole socket read that carried the first
    * row, so a chunk holds every row of that read.
    */
-  pull(): Effect.Effect<Chunk.Chunk<any>, Option.Option<SqlError>> {
-    return Effect.async<Chunk.Chunk<any>, Option.Option<SqlError>>((resume) => {
+  pull(): Effect.Effect<Chunk.Chunk<unknown>, Option.Option<SqlError>> {
+    return Effect.async<Chunk.Chunk<unknown>, Option.Option<SqlError>>((resume) => {
       if (this.rows.length > 0 || this.finished) return resume(this.take())
       this.notify = () => resume(this.take())
       return Effect.sync(() => {
@@ -267,7 +272,7 @@ class Reader {
     })
   }
 
-  stream(): Stream.Stream<any, SqlError> {
+  stream(): Stream.Stream<unknown, SqlError> {
     return Stream.repeatEffectChunkOption(Effect.suspend(() => this.pull()))
   }
 
@@ -366,10 +371,10 @@ export const frameStream = (
   frame: StreamFrame,
   target: Target,
   { params, sql, transform }: StreamRequest
-): Stream.Stream<any, SqlError> =>
+): Stream.Stream<unknown, SqlError> =>
   Stream.unwrapScoped(
     Effect.uninterruptibleMask((restore) =>
-      Effect.withFiberRuntime<Stream.Stream<any, SqlError>, SqlError, Scope.Scope>((fiber) => {
+      Effect.withFiberRuntime<Stream.Stream<unknown, SqlError>, SqlError, Scope.Scope>((fiber) => {
         const early = frame.check()
         if (early !== undefined) return Effect.fail(toSqlError(early))
         // a statement this fiber left running when it was interrupted (see `Frame.exec`): stop it first
@@ -411,7 +416,7 @@ export const directStream = (
   engine: EngineImpl,
   pc: PooledConn,
   { params, sql, transform }: StreamRequest
-): Stream.Stream<any, SqlError> =>
+): Stream.Stream<unknown, SqlError> =>
   Stream.unwrapScoped(
     Effect.uninterruptibleMask((restore) => {
       const reader = new Reader(directTarget(engine, pc), sql, transform, HIGH_WATER_MARK)

@@ -30,7 +30,7 @@ import { mergeTokens, type Route, WRITE } from "./tokens.js"
 import { type Checked, checkOptions, invalid, refuseNested, rootWant, type UnitOptions } from "./unitOptions.js"
 
 /** The frame of `engine` in the fiber's context, open or ended. */
-const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<any, any>): Frame | undefined => {
+const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<unknown, unknown>): Frame | undefined => {
   const f = engine.current(fiber)
   return f instanceof Frame ? f : undefined
 }
@@ -44,14 +44,14 @@ export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError>
   Schedule.jittered,
   Schedule.intersect(Schedule.recurs(5)),
   Schedule.asVoid
-) as any
+)
 
 /**
  * Requests (`Effect.request`, `SqlResolver`) made inside a unit run inside it: a batch never gathers requests of
  * two units, and never runs outside the unit's transaction.
  */
 const containRequests = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
-  Effect.flatMap(Effect.step(effect), (step: any) =>
+  Effect.flatMap(Effect.step(effect), (step) =>
     step._op === "Blocked"
       ? Effect.zipRight(Effect.runRequestBlock(step.effect_instruction_i0), containRequests(step.effect_instruction_i1))
       : step
@@ -66,7 +66,7 @@ const OWN_FRAME = /[\\/](?:session[\\/](?:src|dist)|effect[\\/](?:src|dist)|node
  *
  * @internal
  */
-export const captureSite = (label: string, caller: (...args: Array<any>) => unknown): (() => string) => {
+export const captureSite = (label: string, caller: (...args: Array<never>) => unknown): (() => string) => {
   if (!unitSites.capture) {
     return () =>
       `${label} (set the Engine option longUnitThreshold to also record where units are opened; give the unit a name to tell it apart)`
@@ -84,7 +84,7 @@ export const captureSite = (label: string, caller: (...args: Array<any>) => unkn
   }
 }
 
-const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<any, any>, site: () => string): void => {
+const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<unknown, unknown>, site: () => string): void => {
   const engine = state.engine
   if (engine.longUnitThresholdMs <= 0) return
   const w: Watched = {
@@ -108,7 +108,7 @@ const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions, ch
   new SessionState(engine, pc, options, rootWant(engine, options, checked))
 
 /** Where a root unit may run: decided by the engine's topology (read-only units may go to a replica). */
-const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeFiber<any, any>): Route => {
+const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeFiber<unknown, unknown>): Route => {
   if (engine.topology === undefined) return WRITE
   const readOnly = options.readOnly === true || options.consistentSnapshot === true
   return {
