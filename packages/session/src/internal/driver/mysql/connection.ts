@@ -124,6 +124,8 @@ const hardClose = (conn: Mysql.Connection) => {
   }
 }
 
+const ignore = () => undefined
+
 /** One mysql2 connection as the core sees it. */
 class MysqlConnection implements RawConnection {
   readonly threadId: number
@@ -141,7 +143,10 @@ class MysqlConnection implements RawConnection {
   constructor(readonly conn: Mysql.Connection) {
     this.threadId = conn.threadId ?? 0
     this.charsetNumber = (conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber
+    // the connect's listener goes; an error nobody listens for must never reach the process (a connection used for
+    // one statement, a KILL or the version, has no `onGone` listener of its own)
     conn.removeAllListeners("error")
+    conn.on("error", ignore)
   }
 
   private begin(): void {
