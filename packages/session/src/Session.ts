@@ -246,4 +246,4 @@ export const createKeyTable: Effect.Effect<void, SessionError.SessionError, Engi
  * @since 0.2.0
  * @category keyed units
  */
-export const keyTableDdl: string = keys.sql.create
+export const keyTableDdl: string = keys.mysqlDdl

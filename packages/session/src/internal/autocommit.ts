@@ -6,7 +6,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
-import { bindValues, splitStatements } from "./driver/mysql/values.js"
+import type { ServerDriver } from "./driver/types.js"
 import { type Command, type CommandSpec, type EngineImpl, interruptedError } from "./engine.js"
 import type { PooledConn } from "./pool.js"
 
@@ -18,11 +18,12 @@ import type { PooledConn } from "./pool.js"
  * @internal
  */
 export const eachStatement = (
+  driver: Pick<ServerDriver, "split">,
   spec: CommandSpec,
   start: (part: CommandSpec, next: (rows: unknown) => void) => void,
   done: (rows: unknown) => void
 ): void => {
-  const parts = spec.method === "query" ? splitStatements(spec.sql) : undefined
+  const parts = spec.method === "query" ? driver.split(spec.sql) : undefined
   if (parts === undefined) return start(spec, done)
   const results: Array<unknown> = []
   const all = spec.values ?? []
@@ -70,13 +71,16 @@ const runOn = (
   interruptible: boolean
 ): Effect.Effect<unknown, SessionError.SessionError> =>
   Effect.async<unknown, SessionError.SessionError>((resume) => {
-    const bound = spec.values === undefined ? undefined : bindValues(spec.values)
+    const bound = spec.values === undefined ? undefined : server.options.driver.bind(spec.values)
     if (bound instanceof SessionError.BindError) return resume(Effect.fail(bound))
+    if (bound instanceof Error)
+      return resume(Effect.fail(new SessionError.BindError({ index: 0, message: bound.message })))
     let command: Command | undefined
     let stopped = false
     const fail = (err: SessionError.SessionError) => resume(Effect.fail(err))
     const main = () =>
       eachStatement(
+        server.options.driver,
         { ...spec, values: bound },
         (part, next) => {
           if (stopped) return fail(interruptedError())

@@ -8,15 +8,14 @@
 import { SqlError } from "@effect/sql/SqlError"
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
-import { isFatal, isNodeNotReady } from "./driver/mysql/errors.js"
-import type { Reply } from "./driver/types.js"
+import type { DriverErrors, Reply } from "./driver/types.js"
 import type { DestroyReason, PooledConn } from "./pool.js"
 
 /** What a command needs of the server its connection belongs to (an `EngineImpl`). @internal */
 export interface CommandHost {
   readonly member: { takeOut(reason: string): void } | undefined
   readonly pool: { destroy(pc: PooledConn, reason: DestroyReason, why?: string): void }
-  readonly options: { readonly killGraceMs: number }
+  readonly options: { readonly killGraceMs: number; readonly driver: { readonly errors: DriverErrors } }
   killQuery(pc: PooledConn, cb: (ok: boolean) => void): void
 }
 
@@ -68,12 +67,13 @@ export class Command {
     if (pc.pending === this.callback) pc.pending = undefined
     if (this.deadline !== undefined) clearTimeout(this.deadline)
     if (err) {
-      if (isFatal(err)) {
+      const errors = this.engine.options.driver.errors
+      if (errors.isFatal(err)) {
         // lost under a command, not closed by the pool (a deadline, an interruption): a replica or node of a
         // topology is taken out at once
         if (!pc.closed) this.engine.member?.takeOut(`a connection was lost: ${messageOf(err)}`)
         pc.broken = true
-      } else if (isNodeNotReady(err)) {
+      } else if (errors.isNodeNotReady(err)) {
         // a Galera node out of the primary component
         this.engine.member?.takeOut(`refused a statement: ${messageOf(err)}`)
       }

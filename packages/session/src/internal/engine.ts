@@ -10,7 +10,6 @@ import * as SessionError from "../SessionError.js"
 import * as metrics from "./metrics.js"
 import type { Restore } from "./lock.js"
 import { ConnPool, type DestroyReason, type Lease, type PooledConn, type Settings } from "./pool.js"
-import { isNoSuchThread } from "./driver/mysql/errors.js"
 import { Command, interruptedError } from "./command.js"
 import { SideConnections } from "./side.js"
 import { unitSites } from "./sites.js"
@@ -113,7 +112,7 @@ export class EngineImpl {
     this.longUnitThresholdMs = options.longUnitThresholdMs ?? 60_000
     if (options.longUnitThresholdMs !== undefined && options.longUnitThresholdMs > 0) unitSites.capture = true
     const labels = this.labels
-    this.side = new SideConnections(options.driver.connect, this.controlTimeoutMs)
+    this.side = new SideConnections(options.driver, this.controlTimeoutMs)
     this.pool = new ConnPool({
       ...options.pool,
       lifetimeJitter: 0.1,
@@ -305,7 +304,7 @@ export class EngineImpl {
 
   /** A KILL on the control connection, else on a fresh one; "no such thread" counts as done. */
   private kill(text: string, cb: (ok: boolean) => void): void {
-    this.side.run("control", text, (e) => cb(!e || isNoSuchThread(e)), true)
+    this.side.run("control", text, (e) => cb(!e || this.options.driver.errors.isNoSuchThread(e)), true)
   }
 
   closeKillers() {

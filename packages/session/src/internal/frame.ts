@@ -14,7 +14,6 @@ import { eachStatement } from "./autocommit.js"
 import { BaseConnection, shapeRows, type StatementRequest, toSqlError } from "./connection.js"
 import { type Command, type CommandSpec, type EngineImpl, interruptedError, type Want, type Watched } from "./engine.js"
 import type { Dialect } from "./driver/types.js"
-import { bindValues } from "./driver/mysql/values.js"
 import { Lock } from "./lock.js"
 import type { PooledConn } from "./pool.js"
 import { frameStream, type Target as StreamTarget } from "./stream.js"
@@ -315,10 +314,13 @@ class Run {
     const frame = this.frame
     const bad = frame.check()
     if (bad !== undefined) return this.fail(bad)
-    const bound = bindValues(this.req.params)
+    const driver = frame.state.engine.options.driver
+    const bound = driver.bind(this.req.params)
     if (bound instanceof SessionError.BindError) return this.fail(bound)
+    if (bound instanceof Error) return this.fail(new SessionError.BindError({ index: 0, message: bound.message }))
     const req = this.req
     eachStatement(
+      driver,
       { method: req.method, sql: req.sql, values: bound, rowsAsArray: req.rowsAsArray },
       (part, next) => frame.prepareThen(() => this.runOne(part, next), this.fail, this.track),
       (rows) => this.finish(undefined, rows)

@@ -5,16 +5,33 @@
  */
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
-import { isNoSuchTable } from "./driver/mysql/errors.js"
-import { keysSql, topologySql } from "./driver/mysql/dialect.js"
+import { keysSql } from "./driver/mysql/dialect.js"
 import { runAutocommit } from "./autocommit.js"
+import type { KeysTexts } from "./driver/types.js"
 import type { EngineImpl } from "./engine.js"
 
 /** @internal */
 export const TABLE = "sessionfx_unit_keys"
 
-/** The key table's statements. Keys compare byte for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys. @internal */
-export const sql = keysSql(TABLE)
+/**
+ * The key table's DDL on MySQL and MariaDB (`Session.keyTableDdl`, for a migration of one's own). Keys compare byte
+ * for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys.
+ *
+ * @internal
+ */
+export const mysqlDdl = keysSql(TABLE).create
+
+const textsByEngine = new WeakMap<EngineImpl, KeysTexts>()
+
+/** The key table's statements on `engine`'s server. @internal */
+export const texts = (engine: EngineImpl): KeysTexts => {
+  let t = textsByEngine.get(engine)
+  if (t === undefined) {
+    t = engine.options.driver.keysSql(TABLE)
+    textsByEngine.set(engine, t)
+  }
+  return t
+}
 
 /** Why `key` cannot be a unit's key, if it cannot. @internal */
 export const checkKey = (key: unknown): string | undefined => {
@@ -24,13 +41,18 @@ export const checkKey = (key: unknown): string | undefined => {
 }
 
 /** The error of a keyed unit's INSERT, as the user should see it. @internal */
-export const recordError = (key: string, e: SessionError.SessionError): SessionError.SessionError => {
+export const recordError = (
+  engine: EngineImpl,
+  key: string,
+  e: SessionError.SessionError
+): SessionError.SessionError => {
   if (e._tag === "DuplicateKey") {
     return new SessionError.AlreadyApplied({
       key,
       message: `the unit of work with key ${JSON.stringify(key)} has already been committed; it was not applied again`
     })
   }
+  const { isNoSuchTable } = engine.options.driver.errors
   if (isNoSuchTable(e.cause ?? e) || isNoSuchTable(e)) {
     return new SessionError.InvalidOption({
       option: "key",
@@ -54,7 +76,7 @@ const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unkno
           engine.topology?.multiPrimary === true
             ? Effect.zipRight(
                 // a session setting: the connection is reset when it goes back
-                runAutocommit(engine, pc, { method: "query", sql: topologySql.causalReads }),
+                runAutocommit(engine, pc, { method: "query", sql: engine.options.driver.topology.causalReads }),
                 runAutocommit(engine, pc, { method: "query", sql, values })
               )
             : runAutocommit(engine, pc, { method: "query", sql, values })
@@ -73,20 +95,20 @@ export const outcome = (
     const bad = checkKey(key)
     if (bad !== undefined) return Effect.fail(new SessionError.InvalidOption({ option: "key", message: `key: ${bad}` }))
     return Effect.map(
-      Effect.mapError(autocommit(engine, sql.find, [key]), (e) => recordError(key, e)),
+      Effect.mapError(autocommit(engine, texts(engine).find, [key]), (e) => recordError(engine, key, e)),
       (rows) => (Array.isArray(rows) && rows.length > 0 ? "committed" : "absent")
     )
   })
 
 /** Creates the key table if it does not exist. @internal */
 export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
-  Effect.asVoid(autocommit(engine, sql.create, []))
+  Effect.asVoid(autocommit(engine, texts(engine).create, []))
 
 /** The server's GTID position (an engine with replicas or nodes only); `undefined` when there is none. */
 const position = (engine: EngineImpl): Effect.Effect<string | undefined> =>
   engine.topology === undefined
     ? Effect.succeed(undefined)
-    : autocommit(engine, topologySql.primary, []).pipe(
+    : autocommit(engine, engine.options.driver.topology.primary, []).pipe(
         Effect.map((rows) => {
           const pos = Array.isArray(rows) ? String((rows[0] as { pos?: unknown } | undefined)?.pos ?? "") : ""
           return pos === "" ? undefined : pos

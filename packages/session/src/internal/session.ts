@@ -158,13 +158,13 @@ export class SessionState implements SessionService, UnitState {
         Effect.mapError(
           this.frameOf(fiber).exec(fiber, {
             method: "execute",
-            sql: keys.sql.insert,
+            sql: keys.texts(this.engine).insert,
             params: [key],
             rowsAsArray: false,
             raw: true,
             transform: undefined
           }),
-          (e) => keys.recordError(key, unwrapError(e) as SessionError.SessionError)
+          (e) => keys.recordError(this.engine, key, unwrapError(e) as SessionError.SessionError)
         )
       )
     )

@@ -7,8 +7,7 @@
  *
  * @internal
  */
-import type { Connector, RawConnection, Reply } from "./driver/types.js"
-import { isFatal } from "./driver/mysql/errors.js"
+import type { Connector, DriverErrors, RawConnection, Reply } from "./driver/types.js"
 
 /** @internal */
 export type Slot = "control" | "probe"
@@ -21,10 +20,16 @@ export class SideConnections {
   private readonly fresh = new Set<RawConnection>()
   private closed = false
 
+  private readonly connect: Connector
+  private readonly errors: DriverErrors
+
   constructor(
-    private readonly connect: Connector,
+    driver: { readonly connect: Connector; readonly errors: DriverErrors },
     private readonly timeoutMs: number
-  ) {}
+  ) {
+    this.connect = driver.connect
+    this.errors = driver.errors
+  }
 
   /** Opens `slot` ahead of need (the control connection at start). */
   warm(slot: Slot): void {
@@ -84,7 +89,7 @@ export class SideConnections {
       if (settled) return
       settled = true
       clearTimeout(timer)
-      if (err && isFatal(err)) {
+      if (err && this.errors.isFatal(err)) {
         this.drop(slot, conn)
         if (retryFresh) return this.once(sql, cb)
       }

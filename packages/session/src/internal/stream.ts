@@ -28,7 +28,6 @@ import * as SessionError from "../SessionError.js"
 import { toSqlError } from "./connection.js"
 import { Command, type EngineImpl, interruptedError } from "./engine.js"
 import type { RowStream } from "./driver/types.js"
-import { bindValues } from "./driver/mysql/values.js"
 import type { Lock } from "./lock.js"
 import type { PooledConn } from "./pool.js"
 
@@ -133,8 +132,9 @@ class Reader {
       }
       const bad = this.target.check()
       if (bad !== undefined) return fail(bad)
-      const bound = bindValues(params)
+      const bound = this.target.engine.options.driver.bind(params)
       if (bound instanceof SessionError.BindError) return fail(bound)
+      if (bound instanceof Error) return fail(new SessionError.BindError({ index: 0, message: bound.message }))
       this.target.prepareThen(
         () => {
           if (this.stopping) return this.end(undefined)

@@ -9,9 +9,6 @@
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
-import { topologySql } from "./driver/mysql/dialect.js"
-import { isWaitTimeout } from "./driver/mysql/errors.js"
-import { bindValues } from "./driver/mysql/values.js"
 import type { EngineImpl, MemberHooks, Router } from "./engine.js"
 import type { Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
@@ -297,7 +294,7 @@ export class Topology implements Router {
     const now = Date.now()
     if (this.multiPrimary) {
       for (const m of this.members) {
-        this.probe(m, topologySql.node, (row) => {
+        this.probe(m, m.server.options.driver.topology.node, (row) => {
           m.position = row.pos === undefined || row.pos === null ? undefined : String(row.pos)
           m.applied = m.position === undefined ? undefined : positions(m.position)
           const ready = String(row.ready ?? "")
@@ -308,7 +305,7 @@ export class Topology implements Router {
       return
     }
     const primary = this.primary
-    this.probe(primary, topologySql.primary, (row) => {
+    this.probe(primary, primary.server.options.driver.topology.primary, (row) => {
       primary.position = String(row.pos ?? "")
       const pos = positions(primary.position)
       if (pos !== undefined) {
@@ -320,7 +317,7 @@ export class Topology implements Router {
       primary.setHealthy(true, undefined)
     })
     for (const r of this.replicas) {
-      this.probe(r, topologySql.replica, (row) => {
+      this.probe(r, r.server.options.driver.topology.replica, (row) => {
         r.position = String(row.pos ?? "")
         r.applied = positions(r.position)
         r.lagMs = this.lagOf(r.applied, Date.now())
@@ -410,14 +407,11 @@ const askApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefin
   const fn = w.fn
   // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
   const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
-  const sql =
-    fn === "POSITION"
-      ? topologySql.position
-      : fn === "MASTER_GTID_WAIT"
-        ? topologySql.replicaWait
-        : topologySql.nodeWait
-  const values = fn === "POSITION" ? undefined : bindValues([w.token, seconds])
-  if (values instanceof SessionError.BindError) return Effect.die(values)
+  const driver = server.options.driver
+  const texts = driver.topology
+  const sql = fn === "POSITION" ? texts.position : fn === "MASTER_GTID_WAIT" ? texts.replicaWait : texts.nodeWait
+  const values = fn === "POSITION" ? undefined : driver.bind([w.token, seconds])
+  if (values instanceof Error) return Effect.die(values)
   const spec = {
     method: values === undefined ? "query" : "execute",
     sql,
@@ -428,7 +422,8 @@ const askApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefin
   return Effect.async<boolean | undefined>((resume) => {
     const command = server.startCommand(w.pc, spec, (err, rows) => {
       // WSREP_SYNC_WAIT_UPTO_GTID times out with an error
-      if (err !== undefined) return resume(Effect.succeed(isWaitTimeout(err.cause ?? err) ? false : undefined))
+      if (err !== undefined)
+        return resume(Effect.succeed(driver.errors.isWaitTimeout(err.cause ?? err) ? false : undefined))
       const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
       resume(
         Effect.succeed(

@@ -6,7 +6,9 @@
  */
 import * as Effect from "effect/Effect"
 import { makeCompiler } from "../../src/internal/driver/mysql/compiler.js"
-import { dialect } from "../../src/internal/driver/mysql/dialect.js"
+import { dialect, keysSql, topologySql } from "../../src/internal/driver/mysql/dialect.js"
+import * as mysqlErrors from "../../src/internal/driver/mysql/errors.js"
+import { bindValues, splitStatements } from "../../src/internal/driver/mysql/values.js"
 import type {
   Connector,
   RawConnection,
@@ -83,7 +85,13 @@ export class FakeServer {
       readVersion: (_conn, cb) => cb(null, "10.11.0-MariaDB-fake"),
       prepare: (_conn, cb) => cb(null, BASELINE),
       marksDirty: () => false,
-      statementTime: (ms) => ms / 1000
+      statementTime: (ms) => ms / 1000,
+      // values, statements and error numbers as MySQL has them: the fake speaks MySQL's wire vocabulary
+      bind: bindValues,
+      split: splitStatements,
+      errors: mysqlErrors,
+      topology: topologySql,
+      keysSql
     }
   }
 }

@@ -139,4 +139,47 @@ export interface ServerDriver {
   marksDirty(sql: string): boolean
   /** A statement time limit (ms; 0 = none) in the server's unit. */
   statementTime(ms: number): number
+  /** The values of one statement as the driver sends them, or why one cannot be sent exactly (a `BindError`). */
+  bind(values: ReadonlyArray<unknown>): ReadonlyArray<unknown> | Error
+  /** The statements of a text that holds several, each with how many of its values are its own; else `undefined`. */
+  split(sql: string): ReadonlyArray<{ readonly sql: string; readonly count: number }> | undefined
+  readonly errors: DriverErrors
+  /** Health checks and causality waits of a topology. */
+  readonly topology: TopologyTexts
+  /** The statements of the keyed-unit table named `table`. */
+  keysSql(table: string): KeysTexts
+}
+
+/** What a driver error means, where the core must know. @internal */
+export interface DriverErrors {
+  /** The connection can no longer be used. */
+  isFatal(cause: unknown): boolean
+  /** A cluster node out of its primary component refused the statement before running it. */
+  isNodeNotReady(cause: unknown): boolean
+  /** A KILL for a connection that is already gone. */
+  isNoSuchThread(cause: unknown): boolean
+  /** A wait for a causality token ran out of time. */
+  isWaitTimeout(cause: unknown): boolean
+  /** The table does not exist. */
+  isNoSuchTable(cause: unknown): boolean
+}
+
+/** A topology's statements (see `topology.ts`). @internal */
+export interface TopologyTexts {
+  readonly primary: string
+  readonly replica: string
+  readonly node: string
+  readonly position: string
+  /** Waits for a token (bound as a value) up to a number of seconds (a value); 0 = applied. */
+  readonly replicaWait: string
+  /** Waits for a token on a cluster node; 1 = applied. */
+  readonly nodeWait: string
+  readonly causalReads: string
+}
+
+/** The keyed-unit table's statements. @internal */
+export interface KeysTexts {
+  readonly create: string
+  readonly insert: string
+  readonly find: string
 }

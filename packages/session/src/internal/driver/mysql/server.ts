@@ -6,19 +6,33 @@
  * @internal
  */
 import type * as Mysql from "mysql2"
-import { isFatal } from "./errors.js"
-import type { Connector, Dialect, RawConnection, ServerDriver, Settings } from "../types.js"
+import { isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
+import type {
+  Connector,
+  Dialect,
+  DriverErrors,
+  KeysTexts,
+  RawConnection,
+  ServerDriver,
+  Settings,
+  TopologyTexts
+} from "../types.js"
 import {
   baselineOf,
   baselineSql,
   dialect,
   type Flavor,
+  keysSql,
   maybeUnflagged,
   sessionSetupSql,
   statementTime,
+  topologySql,
   useSql
 } from "./dialect.js"
 import { connector } from "./connection.js"
+import { bindValues, splitStatements } from "./values.js"
+
+const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
 
 /** TLS options of a connection (mysql2's). @internal */
 export type SslOptions = Mysql.SslOptions
@@ -73,6 +87,10 @@ export class MysqlServer implements ServerDriver {
   /** The server refused `last_gtid` tracking: its commits yield no tokens. */
   commitTrackingRefused = false
   readonly connect: Connector
+  readonly errors: DriverErrors = errors
+  readonly topology: TopologyTexts = topologySql
+  readonly bind = bindValues
+  readonly split = splitStatements
 
   constructor(readonly options: ServerOptions) {
     this.connect = connector(connectionOf(options.target))
@@ -88,6 +106,10 @@ export class MysqlServer implements ServerDriver {
   /** A statement time limit (ms; 0 = none) in the server's unit. */
   statementTime(ms: number): number {
     return statementTime(this.flavor, ms)
+  }
+
+  keysSql(table: string): KeysTexts {
+    return keysSql(table)
   }
 
   /** Whether a user statement leaves the connection needing a reset even if the server says nothing. */
