@@ -20,7 +20,7 @@ peers_for() {
 
 scratch=$(mktemp -d "${TMPDIR:-/tmp}/sessionfx-consumer.XXXXXX")
 trap 'rm -rf "$scratch"' EXIT
-"$repo/scripts/consumer/pack.sh" "$scratch/packs" >/dev/null
+"$repo/scripts/pack.sh" "$scratch/packs" >/dev/null
 tsc="$repo/node_modules/typescript/bin/tsc"
 
 for profile in "${profiles[@]}"; do
