@@ -58,6 +58,11 @@ layer(TestDatabase, { excludeTestServices: true })("a migrated private server", 
         addCustomer(3, "Mallory").pipe(Effect.provide(SessionTest.layer({ readOnly: true })))
       )
       assert.strictEqual(SessionError.classify(write)._tag, "ReadOnlyTransaction")
+      // consistentSnapshot units: a test session with both options
+      const snapshot = yield* Session.transact(customerNames, { consistentSnapshot: true }).pipe(
+        Effect.provide(SessionTest.layer({ readOnly: true, consistentSnapshot: true }))
+      )
+      assert.deepStrictEqual(snapshot, ["Ada", "Grace"])
     })
   )
 
@@ -65,6 +70,13 @@ layer(TestDatabase, { excludeTestServices: true })("a migrated private server", 
     Effect.gen(function* () {
       const error = yield* Effect.flip(customerNames.pipe(Effect.provide(SessionTest.SessionTest)))
       assert.strictEqual(error._tag, "InvalidOption")
+      assert.include(error.message, "readOnly: the enclosing transaction is read-write")
+      // retry: true is accepted there
+      const retried = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1 AS one`).pipe(
+        Session.transact({ retry: true }),
+        Effect.provide(SessionTest.SessionTest)
+      )
+      assert.strictEqual(retried.length, 1)
       // outside any test session it is an ordinary read-only unit of its own
       assert.includeMembers(yield* customerNames, ["Ada", "Grace"])
     })
