@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$HOME/.local/bin:$PATH"
 cd apps/ledger
-exec pnpm exec tsx src/main.ts "${@:-demo}"
+exec pnpm exec tsx --conditions=@sessionfx/source src/main.ts "${@:-demo}"
