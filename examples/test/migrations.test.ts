@@ -71,6 +71,7 @@ layer(TestDatabase, { excludeTestServices: true })("a migrated private server", 
       const error = yield* Effect.flip(customerNames.pipe(Effect.provide(SessionTest.SessionTest)))
       assert.strictEqual(error._tag, "InvalidOption")
       assert.include(error.message, "readOnly: the enclosing transaction is read-write")
+      assert.include(error.message, "SessionTest.layer({ readOnly: true })", "the error says what to write")
       // retry: true is accepted there
       const retried = yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1 AS one`).pipe(
         Session.transact({ retry: true }),

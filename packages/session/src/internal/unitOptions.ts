@@ -243,7 +243,11 @@ export const refuseNested = (state: Enclosing, options: UnitOptions): SessionErr
   if ((options.readOnly === true || options.consistentSnapshot === true) && !state.readOnly) {
     return invalid(
       options.consistentSnapshot === true ? "consistentSnapshot" : "readOnly",
-      `the enclosing transaction is read-write and the server cannot make part of it read-only; ${where}`
+      `the enclosing transaction is read-write and the server cannot make part of it read-only; ${
+        contained
+          ? "test a read-only unit with SessionTest.layer({ readOnly: true }) on rows committed first (docs/testing.md)"
+          : where
+      }`
     )
   }
   if (options.consistentSnapshot === true && state.options.consistentSnapshot !== true) {
