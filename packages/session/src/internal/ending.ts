@@ -136,11 +136,8 @@ const endSession = <A, E>(
         reason === "aborted" ? Effect.fail(aborted!) : reason === "interrupted" ? Effect.fail(root.poisoned!) : outcome
       return rollbackUnit(state, reason, sendRollback, after)
     }
-    case "release": {
-      const gtid = pc.lastGtid
-      endWith(state, false)
-      return committed(state, gtid, outcome)
-    }
+    case "release":
+      return endCommitted(state, outcome)
     case "lost":
       endWith(state, false, "broken")
       return Effect.fail(
@@ -152,6 +149,13 @@ const endSession = <A, E>(
     case "commit":
       return commitUnit(state, outcome)
   }
+}
+
+/** A committed unit (or one with nothing to commit): its token read before its connection goes back, then the rest. */
+const endCommitted = <A, E>(state: UnitState, outcome: Effect.Effect<A, E>): Effect.Effect<A, E> => {
+  const gtid = state.pc.lastGtid
+  endWith(state, false)
+  return committed(state, gtid, outcome)
 }
 
 /** Gives the unit's connection back (or destroys it) and ends the unit. */
@@ -219,11 +223,8 @@ const commitUnit = <A, E>(
   let command: Command | undefined
   const settle = (o: Unit.CommitOutcome): Effect.Effect<A, E | SessionError.SessionError> => {
     switch (Unit.commitResult(o)) {
-      case "committed": {
-        const gtid = pc.lastGtid
-        endWith(state, false)
-        return committed(state, gtid, outcome)
-      }
+      case "committed":
+        return endCommitted(state, outcome)
       case "unknown":
         endWith(state, false, "broken")
         metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
