@@ -11,7 +11,7 @@ const customerNames = Session.transact(
   { readOnly: true }
 ).pipe(Effect.map((rows) => rows.map((row) => row.name)))
 
-layer(MysqlServer.layerEngine(), { excludeTestServices: true })("sessionfx in a user's tests", (it) => {
+layer(MysqlServer.layerEngine(), { excludeTestServices: true, timeout: "2 minutes" })("sessionfx in a user's tests", (it) => {
   it.effect("a unit of work commits; a rollback-only session writes nothing", () =>
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
