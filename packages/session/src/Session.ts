@@ -121,7 +121,9 @@ export declare namespace Session {
      * Runs `effect` once, after the final successful COMMIT; never after a rollback (registered inside a savepoint
      * that rolls back, it is dropped). From a fiber that outlived its unit: `SessionClosed`.
      */
-    readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void, SessionError.SessionClosed>
+    readonly afterCommit: (
+      effect: Effect.Effect<void>
+    ) => Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession>
     /** Marks the unit so that it rolls back even if it succeeds. */
     readonly setRollbackOnly: Effect.Effect<void>
     readonly isOpen: Effect.Effect<boolean>
@@ -196,7 +198,9 @@ export const savepoint = <A, E, R>(
  * @since 0.1.0
  * @category combinators
  */
-export const afterCommit = (effect: Effect.Effect<void>): Effect.Effect<void, SessionError.SessionClosed, Session> =>
+export const afterCommit = (
+  effect: Effect.Effect<void>
+): Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession, Session> =>
   Effect.flatMap(Session, (session) => session.afterCommit(effect))
 
 /**

@@ -8,6 +8,7 @@ import type * as Statement from "@effect/sql/Statement"
 import type * as Effect from "effect/Effect"
 import type * as SessionError from "../SessionError.js"
 import type { ServerDriver } from "./driver/types.js"
+import type { Holding } from "./holding.js"
 import type { Restore } from "./lock.js"
 import type { PooledConn } from "./pool.js"
 import type { Route } from "./tokens.js"
@@ -44,8 +45,18 @@ export interface SessionDefaults {
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
-/** A fiber's current frame of this engine (a `Frame`, see `frame.ts`), as the engine stores it. @internal */
-export type CurrentFrame = object
+/**
+ * A fiber's current frame of this engine (a `Frame`, see `frame.ts`), as the engine stores it: the unit it belongs
+ * to, and its detached view — what a fiber sees that holds the frame without having been forked by a fiber of the
+ * unit (a `ManagedRuntime`'s request, a memoized layer's other user): every use of it fails with `SharedSession`.
+ *
+ * @internal
+ */
+export interface CurrentFrame {
+  readonly unit: Holding
+  readonly detached: boolean
+  detach(): CurrentFrame
+}
 
 /** One command to send. @internal */
 export interface CommandSpec {

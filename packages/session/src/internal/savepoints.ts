@@ -142,7 +142,7 @@ export const savepoint = <A, E, R>(
       const body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.locally(
         parent.state.provide(inner, sp.child),
         parent.engine.currentRef,
-        sp.child
+        parent.engine.held(fiber, sp.child)
       )
       return Effect.flatMap(Effect.exit(restore(withTimeout(body, checked.timeoutMs))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)

@@ -18,7 +18,8 @@ import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
 import type { EngineImpl, Watched } from "./engine.js"
 import { finishNow, finishSession } from "./ending.js"
-import { closedError, Frame } from "./frame.js"
+import { closedError, Frame, sharedError } from "./frame.js"
+import { Held } from "./holding.js"
 import * as keys from "./keys.js"
 import * as metrics from "./metrics.js"
 import type { PooledConn } from "./pool.js"
@@ -169,8 +170,10 @@ const runOnce = <A, E, R>(
         const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
         const outer = fiber.getFiberRef(FiberRef.currentContext)
         const outerRef = fiber.getFiberRef(engine.currentRef)
+        const root = fiber.id().id
+        state.holder = root
         f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
-        f.setFiberRef(engine.currentRef, state.root)
+        f.setFiberRef(engine.currentRef, new Held(state.root, root))
         return Effect.matchCauseEffect(restore(body), {
           onFailure: (cause) => {
             f.setFiberRef(FiberRef.currentContext, outer)
@@ -210,7 +213,8 @@ export const transact = <A, E, R>(
     if (frame !== undefined) {
       const contained = frame.state.options.containAll === true
       if (options.propagation !== "new" || contained) {
-        // a fiber whose unit has ended never starts a fresh one by accident
+        // a fiber whose unit has ended never starts a fresh one by accident, nor joins one that is not its own
+        if (frame.detached) return Effect.fail(sharedError())
         if (frame.closed || !frame.state.open) return Effect.fail(closedError())
         const refused = refuseNested(frame.state, options)
         if (refused !== undefined) return Effect.fail(refused)
@@ -333,6 +337,7 @@ export const scopedSession = (
     }
     const frame = frameIn(engine, fiber)
     if (frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)) {
+      if (frame.detached) return Effect.fail(sharedError())
       if (frame.closed || !frame.state.open) return Effect.fail(closedError())
       const refused = refuseNested(frame.state, options)
       if (refused !== undefined) return Effect.fail(refused)
@@ -342,7 +347,7 @@ export const scopedSession = (
             Effect.zipRight(
               // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
               Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
-              Effect.locallyScoped(engine.currentRef, sp.child as object | undefined)
+              Effect.locallyScoped(engine.currentRef, engine.held(fiber, sp.child) as Held<Frame> | undefined)
             ),
             sp.parent.state.layerContext(sp.child)
           )
@@ -353,16 +358,24 @@ export const scopedSession = (
       Effect.flatMap(engine.borrow(restore, routeOf(engine, options, fiber)), (pc) => {
         const state = newSession(engine, pc, options, checked)
         state.owner = fiber
+        // the fiber the layer is provided to claims the unit on first use (see `holding.ts`), not the builder
+        state.building = true
         watch(state, fiber, site)
         const opened = Effect.as(
           Effect.zipRight(
             // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
             Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
-            Effect.locallyScoped(engine.currentRef, state.root as object | undefined)
+            Effect.locallyScoped(engine.currentRef, new Held(state.root, undefined) as Held<Frame> | undefined)
           ),
           state.layerContext(state.root)
         )
-        return options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(state.recordKey(options.key)))
+        const built = Effect.ensuring(
+          options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(state.recordKey(options.key))),
+          Effect.sync(() => {
+            state.building = false
+          })
+        )
+        return built
       })
     )
   })
