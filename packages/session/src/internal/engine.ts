@@ -15,7 +15,16 @@ import { SideConnections } from "./side.js"
 import { Held, makeHeldRef, mayUse, rootOf } from "./holding.js"
 import { unitSites } from "./sites.js"
 import { mergeTokens, type Route, WRITE } from "./tokens.js"
-import type { CommandSpec, CurrentFrame, EngineImplOptions, MemberHooks, Router, Want, Watched } from "./engineTypes.js"
+import type {
+  BorrowError,
+  CommandSpec,
+  CurrentFrame,
+  EngineImplOptions,
+  MemberHooks,
+  Router,
+  Want,
+  Watched
+} from "./engineTypes.js"
 
 export type {
   CommandSpec,
@@ -259,10 +268,7 @@ export class EngineImpl {
    * connection handed over while the fiber is being interrupted goes back to the pool — also when the interruption
    * lands after the hand-off, before the caller could register its finalizer.
    */
-  borrow(
-    restore: Restore,
-    route: Route = WRITE
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  borrow(restore: Restore, route: Route = WRITE): Effect.Effect<PooledConn, BorrowError> {
     return this.topology === undefined ? this.borrowHere(restore) : this.topology.borrow(restore, route)
   }
 

@@ -27,10 +27,7 @@ export interface MemberHooks {
 /** Where a topology sends a unit (see `topology.ts`). @internal */
 export interface Router {
   readonly multiPrimary: boolean
-  borrow(
-    restore: Restore,
-    route: Route
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
+  borrow(restore: Restore, route: Route): Effect.Effect<PooledConn, BorrowError>
 }
 
 /** @internal */
@@ -57,6 +54,12 @@ export interface CurrentFrame {
   readonly detached: boolean
   detach(): CurrentFrame
 }
+
+/**
+ * Why a unit got no connection: the pool's wait, the server, or (a read with a causality token) a token the
+ * topology never produced. @internal
+ */
+export type BorrowError = SessionError.PoolTimeout | SessionError.ConnectionError | SessionError.InvalidOption
 
 /** One command to send. @internal */
 export interface CommandSpec {
