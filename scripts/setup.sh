@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian machine with Node 20 and npm:
 # pnpm (the version pinned in package.json), dependencies from the lockfile, and a MySQL-compatible server
-# (Debian's mariadb-server) unless one is on PATH or MYSQL_URL points at an existing server.
+# (Debian's mariadb-server) unless one is on PATH or MYSQL_URL points at an existing server, and Debian's postgresql
+# unless its binaries are installed or PG_URL points at an existing server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,6 +47,27 @@ or point the project at an existing MySQL 8 / MariaDB server:
     export MYSQL_URL=mysql://user:password@host:3306/database
 MSG
     exit 1
+  fi
+fi
+
+# PostgreSQL's tests start private servers from Debian's binaries (initdb and postgres under
+# /usr/lib/postgresql/<version>/bin); no system service is needed. Skipped when PG_URL names an existing server.
+find_pg_server() {
+  command -v postgres >/dev/null 2>&1 && command -v initdb >/dev/null 2>&1 && return 0
+  for bin in /usr/lib/postgresql/*/bin /usr/local/pgsql/bin; do
+    [ -x "$bin/postgres" ] && [ -x "$bin/initdb" ] && return 0
+  done
+  return 1
+}
+
+if [ -z "${PG_URL:-}" ] && ! find_pg_server; then
+  if [ "$(id -u)" = 0 ]; then
+    echo "setup: no PostgreSQL server found; installing Debian's postgresql"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  else
+    echo "setup: the PostgreSQL tests need: sudo apt-get install -y postgresql (or PG_URL=postgres://user:pass@host:5432/db)" >&2
   fi
 fi
 
