@@ -4,6 +4,11 @@
 export * as MysqlServer from "./MysqlServer.js"
 
 /**
+ * @since 0.2.0
+ */
+export * as PgServer from "./PgServer.js"
+
+/**
  * @since 0.1.0
  */
 export * as MysqlCluster from "./MysqlCluster.js"

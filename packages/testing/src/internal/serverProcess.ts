@@ -33,9 +33,11 @@ export const defaultSearchPath = (): ReadonlyArray<string> => {
   return dedupe([...fromPath, "/usr/sbin", "/usr/local/sbin", "/usr/local/mysql/bin", "/usr/bin", "/usr/local/bin"])
 }
 
-const dedupe = (items: ReadonlyArray<string>): ReadonlyArray<string> => Array.from(new Set(items))
+/** @internal */
+export const dedupe = (items: ReadonlyArray<string>): ReadonlyArray<string> => Array.from(new Set(items))
 
-const findExecutable = (names: ReadonlyArray<string>, dirs: ReadonlyArray<string>): string | undefined => {
+/** @internal */
+export const findExecutable = (names: ReadonlyArray<string>, dirs: ReadonlyArray<string>): string | undefined => {
   for (const name of names) {
     for (const dir of dirs) {
       const candidate = Path.join(dir, name)
@@ -317,7 +319,9 @@ const watchExit = (child: ChildProcess.ChildProcess) => {
 export const spawnLogged = (
   file: string,
   args: ReadonlyArray<string>,
-  logFile: string
+  logFile: string,
+  /** Run as this OS user (root only) */
+  user?: { readonly uid: number; readonly gid: number } | undefined
 ): Effect.Effect<ServerProcess, string> =>
   Effect.suspend(() => {
     let fd: number
@@ -328,7 +332,11 @@ export const spawnLogged = (
     }
     let child: ChildProcess.ChildProcess
     try {
-      child = ChildProcess.spawn(file, args, { detached: true, stdio: ["ignore", fd, fd] })
+      child = ChildProcess.spawn(file, args, {
+        detached: true,
+        stdio: ["ignore", fd, fd],
+        ...(user !== undefined ? { uid: user.uid, gid: user.gid } : {})
+      })
     } catch (error) {
       return Effect.fail(`cannot spawn ${file}: ${String(error)}`)
     } finally {
@@ -345,18 +353,22 @@ export const spawnLogged = (
   })
 
 /**
- * SIGTERM, wait up to `timeout` for a graceful exit, then SIGKILL the whole process group. Never fails.
+ * SIGTERM (or `signal`), wait up to `timeout` for a graceful exit, then SIGKILL the whole process group. Never fails.
  *
  * @internal
  */
-export const terminate = (proc: ServerProcess, timeout: Duration.DurationInput): Effect.Effect<void> =>
+export const terminate = (
+  proc: ServerProcess,
+  timeout: Duration.DurationInput,
+  signal: NodeJS.Signals = "SIGTERM"
+): Effect.Effect<void> =>
   Effect.gen(function* () {
     // a process that exited long ago may have had its pid reused: signal only one we know is alive
     if (!proc.isAlive()) {
       return
     }
     try {
-      process.kill(proc.pid, "SIGTERM")
+      process.kill(proc.pid, signal)
     } catch {
       // gone already
     }
@@ -406,15 +418,15 @@ for dir in "$@"; do rm -rf -- "$dir"; done
  */
 export const spawnWatchdog = (
   pidFile: string,
-  dirs: ReadonlyArray<string>
+  dirs: ReadonlyArray<string>,
+  name = "sessionfx-mysql-watchdog"
 ): Effect.Effect<Option.Option<ServerProcess>> =>
   Effect.sync(() => {
     try {
-      const child = ChildProcess.spawn(
-        "/bin/sh",
-        ["-c", watchdogScript, "sessionfx-mysql-watchdog", String(process.pid), pidFile, ...dirs],
-        { detached: true, stdio: "ignore" }
-      )
+      const child = ChildProcess.spawn("/bin/sh", ["-c", watchdogScript, name, String(process.pid), pidFile, ...dirs], {
+        detached: true,
+        stdio: "ignore"
+      })
       const { exited, isAlive } = watchExit(child)
       const pid = child.pid
       return pid === undefined ? Option.none() : Option.some({ pid, exited, isAlive })
@@ -450,7 +462,7 @@ export const serverPidFile = "sessionfx-server.pid"
  *
  * @internal
  */
-export const sweepStale = (root: string): Effect.Effect<void> =>
+export const sweepStale = (root: string, prefix: string = tempPrefix): Effect.Effect<void> =>
   Effect.sync(() => {
     let entries: Array<string>
     try {
@@ -460,7 +472,7 @@ export const sweepStale = (root: string): Effect.Effect<void> =>
     }
     const now = Date.now()
     for (const entry of entries) {
-      if (!entry.startsWith(tempPrefix)) {
+      if (!entry.startsWith(prefix)) {
         continue
       }
       const dir = Path.join(root, entry)

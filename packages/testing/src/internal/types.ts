@@ -1,6 +1,6 @@
 /**
  * The shapes the public modules and their internals share: a server's service and options (re-exported by
- * `MysqlServer.ts`) and the topologies of `MysqlCluster.ts`. Imports nothing from the public modules, so that
+ * `MysqlServer.ts` and `PgServer.ts`) and the topologies of `MysqlCluster.ts`. Imports nothing from the public modules, so that
  * `internal/server.ts` and `internal/cluster.ts` need not either.
  *
  * @internal
@@ -9,6 +9,7 @@ import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
 import type * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
+import type { PgServerError } from "./pgServerError.js"
 import type { MysqlServerError } from "./serverError.js"
 
 // -----------------------------------------------------------------------------
@@ -190,4 +191,79 @@ export interface GaleraOptions extends ClusterOptions {
   readonly gtid?: boolean | undefined
   /** More `wsrep_provider_options` entries (`key=value`), after the defaults. */
   readonly providerOptions?: ReadonlyArray<string> | undefined
+}
+
+// -----------------------------------------------------------------------------
+// PgServer
+// -----------------------------------------------------------------------------
+
+/** `PgServer.Service` @internal */
+export interface PgServerService {
+  /** `"embedded"`: started and owned by this layer; `"external"`: given by `PG_URL`. */
+  readonly kind: "embedded" | "external"
+  /** `SHOW server_version` */
+  readonly version: string
+  /** `postgres://user:pass@host:port/db` of the application role */
+  readonly url: Redacted.Redacted<string>
+  readonly host: string
+  readonly port: number
+  readonly database: string
+  readonly username: string
+  readonly password: Redacted.Redacted<string>
+  /** The directory of an embedded server's unix socket (`.s.PGSQL.<port>` inside it). */
+  readonly socketDir: Option.Option<string>
+  /** A superuser, able to read `pg_stat_activity`, cancel or terminate any backend and change settings. */
+  readonly admin: PgServerAdmin
+  /** The data directory of an embedded server, removed on close. */
+  readonly dataDir: Option.Option<string>
+  /** The log of an embedded server (its stderr). */
+  readonly logFile: Option.Option<string>
+  /** The postmaster's process; changes on restart, `None` while stopped and for an external server. */
+  readonly pid: Option.Option<number>
+  /** Starts a stopped (or crashed) embedded server again, on the same port and data directory. */
+  readonly start: Effect.Effect<void, PgServerError>
+  /** Shuts an embedded server down (fast shutdown: open transactions roll back, clients are disconnected). */
+  readonly stop: Effect.Effect<void, PgServerError>
+  /** SIGKILLs an embedded server's processes, like a crash; `start` recovers it. */
+  readonly kill: Effect.Effect<void, PgServerError>
+  /** `stop` then `start`: same port, same data. */
+  readonly restart: Effect.Effect<void, PgServerError>
+}
+
+/** `PgServer.Admin` @internal */
+export interface PgServerAdmin {
+  readonly host: string
+  readonly port: number
+  readonly username: string
+  readonly password: Redacted.Redacted<string>
+  /** `postgres://admin:pass@host:port/db`, on the application's database */
+  readonly url: Redacted.Redacted<string>
+}
+
+/** `PgServer.Options` @internal */
+export interface PgServerOptions {
+  /** default `"app"` */
+  readonly database?: string | undefined
+  /** The application role: it logs in, connects to `database` and creates in its `public` schema; default `"app"`. */
+  readonly username?: string | undefined
+  /** A fixed TCP port; by default a free loopback port. */
+  readonly port?: number | undefined
+  /** default 60 seconds */
+  readonly startTimeout?: Duration.DurationInput | undefined
+  /** How long a fast shutdown may take before SIGKILL; default 10 seconds. */
+  readonly stopTimeout?: Duration.DurationInput | undefined
+  /** Extra `postgres` arguments (`["-c", "work_mem=64MB"]`), after the defaults. */
+  readonly serverArgs?: ReadonlyArray<string> | undefined
+  /** Directories searched for `postgres` and `initdb`; default `PATH` plus `/usr/lib/postgresql/<newest>/bin`, … */
+  readonly searchPath?: ReadonlyArray<string> | undefined
+  /** Where temporary data directories live; default `os.tmpdir()`. */
+  readonly tmpDir?: string | undefined
+}
+
+/** `PgServer.ExternalOptions` @internal */
+export interface PgExternalOptions {
+  /** `postgres://user:pass@host:port/db` (or `postgresql://`) */
+  readonly url: Redacted.Redacted<string> | string
+  /** A superuser url; by default `url`. */
+  readonly adminUrl?: Redacted.Redacted<string> | string | undefined
 }
