@@ -7,6 +7,8 @@
  *   pnpm bench soak [--sessions 200000]
  *   pnpm bench reads10 [--units 10000] [--concurrency 1,16,64] [--reps 3]   (a unit of 10 primary-key reads)
  *   pnpm bench replicas [--clients 64] [--seconds 5] [--reps 3] [--replicas 2] [--lag 1] [--accounts 1000]
+ *   pnpm bench pg-clients [--transfers 3000] [--accounts 1000] [--concurrency 1,16,64] [--reps 3]   (pg vs postgres.js,
+ *              hand-written, on a private PgServer or PG_URL's; not part of the default run)
  *
  * scale and soak run in a process of their own (`build/stress.mjs`, see stressMain.ts).
  *
@@ -24,6 +26,7 @@ import * as Redacted from "effect/Redacted"
 import { BASELINE, type Impl, implementations } from "./impls/index.js"
 import * as Report from "./report.js"
 import { withProgress } from "./progress.js"
+import { pgClients } from "./pgClients.js"
 import { reads10 } from "./reads10.js"
 import * as Replicas from "./replicas.js"
 import { runOnce } from "./runner.js"
@@ -31,7 +34,7 @@ import type { ScaleResult, SoakResult, Spawn, StressJob } from "./stress.js"
 import { type Conservation, createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
 
 interface Args {
-  readonly mode: "compare" | "scale" | "soak" | "replicas" | "reads10"
+  readonly mode: "compare" | "scale" | "soak" | "replicas" | "reads10" | "pg-clients"
   readonly transfers: number
   readonly accounts: number
   readonly concurrency: ReadonlyArray<number>
@@ -50,7 +53,7 @@ interface Args {
   readonly out: string
 }
 
-const usage = `usage: bench [compare|scale|soak|replicas|reads10] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
+const usage = `usage: bench [compare|scale|soak|replicas|reads10|pg-clients] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
              [--reps N] [--impls ${Object.keys(implementations).join(",")}] [--seed N] [--warmup N]
              [--units N (scale, reads10)] [--spawn fiber|forEach (scale)] [--sessions N (soak)]
              [--clients N] [--seconds N] [--replicas N] [--lag SECONDS] (replicas) [--out DIR]`
@@ -70,7 +73,14 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
       const value = inline ?? argv[++i]
       if (value === undefined) throw new Error(`--${key} needs a value\n${usage}`)
       flags.set(key, value)
-    } else if (arg === "compare" || arg === "scale" || arg === "soak" || arg === "replicas" || arg === "reads10") {
+    } else if (
+      arg === "compare" ||
+      arg === "scale" ||
+      arg === "soak" ||
+      arg === "replicas" ||
+      arg === "reads10" ||
+      arg === "pg-clients"
+    ) {
       mode = arg
     } else throw new Error(`unknown argument ${arg}\n${usage}`)
   }
@@ -109,13 +119,15 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
   if (accounts < 2) throw new Error("--accounts must be at least 2")
   return {
     mode,
-    transfers: int("transfers", quick ? 400 : 20_000),
+    transfers: int("transfers", quick ? 400 : mode === "pg-clients" ? 3000 : 20_000),
     accounts,
-    concurrency: (flags.get("concurrency") ?? "1,16,64,256").split(",").map((s) => {
-      const n = Number(s)
-      if (!Number.isInteger(n) || n < 1) throw new Error(`bad --concurrency ${s}`)
-      return n
-    }),
+    concurrency: (flags.get("concurrency") ?? (mode === "pg-clients" ? "1,16,64" : "1,16,64,256"))
+      .split(",")
+      .map((s) => {
+        const n = Number(s)
+        if (!Number.isInteger(n) || n < 1) throw new Error(`bad --concurrency ${s}`)
+        return n
+      }),
     reps: Math.max(1, int("reps", quick ? 1 : 3)),
     clients: Math.max(1, int("clients", 64)),
     seconds: Math.max(1, int("seconds", quick ? 2 : 5)),
@@ -339,6 +351,17 @@ const cluster = Effect.scoped(
   })
 )
 
-const program = args.mode === "replicas" ? cluster : single
+const program: Effect.Effect<void, unknown> =
+  args.mode === "replicas"
+    ? cluster
+    : args.mode === "pg-clients"
+      ? pgClients({
+          transfers: args.transfers,
+          accounts: args.accounts,
+          concurrency: args.concurrency,
+          reps: args.reps,
+          seed: args.seed
+        })
+      : single
 
 NodeRuntime.runMain(program)
