@@ -9,7 +9,7 @@ import * as Context from "effect/Context"
 import * as Layer from "effect/Layer"
 
 export interface Options {
-  /** Failures a peer may have before it must wait. */
+  /** Failures a peer may have before it must wait (the next attempt after the last free one waits). */
   readonly freeFailures: number
   /** The first wait; each further failure doubles it… */
   readonly baseDelayMs: number
@@ -67,7 +67,7 @@ export const make = (options: Options = defaults, now: () => number = Date.now):
       p.failures++
       p.lastFailure = t
       const over = p.failures - options.freeFailures
-      if (over > 0) p.until = t + Math.min(options.maxDelayMs, options.baseDelayMs * 2 ** Math.min(over - 1, 30))
+      if (over >= 0) p.until = t + Math.min(options.maxDelayMs, options.baseDelayMs * 2 ** Math.min(over, 30))
       // most recently failed last: the first entries are the ones to forget
       peers.delete(key)
       peers.set(key, p)
