@@ -14,7 +14,8 @@
  * ledger's embedded default) for every server alike; `--fast-unsafe` runs it with the fast, unsafe settings instead.
  *
  * `--noop` also measures a request that never reaches the database (an unknown operation, one connection, one
- * request at a time). `--profile <dir>` runs the ledger under `node --cpu-prof` and writes its profile there.
+ * request at a time). `--profile <dir>` runs the ledger and the floor under `node --cpu-prof` and writes their profiles
+ * there (the floor's as floor.cpuprofile).
  * The floor (bench/floor.ts; `--no-floor` leaves it out) runs in the same rounds: the transfer path alone on `net` and
  * `mysql2` callbacks with the ledger's statements, no Effect — what a transfer costs a Node process at least.
  */
@@ -353,7 +354,18 @@ const program = Effect.gen(function* () {
         start(
           "floor",
           process.execPath,
-          ["dist/floor.js", "--url", url, "--port", String(floorPort), "--token", TOKEN],
+          [
+            ...(profileDir !== ""
+              ? ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`, "--cpu-prof-name=floor.cpuprofile"]
+              : []),
+            "dist/floor.js",
+            "--url",
+            url,
+            "--port",
+            String(floorPort),
+            "--token",
+            TOKEN
+          ],
           {},
           floorPort
         ),
