@@ -1,5 +1,5 @@
 /**
- * A budget of failed authentications per peer (its IP address), shared by both transports: a few failures are free,
+ * A budget of failed authentications per peer (its IPv4 address or IPv6 /64 network), shared by both transports: a few failures are free,
  * then each further one doubles the time that peer must wait before it may try again (up to a ceiling). While it
  * waits, its attempts are refused without looking at the token, so guessing costs time; other peers are never
  * affected, and a success clears the peer's record. The table of peers is bounded (the least recently failed are
@@ -39,9 +39,33 @@ export class AuthGuard extends Context.Tag("ledger/AuthGuard")<
   }
 >() {}
 
-/** The key of a peer: its address (an IPv4 address mapped into IPv6 is the IPv4 address). */
-export const peerOf = (address: string | undefined): string =>
-  address === undefined ? "unknown" : address.startsWith("::ffff:") ? address.slice(7) : address
+/** The first four groups of an IPv6 address (its /64 network), written in full; undefined if it is not one. */
+const network64 = (address: string): string | undefined => {
+  const [head = "", tail, ...more] = address.split("%")[0]!.split("::")
+  if (more.length > 0) return undefined
+  const left = head === "" ? [] : head.split(":")
+  const right = tail === undefined || tail === "" ? [] : tail.split(":")
+  const missing = 8 - left.length - right.length
+  if (missing < 0 || (tail === undefined && missing !== 0)) return undefined
+  const groups = [...left, ...Array<string>(missing).fill("0"), ...right]
+  return (
+    groups
+      .slice(0, 4)
+      .map((g) => g.toLowerCase().replace(/^0+(?=.)/, ""))
+      .join(":") + "::/64"
+  )
+}
+
+/**
+ * The key of a peer: an IPv4 address (also when mapped into IPv6), or the /64 network of an IPv6 address — one host
+ * usually holds a whole /64, so counting its addresses one by one would let it rotate through them.
+ */
+export const peerOf = (address: string | undefined): string => {
+  if (address === undefined) return "unknown"
+  if (address.startsWith("::ffff:") && address.includes(".")) return address.slice(7)
+  if (!address.includes(":")) return address
+  return network64(address) ?? address
+}
 
 export const make = (options: Options = defaults, now: () => number = Date.now): AuthGuard["Type"] => {
   const peers = new Map<string, Peer>()

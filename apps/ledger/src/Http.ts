@@ -291,7 +291,7 @@ const withBody = (response: HttpServerResponse.HttpServerResponse): HttpServerRe
  * logged at ERROR (with its cause), other answers at INFO as an access log line that names the path only, never
  * the query string or any header.
  */
-const answered = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<never, R> =>
+export const answered = <E, R>(app: HttpApp.Default<E, R>): HttpApp.Default<never, R> =>
   Effect.withFiberRuntime((fiber) => {
     const request = Context.unsafeGet(fiber.currentContext, HttpServerRequest.HttpServerRequest)
     const started = performance.now()

@@ -79,6 +79,15 @@ describe("ledger tokens", () => {
     assert.isAbove(guard.waitFor("10.0.0.3"), 0)
     guard.succeeded("10.0.0.3")
     assert.strictEqual(guard.waitFor("10.0.0.3"), 0)
+    // IPv6: a peer is its /64 network, however the address is written
+    assert.strictEqual(AuthGuard.peerOf("2001:db8:0:1::5"), "2001:db8:0:1::/64")
+    assert.strictEqual(AuthGuard.peerOf("2001:0DB8:0000:0001:ffff:1:2:3"), "2001:db8:0:1::/64")
+    assert.strictEqual(AuthGuard.peerOf("::1"), "0:0:0:0::/64")
+    assert.strictEqual(AuthGuard.peerOf("::ffff:10.1.2.3"), "10.1.2.3")
+    assert.strictEqual(AuthGuard.peerOf("fe80::1%eth0"), "fe80:0:0:0::/64")
+    for (let i = 0; i < 3; i++) guard.failed(`2001:db8:0:2::${i + 1}`)
+    assert.isAbove(guard.waitFor("2001:db8:0:2::ffff"), 0)
+    assert.strictEqual(guard.waitFor("2001:db8:0:3::1"), 0)
     // the table is bounded: the least recently failed peers are forgotten first
     for (const p of ["a", "b", "c"]) for (let i = 0; i < 3; i++) guard.failed(p)
     assert.strictEqual(guard.waitFor("a"), 0)
