@@ -2,7 +2,7 @@ import { defineConfig } from "vitest/config"
 
 export default defineConfig({
   test: {
-    projects: ["packages/*", "apps/*", "test", "test/cluster", "examples"],
+    projects: ["packages/*", "packages/session/vitest.unit.config.ts", "apps/*", "test", "test/cluster", "examples"],
     reporters: ["default"]
   }
 })

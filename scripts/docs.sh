@@ -9,7 +9,8 @@ for pkg in session testing; do
   mkdir -p "$dir/docs"
   # docgen runs the examples from $dir/docs/examples with tsx, importing ../../src: as CommonJS, a directory import works
   echo '{ "type": "commonjs" }' >"$dir/docs/package.json"
-  if ! log=$(cd "$dir" && pnpm exec docgen 2>&1); then
+  # the examples import the other workspace package by name: its source, through the @sessionfx/source condition
+  if ! log=$(cd "$dir" && NODE_OPTIONS="${NODE_OPTIONS:-} --conditions=@sessionfx/source" pnpm exec docgen 2>&1); then
     echo "$log" >&2
     echo "docs.sh: docgen failed for @sessionfx/$pkg" >&2
     rm -rf "$dir/docs"

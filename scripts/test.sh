@@ -3,6 +3,7 @@
 # reference (docgen: examples type-checked and run), every vitest project, the runnable examples, then the consumer
 # check (the packed packages installed with npm outside the repository).
 set -euo pipefail
+exec 2>&1 # one stream: a failure's message stays next to the step that printed it, also where only the tail is kept
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export PATH="$HOME/.local/bin:$PATH"

@@ -22,6 +22,7 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
+import * as Schedule from "effect/Schedule"
 import * as Querystring from "node:querystring"
 import * as Admin from "./support/admin.js"
 import {
@@ -1225,6 +1226,38 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
         }
       })
     )
+  )
+
+  it.effect(
+    "nested retry: true inside a unit that retries defers to it: the whole unit runs again, once committed",
+    () =>
+      withEngine(
+        Effect.gen(function* () {
+          const [a, b] = [freshId(), freshId()]
+          const attempts = yield* Ref.make(0)
+          // a repository function written with retry: true, reused inside a bigger unit
+          const repository = Session.transact(
+            Effect.gen(function* () {
+              yield* insert(b)
+              if ((yield* Ref.getAndUpdate(attempts, (n) => n + 1)) === 0) {
+                return yield* new SessionError.Deadlock({ message: "deadlock (scripted)" })
+              }
+            }),
+            { retry: true }
+          )
+          yield* Session.transact(Effect.zipRight(insert(a), repository), { retry: true })
+          assert.strictEqual(yield* Ref.get(attempts), 2, "the nested body ran again with the whole unit")
+          assert.deepStrictEqual([yield* countId("items", a), yield* countId("items", b)], [1, 1])
+          // a schedule of its own cannot be honoured inside the outer unit's transaction: refused before it runs
+          const own = yield* Effect.exit(
+            Session.transact(
+              Session.transact(insert(freshId()), { retry: Schedule.recurs(1) as Session.Options["retry"] }),
+              { retry: true }
+            )
+          )
+          assert.strictEqual(expectTag(own, ["InvalidOption"], "own schedule").option, "retry")
+        })
+      )
   )
 
   // ---------------------------------------------------------------------------------------------------------------

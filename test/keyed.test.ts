@@ -209,6 +209,35 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
     )
   )
 
+  it.effect("a read-only keyed unit is InvalidOption before anything is sent (its key could never be recorded)", () =>
+    withEngine(
+      Effect.gen(function* () {
+        yield* Session.createKeyTable
+        for (const option of [{ readOnly: true }, { consistentSnapshot: true }] as const) {
+          const key = freshKey("readonly")
+          const exit = yield* Effect.exit(Session.transact(apply(key), { key, ...option }))
+          const e = expectTag(exit, ["InvalidOption"], JSON.stringify(option))
+          assert.strictEqual(e.option, Object.keys(option)[0])
+          assert.strictEqual(yield* applications(key), 0)
+          assert.strictEqual(yield* Session.outcome(key), "absent")
+        }
+      })
+    )
+  )
+
+  it.effect("Session.outcome asked inside the unit with that key fails at once (it would wait on its own lock)", () =>
+    withEngine(
+      Effect.gen(function* () {
+        yield* Session.createKeyTable
+        const key = freshKey("own")
+        // (before: a LockWaitTimeout after innodb_lock_wait_timeout, the read waiting on the unit's own lock)
+        const inner = yield* Session.transact(Effect.exit(Session.outcome(key)), { key })
+        assert.strictEqual(expectTag(inner, ["InvalidOption"], "outcome inside its unit").option, "key")
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+      })
+    )
+  )
+
   it.effect("Session.outcome never says committed before the unit's COMMIT; after it, it does", () =>
     withEngine(
       Effect.gen(function* () {

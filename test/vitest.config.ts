@@ -1,6 +1,6 @@
-import { defineProject } from "vitest/config"
+import { defineWorkspaceProject } from "../vitest.shared.js"
 
-export default defineProject({
+export default defineWorkspaceProject({
   test: {
     name: "integration",
     include: ["**/*.test.ts"],

@@ -4,20 +4,25 @@
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session, SessionLive } from "@sessionfx/session"
 import * as Config from "effect/Config"
+import * as Data from "effect/Data"
 import * as Effect from "effect/Effect"
+
+export class Overdrawn extends Data.TaggedError("Overdrawn")<{ readonly account: number }> {}
 
 const transfer = (from: number, to: number, amount: number) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient // the session's client: every statement joins its transaction
     yield* sql`UPDATE accounts SET balance = balance - ${amount} WHERE id = ${from}`
     yield* sql`UPDATE accounts SET balance = balance + ${amount} WHERE id = ${to}`
+    const [row] = yield* sql<{ readonly balance: number }>`SELECT balance FROM accounts WHERE id = ${from}`
+    if (row === undefined || Number(row.balance) < 0) return yield* new Overdrawn({ account: from }) // rolls back
   })
 
 // one unit of work per call: the Layer spelling (Python's `with ManagedSession() as s:`) …
-const handle = (from: number, to: number, amount: number) =>
+export const handle = (from: number, to: number, amount: number) =>
   transfer(from, to, amount).pipe(Effect.provide(SessionLive))
 // … or the combinator spelling, with retries of deadlocks in a fresh transaction
-const handleWithRetry = (from: number, to: number, amount: number) =>
+export const handleWithRetry = (from: number, to: number, amount: number) =>
   Session.transact(transfer(from, to, amount), { retry: true })
 
 export const EngineLive = Engine.layerConfig({

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 packs=$(mktemp -d)
 trap 'rm -rf "$packs"' EXIT
-./scripts/consumer/pack.sh "$packs" >/dev/null
+./scripts/pack.sh "$packs" >/dev/null
 for tgz in "$packs"/*.tgz; do
   pnpm exec publint run "$tgz" --strict
   pnpm exec attw "$tgz" --profile esm-only --format table-flipped

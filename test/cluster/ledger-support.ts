@@ -1,7 +1,7 @@
 /**
- * Ledger processes (apps/ledger, `node --import tsx src/main.ts serve`) and a small client of its TCP line protocol,
- * for the cluster tests that run the ledger against real clusters. Plain node: no import from apps/ledger, whose
- * sources are not part of this project.
+ * Ledger processes (apps/ledger, `node --conditions=@sessionfx/source --import tsx src/main.ts serve`: the workspace's
+ * packages from their source) and a small client of its TCP line protocol, for the cluster tests that run the ledger
+ * against real clusters. Plain node: no import from apps/ledger, whose sources are not part of this project.
  */
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
@@ -170,9 +170,10 @@ const exited = (child: ChildProcess.ChildProcess, ms: number) =>
   })
 
 /**
- * Spawns `node --import tsx src/main.ts serve` in apps/ledger with `env` (plus the token, free ports, log level
- * `Warn`: `Config.logLevel` wants a label such as WARN, not "Warning"), for the scope: the finalizer sends SIGTERM, then SIGKILL after 5 seconds (also on the test's failure or
- * interruption, and if the test process exits first).
+ * Spawns `node --conditions=@sessionfx/source --import tsx src/main.ts serve` in apps/ledger with `env` (plus the
+ * token, free ports, log level `Warn`: `Config.logLevel` wants a label such as WARN, not "Warning"), for the scope:
+ * the finalizer sends SIGTERM, then SIGKILL after 5 seconds (also on the test's failure or interruption, and if the
+ * test process exits first).
  */
 export const spawnLedger = (options: {
   readonly name: string
@@ -203,11 +204,15 @@ export const spawnLedger = (options: {
     }
     const child = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const child = ChildProcess.spawn(process.execPath, ["--import", "tsx", "src/main.ts", "serve"], {
-          cwd: LEDGER_DIR,
-          env: env as NodeJS.ProcessEnv,
-          stdio: ["ignore", "pipe", "pipe"]
-        })
+        const child = ChildProcess.spawn(
+          process.execPath,
+          ["--conditions=@sessionfx/source", "--import", "tsx", "src/main.ts", "serve"],
+          {
+            cwd: LEDGER_DIR,
+            env: env as NodeJS.ProcessEnv,
+            stdio: ["ignore", "pipe", "pipe"]
+          }
+        )
         child.stdout!.on("data", keep)
         child.stderr!.on("data", keep)
         const onExit = () => child.kill("SIGKILL")

@@ -1,8 +1,8 @@
-import { defineProject } from "vitest/config"
+import { defineWorkspaceProject } from "../../vitest.shared.js"
 
 // Replication and Galera against real MariaDB processes: one file at a time (a 3-node cluster is enough load for
 // 2 cores), generous bounds for start-up on a busy machine.
-export default defineProject({
+export default defineWorkspaceProject({
   test: {
     name: "cluster",
     include: ["**/*.test.ts"],

@@ -18,6 +18,8 @@ await esbuild.build({
   outExtension: { ".js": ".mjs" },
   bundle: true,
   platform: "node",
+  // the workspace's packages from their source (their published exports point at dist/)
+  conditions: ["@sessionfx/source"],
   format: "esm",
   target: "node20",
   sourcemap: "linked",

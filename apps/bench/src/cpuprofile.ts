@@ -1,7 +1,7 @@
 /**
  * Summarises a V8 `.cpuprofile`: the functions with the most self time, and self time grouped by package.
  *
- *   node --cpu-prof --cpu-prof-dir=prof --import tsx src/main.ts --impls sessionfx-transact --concurrency 64 --reps 1
+ *   node --cpu-prof --cpu-prof-dir=prof --conditions=@sessionfx/source --import tsx src/main.ts --impls sessionfx-transact --concurrency 64 --reps 1
  *   pnpm exec tsx src/cpuprofile.ts prof/<file>.cpuprofile [top]
  */
 import * as Fs from "node:fs"

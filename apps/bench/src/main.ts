@@ -5,6 +5,7 @@
  *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 1000] [--out results]
  *   pnpm bench scale [--units 10000] [--spawn fiber|forEach]
  *   pnpm bench soak [--sessions 200000]
+ *   pnpm bench reads10 [--units 10000] [--concurrency 1,16,64] [--reps 3]   (a unit of 10 primary-key reads)
  *   pnpm bench replicas [--clients 64] [--seconds 5] [--reps 3] [--replicas 2] [--lag 1] [--accounts 1000]
  *
  * scale and soak run in a process of their own (`build/stress.mjs`, see stressMain.ts).
@@ -23,13 +24,14 @@ import * as Redacted from "effect/Redacted"
 import { BASELINE, type Impl, implementations } from "./impls/index.js"
 import * as Report from "./report.js"
 import { withProgress } from "./progress.js"
+import { reads10 } from "./reads10.js"
 import * as Replicas from "./replicas.js"
 import { runOnce } from "./runner.js"
 import type { ScaleResult, SoakResult, Spawn, StressJob } from "./stress.js"
 import { type Conservation, createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
 
 interface Args {
-  readonly mode: "compare" | "scale" | "soak" | "replicas"
+  readonly mode: "compare" | "scale" | "soak" | "replicas" | "reads10"
   readonly transfers: number
   readonly accounts: number
   readonly concurrency: ReadonlyArray<number>
@@ -48,9 +50,9 @@ interface Args {
   readonly out: string
 }
 
-const usage = `usage: bench [compare|scale|soak|replicas] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
+const usage = `usage: bench [compare|scale|soak|replicas|reads10] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
              [--reps N] [--impls ${Object.keys(implementations).join(",")}] [--seed N] [--warmup N]
-             [--units N (scale)] [--spawn fiber|forEach (scale)] [--sessions N (soak)]
+             [--units N (scale, reads10)] [--spawn fiber|forEach (scale)] [--sessions N (soak)]
              [--clients N] [--seconds N] [--replicas N] [--lag SECONDS] (replicas) [--out DIR]`
 
 const parseArgs = (argv: ReadonlyArray<string>): Args => {
@@ -68,8 +70,9 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
       const value = inline ?? argv[++i]
       if (value === undefined) throw new Error(`--${key} needs a value\n${usage}`)
       flags.set(key, value)
-    } else if (arg === "compare" || arg === "scale" || arg === "soak" || arg === "replicas") mode = arg
-    else throw new Error(`unknown argument ${arg}\n${usage}`)
+    } else if (arg === "compare" || arg === "scale" || arg === "soak" || arg === "replicas" || arg === "reads10") {
+      mode = arg
+    } else throw new Error(`unknown argument ${arg}\n${usage}`)
   }
   const known = [
     "transfers",
@@ -307,7 +310,21 @@ const single = Effect.gen(function* () {
   const label = `${server.flavor} ${server.version}`
   yield* Effect.logInfo(`server: ${label} (${server.kind}) at ${server.host}:${server.port}`)
   const run =
-    args.mode === "scale" ? scale(url, args) : args.mode === "soak" ? soak(url, args) : compare(url, label, args)
+    args.mode === "scale"
+      ? scale(url, args)
+      : args.mode === "soak"
+        ? soak(url, args)
+        : args.mode === "reads10"
+          ? createSchema(url, args.accounts).then(() =>
+              reads10(url, {
+                units: args.units,
+                accounts: args.accounts,
+                concurrency: args.concurrency,
+                reps: args.reps,
+                seed: args.seed
+              })
+            )
+          : compare(url, label, args)
   yield* Effect.promise(() => run)
 }).pipe(Effect.provide(MysqlServer.layer()))
 

@@ -5,6 +5,7 @@
  */
 import * as Reactivity from "@effect/experimental/Reactivity"
 import * as Client from "@effect/sql/SqlClient"
+import type { SqlError } from "@effect/sql/SqlError"
 import * as Statement from "@effect/sql/Statement"
 import * as Config from "effect/Config"
 import type * as ConfigError from "effect/ConfigError"
@@ -14,14 +15,25 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
-import type * as Mysql from "mysql2"
 import * as SessionError from "./SessionError.js"
-import { EngineImpl, type Isolation, sessionErrorsAsSqlError } from "./internal/engine.js"
-import { makeCompiler } from "./internal/compiler.js"
+import { EngineImpl, type Isolation } from "./internal/engine.js"
+import { sessionErrorsAsSqlError } from "./internal/connection.js"
+import { makeCompiler } from "./internal/driver/mysql/compiler.js"
 import * as Options from "./internal/options.js"
 import { makeClient } from "./internal/statement.js"
-import { describeCause, hardClose } from "./internal/pool.js"
-import * as internalSession from "./internal/session.js"
+import { MysqlServer, type SslOptions } from "./internal/driver/mysql/server.js"
+import {
+  closeServers,
+  connectionOf,
+  describeTarget,
+  millisOf,
+  nameOf,
+  parseTarget,
+  spanAttributesOf,
+  type Target,
+  versionsOf
+} from "./internal/target.js"
+import * as internalSession from "./internal/units.js"
 import { Member, type ServerStatus as InternalServerStatus, Topology } from "./internal/topology.js"
 
 /**
@@ -128,7 +140,7 @@ export interface EngineOptions {
   readonly lockWaitTimeout?: Duration.DurationInput | undefined
   /** Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL). */
   readonly statementTimeout?: Duration.DurationInput | undefined
-  readonly ssl?: string | Mysql.SslOptions | undefined
+  readonly ssl?: string | SslOptions | undefined
   readonly spanAttributes?: Record<string, unknown> | undefined
   /**
    * Record each statement's SQL text as `db.query.text` on its span (default false). The text holds placeholders,
@@ -182,78 +194,6 @@ export declare namespace Engine {
  */
 export interface ServerStatus extends InternalServerStatus {}
 
-interface Target {
-  /** The url had more than one `@`: a password with an unencoded `@` (or `/`, `?`, `#`) is the usual cause. */
-  readonly ambiguousUserinfo: boolean
-  readonly host: string
-  readonly port: number
-  readonly database: string | undefined
-  readonly user: string | undefined
-  readonly password: Redacted.Redacted | undefined
-  readonly socketPath: string | undefined
-  readonly ssl: string | Mysql.SslOptions | undefined
-}
-
-const parseTarget = (
-  options: Omit<EngineOptions, "url"> & { readonly url?: Redacted.Redacted | string | undefined },
-  port: number | undefined
-): Effect.Effect<Target, SessionError.ConnectionError> =>
-  Effect.suspend(() => {
-    if (options.url !== undefined) {
-      const raw = Redacted.isRedacted(options.url) ? Redacted.value(options.url) : options.url
-      const ambiguousUserinfo = raw.split("@").length > 2
-      let url: URL
-      try {
-        url = new URL(raw)
-      } catch {
-        return Effect.fail(
-          new SessionError.ConnectionError({
-            retryable: false,
-            message: `the Engine url is not a valid URL; expected mysql://user:password@host:3306/database (the value is not shown because it may contain a password)${ambiguousUserinfo ? encodeHint : ""}`
-          })
-        )
-      }
-      if (url.protocol !== "mysql:" && url.protocol !== "mariadb:") {
-        return Effect.fail(
-          new SessionError.ConnectionError({
-            retryable: false,
-            message: `the Engine url has scheme "${url.protocol}"; expected mysql://user:password@host:3306/database`
-          })
-        )
-      }
-      const port = url.port === "" ? 3306 : Number(url.port)
-      const sslParam = url.searchParams.get("ssl")
-      const ssl: string | Mysql.SslOptions | undefined =
-        options.ssl ?? (sslParam === null || sslParam === "false" ? undefined : sslParam === "true" ? {} : sslParam)
-      return Effect.succeed<Target>({
-        ambiguousUserinfo,
-        host: url.hostname === "" ? "localhost" : url.hostname.replace(/^\[|\]$/g, ""),
-        port,
-        database: url.pathname.length > 1 ? decodeURIComponent(url.pathname.slice(1)) : options.database,
-        user: url.username !== "" ? decodeURIComponent(url.username) : options.username,
-        password: url.password !== "" ? Redacted.make(decodeURIComponent(url.password)) : options.password,
-        socketPath: url.searchParams.get("socket") ?? options.socketPath,
-        ssl
-      })
-    }
-    return Effect.succeed<Target>({
-      ambiguousUserinfo: false,
-      host: options.host ?? "localhost",
-      port: port ?? 3306,
-      database: options.database,
-      user: options.username,
-      password: options.password,
-      socketPath: options.socketPath,
-      ssl: options.ssl
-    })
-  })
-
-const encodeHint =
-  "; the url contains more than one '@': percent-encode the password (encodeURIComponent: '@' is %40, '/' is %2F, '#' is %23)"
-
-const describeTarget = (t: Target) =>
-  `mysql://${t.user ?? ""}@${t.socketPath ? `[socket ${t.socketPath}]` : `${t.host}:${t.port}`}/${t.database ?? ""}`
-
 /**
  * Builds an Engine: checks that the server answers (within `connectTimeout`), detects MySQL or MariaDB and its
  * version, fills the pool, and on scope close drains lent connections up to `shutdownTimeout` before closing all.
@@ -270,54 +210,112 @@ export const make = (
 > =>
   Effect.gen(function* () {
     const checked = yield* Options.check(options)
-    const urls: ReadonlyArray<Redacted.Redacted | string | undefined> = Array.isArray(options.url)
-      ? options.url
-      : [options.url as Redacted.Redacted | string | undefined]
-    const replicaUrls = options.replicas ?? []
-    if (urls.length === 0) {
-      return yield* new SessionError.InvalidOption({
-        option: "url",
-        message: "Engine option url: an empty list; give one url, or one per node of a multi-primary cluster"
-      })
-    }
-    if (urls.length > 1 && replicaUrls.length > 0) {
-      return yield* new SessionError.InvalidOption({
-        option: "replicas",
-        message:
-          "Engine option replicas: a list of urls is a multi-primary cluster (every node takes writes and reads); replicas belong to a single primary url"
-      })
-    }
+    const { replicaUrls, urls } = yield* urlsOf(options)
     const topology = urls.length > 1 || replicaUrls.length > 0
     const targets = yield* Effect.forEach([...urls, ...replicaUrls], (url) =>
       parseTarget({ ...options, url }, checked.port)
     )
     const engineName = options.name ?? nameOf(targets[0]!)
+    const roleOf = (i: number): Role => (urls.length > 1 ? "node" : i === 0 ? "primary" : "replica")
+    const servers = yield* buildServers({ options, checked, targets, engineName, roleOf })
+    const impl = servers[0]!
+    /** The servers beside the first, once they are known to be MariaDB. */
+    let router: Topology | undefined
+    yield* Effect.addFinalizer(() =>
+      Effect.ensuring(
+        closeServers(servers, checked.shutdownTimeoutMs),
+        Effect.sync(() => router?.close())
+      )
+    )
+    const versions = yield* versionsOf(servers, targets, { connectTimeoutMs: checked.connectTimeoutMs, roleOf })
+    const version = versions[0]!
+    const flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
+    if (topology && flavor === "mysql") {
+      return yield* new SessionError.InvalidOption({
+        option: urls.length > 1 ? "url" : "replicas",
+        message: `Engine option ${urls.length > 1 ? "url" : "replicas"}: replicas and multi-primary clusters are supported on MariaDB (GTID replication, Galera); ${describeTarget(targets[0]!)} is MySQL ${version}. Use one Engine per server for now`
+      })
+    }
+    for (const server of servers) {
+      server.options.driver.setVersion(version)
+      const attrs = server.options.spanAttributes as Array<readonly [string, unknown]>
+      attrs.splice(-2, 2, ["db.system", flavor], ["db.system.name", flavor])
+    }
+    if (topology) {
+      const members = servers.map((server, i) => new Member(server, roleOf(i)))
+      router = new Topology(impl, members, checked)
+      impl.topology = router
+      versions.forEach((v, i) => {
+        if (v === undefined) members[i]!.setHealthy(false, "not answering at start-up")
+      })
+    }
+    for (const server of servers) server.start()
+    router?.start()
+    return serviceOf({ servers, router, engineName, flavor, version })
+  })
+
+type Role = "primary" | "replica" | "node"
+
+/** The url list (one, or one per node) and the replicas, refused when they cannot make an engine. */
+const urlsOf = (options: EngineOptions) =>
+  Effect.suspend(() => {
+    const urls: ReadonlyArray<Redacted.Redacted | string | undefined> = Array.isArray(options.url)
+      ? options.url
+      : [options.url as Redacted.Redacted | string | undefined]
+    const replicaUrls = options.replicas ?? []
+    if (urls.length === 0) {
+      return Effect.fail(
+        new SessionError.InvalidOption({
+          option: "url",
+          message: "Engine option url: an empty list; give one url, or one per node of a multi-primary cluster"
+        })
+      )
+    }
+    if (urls.length > 1 && replicaUrls.length > 0) {
+      return Effect.fail(
+        new SessionError.InvalidOption({
+          option: "replicas",
+          message:
+            "Engine option replicas: a list of urls is a multi-primary cluster (every node takes writes and reads); replicas belong to a single primary url"
+        })
+      )
+    }
+    return Effect.succeed({ urls, replicaUrls })
+  })
+
+/** One `EngineImpl` (pool, driver, side connections) per server. */
+const buildServers = (o: {
+  readonly options: EngineOptions
+  readonly checked: Options.Checked
+  readonly targets: ReadonlyArray<Target>
+  readonly engineName: string
+  readonly roleOf: (i: number) => Role
+}) =>
+  Effect.gen(function* () {
+    const { checked, options, targets } = o
+    const topology = targets.length > 1
     const compiler = makeCompiler(options.transformQueryNames)
     const transformRows = options.transformResultNames
       ? Statement.defaultTransforms(options.transformResultNames).array
       : undefined
     const reactivity = yield* Reactivity.Reactivity
     const runtime = yield* Effect.runtime<never>()
-    const roleOf = (i: number): "primary" | "replica" | "node" =>
-      urls.length > 1 ? "node" : i === 0 ? "primary" : "replica"
-    const servers = targets.map((target, i) => {
-      const impl = new EngineImpl({
-        name: topology ? nameOf(target) : engineName,
-        engineName: topology ? engineName : undefined,
-        role: roleOf(i),
+    return targets.map((target, i) => {
+      const driver = new MysqlServer({
+        target: connectionOf(target, checked.connectTimeoutMs),
         trackCommits: topology,
-        connection: connectionOf(target, checked.connectTimeoutMs),
+        onCommitTrackingRefused: (message) => impl.log("Warning", `sessionfx: ${describeTarget(target)} ${message}`)
+      })
+      const impl: EngineImpl = new EngineImpl({
+        name: topology ? nameOf(target) : o.engineName,
+        engineName: topology ? o.engineName : undefined,
+        role: o.roleOf(i),
+        driver,
         describe: describeTarget(target),
         pool: checked.pool,
         killGraceMs: checked.killGraceMs,
-        commitTimeoutMs:
-          options.commitTimeout === undefined ? undefined : Duration.toMillis(Duration.decode(options.commitTimeout)),
-        longUnitThresholdMs:
-          options.longUnitThreshold === undefined
-            ? undefined
-            : Duration.isFinite(Duration.decode(options.longUnitThreshold))
-              ? Duration.toMillis(Duration.decode(options.longUnitThreshold))
-              : 0,
+        commitTimeoutMs: millisOf(options.commitTimeout),
+        longUnitThresholdMs: millisOf(options.longUnitThreshold, 0),
         defaults: {
           isolation: options.isolation,
           lockWaitTimeoutSeconds: checked.lockWaitTimeoutSeconds,
@@ -332,172 +330,58 @@ export const make = (
       impl.runtime = runtime
       return impl
     })
-    const impl = servers[0]!
-    yield* Effect.addFinalizer(() =>
-      Effect.forEach(
-        servers,
-        (server) =>
-          Effect.gen(function* () {
-            const drained = yield* server.pool.drain(checked.shutdownTimeoutMs)
-            if (!drained) {
-              yield* Effect.logWarning(
-                `sessionfx: ${server.pool.inUse} connection(s) to ${server.options.describe} still lent after shutdownTimeout; closing them (the server rolls back their transactions)`
-              )
-            }
-            server.pool.closeAll()
-            server.closeKillers()
-            server.stopTimers()
-          }),
-        { concurrency: "unbounded", discard: true }
-      ).pipe(Effect.ensuring(Effect.sync(() => impl.topology?.close())))
-    )
-    // the first server must answer; a replica or another node that does not starts out of rotation
-    const versions = yield* Effect.forEach(
-      servers,
-      (server, i) =>
-        i === 0
-          ? Effect.map(serverVersion(server, targets[i]!, checked.connectTimeoutMs), (v) => v as string | undefined)
-          : Effect.catchAll(serverVersion(server, targets[i]!, checked.connectTimeoutMs), (e) =>
-              Effect.as(
-                Effect.logWarning(
-                  `sessionfx: ${roleOf(i)} ${server.options.name} is not answering (${e.message}); it starts out of rotation`
-                ),
-                undefined
-              )
-            ),
-      { concurrency: "unbounded" }
-    )
-    const version = versions[0]!
-    const flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
-    if (topology && flavor === "mysql") {
-      return yield* new SessionError.InvalidOption({
-        option: urls.length > 1 ? "url" : "replicas",
-        message: `Engine option ${urls.length > 1 ? "url" : "replicas"}: replicas and multi-primary clusters are supported on MariaDB (GTID replication, Galera); ${describeTarget(targets[0]!)} is MySQL ${version}. Use one Engine per server for now`
-      })
-    }
-    for (const server of servers) {
-      server.version = version
-      server.flavor = flavor
-      const attrs = server.options.spanAttributes as Array<readonly [string, unknown]>
-      attrs.splice(-2, 2, ["db.system", flavor], ["db.system.name", flavor])
-    }
-    if (topology) {
-      const members = servers.map((server, i) => new Member(server, roleOf(i)))
-      impl.topology = new Topology(impl, members, checked)
-      versions.forEach((v, i) => {
-        if (v === undefined) members[i]!.setHealthy(false, "not answering at start-up")
-      })
-    }
-    for (const server of servers) server.start()
-    impl.topology?.start()
-
-    const sql = makeClient(
-      impl,
-      (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
-      (effect) => Effect.mapError(internalSession.transact(impl, effect, {}), sessionErrorsAsSqlError) as any,
-      impl.reactivity
-    )
-    impl.client = sql
-    const service: Engine.Service = {
-      [TypeId]: impl,
-      name: engineName,
-      flavor,
-      serverVersion: version,
-      sql,
-      stats: Effect.sync(() => {
-        impl.refreshGauges()
-        return impl.pool.stats()
-      }),
-      servers: Effect.sync(() => {
-        for (const server of servers) server.refreshGauges()
-        return impl.topology !== undefined
-          ? impl.topology.status()
-          : [
-              {
-                name: engineName,
-                role: "primary",
-                healthy: true,
-                reason: undefined,
-                lagMs: undefined,
-                position: undefined,
-                stats: impl.pool.stats()
-              }
-            ]
-      })
-    }
-    return service
   })
 
-const nameOf = (t: Target) =>
-  t.socketPath ? `${t.socketPath}/${t.database ?? ""}` : `${t.host}:${t.port}/${t.database ?? ""}`
-
-const connectionOf = (target: Target, connectTimeoutMs: number): Mysql.ConnectionOptions => ({
-  host: target.host,
-  port: target.port,
-  ...(target.socketPath ? { socketPath: target.socketPath } : {}),
-  ...(target.database ? { database: target.database } : {}),
-  ...(target.user ? { user: target.user } : {}),
-  ...(target.password ? { password: Redacted.value(target.password) } : {}),
-  ...(target.ssl !== undefined ? { ssl: target.ssl } : {}),
-  connectTimeout: connectTimeoutMs,
-  multipleStatements: true,
-  supportBigNumbers: true,
-  enableKeepAlive: true
-})
-
-/** OpenTelemetry database conventions; db.system follows the server's flavor once it has answered. */
-const spanAttributesOf = (options: EngineOptions, target: Target): Array<readonly [string, unknown]> => [
-  ...(options.spanAttributes ? Object.entries(options.spanAttributes) : []),
-  ["server.address", target.host],
-  ["server.port", target.port],
-  ...(target.database ? ([["db.namespace", target.database]] as const) : []),
-  ["db.system", "mysql"],
-  ["db.system.name", "mysql"]
-]
-
-/** `SELECT VERSION()` on a connection of its own, bounded by `connectTimeout`. */
-const serverVersion = (
-  impl: EngineImpl,
-  target: Target,
-  connectTimeoutMs: number
-): Effect.Effect<string, SessionError.ConnectionError> => {
-  const describe = describeTarget(target)
-  const fail = (cause: unknown) =>
-    new SessionError.ConnectionError({
-      cause,
-      message: `cannot connect to ${describe}: ${describeCause(cause)}${target.ambiguousUserinfo ? encodeHint : ""}`
-    })
-  return Effect.async<string, SessionError.ConnectionError>((resume) => {
-    let conn: Mysql.Connection | undefined
-    let settled = false
-    impl.pool.connect((err, c) => {
-      if (settled) {
-        if (c) hardClose(c)
-        return
-      }
-      if (err || !c) {
-        settled = true
-        return resume(Effect.fail(fail(err)))
-      }
-      conn = c
-      c.query("SELECT VERSION() AS v", (e, rows: any) => {
-        hardClose(c)
-        if (settled) return
-        settled = true
-        if (e) resume(Effect.fail(fail(e)))
-        else resume(Effect.succeed(String(rows?.[0]?.v ?? "")))
-      })
-    })
-    return Effect.sync(() => {
-      settled = true
-      if (conn) hardClose(conn)
-    })
-  }).pipe(
-    Effect.timeoutFail({
-      duration: connectTimeoutMs + 1000,
-      onTimeout: () => fail(new Error(`no answer within ${connectTimeoutMs} ms`))
-    })
+/** The service: the first server is the engine's identity (its client, its units). */
+const serviceOf = (o: {
+  readonly servers: ReadonlyArray<EngineImpl>
+  readonly router: Topology | undefined
+  readonly engineName: string
+  readonly flavor: "mariadb" | "mysql"
+  readonly version: string
+}): Engine.Service => {
+  const { router, servers } = o
+  const impl = servers[0]!
+  const sql = makeClient(
+    impl,
+    (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
+    // a SessionError travels as the SqlError's cause: what is left of the error channel is the effect's own or SqlError
+    <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+      Effect.mapError(internalSession.transact(impl, effect, {}), sessionErrorsAsSqlError) as Effect.Effect<
+        A,
+        E | SqlError,
+        R
+      >,
+    impl.reactivity
   )
+  impl.client = sql
+  return {
+    [TypeId]: impl,
+    name: o.engineName,
+    flavor: o.flavor,
+    serverVersion: o.version,
+    sql,
+    stats: Effect.sync(() => {
+      impl.refreshGauges()
+      return impl.pool.stats()
+    }),
+    servers: Effect.sync(() => {
+      for (const server of servers) server.refreshGauges()
+      return router !== undefined
+        ? router.status()
+        : [
+            {
+              name: o.engineName,
+              role: "primary",
+              healthy: true,
+              reason: undefined,
+              lagMs: undefined,
+              position: undefined,
+              stats: impl.pool.stats()
+            }
+          ]
+    })
+  }
 }
 
 /**

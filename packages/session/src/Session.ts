@@ -6,66 +6,25 @@
  */
 import type * as Client from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
-import type * as Duration from "effect/Duration"
-import type * as Brand from "effect/Brand"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
-import type * as Schedule from "effect/Schedule"
 import * as Engine from "./Engine.js"
 import type * as SessionError from "./SessionError.js"
 import * as keys from "./internal/keys.js"
-import * as internal from "./internal/session.js"
-import { TOKEN_PATTERN } from "./internal/topology.js"
+import * as internal from "./internal/units.js"
+import type * as UnitOptions from "./internal/unitOptions.js"
+import { TOKEN_PATTERN } from "./internal/tokens.js"
+import type * as Tokens from "./internal/tokens.js"
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface Options {
-  /** Isolation level for this transaction (set before it starts). */
-  readonly isolation?: Engine.IsolationLevel | undefined
-  /** `START TRANSACTION READ ONLY`: writes fail with `ReadOnlyTransaction`. */
-  readonly readOnly?: boolean | undefined
-  /** `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`. */
-  readonly consistentSnapshot?: boolean | undefined
-  /** `innodb_lock_wait_timeout` for this session. */
-  readonly lockWaitTimeout?: Duration.DurationInput | undefined
-  /** Per-statement limit, enforced by the server (MariaDB `max_statement_time`, MySQL `max_execution_time`). */
-  readonly statementTimeout?: Duration.DurationInput | undefined
-  /** Limit for the whole unit: exceeded → interrupted, rolled back, `TransactionTimeout`. (`transact` only.) */
-  readonly timeout?: Duration.DurationInput | undefined
-  /** `"nested"` (default): a savepoint inside an open session of the same engine; `"new"`: its own connection. */
-  readonly propagation?: "nested" | "new" | undefined
-  /** Re-run the whole unit in a fresh transaction on retryable errors: `true` for the default policy, or a Schedule. (`transact` only.) */
-  readonly retry?: boolean | Schedule.Schedule<unknown, SessionError.SessionError> | undefined
-  /** Span name for the unit. */
-  readonly name?: string | undefined
-  /** Always roll back, even on success (dry runs, tests). Nested: the savepoint is always rolled back. */
-  readonly rollbackOnly?: boolean | undefined
-  /**
-   * A keyed unit: applied at most once. The key is recorded in sessionfx's key table (`createKeyTable`) inside the
-   * unit's transaction; a unit whose key is already committed fails with `AlreadyApplied` and changes nothing, and
-   * after a lost COMMIT the key tells whether the unit was applied (`outcome`). At most 255 bytes, compared byte for
-   * byte.
-   */
-  readonly key?: string | undefined
-  /**
-   * Where a read-only unit (`readOnly`, `consistentSnapshot`) of an engine with replicas reads:
-   * `"read-your-writes"` (default) a replica once it has applied the fiber's causality token (and `after`), else
-   * the primary after `readYourWritesTimeout`; `"replica"` any healthy replica, no wait (may be stale);
-   * `"primary"` the primary. Outermost units only.
-   */
-  readonly consistency?: "read-your-writes" | "replica" | "primary" | undefined
-  /**
-   * A causality token the unit must see, e.g. one received from another process (an HTTP header): a read-only
-   * unit waits for a replica to have applied it. Outermost units only.
-   */
-  readonly after?: CausalityToken | undefined
-}
+export interface Options extends UnitOptions.SessionOptions {}
 
 /**
  * A causality token: the position (MariaDB GTID list, e.g. `"0-1-42"`) of commits a reader must see. Every unit
@@ -75,7 +34,7 @@ export interface Options {
  * @since 0.3.0
  * @category models
  */
-export type CausalityToken = string & Brand.Brand<"@sessionfx/session/CausalityToken">
+export type CausalityToken = Tokens.CausalityToken
 
 /**
  * The Schema of a causality token, to decode one received from elsewhere (a header, a message).
@@ -206,15 +165,19 @@ export const transact: {
   ): Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
 } = dual(
   (args) => Effect.isEffect(args[0]),
-  <A, E, R>(effect: Effect.Effect<A, E, R>, options?: Options) => {
+  <A, E, R>(
+    effect: Effect.Effect<A, E, R>,
+    options?: Options
+  ): Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine> => {
     const site = internal.captureSite(options?.name ?? "Session.transact", transact)
+    // the unit provides its Session and SqlClient to `effect`
     return Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
       // the type requires an Engine; without one this dies like `yield* Engine.Engine` would
       const engine = Context.unsafeGet(fiber.currentContext, Engine.Engine)
       return internal.transact(engineImpl(engine), effect, options ?? {}, site)
-    })
+    }) as Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
   }
-) as any
+)
 
 /**
  * Runs `effect` in a savepoint of the current session.
@@ -263,7 +226,7 @@ export const connectionId: Effect.Effect<number, never, Session> = Effect.map(Se
  * @category keyed units
  */
 export const outcome = (key: string): Effect.Effect<"committed" | "absent", SessionError.SessionError, Engine.Engine> =>
-  Effect.flatMap(Engine.Engine, (engine) => keys.outcome(engineImpl(engine), key))
+  Effect.flatMap(Engine.Engine, (engine) => internal.outcome(engineImpl(engine), key))
 
 /**
  * Creates sessionfx's key table for keyed units if it does not exist (`keyTableDdl`): run it once, e.g. from a
@@ -283,4 +246,4 @@ export const createKeyTable: Effect.Effect<void, SessionError.SessionError, Engi
  * @since 0.2.0
  * @category keyed units
  */
-export const keyTableDdl: string = keys.DDL
+export const keyTableDdl: string = keys.mysqlDdl

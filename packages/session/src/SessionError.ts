@@ -8,7 +8,7 @@
 import { SqlError } from "@effect/sql/SqlError"
 import * as Data from "effect/Data"
 import * as Predicate from "effect/Predicate"
-import { connectAdvice } from "./internal/connect.js"
+import { connectAdvice, describe, isFatal as isFatalDriverError } from "./internal/driver/mysql/errors.js"
 
 export {
   /**
@@ -66,7 +66,13 @@ interface Common {
  * @since 0.1.0
  * @category errors
  */
-export class PoolTimeout extends Data.TaggedError("PoolTimeout")<Common & { readonly stats: PoolStats }> {
+export class PoolTimeout extends Data.TaggedError("PoolTimeout")<
+  Common & {
+    readonly stats: PoolStats
+    /** The pool shed the request at once (`pool.queueLimit` waiters already queued): a unit's retry does not re-run it. */
+    readonly shed?: boolean | undefined
+  }
+> {
   readonly [TypeId]: TypeId = TypeId
   readonly retryable = true as const
 }
@@ -359,39 +365,13 @@ export const isSessionError = (u: unknown): u is SessionError =>
 export const isRetryable = (u: unknown): boolean =>
   Predicate.hasProperty(u, TypeId) && (u as { retryable?: unknown }).retryable === true
 
-const lostCodes = new Set([
-  "PROTOCOL_CONNECTION_LOST",
-  "ECONNRESET",
-  "EPIPE",
-  "ETIMEDOUT",
-  "PROTOCOL_SEQUENCE_TIMEOUT",
-  "ER_SERVER_SHUTDOWN",
-  "ER_CONNECTION_KILLED",
-  "ER_CLIENT_INTERACTION_TIMEOUT"
-])
-const lostErrnos = new Set([2006, 2013, 4031, 1927, 1053, 2055])
-const connectCodes = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"])
-
-const quoted = (message: string, index: number): string | undefined => {
-  const all = [...message.matchAll(/'([^']*)'/g)]
-  return all[index]?.[1]
-}
-
 /**
  * Whether a driver error means the connection can no longer be used.
  *
  * @since 0.1.0
  * @category predicates
  */
-export const isFatal = (cause: unknown): boolean => {
-  if (!Predicate.isObject(cause)) return false
-  const c = cause as { fatal?: unknown; code?: unknown; errno?: unknown }
-  return (
-    c.fatal === true ||
-    (typeof c.code === "string" && lostCodes.has(c.code)) ||
-    (typeof c.errno === "number" && lostErrnos.has(c.errno))
-  )
-}
+export const isFatal = (cause: unknown): boolean => isFatalDriverError(cause)
 
 /**
  * Classifies a mysql2 error (or an `@effect/sql` `SqlError` wrapping one) into a `SessionError`.
@@ -409,84 +389,53 @@ export const classify = (cause: unknown, context?: string): SessionError => {
 }
 
 const classifyDriver = (cause: unknown, context: string | undefined, original: SqlError | undefined): SessionError => {
-  const c = (Predicate.isObject(cause) ? cause : {}) as {
-    errno?: number
-    code?: string
-    message?: string
-    sqlMessage?: string
-  }
-  const errno = typeof c.errno === "number" ? c.errno : undefined
-  const code = typeof c.code === "string" ? c.code : undefined
-  const text = c.sqlMessage ?? c.message ?? String(cause)
+  const d = describe(cause)
   const prefix = context ? `${context}: ` : ""
-  const base = { cause, errno, code }
-  switch (errno) {
-    case 1213:
+  const base = { cause, errno: d.errno, code: d.code }
+  const text = d.text
+  switch (d.kind) {
+    case "Deadlock":
       return new Deadlock({ ...base, message: `${prefix}deadlock; the server rolled back the transaction (${text})` })
-    case 1205:
+    case "LockWaitTimeout":
       return new LockWaitTimeout({ ...base, message: `${prefix}lock wait timeout exceeded (${text})` })
-    case 1062:
-    case 1586:
-      return new DuplicateKey({ ...base, key: quoted(text, 1), message: `${prefix}duplicate key: ${text}` })
-    case 1451:
-    case 1452:
-    case 1216:
-    case 1217:
+    case "DuplicateKey":
+      return new DuplicateKey({ ...base, key: d.key, message: `${prefix}duplicate key: ${text}` })
+    case "ForeignKeyViolation":
       return new ForeignKeyViolation({
         ...base,
-        constraint: /CONSTRAINT `([^`]+)`/.exec(text)?.[1],
+        constraint: d.constraint,
         message: `${prefix}foreign key violation: ${text}`
       })
-    case 3819:
-    case 4025:
+    case "CheckViolation":
       return new CheckViolation({
         ...base,
-        constraint: /constraint [`']?([^`'\s]+)/i.exec(text)?.[1],
+        constraint: d.constraint,
         message: `${prefix}check constraint violated: ${text}`
       })
-    case 1048:
-    case 1364:
-      return new NotNullViolation({ ...base, column: quoted(text, 0), message: `${prefix}not-null violation: ${text}` })
-    case 1792:
-    case 1290:
+    case "NotNullViolation":
+      return new NotNullViolation({ ...base, column: d.column, message: `${prefix}not-null violation: ${text}` })
+    case "ReadOnlyTransaction":
       return new ReadOnlyTransaction({ ...base, message: `${prefix}write in a read-only transaction: ${text}` })
-    case 1969:
-    case 3024:
+    case "StatementTimeout":
       return new StatementTimeout({ ...base, message: `${prefix}statement timeout exceeded: ${text}` })
-    case 1180:
-    case 1614:
-    case 3101: // MySQL Group Replication: the group did not certify the transaction at COMMIT; it was rolled back
-    case 8002:
-    case 9007:
+    case "SerializationFailure":
       return new SerializationFailure({ ...base, message: `${prefix}serialization failure: ${text}` })
-    case 1047:
-      // Galera: "WSREP has not yet prepared node for application use" — the node is not in the primary component
-      // (joining, isolated, no quorum) and refused the statement before running it; a COMMIT refused this way
-      // replicated nothing. The outcome is known and the connection still works, so not ConnectionLost (which at
-      // COMMIT means an unknown outcome): retry the unit, preferably on another node. Plain MySQL's 1047 is
-      // "Unknown command", a client bug, left to the cases below.
-      if (/wsrep/i.test(text)) {
-        return new SerializationFailure({
-          ...base,
-          message: `${prefix}the cluster node is not ready and applied nothing; retry the unit on another node: ${text}`
-        })
-      }
-      break
-    case 1040:
-    case 1045:
-    case 1044:
-    case 1049:
-    case 1129:
-    case 1130:
-    case 1203:
-    case 1251:
+    case "NodeNotReady":
+      // a cluster node out of its primary component refused the statement before running it (a COMMIT refused this
+      // way replicated nothing): the outcome is known and the connection still works, so not ConnectionLost (which
+      // at COMMIT means an unknown outcome); retry the unit, preferably on another node
+      return new SerializationFailure({
+        ...base,
+        message: `${prefix}the cluster node is not ready and applied nothing; retry the unit on another node: ${text}`
+      })
+    case "ConnectionError":
       return new ConnectionError({ ...base, message: `${prefix}${text}` })
+    case "ConnectionLost":
+      return new ConnectionLost({
+        ...base,
+        message: `${prefix}connection lost (${d.code ?? d.errno ?? text}): ${text}`
+      })
+    case undefined:
+      return original ?? new SqlError({ cause, message: `${prefix}${text}` })
   }
-  if (isFatal(cause)) {
-    return new ConnectionLost({ ...base, message: `${prefix}connection lost (${code ?? errno ?? text}): ${text}` })
-  }
-  if (code !== undefined && connectCodes.has(code)) {
-    return new ConnectionError({ ...base, message: `${prefix}${text}` })
-  }
-  return original ?? new SqlError({ cause, message: `${prefix}${text}` })
 }

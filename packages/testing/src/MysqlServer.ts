@@ -9,15 +9,13 @@ import { Engine } from "@sessionfx/session"
 import * as Config from "effect/Config"
 import * as Context from "effect/Context"
 import type * as ConfigError from "effect/ConfigError"
-import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type * as Option from "effect/Option"
-import type * as Redacted from "effect/Redacted"
 import type * as Scope from "effect/Scope"
 import * as internal from "./internal/server.js"
 import * as MysqlCluster from "./MysqlCluster.js"
 import type { MysqlServerError } from "./internal/serverError.js"
+import type * as Types from "./internal/types.js"
 
 export {
   /**
@@ -69,91 +67,26 @@ export declare namespace MysqlServer {
    * @since 0.1.0
    * @category models
    */
-  export interface Service {
-    /** `"embedded"`: started and owned by this layer; `"external"`: given by `MYSQL_URL`. */
-    readonly kind: "embedded" | "external"
-    readonly flavor: "mariadb" | "mysql"
-    /** `SELECT VERSION()` */
-    readonly version: string
-    /** `mysql://user:pass@host:port/db` of the application user */
-    readonly url: Redacted.Redacted<string>
-    readonly host: string
-    readonly port: number
-    readonly database: string
-    readonly username: string
-    readonly password: Redacted.Redacted<string>
-    /** The unix socket of an embedded server. */
-    readonly socketPath: Option.Option<string>
-    /** A superuser, able to read the processlist and `information_schema.innodb_trx` and to `KILL`. */
-    readonly admin: MysqlServer.Admin
-    /** The data directory of an embedded server (removed on close unless it was given as `dataDir`). */
-    readonly dataDir: Option.Option<string>
-    /** The error log of an embedded server. */
-    readonly logFile: Option.Option<string>
-    /** The current server process; changes on restart, `None` while stopped and for an external server. */
-    readonly pid: Option.Option<number>
-    /** Starts a stopped (or crashed) embedded server again, on the same port and data directory. */
-    readonly start: Effect.Effect<void, MysqlServerError>
-    /** Shuts an embedded server down gracefully; clients see their connections drop. */
-    readonly stop: Effect.Effect<void, MysqlServerError>
-    /** SIGKILLs an embedded server, like a crash; `start` recovers it. */
-    readonly kill: Effect.Effect<void, MysqlServerError>
-    /** `stop` then `start`: same port, same data. */
-    readonly restart: Effect.Effect<void, MysqlServerError>
-  }
+  export interface Service extends Types.ServerService {}
 
   /**
    * @since 0.1.0
    * @category models
    */
-  export interface Admin {
-    readonly host: string
-    readonly port: number
-    readonly username: string
-    readonly password: Redacted.Redacted<string>
-    readonly socketPath: Option.Option<string>
-    readonly url: Redacted.Redacted<string>
-  }
+  export interface Admin extends Types.ServerAdmin {}
 }
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface Options {
-  /** default `"app"` */
-  readonly database?: string | undefined
-  /** The application user, granted only what an app needs on `database`; default `"app"`. */
-  readonly username?: string | undefined
-  /**
-   * Persistent mode: a directory that survives the layer. It is initialised only when empty; the generated
-   * passwords are kept in `sessionfx-server.json` (mode 0600) inside it, so they are stable across restarts.
-   */
-  readonly dataDir?: string | undefined
-  /** A fixed TCP port; by default a free loopback port (in persistent mode, the previous one when still free). */
-  readonly port?: number | undefined
-  /** default 60 seconds */
-  readonly startTimeout?: Duration.DurationInput | undefined
-  /** How long a graceful shutdown may take before SIGKILL; default 10 seconds. */
-  readonly stopTimeout?: Duration.DurationInput | undefined
-  /** Extra `mariadbd` / `mysqld` arguments, after the defaults. */
-  readonly serverArgs?: ReadonlyArray<string> | undefined
-  /** Directories searched for `mariadbd` / `mysqld`; default `PATH` plus `/usr/sbin`, `/usr/local/sbin`, … */
-  readonly searchPath?: ReadonlyArray<string> | undefined
-  /** Where temporary data directories and the initialised template live; default `os.tmpdir()`. */
-  readonly tmpDir?: string | undefined
-}
+export interface Options extends Types.ServerOptions {}
 
 /**
  * @since 0.1.0
  * @category models
  */
-export interface ExternalOptions {
-  /** `mysql://user:pass@host:port/db` */
-  readonly url: Redacted.Redacted<string> | string
-  /** A superuser url; by default `url`. */
-  readonly adminUrl?: Redacted.Redacted<string> | string | undefined
-}
+export interface ExternalOptions extends Types.ExternalOptions {}
 
 /**
  * The server named by `MYSQL_URL` (admin from `MYSQL_ADMIN_URL`, else the same url) when that variable is set,

@@ -374,7 +374,8 @@ describe("MysqlServer lifecycle", () => {
         const dir = yield* tempDir("sfx-owner-")
         const child = yield* Effect.acquireRelease(
           Effect.sync(() =>
-            ChildProcess.spawn(process.execPath, [viteNode, ownerScript(dir)], {
+            // this project's config: @sessionfx/session resolves to its source (the @sessionfx/source condition)
+            ChildProcess.spawn(process.execPath, [viteNode, "--config", "vitest.config.ts", ownerScript(dir)], {
               cwd: testingDir,
               stdio: ["ignore", "pipe", "inherit"]
             })

@@ -5,26 +5,33 @@
  */
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
+import { keysSql } from "./driver/mysql/dialect.js"
+import { runAutocommit } from "./autocommit.js"
+import type { KeysTexts } from "./driver/types.js"
 import type { EngineImpl } from "./engine.js"
 
 /** @internal */
 export const TABLE = "sessionfx_unit_keys"
 
 /**
- * The key table. Keys compare byte for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys.
+ * The key table's DDL on MySQL and MariaDB (`Session.keyTableDdl`, for a migration of one's own). Keys compare byte
+ * for byte (VARBINARY): `"K"`, `"k"` and `"k "` are three keys.
  *
  * @internal
  */
-export const DDL = `CREATE TABLE IF NOT EXISTS ${TABLE} (
-  unit_key VARBINARY(255) NOT NULL PRIMARY KEY,
-  committed_at TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)
-) ENGINE = InnoDB`
+export const mysqlDdl = keysSql(TABLE).create
 
-/** @internal */
-export const INSERT = `INSERT INTO ${TABLE} (unit_key) VALUES (?)`
+const textsByEngine = new WeakMap<EngineImpl, KeysTexts>()
 
-/** A locking read: it waits for a transaction that has inserted the key and not yet ended. */
-const SELECT = `SELECT 1 AS found FROM ${TABLE} WHERE unit_key = ? LOCK IN SHARE MODE`
+/** The key table's statements on `engine`'s server. @internal */
+export const texts = (engine: EngineImpl): KeysTexts => {
+  let t = textsByEngine.get(engine)
+  if (t === undefined) {
+    t = engine.options.driver.keysSql(TABLE)
+    textsByEngine.set(engine, t)
+  }
+  return t
+}
 
 /** Why `key` cannot be a unit's key, if it cannot. @internal */
 export const checkKey = (key: unknown): string | undefined => {
@@ -34,14 +41,19 @@ export const checkKey = (key: unknown): string | undefined => {
 }
 
 /** The error of a keyed unit's INSERT, as the user should see it. @internal */
-export const recordError = (key: string, e: SessionError.SessionError): SessionError.SessionError => {
+export const recordError = (
+  engine: EngineImpl,
+  key: string,
+  e: SessionError.SessionError
+): SessionError.SessionError => {
   if (e._tag === "DuplicateKey") {
     return new SessionError.AlreadyApplied({
       key,
       message: `the unit of work with key ${JSON.stringify(key)} has already been committed; it was not applied again`
     })
   }
-  if ((e as { errno?: number }).errno === 1146) {
+  const { isNoSuchTable } = engine.options.driver.errors
+  if (isNoSuchTable(e.cause ?? e) || isNoSuchTable(e)) {
     return new SessionError.InvalidOption({
       option: "key",
       cause: e,
@@ -64,10 +76,10 @@ const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unkno
           engine.topology?.multiPrimary === true
             ? Effect.zipRight(
                 // a session setting: the connection is reset when it goes back
-                engine.run(pc, "query", "SET SESSION wsrep_sync_wait = 1", undefined, false),
-                engine.run(pc, "query", sql, values, false)
+                runAutocommit(engine, pc, { method: "query", sql: engine.options.driver.topology.causalReads }),
+                runAutocommit(engine, pc, { method: "query", sql, values })
               )
-            : engine.run(pc, "query", sql, values, false)
+            : runAutocommit(engine, pc, { method: "query", sql, values })
         ),
         Effect.sync(() => engine.release(pc, false))
       )
@@ -83,20 +95,20 @@ export const outcome = (
     const bad = checkKey(key)
     if (bad !== undefined) return Effect.fail(new SessionError.InvalidOption({ option: "key", message: `key: ${bad}` }))
     return Effect.map(
-      Effect.mapError(autocommit(engine, SELECT, [key]), (e) => recordError(key, e)),
+      Effect.mapError(autocommit(engine, texts(engine).find, [key]), (e) => recordError(engine, key, e)),
       (rows) => (Array.isArray(rows) && rows.length > 0 ? "committed" : "absent")
     )
   })
 
 /** Creates the key table if it does not exist. @internal */
 export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
-  Effect.asVoid(autocommit(engine, DDL, []))
+  Effect.asVoid(autocommit(engine, texts(engine).create, []))
 
 /** The server's GTID position (an engine with replicas or nodes only); `undefined` when there is none. */
 const position = (engine: EngineImpl): Effect.Effect<string | undefined> =>
   engine.topology === undefined
     ? Effect.succeed(undefined)
-    : autocommit(engine, "SELECT @@gtid_binlog_pos AS pos", []).pipe(
+    : autocommit(engine, engine.options.driver.topology.primary, []).pipe(
         Effect.map((rows) => {
           const pos = Array.isArray(rows) ? String((rows[0] as { pos?: unknown } | undefined)?.pos ?? "") : ""
           return pos === "" ? undefined : pos
@@ -117,16 +129,16 @@ const killConnection = (engine: EngineImpl, threadId: number): Effect.Effect<voi
  *
  * @internal
  */
-export const resolveUnknown = (
+export const resolveUnknown = <A, E>(
   state: {
     readonly engine: EngineImpl
     readonly options: { readonly key?: string | undefined }
     readonly pc: { readonly threadId: number; readonly owner: unknown }
   },
   cause: SessionError.SessionError,
-  committed: (gtid?: string) => Effect.Effect<any, any>,
+  committed: (gtid?: string) => Effect.Effect<A, E>,
   unknown: () => SessionError.SessionError
-): Effect.Effect<any, any> => {
+): Effect.Effect<A, E | SessionError.SessionError> => {
   const key = state.options.key
   if (key === undefined) return Effect.fail(unknown())
   const engine = state.engine
@@ -137,7 +149,7 @@ export const resolveUnknown = (
     Effect.timeout(engine.commitTimeoutMs),
     Effect.matchEffect({
       onFailure: () => Effect.fail(unknown()),
-      onSuccess: (found) =>
+      onSuccess: (found): Effect.Effect<A, E | SessionError.SessionError> =>
         found === "committed"
           ? // the COMMIT's OK packet (and its GTID) was lost: a position that includes the commit is the token
             Effect.flatMap(position(engine), committed)

@@ -1,5 +1,5 @@
 /**
- * The connection pool of an Engine: individual mysql2 connections, a FIFO queue of waiters with per-waiter
+ * The connection pool of one server: individual driver connections (`RawConnection`), a FIFO queue of waiters with per-waiter
  * deadlines, validation after idle, retirement by lifetime, reset on return and eviction of dead connections.
  *
  * It works in callback land on purpose: hand-off from a returning connection to the first waiter happens
@@ -7,168 +7,32 @@
  * waiting) costs one `Effect.async` and no timer.
  */
 import * as Effect from "effect/Effect"
-import * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
-
-/** What mysql2's `prepare` yields: executing it sends COM_STMT_EXECUTE and nothing else. @internal */
-export interface PreparedStatement {
-  execute(values: ReadonlyArray<unknown>, callback: (err: unknown, rows: unknown) => void): unknown
-}
+import type { RawConnection } from "./driver/types.js"
+import { type DestroyReason, type PoolConfig, PooledConn } from "./pooled.js"
+import { WaitQueue, type Lease as LeaseOf, type Waiter as WaiterOf } from "./waiters.js"
 
 /** @internal */
-export type DestroyReason =
-  | "broken"
-  | "closedByServer"
-  | "validation"
-  | "resetFailed"
-  | "maxLifetime"
-  | "idleTimeout"
-  | "interrupted"
-  | "shutdown"
-  | "stateUnknown"
-
-/**
- * The per-unit settings as they stand on a connection: `innodb_lock_wait_timeout` (seconds), the statement time
- * limit (MariaDB `max_statement_time` in seconds, MySQL `max_execution_time` in milliseconds; 0 = none) and the
- * session's isolation level (`REPEATABLE READ` form).
- *
- * @internal
- */
-export interface Settings {
-  readonly lockWait: number
-  readonly statementTime: number
-  readonly isolation: string
-}
-
-/** Why a connection came back needing a reset (`sessionfx_pool_dirty_returns_total{reason}`). @internal */
-export type DirtyReason = "transaction" | "state"
-
+export type Lease = LeaseOf<PooledConn>
 /** @internal */
-export interface PoolConfig {
-  readonly size: number
-  readonly minIdle: number
-  readonly acquireTimeoutMs: number
-  readonly idleTimeoutMs: number
-  readonly maxLifetimeMs: number
-  readonly lifetimeJitter: number
-  readonly validateAfterIdleMs: number
-  readonly queueLimit: number
-  readonly connection: Mysql.ConnectionOptions
-  readonly describe: string
-  readonly onCreated: () => void
-  readonly onDestroyed: (reason: DestroyReason) => void
-  readonly onTimeout: () => void
-  readonly onWait: (millis: number) => void
-  /** Runs on every new connection and after every reset, before it is lent: session tracking, baseline settings. */
-  readonly prepare: (pc: PooledConn, cb: (err: unknown) => void) => void
-  /** A connection came back with a transaction open or its session state changed. */
-  readonly onDirtyReturn: (reason: DirtyReason) => void
-  /** A connection was closed by the server or the network (not by the pool). */
-  readonly onLost?: ((err: unknown) => void) | undefined
-  /** Bound on a reset or a validation ping; past it the connection is destroyed. */
-  readonly controlTimeoutMs: number
-}
+export type Waiter = WaiterOf<PooledConn>
 
-/** @internal */
-export class PooledConn {
-  readonly createdAt = Date.now()
-  lastUsedAt = Date.now()
-  retireAt: number
-  broken = false
-  /**
-   * Session state may differ from a fresh connection (the server flagged a change, a statement the server does not
-   * flag, or an unknown outcome): reset before the next borrower.
-   */
-  dirty = false
-  /** The server's word, from the status flags of the last OK or EOF packet: a transaction is open. */
-  inTrans = false
-  /** The per-unit settings on this connection (see `Settings`); set by `PoolConfig.prepare`. */
-  settings: Settings = { lockWait: 0, statementTime: 0, isolation: "" }
-  /**
-   * KILL QUERY statements sent for this connection and not answered yet. While any is in flight nothing else is
-   * sent on it (a late KILL would stop the next statement) and it is not given back to the pool.
-   */
-  kills = 0
-  /** Commands and a release waiting for `kills` to reach 0. */
-  afterKills: Array<() => void> | undefined = undefined
-  /**
-   * The client character set mysql2 negotiated at connect. mysql2 follows `character_set_client` changes the server
-   * reports (`SET NAMES`) and encodes strings accordingly, but not their undoing by a reset: restored after each.
-   */
-  readonly charsetNumber: number
-  inUse = false
-  closed = false
-  /** Settles the command in flight, if any (see `EngineImpl.startCommand`). */
-  pending: ((err: unknown, rows: unknown) => void) | undefined = undefined
-  /**
-   * The statements prepared on this connection, by SQL text (see `EngineImpl.startCommand`). Emptied when the
-   * connection is reset: COM_RESET_CONNECTION deallocates them on the server.
-   */
-  readonly statements = new Map<string, PreparedStatement>()
-  /**
-   * The server (an Engine of a topology) this connection belongs to: what is done to the connection (commands,
-   * KILL, release) is done by that server. Set when the connection is prepared.
-   */
-  owner: unknown = undefined
-  /** The GTID the server reported with the last commit on this connection (`last_gtid` tracking), if any. */
-  lastGtid: string | undefined = undefined
-  constructor(
-    readonly conn: Mysql.Connection,
-    readonly threadId: number,
-    lifetimeMs: number,
-    jitter: number
-  ) {
-    this.retireAt = lifetimeMs > 0 ? this.createdAt + lifetimeMs * (1 - Math.random() * jitter) : Infinity
-    this.charsetNumber = (conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber
-  }
-}
+export type { Settings } from "./driver/types.js"
 
-/**
- * Where the pool puts the connection it hands over. A fiber can be interrupted after the hand-off but before it
- * resumes (and could register a finalizer): the caller's exit handler finds `pc` still set and gives it back
- * (`EngineImpl.borrow`).
- *
- * @internal
- */
-export interface Lease {
-  pc: PooledConn | undefined
-  /** The queue entry while it waits (see `ConnPool.withdraw`). */
-  waiter: Waiter | undefined
-}
-
-/** @internal */
-export interface Waiter {
-  readonly resume: (effect: Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>) => void
-  readonly since: number
-  prev: Waiter | undefined
-  next: Waiter | undefined
-  queued: boolean
-  cancelled: boolean
-  done: boolean
-  readonly lease: Lease
-}
-
-/** @internal */
-export const hardClose = (conn: Mysql.Connection) => {
-  try {
-    ;(conn as any).stream?.destroy?.()
-  } catch {
-    // already gone
-  }
-  try {
-    conn.destroy()
-  } catch {
-    // already gone
-  }
-}
+export type { DestroyReason, DirtyReason, PoolConfig } from "./pooled.js"
+export { PooledConn } from "./pooled.js"
 
 /** @internal */
 export class ConnPool {
   readonly all = new Set<PooledConn>()
   idle: Array<PooledConn> = []
-  head: Waiter | undefined
-  tail: Waiter | undefined
-  waiting = 0
+  /** Borrowers waiting for a connection, first come first served. */
+  readonly queue = new WaitQueue<PooledConn>()
+
+  /** How many borrowers wait. */
+  get waiting(): number {
+    return this.queue.size
+  }
   pending = 0
   inUse = 0
   resetting = 0
@@ -194,7 +58,7 @@ export class ConnPool {
       size: this.all.size,
       inUse: this.inUse,
       idle: this.idle.length,
-      waiting: this.waiting,
+      waiting: this.queue.size,
       pending: this.pending,
       created: this.created,
       destroyed: this.destroyed,
@@ -202,20 +66,9 @@ export class ConnPool {
     }
   }
 
-  /** Opens one connection outside the pool's accounting (startup check, KILL QUERY). */
-  connect(cb: (err: unknown, conn?: Mysql.Connection) => void): void {
-    let settled = false
-    const conn = Mysql.createConnection(this.config.connection)
-    const done = (err: unknown) => {
-      if (settled) return
-      settled = true
-      if (err) {
-        hardClose(conn)
-        cb(err)
-      } else cb(null, conn)
-    }
-    conn.once("error", done)
-    conn.connect((err) => done(err))
+  /** Opens one connection outside the pool's accounting (startup check, KILL QUERY, health checks). */
+  connect(cb: (err: unknown, conn?: RawConnection) => void): void {
+    this.config.connect(cb)
   }
 
   private create(): void {
@@ -235,26 +88,23 @@ export class ConnPool {
         return
       }
       if (this.closing) {
-        hardClose(conn)
+        conn.destroy()
         this.checkDrained()
         return
       }
       this.lastConnectError = undefined
-      const pc = new PooledConn(conn, conn.threadId ?? 0, this.config.maxLifetimeMs, this.config.lifetimeJitter)
-      conn.removeAllListeners("error")
-      const onGone = (err?: unknown) => {
+      const pc = new PooledConn(conn, this.config.maxLifetimeMs, this.config.lifetimeJitter)
+      conn.onGone((err) => {
         if (pc.closed) return
         if (!pc.broken) this.config.onLost?.(err)
         pc.broken = true
         if (!pc.inUse) this.destroy(pc, "closedByServer")
-      }
-      conn.on("error", onGone)
-      conn.on("end", onGone)
+      })
       this.pending++
       this.config.prepare(pc, (err) => {
         this.pending--
         if (err || pc.broken || this.closing) {
-          hardClose(conn)
+          conn.destroy()
           if (err) this.lastConnectError = err
           if (this.closing) this.checkDrained()
           else this.serve()
@@ -271,9 +121,9 @@ export class ConnPool {
 
   /** Fails every waiting borrower with `error` (a topology took this server out: they go elsewhere). */
   failAllWaiters(error: SessionError.ConnectionError) {
-    while (this.head) {
-      const w = this.head
-      this.unlink(w)
+    while (this.queue.head) {
+      const w = this.queue.head
+      this.queue.unlink(w)
       w.done = true
       w.resume(Effect.fail(error))
     }
@@ -281,37 +131,6 @@ export class ConnPool {
 
   private shuttingDown() {
     return new SessionError.ConnectionError({ message: `the Engine for ${this.config.describe} is shutting down` })
-  }
-
-  private unlink(w: Waiter) {
-    if (!w.queued) return
-    w.queued = false
-    if (w.prev) w.prev.next = w.next
-    else this.head = w.next
-    if (w.next) w.next.prev = w.prev
-    else this.tail = w.prev
-    w.prev = w.next = undefined
-    this.waiting--
-  }
-
-  private pushFront(w: Waiter) {
-    w.queued = true
-    w.next = this.head
-    w.prev = undefined
-    if (this.head) this.head.prev = w
-    else this.tail = w
-    this.head = w
-    this.waiting++
-  }
-
-  private pushBack(w: Waiter) {
-    w.queued = true
-    w.prev = this.tail
-    w.next = undefined
-    if (this.tail) this.tail.next = w
-    else this.head = w
-    this.tail = w
-    this.waiting++
   }
 
   /**
@@ -322,7 +141,7 @@ export class ConnPool {
   private deadlineAt = Infinity
 
   private armDeadline() {
-    const head = this.head
+    const head = this.queue.head
     if (head === undefined) return
     const at = head.since + this.config.acquireTimeoutMs
     if (this.deadlineTimer !== undefined && this.deadlineAt <= at) return
@@ -337,9 +156,9 @@ export class ConnPool {
     this.deadlineTimer = undefined
     this.deadlineAt = Infinity
     const now = Date.now()
-    while (this.head !== undefined && this.head.since + this.config.acquireTimeoutMs <= now) {
-      const w = this.head
-      this.unlink(w)
+    while (this.queue.head !== undefined && this.queue.head.since + this.config.acquireTimeoutMs <= now) {
+      const w = this.queue.head
+      this.queue.unlink(w)
       w.cancelled = true
       w.done = true
       this.timeouts++
@@ -371,6 +190,24 @@ export class ConnPool {
     return this.config.validateAfterIdleMs >= 0 && Date.now() - pc.lastUsedAt > this.config.validateAfterIdleMs
   }
 
+  /**
+   * An idle connection that needs no validation, taken at once when nobody waits (`undefined` otherwise: then
+   * `acquire`). The common borrow costs no `Effect.async`, no waiter and no lease.
+   */
+  tryAcquire(): PooledConn | undefined {
+    if (this.closing || this.queue.head !== undefined) return undefined
+    const pc = this.takeIdle()
+    if (pc === undefined) return undefined
+    if (this.needsValidation(pc)) {
+      this.idle.push(pc)
+      return undefined
+    }
+    pc.inUse = true
+    this.inUse++
+    this.config.onWait(0)
+    return pc
+  }
+
   private give(w: Waiter, pc: PooledConn) {
     if (w.cancelled || w.done) {
       this.toIdle(pc)
@@ -386,11 +223,11 @@ export class ConnPool {
 
   /** Hands idle connections to waiters in order, and opens connections for the waiters left. */
   private serve() {
-    while (this.head) {
+    while (this.queue.head) {
       const pc = this.takeIdle()
       if (!pc) break
-      const w = this.head
-      this.unlink(w)
+      const w = this.queue.head
+      this.queue.unlink(w)
       if (this.needsValidation(pc)) {
         this.validate(pc, w)
       } else {
@@ -398,7 +235,7 @@ export class ConnPool {
       }
     }
     const capacity = this.config.size - this.all.size - this.pending
-    let wanted = this.waiting - this.pending
+    let wanted = this.queue.size - this.pending
     for (let i = 0; i < capacity && wanted > 0; i++, wanted--) this.create()
   }
 
@@ -413,7 +250,7 @@ export class ConnPool {
       this.inUse--
       this.destroy(pc, "validation", `no answer to a ping within ${this.config.controlTimeoutMs} ms`)
       if (!w.cancelled && !w.done) {
-        this.pushFront(w)
+        this.queue.pushFront(w)
         this.armDeadline()
       }
       this.serve()
@@ -428,7 +265,7 @@ export class ConnPool {
       if (err || pc.broken) {
         this.destroy(pc, "validation")
         if (!w.cancelled && !w.done) {
-          this.pushFront(w)
+          this.queue.pushFront(w)
           this.armDeadline()
         }
         this.serve()
@@ -456,27 +293,28 @@ export class ConnPool {
         done: false,
         lease
       }
-      if (this.head === undefined) {
+      if (this.queue.head === undefined) {
         const pc = this.takeIdle()
         if (pc !== undefined) {
           if (!this.needsValidation(pc)) return this.give(w, pc)
           this.idle.push(pc)
         }
       }
-      if (this.config.queueLimit > 0 && this.waiting >= this.config.queueLimit) {
+      if (this.config.queueLimit > 0 && this.queue.size >= this.config.queueLimit) {
         this.timeouts++
         this.config.onTimeout()
         resume(
           Effect.fail(
             new SessionError.PoolTimeout({
+              shed: true,
               stats: this.stats(),
-              message: `${this.waiting} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
+              message: `${this.queue.size} fibers are already waiting for a connection to ${this.config.describe} (queueLimit ${this.config.queueLimit}); shed load or raise pool.size / pool.queueLimit`
             })
           )
         )
         return
       }
-      this.pushBack(w)
+      this.queue.pushBack(w)
       this.armDeadline()
       lease.waiter = w
       this.serve()
@@ -491,7 +329,7 @@ export class ConnPool {
     if (w === undefined || w.done) return
     w.cancelled = true
     w.done = true
-    this.unlink(w)
+    this.queue.unlink(w)
   }
 
   /**
@@ -523,7 +361,6 @@ export class ConnPool {
   /** COM_RESET_CONNECTION (rolls back, clears session state and prepared statements), then `prepare` again. */
   private reset(pc: PooledConn): void {
     this.resetting++
-    pc.statements.clear()
     let done = false
     const finish = (err: unknown) => {
       if (done) return
@@ -542,7 +379,6 @@ export class ConnPool {
     timer.unref()
     pc.conn.reset((err) => {
       if (err) return finish(err)
-      ;(pc.conn as unknown as { config: { charsetNumber: number } }).config.charsetNumber = pc.charsetNumber
       this.config.prepare(pc, finish)
     })
   }
@@ -566,7 +402,7 @@ export class ConnPool {
     this.all.delete(pc)
     const i = this.idle.indexOf(pc)
     if (i >= 0) this.idle.splice(i, 1)
-    hardClose(pc.conn)
+    pc.conn.destroy()
     const pending = pc.pending
     if (pending !== undefined) {
       const err = Object.assign(

@@ -11,7 +11,11 @@ import type { ReadonlyRecord } from "effect/Record"
 import type * as Scope from "effect/Scope"
 import type * as Stream from "effect/Stream"
 import type * as Tracer from "effect/Tracer"
-import { borrowScoped, type EngineImpl, toSqlError } from "./engine.js"
+import type { PooledConn } from "./pool.js"
+import { runAutocommit } from "./autocommit.js"
+import { BaseConnection, shapeRows, type StatementRequest, toSqlError } from "./connection.js"
+import type { EngineImpl } from "./engine.js"
+import { directStream } from "./stream.js"
 
 /**
  * What a statement runs on: the frame of the current session, or `undefined` for autocommit on the pool.
@@ -21,19 +25,43 @@ import { borrowScoped, type EngineImpl, toSqlError } from "./engine.js"
 export interface StatementTarget {
   /** Inside `@sessionfx/testing`'s SessionTest: `reserve` hands out this connection instead of a pooled one. */
   readonly containsReserve?: boolean | undefined
-  exec(
-    fiber: Fiber.RuntimeFiber<any, any> | undefined,
-    method: "query" | "execute",
-    sql: string,
-    params: ReadonlyArray<unknown>,
-    rowsAsArray: boolean,
-    raw: boolean,
-    transform: ((rows: ReadonlyArray<any>) => ReadonlyArray<any>) | undefined
-  ): Effect.Effect<any, SqlError>
+  exec(fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined, req: StatementRequest): Effect.Effect<unknown, SqlError>
 }
 
 /** @internal */
-export type Resolve = (fiber: Fiber.RuntimeFiber<any, any>) => (StatementTarget & Connection) | undefined
+export type Resolve = (fiber: Fiber.RuntimeFiber<unknown, unknown>) => (StatementTarget & Connection) | undefined
+
+/** An autocommit statement on a connection borrowed for that one statement. @internal */
+export class DirectConnection extends BaseConnection {
+  constructor(
+    engine: EngineImpl,
+    readonly pc: PooledConn
+  ) {
+    super(engine)
+  }
+  runStatement(method: "query" | "execute", sql: string, params: ReadonlyArray<unknown>, rowsAsArray: boolean) {
+    return Effect.mapError(
+      runAutocommit(this.engine, this.pc, { method, sql, values: params, rowsAsArray }),
+      toSqlError
+    )
+  }
+
+  /** Rows as the server sends them, on this connection (see `stream.ts`). */
+  override executeStream(sql: string, params: ReadonlyArray<unknown>, transformRows: Transform) {
+    return directStream(this.engine, this.pc, { sql, params, transform: transformRows })
+  }
+}
+
+/** A connection of the pool for the scope's life, in autocommit. @internal */
+export const borrowScoped = (engine: EngineImpl) =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
+      Effect.as(
+        Effect.addFinalizer(() => Effect.sync(() => engine.release(pc, false))),
+        new DirectConnection(engine, pc) as Connection
+      )
+    )
+  )
 
 /** Effect's built-in tracer: spans made for it are seen by nobody, so sessionfx skips them. @internal */
 export const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
@@ -55,6 +83,9 @@ const isPlain = (arg: unknown): boolean => {
   if (t === "string" || t === "number" || t === "bigint" || t === "boolean") return true
   return arg instanceof Date || arg instanceof Uint8Array
 }
+
+/** A `@effect/sql` statement constructor called as a template tag. */
+type TemplateTag = (strings: unknown, ...args: Array<unknown>) => unknown
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
@@ -82,54 +113,79 @@ const verbOf = (text: string): string => {
 }
 
 /** Effect's current-fiber slot: the fiber whose code is building a statement. */
-const currentFiber = (): Fiber.RuntimeFiber<any, any> | undefined =>
-  (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<any, any> })["effect/FiberCurrent"]
+const currentFiber = (): Fiber.RuntimeFiber<unknown, unknown> | undefined =>
+  (globalThis as { "effect/FiberCurrent"?: Fiber.RuntimeFiber<unknown, unknown> })["effect/FiberCurrent"]
+
+/** How a statement is run: what `@effect/sql` calls it, and what its caller gets back. */
+interface How {
+  readonly method: "query" | "execute"
+  readonly rowsAsArray: boolean
+  readonly raw: boolean
+  readonly transformed: boolean
+  readonly operation: string
+}
+
+const EXECUTE: How = { method: "execute", rowsAsArray: false, raw: false, transformed: true, operation: "execute" }
+const RAW: How = { method: "execute", rowsAsArray: false, raw: true, transformed: false, operation: "executeRaw" }
+const WITHOUT_TRANSFORM: How = {
+  method: "execute",
+  rowsAsArray: false,
+  raw: false,
+  transformed: false,
+  operation: "executeWithoutTransform"
+}
+const VALUES: How = { method: "execute", rowsAsArray: true, raw: false, transformed: false, operation: "executeValues" }
+const UNPREPARED: How = {
+  method: "query",
+  rowsAsArray: false,
+  raw: false,
+  transformed: true,
+  operation: "executeUnprepared"
+}
 
 const runIn = (
-  fiber: Fiber.RuntimeFiber<any, any>,
-  core: Core,
-  origin: (StatementTarget & Connection) | undefined,
-  text: string,
-  params: ReadonlyArray<unknown>,
-  method: "query" | "execute",
-  rowsAsArray: boolean,
-  raw: boolean,
-  transform: Transform,
-  operation: string
-): Effect.Effect<any, SqlError> => {
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  s: FastStatement<unknown>,
+  how: How
+): Effect.Effect<unknown, SqlError> => {
+  const core = s.core
+  const text = textOf(s.strings)
+  const req: StatementRequest = {
+    method: how.method,
+    sql: text,
+    params: s.args,
+    rowsAsArray: how.rowsAsArray,
+    raw: how.raw,
+    transform: how.transformed ? core.transformRows : undefined
+  }
   // a statement built inside a unit and run by a fiber outside any unit still belongs to that unit (and fails with
   // SessionClosed once it has ended): it never runs in autocommit by accident
-  const target = core.resolve(fiber) ?? origin
-  const effect: Effect.Effect<any, SqlError> =
-    target !== undefined
-      ? target.exec(fiber, method, text, params, rowsAsArray, raw, transform as any)
-      : autocommit(core.engine, method, text, params, rowsAsArray, raw, transform)
+  const target = core.resolve(fiber) ?? s.origin
+  const effect: Effect.Effect<unknown, SqlError> =
+    target !== undefined ? target.exec(fiber, req) : autocommit(core.engine, req)
   if (fiber.currentTracer === defaultTracer) return effect
-  const attributes: Record<string, unknown> = { "db.operation.name": verbOf(text), "sql.method": operation }
+  const attributes: Record<string, unknown> = { "db.operation.name": verbOf(text), "sql.method": how.operation }
   if (core.engine.options.queryTextInSpans === true) attributes["db.query.text"] = text
   for (const [k, v] of core.engine.options.spanAttributes) attributes[k] = v
   return Effect.withSpan(effect, "sql.execute", { kind: "client", captureStackTrace: false, attributes })
 }
 
-const autocommit = (
-  engine: EngineImpl,
-  method: "query" | "execute",
-  sql: string,
-  params: ReadonlyArray<unknown>,
-  rowsAsArray: boolean,
-  raw: boolean,
-  transform: Transform
-): Effect.Effect<any, SqlError> =>
+/** One statement in autocommit, on a connection borrowed for it. */
+const autocommit = (engine: EngineImpl, req: StatementRequest): Effect.Effect<unknown, SqlError> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(Effect.mapError(engine.borrow(restore), toSqlError), (pc) =>
       Effect.ensuring(
         restore(
           Effect.mapError(
-            Effect.map(engine.run(pc, method, sql, params, rowsAsArray), (rows) => {
-              if (raw) return rows
-              const list = Array.isArray(rows) ? rows : []
-              return transform ? transform(list) : list
-            }),
+            Effect.map(
+              runAutocommit(engine, pc, {
+                method: req.method,
+                sql: req.sql,
+                values: req.params,
+                rowsAsArray: req.rowsAsArray
+              }),
+              (rows) => shapeRows(req, rows)
+            ),
             toSqlError
           )
         ),
@@ -153,12 +209,12 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
   ) {
     super()
   }
-  get [Statement.FragmentId]() {
-    return identity as any
+  get [Statement.FragmentId](): (_: Statement.FragmentId) => Statement.FragmentId {
+    return identity
   }
   private slow(): Statement.Statement<A> {
     const make = this.origin === undefined ? this.core.slow : this.core.slowFor(this.origin)
-    return (this._slow ??= (make as any)(this.strings, ...this.args))
+    return (this._slow ??= (make as unknown as TemplateTag)(this.strings, ...this.args) as Statement.Statement<A>)
   }
   get segments() {
     return this.slow().segments
@@ -166,45 +222,30 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
   compile(): readonly [sql: string, params: ReadonlyArray<unknown>] {
     return [textOf(this.strings), this.args]
   }
-  private go(
-    method: "query" | "execute",
-    rowsAsArray: boolean,
-    raw: boolean,
-    transform: Transform,
-    operation: string,
-    fallback: (s: Statement.Statement<A>) => Effect.Effect<any, SqlError>
-  ): Effect.Effect<any, SqlError> {
+  private go<X>(
+    how: How,
+    fallback: (s: Statement.Statement<A>) => Effect.Effect<X, SqlError>
+  ): Effect.Effect<X, SqlError> {
     return Effect.withFiberRuntime((fiber) =>
       fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
         ? fallback(this.slow())
-        : runIn(
-            fiber,
-            this.core,
-            this.origin,
-            textOf(this.strings),
-            this.args,
-            method,
-            rowsAsArray,
-            raw,
-            transform,
-            operation
-          )
+        : (runIn(fiber, this as FastStatement<unknown>, how) as Effect.Effect<X, SqlError>)
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go("execute", false, false, this.core.transformRows, "execute", (s) => s)
+    return this.go(EXECUTE, (s) => s)
   }
   get raw(): Effect.Effect<unknown, SqlError> {
-    return this.go("execute", false, true, undefined, "executeRaw", (s) => s.raw)
+    return this.go(RAW, (s) => s.raw)
   }
   get withoutTransform(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go("execute", false, false, undefined, "executeWithoutTransform", (s) => s.withoutTransform)
+    return this.go(WITHOUT_TRANSFORM, (s) => s.withoutTransform)
   }
   get values(): Effect.Effect<ReadonlyArray<ReadonlyArray<unknown>>, SqlError> {
-    return this.go("execute", true, false, undefined, "executeValues", (s) => s.values)
+    return this.go(VALUES, (s) => s.values)
   }
   get unprepared(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go("query", false, false, this.core.transformRows, "executeUnprepared", (s) => s.unprepared)
+    return this.go(UNPREPARED, (s) => s.unprepared)
   }
   get stream(): Stream.Stream<A, SqlError> {
     return this.slow().stream
@@ -240,47 +281,63 @@ export const makeClient = (
       ? Effect.succeed(target as Connection)
       : borrowScoped(engine)
   })
-  const build = (transformRows: Transform, compiler: Statement.Compiler): Client.SqlClient => {
-    const slow = Statement.make(acquirer, compiler, engine.options.spanAttributes, transformRows)
-    const slowByOrigin = new WeakMap<object, Statement.Constructor>()
-    const slowFor = (origin: StatementTarget & Connection): Statement.Constructor => {
-      let c = slowByOrigin.get(origin)
-      if (c === undefined) {
-        c = Statement.make(acquirerFor(origin), compiler, engine.options.spanAttributes, transformRows)
-        slowByOrigin.set(origin, c)
-      }
-      return c
+  const parts: ClientParts = { engine, resolve, withTransaction, reactivity, acquirer, acquirerFor, reserve }
+  return buildClient(parts, engine.options.transformRows, engine.options.compiler)
+}
+
+/** What a client is made of, besides its row transform and compiler (see `makeClient`). */
+interface ClientParts {
+  readonly engine: EngineImpl
+  readonly resolve: Resolve
+  readonly withTransaction: Client.SqlClient["withTransaction"]
+  readonly reactivity: Reactivity.Reactivity["Type"]
+  readonly acquirer: Connection.Acquirer
+  readonly acquirerFor: (origin: StatementTarget & Connection) => Connection.Acquirer
+  readonly reserve: Effect.Effect<Connection, SqlError, Scope.Scope>
+}
+
+const buildClient = (p: ClientParts, transformRows: Transform, compiler: Statement.Compiler): Client.SqlClient => {
+  const { acquirer, acquirerFor, engine, reactivity, reserve, resolve, withTransaction } = p
+  const slow = Statement.make(acquirer, compiler, engine.options.spanAttributes, transformRows)
+  const slowByOrigin = new WeakMap<object, Statement.Constructor>()
+  const slowFor = (origin: StatementTarget & Connection): Statement.Constructor => {
+    let c = slowByOrigin.get(origin)
+    if (c === undefined) {
+      c = Statement.make(acquirerFor(origin), compiler, engine.options.spanAttributes, transformRows)
+      slowByOrigin.set(origin, c)
     }
-    const core: Core = { engine, resolve, slow, transformRows, slowFor }
-    const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
-      const fiber = currentFiber()
-      const origin = fiber === undefined ? undefined : resolve(fiber)
-      if (Array.isArray(strings) && "raw" in strings) {
-        for (let i = 0; i < args.length; i++) {
-          if (!isPlain(args[i])) return ((origin === undefined ? slow : slowFor(origin)) as any)(strings, ...args)
-        }
-        return new FastStatement(strings as unknown as TemplateStringsArray, args, core, origin)
-      }
-      return (slow as any)(strings, ...args)
-    }
-    const client: Client.SqlClient = Object.assign(sql, slow, {
-      [Client.TypeId]: Client.TypeId,
-      safe: undefined as any,
-      withTransaction,
-      reserve,
-      withoutTransforms: (): Client.SqlClient =>
-        transformRows === undefined ? client : build(undefined, compiler.withoutTransform),
-      reactive: <A, E, R>(
-        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
-        effect: Effect.Effect<A, E, R>
-      ) => reactivity.stream(keys, effect),
-      reactiveMailbox: <A, E, R>(
-        keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
-        effect: Effect.Effect<A, E, R>
-      ) => reactivity.query(keys, effect) as Effect.Effect<any, never, R | Scope.Scope>
-    }) as any
-    ;(client as any).safe = client
-    return client
+    return c
   }
-  return build(engine.options.transformRows, engine.options.compiler)
+  const core: Core = { engine, resolve, slow, transformRows, slowFor }
+  const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
+    const fiber = currentFiber()
+    const origin = fiber === undefined ? undefined : resolve(fiber)
+    if (Array.isArray(strings) && "raw" in strings) {
+      for (let i = 0; i < args.length; i++) {
+        if (!isPlain(args[i])) {
+          return ((origin === undefined ? slow : slowFor(origin)) as unknown as TemplateTag)(strings, ...args)
+        }
+      }
+      return new FastStatement(strings as unknown as TemplateStringsArray, args, core, origin)
+    }
+    return (slow as unknown as TemplateTag)(strings, ...args)
+  }
+  const client: Client.SqlClient = Object.assign(sql, slow, {
+    [Client.TypeId]: Client.TypeId,
+    safe: undefined as unknown as Client.SqlClient,
+    withTransaction,
+    reserve,
+    withoutTransforms: (): Client.SqlClient =>
+      transformRows === undefined ? client : buildClient(p, undefined, compiler.withoutTransform),
+    reactive: <A, E, R>(
+      keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
+      effect: Effect.Effect<A, E, R>
+    ) => reactivity.stream(keys, effect),
+    reactiveMailbox: <A, E, R>(
+      keys: ReadonlyArray<unknown> | ReadonlyRecord<string, ReadonlyArray<unknown>>,
+      effect: Effect.Effect<A, E, R>
+    ) => reactivity.query(keys, effect)
+  }) as unknown as Client.SqlClient
+  ;(client as { safe: Client.SqlClient }).safe = client
+  return client
 }

@@ -2,8 +2,7 @@
  * `sql…stream`: rows as the server sends them, with backpressure, inside a unit of work (on the frame's connection,
  * inside its transaction) and outside one (on a connection borrowed for the stream's life).
  *
- * The statement runs through mysql2's event mode (`execute` without a callback: one `result` event per row). Rows
- * are buffered up to `HIGH_WATER_MARK`; past it the connection's socket is paused, so the server blocks on its
+ * The statement runs through the driver's row stream (`RawConnection.stream`: one call per row). Rows are buffered up to `HIGH_WATER_MARK`; past it the connection's socket is paused, so the server blocks on its
  * writes and nothing more is read until the consumer pulls. Every pull hands over all buffered rows as one chunk.
  *
  * Inside a unit the stream holds the frame (its lock) from before the statement is sent until the statement has
@@ -22,21 +21,15 @@ import type { SqlError } from "@effect/sql/SqlError"
 import * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
+import type * as Fiber from "effect/Fiber"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
-import {
-  Command,
-  type EngineImpl,
-  interruptedError,
-  maybeUnflagged,
-  STATUS,
-  toSqlError,
-  trackEofStatus
-} from "./engine.js"
+import { toSqlError } from "./connection.js"
+import { Command, type EngineImpl, interruptedError } from "./engine.js"
+import type { RowStream } from "./driver/types.js"
+import type { Lock } from "./lock.js"
 import type { PooledConn } from "./pool.js"
-import type { Frame } from "./session.js"
-import { bindValues } from "./values.js"
 
 type Transform = (<A extends object>(rows: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
@@ -46,11 +39,15 @@ export const HIGH_WATER_MARK = 2048
 /** Bytes read from the socket since the consumer's last pull before it is paused, whatever the number of rows. */
 export const HIGH_WATER_BYTES = 4 * 1024 * 1024
 
-/** SERVER_STATUS_IN_TRANS */
-const IN_TRANS = 0x1
+/** A streamed statement. @internal */
+export interface StreamRequest {
+  readonly sql: string
+  readonly params: ReadonlyArray<unknown>
+  readonly transform: Transform
+}
 
-/** Where a stream runs: a unit's frame, or a connection of its own in autocommit. */
-interface Target {
+/** Where a stream runs: a unit's frame, or a connection of its own in autocommit. @internal */
+export interface Target {
   readonly engine: EngineImpl
   readonly pc: PooledConn
   /** Whether the statement may run now (a closed or aborted session says why not). */
@@ -81,7 +78,7 @@ const lostError = (pc: PooledConn) =>
  */
 class Reader {
   /** Rows read and not yet pulled. */
-  private rows: Array<any> = []
+  private rows: Array<unknown> = []
   /** The socket is paused because `rows` reached the high-water mark. */
   private paused = false
   /** The consumer is gone: rows are dropped and the statement is stopped. */
@@ -95,10 +92,8 @@ class Reader {
   private notify: (() => void) | undefined = undefined
   private idleWaiters: Array<() => void> = []
   private detach: (() => void) | undefined = undefined
-  /** mysql2's command for the statement, once sent. */
-  private issued: any = undefined
-  /** A row has arrived: the command is reading rows (`Command.next` is its row state). */
-  private reading = false
+  /** The statement's rows in flight, once sent. */
+  private running: RowStream | undefined = undefined
   /** The socket's `bytesRead` when the consumer last took the buffered rows. */
   private mark = 0
   private highWaterBytes = HIGH_WATER_BYTES
@@ -137,8 +132,9 @@ class Reader {
       }
       const bad = this.target.check()
       if (bad !== undefined) return fail(bad)
-      const bound = bindValues(params)
+      const bound = this.target.engine.options.driver.bind(params)
       if (bound instanceof SessionError.BindError) return fail(bound)
+      if (bound instanceof Error) return fail(new SessionError.BindError({ index: 0, message: bound.message }))
       this.target.prepareThen(
         () => {
           if (this.stopping) return this.end(undefined)
@@ -156,11 +152,11 @@ class Reader {
 
   private start(values: ReadonlyArray<unknown>): void {
     const { engine, pc } = this.target
-    const command = new Command(engine, pc, (err) => this.settled(command, err), false)
+    const command = new Command(engine.ownerOf(pc), pc, (err) => this.settled(command, err), false)
     this.inFlight = command
     if (pc.closed || pc.broken) return command.callback(lostError(pc), undefined)
     // the connection's own server (a replica or node of a topology) knows whether it flags state changes
-    if (!command.engine.stateTracking || maybeUnflagged(this.sql)) pc.dirty = true
+    if (engine.ownerOf(pc).options.driver.marksDirty(this.sql)) pc.dirty = true
     if (pc.kills > 0) {
       // a KILL for an earlier statement is still in flight: send this one once it has been answered
       ;(pc.afterKills ??= []).push(() => {
@@ -179,41 +175,14 @@ class Reader {
     // a destroyed connection settles the command through `pending` (see `ConnPool.destroy`)
     pc.pending = command.callback
     command.sent = true
-    ;(conn as any)[STATUS] = undefined
     this.mark = this.bytesRead()
-    // without a callback, mysql2 reports a lost connection on the connection, not on the command
-    const onGone = (e?: unknown) => command.callback(e instanceof Error ? e : lostError(pc), undefined)
-    conn.on("error", onGone)
-    conn.on("end", onGone)
-    this.detach = () => {
-      conn.removeListener("error", onGone)
-      conn.removeListener("end", onGone)
-    }
-    let issued: any
-    try {
-      // values only through the binary protocol; the same prepared statement (mysql2's cache key) as `execute`
-      issued = conn.execute({ sql: this.sql, values: values as Array<any> })
-    } catch (e) {
-      // mysql2 throws on arguments it cannot send
-      return command.callback(e, undefined)
-    }
-    trackEofStatus(issued)
-    this.issued = issued
-    // a statement without a result set (INSERT, DDL, …) ends with an OK packet, which mysql2 emits as a `result`
-    // after `fields` with no fields: it is no row (as `execute` gives none), but its status flags end the command
-    let columns: unknown = undefined
-    let ok: unknown = undefined
-    issued.on("fields", (fields: unknown) => {
-      columns = fields
-    })
-    issued.on("result", (row: unknown) => (columns === undefined ? (ok = row) : this.row(row)))
-    issued.once("error", (e: unknown) => command.callback(e, undefined))
-    issued.once("end", () => command.callback(null, ok))
+    // a row stream learns of a lost connection from the connection, not from the command
+    this.detach = conn.onGone((e) => command.callback(e instanceof Error ? e : lostError(pc), undefined))
+    this.running = conn.stream(this.sql, values, { row: (row) => this.row(row), end: command.callback })
   }
 
   private row(row: unknown): void {
     if (this.stopping) return
-    this.reading = true
     this.rows.push(row)
     if (
       !this.paused &&
@@ -236,7 +205,7 @@ class Reader {
       this.detach = undefined
     }
     if (this.inFlight === command) this.inFlight = undefined
-    this.issued = undefined
+    this.running = undefined
     this.unpause()
     if (err === undefined) {
       this.target.afterSuccess(command)
@@ -265,7 +234,7 @@ class Reader {
   }
 
   /** The buffered rows as one chunk, the end, the failure, or (nothing yet) the next pull. */
-  private take(): Effect.Effect<Chunk.Chunk<any>, Option.Option<SqlError>> {
+  private take(): Effect.Effect<Chunk.Chunk<unknown>, Option.Option<SqlError>> {
     return Effect.suspend(() => {
       if (this.rows.length > 0) {
         const out = this.rows
@@ -273,7 +242,12 @@ class Reader {
         this.mark = this.bytesRead()
         // rows queued in the driver while paused are parsed now, into the next chunk
         this.unpause()
-        return Effect.succeed(Chunk.unsafeFromArray(this.transform !== undefined ? this.transform(out) : out))
+        return Effect.succeed(
+          Chunk.unsafeFromArray<unknown>(
+            // the driver's rows are objects
+            this.transform !== undefined ? this.transform(out as Array<object>) : out
+          )
+        )
       }
       if (this.finished) {
         return this.failure === undefined
@@ -288,8 +262,8 @@ class Reader {
    * Waits for rows. The fiber resumes after the driver has parsed the whole socket read that carried the first
    * row, so a chunk holds every row of that read.
    */
-  pull(): Effect.Effect<Chunk.Chunk<any>, Option.Option<SqlError>> {
-    return Effect.async<Chunk.Chunk<any>, Option.Option<SqlError>>((resume) => {
+  pull(): Effect.Effect<Chunk.Chunk<unknown>, Option.Option<SqlError>> {
+    return Effect.async<Chunk.Chunk<unknown>, Option.Option<SqlError>>((resume) => {
       if (this.rows.length > 0 || this.finished) return resume(this.take())
       this.notify = () => resume(this.take())
       return Effect.sync(() => {
@@ -298,7 +272,7 @@ class Reader {
     })
   }
 
-  stream(): Stream.Stream<any, SqlError> {
+  stream(): Stream.Stream<unknown, SqlError> {
     return Stream.repeatEffectChunkOption(Effect.suspend(() => this.pull()))
   }
 
@@ -327,7 +301,7 @@ class Reader {
       const c = this.inFlight
       if (c === undefined || c.settled) return this.idle()
       const { engine, pc } = this.target
-      if (this.issued === undefined || pc.closed || pc.broken) {
+      if (this.running === undefined || pc.closed || pc.broken) {
         this.unpause()
         return Effect.zipRight(c.cancel(), this.idle())
       }
@@ -349,8 +323,7 @@ class Reader {
 
   /** Bytes read from the connection's socket so far (0 where the socket does not say: rows alone then count). */
   private bytesRead(): number {
-    const n = (this.target.pc.conn as unknown as { stream?: { bytesRead?: unknown } }).stream?.bytesRead
-    return typeof n === "number" ? n : 0
+    return this.target.pc.conn.bytesRead()
   }
 
   private unpause(): void {
@@ -360,36 +333,19 @@ class Reader {
     if (!pc.closed && !pc.broken) pc.conn.resume()
   }
 
-  /**
-   * Rows nobody will read are skipped without being parsed: once the command is in its row state (a row has
-   * arrived), its next state becomes one that passes only the end of the result (EOF: status flags, more results)
-   * to mysql2's own row state. Error packets never reach a state (mysql2's `Command.execute` handles them).
-   */
+  /** Rows nobody will read are skipped without being parsed (the end of the result still arrives). */
   private skipRows(): void {
-    const issued = this.issued
-    if (!this.reading || issued === undefined || typeof issued.next !== "function") return
-    const rowState = issued.next as (packet: any, connection: any) => unknown
-    const skip = function (this: unknown, packet: any, connection: any): unknown {
-      return packet.isEOF() ? rowState.call(this, packet, connection) : skip
-    }
-    issued.next = skip
+    this.running?.skipRest()
   }
 }
 
-/** The target of a stream inside a unit: its frame. */
-const frameTarget = (frame: Frame): Target => ({
-  engine: frame.state.engine,
-  pc: frame.state.pc,
-  check: () => frame.check(),
-  prepareThen: (next, fail, track) => frame.prepareThen(next, fail, track),
-  afterFailure: (err, done) => frame.afterFailure(err, done),
-  afterSuccess: (command) => {
-    const state = frame.state
-    const status = command.status ?? (state.pc.inTrans ? IN_TRANS : 0)
-    // a statement the server committed on its own (it is not a SELECT): the unit goes on in a new transaction
-    if (state.begun && (status & IN_TRANS) === 0) state.implicitCommit()
-  }
-})
+/** The frame a stream runs in: its lock, and a statement its fiber left running (see `Frame.exec`). @internal */
+export interface StreamFrame {
+  readonly lock: Lock
+  readonly runningFiber: Fiber.RuntimeFiber<unknown, unknown> | undefined
+  reclaim(): Effect.Effect<void>
+  check(): SessionError.SessionError | undefined
+}
 
 /** The target of a stream outside any unit: autocommit with the engine's default settings. */
 const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
@@ -412,14 +368,13 @@ const directTarget = (engine: EngineImpl, pc: PooledConn): Target => ({
  * @internal
  */
 export const frameStream = (
-  frame: Frame,
-  sql: string,
-  params: ReadonlyArray<unknown>,
-  transform: Transform
-): Stream.Stream<any, SqlError> =>
+  frame: StreamFrame,
+  target: Target,
+  { params, sql, transform }: StreamRequest
+): Stream.Stream<unknown, SqlError> =>
   Stream.unwrapScoped(
     Effect.uninterruptibleMask((restore) =>
-      Effect.withFiberRuntime<Stream.Stream<any, SqlError>, SqlError, Scope.Scope>((fiber) => {
+      Effect.withFiberRuntime<Stream.Stream<unknown, SqlError>, SqlError, Scope.Scope>((fiber) => {
         const early = frame.check()
         if (early !== undefined) return Effect.fail(toSqlError(early))
         // a statement this fiber left running when it was interrupted (see `Frame.exec`): stop it first
@@ -428,7 +383,7 @@ export const frameStream = (
             ? Effect.zipRight(frame.reclaim(), frame.lock.acquire(restore))
             : frame.lock.acquire(restore)
         return Effect.flatMap(take, () => {
-          const reader = new Reader(frameTarget(frame), sql, transform, HIGH_WATER_MARK)
+          const reader = new Reader(target, sql, transform, HIGH_WATER_MARK)
           const lock = frame.lock
           let held = true
           // the frame is free as soon as the statement has ended: the consumer may still be reading buffered rows
@@ -460,10 +415,8 @@ export const frameStream = (
 export const directStream = (
   engine: EngineImpl,
   pc: PooledConn,
-  sql: string,
-  params: ReadonlyArray<unknown>,
-  transform: Transform
-): Stream.Stream<any, SqlError> =>
+  { params, sql, transform }: StreamRequest
+): Stream.Stream<unknown, SqlError> =>
   Stream.unwrapScoped(
     Effect.uninterruptibleMask((restore) => {
       const reader = new Reader(directTarget(engine, pc), sql, transform, HIGH_WATER_MARK)

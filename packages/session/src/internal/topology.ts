@@ -8,67 +8,24 @@
  */
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
-import type * as Mysql from "mysql2"
 import * as SessionError from "../SessionError.js"
-import type { Command, EngineImpl } from "./engine.js"
+import type { EngineImpl, MemberHooks, Router } from "./engine.js"
 import type { Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
-import { hardClose, type PooledConn } from "./pool.js"
-import { bindValues } from "./values.js"
+import type { PooledConn } from "./pool.js"
+import { covers, mergePositions, type Positions, positions, type Route } from "./tokens.js"
 
-/** How a read-only unit reads: see `docs/scale-out.md`. @internal */
-export type Consistency = "read-your-writes" | "replica" | "primary"
-
-/** What a unit asks of the topology. @internal */
-export interface Route {
-  readonly readOnly: boolean
-  readonly consistency: Consistency
-  /** What the unit must see: the fiber's causality token merged with the unit's `after`. */
-  readonly token: string | undefined
-}
-
-/** A write, or a statement outside any unit: the primary. @internal */
-export const WRITE: Route = { readOnly: false, consistency: "primary", token: undefined }
-
-/** A MariaDB GTID list (`domain-server-sequence`, comma-separated) or a MySQL GTID set (`uuid:1-5,…`). @internal */
-export const TOKEN_PATTERN =
-  /^(?:\d{1,10}-\d{1,10}-\d{1,20}(?:,\d{1,10}-\d{1,10}-\d{1,20})*|[0-9a-fA-F-]{36}:\d+(?:-\d+)?(?::\d+(?:-\d+)?)*(?:,[0-9a-fA-F-]{36}:\d+(?:-\d+)?(?::\d+(?:-\d+)?)*)*)$/
-
-/** Per replication domain, the highest sequence number (MariaDB GTIDs only; `undefined` for anything else). */
-const positions = (text: string): Map<string, bigint> | undefined => {
-  const out = new Map<string, bigint>()
-  if (text.trim() === "") return out
-  for (const part of text.split(",")) {
-    const m = /^(\d+)-\d+-(\d+)$/.exec(part.trim())
-    if (m === null) return undefined
-    const seq = BigInt(m[2]!)
-    const cur = out.get(m[1]!)
-    if (cur === undefined || seq > cur) out.set(m[1]!, seq)
-  }
-  return out
-}
-
-/** Whether `applied` (a server's position) includes every transaction of `wanted`. */
-const covers = (applied: Map<string, bigint> | undefined, wanted: Map<string, bigint> | undefined): boolean => {
-  if (applied === undefined || wanted === undefined) return false
-  for (const [domain, seq] of wanted) {
-    const have = applied.get(domain)
-    if (have === undefined || have < seq) return false
-  }
-  return true
-}
+export type { Consistency, Route } from "./tokens.js"
 
 /** One server of the topology and what the health checks last learnt about it. @internal */
-export class Member {
+export class Member implements MemberHooks {
   healthy = true
   reason: string | undefined = undefined
   lagMs: number | undefined = undefined
   /** The server's position as text (replica: `gtid_slave_pos`; primary / node: `gtid_binlog_pos`). */
   position: string | undefined = undefined
   /** The same, per domain: a token it already covers needs no wait. */
-  applied: Map<string, bigint> | undefined = undefined
-  /** A connection of its own for health checks (never a pooled one: a busy pool must not hide a dead server). */
-  probe: Mysql.Connection | undefined = undefined
+  applied: Positions | undefined = undefined
   probing = false
   constructor(
     readonly server: EngineImpl,
@@ -133,12 +90,12 @@ export interface TopologyOptions {
  *
  * @internal
  */
-export class Topology {
+export class Topology implements Router {
   readonly members: ReadonlyArray<Member>
   readonly replicas: ReadonlyArray<Member>
   readonly multiPrimary: boolean
   /** The primary's position at each health check (time, per-domain position), newest last. */
-  private history: Array<{ readonly at: number; readonly pos: Map<string, bigint> }> = []
+  private history: Array<{ readonly at: number; readonly pos: Positions }> = []
   private timer: ReturnType<typeof setInterval> | undefined = undefined
   private closed = false
   private turn = 0
@@ -170,10 +127,7 @@ export class Topology {
   close(): void {
     this.closed = true
     if (this.timer !== undefined) clearInterval(this.timer)
-    for (const m of this.members) {
-      if (m.probe !== undefined) hardClose(m.probe)
-      m.probe = undefined
-    }
+    for (const m of this.members) m.server.side.reset("probe")
   }
 
   /**
@@ -207,7 +161,7 @@ export class Topology {
       onSuccess: (pc) =>
         !needsWait
           ? Effect.succeed(pc)
-          : this.waitOn(restore, chosen, pc, token!, wanted, "MASTER_GTID_WAIT", (applied) =>
+          : this.waitOn(restore, { member: chosen, pc, token: token!, wanted, fn: "MASTER_GTID_WAIT" }, (applied) =>
               applied ? Effect.succeed(pc) : this.fallback(restore, applied === false ? "waitTimeout" : "replicaError")
             )
     })
@@ -255,11 +209,13 @@ export class Topology {
             ? Effect.succeed(pc)
             : this.waitOn(
                 restore,
-                node,
-                pc,
-                token,
-                wanted,
-                timedOut === undefined ? "WSREP_SYNC_WAIT_UPTO_GTID" : "POSITION",
+                {
+                  member: node,
+                  pc,
+                  token,
+                  wanted,
+                  fn: timedOut === undefined ? "WSREP_SYNC_WAIT_UPTO_GTID" : "POSITION"
+                },
                 (applied) => {
                   if (applied === true) return Effect.succeed(pc)
                   // timed out (or, after a time-out, not there yet): the bound is spent, the others are only asked
@@ -301,76 +257,32 @@ export class Topology {
   }
 
   /**
-   * Waits on `pc` (of `member`) until the server has applied `token`, bounded by `readYourWritesTimeout`; then
-   * `next(true)`, or `next(false)` on time-out, `next(undefined)` when the wait failed — in both cases `pc` has gone
-   * back to its pool. Interrupting the wait stops it on the server (KILL QUERY) and returns the connection.
+   * Waits on `w.pc` (of `w.member`) until the server has applied `w.token`, bounded by `readYourWritesTimeout`;
+   * then `next(true)`, or `next(false)` on time-out, `next(undefined)` when the wait failed — in both cases the
+   * connection has gone back to its pool. Interrupting the wait stops it on the server (KILL QUERY) and returns the
+   * connection.
    */
   private waitOn(
     restore: Restore,
-    member: Member,
-    pc: PooledConn,
-    token: string,
-    wanted: Map<string, bigint> | undefined,
-    fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID" | "POSITION",
+    w: Wait,
     next: (
       applied: boolean | undefined
     ) => Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
   ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
-    const server = member.server
-    const timeoutMs = this.options.readYourWritesTimeoutMs
-    // the token matched TOKEN_PATTERN (digits, dashes, commas, hex, colons): safe as a literal
-    // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
-    const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
-    // POSITION: no wait, only whether the node has applied it already. The token is a bound value, never SQL text
-    const sql = fn === "POSITION" ? "SELECT @@gtid_binlog_pos AS applied" : `SELECT ${fn}(?, ?) AS applied`
-    const values = fn === "POSITION" ? undefined : bindValues([token, seconds])
-    if (values instanceof SessionError.BindError) {
-      server.release(pc, false)
-      return Effect.die(values)
-    }
+    const server = w.member.server
     const started = Date.now()
-    let command: Command | undefined
-    const wait = Effect.async<boolean | undefined>((resume) => {
-      command = server.startCommand(
-        pc,
-        values === undefined ? "query" : "execute",
-        sql,
-        values,
-        false,
-        (err, rows) => {
-          if (err !== undefined) {
-            // WSREP_SYNC_WAIT_UPTO_GTID times out with 1205
-            if ((err as { errno?: number }).errno === 1205) return resume(Effect.succeed(false))
-            return resume(Effect.succeed(undefined))
-          }
-          const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
-          resume(
-            Effect.succeed(
-              fn === "POSITION"
-                ? covers(positions(String(v ?? "")), wanted)
-                : fn === "MASTER_GTID_WAIT"
-                  ? Number(v) === 0
-                  : Number(v) === 1
-            )
-          )
-        },
-        timeoutMs + server.controlTimeoutMs,
-        true
-      )
-      return Effect.suspend(() => (command === undefined ? Effect.void : command.cancel()))
-    })
-    return Effect.matchCauseEffect(restore(wait), {
+    return Effect.matchCauseEffect(restore(askApplied(w, this.options.readYourWritesTimeoutMs)), {
       onFailure: (cause) => {
-        server.release(pc, false)
+        server.release(w.pc, false)
         return Effect.failCause(cause)
       },
       onSuccess: (applied) => {
-        if (fn !== "POSITION") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
+        if (w.fn !== "POSITION") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
         if (applied === true) {
-          if (wanted !== undefined) member.applied = mergePositions(member.applied, wanted)
+          if (w.wanted !== undefined) w.member.applied = mergePositions(w.member.applied, w.wanted)
           return next(true)
         }
-        server.release(pc, false)
+        server.release(w.pc, false)
         return next(applied)
       }
     })
@@ -382,22 +294,18 @@ export class Topology {
     const now = Date.now()
     if (this.multiPrimary) {
       for (const m of this.members) {
-        this.probe(
-          m,
-          "SELECT VARIABLE_VALUE AS ready, @@gtid_binlog_pos AS pos FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'WSREP_READY'",
-          (row) => {
-            m.position = row.pos === undefined || row.pos === null ? undefined : String(row.pos)
-            m.applied = m.position === undefined ? undefined : positions(m.position)
-            const ready = String(row.ready ?? "")
-            if (ready === "ON") m.setHealthy(true, undefined)
-            else m.setHealthy(false, `not part of the cluster's primary component (wsrep_ready=${ready || "unknown"})`)
-          }
-        )
+        this.probe(m, m.server.options.driver.topology.node, (row) => {
+          m.position = row.pos === undefined || row.pos === null ? undefined : String(row.pos)
+          m.applied = m.position === undefined ? undefined : positions(m.position)
+          const ready = String(row.ready ?? "")
+          if (ready === "ON") m.setHealthy(true, undefined)
+          else m.setHealthy(false, `not part of the cluster's primary component (wsrep_ready=${ready || "unknown"})`)
+        })
       }
       return
     }
     const primary = this.primary
-    this.probe(primary, "SELECT @@gtid_binlog_pos AS pos", (row) => {
+    this.probe(primary, primary.server.options.driver.topology.primary, (row) => {
       primary.position = String(row.pos ?? "")
       const pos = positions(primary.position)
       if (pos !== undefined) {
@@ -409,21 +317,17 @@ export class Topology {
       primary.setHealthy(true, undefined)
     })
     for (const r of this.replicas) {
-      this.probe(
-        r,
-        "SELECT @@gtid_slave_pos AS pos, (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING') AS running",
-        (row) => {
-          r.position = String(row.pos ?? "")
-          r.applied = positions(r.position)
-          r.lagMs = this.lagOf(r.applied, Date.now())
-          metrics.replicaLag.unsafeUpdate(r.lagMs ?? 0, r.server.labels)
-          if (String(row.running ?? "") !== "ON") {
-            r.setHealthy(false, "replication is not running (Slave_running is OFF: its IO or SQL thread stopped)")
-          } else if (r.lagMs !== undefined && r.lagMs > this.options.maxReplicaLagMs) {
-            r.setHealthy(false, `${r.lagMs} ms behind the primary (maxReplicaLag ${this.options.maxReplicaLagMs} ms)`)
-          } else r.setHealthy(true, undefined)
-        }
-      )
+      this.probe(r, r.server.options.driver.topology.replica, (row) => {
+        r.position = String(row.pos ?? "")
+        r.applied = positions(r.position)
+        r.lagMs = this.lagOf(r.applied, Date.now())
+        metrics.replicaLag.unsafeUpdate(r.lagMs ?? 0, r.server.labels)
+        if (String(row.running ?? "") !== "ON") {
+          r.setHealthy(false, "replication is not running (Slave_running is OFF: its IO or SQL thread stopped)")
+        } else if (r.lagMs !== undefined && r.lagMs > this.options.maxReplicaLagMs) {
+          r.setHealthy(false, `${r.lagMs} ms behind the primary (maxReplicaLag ${this.options.maxReplicaLagMs} ms)`)
+        } else r.setHealthy(true, undefined)
+      })
     }
   }
 
@@ -431,7 +335,7 @@ export class Topology {
    * How far behind the primary a replica is: the age of the oldest primary position (of the health checks) it has
    * not applied yet; 0 when it has applied the latest.
    */
-  private lagOf(applied: Map<string, bigint> | undefined, now: number): number | undefined {
+  private lagOf(applied: Positions | undefined, now: number): number | undefined {
     const h = this.history
     if (h.length === 0 || applied === undefined) return undefined
     for (let i = 0; i < h.length; i++) {
@@ -453,8 +357,7 @@ export class Topology {
       m.probing = false
       if (this.closed) return
       if (err !== undefined && err !== null) {
-        if (m.probe !== undefined) hardClose(m.probe)
-        m.probe = undefined
+        server.side.reset("probe")
         m.setHealthy(false, `health check failed: ${(err as { message?: string }).message ?? String(err)}`)
         return
       }
@@ -465,22 +368,9 @@ export class Topology {
       server.controlTimeoutMs
     )
     timer.unref()
-    const run = (conn: Mysql.Connection): void => {
-      conn.query(sql, (err, rows: any) => done(err ?? undefined, Array.isArray(rows) ? rows[0] : undefined))
-    }
-    if (m.probe !== undefined) return run(m.probe)
-    server.pool.connect((err, conn) => {
-      if (err || conn === undefined) return done(err ?? new Error("no connection"))
-      if (settled || this.closed) return hardClose(conn)
-      m.probe = conn
-      conn.removeAllListeners("error")
-      const gone = () => {
-        if (m.probe === conn) m.probe = undefined
-        hardClose(conn)
-      }
-      conn.on("error", gone)
-      conn.on("end", gone)
-      run(conn)
+    server.side.run("probe", sql, (err, reply) => {
+      const rows = reply?.rows
+      done(err, Array.isArray(rows) ? (rows[0] as Record<string, unknown> | undefined) : undefined)
     })
   }
 
@@ -498,6 +388,57 @@ export class Topology {
   }
 }
 
+/** A wait for a causality token on one server's connection. */
+interface Wait {
+  readonly member: Member
+  readonly pc: PooledConn
+  readonly token: string
+  readonly wanted: Positions | undefined
+  /** POSITION: no wait, only whether the node has applied it already. */
+  readonly fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID" | "POSITION"
+}
+
+/**
+ * Asks the server whether it has applied the token, waiting up to `timeoutMs`: `true`, `false` (timed out) or
+ * `undefined` (the wait failed). The token and the bound are values of a prepared statement, never SQL text.
+ */
+const askApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefined> => {
+  const server = w.member.server
+  const fn = w.fn
+  // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
+  const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
+  const driver = server.options.driver
+  const texts = driver.topology
+  const sql = fn === "POSITION" ? texts.position : fn === "MASTER_GTID_WAIT" ? texts.replicaWait : texts.nodeWait
+  const values = fn === "POSITION" ? undefined : driver.bind([w.token, seconds])
+  if (values instanceof Error) return Effect.die(values)
+  const spec = {
+    method: values === undefined ? "query" : "execute",
+    sql,
+    values,
+    deadlineMs: timeoutMs + server.controlTimeoutMs,
+    internal: true
+  } as const
+  return Effect.async<boolean | undefined>((resume) => {
+    const command = server.startCommand(w.pc, spec, (err, rows) => {
+      // WSREP_SYNC_WAIT_UPTO_GTID times out with an error
+      if (err !== undefined)
+        return resume(Effect.succeed(driver.errors.isWaitTimeout(err.cause ?? err) ? false : undefined))
+      const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
+      resume(
+        Effect.succeed(
+          fn === "POSITION"
+            ? covers(positions(String(v ?? "")), w.wanted)
+            : fn === "MASTER_GTID_WAIT"
+              ? Number(v) === 0
+              : Number(v) === 1
+        )
+      )
+    })
+    return Effect.suspend(() => (command === undefined ? Effect.void : command.cancel()))
+  })
+}
+
 /** A member that cannot be connected to is taken out, and `otherwise` runs instead; any other failure stands. */
 const cannotConnect =
   <A, E>(member: Member, otherwise: () => Effect.Effect<A, E>) =>
@@ -510,15 +451,6 @@ const cannotConnect =
     }
     return Effect.failCause(cause)
   }
-
-const mergePositions = (a: Map<string, bigint> | undefined, b: Map<string, bigint>): Map<string, bigint> => {
-  const out = new Map(a ?? [])
-  for (const [d, s] of b) {
-    const cur = out.get(d)
-    if (cur === undefined || s > cur) out.set(d, s)
-  }
-  return out
-}
 
 /** @internal */
 export interface ServerStatus {

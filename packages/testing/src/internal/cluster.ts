@@ -8,13 +8,12 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Mysql from "mysql2"
-import type * as MysqlCluster from "../MysqlCluster.js"
-import type { MysqlServer, Options } from "../MysqlServer.js"
 import { makeEmbedded } from "./server.js"
 import type { MysqlServerError } from "./serverError.js"
 import { MysqlServerNotInstalled, MysqlServerStartFailed, MysqlServerUnavailable } from "./serverError.js"
 import * as Sql from "./serverMysql.js"
 import * as Proc from "./serverProcess.js"
+import type * as Types from "./types.js"
 
 // like server.ts: waits and polls run on a real clock, also under @effect/vitest's TestClock
 const liveClock = Clock.make()
@@ -23,7 +22,7 @@ const live = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => 
 const loopback = "127.0.0.1"
 const randomPassword = (): string => Crypto.randomBytes(18).toString("base64url")
 
-const startFailed = (phase: MysqlServerStartFailed["phase"], reason: string, server?: MysqlServer.Service) =>
+const startFailed = (phase: MysqlServerStartFailed["phase"], reason: string, server?: Types.ServerService) =>
   new MysqlServerStartFailed({
     phase,
     reason,
@@ -34,7 +33,7 @@ const startFailed = (phase: MysqlServerStartFailed["phase"], reason: string, ser
     logTail: server === undefined ? [] : Proc.readLogTail(Option.getOrUndefined(server.logFile), 40)
   })
 
-const serverOptions = (options: MysqlCluster.ClusterOptions): Options => ({
+const serverOptions = (options: Types.ClusterOptions): Types.ServerOptions => ({
   database: options.database,
   username: options.username,
   startTimeout: options.startTimeout,
@@ -49,21 +48,21 @@ const validCount = (name: string, count: number, max: number): Effect.Effect<num
     : Effect.fail(startFailed("prepare", `${name} must be an integer from 1 to ${max}, got ${count}`))
 
 /** A copy of a server's service (its `pid` getter included) with more members. */
-const extend = <B extends object>(server: MysqlServer.Service, extra: B): MysqlServer.Service & B =>
-  Object.defineProperties({ ...extra }, Object.getOwnPropertyDescriptors(server)) as unknown as MysqlServer.Service & B
+const extend = <B extends object>(server: Types.ServerService, extra: B): Types.ServerService & B =>
+  Object.defineProperties({ ...extra }, Object.getOwnPropertyDescriptors(server)) as unknown as Types.ServerService & B
 
 // -----------------------------------------------------------------------------
 // admin statements
 // -----------------------------------------------------------------------------
 
-const adminTarget = (server: MysqlServer.Service) => `mysql://${server.admin.username}:***@${loopback}:${server.port}`
+const adminTarget = (server: Types.ServerService) => `mysql://${server.admin.username}:***@${loopback}:${server.port}`
 
 /**
  * Runs one statement as the admin user on a fresh connection (servers restart, so nothing is kept open), bounded by
  * `deadline` (default 30 seconds) from connect to answer.
  */
 const adminQuery = <A = Record<string, unknown>>(
-  server: MysqlServer.Service,
+  server: Types.ServerService,
   sql: string,
   values: ReadonlyArray<unknown> = [],
   deadline: Duration.Duration = Duration.seconds(30)
@@ -117,7 +116,7 @@ const pollUntil = <A, S>(
 // primary and replicas
 // -----------------------------------------------------------------------------
 
-const replicaStatus = (server: MysqlServer.Service): Effect.Effect<MysqlCluster.ReplicationStatus, MysqlServerError> =>
+const replicaStatus = (server: Types.ServerService): Effect.Effect<Types.ReplicationStatus, MysqlServerError> =>
   Effect.zip(
     adminQuery<Record<string, unknown>>(server, "SHOW SLAVE STATUS"),
     adminQuery<{ readonly pos: string }>(server, "SELECT @@GLOBAL.gtid_slave_pos AS pos")
@@ -137,8 +136,8 @@ const replicaStatus = (server: MysqlServer.Service): Effect.Effect<MysqlCluster.
 
 /** @internal */
 export const replicated = (
-  options: MysqlCluster.ReplicatedOptions = {}
-): Effect.Effect<MysqlCluster.Replicated, MysqlServerError, Scope.Scope> =>
+  options: Types.ReplicatedOptions = {}
+): Effect.Effect<Types.Replicated, MysqlServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
       const count = yield* validCount("replicas", options.replicas ?? 2, 8)
@@ -167,7 +166,7 @@ export const replicated = (
       )
       const primary = servers[0]!
       const [position] = yield* adminQuery<{ readonly pos: string }>(primary, "SELECT @@GLOBAL.gtid_binlog_pos AS pos")
-      const replicas: Array<MysqlCluster.Replica> = []
+      const replicas: Array<Types.Replica> = []
       for (const server of servers.slice(1)) {
         // start after the primary's own bootstrap (the replica ran the same one) and follow from there
         yield* Effect.forEach(
@@ -204,7 +203,7 @@ export const replicated = (
     })
   )
 
-const makeReplica = (server: MysqlServer.Service, primary: MysqlServer.Service): MysqlCluster.Replica => {
+const makeReplica = (server: Types.ServerService, primary: Types.ServerService): Types.Replica => {
   const run = (sql: string) => live(Effect.asVoid(adminQuery(server, sql)))
   const waitForGtid = (gtid: string, timeout: Duration.DurationInput) => {
     const wait = Duration.decode(timeout)
@@ -246,14 +245,14 @@ const providerCandidates = [
   "/usr/lib/libgalera_smm.so"
 ]
 
-const galeraStatus = (server: MysqlServer.Service): Effect.Effect<MysqlCluster.GaleraStatus, MysqlServerError> =>
+const galeraStatus = (server: Types.ServerService): Effect.Effect<Types.GaleraStatus, MysqlServerError> =>
   adminQuery<Record<string, unknown>>(
     server,
     "SHOW GLOBAL STATUS WHERE Variable_name IN " +
       "('wsrep_ready', 'wsrep_cluster_size', 'wsrep_local_state_comment', 'wsrep_cluster_status', 'wsrep_connected')"
   ).pipe(Effect.map((rows) => toGaleraStatus(statusOf(rows))))
 
-const toGaleraStatus = (status: Record<string, string>): MysqlCluster.GaleraStatus => ({
+const toGaleraStatus = (status: Record<string, string>): Types.GaleraStatus => ({
   ready: status.wsrep_ready === "ON",
   connected: status.wsrep_connected === "ON",
   clusterSize: Number(status.wsrep_cluster_size ?? 0),
@@ -291,9 +290,7 @@ const distinctFreePorts = (n: number, taken: Set<number>): Effect.Effect<Array<n
   })
 
 /** @internal */
-export const galera = (
-  options: MysqlCluster.GaleraOptions = {}
-): Effect.Effect<MysqlCluster.Galera, MysqlServerError, Scope.Scope> =>
+export const galera = (options: Types.GaleraOptions = {}): Effect.Effect<Types.Galera, MysqlServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
       const count = yield* validCount("nodes", options.nodes ?? 3, 9)
@@ -325,7 +322,7 @@ export const galera = (
         ...(options.providerOptions ?? [])
       ]
       let bootstrapped = false
-      const nodes: Array<MysqlCluster.GaleraNode> = []
+      const nodes: Array<Types.GaleraNode> = []
       const startNode = (index: number) => {
         const [gcomm, ist, sst] = ports[index]!
         const first = index === 0
@@ -419,7 +416,7 @@ export const galera = (
     })
   )
 
-const makeGaleraNode = (server: MysqlServer.Service, index: number): MysqlCluster.GaleraNode =>
+const makeGaleraNode = (server: Types.ServerService, index: number): Types.GaleraNode =>
   extend(server, {
     index,
     status: live(galeraStatus(server)),

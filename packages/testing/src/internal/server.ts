@@ -14,7 +14,6 @@ import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as Mysql from "mysql2"
-import type { ExternalOptions, MysqlServer, Options } from "../MysqlServer.js"
 import type { MysqlServerError } from "./serverError.js"
 import {
   MysqlServerInvalidUrl,
@@ -26,6 +25,7 @@ import * as Sql from "./serverMysql.js"
 import * as Proc from "./serverProcess.js"
 import { describeTarget, formatUrl, parseUrl } from "./serverUrl.js"
 import type { ConnectionTarget } from "./serverUrl.js"
+import type { ExternalOptions, ServerOptions, ServerService } from "./types.js"
 
 // The layer is often built under @effect/vitest's TestClock, which only moves when a test adjusts it: every timeout
 // and poll interval here runs on a real clock.
@@ -154,9 +154,9 @@ const chownTo = (user: string, paths: ReadonlyArray<string>): Effect.Effect<void
 
 /** @internal */
 export const makeEmbedded = (
-  options: Options = {},
+  options: ServerOptions = {},
   internals: EmbeddedInternals = {}
-): Effect.Effect<MysqlServer.Service, MysqlServerError, Scope.Scope> =>
+): Effect.Effect<ServerService, MysqlServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
       const database = yield* validName("database name", options.database ?? "app", /^[A-Za-z0-9_$]{1,64}$/)
@@ -427,7 +427,7 @@ export const makeEmbedded = (
         password: Redacted.make(adminPassword)
       }
       const guarded = <E>(self: Effect.Effect<void, E>) => live(lock.withPermits(1)(self))
-      const service: MysqlServer.Service = {
+      const service: ServerService = {
         kind: "embedded",
         flavor: Sql.flavorOf(version),
         version,
@@ -528,7 +528,7 @@ const toRedacted = (value: Redacted.Redacted<string> | string): Redacted.Redacte
 export const makeExternal = (
   options: ExternalOptions,
   sources: { readonly url: string; readonly adminUrl: string } = { url: "url", adminUrl: "adminUrl" }
-): Effect.Effect<MysqlServer.Service, MysqlServerError> =>
+): Effect.Effect<ServerService, MysqlServerError> =>
   live(
     Effect.gen(function* () {
       const app = yield* parseUrl(sources.url, toRedacted(options.url))
@@ -537,7 +537,7 @@ export const makeExternal = (
           ? yield* parseUrl(sources.adminUrl, toRedacted(options.adminUrl), { requireDatabase: false })
           : app
       const version = yield* probe(app)
-      const service: MysqlServer.Service = {
+      const service: ServerService = {
         kind: "external",
         flavor: Sql.flavorOf(version),
         version,
@@ -575,7 +575,7 @@ const envUrl = (name: string): Effect.Effect<Option.Option<Redacted.Redacted<str
   )
 
 /** @internal */
-export const make = (options: Options = {}): Effect.Effect<MysqlServer.Service, MysqlServerError, Scope.Scope> =>
+export const make = (options: ServerOptions = {}): Effect.Effect<ServerService, MysqlServerError, Scope.Scope> =>
   Effect.gen(function* () {
     const url = yield* envUrl("MYSQL_URL")
     if (Option.isNone(url)) {

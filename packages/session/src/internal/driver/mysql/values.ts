@@ -4,7 +4,7 @@
  * what it means, and integers never pass through a double.
  */
 import * as Mysql from "mysql2"
-import * as SessionError from "../SessionError.js"
+import * as SessionError from "../../../SessionError.js"
 
 const MIN_BIGINT = -(2n ** 63n)
 const MAX_SIGNED = 2n ** 63n - 1n

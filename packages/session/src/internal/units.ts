@@ -1,0 +1,368 @@
+/**
+ * Units of work: `transact` (a unit of its own, or a savepoint inside the fiber's unit), with retries and its
+ * timeout, and the Layer spelling (`scopedSession`).
+ *
+ * @internal
+ */
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import type * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Request from "effect/Request"
+import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as SessionError from "../SessionError.js"
+import type { EngineImpl, Watched } from "./engine.js"
+import { finishNow, finishSession } from "./ending.js"
+import { closedError, Frame } from "./frame.js"
+import * as keys from "./keys.js"
+import * as metrics from "./metrics.js"
+import type { PooledConn } from "./pool.js"
+import { closeSavepoint, openSavepoint, savepoint, unwrapError, withTimeout } from "./savepoints.js"
+import { SessionState } from "./session.js"
+import { unitSites } from "./sites.js"
+import { defaultTracer } from "./statement.js"
+import { mergeTokens, type Route, WRITE } from "./tokens.js"
+import { type Checked, checkOptions, invalid, refuseNested, rootWant, type UnitOptions } from "./unitOptions.js"
+
+/** The frame of `engine` in the fiber's context, open or ended. */
+const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<unknown, unknown>): Frame | undefined => {
+  const f = engine.current(fiber)
+  return f instanceof Frame ? f : undefined
+}
+
+/** @internal */
+export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError> = Schedule.exponential(
+  "10 millis",
+  2
+).pipe(
+  Schedule.either(Schedule.spaced("1 second")),
+  Schedule.jittered,
+  Schedule.intersect(Schedule.recurs(5)),
+  Schedule.asVoid
+)
+
+/**
+ * Requests (`Effect.request`, `SqlResolver`) made inside a unit run inside it: a batch never gathers requests of
+ * two units, and never runs outside the unit's transaction.
+ */
+const containRequests = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.flatMap(Effect.step(effect), (step) =>
+    step._op === "Blocked"
+      ? Effect.zipRight(Effect.runRequestBlock(step.effect_instruction_i0), containRequests(step.effect_instruction_i1))
+      : step
+  )
+
+/** Frames of sessionfx and Effect themselves: the long-unit warning shows the user's code. */
+const OWN_FRAME = /[\\/](?:session[\\/](?:src|dist)|effect[\\/](?:src|dist)|node:internal)[\\/]|\(node:/
+
+/**
+ * Where a unit is opened, for the long-unit warning: the caller's stack when `Session.transact` / `Session.layer`
+ * is called (the unit's effect runs later, from Effect's run loop), formatted only if it is ever needed.
+ *
+ * @internal
+ */
+export const captureSite = (label: string, caller: (...args: Array<never>) => unknown): (() => string) => {
+  if (!unitSites.capture) {
+    return () =>
+      `${label} (set the Engine option longUnitThreshold to also record where units are opened; give the unit a name to tell it apart)`
+  }
+  const site: { stack?: string } = {}
+  // a short stack from the caller of Session.transact / Session.layer: a capture costs microseconds per unit
+  const limit = Error.stackTraceLimit
+  Error.stackTraceLimit = 4
+  Error.captureStackTrace(site, caller)
+  Error.stackTraceLimit = limit
+  return () => {
+    const frames = (site.stack ?? "").split("\n").slice(1)
+    const own = frames.filter((line) => !OWN_FRAME.test(line))
+    return `${label} opened at:\n${(own.length > 0 ? own : frames).join("\n")}`
+  }
+}
+
+const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<unknown, unknown>, site: () => string): void => {
+  const engine = state.engine
+  if (engine.longUnitThresholdMs <= 0) return
+  const w: Watched = {
+    startedAt: state.startedAt,
+    warned: false,
+    describe: site,
+    log: (message) => {
+      const runtime = Runtime.make({
+        context: fiber.currentContext,
+        fiberRefs: fiber.getFiberRefs(),
+        runtimeFlags: Runtime.defaultRuntimeFlags
+      })
+      Runtime.runFork(runtime)(Effect.logWarning(message))
+    }
+  }
+  state.watched = w
+  engine.units.add(w)
+}
+
+const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions, checked: Checked): SessionState =>
+  new SessionState(engine, pc, options, rootWant(engine, options, checked))
+
+/** Where a root unit may run: decided by the engine's topology (read-only units may go to a replica). */
+const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeFiber<unknown, unknown>): Route => {
+  if (engine.topology === undefined) return WRITE
+  const readOnly = options.readOnly === true || options.consistentSnapshot === true
+  return {
+    readOnly,
+    consistency: options.consistency ?? "read-your-writes",
+    // replicas: only read-only units can run anywhere but the primary; nodes: every unit may land on a node that
+    // has not applied the fiber's commits yet
+    token:
+      readOnly || engine.topology.multiPrimary
+        ? mergeTokens(fiber.getFiberRef(engine.tokenRef), options.after)
+        : undefined
+  }
+}
+
+/** What one attempt of a root unit needs. */
+interface Attempt {
+  readonly engine: EngineImpl
+  readonly options: UnitOptions
+  readonly checked: Checked
+  readonly site: () => string
+  readonly route: Route
+}
+
+const runOnce = <A, E, R>(
+  { checked, engine, options, route, site }: Attempt,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SessionError.SessionError, R> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(engine.borrow(restore, route), (pc) =>
+      Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
+        const state = newSession(engine, pc, options, checked)
+        state.owner = fiber
+        watch(state, fiber, site)
+        let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
+        if (options.key !== undefined) body = Effect.zipRight(state.recordKey(options.key), body) as typeof body
+        if (checked.timeoutMs !== undefined) {
+          // `timeout` runs the body on a child fiber (a race with the clock): that fiber is the unit's owner, so its
+          // statements keep the fast path (an interrupted owner's statement is stopped by `finishNow`'s reclaim)
+          const inner = body
+          body = withTimeout(
+            Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((child) => {
+              state.owner = child
+              return inner
+            }),
+            checked.timeoutMs
+          )
+        }
+        body = containRequests(body)
+        if (fiber.getFiberRef(FiberRef.currentRequestCacheEnabled)) {
+          // reads cached inside the unit live and die with it
+          const inner = body
+          body = Effect.flatMap(Request.makeCache({ capacity: 65_536, timeToLive: "60 seconds" }), (cache) =>
+            Effect.withRequestCache(inner, cache)
+          )
+        }
+        // what `Effect.locally(currentContext)` does, without its acquire/use/release: we are uninterruptible here,
+        // and both exits below put the outer context back before anything else runs
+        const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
+        const outer = fiber.getFiberRef(FiberRef.currentContext)
+        const outerRef = fiber.getFiberRef(engine.currentRef)
+        f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
+        f.setFiberRef(engine.currentRef, state.root)
+        return Effect.matchCauseEffect(restore(body), {
+          onFailure: (cause) => {
+            f.setFiberRef(FiberRef.currentContext, outer)
+            f.setFiberRef(engine.currentRef, outerRef)
+            return finishNow(state, Exit.failCause(cause), true)
+          },
+          onSuccess: (a) => {
+            f.setFiberRef(FiberRef.currentContext, outer)
+            f.setFiberRef(engine.currentRef, outerRef)
+            return finishNow(state, Exit.succeed(a), true)
+          }
+        })
+      })
+    )
+  )
+
+const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string =>
+  Exit.isSuccess(exit)
+    ? "commit"
+    : Exit.isInterrupted(exit)
+      ? "interrupted"
+      : Cause.isFailure(exit.cause)
+        ? `rollback:${(Option.getOrUndefined(Cause.failureOption(exit.cause)) as { _tag?: unknown } | undefined)?._tag ?? "failure"}`
+        : "rollback:defect"
+
+/** The unit of work as a combinator: nested (savepoint) inside an open session, else a session of its own. @internal */
+export const transact = <A, E, R>(
+  engine: EngineImpl,
+  effect: Effect.Effect<A, E, R>,
+  options: UnitOptions,
+  site: () => string = () => `${options.name ?? "a unit of work"} (sql.withTransaction)`
+): Effect.Effect<A, E | SessionError.SessionError, R> =>
+  Effect.withFiberRuntime((fiber) => {
+    const checked = checkOptions(options)
+    if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
+    const frame = frameIn(engine, fiber)
+    if (frame !== undefined) {
+      const contained = frame.state.options.containAll === true
+      if (options.propagation !== "new" || contained) {
+        // a fiber whose unit has ended never starts a fresh one by accident
+        if (frame.closed || !frame.state.open) return Effect.fail(closedError())
+        const refused = refuseNested(frame.state, options)
+        if (refused !== undefined) return Effect.fail(refused)
+        return Effect.mapError(savepoint(frame, effect, fiber, { options, checked }), unwrapError)
+      }
+    }
+    // a span only when a tracer that exports it is installed (a unit's `name` alone does not open one: measured
+    // about 8 % of a transfer's CPU in the ledger, for a span nothing reads)
+    const traced = fiber.currentTracer !== defaultTracer
+    const attempt: Attempt = { engine, options, checked, site, route: routeOf(engine, options, fiber) }
+    const counted = { attempts: 1 }
+    const unit = withRetries(attempt, effect, counted)
+    return traced ? withUnitSpan(attempt, unit, counted) : unit
+  })
+
+/**
+ * A root unit, retried in a fresh transaction while it fails retryable (when its options ask for it). The retry
+ * machinery is built only after a first retryable failure: the common path pays nothing for it.
+ */
+const withRetries = <A, E, R>(
+  attempt: Attempt,
+  effect: Effect.Effect<A, E, R>,
+  counted: { attempts: number }
+): Effect.Effect<A, E | SessionError.SessionError, R> => {
+  const { engine, options } = attempt
+  const first = runOnce(attempt, effect)
+  if (options.retry === undefined || options.retry === false) return first
+  return Effect.catchIf(first, retriesUnit, () =>
+    Effect.retry(
+      Effect.suspend(() => {
+        // every attempt after the first is a retry
+        counted.attempts++
+        metrics.retries.unsafeUpdate(1, engine.unitLabels)
+        return runOnce(attempt, effect)
+      }),
+      {
+        schedule: (options.retry === true ? defaultRetry : options.retry) as Schedule.Schedule<unknown, unknown>,
+        while: retriesUnit
+      }
+    )
+  )
+}
+
+/**
+ * What a unit's retry runs it again for: a retryable failure, except a request the pool shed at once (`queueLimit`):
+ * running it again would only put it back into the queue that is already full.
+ */
+const retriesUnit = (e: unknown): boolean =>
+  SessionError.isRetryable(e) && !(e instanceof SessionError.PoolTimeout && e.shed === true)
+
+/** The unit's span (`sql.session`): its isolation, read-only, attempts and outcome. */
+const withUnitSpan = <A, E, R>(
+  { engine, options }: Attempt,
+  unit: Effect.Effect<A, E, R>,
+  counted: { readonly attempts: number }
+): Effect.Effect<A, E, R> =>
+  Effect.useSpan(
+    options.name ?? "sql.session",
+    {
+      kind: "client",
+      captureStackTrace: false,
+      attributes: {
+        "db.isolation": options.isolation ?? engine.options.defaults.isolation ?? "server default",
+        "db.read_only": options.readOnly === true || options.consistentSnapshot === true
+      }
+    },
+    (span) =>
+      Effect.onExit(Effect.withParentSpan(unit, span), (exit) =>
+        Effect.sync(() => {
+          span.attribute("sql.session.attempts", counted.attempts)
+          span.attribute("sql.session.outcome", outcomeOf(exit))
+        })
+      )
+  )
+
+/**
+ * Whether the unit keyed `key` is committed (see `keys.outcome`). Asked inside that very unit, the answer cannot be
+ * known before the unit ends (and the locking read would wait on the unit's own lock): refused at once.
+ *
+ * @internal
+ */
+export const outcome = (
+  engine: EngineImpl,
+  key: string
+): Effect.Effect<"committed" | "absent", SessionError.SessionError> =>
+  Effect.withFiberRuntime((fiber) => {
+    const frame = frameIn(engine, fiber)
+    if (frame !== undefined && frame.state.open && frame.state.options.key === key) {
+      return Effect.fail(
+        invalid(
+          "key",
+          `Session.outcome(${JSON.stringify(key)}) was asked inside the unit with that key: its outcome is known only once it has ended. Ask after the unit (or from another fiber)`
+        )
+      )
+    }
+    return keys.outcome(engine, key)
+  })
+
+/** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
+export const scopedSession = (
+  engine: EngineImpl,
+  options: UnitOptions,
+  site: () => string
+): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
+  Effect.withFiberRuntime((fiber) => {
+    const checked = checkOptions(options)
+    if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
+    if (options.retry !== undefined && options.retry !== false) {
+      return Effect.fail(
+        invalid("retry", "the Layer spelling cannot re-run the program it provides; use Session.transact")
+      )
+    }
+    if (options.timeout !== undefined) {
+      return Effect.fail(
+        invalid(
+          "timeout",
+          "the Layer spelling cannot bound the program it provides; use Session.transact(program, { timeout })"
+        )
+      )
+    }
+    const frame = frameIn(engine, fiber)
+    if (frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)) {
+      if (frame.closed || !frame.state.open) return Effect.fail(closedError())
+      const refused = refuseNested(frame.state, options)
+      if (refused !== undefined) return Effect.fail(refused)
+      return Effect.uninterruptibleMask((restore) =>
+        Effect.flatMap(openSavepoint(frame, restore, fiber, { options, checked }), (sp) =>
+          Effect.as(
+            Effect.zipRight(
+              // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
+              Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
+              Effect.locallyScoped(engine.currentRef, sp.child as object | undefined)
+            ),
+            sp.parent.state.layerContext(sp.child)
+          )
+        )
+      )
+    }
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(engine.borrow(restore, routeOf(engine, options, fiber)), (pc) => {
+        const state = newSession(engine, pc, options, checked)
+        state.owner = fiber
+        watch(state, fiber, site)
+        const opened = Effect.as(
+          Effect.zipRight(
+            // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
+            Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
+            Effect.locallyScoped(engine.currentRef, state.root as object | undefined)
+          ),
+          state.layerContext(state.root)
+        )
+        return options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(state.recordKey(options.key)))
+      })
+    )
+  })
