@@ -22,7 +22,8 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import { Session } from "@sessionfx/session"
-import { createServer } from "node:http"
+import { createServer, STATUS_CODES } from "node:http"
+import type { Duplex } from "node:stream"
 import { Authorization, LedgerApi } from "./Api.js"
 import { AuthGuard } from "./AuthGuard.js"
 import type * as Config from "./Config.js"
@@ -364,6 +365,30 @@ export const ApiLive = HttpApiBuilder.api(LedgerApi).pipe(
   Layer.provide(AuthorizationLive)
 )
 
+/** What Node's HTTP parser refuses before a request exists: the status Node would send, and a JSON body for it. */
+const clientErrors: Record<string, readonly [number, string, string]> = {
+  HPE_HEADER_OVERFLOW: [431, "HeadersTooLarge", "the request line and headers are too large"],
+  HPE_CHUNK_EXTENSIONS_OVERFLOW: [413, "PayloadTooLarge", "the chunk extensions are too large"],
+  ERR_HTTP_REQUEST_TIMEOUT: [408, "RequestTimeout", "the request was not received in time"]
+}
+
+/**
+ * Node's own answer to a request it cannot parse or that came too slowly (400, 408, 413, 431), with a JSON body like
+ * every other error answer — sent only when no answer has begun on the connection, which is then closed.
+ */
+const answerClientError = (error: Error & { readonly code?: string }, socket: Duplex) => {
+  const message = (socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage
+  if (socket.writable && message?.headersSent !== true && error.code !== "ECONNRESET") {
+    const [status, tag, text] = clientErrors[error.code ?? ""] ?? [400, "InvalidRequest", "the request is malformed"]
+    const body = JSON.stringify({ _tag: tag, message: text })
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`
+    )
+  }
+  socket.destroy()
+}
+
 /** The HTTP server; its output `HttpServer` tells the bound address (port 0 picks a free one). */
 export const layer = Layer.unwrapEffect(
   Effect.map(LedgerConfig, (config) => {
@@ -380,6 +405,7 @@ export const layer = Layer.unwrapEffect(
       })
       // connections past the cap are closed as soon as they are accepted
       server.maxConnections = config.httpMaxConnections
+      server.on("clientError", answerClientError)
       return server
     }
     return HttpApiBuilder.serve(flow(causality, requestBody(config.maxBodyBytes), answered)).pipe(

@@ -234,6 +234,31 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
     })
   )
 
+  it.scoped(
+    "HTTP: what Node refuses before routing (malformed, headers too large, too slow) gets a JSON body too",
+    () =>
+      Effect.gen(function* () {
+        const app = yield* startApp({ httpHeadersTimeout: "1 second", httpRequestTimeout: "2 seconds" })
+        const port = Number(new URL(app.baseUrl).port)
+        const cases: ReadonlyArray<readonly [string, number, string]> = [
+          ["NOT HTTP AT ALL\r\n\r\n", 400, "InvalidRequest"],
+          ["GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400, "InvalidRequest"],
+          [`GET /health HTTP/1.1\r\nHost: x\r\nX-Big: ${"a".repeat(64 * 1024)}\r\n\r\n`, 431, "HeadersTooLarge"],
+          ["POST /transfers HTTP/1.1\r\nHost: localhost\r\nX-Slow: ", 408, "RequestTimeout"]
+        ]
+        for (const [request, status, tag] of cases) {
+          const s = yield* plainSocket(port)
+          s.socket.write(request)
+          yield* Effect.promise(() => s.closed)
+          const [head = "", body = ""] = s.received().split("\r\n\r\n")
+          assert.match(head, new RegExp(`^HTTP/1\\.1 ${status} `), request.slice(0, 40))
+          assert.match(head, /content-type: application\/json/i)
+          assert.strictEqual(JSON.parse(body)._tag, tag)
+        }
+        assert.strictEqual((yield* http(app.baseUrl, "GET", "/health")).status, 200)
+      })
+  )
+
   it.scoped("HTTP: idle keep-alive connections are closed after the idle timeout, and their number is capped", () =>
     Effect.gen(function* () {
       const app = yield* startApp({ httpIdleTimeout: "300 millis", httpMaxConnections: 3 })
