@@ -175,8 +175,24 @@ const readBody = (request: HttpServerRequest.HttpServerRequest, limit: number, d
     })
   })
 
+/** The `charset` parameter of a Content-Type, lower-cased and unquoted; undefined when there is none. */
+const charsetOf = (parameters: ReadonlyArray<string>): string | undefined => {
+  for (const parameter of parameters) {
+    const eq = parameter.indexOf("=")
+    if (eq !== -1 && parameter.slice(0, eq).trim().toLowerCase() === "charset") {
+      return parameter
+        .slice(eq + 1)
+        .trim()
+        .replace(/^"(.*)"$/, "$1")
+        .toLowerCase()
+    }
+  }
+  return undefined
+}
+
 /**
- * Every request body is checked before the API sees it: JSON only (`Content-Type: application/json`, else 415), at
+ * Every request body is checked before the API sees it: JSON only (`Content-Type: application/json`, else 415) in
+ * UTF-8 (a `charset` other than utf-8 is 415 too: the bytes are never read in another encoding), at
  * most `limit` bytes (else 413, for a declared length before anything is read, for a chunked body once it has been
  * read), valid UTF-8 (never decoded lossily), well-formed JSON nested at most `Input.MAX_DEPTH` levels (else 400).
  * The API then decodes the JSON already parsed here.
@@ -191,7 +207,8 @@ const requestBody = (limit: number) => {
       const headers = request.headers
       const declared = headers["content-length"]
       const hasBody = headers["transfer-encoding"] !== undefined || (declared !== undefined && declared !== "0")
-      const mediaType = (headers["content-type"] ?? "").split(";")[0]!.trim().toLowerCase()
+      const [type = "", ...parameters] = (headers["content-type"] ?? "").split(";")
+      const mediaType = type.trim().toLowerCase()
       if (hasBody && mediaType !== "application/json") {
         return errorJson(
           415,
@@ -199,6 +216,14 @@ const requestBody = (limit: number) => {
           mediaType === ""
             ? "a request body must be JSON: send Content-Type: application/json"
             : `a request body must be JSON (Content-Type: application/json), not ${mediaType.slice(0, 100)}`
+        )
+      }
+      const charset = charsetOf(parameters)
+      if (hasBody && charset !== undefined && charset !== "utf-8") {
+        return errorJson(
+          415,
+          "UnsupportedMediaType",
+          `a request body must be UTF-8 (charset=utf-8 or none), not charset=${charset.slice(0, 40)}`
         )
       }
       if (declared !== undefined && !(Number(declared) <= limit)) {

@@ -152,7 +152,10 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
         "text/plain",
         "multipart/form-data; boundary=x",
         "application/x-www-form-urlencoded",
-        "text/html; charset=utf-8"
+        "text/html; charset=utf-8",
+        "application/json; charset=latin1",
+        'application/json; charset="utf-16"',
+        "application/json;charset=ISO-8859-1"
       ]
       for (const type of types) {
         const r = yield* Effect.promise(() =>
@@ -180,6 +183,18 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       assert.strictEqual(empty.status, 400)
       assert.isString(empty.json._tag)
       assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 1)
+      // UTF-8 named is JSON like any other
+      for (const type of ["application/json; charset=utf-8", 'Application/JSON; Charset="UTF-8"']) {
+        const r = yield* Effect.promise(() =>
+          fetch(`${app.baseUrl}/transfers`, {
+            method: "POST",
+            headers: { authorization: `Bearer ${TOKEN}`, "content-type": type },
+            body: json
+          }).then((res) => res.status)
+        )
+        assert.strictEqual(r, 200, type)
+      }
+      assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 3)
     })
   )
 
