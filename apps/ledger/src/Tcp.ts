@@ -630,6 +630,9 @@ export const make = Effect.gen(function* () {
       server.close()
       const connections = open.size + pending.size
       const inFlight = [...open].filter((c) => c.busySince > 0).length
+      yield* Effect.logInfo("ledger TCP server draining").pipe(
+        Effect.annotateLogs({ connections: connections, requests_in_flight: inFlight })
+      )
       for (const socket of pending) socket.destroy()
       for (const c of open) c.wake?.("shutdown")
       const drained = yield* FiberSet.awaitEmpty(fibers).pipe(Effect.timeoutOption(config.shutdownTimeout))

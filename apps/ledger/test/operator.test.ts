@@ -8,12 +8,15 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as HashSet from "effect/HashSet"
 import * as Logger from "effect/Logger"
 import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import * as Mysql from "mysql2/promise"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
@@ -46,6 +49,10 @@ const run = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
       child.on("close", (code) => resume(Effect.succeed({ code, stdout, stderr })))
     })
   )
+
+/** Polls `condition` until it holds (bounded by the test's timeout). */
+const until = (condition: Effect.Effect<boolean>) =>
+  Effect.repeat(condition, { until: (ok) => ok, schedule: Schedule.spaced("20 millis") })
 
 it.effect("--help and --version print and exit 0", () =>
   Effect.gen(function* () {
@@ -125,14 +132,47 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       const password = new URL(url).password
       if (password !== "") assert.notInclude(stderr, password)
       const port = Number(/tcp=[\d.]+:(\d+)/.exec(summary)![1])
-      // a client in the middle of its work when SIGTERM arrives
+      // a client in the middle of its work when SIGTERM arrives: its transfer waits for a row lock held elsewhere
       const c = yield* Client.connect({ host: "127.0.0.1", port, token: TOKEN })
-      assert.strictEqual((yield* c.call("create_account", { name: "op" })).balance, 0)
+      const a = (yield* c.call("create_account", { name: "op-a" })).id
+      const b = (yield* c.call("create_account", { name: "op-b" })).id
+      yield* c.call("deposit", { account: a, amount: 10 })
+      const holder = yield* Effect.acquireRelease(
+        Effect.promise(() => Mysql.createConnection(url)),
+        (conn) => Effect.promise(() => conn.end())
+      )
+      yield* Effect.promise(() => holder.query("BEGIN"))
+      yield* Effect.promise(() => holder.query("SELECT balance FROM accounts WHERE id = ? FOR UPDATE", [a]))
+      const transfer = yield* Effect.fork(c.request({ id: "in-flight", op: "transfer", from: a, to: b, amount: 3 }))
+      // the request has begun once the ledger has lent it a connection (its unit waits for the lock from then on)
+      const httpPort = Number(/http=[\d.]+:(\d+)/.exec(summary)![1])
+      yield* until(
+        Effect.promise(() => fetch(`http://127.0.0.1:${httpPort}/metrics`).then((r) => r.text())).pipe(
+          Effect.map((metrics) => /^sessionfx_pool_in_use(\{[^}]*\})? [1-9]/m.test(metrics))
+        )
+      )
       process.kill(-child.pid!, "SIGTERM")
+      // the server starts draining with the request in flight, and only then is the lock released
+      yield* until(Effect.sync(() => stderr.includes('message="ledger TCP server draining"')))
+      yield* Effect.promise(() => holder.query("ROLLBACK"))
+      const answer = yield* Fiber.join(transfer)
+      assert.deepStrictEqual([answer.id, answer.ok], ["in-flight", true])
       const code = yield* Effect.promise(() => exited)
       assert.strictEqual(code, 0, stderr)
-      assert.match(stderr, /message="ledger TCP server stopped".*connections_closed=1/)
+      const stopped = stderr.split("\n").find((l) => l.includes('message="ledger TCP server stopped"')) ?? ""
+      for (const field of [
+        "connections_closed=1",
+        "requests_in_flight=1",
+        "requests_finished=1",
+        "requests_interrupted=0"
+      ]) {
+        assert.include(stopped, field)
+      }
       assert.match(stderr, /message="ledger stopped/)
+      const [[row]] = (yield* Effect.promise(() =>
+        holder.query("SELECT balance FROM accounts WHERE id = ?", [b])
+      )) as unknown as [[{ balance: number }]]
+      assert.strictEqual(Number(row!.balance), 3)
       assert.notMatch(stderr, /level=(ERROR|FATAL)/)
       yield* c.closed
     })
