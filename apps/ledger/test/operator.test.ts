@@ -91,91 +91,113 @@ it.effect("a configuration error is one line on stderr and exit code 1, no stack
 )
 
 layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger as operated", (it) => {
-  it.scoped("the built server logs a start-up summary, serves, and on SIGTERM drains and exits 0", () =>
-    Effect.gen(function* () {
-      const server = yield* MysqlServer.MysqlServer
-      const file = yield* built
-      const url = Redacted.value(server.url)
-      const child = yield* Effect.acquireRelease(
-        Effect.sync(() =>
-          ChildProcess.spawn(process.execPath, [file, "serve"], {
-            cwd: appDir,
-            detached: true,
-            env: {
-              PATH: process.env.PATH ?? "",
-              DATABASE_URL: url,
-              LEDGER_TOKEN: TOKEN,
-              LEDGER_TCP_PORT: "0",
-              LEDGER_HTTP_PORT: "0",
-              LEDGER_LOG_FORMAT: "logfmt"
-            }
-          })
-        ),
-        (c) => Effect.sync(() => c.exitCode === null && c.kill("SIGKILL"))
-      )
-      let stderr = ""
-      child.stderr.on("data", (d) => (stderr += d))
-      const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)))
-      const summary = yield* Effect.async<string>((resume) => {
-        const check = () => {
-          const line = stderr.split("\n").find((l) => l.includes('message="ledger started"'))
-          if (line !== undefined) {
-            child.stderr.off("data", check)
-            resume(Effect.succeed(line))
-          }
-        }
-        child.stderr.on("data", check)
-      })
-      for (const field of ["tcp=", "http=", "database=", "durability=", "pool_size=10", "limits=", "timeouts="]) {
-        assert.include(summary, field)
-      }
-      const password = new URL(url).password
-      if (password !== "") assert.notInclude(stderr, password)
-      const port = Number(/tcp=[\d.]+:(\d+)/.exec(summary)![1])
-      // a client in the middle of its work when SIGTERM arrives: its transfer waits for a row lock held elsewhere
-      const c = yield* Client.connect({ host: "127.0.0.1", port, token: TOKEN })
-      const a = (yield* c.call("create_account", { name: "op-a" })).id
-      const b = (yield* c.call("create_account", { name: "op-b" })).id
-      yield* c.call("deposit", { account: a, amount: 10 })
-      const holder = yield* Effect.acquireRelease(
-        Effect.promise(() => Mysql.createConnection(url)),
-        (conn) => Effect.promise(() => conn.end())
-      )
-      yield* Effect.promise(() => holder.query("BEGIN"))
-      yield* Effect.promise(() => holder.query("SELECT balance FROM accounts WHERE id = ? FOR UPDATE", [a]))
-      const transfer = yield* Effect.fork(c.request({ id: "in-flight", op: "transfer", from: a, to: b, amount: 3 }))
-      // the request has begun once the ledger has lent it a connection (its unit waits for the lock from then on)
-      const httpPort = Number(/http=[\d.]+:(\d+)/.exec(summary)![1])
-      yield* until(
-        Effect.promise(() => fetch(`http://127.0.0.1:${httpPort}/metrics`).then((r) => r.text())).pipe(
-          Effect.map((metrics) => /^sessionfx_pool_in_use(\{[^}]*\})? [1-9]/m.test(metrics))
+  it.scoped(
+    "the built server logs a start-up summary, serves, and on SIGTERM finishes the TCP and HTTP requests in flight and exits 0",
+    () =>
+      Effect.gen(function* () {
+        const server = yield* MysqlServer.MysqlServer
+        const file = yield* built
+        const url = Redacted.value(server.url)
+        const child = yield* Effect.acquireRelease(
+          Effect.sync(() =>
+            ChildProcess.spawn(process.execPath, [file, "serve"], {
+              cwd: appDir,
+              detached: true,
+              env: {
+                PATH: process.env.PATH ?? "",
+                DATABASE_URL: url,
+                LEDGER_TOKEN: TOKEN,
+                LEDGER_TCP_PORT: "0",
+                LEDGER_HTTP_PORT: "0",
+                LEDGER_LOG_FORMAT: "logfmt"
+              }
+            })
+          ),
+          (c) => Effect.sync(() => c.exitCode === null && c.kill("SIGKILL"))
         )
-      )
-      process.kill(-child.pid!, "SIGTERM")
-      // the server starts draining with the request in flight, and only then is the lock released
-      yield* until(Effect.sync(() => stderr.includes('message="ledger TCP server draining"')))
-      yield* Effect.promise(() => holder.query("ROLLBACK"))
-      const answer = yield* Fiber.join(transfer)
-      assert.deepStrictEqual([answer.id, answer.ok], ["in-flight", true])
-      const code = yield* Effect.promise(() => exited)
-      assert.strictEqual(code, 0, stderr)
-      const stopped = stderr.split("\n").find((l) => l.includes('message="ledger TCP server stopped"')) ?? ""
-      for (const field of [
-        "connections_closed=1",
-        "requests_in_flight=1",
-        "requests_finished=1",
-        "requests_interrupted=0"
-      ]) {
-        assert.include(stopped, field)
-      }
-      assert.match(stderr, /message="ledger stopped/)
-      const [[row]] = (yield* Effect.promise(() =>
-        holder.query("SELECT balance FROM accounts WHERE id = ?", [b])
-      )) as unknown as [[{ balance: number }]]
-      assert.strictEqual(Number(row!.balance), 3)
-      assert.notMatch(stderr, /level=(ERROR|FATAL)/)
-      yield* c.closed
-    })
+        let stderr = ""
+        child.stderr.on("data", (d) => (stderr += d))
+        const exited = new Promise<number | null>((resolve) => child.on("close", (code) => resolve(code)))
+        const summary = yield* Effect.async<string>((resume) => {
+          const check = () => {
+            const line = stderr.split("\n").find((l) => l.includes('message="ledger started"'))
+            if (line !== undefined) {
+              child.stderr.off("data", check)
+              resume(Effect.succeed(line))
+            }
+          }
+          child.stderr.on("data", check)
+        })
+        for (const field of ["tcp=", "http=", "database=", "durability=", "pool_size=10", "limits=", "timeouts="]) {
+          assert.include(summary, field)
+        }
+        const password = new URL(url).password
+        if (password !== "") assert.notInclude(stderr, password)
+        const port = Number(/tcp=[\d.]+:(\d+)/.exec(summary)![1])
+        // a client in the middle of its work when SIGTERM arrives: its transfer waits for a row lock held elsewhere
+        const c = yield* Client.connect({ host: "127.0.0.1", port, token: TOKEN })
+        const a = (yield* c.call("create_account", { name: "op-a" })).id
+        const b = (yield* c.call("create_account", { name: "op-b" })).id
+        yield* c.call("deposit", { account: a, amount: 10 })
+        const holder = yield* Effect.acquireRelease(
+          Effect.promise(() => Mysql.createConnection(url)),
+          (conn) => Effect.promise(() => conn.end())
+        )
+        yield* Effect.promise(() => holder.query("BEGIN"))
+        yield* Effect.promise(() => holder.query("SELECT balance FROM accounts WHERE id = ? FOR UPDATE", [a]))
+        const transfer = yield* Effect.fork(c.request({ id: "in-flight", op: "transfer", from: a, to: b, amount: 3 }))
+        // a request has begun once the ledger has lent it a connection (its unit waits for the lock from then on);
+        // one over TCP, then one over HTTP
+        const httpPort = Number(/http=[\d.]+:(\d+)/.exec(summary)![1])
+        yield* until(
+          Effect.promise(() => fetch(`http://127.0.0.1:${httpPort}/metrics`).then((r) => r.text())).pipe(
+            Effect.map((metrics) => /^sessionfx_pool_in_use(\{[^}]*\})? [1-9]/m.test(metrics))
+          )
+        )
+        const viaHttp = yield* Effect.fork(
+          Effect.promise(() =>
+            fetch(`http://127.0.0.1:${httpPort}/transfers`, {
+              method: "POST",
+              headers: { authorization: `Bearer ${TOKEN}`, "content-type": "application/json" },
+              body: JSON.stringify({ from: a, to: b, amount: 2 })
+            }).then(
+              async (r) => ({ status: r.status, text: await r.text() }),
+              (e) => ({ status: 0, text: String(e) })
+            )
+          )
+        )
+        yield* until(
+          Effect.promise(() => fetch(`http://127.0.0.1:${httpPort}/metrics`).then((r) => r.text())).pipe(
+            Effect.map((metrics) => /^sessionfx_pool_in_use(\{[^}]*\})? [2-9]/m.test(metrics))
+          )
+        )
+        process.kill(-child.pid!, "SIGTERM")
+        // the server starts draining with the request in flight, and only then is the lock released
+        yield* until(Effect.sync(() => stderr.includes('message="ledger TCP server draining"')))
+        yield* Effect.promise(() => holder.query("ROLLBACK"))
+        const answer = yield* Fiber.join(transfer)
+        const httpAnswer = yield* Fiber.join(viaHttp)
+        assert.strictEqual(httpAnswer.status, 200, httpAnswer.text)
+        assert.deepStrictEqual([answer.id, answer.ok], ["in-flight", true])
+        const code = yield* Effect.promise(() => exited)
+        assert.strictEqual(code, 0, stderr)
+        const stopped = stderr.split("\n").find((l) => l.includes('message="ledger TCP server stopped"')) ?? ""
+        for (const field of [
+          "connections_closed=1",
+          "requests_in_flight=1",
+          "requests_finished=1",
+          "requests_interrupted=0"
+        ]) {
+          assert.include(stopped, field)
+        }
+        assert.match(stderr, /message="ledger stopped/)
+        const [[row]] = (yield* Effect.promise(() =>
+          holder.query("SELECT balance FROM accounts WHERE id = ?", [b])
+        )) as unknown as [[{ balance: number }]]
+        assert.strictEqual(Number(row!.balance), 5)
+        assert.notMatch(stderr, /level=(ERROR|FATAL)/)
+        yield* c.closed
+      })
   )
 })
 
