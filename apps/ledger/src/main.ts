@@ -13,6 +13,7 @@ import * as Logger from "effect/Logger"
 import * as Redacted from "effect/Redacted"
 import { createRequire } from "node:module"
 import * as App from "./App.js"
+import * as Cli from "./Cli.js"
 import * as Config from "./Config.js"
 import * as Demo from "./Demo.js"
 import { TcpServer } from "./Tcp.js"
@@ -41,6 +42,8 @@ Options:
   --version        print the version and exit
   demo only: --connections N --transfers N --accounts N --seed N --host H --port P --token T
 
+An unknown option, a malformed value or an extra argument is a configuration error.
+
 Configuration is read from environment variables (DATABASE_URL, LEDGER_TOKEN, LEDGER_* — see docs/ledger.md).
 Without DATABASE_URL an embedded MariaDB/MySQL server keeps its data under LEDGER_DATA_DIR (default .data/mysql).
 A configuration error is reported on one line and the exit code is 1. SIGTERM or SIGINT drains and exits 0.
@@ -59,52 +62,38 @@ const LoggerLive = Layer.unwrapEffect(
   })
 )
 
-const text = (name: string): string | undefined => {
-  const i = process.argv.indexOf(`--${name}`)
-  return i === -1 ? undefined : process.argv[i + 1]
-}
+const cli = Cli.parse(process.argv.slice(2))
 
-const flag = (name: string, fallback: number) => {
-  const raw = text(name)
-  const value = raw === undefined ? undefined : Number(raw)
-  return value !== undefined && Number.isInteger(value) && value > 0 ? value : fallback
-}
+const settings = (fastUnsafe: boolean) =>
+  Effect.map(Config.fromEnv, (s) => (fastUnsafe ? { ...s, fastUnsafe: true } : s))
 
-const settings = Effect.map(Config.fromEnv, (s) =>
-  process.argv.includes("--fast-unsafe") ? { ...s, fastUnsafe: true } : s
-)
-
-const serve = Effect.gen(function* () {
-  const resolved = yield* settings
-  return yield* Layer.launch(App.layer(resolved)).pipe(
-    Effect.onInterrupt(() => Effect.logInfo("ledger stopped: every connection drained"))
-  )
-})
+const serve = (fastUnsafe: boolean) =>
+  Effect.gen(function* () {
+    const resolved = yield* settings(fastUnsafe)
+    return yield* Layer.launch(App.layer(resolved)).pipe(
+      Effect.onInterrupt(() => Effect.logInfo("ledger stopped: every connection drained"))
+    )
+  })
 
 /** `demo`: against `--host`/`--port` (token: `--token`, else as `serve` finds it) or a server started in-process. */
-const demo = Effect.gen(function* () {
-  const resolved = yield* settings
-  const options = {
-    connections: flag("connections", 16),
-    transfers: flag("transfers", 4000),
-    accounts: flag("accounts", 32),
-    seed: flag("seed", 42)
-  }
-  const token = text("token") ?? Redacted.value(resolved.token)
-  const external = text("port") !== undefined || text("host") !== undefined
-  const report = yield* Effect.scoped(
-    Effect.gen(function* () {
-      const target = external
-        ? { host: text("host") ?? "127.0.0.1", port: flag("port", resolved.tcpPort) }
-        : Context.get(yield* Layer.build(App.layer({ ...resolved, tcpPort: 0, httpPort: 0 })), TcpServer)
-      const demoOptions = { ...options, host: target.host, port: target.port, token }
-      const report = yield* Demo.run(demoOptions)
-      yield* Effect.sync(() => process.stdout.write(Demo.format(demoOptions, report) + "\n"))
-      return report
-    })
-  )
-  if (!report.conserved) return yield* Effect.dieMessage("the total balance was not conserved")
-})
+const demo = (fastUnsafe: boolean, options: Cli.DemoOptions) =>
+  Effect.gen(function* () {
+    const resolved = yield* settings(fastUnsafe)
+    const token = options.token ?? Redacted.value(resolved.token)
+    const external = options.port !== undefined || options.host !== undefined
+    const report = yield* Effect.scoped(
+      Effect.gen(function* () {
+        const target = external
+          ? { host: options.host ?? "127.0.0.1", port: options.port ?? resolved.tcpPort }
+          : Context.get(yield* Layer.build(App.layer({ ...resolved, tcpPort: 0, httpPort: 0 })), TcpServer)
+        const demoOptions = { ...options, host: target.host, port: target.port, token }
+        const report = yield* Demo.run(demoOptions)
+        yield* Effect.sync(() => process.stdout.write(Demo.format(demoOptions, report) + "\n"))
+        return report
+      })
+    )
+    if (!report.conserved) return yield* Effect.dieMessage("the total balance was not conserved")
+  })
 
 const named = (path: ReadonlyArray<string>, message: string) =>
   (path.length === 0 ? message : `${path.join("_")}: ${message}`).replace(/\s*\n\s*/g, " ")
@@ -126,19 +115,18 @@ const fail = (line: string) =>
     process.exit(1)
   })
 
-const args = process.argv.slice(2)
-if (args.includes("--help") || args.includes("-h")) {
-  process.stdout.write(usage)
-  process.exit(0)
-}
-if (args.includes("--version")) {
-  process.stdout.write(`ledger ${version()}\n`)
-  process.exit(0)
-}
-const command = args[0] === undefined || args[0].startsWith("-") ? "serve" : args[0]
-if (command !== "serve" && command !== "demo") {
-  process.stderr.write(`ledger: unknown command "${command}"; use "serve" or "demo" (see --help)\n`)
-  process.exit(1)
+switch (cli._tag) {
+  case "Help":
+    process.stdout.write(usage)
+    process.exit(0)
+    break
+  case "Version":
+    process.stdout.write(`ledger ${version()}\n`)
+    process.exit(0)
+    break
+  case "Invalid":
+    process.stderr.write(`ledger: configuration error: ${cli.message}\n`)
+    process.exit(1)
 }
 
 /** A failure to start (the database unreachable, a port taken…): one ERROR line, exit code 1. */
@@ -148,7 +136,9 @@ const cannotStart = (e: { readonly _tag: string; readonly message?: string }) =>
     fail(`cannot start: ${e._tag}: ${(e.message ?? "").split("\n")[0]}`)
   )
 
-const program = (command === "serve" ? serve : demo).pipe(
+const program = (
+  cli._tag === "Demo" ? demo(cli.fastUnsafe, cli.demo) : serve(cli._tag === "Serve" && cli.fastUnsafe)
+).pipe(
   Effect.catchTag("ConfigError", (e: ConfigError.ConfigError) => fail(`configuration error: ${configLine(e)}`)),
   Effect.catchAll(cannotStart),
   Effect.tapDefect((defect) => Effect.logError("ledger failed", defect)),

@@ -84,9 +84,28 @@ it.effect("a configuration error is one line on stderr and exit code 1, no stack
       assert.match(lines[0]!, pattern)
       assert.notMatch(r.stderr, /\bat .*:\d+:\d+/)
     }
-    const unknown = yield* run(["launch"])
-    assert.strictEqual(unknown.code, 1)
-    assert.match(unknown.stderr, /unknown command "launch"/)
+    // the command line too: nothing unknown or malformed is ignored
+    const token = { LEDGER_TOKEN: "x".repeat(20) }
+    const argvCases: ReadonlyArray<readonly [ReadonlyArray<string>, RegExp]> = [
+      [["launch"], /unknown command "launch"/],
+      [["serve", "--bogus"], /--bogus/],
+      [["--fast-unsafe=maybe"], /--fast-unsafe/],
+      [["serve", "extra"], /unexpected argument "extra"/],
+      [["serve", "--connections", "5"], /--connections is an option of "demo"/],
+      [["demo", "--connections", "abc"], /--connections: expected an integer from 1/],
+      [["demo", "--transfers", "-5"], /--transfers/],
+      [["demo", "--accounts", "1e3"], /--accounts: expected an integer/],
+      [["demo", "--port", "70000"], /--port: expected an integer from 1 to 65535/],
+      [["demo", "--seed"], /--seed/]
+    ]
+    for (const [args, pattern] of argvCases) {
+      const r = yield* run(args, token)
+      assert.strictEqual(r.code, 1, args.join(" "))
+      const lines = r.stderr.split("\n").filter((l) => l !== "")
+      assert.strictEqual(lines.length, 1, r.stderr)
+      assert.match(lines[0]!, /^ledger: configuration error: /)
+      assert.match(lines[0]!, pattern)
+    }
   })
 )
 
