@@ -430,6 +430,9 @@ export const layer = Layer.unwrapEffect(
       })
       // connections past the cap are closed as soon as they are accepted
       server.maxConnections = config.httpMaxConnections
+      // Node ends a half-closed connection at once, dropping the requests it has read and not answered
+      // (`httpAllowHalfOpen`, false by default): every request read is answered first, then the connection is closed
+      Object.assign(server, { httpAllowHalfOpen: true })
       server.on("clientError", answerClientError)
       return server
     }

@@ -12,11 +12,11 @@ import * as Net from "node:net"
 import { rawClient } from "./raw.js"
 import { countTransfers, http, startApp, TOKEN } from "./utils.js"
 
-/** A socket to `port` that records everything it receives until it is closed. */
-const plainSocket = (port: number) =>
+/** A socket to `port` that records everything it receives until it is closed (`allowHalfOpen`: see `Net.connect`). */
+const plainSocket = (port: number, options: { readonly allowHalfOpen?: boolean } = {}) =>
   Effect.acquireRelease(
     Effect.async<{ socket: Net.Socket; received: () => string; closed: Promise<void> }>((resume) => {
-      const socket = Net.connect({ host: "127.0.0.1", port })
+      const socket = Net.connect({ host: "127.0.0.1", port, allowHalfOpen: options.allowHalfOpen ?? false })
       let received = ""
       const closed = new Promise<void>((resolve) => socket.on("close", () => resolve()))
       socket.on("data", (d) => (received += d.toString("latin1")))
@@ -97,6 +97,33 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       )
       assert.strictEqual(all[22].result.balance, 40)
       assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 41)
+    })
+  )
+
+  it.scoped("HTTP: a client that pipelines and half-closes gets every answer before the close", () =>
+    Effect.gen(function* () {
+      const app = yield* startApp()
+      const a = (yield* http(app.baseUrl, "POST", "/accounts", { name: "hhc-a" })).json.id
+      const b = (yield* http(app.baseUrl, "POST", "/accounts", { name: "hhc-b" })).json.id
+      yield* http(app.baseUrl, "POST", `/accounts/${a}/deposit`, { amount: 100 })
+      const port = Number(new URL(app.baseUrl).port)
+      const post = (body: string) =>
+        `POST /transfers HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TOKEN}\r\n` +
+        `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`
+      const requests = [
+        ...Array.from({ length: 5 }, () => post(JSON.stringify({ from: a, to: b, amount: 1 }))),
+        post(JSON.stringify({ from: a, to: b, amount: "lots" })),
+        `GET /accounts/${b} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`
+      ]
+      const s = yield* plainSocket(port, { allowHalfOpen: true })
+      s.socket.write(requests.join(""))
+      s.socket.end()
+      yield* Effect.promise(() => s.closed)
+      const statuses = (s.received().match(/HTTP\/1\.1 \d{3} /g) ?? []).map((l) => Number(l.slice(9)))
+      assert.deepStrictEqual(statuses, [200, 200, 200, 200, 200, 400, 200])
+      // (Node runs pipelined requests concurrently and answers them in order: the balance read may precede the transfers)
+      assert.match(s.received(), new RegExp(`\\{"id":${b},"name":"hhc-b","balance":\\d+\\}$`))
+      assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 6)
     })
   )
 
