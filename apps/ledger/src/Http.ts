@@ -421,6 +421,10 @@ export const layer = Layer.unwrapEffect(
     const headersTimeout = Math.min(requestTimeout, Duration.toMillis(Duration.decode(config.httpHeadersTimeout)))
     // Node enforces both timeouts (408, connection closed) on a timer checked every second
     const keepAliveTimeout = Duration.toMillis(Duration.decode(config.httpIdleTimeout))
+    const inactivityTimeout = Math.max(
+      Duration.toMillis(Duration.decode(config.writeTimeout)),
+      Duration.toMillis(Duration.decode(config.requestTimeout)) + 1_000
+    )
     const make = () => {
       const server = createServer({
         requestTimeout,
@@ -433,6 +437,10 @@ export const layer = Layer.unwrapEffect(
       // Node ends a half-closed connection at once, dropping the requests it has read and not answered
       // (`httpAllowHalfOpen`, false by default): every request read is answered first, then the connection is closed
       Object.assign(server, { httpAllowHalfOpen: true })
+      // a connection with no traffic either way for this long is destroyed: a client that stops reading its answers
+      // (Node stops reading its requests meanwhile) is not held open for ever; a handler is bounded by the request
+      // timeout, so a request still being handled is never cut by this
+      server.timeout = inactivityTimeout
       server.on("clientError", answerClientError)
       return server
     }

@@ -7,6 +7,7 @@ import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
 import * as Mysql from "mysql2/promise"
 import * as Net from "node:net"
 import { rawClient } from "./raw.js"
@@ -61,6 +62,33 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
         const other = yield* app.connect()
         assert.strictEqual((yield* other.call("create_account", { name: "after-flood" })).balance, 0)
       })
+  )
+
+  it.scoped("HTTP: a client that sends requests and never reads its answers is closed after the write timeout", () =>
+    Effect.gen(function* () {
+      // one HTTP connection at most: while the client that does not read holds it, nobody else gets in
+      const app = yield* startApp({ writeTimeout: "1 second", requestTimeout: "1 second", httpMaxConnections: 1 })
+      const port = Number(new URL(app.baseUrl).port)
+      const health = Effect.promise(() =>
+        fetch(`${app.baseUrl}/health`).then(
+          (r) => r.status === 200,
+          () => false
+        )
+      )
+      const s = yield* plainSocket(port)
+      s.socket.pause()
+      // whole requests only (no request half-received for Node's own timeouts to catch), answers far larger than them
+      const request = `GET /openapi.json HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ${TOKEN}\r\n\r\n`
+      s.socket.write(request.repeat(400))
+      assert.isFalse(yield* health)
+      const started = Date.now()
+      // the server closes it (the paused client does not see that itself), and the slot is free again
+      const freed = yield* Effect.repeat(health, { until: (ok) => ok, schedule: Schedule.spaced("100 millis") }).pipe(
+        Effect.timeoutOption("15 seconds")
+      )
+      assert.isTrue(Option.isSome(freed), "the client that does not read still holds its connection")
+      assert.isAtLeast(Date.now() - started, 500)
+    })
   )
 
   it.scoped("TCP: a client that pipelines and half-closes gets every answer before the close", () =>
