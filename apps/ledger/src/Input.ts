@@ -132,3 +132,10 @@ export const describe = (issue: ParseResult.ParseIssue): Description => {
         (count > 1 ? ` (${count} problems in all; the first ${problems.length} are listed in \`problems\`)` : "")
   return { message, problems, count }
 }
+
+/** At most `max` UTF-16 units of `s` (never half of a surrogate pair), marked with "…" when cut. */
+export const truncate = (s: string, max: number): string => {
+  if (s.length <= max) return s
+  const end = /[\uD800-\uDBFF]/.test(s[max - 1]!) ? max - 1 : max
+  return s.slice(0, end) + "…"
+}

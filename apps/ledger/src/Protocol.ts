@@ -224,7 +224,7 @@ export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Eff
   const operation = operationOf(request.op)
   if (operation === undefined) {
     return refusal(request.id, "UnknownOperation", `unknown operation; expected one of: ${operationNames}`, {
-      op: typeof request.op === "string" ? request.op : null
+      op: typeof request.op === "string" ? Input.truncate(request.op, 100) : null
     })
   }
   let decoded = operation.fastDecode?.(request.body)

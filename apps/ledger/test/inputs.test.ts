@@ -94,9 +94,16 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
       const batch = `{"id":"big","op":"batch","ops":[${items.join(",")}]}`
       const longValue = `{"id":"long","op":"deposit","account":"${"x".repeat(60_000)}","amount":1}`
       const wide = `{"id":"wide","op":"transfer","from":[${Array.from({ length: 15_000 }, () => "0").join(",")}],"to":[],"amount":{}}`
+      const longOp = `{"id":"op","op":"a${"\ud83d\ude00".repeat(15_000)}"}`
       const started = performance.now()
-      yield* c.write([batch, longValue, wide].join("\n") + "\n")
-      const answers = yield* Effect.forEach([1, 2, 3], () => Effect.orDie(c.next))
+      yield* c.write([batch, longValue, wide, longOp].join("\n") + "\n")
+      const all = yield* Effect.forEach([1, 2, 3, 4], () => Effect.orDie(c.next))
+      const answers = all.slice(0, 3)
+      const unknown = all[3]
+      // an unknown operation is named in its answer, cut to its first 100 UTF-16 units (never half an emoji)
+      assert.deepStrictEqual([unknown.id, unknown.error.code], ["op", "unknown_operation"])
+      assert.strictEqual(unknown.error.op, "a" + "\ud83d\ude00".repeat(49) + "…")
+      assert.isBelow(JSON.stringify(unknown).length, 1024)
       const elapsed = performance.now() - started
       assert.deepStrictEqual(
         answers.map((r) => [r.id, r.error.code]),
