@@ -1289,10 +1289,11 @@ layer(suite(generalLog), suiteOptions)("atomicity", (it) => {
   )
 
   it.effect(
-    "the new API's types: afterCommit can fail with SessionClosed; BindError / InvalidOption / StatementInterrupted",
+    "the new API's types: afterCommit can fail with SessionClosed or SharedSession; BindError / InvalidOption / StatementInterrupted",
     () =>
       Effect.sync(() => {
-        const hook: Effect.Effect<void, SessionError.SessionClosed, Session.Session> = Session.afterCommit(Effect.void)
+        const hook: Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession, Session.Session> =
+          Session.afterCommit(Effect.void)
         const bind = new SessionError.BindError({ message: "m", index: 0 })
         const option = new SessionError.InvalidOption({ message: "m", option: "lockWaitTimeout" })
         const interrupted = new SessionError.StatementInterrupted({ message: "m" })

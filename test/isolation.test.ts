@@ -1029,7 +1029,7 @@ layer(suite(), suiteOptions)("isolation", (it) => {
   )
 
   it.effect(
-    "a Session layer in a ManagedRuntime (a unit as long as the application) is reported while it is open",
+    "a Session layer in a ManagedRuntime is refused at first use (SharedSession), nothing committed at dispose; a long unit is still reported while it is open",
     () =>
       Effect.gen(function* () {
         const server = yield* theServer
@@ -1040,21 +1040,25 @@ layer(suite(), suiteOptions)("isolation", (it) => {
         const EngineLive = engineLayer({ longUnitThreshold: "200 millis", name: "iso-runtime" } as any).pipe(
           Layer.provide(Layer.succeed(MysqlServer.MysqlServer, server))
         )
-        const runtime = ManagedRuntime.make(
-          SessionLive.pipe(Layer.provideMerge(EngineLive), Layer.provide(Logger.replace(Logger.defaultLogger, capture)))
-        )
+        const runtime = ManagedRuntime.make(SessionLive.pipe(Layer.provideMerge(EngineLive)))
         const id = freshId()
-        yield* Effect.promise(() => runtime.runPromise(insert(id)))
-        const reported = yield* Effect.either(Effect.timeout(Deferred.await(warned), "3 seconds"))
-        const visibleBefore = yield* countId("items", id)
+        const exit = yield* Effect.promise(() => runtime.runPromiseExit(insert(id)))
         yield* Effect.promise(() => runtime.dispose())
-        assert.isTrue(Either.isRight(reported), "no warning while a unit stayed open for the runtime's lifetime")
-        assert.strictEqual(
-          visibleBefore,
-          0,
-          "the write was visible before dispose: the composition did not give one long unit"
+        const tag = Exit.isFailure(exit) ? rootTag(Option.getOrUndefined(failureOption(exit))) : "success"
+        assert.strictEqual(tag, "SharedSession", "a request used the runtime's unit")
+        assert.strictEqual(yield* countId("items", id), 0, "the refused request's write was committed")
+        // a unit that is long on purpose is still reported while it is open, and commits
+        const long = freshId()
+        const reported = yield* Effect.zipRight(
+          insert(long),
+          Effect.either(Effect.timeout(Deferred.await(warned), "3 seconds"))
+        ).pipe(
+          Effect.provide(SessionLive),
+          Effect.provide(EngineLive),
+          Effect.provide(Logger.replace(Logger.defaultLogger, capture))
         )
-        assert.strictEqual(yield* countId("items", id), 1, "committed on dispose")
+        assert.isTrue(Either.isRight(reported), "no warning while a unit stayed open")
+        assert.strictEqual(yield* countId("items", long), 1, "the long unit did not commit")
       })
   )
 

@@ -4,9 +4,9 @@
  * unit is retried.
  */
 import { assert, layer } from "@effect/vitest"
-import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqlClient from "@effect/sql/SqlClient"
 import type { Engine } from "@sessionfx/session"
-import { Session } from "@sessionfx/session"
+import { Session, SessionError } from "@sessionfx/session"
 import type { MysqlServer } from "@sessionfx/testing"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -48,6 +48,18 @@ export const joinsTheUnit = <R>(integration: Integration<R>) => {
             )
           )
           assert.deepStrictEqual(exit._tag, "Failure")
+          assert.strictEqual(yield* balances, "1:100 2:0")
+        })
+      )
+
+      it.effect("a constraint violation is the unit's typed error (CheckViolation), as through sql", () =>
+        Effect.gen(function* () {
+          yield* createAccounts([100, 0])
+          const sql = yield* SqlClient.SqlClient
+          yield* sql`ALTER TABLE accounts ADD CONSTRAINT non_negative CHECK (balance >= 0)`
+          const error = yield* Effect.flip(Session.transact(credit(1, -1_000)))
+          assert.strictEqual((error as { readonly _tag?: unknown })._tag, "CheckViolation", String(error))
+          assert.isFalse(SessionError.isRetryable(error))
           assert.strictEqual(yield* balances, "1:100 2:0")
         })
       )

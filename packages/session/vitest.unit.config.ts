@@ -5,6 +5,7 @@ export default defineProject({
   test: {
     name: "unit",
     include: ["test/unit/**/*.test.ts"],
-    testTimeout: 10_000
+    testTimeout: 10_000,
+    benchmark: { include: ["test/unit/**/*.bench.ts"] }
   }
 })

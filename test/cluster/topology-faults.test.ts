@@ -260,10 +260,23 @@ layer(MysqlCluster.layerReplicated({ replicas: 2 }), { timeout: "180 seconds", e
             const refused = yield* Effect.flip(read({ after: token as Session.CausalityToken }))
             assert.strictEqual(refused._tag, "InvalidOption", JSON.stringify(token))
           }
-          // a well-formed token the replicas will never reach: bound as a value, waited for, then the primary
-          const [took, rows] = yield* Effect.timed(read({ after: "0-1-99999999999" as Session.CausalityToken }))
-          assert.strictEqual(Number(rows[0]?.one), 1)
+          // a well-formed token this topology never produced: bound as a value, waited for on a replica, then
+          // refused — the primary does not have it either, so a read there would silently not see what was asked
+          const [took, unknown] = yield* Effect.timed(
+            Effect.flip(read({ after: "0-1-99999999999" as Session.CausalityToken }))
+          )
+          assert.strictEqual(unknown._tag, "InvalidOption")
+          assert.include(unknown.message, "never produced")
           assert.isBelow(Duration.toMillis(took), 5_000)
+          // a token the primary did produce still reads (on a replica once it has it, else on the primary)
+          yield* Effect.provide(sql`CREATE TABLE IF NOT EXISTS produced (id INT PRIMARY KEY)`, ctx)
+          const produced = yield* Effect.provide(
+            Effect.flatMap(Session.transact(sql`INSERT INTO produced VALUES (1)`), () => Session.causalityToken),
+            ctx
+          )
+          assert.isTrue(Option.isSome(produced), "a commit gives the fiber a token")
+          const rows = yield* read({ after: Option.getOrThrow(produced) })
+          assert.strictEqual(Number(rows[0]?.one), 1)
         })
     )
   }

@@ -6,6 +6,7 @@
  */
 import type * as Client from "@effect/sql/SqlClient"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
@@ -13,7 +14,7 @@ import * as Schema from "effect/Schema"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Engine from "./Engine.js"
-import type * as SessionError from "./SessionError.js"
+import * as SessionError from "./SessionError.js"
 import * as keys from "./internal/keys.js"
 import * as internal from "./internal/units.js"
 import type * as UnitOptions from "./internal/unitOptions.js"
@@ -121,7 +122,9 @@ export declare namespace Session {
      * Runs `effect` once, after the final successful COMMIT; never after a rollback (registered inside a savepoint
      * that rolls back, it is dropped). From a fiber that outlived its unit: `SessionClosed`.
      */
-    readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void, SessionError.SessionClosed>
+    readonly afterCommit: (
+      effect: Effect.Effect<void>
+    ) => Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession>
     /** Marks the unit so that it rolls back even if it succeeds. */
     readonly setRollbackOnly: Effect.Effect<void>
     readonly isOpen: Effect.Effect<boolean>
@@ -196,7 +199,9 @@ export const savepoint = <A, E, R>(
  * @since 0.1.0
  * @category combinators
  */
-export const afterCommit = (effect: Effect.Effect<void>): Effect.Effect<void, SessionError.SessionClosed, Session> =>
+export const afterCommit = (
+  effect: Effect.Effect<void>
+): Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession, Session> =>
   Effect.flatMap(Session, (session) => session.afterCommit(effect))
 
 /**
@@ -227,6 +232,39 @@ export const connectionId: Effect.Effect<number, never, Session> = Effect.map(Se
  */
 export const outcome = (key: string): Effect.Effect<"committed" | "absent", SessionError.SessionError, Engine.Engine> =>
   Effect.flatMap(Engine.Engine, (engine) => internal.outcome(engineImpl(engine), key))
+
+/**
+ * Deletes the keys of keyed units committed more than `olderThan` ago (the key table otherwise only grows: one row
+ * per keyed unit). Returns how many were deleted; deletes in batches of autocommit statements, so it can run while
+ * units commit (schedule it, e.g. daily with `Effect.repeat(Schedule.spaced("1 day"))`). A unit run again with a
+ * pruned key is applied again: keep keys longer than any retry or replay of a request can arrive.
+ *
+ * @example
+ * ```ts
+ * import { Session } from "@sessionfx/session"
+ *
+ * // keys of units committed more than 30 days ago
+ * const pruned = Session.pruneKeys({ olderThan: "30 days" })
+ * ```
+ *
+ * @since 0.3.0
+ * @category keyed units
+ */
+export const pruneKeys = (options: {
+  readonly olderThan: Duration.DurationInput
+}): Effect.Effect<number, SessionError.SessionError, Engine.Engine> =>
+  Effect.flatMap(Engine.Engine, (engine) => {
+    const seconds = Duration.toSeconds(Duration.decode(options.olderThan))
+    if (!Number.isFinite(seconds) || seconds < 0) {
+      return Effect.fail(
+        new SessionError.InvalidOption({
+          option: "olderThan",
+          message: `olderThan: must be a finite, non-negative duration (got ${String(options.olderThan)}); nothing was deleted`
+        })
+      )
+    }
+    return keys.prune(engineImpl(engine), Math.floor(seconds))
+  })
 
 /**
  * Creates sessionfx's key table for keyed units if it does not exist (`keyTableDdl`): run it once, e.g. from a

@@ -269,6 +269,21 @@ export class SessionClosed extends Data.TaggedError("SessionClosed")<Common> {
 }
 
 /**
+ * A unit of work reached from a fiber that is not part of the program it was opened for: `Session.layer()`
+ * (`SessionLive`) built into a `ManagedRuntime`, or shared through `Layer.memoize`, and used by independent requests
+ * — which would otherwise share one connection and one transaction, and commit or roll back together. Nothing was
+ * sent to the server. Build the runtime from the Engine layer only and open a unit per request:
+ * `runtime.runPromise(Session.transact(handler))`, or `handler.pipe(Effect.provide(SessionLive))` per request.
+ *
+ * @since 0.3.0
+ * @category errors
+ */
+export class SharedSession extends Data.TaggedError("SharedSession")<Common> {
+  readonly [TypeId]: TypeId = TypeId
+  readonly retryable = false as const
+}
+
+/**
  * A bind value that cannot be sent exactly: `undefined`, a function or symbol, `NaN` / `±Infinity`, a `number`
  * integer beyond ±(2^53 − 1) (it has already lost precision: pass a `bigint` or a string), a `bigint` outside
  * BIGINT's range, an invalid `Date`, an object with `toSqlString` (values never become SQL), or a class instance
@@ -343,6 +358,7 @@ export type SessionError =
   | CommitFailed
   | CommitOutcomeUnknown
   | SessionClosed
+  | SharedSession
   | BindError
   | InvalidOption
   | StatementInterrupted

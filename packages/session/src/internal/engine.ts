@@ -12,9 +12,19 @@ import type { Restore } from "./lock.js"
 import { ConnPool, type DestroyReason, type Lease, type PooledConn, type Settings } from "./pool.js"
 import { Command, interruptedError } from "./command.js"
 import { SideConnections } from "./side.js"
+import { Held, makeHeldRef, mayUse, rootOf } from "./holding.js"
 import { unitSites } from "./sites.js"
 import { mergeTokens, type Route, WRITE } from "./tokens.js"
-import type { CommandSpec, CurrentFrame, EngineImplOptions, MemberHooks, Router, Want, Watched } from "./engineTypes.js"
+import type {
+  BorrowError,
+  CommandSpec,
+  CurrentFrame,
+  EngineImplOptions,
+  MemberHooks,
+  Router,
+  Want,
+  Watched
+} from "./engineTypes.js"
 
 export type {
   CommandSpec,
@@ -43,9 +53,7 @@ export class EngineImpl {
    * `withContext: true` runs its batch with the context it was built with), so a request made inside a unit still
    * runs inside it.
    */
-  readonly currentRef: FiberRef.FiberRef<CurrentFrame | undefined> = FiberRef.unsafeMake<CurrentFrame | undefined>(
-    undefined
-  )
+  readonly currentRef: FiberRef.FiberRef<Held<CurrentFrame> | undefined> = makeHeldRef<CurrentFrame>()
   readonly pool: ConnPool
   /** The control connection (KILL) and the probe connection (health checks). */
   readonly side: SideConnections
@@ -140,9 +148,27 @@ export class EngineImpl {
     this.gaugeTimer.unref()
   }
 
-  /** The fiber's current session (frame) of this engine, if any. */
+  /**
+   * The fiber's current session (frame) of this engine, if any: the frame in its context, else its FiberRef's; or
+   * that frame's detached view when the fiber may not use the unit (see `holding.ts`) — a runtime or memoized layer
+   * handed the unit to an independent fiber, or a context captured in one unit was provided in another.
+   */
   current(fiber: Fiber.RuntimeFiber<unknown, unknown>): CurrentFrame | undefined {
-    return fiber.currentContext.unsafeMap.get(this.currentTag.key) ?? fiber.getFiberRef(this.currentRef)
+    const inContext = fiber.currentContext.unsafeMap.get(this.currentTag.key) as CurrentFrame | undefined
+    const held = fiber.getFiberRef(this.currentRef)
+    if (held === undefined) return inContext?.detach()
+    const frame = inContext ?? held.frame
+    return frame.unit === held.frame.unit && mayUse(fiber, this.currentRef as FiberRef.FiberRef<Held | undefined>, held)
+      ? frame
+      : frame.detach()
+  }
+
+  /** What a fiber's FiberRef holds for `frame` of its current unit (a savepoint's frame, in the same program). */
+  held(fiber: Fiber.RuntimeFiber<unknown, unknown>, frame: CurrentFrame): Held<CurrentFrame> {
+    const outer = fiber.getFiberRef(this.currentRef)
+    const root =
+      outer === undefined ? undefined : rootOf(fiber, this.currentRef as FiberRef.FiberRef<Held | undefined>, outer)
+    return new Held(frame, root, outer === undefined || root === undefined)
   }
 
   /** Fills the pool and opens the control connection; call once the server's flavor is known. */
@@ -242,10 +268,7 @@ export class EngineImpl {
    * connection handed over while the fiber is being interrupted goes back to the pool — also when the interruption
    * lands after the hand-off, before the caller could register its finalizer.
    */
-  borrow(
-    restore: Restore,
-    route: Route = WRITE
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  borrow(restore: Restore, route: Route = WRITE): Effect.Effect<PooledConn, BorrowError> {
     return this.topology === undefined ? this.borrowHere(restore) : this.topology.borrow(restore, route)
   }
 

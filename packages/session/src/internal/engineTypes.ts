@@ -8,6 +8,7 @@ import type * as Statement from "@effect/sql/Statement"
 import type * as Effect from "effect/Effect"
 import type * as SessionError from "../SessionError.js"
 import type { ServerDriver } from "./driver/types.js"
+import type { Holding } from "./holding.js"
 import type { Restore } from "./lock.js"
 import type { PooledConn } from "./pool.js"
 import type { Route } from "./tokens.js"
@@ -26,10 +27,7 @@ export interface MemberHooks {
 /** Where a topology sends a unit (see `topology.ts`). @internal */
 export interface Router {
   readonly multiPrimary: boolean
-  borrow(
-    restore: Restore,
-    route: Route
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
+  borrow(restore: Restore, route: Route): Effect.Effect<PooledConn, BorrowError>
 }
 
 /** @internal */
@@ -44,8 +42,24 @@ export interface SessionDefaults {
 
 type Transform = (<A extends object>(row: ReadonlyArray<A>) => ReadonlyArray<A>) | undefined
 
-/** A fiber's current frame of this engine (a `Frame`, see `frame.ts`), as the engine stores it. @internal */
-export type CurrentFrame = object
+/**
+ * A fiber's current frame of this engine (a `Frame`, see `frame.ts`), as the engine stores it: the unit it belongs
+ * to, and its detached view — what a fiber sees that holds the frame without having been forked by a fiber of the
+ * unit (a `ManagedRuntime`'s request, a memoized layer's other user): every use of it fails with `SharedSession`.
+ *
+ * @internal
+ */
+export interface CurrentFrame {
+  readonly unit: Holding
+  readonly detached: boolean
+  detach(): CurrentFrame
+}
+
+/**
+ * Why a unit got no connection: the pool's wait, the server, or (a read with a causality token) a token the
+ * topology never produced. @internal
+ */
+export type BorrowError = SessionError.PoolTimeout | SessionError.ConnectionError | SessionError.InvalidOption
 
 /** One command to send. @internal */
 export interface CommandSpec {

@@ -8,12 +8,13 @@ import { SqlError } from "@effect/sql/SqlError"
 import type * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
-import type * as Stream from "effect/Stream"
+import * as Stream from "effect/Stream"
 import * as SessionError from "../SessionError.js"
 import { eachStatement } from "./autocommit.js"
 import { BaseConnection, shapeRows, type StatementRequest, toSqlError } from "./connection.js"
 import { type Command, type CommandSpec, type EngineImpl, interruptedError, type Want, type Watched } from "./engine.js"
 import type { Dialect } from "./driver/types.js"
+import type { Holding } from "./holding.js"
 import { Lock } from "./lock.js"
 import type { PooledConn } from "./pool.js"
 import { frameStream, type Target as StreamTarget } from "./stream.js"
@@ -21,7 +22,7 @@ import type * as Unit from "./unit.js"
 import type { UnitOptions } from "./unitOptions.js"
 
 /** What a frame needs of its unit (implemented by `SessionState`). @internal */
-export interface UnitState {
+export interface UnitState extends Holding {
   readonly engine: EngineImpl
   readonly pc: PooledConn
   readonly options: UnitOptions
@@ -57,6 +58,13 @@ export const closedError = () =>
   })
 
 /** @internal */
+export const sharedError = () =>
+  new SessionError.SharedSession({
+    message:
+      "this unit of work belongs to another program: it was opened by Session.layer (SessionLive) in a ManagedRuntime or a memoized layer, and this fiber was not started by the program it was provided to, so independent requests would share one connection and transaction. Build the runtime from the Engine layer only and open a unit per request: runtime.runPromise(Session.transact(handler)), or handler.pipe(Effect.provide(SessionLive)) for each request"
+  })
+
+/** @internal */
 export const poisonError = () =>
   new SessionError.StatementInterrupted({
     message:
@@ -80,6 +88,18 @@ export class Frame extends BaseConnection {
     readonly want: Want
   ) {
     super(engine)
+  }
+
+  /** The unit this frame belongs to. */
+  get unit(): UnitState {
+    return this.state
+  }
+  get detached(): boolean {
+    return false
+  }
+  /** This frame as a fiber sees it that is not one of its unit's (see `EngineImpl.current`). */
+  detach(): Frame {
+    return new DetachedFrame(this)
   }
 
   /** Inside SessionTest, `reserve` hands out the test's own connection: nothing escapes its rollback. */
@@ -234,6 +254,28 @@ export class Frame extends BaseConnection {
       if (begin) this.prepareThen(run, fail, () => undefined)
       else run()
     })
+  }
+}
+
+/**
+ * A frame seen from a fiber that is not one of its unit's: every statement, stream, savepoint and hook fails with
+ * `SharedSession`, before anything is sent. @internal
+ */
+export class DetachedFrame extends Frame {
+  constructor(readonly of: Frame) {
+    super(of.engine, of.state, of.parent, of.want)
+  }
+  override get detached(): boolean {
+    return true
+  }
+  override detach(): Frame {
+    return this
+  }
+  override check(): SessionError.SessionError | undefined {
+    return sharedError()
+  }
+  override executeStream(): Stream.Stream<unknown, SqlError> {
+    return Stream.fail(toSqlError(sharedError()))
   }
 }
 

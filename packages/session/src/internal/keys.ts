@@ -100,6 +100,26 @@ export const outcome = (
     )
   })
 
+/** How many keys one prune statement deletes at most (`KeysTexts.prune`). */
+const PRUNE_BATCH = 5000
+
+/**
+ * Deletes the keys of units committed more than `olderThanSeconds` ago, in batches (each its own autocommit
+ * statement); returns how many. A unit retried with a pruned key is applied again: keep keys longer than any retry
+ * or replay of a request can come. @internal
+ */
+export const prune = (
+  engine: EngineImpl,
+  olderThanSeconds: number
+): Effect.Effect<number, SessionError.SessionError> => {
+  const batch = (total: number): Effect.Effect<number, SessionError.SessionError> =>
+    Effect.flatMap(autocommit(engine, texts(engine).prune, [olderThanSeconds]), (r) => {
+      const affected = Number((r as { readonly affectedRows?: unknown }).affectedRows ?? 0)
+      return affected >= PRUNE_BATCH ? batch(total + affected) : Effect.succeed(total + affected)
+    })
+  return batch(0)
+}
+
 /** Creates the key table if it does not exist. @internal */
 export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
   Effect.asVoid(autocommit(engine, texts(engine).create, []))

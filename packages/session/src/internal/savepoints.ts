@@ -108,10 +108,17 @@ export const closeSavepoint = (
   )
 
 /** Unwraps a `SqlError` that carries a classified `SessionError`, so `catchTag("Deadlock")` works outside. @internal */
-export const unwrapError = <E>(e: E): E | SessionError.SessionError =>
-  e instanceof SqlError && SessionError.isSessionError(e.cause) && !(e.cause instanceof SqlError)
-    ? (e.cause as SessionError.SessionError)
-    : e
+export const unwrapError = <E>(e: E): E | SessionError.SessionError => {
+  if (!(e instanceof SqlError)) return e
+  // through the wrappers a query builder adds (`@effect/sql-drizzle`: SqlError → DrizzleQueryError → SqlError), so
+  // that a violation is the same typed error whichever client sent the statement
+  let cause: unknown = e.cause
+  for (let depth = 0; depth < 8 && cause instanceof Error; depth++) {
+    if (SessionError.isSessionError(cause) && !(cause instanceof SqlError)) return cause as SessionError.SessionError
+    cause = (cause as { readonly cause?: unknown }).cause
+  }
+  return e
+}
 
 /** @internal */
 export const withTimeout = <A, E, R>(
@@ -142,7 +149,7 @@ export const savepoint = <A, E, R>(
       const body: Effect.Effect<A, E | SessionError.SessionError, R> = Effect.locally(
         parent.state.provide(inner, sp.child),
         parent.engine.currentRef,
-        sp.child
+        parent.engine.held(fiber, sp.child)
       )
       return Effect.flatMap(Effect.exit(restore(withTimeout(body, checked.timeoutMs))), (exit) =>
         Effect.zipRight(closeSavepoint(sp, exit), exit)

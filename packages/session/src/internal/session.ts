@@ -12,7 +12,7 @@ import * as SessionError from "../SessionError.js"
 import type { EngineImpl, Isolation, Watched } from "./engine.js"
 import { sessionErrorsAsSqlError } from "./connection.js"
 import type { Dialect } from "./driver/types.js"
-import { closedError, Frame, type UnitState } from "./frame.js"
+import { closedError, Frame, sharedError, type UnitState } from "./frame.js"
 import * as metrics from "./metrics.js"
 import * as keys from "./keys.js"
 import type { PooledConn } from "./pool.js"
@@ -30,7 +30,9 @@ export interface SessionService {
   readonly readOnly: boolean
   readonly server: string
   readonly savepoint: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | SessionError.SessionError, R>
-  readonly afterCommit: (effect: Effect.Effect<void>) => Effect.Effect<void, SessionError.SessionClosed>
+  readonly afterCommit: (
+    effect: Effect.Effect<void>
+  ) => Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession>
   readonly setRollbackOnly: Effect.Effect<void>
   readonly isOpen: Effect.Effect<boolean>
 }
@@ -65,6 +67,10 @@ export class SessionState implements SessionService, UnitState {
    * Cleared when the session ends.
    */
   owner: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
+  /** The root fiber of the program this unit belongs to, once known (see `holding.ts`). */
+  holder: number | undefined = undefined
+  /** Set while the Layer spelling builds the unit. */
+  building = false
 
   constructor(
     readonly engine: EngineImpl,
@@ -108,9 +114,12 @@ export class SessionState implements SessionService, UnitState {
   savepoint<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | SessionError.SessionError, R> {
     return Effect.withFiberRuntime((fiber) => savepoint(this.frameOf(fiber), effect, fiber, PLAIN))
   }
-  afterCommit(effect: Effect.Effect<void>): Effect.Effect<void, SessionError.SessionClosed> {
+  afterCommit(
+    effect: Effect.Effect<void>
+  ): Effect.Effect<void, SessionError.SessionClosed | SessionError.SharedSession> {
     return Effect.withFiberRuntime((fiber) => {
       const frame = this.frameOf(fiber)
+      if (frame.detached) return Effect.fail(sharedError())
       if (!this.open || frame.closed) return Effect.fail(closedError())
       ;(frame.hooks ??= []).push(effect)
       return Effect.void

@@ -9,6 +9,7 @@
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
+import type { BorrowError } from "./engineTypes.js"
 import type { EngineImpl, MemberHooks, Router } from "./engine.js"
 import type { Restore } from "./lock.js"
 import * as metrics from "./metrics.js"
@@ -134,10 +135,7 @@ export class Topology implements Router {
    * A connection for a unit (or an autocommit statement) that asks for `route`; called inside `uninterruptibleMask`
    * with its `restore`, like `EngineImpl.borrow`.
    */
-  borrow(
-    restore: Restore,
-    route: Route
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  borrow(restore: Restore, route: Route): Effect.Effect<PooledConn, BorrowError> {
     if (this.multiPrimary) return this.borrowNode(restore, route)
     if (!route.readOnly || route.consistency === "primary" || this.replicas.length === 0) {
       return this.primary.server.borrowHere(restore)
@@ -162,7 +160,11 @@ export class Topology implements Router {
         !needsWait
           ? Effect.succeed(pc)
           : this.waitOn(restore, { member: chosen, pc, token: token!, wanted, fn: "MASTER_GTID_WAIT" }, (applied) =>
-              applied ? Effect.succeed(pc) : this.fallback(restore, applied === false ? "waitTimeout" : "replicaError")
+              applied
+                ? Effect.succeed(pc)
+                : applied === false
+                  ? this.fallbackHaving(restore, token!, wanted)
+                  : this.fallback(restore, "replicaError")
             )
     })
   }
@@ -172,10 +174,7 @@ export class Topology implements Router {
    * a node that may not have it: certification protects the rows a unit writes, not the ones it only reads (a node's
    * own commits are known to it: no wait there).
    */
-  private borrowNode(
-    restore: Restore,
-    route: Route
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  private borrowNode(restore: Restore, route: Route): Effect.Effect<PooledConn, BorrowError> {
     const token = route.consistency !== "replica" ? route.token : undefined
     const wanted = token === undefined ? undefined : positions(token)
     const tried = new Set<Member>()
@@ -187,7 +186,7 @@ export class Topology implements Router {
         retryable: true,
         message: `no node of ${engineName} has applied causality token ${route.token}: node ${waited.name} did not within readYourWritesTimeout (${this.options.readYourWritesTimeoutMs} ms; Galera waits in whole seconds) and the others have not either; the unit was not run. Retry it, or read with consistency: "replica" if stale data will do`
       })
-    const attempt = (): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> => {
+    const attempt = (): Effect.Effect<PooledConn, BorrowError> => {
       const untried = this.members.filter((m) => !tried.has(m))
       // with every node out, try them anyway in order: the health checks may lag behind a recovery
       const node = this.pick(untried) ?? untried[0]
@@ -251,9 +250,38 @@ export class Topology implements Router {
   private fallback(
     restore: Restore,
     reason: "noHealthyReplica" | "waitTimeout" | "replicaError" | "lagging"
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+  ): Effect.Effect<PooledConn, BorrowError> {
     metrics.readFallbacks.unsafeUpdate(1, this.identity.unitLabelsWith("reason", reason))
     return this.primary.server.borrowHere(restore)
+  }
+
+  /**
+   * The primary, after a replica did not reach `token` within `readYourWritesTimeout` — if the primary has it: a
+   * token it never produced (another database's or cluster's, a typo, a primary replaced since) would make every
+   * such read wait out the bound and then silently run without what the caller asked to see. Refused instead with
+   * `InvalidOption`; nothing was run. (A failed check falls back to the primary as before.)
+   */
+  private fallbackHaving(
+    restore: Restore,
+    token: string,
+    wanted: Positions | undefined
+  ): Effect.Effect<PooledConn, BorrowError> {
+    metrics.readFallbacks.unsafeUpdate(1, this.identity.unitLabelsWith("reason", "waitTimeout"))
+    const primary = this.primary
+    return Effect.flatMap(primary.server.borrowHere(restore), (pc) =>
+      this.waitOn(restore, { member: primary, pc, token, wanted, fn: "POSITION" }, (applied) =>
+        applied === true
+          ? Effect.succeed(pc)
+          : applied === false
+            ? Effect.fail(
+                new SessionError.InvalidOption({
+                  option: "after",
+                  message: `after: the causality token ${token} was never produced by ${primary.name}, this engine's primary (its position is ${primary.position ?? "unknown"}): a token from another database or cluster, or a primary replaced since. The unit was not run; read without the token, or with consistency: "replica" if stale data will do`
+                })
+              )
+            : primary.server.borrowHere(restore)
+      )
+    )
   }
 
   /**
@@ -265,10 +293,8 @@ export class Topology implements Router {
   private waitOn(
     restore: Restore,
     w: Wait,
-    next: (
-      applied: boolean | undefined
-    ) => Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError>
-  ): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
+    next: (applied: boolean | undefined) => Effect.Effect<PooledConn, BorrowError>
+  ): Effect.Effect<PooledConn, BorrowError> {
     const server = w.member.server
     const started = Date.now()
     return Effect.matchCauseEffect(restore(askApplied(w, this.options.readYourWritesTimeoutMs)), {

@@ -18,7 +18,8 @@ import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
 import type { EngineImpl, Watched } from "./engine.js"
 import { finishNow, finishSession } from "./ending.js"
-import { closedError, Frame } from "./frame.js"
+import { closedError, Frame, sharedError } from "./frame.js"
+import { Held } from "./holding.js"
 import * as keys from "./keys.js"
 import * as metrics from "./metrics.js"
 import type { PooledConn } from "./pool.js"
@@ -169,8 +170,10 @@ const runOnce = <A, E, R>(
         const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
         const outer = fiber.getFiberRef(FiberRef.currentContext)
         const outerRef = fiber.getFiberRef(engine.currentRef)
+        const root = fiber.id().id
+        state.holder = root
         f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
-        f.setFiberRef(engine.currentRef, state.root)
+        f.setFiberRef(engine.currentRef, new Held(state.root, root))
         return Effect.matchCauseEffect(restore(body), {
           onFailure: (cause) => {
             f.setFiberRef(FiberRef.currentContext, outer)
@@ -210,7 +213,8 @@ export const transact = <A, E, R>(
     if (frame !== undefined) {
       const contained = frame.state.options.containAll === true
       if (options.propagation !== "new" || contained) {
-        // a fiber whose unit has ended never starts a fresh one by accident
+        // a fiber whose unit has ended never starts a fresh one by accident, nor joins one that is not its own
+        if (frame.detached) return Effect.fail(sharedError())
         if (frame.closed || !frame.state.open) return Effect.fail(closedError())
         const refused = refuseNested(frame.state, options)
         if (refused !== undefined) return Effect.fail(refused)
@@ -309,6 +313,78 @@ export const outcome = (
     return keys.outcome(engine, key)
   })
 
+/** What the Layer spelling's unit is opened with. */
+interface LayerUnit {
+  readonly engine: EngineImpl
+  readonly options: UnitOptions
+  readonly checked: Checked
+  readonly site: () => string
+}
+
+/** Why the Layer spelling cannot honour `options`, if it cannot. */
+const refuseInLayer = (options: UnitOptions): SessionError.InvalidOption | undefined => {
+  if (options.retry !== undefined && options.retry !== false) {
+    return invalid("retry", "the Layer spelling cannot re-run the program it provides; use Session.transact")
+  }
+  if (options.timeout !== undefined) {
+    return invalid(
+      "timeout",
+      "the Layer spelling cannot bound the program it provides; use Session.transact(program, { timeout })"
+    )
+  }
+  return undefined
+}
+
+/** The Layer spelling inside an open unit: a savepoint, released or rolled back with the scope. */
+const scopedSavepoint = (
+  { checked, engine, options }: LayerUnit,
+  frame: Frame,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>
+): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(openSavepoint(frame, restore, fiber, { options, checked }), (sp) =>
+      Effect.as(
+        Effect.zipRight(
+          // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
+          Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
+          Effect.locallyScoped(engine.currentRef, engine.held(fiber, sp.child) as Held<Frame> | undefined)
+        ),
+        sp.parent.state.layerContext(sp.child)
+      )
+    )
+  )
+
+/**
+ * The Layer spelling's own unit, committed or rolled back with the scope. The fiber the layer is provided to claims
+ * it on first use (see `holding.ts`), not the fiber that builds it.
+ */
+const scopedRoot = (
+  { checked, engine, options, site }: LayerUnit,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>
+): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(engine.borrow(restore, routeOf(engine, options, fiber)), (pc) => {
+      const state = newSession(engine, pc, options, checked)
+      state.owner = fiber
+      state.building = true
+      watch(state, fiber, site)
+      const opened = Effect.as(
+        Effect.zipRight(
+          // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
+          Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
+          Effect.locallyScoped(engine.currentRef, new Held(state.root, undefined) as Held<Frame> | undefined)
+        ),
+        state.layerContext(state.root)
+      )
+      return Effect.ensuring(
+        options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(state.recordKey(options.key))),
+        Effect.sync(() => {
+          state.building = false
+        })
+      )
+    })
+  )
+
 /** The Layer spelling: acquire on build, commit or roll back with the scope's exit. @internal */
 export const scopedSession = (
   engine: EngineImpl,
@@ -318,51 +394,16 @@ export const scopedSession = (
   Effect.withFiberRuntime((fiber) => {
     const checked = checkOptions(options)
     if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
-    if (options.retry !== undefined && options.retry !== false) {
-      return Effect.fail(
-        invalid("retry", "the Layer spelling cannot re-run the program it provides; use Session.transact")
-      )
-    }
-    if (options.timeout !== undefined) {
-      return Effect.fail(
-        invalid(
-          "timeout",
-          "the Layer spelling cannot bound the program it provides; use Session.transact(program, { timeout })"
-        )
-      )
-    }
+    const refusedHere = refuseInLayer(options)
+    if (refusedHere !== undefined) return Effect.fail(refusedHere)
+    const unit: LayerUnit = { engine, options, checked, site }
     const frame = frameIn(engine, fiber)
     if (frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)) {
+      if (frame.detached) return Effect.fail(sharedError())
       if (frame.closed || !frame.state.open) return Effect.fail(closedError())
       const refused = refuseNested(frame.state, options)
       if (refused !== undefined) return Effect.fail(refused)
-      return Effect.uninterruptibleMask((restore) =>
-        Effect.flatMap(openSavepoint(frame, restore, fiber, { options, checked }), (sp) =>
-          Effect.as(
-            Effect.zipRight(
-              // a failed RELEASE must reach the caller as a typed error: the scope's close carries it as a failure
-              Effect.addFinalizer((exit) => closeSavepoint(sp, exit) as Effect.Effect<void>),
-              Effect.locallyScoped(engine.currentRef, sp.child as object | undefined)
-            ),
-            sp.parent.state.layerContext(sp.child)
-          )
-        )
-      )
+      return scopedSavepoint(unit, frame, fiber)
     }
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(engine.borrow(restore, routeOf(engine, options, fiber)), (pc) => {
-        const state = newSession(engine, pc, options, checked)
-        state.owner = fiber
-        watch(state, fiber, site)
-        const opened = Effect.as(
-          Effect.zipRight(
-            // a failed COMMIT must reach the caller as a typed error: the scope's close carries it as a failure
-            Effect.addFinalizer((exit) => finishSession(state, exit, false) as Effect.Effect<void>),
-            Effect.locallyScoped(engine.currentRef, state.root as object | undefined)
-          ),
-          state.layerContext(state.root)
-        )
-        return options.key === undefined ? opened : Effect.zipLeft(opened, state.provide(state.recordKey(options.key)))
-      })
-    )
+    return scopedRoot(unit, fiber)
   })

@@ -182,4 +182,6 @@ export interface KeysTexts {
   readonly create: string
   readonly insert: string
   readonly find: string
+  /** Deletes up to `PRUNE_BATCH` keys committed more than `?` seconds ago. */
+  readonly prune: string
 }

@@ -138,5 +138,7 @@ export const keysSql = (table: string) =>
 ) ENGINE = InnoDB`,
     insert: `INSERT INTO ${table} (unit_key) VALUES (?)`,
     /** A locking read: it waits for a transaction that has inserted the key and not yet ended. */
-    find: `SELECT 1 AS found FROM ${table} WHERE unit_key = ? LOCK IN SHARE MODE`
+    find: `SELECT 1 AS found FROM ${table} WHERE unit_key = ? LOCK IN SHARE MODE`,
+    /** One batch of keys committed more than `?` seconds ago (small batches: no long lock on the table). */
+    prune: `DELETE FROM ${table} WHERE committed_at < NOW(6) - INTERVAL ? SECOND LIMIT 5000`
   }) as const
