@@ -8,7 +8,7 @@
  */
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Session } from "@sessionfx/session"
+import { Engine, Session } from "@sessionfx/session"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -147,6 +147,36 @@ layer(suite, suiteOptions)("a unit of work is never shared by independent reques
         )
         assert.isTrue(open)
         assert.strictEqual(yield* count("shared", `id IN (${ids.join(",")})`), ids.length)
+      })
+  )
+
+  it.scoped(
+    "a fiber started from inside a unit with a runtime captured outside it: its statements are refused, its own units work",
+    () =>
+      Effect.gen(function* () {
+        const engine = yield* Layer.build(engineLayer())
+        const outside = yield* Effect.runtime<never>().pipe(Effect.provide(Layer.succeedContext(engine)))
+        const stray = freshId()
+        const own = freshId()
+        const inUnit = freshId()
+        const [strayExit, ownExit] = yield* Session.transact(
+          Effect.gen(function* () {
+            yield* insert(inUnit)
+            // as a time-window data loader starts its batch: Runtime.runFork of the runtime it captured when built
+            const run = <A, E>(effect: Effect.Effect<A, E, SqlClient.SqlClient | Engine.Engine>) =>
+              Effect.promise(() =>
+                Runtime.runPromiseExit(outside as Runtime.Runtime<SqlClient.SqlClient | Engine.Engine>)(effect)
+              )
+            const strayExit = yield* run(insert(stray))
+            const ownExit = yield* run(Session.transact(insert(own)))
+            return [strayExit, ownExit] as const
+          })
+        ).pipe(Effect.provide(Layer.succeedContext(engine)))
+        assert.strictEqual(failedWith(strayExit), "SharedSession", show(strayExit))
+        assert.isTrue(Exit.isSuccess(ownExit), show(ownExit))
+        assert.strictEqual(yield* count("shared", "id = ?", [stray]), 0)
+        assert.strictEqual(yield* count("shared", "id = ?", [own]), 1)
+        assert.strictEqual(yield* count("shared", "id = ?", [inUnit]), 1)
       })
   )
 

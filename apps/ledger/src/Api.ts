@@ -10,7 +10,7 @@ import * as HttpApiSchema from "@effect/platform/HttpApiSchema"
 import * as HttpApiSecurity from "@effect/platform/HttpApiSecurity"
 import * as OpenApi from "@effect/platform/OpenApi"
 import * as Schema from "effect/Schema"
-import { Account, AccountIdFromString, HistoryPage, Transfer, TransferId } from "./Domain/Account.js"
+import { Account, AccountIdFromString, DecimalFromString, HistoryPage, Transfer, TransferId } from "./Domain/Account.js"
 import {
   AccountNotFound,
   AmountTooLarge,
@@ -20,13 +20,14 @@ import {
   InternalError,
   OutcomeUnknown,
   PayloadTooLarge,
+  TooManyAuthFailures,
   Unauthorized,
   Unavailable
 } from "./Domain/Errors.js"
 import { Batch, BatchResult, CreateAccount, HistoryLimit, MoveBody, TransferRequest } from "./Domain/Requests.js"
 
 export class Authorization extends HttpApiMiddleware.Tag<Authorization>()("ledger/Authorization", {
-  failure: Unauthorized,
+  failure: Schema.Union(Unauthorized, TooManyAuthFailures),
   security: { bearer: HttpApiSecurity.bearer }
 }) {}
 
@@ -40,8 +41,8 @@ export class AccountsApi extends HttpApiGroup.make("accounts")
       .setPath(AccountPath)
       .setUrlParams(
         Schema.Struct({
-          limit: Schema.optional(Schema.compose(Schema.NumberFromString, HistoryLimit)),
-          before: Schema.optional(Schema.compose(Schema.NumberFromString, TransferId))
+          limit: Schema.optional(Schema.compose(DecimalFromString, HistoryLimit)),
+          before: Schema.optional(Schema.compose(DecimalFromString, TransferId))
         })
       )
       .addSuccess(HistoryPage)

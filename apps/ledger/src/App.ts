@@ -2,12 +2,17 @@
  * The application as Layers: database (DATABASE_URL or the embedded default), migrations, the Ledger service, and
  * both transports.
  */
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as MysqlMigrator from "@effect/sql-mysql2/MysqlMigrator"
 import { Engine } from "@sessionfx/session"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Duration from "effect/Duration"
 import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as AuthGuard from "./AuthGuard.js"
 import * as Config from "./Config.js"
 import { LedgerConfig } from "./Config.js"
 import * as Http from "./Http.js"
@@ -16,6 +21,17 @@ import * as Supervisor from "./Supervisor.js"
 import CreateLedger from "./migrations/00001_create_ledger.js"
 import IdempotencyKeyBytes from "./migrations/00002_idempotency_key_bytes.js"
 import * as Tcp from "./Tcp.js"
+
+/**
+ * The embedded server moves money, so it is durable by default: every commit is flushed to disk before it is
+ * acknowledged (`innodb_flush_log_at_trx_commit=1`) and pages are written through the doublewrite buffer (no torn
+ * page after a power loss). `LEDGER_FAST_UNSAFE=true` (or `--fast-unsafe`) trades that for speed: the log is flushed
+ * about once a second, so an OS crash or power loss can lose the last second of acknowledged transfers.
+ */
+export const durabilityArgs = (fastUnsafe: boolean): ReadonlyArray<string> =>
+  fastUnsafe
+    ? ["--innodb-flush-log-at-trx-commit=2", "--innodb-doublewrite=0"]
+    : ["--innodb-flush-log-at-trx-commit=1", "--innodb-doublewrite=1", "--sync-binlog=1"]
 
 /**
  * The Engine: on `DATABASE_URL`, or else on a persistent embedded server under `LEDGER_DATA_DIR`, which is restarted
@@ -48,7 +64,10 @@ export const DatabaseLive = Layer.unwrapScoped(
       return Layer.merge(engine, Supervisor.external)
     }
     // lock waits are bounded by the request timeout; the embedded server also gives up on a lock after 5 s
-    const server = yield* MysqlServer.make({ dataDir: config.dataDir, serverArgs: ["--innodb-lock-wait-timeout=5"] })
+    const server = yield* MysqlServer.make({
+      dataDir: config.dataDir,
+      serverArgs: ["--innodb-lock-wait-timeout=5", ...durabilityArgs(config.fastUnsafe)]
+    })
     yield* Effect.logInfo("ledger database: no DATABASE_URL, using the embedded default").pipe(
       Effect.annotateLogs({
         kind: server.kind,
@@ -86,8 +105,79 @@ export const MigrationsLive = Layer.effectDiscard(
 
 export const LedgerLive = Ledger.Default.pipe(Layer.provideMerge(Layer.provideMerge(MigrationsLive, DatabaseLive)))
 
-export const ServersLive = Layer.merge(Tcp.layer, Http.layer)
+/** Both transports, with one budget of failed authentications per peer across them. */
+export const ServersLive = Layer.merge(Tcp.layer, Http.layer).pipe(Layer.provide(AuthGuard.layer()))
+
+/** A database url with its password replaced by `***`. */
+export const redactUrl = (url: string): string => {
+  try {
+    const u = new URL(url)
+    if (u.password !== "") u.password = "***"
+    return u.toString()
+  } catch {
+    return "(not a url)"
+  }
+}
+
+/** What the database in use says about durability (whether embedded or not): the settings in force. */
+const durabilityOf = (sql: SqlClient.SqlClient, fastUnsafe: boolean, embedded: boolean) =>
+  sql<{ flush: number | string; doublewrite: number | string }>`
+    SELECT @@innodb_flush_log_at_trx_commit AS flush, @@innodb_doublewrite AS doublewrite`.pipe(
+    Effect.map(([row]) => {
+      const flush = Number(row?.flush)
+      const doublewrite = Number(row?.doublewrite) !== 0
+      const full = flush === 1 && doublewrite
+      const mode = embedded ? (fastUnsafe ? "fast-unsafe" : "durable") : full ? "durable" : "not fully durable"
+      return `${mode} (innodb_flush_log_at_trx_commit=${flush}, doublewrite ${doublewrite ? "on" : "off"})`
+    }),
+    Effect.orElseSucceed(() => "unknown (the server did not say)")
+  )
+
+/**
+ * The start-up summary, one INFO line once both transports listen: addresses, the database (its url without the
+ * password, or the embedded server), the pool, the limits, and the durability in force.
+ */
+export const StartupSummaryLive = Layer.effectDiscard(
+  Effect.gen(function* () {
+    const config = yield* LedgerConfig
+    const tcp = yield* Tcp.TcpServer
+    const http = yield* HttpServer.HttpServer
+    const sql = yield* SqlClient.SqlClient
+    const address = http.address as HttpServer.TcpAddress
+    const embedded = Option.isNone(config.databaseUrl)
+    const database = Option.match(config.databaseUrl, {
+      onNone: () => `embedded (data in ${config.dataDir})`,
+      onSome: (urls) =>
+        Config.urlList(urls)
+          .map((u) => redactUrl(Redacted.value(u)))
+          .join(",")
+    })
+    const replicas = Option.match(config.replicaUrls, { onNone: () => 0, onSome: (u) => Config.urlList(u).length })
+    const durability = yield* durabilityOf(sql, config.fastUnsafe, embedded)
+    const d = (x: Duration.DurationInput) => Duration.format(Duration.decode(x))
+    yield* Effect.logInfo("ledger started").pipe(
+      Effect.annotateLogs({
+        tcp: `${tcp.host}:${tcp.port}`,
+        http: `${address.hostname}:${address.port}`,
+        database,
+        replicas,
+        durability,
+        pool_size: config.poolSize,
+        limits:
+          `tcp connections ${config.maxConnections} (+${config.maxUnauthenticated} unauthenticated), ` +
+          `line ${config.maxLineBytes} B, http connections ${config.httpMaxConnections}, body ${config.maxBodyBytes} B`,
+        timeouts:
+          `request ${d(config.requestTimeout)}, idle ${d(config.idleTimeout)}, write ${d(config.writeTimeout)}, ` +
+          `auth ${d(config.authTimeout)}, http idle ${d(config.httpIdleTimeout)}, shutdown ${d(config.shutdownTimeout)}`
+      })
+    )
+  })
+)
 
 /** Everything, from resolved settings. */
 export const layer = (settings: Config.Settings) =>
-  ServersLive.pipe(Layer.provideMerge(LedgerLive), Layer.provideMerge(Config.layer(settings)))
+  StartupSummaryLive.pipe(
+    Layer.provideMerge(ServersLive),
+    Layer.provideMerge(LedgerLive),
+    Layer.provideMerge(Config.layer(settings))
+  )

@@ -44,6 +44,17 @@ export interface Settings {
   /** …and its whole request within this. */
   readonly httpRequestTimeout: Duration.DurationInput
   readonly idleTimeout: Duration.DurationInput
+  /** A client that reads none of its answers for this long is closed (TCP). */
+  readonly writeTimeout: Duration.DurationInput
+  /** HTTP: an idle keep-alive connection is closed after this… */
+  readonly httpIdleTimeout: Duration.DurationInput
+  /** …and at most this many HTTP connections are open at once (more are closed at once). */
+  readonly httpMaxConnections: number
+  /**
+   * The embedded server only: `false` (the default) is full durability (every commit flushed to disk, doublewrite
+   * buffer on); `true` trades it for speed — an OS crash or power loss can lose acknowledged transfers.
+   */
+  readonly fastUnsafe: boolean
   readonly shutdownTimeout: Duration.DurationInput
   readonly requestTimeout: Duration.DurationInput
   readonly poolSize: number
@@ -69,11 +80,18 @@ export const defaults = {
   httpHeadersTimeout: "10 seconds",
   httpRequestTimeout: "30 seconds",
   idleTimeout: "60 seconds",
+  writeTimeout: "30 seconds",
+  httpIdleTimeout: "5 seconds",
+  httpMaxConnections: 1024,
+  fastUnsafe: false,
   shutdownTimeout: "10 seconds",
   requestTimeout: "10 seconds",
   poolSize: 10,
   acquireTimeout: "5 seconds"
 } satisfies Omit<Settings, "token">
+
+/** The shortest token accepted: a short one could be guessed. */
+export const MIN_TOKEN_LENGTH = 16
 
 /** A TCP port; 0 picks a free one. */
 const port = (name: string) =>
@@ -91,7 +109,14 @@ const raw = Config.all({
   host: Config.string("LEDGER_HOST").pipe(Config.withDefault(defaults.host)),
   tcpPort: port("LEDGER_TCP_PORT").pipe(Config.withDefault(defaults.tcpPort)),
   httpPort: port("LEDGER_HTTP_PORT").pipe(Config.withDefault(defaults.httpPort)),
-  token: Config.option(Config.redacted("LEDGER_TOKEN")),
+  token: Config.option(
+    Config.redacted("LEDGER_TOKEN").pipe(
+      Config.validate({
+        message: `LEDGER_TOKEN must be at least ${MIN_TOKEN_LENGTH} characters (unset, a random one is generated)`,
+        validation: (token) => Redacted.value(token).length >= MIN_TOKEN_LENGTH
+      })
+    )
+  ),
   maxLineBytes: Config.integer("LEDGER_MAX_LINE_BYTES").pipe(
     Config.validate({ message: "must be at least 256", validation: (n) => n >= 256 }),
     Config.withDefault(defaults.maxLineBytes)
@@ -116,9 +141,19 @@ const raw = Config.all({
     Config.withDefault(defaults.httpRequestTimeout)
   ),
   idleTimeout: Config.duration("LEDGER_IDLE_TIMEOUT").pipe(Config.withDefault(defaults.idleTimeout)),
+  writeTimeout: Config.duration("LEDGER_WRITE_TIMEOUT").pipe(Config.withDefault(defaults.writeTimeout)),
+  httpIdleTimeout: Config.duration("LEDGER_HTTP_IDLE_TIMEOUT").pipe(Config.withDefault(defaults.httpIdleTimeout)),
+  httpMaxConnections: Config.integer("LEDGER_HTTP_MAX_CONNECTIONS").pipe(
+    Config.validate({ message: "must be positive", validation: (n) => n > 0 }),
+    Config.withDefault(defaults.httpMaxConnections)
+  ),
+  fastUnsafe: Config.boolean("LEDGER_FAST_UNSAFE").pipe(Config.withDefault(defaults.fastUnsafe)),
   shutdownTimeout: Config.duration("LEDGER_SHUTDOWN_TIMEOUT").pipe(Config.withDefault(defaults.shutdownTimeout)),
   requestTimeout: Config.duration("LEDGER_REQUEST_TIMEOUT").pipe(Config.withDefault(defaults.requestTimeout)),
-  poolSize: Config.integer("LEDGER_POOL_SIZE").pipe(Config.withDefault(defaults.poolSize)),
+  poolSize: Config.integer("LEDGER_POOL_SIZE").pipe(
+    Config.validate({ message: "must be positive", validation: (n) => n > 0 }),
+    Config.withDefault(defaults.poolSize)
+  ),
   acquireTimeout: Config.duration("LEDGER_POOL_ACQUIRE_TIMEOUT").pipe(Config.withDefault(defaults.acquireTimeout))
 })
 

@@ -20,6 +20,7 @@ import {
   TransferRequest,
   Withdraw
 } from "./Domain/Requests.js"
+import * as Input from "./Input.js"
 import type { Ledger } from "./Ledger.js"
 
 interface Operation {
@@ -62,9 +63,16 @@ const amountOf = (u: unknown): bigint | undefined => {
   return undefined
 }
 
-/** `idempotencyKey`: absent (`null` key: no key), a 1–128 character string, or `false` (let the schema say why). */
+/**
+ * `idempotencyKey`: absent (`null` key: no key), a 1–128 character string of well-formed text, or `false` (let the
+ * schema say why).
+ */
 const keyOf = (u: unknown): string | null | false =>
-  u === undefined ? null : typeof u === "string" && u.length >= 1 && u.length <= 128 ? u : false
+  u === undefined
+    ? null
+    : typeof u === "string" && u.length >= 1 && u.length <= 128 && Input.isWellFormed(u)
+      ? u
+      : false
 
 /** A decoded move: the key is present only when given, as the schema's `optional` does. */
 const withKey = <A extends object>(a: A, key: string | null): A =>
@@ -199,7 +207,14 @@ export const parse = (line: string): Parsed | Response => {
 
 export const isResponse = (u: Parsed | Response): u is Response => "ok" in u
 
-const describe = (issue: ParseResult.ParseIssue) => ParseResult.TreeFormatter.formatIssueSync(issue)
+/** An invalid payload: the first few problems and their count (bounded, whatever the input). */
+const invalid = (id: RequestId, issue: ParseResult.ParseIssue): Response => {
+  const { count, message, problems } = Input.describe(issue)
+  return refusal(id, "InvalidRequest", message, { problems, count })
+}
+
+const tooDeep = (id: RequestId) =>
+  refusal(id, "InvalidRequest", `a request nests at most ${Input.MAX_DEPTH} levels of arrays and objects`)
 
 /**
  * Runs one parsed request (other than `auth`): a response at once when the database is not needed (unknown
@@ -209,13 +224,15 @@ export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Eff
   const operation = operationOf(request.op)
   if (operation === undefined) {
     return refusal(request.id, "UnknownOperation", `unknown operation; expected one of: ${operationNames}`, {
-      op: typeof request.op === "string" ? request.op : null
+      op: typeof request.op === "string" ? Input.truncate(request.op, 100) : null
     })
   }
   let decoded = operation.fastDecode?.(request.body)
   if (decoded === undefined) {
+    // only a plain valid request passes the fast decoder: anything else is measured before a schema walks it
+    if (Input.tooDeep(request.body)) return tooDeep(request.id)
     const payload = operation.decode(request.body)
-    if (payload._tag === "Left") return refusal(request.id, "InvalidRequest", describe(payload.left))
+    if (payload._tag === "Left") return invalid(request.id, payload.left)
     decoded = payload.right
   }
   return Effect.matchEffect(operation.run(ledger, decoded), {
@@ -227,7 +244,7 @@ export const dispatch = (ledger: Ledger, request: Parsed): Response | Effect.Eff
       return encoded._tag === "Right"
         ? Effect.succeed<Response>({ id: request.id, ok: true, result: encoded.right })
         : Effect.as(
-            Effect.logError("a result does not match its schema", describe(encoded.left)),
+            Effect.logError("a result does not match its schema", Input.describe(encoded.left).message),
             failure(request.id, new InternalError({ message: "internal error" }))
           )
     }

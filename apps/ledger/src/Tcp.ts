@@ -10,6 +10,12 @@
  * After authentication: a fiber per connection runs a plain sequential loop — take the next line, answer it, and
  * write what is ready in one socket write when there is nothing more to read or before waiting on the database. It
  * waits (one `Effect.async`) only when it has nothing to do; no queue, race or timeout per request.
+ *
+ * Bounded: a connection holds at most a few lines of input (reading pauses past `HIGH_WATER` lines) and a bounded
+ * amount of unsent output (answering stops while the socket needs draining, whatever the kind of answer), and a
+ * client that stops reading is closed after `writeTimeout`. A client that half-closes (shuts down writing, keeps
+ * reading) gets the answers of every line it sent; whatever closes a connection answers the lines not run.
+ * No exception raised by a client's bytes reaches the process: one would end that connection only, logged.
  */
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
@@ -20,12 +26,16 @@ import * as FiberSet from "effect/FiberSet"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Net from "node:net"
+import { isUtf8 } from "node:buffer"
+import { AuthGuard } from "./AuthGuard.js"
 import { LedgerConfig, tokenMatches } from "./Config.js"
 import {
   IdleTimeout,
   InternalError,
+  InvalidRequest,
   LineTooLong,
   ShuttingDown,
+  TooManyAuthFailures,
   TooManyConnections,
   Unauthorized,
   Unavailable
@@ -43,19 +53,23 @@ export class TcpServer extends Context.Tag("ledger/TcpServer")<
     readonly connections: Effect.Effect<number>
     /** Open connections that have not authenticated yet. */
     readonly unauthenticated: Effect.Effect<number>
+    /** Bytes written to authenticated connections and not yet sent (the clients have not read them). */
+    readonly unsent: Effect.Effect<number>
   }
 >() {}
 
 /** What wakes a waiting connection fiber. */
-type Wake = "input" | "end" | "idle" | "shutdown" | "drain"
+type Wake = "input" | "end" | "idle" | "shutdown" | "drain" | "stalled"
 
 const TOO_LONG = Symbol("too long")
+/** A line whose bytes are not valid UTF-8 (never decoded lossily: U+FFFD would make distinct keys equal). */
+const NOT_UTF8 = Symbol("not utf-8")
 /** A request line already parsed and dispatched (by the inline path) whose answer needs the database. */
 interface Pending {
   readonly parsed: Protocol.Parsed
   readonly answer: Effect.Effect<Protocol.Response>
 }
-type Item = string | typeof TOO_LONG | Pending
+type Item = string | typeof TOO_LONG | typeof NOT_UTF8 | Pending
 
 /** Pause reading when this many lines wait, resume below the low mark. */
 const HIGH_WATER = 64
@@ -67,11 +81,15 @@ const AUTH_LINE_BYTES = 4096
 
 const encode = (response: Protocol.Response) => JSON.stringify(response) + "\n"
 
-/** Writes a last line, closes, and destroys the socket if the peer does not finish closing in time. */
-const finish = (socket: Net.Socket, last?: string) => {
-  if (last !== undefined && socket.writable) socket.end(last)
+/**
+ * Writes what is left, closes our side, and destroys the socket if the peer has not read it all and closed within
+ * `graceMs`.
+ */
+const finish = (socket: Net.Socket, graceMs: number, last?: string) => {
+  if (last !== undefined && last.length > 0 && socket.writable) socket.end(last)
   else socket.end()
-  setTimeout(() => socket.destroy(), 2_000).unref()
+  const timer = setTimeout(() => socket.destroy(), graceMs).unref()
+  socket.once("close", () => clearTimeout(timer))
 }
 
 interface Connection {
@@ -79,6 +97,10 @@ interface Connection {
   readonly lines: Array<Item>
   /** Set while the fiber waits. */
   wake: ((why: Wake) => void) | undefined
+  /** The fiber waits for input (not for the socket to drain): new lines may be answered inline. */
+  idle: boolean
+  /** The client stopped reading for longer than the write timeout. */
+  stalled: boolean
   ended: boolean
   paused: boolean
   /** Bytes of a line not yet complete. */
@@ -121,8 +143,12 @@ const feed = (c: Connection, chunk: Buffer, max: number) => {
     } else if (c.partLength + piece.length > max) {
       c.lines.push(TOO_LONG)
     } else {
-      const line = (c.parts.length === 0 ? piece : Buffer.concat([...c.parts, piece])).toString("utf8").trim()
-      if (line.length > 0) c.lines.push(line)
+      const bytes = c.parts.length === 0 ? piece : Buffer.concat([...c.parts, piece])
+      if (!isUtf8(bytes)) c.lines.push(NOT_UTF8)
+      else {
+        const line = bytes.toString("utf8").trim()
+        if (line.length > 0) c.lines.push(line)
+      }
     }
     c.parts = []
     c.partLength = 0
@@ -138,11 +164,13 @@ const feed = (c: Connection, chunk: Buffer, max: number) => {
 export const make = Effect.gen(function* () {
   const config = yield* LedgerConfig
   const ledger = yield* Ledger
+  const guard = yield* AuthGuard
   const fibers = yield* FiberSet.make<void, never>()
   const run = yield* FiberSet.runtime(fibers)<never>()
   const idleMs = Duration.toMillis(Duration.decode(config.idleTimeout))
   const requestMs = Duration.toMillis(Duration.decode(config.requestTimeout))
   const authMs = Duration.toMillis(Duration.decode(config.authTimeout))
+  const writeMs = Duration.toMillis(Duration.decode(config.writeTimeout))
   /** Unauthenticated sockets, oldest first (a Set keeps insertion order). */
   const pending = new Set<Net.Socket>()
   const open = new Set<Connection>()
@@ -168,17 +196,83 @@ export const make = Effect.gen(function* () {
       })
     )
   )
+  const notUtf8Line = encode(
+    Protocol.failure(
+      null,
+      new InvalidRequest({ message: "the request line is not valid UTF-8 text; it was discarded" })
+    )
+  )
   const notRun = new ShuttingDown({ message: "the server is shutting down; this request was not run" })
+  const internal = new InternalError({ message: "internal error" })
+
+  /** Runs `f` (a socket callback); an exception ends that connection only, and is logged as the defect it is. */
+  const guarded =
+    <A extends ReadonlyArray<unknown>>(socket: Net.Socket, f: (...args: A) => void) =>
+    (...args: A) => {
+      try {
+        f(...args)
+      } catch (defect) {
+        run(Effect.logError("tcp connection failed with a defect; closing it", defect))
+        socket.destroy()
+      }
+    }
+
+  /** Dispatches a parsed request; an exception becomes that request's `internal` answer (and an ERROR log). */
+  const dispatch = (parsed: Protocol.Parsed): Protocol.Response | Effect.Effect<Protocol.Response> => {
+    try {
+      return Protocol.dispatch(ledger, parsed)
+    } catch (defect) {
+      run(Effect.logError("tcp request failed with a defect", defect))
+      return Protocol.failure(parsed.id, internal)
+    }
+  }
+
+  /** The answer of an item that needs no database: a line too long or not UTF-8, or a malformed request. */
+  const refusalOf = (item: typeof TOO_LONG | typeof NOT_UTF8) => (item === TOO_LONG ? tooLongLine : notUtf8Line)
+
+  /** Answers every line received but not run, with `error`, so that the client knows; none is left unanswered. */
+  const unanswered = (c: Connection, error: ShuttingDown | Unavailable) => {
+    let out = ""
+    for (const item of c.lines.splice(0)) {
+      if (typeof item === "symbol") out += refusalOf(item)
+      else out += encode(Protocol.failure(typeof item === "string" ? idOf(item) : item.parsed.id, error))
+    }
+    return out
+  }
+
+  const idOf = (line: string) => Protocol.parse(line).id
 
   const waitFor = (c: Connection) =>
     Effect.async<Wake>((resume) => {
       c.wake = (why) => {
         c.wake = undefined
+        c.idle = false
         resume(Effect.succeed(why))
       }
       return Effect.sync(() => {
         c.wake = undefined
+        c.idle = false
       })
+    })
+
+  /**
+   * Waits until the socket has room again. A client that reads nothing for `writeTimeout` is marked stalled (the
+   * caller closes it); one that half-closed is still waited for, since it may be reading.
+   */
+  const awaitDrain = (c: Connection) =>
+    Effect.gen(function* () {
+      const socket = c.socket
+      const onDrain = () => c.wake?.("drain")
+      socket.on("drain", onDrain)
+      const timer = setTimeout(() => {
+        c.stalled = true
+        c.wake?.("stalled")
+      }, writeMs)
+      while (socket.writableNeedDrain && !socket.destroyed && !c.stalled && !closing) {
+        if ((yield* waitFor(c)) === "end") c.ended = true
+      }
+      clearTimeout(timer)
+      socket.off("drain", onDrain)
     })
 
   /**
@@ -187,10 +281,16 @@ export const make = Effect.gen(function* () {
    * request that needs the database is queued parsed and dispatched, and the fiber woken for it.
    */
   const inline = (c: Connection) => {
-    if (c.wake === undefined || closing) return void c.wake?.("input")
+    if (c.wake === undefined || !c.idle || closing || c.socket.writableNeedDrain) return void c.wake?.("input")
     let out = ""
-    while (c.lines.length > 0) {
+    // at most FLUSH_BYTES at once: the rest waits for the fiber, which writes only as fast as the client reads
+    while (c.lines.length > 0 && out.length < FLUSH_BYTES) {
       const item = c.lines[0]!
+      if (typeof item === "symbol") {
+        out += refusalOf(item)
+        c.lines.shift()
+        continue
+      }
       if (typeof item !== "string") break
       const parsed = Protocol.parse(item)
       if (Protocol.isResponse(parsed)) {
@@ -198,7 +298,7 @@ export const make = Effect.gen(function* () {
       } else {
         if (parsed.op === "auth") break
         const started = performance.now()
-        const answer = Protocol.dispatch(ledger, parsed)
+        const answer = dispatch(parsed)
         if (Effect.isEffect(answer)) {
           c.lines[0] = { parsed, answer }
           break
@@ -234,25 +334,24 @@ export const make = Effect.gen(function* () {
         out = ""
       }
       while (true) {
-        if (closing) {
-          // answer what was received but not run, so that the client knows
-          for (const item of c.lines.splice(0)) {
-            if (item === TOO_LONG) continue
-            const id = typeof item === "string" ? Protocol.parse(item).id : item.parsed.id
-            out += encode(Protocol.failure(id, notRun))
-          }
-          break
+        if (closing) break
+        // every kind of answer counts: at most FLUSH_BYTES pending here, and none while the socket needs draining
+        if (out.length >= FLUSH_BYTES) flush()
+        if (socket.writableNeedDrain) {
+          flush()
+          yield* awaitDrain(c)
+          if (c.stalled) break
         }
         const item = c.lines.shift()
         if (item === undefined) {
           flush()
           if (c.ended) break
+          c.idle = true
           const why = yield* waitFor(c)
           if (why === "idle") {
             out += idleLine
             break
           }
-          if (why === "drain" || why === "input") continue
           if (why === "end") c.ended = true
           continue
         }
@@ -267,8 +366,8 @@ export const make = Effect.gen(function* () {
           parsed = item.parsed
           answer = item.answer
         } else {
-          if (item === TOO_LONG) {
-            out += tooLongLine
+          if (typeof item === "symbol") {
+            out += refusalOf(item)
             continue
           }
           const p = Protocol.parse(item)
@@ -284,11 +383,13 @@ export const make = Effect.gen(function* () {
               out += encode({ id: parsed.id, ok: true, result: { authenticated: true } })
               continue
             }
+            guard.failed(socket.remoteAddress ?? "unknown")
             out += encode(Protocol.failure(parsed.id, new Unauthorized({ message: "invalid token" })))
+            out += unanswered(c, afterInvalidAuth)
             break
           }
           started = performance.now()
-          answer = Protocol.dispatch(ledger, parsed)
+          answer = dispatch(parsed)
         }
         let response: Protocol.Response
         if (Effect.isEffect(answer)) {
@@ -298,7 +399,7 @@ export const make = Effect.gen(function* () {
           response = yield* Effect.catchAllDefect(answer, (defect) =>
             Effect.as(
               Effect.logError("tcp request failed with a defect", defect),
-              Protocol.failure(parsed.id, new InternalError({ message: "internal error" }))
+              Protocol.failure(parsed.id, internal)
             )
           )
           c.busySince = 0
@@ -307,14 +408,6 @@ export const make = Effect.gen(function* () {
         }
         record(parsed, response, started)
         out += encode(response)
-        if (out.length >= FLUSH_BYTES) flush()
-        if (socket.writableNeedDrain) {
-          flush()
-          socket.once("drain", () => c.wake?.("drain"))
-          while (socket.writableNeedDrain && !c.ended && !closing) {
-            if ((yield* waitFor(c)) === "end") c.ended = true
-          }
-        }
       }
       flush()
     }).pipe(
@@ -322,11 +415,24 @@ export const make = Effect.gen(function* () {
         Effect.sync(() => {
           open.delete(c)
           gauges()
-          finish(c.socket, c.timedOut ? encode(Protocol.failure(c.busyId, tookTooLong)) : undefined)
+          if (c.stalled) {
+            Metrics.rejected("write_timeout")
+            return void c.socket.destroy()
+          }
+          const last = c.timedOut
+            ? encode(Protocol.failure(c.busyId, tookTooLong)) + unanswered(c, afterTimeout)
+            : unanswered(c, notRun)
+          finish(c.socket, writeMs, last)
         })
       )
     )
 
+  const afterTimeout = new Unavailable({
+    message: "not run: an earlier request on this connection ran past the request timeout, and the connection is closed"
+  })
+  const afterInvalidAuth = new ShuttingDown({
+    message: "not run: an invalid auth request on this connection closed it"
+  })
   const tookTooLong = new Unavailable({
     message: `the request ran longer than ${Duration.format(config.requestTimeout)} and was rolled back; the connection is closed`
   })
@@ -353,11 +459,16 @@ export const make = Effect.gen(function* () {
   }
 
   /** Refuses an unauthenticated socket with `error` and closes it. */
-  const refuse = (socket: Net.Socket, error: Unauthorized | TooManyConnections, reason: string) => {
+  const refuse = (
+    socket: Net.Socket,
+    error: Unauthorized | TooManyConnections | TooManyAuthFailures,
+    reason: string,
+    id: Protocol.RequestId = null
+  ) => {
     pending.delete(socket)
     gauges()
     Metrics.rejected(reason)
-    finish(socket, encode(Protocol.failure(null, error)))
+    finish(socket, 2_000, encode(Protocol.failure(id, error)))
   }
 
   /** The authentication phase: plain callbacks, a deadline from accept, one line. */
@@ -387,6 +498,7 @@ export const make = Effect.gen(function* () {
     deadline.unref()
     let parts: Array<Buffer> = []
     let length = 0
+    const peer = socket.remoteAddress ?? "unknown"
     const onData = (chunk: Buffer) => {
       if (!pending.has(socket)) return
       const nl = chunk.indexOf(10)
@@ -399,24 +511,40 @@ export const make = Effect.gen(function* () {
         }
         return
       }
-      const line = Buffer.concat([...parts, chunk.subarray(0, nl)]).toString("utf8")
+      const bytes = Buffer.concat([...parts, chunk.subarray(0, nl)])
       parts = []
       clearTimeout(deadline)
-      socket.off("data", onData)
-      const parsed = Protocol.parse(line)
+      socket.off("data", guardedData)
+      const parsed = Protocol.parse(isUtf8(bytes) ? bytes.toString("utf8") : "")
       const token = Protocol.isResponse(parsed) ? undefined : parsed.body.token
+      const id = Protocol.isResponse(parsed) ? null : parsed.id
+      const wait = guard.waitFor(peer)
+      if (wait > 0) {
+        const seconds = Math.ceil(wait / 1000)
+        return refuse(
+          socket,
+          new TooManyAuthFailures({
+            retryAfterMs: wait,
+            message: `too many failed authentications from this address: try again in ${seconds} s`
+          }),
+          "auth_backoff",
+          id
+        )
+      }
       if (
         Protocol.isResponse(parsed) ||
         parsed.op !== "auth" ||
         typeof token !== "string" ||
         !tokenMatches(config.token, token)
       ) {
+        guard.failed(peer)
         const message =
           !Protocol.isResponse(parsed) && parsed.op === "auth"
             ? "invalid token"
             : 'authenticate first: send {"op":"auth","token":"…"} as the first line'
-        return refuse(socket, new Unauthorized({ message }), "unauthorized")
+        return refuse(socket, new Unauthorized({ message }), "unauthorized", id)
       }
+      guard.succeeded(peer)
       if (closing) return refuse(socket, new Unauthorized({ message: "the server is shutting down" }), "shutdown")
       if (open.size >= config.maxConnections) {
         return refuse(
@@ -433,6 +561,8 @@ export const make = Effect.gen(function* () {
         socket,
         lines: [],
         wake: undefined,
+        idle: false,
+        stalled: false,
         ended: false,
         paused: false,
         parts: [],
@@ -447,7 +577,10 @@ export const make = Effect.gen(function* () {
       open.add(c)
       gauges()
       socket.write(encode({ id: parsed.id, ok: true, result: { authenticated: true } }))
-      socket.on("data", (more: Buffer) => feed(c, more, config.maxLineBytes))
+      socket.on(
+        "data",
+        guarded(socket, (more: Buffer) => feed(c, more, config.maxLineBytes))
+      )
       const onEnd = () => {
         c.ended = true
         c.wake?.("end")
@@ -458,14 +591,23 @@ export const make = Effect.gen(function* () {
       if (chunk.length > nl + 1) feed(c, chunk.subarray(nl + 1), config.maxLineBytes)
       c.fiber = run(serve(c))
     }
-    socket.on("data", onData)
+    const guardedData = guarded(socket, onData)
+    socket.on("data", guardedData)
+    // half-open sockets are allowed (to answer a client that shuts down writing): one that ends before it has
+    // authenticated is closed
+    socket.once("end", () => {
+      if (!pending.has(socket)) return
+      clearTimeout(deadline)
+      socket.off("data", guardedData)
+      refuse(socket, new Unauthorized({ message: "the connection ended before a valid auth" }), "unauthorized")
+    })
     socket.on("close", () => {
       clearTimeout(deadline)
       if (pending.delete(socket)) gauges()
     })
   }
 
-  const server = Net.createServer(accept)
+  const server = Net.createServer({ allowHalfOpen: true }, accept)
   yield* Effect.async<void, Error>((resume) => {
     const onError = (error: Error) => resume(Effect.fail(error))
     server.once("error", onError)
@@ -486,15 +628,28 @@ export const make = Effect.gen(function* () {
     Effect.gen(function* () {
       closing = true
       server.close()
+      const connections = open.size + pending.size
+      const inFlight = [...open].filter((c) => c.busySince > 0).length
+      yield* Effect.logInfo("ledger TCP server draining").pipe(
+        Effect.annotateLogs({ connections: connections, requests_in_flight: inFlight })
+      )
       for (const socket of pending) socket.destroy()
       for (const c of open) c.wake?.("shutdown")
       const drained = yield* FiberSet.awaitEmpty(fibers).pipe(Effect.timeoutOption(config.shutdownTimeout))
+      const interrupted = Option.isNone(drained) ? [...open].filter((c) => c.busySince > 0).length : 0
       if (Option.isNone(drained)) {
         yield* Effect.logWarning("tcp shutdown: requests still running after the shutdown timeout; interrupting them")
         yield* FiberSet.clear(fibers)
       }
       for (const c of open) c.socket.destroy()
-      yield* Effect.logInfo("ledger TCP server stopped")
+      yield* Effect.logInfo("ledger TCP server stopped").pipe(
+        Effect.annotateLogs({
+          connections_closed: connections,
+          requests_in_flight: inFlight,
+          requests_finished: inFlight - interrupted,
+          requests_interrupted: interrupted
+        })
+      )
     })
   )
 
@@ -502,7 +657,12 @@ export const make = Effect.gen(function* () {
     host: address.address,
     port: address.port,
     connections: Effect.sync(() => pending.size + open.size),
-    unauthenticated: Effect.sync(() => pending.size)
+    unauthenticated: Effect.sync(() => pending.size),
+    unsent: Effect.sync(() => {
+      let bytes = 0
+      for (const c of open) bytes += c.socket.writableLength
+      return bytes
+    })
   }
 })
 

@@ -7,10 +7,15 @@
  *
  *   pnpm --filter @sessionfx/ledger bench [--reps 5] [--transfers 4000] [--connections 16] [--accounts 32,1000]
  *                                         [--noop 20000] [--profile <dir>] [--socket] [--variant name:VAR=value,…]
- *                                         [--no-floor]
+ *                                         [--no-floor] [--fast-unsafe]
+ *
+ * The ledger and the floor run as they ship: built JavaScript (`pnpm build`: dist/main.js, dist/floor.js) run by
+ * `node`; `pnpm bench` builds first. The database is durable (`innodb_flush_log_at_trx_commit=1`, doublewrite on: the
+ * ledger's embedded default) for every server alike; `--fast-unsafe` runs it with the fast, unsafe settings instead.
  *
  * `--noop` also measures a request that never reaches the database (an unknown operation, one connection, one
- * request at a time). `--profile <dir>` runs the ledger under `node --cpu-prof` and writes its profile there.
+ * request at a time). `--profile <dir>` runs the ledger and the floor under `node --cpu-prof` and writes their profiles
+ * there (the floor's as floor.cpuprofile).
  * The floor (bench/floor.ts; `--no-floor` leaves it out) runs in the same rounds: the transfer path alone on `net` and
  * `mysql2` callbacks with the ledger's statements, no Effect — what a transfer costs a Node process at least.
  */
@@ -21,6 +26,7 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
+import { durabilityArgs } from "./App.js"
 import * as Client from "./Client.js"
 import * as Demo from "./Demo.js"
 
@@ -45,6 +51,8 @@ const overSocket = argv.includes("--socket")
  * Effect, the same statements), which otherwise runs in the same rounds as a third server.
  */
 const withFloor = !argv.includes("--no-floor")
+/** `--fast-unsafe`: the database flushes its log about once a second instead of at every commit (not durable). */
+const fastUnsafe = argv.includes("--fast-unsafe")
 /** `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables. */
 const variants = argv
   .flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : []))
@@ -256,7 +264,12 @@ const fmt = (n: number, digits = 0) => n.toFixed(digits)
 
 const program = Effect.gen(function* () {
   const py = python()
-  const db = yield* MysqlServer.make()
+  for (const built of ["dist/main.js", "dist/floor.js"]) {
+    if (!Fs.existsSync(Path.join(appDir, built))) {
+      return yield* Effect.dieMessage(`${built} is missing: run pnpm build (pnpm bench does) first`)
+    }
+  }
+  const db = yield* MysqlServer.make({ serverArgs: durabilityArgs(fastUnsafe) })
   const dbPid = db.pid._tag === "Some" ? db.pid.value : undefined
   if (dbPid === undefined) return yield* Effect.dieMessage("the benchmark needs an embedded database (unset MYSQL_URL)")
   const socketPath = db.socketPath._tag === "Some" ? db.socketPath.value : undefined
@@ -304,9 +317,8 @@ const program = Effect.gen(function* () {
       const [tcpPort, httpPort] = yield* Effect.promise(() => Promise.all([freePort(), freePort()]))
       const args = [
         ...(profile && profileDir !== "" ? ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`] : []),
-        "--import",
-        "tsx",
-        "src/main.ts",
+        "--enable-source-maps",
+        "dist/main.js",
         "serve"
       ]
       return yield* Effect.acquireRelease(
@@ -342,7 +354,18 @@ const program = Effect.gen(function* () {
         start(
           "floor",
           process.execPath,
-          ["--import", "tsx", "bench/floor.ts", "--url", url, "--port", String(floorPort), "--token", TOKEN],
+          [
+            ...(profileDir !== ""
+              ? ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`, "--cpu-prof-name=floor.cpuprofile"]
+              : []),
+            "dist/floor.js",
+            "--url",
+            url,
+            "--port",
+            String(floorPort),
+            "--token",
+            TOKEN
+          ],
           {},
           floorPort
         ),
@@ -355,7 +378,7 @@ const program = Effect.gen(function* () {
   /** The servers in a different order each repetition (a rotation): no server always runs first or last. */
   const rotation = (rep: number) => servers.map((_, i) => servers[(i + rep) % servers.length]!)
   process.stderr.write(
-    `ledger vs reference: ${db.flavor} ${db.version} over ${overSocket ? "its unix socket" : "TCP"}, ${connections} connections, ${transfers} transfers per run, ` +
+    `ledger vs reference: ${db.flavor} ${db.version} (${fastUnsafe ? "fast-unsafe" : "durable"}) over ${overSocket ? "its unix socket" : "TCP"}, ${connections} connections, ${transfers} transfers per run, ` +
       `${reps} interleaved rounds per account set${others.length > 0 ? `, variants: ${others.map((o) => o.name).join(", ")}` : ""}\n`
   )
   // warm-up: JIT, pools, prepared statements

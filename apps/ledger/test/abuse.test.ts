@@ -14,10 +14,14 @@ interface Raw {
 }
 
 /** A plain socket that sends what it is told and records what comes back. */
-const raw = (port: number): Effect.Effect<Raw, never, Scope.Scope> =>
+const raw = (port: number, localAddress?: string): Effect.Effect<Raw, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.async<{ socket: Net.Socket; raw: Raw }>((resume) => {
-      const socket = Net.connect({ host: "127.0.0.1", port })
+      const socket = Net.connect({
+        host: "127.0.0.1",
+        port,
+        ...(localAddress === undefined ? {} : { localAddress })
+      })
       let received = ""
       const done = new Promise<string>((resolve) => socket.on("close", () => resolve(received)))
       socket.on("data", (d) => (received += d.toString("utf8")))
@@ -65,14 +69,16 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("led
         "\n",
         `{"op":"auth","token":"${"x".repeat(10_000)}"}\n`
       ]
+      // one peer address per attempt: each failure counts against its peer's budget (see security.test.ts)
+      let peer = 10
       for (const line of lines) {
-        const s = yield* raw(app.tcp.port)
+        const s = yield* raw(app.tcp.port, `127.0.1.${peer++}`)
         yield* s.write(line)
         const got = yield* s.closed
         assert.deepStrictEqual(codes(got), ["unauthorized"], `after ${JSON.stringify(line.slice(0, 40))}`)
       }
       // bytes that never make a line are closed at the size limit, not kept
-      const long = yield* raw(app.tcp.port)
+      const long = yield* raw(app.tcp.port, `127.0.1.${peer++}`)
       yield* long.write("x".repeat(20_000))
       assert.deepStrictEqual(codes(yield* long.closed), ["unauthorized"])
       const ok = yield* app.connect()

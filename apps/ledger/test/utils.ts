@@ -4,6 +4,8 @@ import { MysqlServer } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
+import * as HashSet from "effect/HashSet"
+import * as Logger from "effect/Logger"
 import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
@@ -16,8 +18,11 @@ import { TcpServer } from "../src/Tcp.js"
 
 export const TOKEN = "test-token-0123456789"
 
-/** Starts the whole server (TCP + HTTP on free ports) in the current scope, on the test's database. */
-export const startApp = (overrides: Partial<Config.Settings> = {}) =>
+/**
+ * Starts the whole server (TCP + HTTP on free ports) in the current scope, on the test's database. With `logs`, every
+ * log line of the server (INFO and above, logfmt) is appended there instead of being dropped.
+ */
+export const startApp = (overrides: Partial<Config.Settings> = {}, options: { logs?: Array<string> } = {}) =>
   Effect.gen(function* () {
     const server = yield* MysqlServer.MysqlServer
     const settings: Config.Settings = {
@@ -30,8 +35,18 @@ export const startApp = (overrides: Partial<Config.Settings> = {}) =>
       ...overrides
     }
     // the server's fibers inherit this: request logs would drown the test output
+    const logs = options.logs
     const context = yield* Layer.build(App.layer(settings)).pipe(
-      Effect.locally(FiberRef.currentMinimumLogLevel, LogLevel.Warning)
+      logs === undefined
+        ? Effect.locally(FiberRef.currentMinimumLogLevel, LogLevel.Warning)
+        : (build) =>
+            build.pipe(
+              Effect.locally(FiberRef.currentMinimumLogLevel, LogLevel.Info),
+              Effect.locally(
+                FiberRef.currentLoggers,
+                HashSet.make(Logger.map(Logger.logfmtLogger, (line) => void logs.push(line)))
+              )
+            )
     )
     const tcp = Context.get(context, TcpServer)
     const http = Context.get(context, HttpServer.HttpServer)

@@ -33,6 +33,7 @@ import {
   type Target,
   versionsOf
 } from "./internal/target.js"
+import { NO_UNIT } from "./internal/holding.js"
 import * as internalSession from "./internal/units.js"
 import { Member, type ServerStatus as InternalServerStatus, Topology } from "./internal/topology.js"
 
@@ -251,6 +252,9 @@ export const make = (
     }
     for (const server of servers) server.start()
     router?.start()
+    // "no unit" in the fibers the engine is provided to (see `holding.ts`): a fiber started inside a unit from a
+    // snapshot of them — a data loader's batch — is told apart from one started outside any unit
+    yield* Effect.locallyScoped(impl.currentRef, NO_UNIT)
     return serviceOf({ servers, router, engineName, flavor, version })
   })
 

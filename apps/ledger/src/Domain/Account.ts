@@ -38,7 +38,18 @@ export const AccountId = Schema.Int.pipe(
 )
 export type AccountId = typeof AccountId.Type
 
-export const AccountIdFromString = Schema.compose(Schema.NumberFromString, AccountId)
+/**
+ * A positive integer written in plain decimal (`1`, `42`; not `0x1`, `1e0`, `+1`, ` 1` or `01`), as a number: ids and
+ * counts in URLs, where `Schema.NumberFromString` would accept every form JavaScript's `Number` does.
+ */
+export const DecimalFromString = Schema.compose(
+  Schema.String.pipe(
+    Schema.pattern(/^[1-9][0-9]{0,15}$/, { message: () => "must be a positive integer in plain decimal digits" })
+  ),
+  Schema.NumberFromString
+)
+
+export const AccountIdFromString = Schema.compose(DecimalFromString, AccountId)
 
 export const TransferId = Schema.Int.pipe(
   Schema.positive(),
@@ -72,7 +83,12 @@ export const Balance = Money.pipe(
   })
 )
 
-export const IdempotencyKey = Schema.String.pipe(
+/** Text with no unpaired UTF-16 surrogate: it has an exact UTF-8 form, so it is stored and compared as sent. */
+export const WellFormedText = Schema.String.pipe(
+  Schema.filter((s) => !/\p{Cs}/u.test(s) || "must be valid Unicode text (it holds an unpaired UTF-16 surrogate)")
+)
+
+export const IdempotencyKey = WellFormedText.pipe(
   Schema.minLength(1),
   Schema.maxLength(128),
   Schema.annotations({
@@ -83,7 +99,7 @@ export const IdempotencyKey = Schema.String.pipe(
   })
 )
 
-export const AccountName = Schema.String.pipe(Schema.minLength(1), Schema.maxLength(100))
+export const AccountName = WellFormedText.pipe(Schema.minLength(1), Schema.maxLength(100))
 
 export const Account = Schema.Struct({
   id: AccountId,

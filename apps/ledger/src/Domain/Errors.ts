@@ -115,6 +115,20 @@ export class Unauthorized extends Schema.TaggedError<Unauthorized>()(
   HttpApiSchema.annotations({ status: 401 })
 ) {}
 
+/** A peer that failed to authenticate too often must wait before it may try again. */
+export class TooManyAuthFailures extends Schema.TaggedError<TooManyAuthFailures>()(
+  "TooManyAuthFailures",
+  { retryAfterMs: Schema.Int, message: Schema.String },
+  HttpApiSchema.annotations({ status: 429 })
+) {}
+
+/** An HTTP request body that is not JSON (`Content-Type`). */
+export class UnsupportedMediaType extends Schema.TaggedError<UnsupportedMediaType>()(
+  "UnsupportedMediaType",
+  { message: Schema.String },
+  HttpApiSchema.annotations({ status: 415 })
+) {}
+
 export class LineTooLong extends Schema.TaggedError<LineTooLong>()(
   "LineTooLong",
   { limit: Schema.Int, message: Schema.String },
@@ -198,6 +212,8 @@ export const ProtocolError = Schema.Union(
   InvalidRequest,
   UnknownOperation,
   Unauthorized,
+  TooManyAuthFailures,
+  UnsupportedMediaType,
   LineTooLong,
   PayloadTooLarge,
   IdleTimeout,
@@ -219,6 +235,8 @@ export const errorInfo: Record<ProtocolError["_tag"], { readonly code: string; r
   InvalidRequest: { code: "invalid_request", status: 400 },
   UnknownOperation: { code: "unknown_operation", status: 400 },
   Unauthorized: { code: "unauthorized", status: 401 },
+  TooManyAuthFailures: { code: "too_many_auth_failures", status: 429 },
+  UnsupportedMediaType: { code: "unsupported_media_type", status: 415 },
   LineTooLong: { code: "line_too_long", status: 413 },
   PayloadTooLarge: { code: "payload_too_large", status: 413 },
   IdleTimeout: { code: "idle_timeout", status: 408 },

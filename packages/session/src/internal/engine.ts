@@ -12,7 +12,7 @@ import type { Restore } from "./lock.js"
 import { ConnPool, type DestroyReason, type Lease, type PooledConn, type Settings } from "./pool.js"
 import { Command, interruptedError } from "./command.js"
 import { SideConnections } from "./side.js"
-import { Held, makeHeldRef, mayUse, rootOf } from "./holding.js"
+import { Held, makeHeldRef, mayUse, NO_UNIT, rootOf } from "./holding.js"
 import { unitSites } from "./sites.js"
 import { mergeTokens, type Route, WRITE } from "./tokens.js"
 import type {
@@ -156,7 +156,8 @@ export class EngineImpl {
   current(fiber: Fiber.RuntimeFiber<unknown, unknown>): CurrentFrame | undefined {
     const inContext = fiber.currentContext.unsafeMap.get(this.currentTag.key) as CurrentFrame | undefined
     const held = fiber.getFiberRef(this.currentRef)
-    if (held === undefined) return inContext?.detach()
+    if (held === undefined || held === NO_UNIT) return inContext?.detach()
+    if (held.spawned && inContext === undefined) return held.frame.spawn()
     const frame = inContext ?? held.frame
     return frame.unit === held.frame.unit && mayUse(fiber, this.currentRef as FiberRef.FiberRef<Held | undefined>, held)
       ? frame
@@ -165,7 +166,8 @@ export class EngineImpl {
 
   /** What a fiber's FiberRef holds for `frame` of its current unit (a savepoint's frame, in the same program). */
   held(fiber: Fiber.RuntimeFiber<unknown, unknown>, frame: CurrentFrame): Held<CurrentFrame> {
-    const outer = fiber.getFiberRef(this.currentRef)
+    const ref = fiber.getFiberRef(this.currentRef)
+    const outer = ref === NO_UNIT ? undefined : ref
     const root =
       outer === undefined ? undefined : rootOf(fiber, this.currentRef as FiberRef.FiberRef<Held | undefined>, outer)
     return new Held(frame, root, outer === undefined || root === undefined)

@@ -53,6 +53,8 @@ export interface CurrentFrame {
   readonly unit: Holding
   readonly detached: boolean
   detach(): CurrentFrame
+  /** The view of a fiber started from inside the unit without it (see `Held.spawned`). */
+  spawn(): CurrentFrame
 }
 
 /**

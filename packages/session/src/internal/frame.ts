@@ -65,6 +65,13 @@ export const sharedError = () =>
   })
 
 /** @internal */
+export const spawnedError = () =>
+  new SessionError.SharedSession({
+    message:
+      "this statement was made by a fiber started from inside a unit of work without it — from a runtime captured outside the unit, as a time-window data loader (Model.makeDataLoaders, RequestResolver.dataLoader) runs its batch — so it would run outside the unit's transaction. Inside units use Model.makeRepository or SqlResolver without a window; give background work a unit of its own (Session.transact) or fork it with Effect.fork"
+  })
+
+/** @internal */
 export const poisonError = () =>
   new SessionError.StatementInterrupted({
     message:
@@ -99,7 +106,15 @@ export class Frame extends BaseConnection {
   }
   /** This frame as a fiber sees it that is not one of its unit's (see `EngineImpl.current`). */
   detach(): Frame {
-    return new DetachedFrame(this)
+    return new DetachedFrame(this, false)
+  }
+  /** This frame as a fiber sees it that was started from inside the unit without it (see `Held.spawned`). */
+  spawn(): Frame {
+    return new DetachedFrame(this, true)
+  }
+  /** Seen from a fiber started from inside the unit without it: no unit of its own yet, and none to join. */
+  get spawned(): boolean {
+    return false
   }
 
   /** Inside SessionTest, `reserve` hands out the test's own connection: nothing escapes its rollback. */
@@ -262,20 +277,26 @@ export class Frame extends BaseConnection {
  * `SharedSession`, before anything is sent. @internal
  */
 export class DetachedFrame extends Frame {
-  constructor(readonly of: Frame) {
+  constructor(
+    readonly of: Frame,
+    readonly fromInside: boolean
+  ) {
     super(of.engine, of.state, of.parent, of.want)
   }
   override get detached(): boolean {
     return true
   }
+  override get spawned(): boolean {
+    return this.fromInside
+  }
   override detach(): Frame {
     return this
   }
   override check(): SessionError.SessionError | undefined {
-    return sharedError()
+    return this.fromInside ? spawnedError() : sharedError()
   }
   override executeStream(): Stream.Stream<unknown, SqlError> {
-    return Stream.fail(toSqlError(sharedError()))
+    return Stream.fail(toSqlError(this.check()!))
   }
 }
 

@@ -36,9 +36,23 @@ export class Held<F extends HeldFrame = HeldFrame> {
   constructor(
     readonly frame: F,
     readonly root: number | undefined,
-    readonly detached = false
+    readonly detached = false,
+    /**
+     * Detached because the fiber was started from inside the unit without it: from a snapshot of fiber refs taken
+     * outside any unit (a time-window data loader's batch, `Runtime.runFork` of a runtime captured outside). Such a
+     * fiber may open units of its own; its statements outside them are refused.
+     */
+    readonly spawned = false
   ) {}
 }
+
+/**
+ * "No unit", which the Engine puts in the fibers it is provided to: a snapshot of fiber refs taken outside any unit
+ * carries it, so a fiber started from such a snapshot by a fiber of a unit can be told apart (see `makeHeldRef`).
+ *
+ * @internal
+ */
+export const NO_UNIT: Held<never> = new Held<never>(undefined as never, undefined)
 
 /** Effect's current-fiber slot: the fiber running now, if any. */
 const runningFiber = (): Fiber.RuntimeFiber<unknown, unknown> | undefined =>
@@ -96,7 +110,19 @@ export const makeHeldRef = <F extends HeldFrame>(): FiberRef.FiberRef<Held<F> | 
       // of `Effect.all` are forked from the caller's refs by a coordinating fiber)
       const running = runningFiber()
       const mine = running === undefined ? undefined : running.getFiberRef(ref)
-      if (running === undefined || mine === undefined || mine.detached || mine.frame.unit !== held.frame.unit) {
+      if (held === NO_UNIT) {
+        // refs without a unit forked while a fiber of a unit runs: started from inside the unit, without it
+        return mine === undefined || mine === NO_UNIT || mine.detached
+          ? held
+          : new Held(mine.frame, undefined, true, true)
+      }
+      if (
+        running === undefined ||
+        mine === undefined ||
+        mine === NO_UNIT ||
+        mine.detached ||
+        mine.frame.unit !== held.frame.unit
+      ) {
         return new Held(held.frame, undefined, true)
       }
       if (held.root !== undefined) return held

@@ -33,7 +33,8 @@ import { type Checked, checkOptions, invalid, refuseNested, rootWant, type UnitO
 /** The frame of `engine` in the fiber's context, open or ended. */
 const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<unknown, unknown>): Frame | undefined => {
   const f = engine.current(fiber)
-  return f instanceof Frame ? f : undefined
+  // a fiber started from inside a unit without it joins no unit, but may open its own
+  return f instanceof Frame && !f.spawned ? f : undefined
 }
 
 /** @internal */
