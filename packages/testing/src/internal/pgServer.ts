@@ -484,7 +484,8 @@ export const makeEmbedded = (
       const version = yield* lock.withPermits(1)(
         Effect.zipRight(
           startServer(!fixedPort),
-          bootstrap(layout, port, { database, username, password, adminPassword }).pipe(
+          // suspended: `port` is the one the server ended up on (startServer moves it when the first is taken)
+          Effect.suspend(() => bootstrap(layout, port, { database, username, password, adminPassword })).pipe(
             Effect.mapError((error) =>
               startFailed("bootstrap", `${error.message}${error.code ? ` (${error.code})` : ""}`, {
                 dataDir,
