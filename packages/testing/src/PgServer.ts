@@ -118,13 +118,11 @@ export const makeExternal = (options: ExternalOptions): Effect.Effect<PgServer.S
 
 /**
  * @example
- * import { layer } from "@effect/vitest"
  * import { PgServer } from "@sessionfx/testing"
  *
- * // one private server for the test file, or PG_URL's
- * layer(PgServer.layer(), { excludeTestServices: true, timeout: "2 minutes" })("accounts", (it) => {
- *   // …
- * })
+ * // one private server for the test file, or PG_URL's; in a test file:
+ * // layer(PgServerLive, { excludeTestServices: true, timeout: "2 minutes" })("accounts", (it) => { … })
+ * export const PgServerLive = PgServer.layer()
  *
  * @since 0.2.0
  * @category layers
