@@ -9,6 +9,7 @@
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session } from "@sessionfx/session"
+import { SessionTest } from "@sessionfx/testing"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -194,3 +195,23 @@ layer(suite, suiteOptions)("a unit of work is never shared by independent reques
 })
 
 class Marker extends Effect.Tag("test/Marker")<Marker, string>() {}
+
+layer(SessionTest.SessionTest.pipe(Layer.provideMerge(engineLayer()), Layer.provideMerge(serverLayer())), suiteOptions)(
+  "SessionTest given to @effect/vitest's layer(…) instead of to each test",
+  (it) => {
+    // each test gets the file's runtime patched into its own fiber: the first test to use the unit claims it
+    it.effect("the first test uses the file's rollback-only unit", () =>
+      Effect.gen(function* () {
+        const rows = yield* Effect.flatMap(sql, (s) => s<{ one: number }>`SELECT 1 AS one`)
+        assert.strictEqual(Number(rows[0]?.one), 1)
+      })
+    )
+    it.effect("the next test is refused with SharedSession: the tests would share one transaction", () =>
+      Effect.gen(function* () {
+        const error = yield* Effect.flip(Effect.flatMap(sql, (s) => s`SELECT 1`))
+        assert.strictEqual(rootTag(error), "SharedSession", String(error))
+        assert.include(String(error), "@effect/vitest")
+      })
+    )
+  }
+)

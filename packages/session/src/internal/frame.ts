@@ -61,7 +61,7 @@ export const closedError = () =>
 export const sharedError = () =>
   new SessionError.SharedSession({
     message:
-      "this unit of work belongs to another program: it was opened by Session.layer (SessionLive) in a ManagedRuntime or a memoized layer, and this fiber was not started by the program it was provided to, so independent requests would share one connection and transaction. Build the runtime from the Engine layer only and open a unit per request: runtime.runPromise(Session.transact(handler)), or handler.pipe(Effect.provide(SessionLive)) for each request"
+      "this unit of work belongs to another program: it was opened by Session.layer (SessionLive) in a ManagedRuntime, a memoized layer or the layer(…) of @effect/vitest, and this fiber was not started by the program it was provided to, so independent requests would share one connection and transaction. Build the runtime from the Engine layer only and open a unit per request: runtime.runPromise(Session.transact(handler)), or handler.pipe(Effect.provide(SessionLive)) for each request"
   })
 
 /** @internal */
