@@ -17,6 +17,7 @@ import * as Layer from "effect/Layer"
 import * as ManagedRuntime from "effect/ManagedRuntime"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
+import * as Stream from "effect/Stream"
 import {
   adminQuery,
   count,
@@ -65,6 +66,16 @@ layer(suite, suiteOptions)("a unit of work is never shared by independent reques
         assert.strictEqual(failedWith(nested), "SharedSession", show(nested))
         const hook = yield* Effect.promise(() => runtime.runPromiseExit(Session.afterCommit(Effect.void)))
         assert.strictEqual(failedWith(hook), "SharedSession", show(hook))
+        const stream = yield* Effect.promise(() =>
+          runtime.runPromiseExit(
+            Effect.flatMap(SqlClient.SqlClient, (s) => Stream.runCollect(s`SELECT id FROM shared`.stream))
+          )
+        )
+        assert.strictEqual(failedWith(stream), "SharedSession", show(stream))
+        const savepoint = yield* Effect.promise(() =>
+          runtime.runPromiseExit(Effect.flatMap(Session.Session, (session) => session.savepoint(insert(b))))
+        )
+        assert.strictEqual(failedWith(savepoint), "SharedSession", show(savepoint))
         // the error says what to write
         const error = Exit.isFailure(nested) ? String(nested.cause) : ""
         assert.include(error, "Session.transact(handler)")
