@@ -157,7 +157,7 @@ export class EngineImpl {
     const inContext = fiber.currentContext.unsafeMap.get(this.currentTag.key) as CurrentFrame | undefined
     const held = fiber.getFiberRef(this.currentRef)
     if (held === undefined || held === NO_UNIT) return inContext?.detach()
-    if (held.spawned && inContext === undefined) return held.frame.spawn()
+    if (held.access === "spawned" && inContext === undefined) return held.frame.spawn()
     const frame = inContext ?? held.frame
     return frame.unit === held.frame.unit && mayUse(fiber, this.currentRef as FiberRef.FiberRef<Held | undefined>, held)
       ? frame
@@ -170,7 +170,7 @@ export class EngineImpl {
     const outer = ref === NO_UNIT ? undefined : ref
     const root =
       outer === undefined ? undefined : rootOf(fiber, this.currentRef as FiberRef.FiberRef<Held | undefined>, outer)
-    return new Held(frame, root, outer === undefined || root === undefined)
+    return new Held(frame, root, outer === undefined || root === undefined ? "detached" : "attached")
   }
 
   /** Fills the pool and opens the control connection; call once the server's flavor is known. */

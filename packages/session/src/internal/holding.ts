@@ -31,18 +31,20 @@ export interface HeldFrame {
   readonly unit: Holding
 }
 
-/** A fiber's current frame and the root of the program it belongs to (see the module). @internal */
+/**
+ * How a fiber holds its frame: as a fiber of the unit's program; detached (it got the frame without belonging to the
+ * program: every use is refused); or spawned — started from inside the unit without it, from a snapshot of fiber refs
+ * taken outside any unit (a time-window data loader's batch, `Runtime.runFork` of a runtime captured outside): it may
+ * open units of its own, its statements outside them are refused. @internal
+ */
+export type Access = "attached" | "detached" | "spawned"
+
+/** A fiber's current frame, the root of the program it belongs to, and how it holds it (see the module). @internal */
 export class Held<F extends HeldFrame = HeldFrame> {
   constructor(
     readonly frame: F,
     readonly root: number | undefined,
-    readonly detached = false,
-    /**
-     * Detached because the fiber was started from inside the unit without it: from a snapshot of fiber refs taken
-     * outside any unit (a time-window data loader's batch, `Runtime.runFork` of a runtime captured outside). Such a
-     * fiber may open units of its own; its statements outside them are refused.
-     */
-    readonly spawned = false
+    readonly access: Access = "attached"
   ) {}
 }
 
@@ -73,7 +75,7 @@ export const rootOf = (
   ref: FiberRef.FiberRef<Held | undefined>,
   held: Held
 ): number | undefined => {
-  if (held.detached) return undefined
+  if (held.access !== "attached") return undefined
   if (held.root !== undefined) return held.root
   const id = fiber.id().id
   const top = refsOf(fiber).locals.get(ref)?.[0]
@@ -105,29 +107,29 @@ export const mayUse = (
 export const makeHeldRef = <F extends HeldFrame>(): FiberRef.FiberRef<Held<F> | undefined> => {
   const ref: FiberRef.FiberRef<Held<F> | undefined> = FiberRef.unsafeMake<Held<F> | undefined>(undefined, {
     fork: (held) => {
-      if (held === undefined || held.detached) return held
+      if (held === undefined || held.access !== "attached") return held
       // the fiber running the fork: the parent, or a fiber of the same program forking on its behalf (the workers
       // of `Effect.all` are forked from the caller's refs by a coordinating fiber)
       const running = runningFiber()
       const mine = running === undefined ? undefined : running.getFiberRef(ref)
       if (held === NO_UNIT) {
         // refs without a unit forked while a fiber of a unit runs: started from inside the unit, without it
-        return mine === undefined || mine === NO_UNIT || mine.detached
+        return mine === undefined || mine === NO_UNIT || mine.access !== "attached"
           ? held
-          : new Held(mine.frame, undefined, true, true)
+          : new Held(mine.frame, undefined, "spawned")
       }
       if (
         running === undefined ||
         mine === undefined ||
         mine === NO_UNIT ||
-        mine.detached ||
+        mine.access !== "attached" ||
         mine.frame.unit !== held.frame.unit
       ) {
-        return new Held(held.frame, undefined, true)
+        return new Held(held.frame, undefined, "detached")
       }
       if (held.root !== undefined) return held
       const root = rootOf(running, ref as FiberRef.FiberRef<Held | undefined>, mine)
-      return new Held(held.frame, root, root === undefined)
+      return new Held(held.frame, root, root === undefined ? "detached" : "attached")
     }
   })
   return ref

@@ -37,6 +37,32 @@ const frameIn = (engine: EngineImpl, fiber: Fiber.RuntimeFiber<unknown, unknown>
   return f instanceof Frame && !f.spawned ? f : undefined
 }
 
+/**
+ * The frame a nested unit joins as a savepoint: the fiber's, unless the unit asks for a unit of its own
+ * (`propagation: "new"`, which SessionTest contains).
+ */
+const frameToJoin = (
+  engine: EngineImpl,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  options: UnitOptions
+): Frame | undefined => {
+  const frame = frameIn(engine, fiber)
+  return frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)
+    ? frame
+    : undefined
+}
+
+/**
+ * Why a nested unit cannot join `frame`, if it cannot: a fiber never joins a unit that is not its own, never starts a
+ * fresh one because its unit has ended, and never asks what the open transaction cannot give.
+ */
+const refuseJoin = (frame: Frame, options: UnitOptions): SessionError.SessionError | undefined =>
+  frame.detached
+    ? sharedError()
+    : frame.closed || !frame.state.open
+      ? closedError()
+      : refuseNested(frame.state, options)
+
 /** @internal */
 export const defaultRetry: Schedule.Schedule<unknown, SessionError.SessionError> = Schedule.exponential(
   "10 millis",
@@ -210,17 +236,11 @@ export const transact = <A, E, R>(
   Effect.withFiberRuntime((fiber) => {
     const checked = checkOptions(options)
     if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
-    const frame = frameIn(engine, fiber)
+    const frame = frameToJoin(engine, fiber, options)
     if (frame !== undefined) {
-      const contained = frame.state.options.containAll === true
-      if (options.propagation !== "new" || contained) {
-        // a fiber whose unit has ended never starts a fresh one by accident, nor joins one that is not its own
-        if (frame.detached) return Effect.fail(sharedError())
-        if (frame.closed || !frame.state.open) return Effect.fail(closedError())
-        const refused = refuseNested(frame.state, options)
-        if (refused !== undefined) return Effect.fail(refused)
-        return Effect.mapError(savepoint(frame, effect, fiber, { options, checked }), unwrapError)
-      }
+      const refused = refuseJoin(frame, options)
+      if (refused !== undefined) return Effect.fail(refused)
+      return Effect.mapError(savepoint(frame, effect, fiber, { options, checked }), unwrapError)
     }
     // a span only when a tracer that exports it is installed (a unit's `name` alone does not open one: measured
     // about 8 % of a transfer's CPU in the ledger, for a span nothing reads)
@@ -398,11 +418,9 @@ export const scopedSession = (
     const refusedHere = refuseInLayer(options)
     if (refusedHere !== undefined) return Effect.fail(refusedHere)
     const unit: LayerUnit = { engine, options, checked, site }
-    const frame = frameIn(engine, fiber)
-    if (frame !== undefined && (options.propagation !== "new" || frame.state.options.containAll === true)) {
-      if (frame.detached) return Effect.fail(sharedError())
-      if (frame.closed || !frame.state.open) return Effect.fail(closedError())
-      const refused = refuseNested(frame.state, options)
+    const frame = frameToJoin(engine, fiber, options)
+    if (frame !== undefined) {
+      const refused = refuseJoin(frame, options)
       if (refused !== undefined) return Effect.fail(refused)
       return scopedSavepoint(unit, frame, fiber)
     }
