@@ -7,15 +7,12 @@
  */
 import { bench, describe } from "vitest"
 import * as Effect from "effect/Effect"
-import { makeCompiler } from "../../src/internal/driver/mysql/compiler.js"
 import { dialect, keysSql, topologySql } from "../../src/internal/driver/mysql/dialect.js"
 import * as mysqlErrors from "../../src/internal/driver/mysql/errors.js"
 import { bindValues, splitStatements } from "../../src/internal/driver/mysql/values.js"
 import type { RawConnection, Reply, ReplyCallback, ServerDriver, Settings } from "../../src/internal/driver/types.js"
-import { EngineImpl } from "../../src/internal/engine.js"
-import { makeClient } from "../../src/internal/statement.js"
 import * as internalSession from "../../src/internal/units.js"
-import { sessionErrorsAsSqlError } from "../../src/internal/connection.js"
+import { engineOn } from "./fake.js"
 
 const BASELINE: Settings = { lockWait: 50, statementTime: 0, isolation: "REPEATABLE READ" }
 const OK = { affectedRows: 1 }
@@ -66,37 +63,7 @@ const driver: ServerDriver = {
   keysSql
 }
 
-const impl = new EngineImpl({
-  name: "fake",
-  describe: "an in-process driver",
-  driver,
-  pool: {
-    size: 16,
-    minIdle: 0,
-    acquireTimeoutMs: 60_000,
-    idleTimeoutMs: 0,
-    maxLifetimeMs: 0,
-    validateAfterIdleMs: -1,
-    queueLimit: 0
-  },
-  killGraceMs: 500,
-  commitTimeoutMs: 10_000,
-  defaults: { isolation: undefined, lockWaitTimeoutSeconds: undefined, statementTimeoutMs: undefined },
-  spanAttributes: [],
-  compiler: makeCompiler(),
-  transformRows: undefined
-})
-impl.client = makeClient(
-  impl,
-  (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
-  ((effect: Effect.Effect<unknown, unknown, unknown>) =>
-    Effect.mapError(
-      internalSession.transact(impl, effect, {}),
-      sessionErrorsAsSqlError
-    )) as EngineImpl["client"]["withTransaction"],
-  undefined as never
-)
-impl.start()
+const impl = engineOn(driver, { size: 16, acquireTimeoutMs: 60_000, commitTimeoutMs: 10_000 })
 
 const sql = impl.client
 const transfer = (a: number, b: number, amount: number) =>

@@ -205,51 +205,54 @@ const lost = () =>
     fatal: true
   })
 
-/** An engine on the fake server (one server, no topology), released with the scope. */
-export const fakeEngine = (
-  server: FakeServer,
+/** An engine on `driver` (one server, no topology), started, with the engine's own client. */
+export const engineOn = (
+  driver: ServerDriver,
   o: {
     readonly size?: number
     readonly acquireTimeoutMs?: number
     readonly commitTimeoutMs?: number
     readonly queueLimit?: number
   } = {}
-) =>
+): EngineImpl => {
+  const impl = new EngineImpl({
+    name: "fake",
+    describe: "the fake server",
+    driver,
+    pool: {
+      size: o.size ?? 2,
+      minIdle: 0,
+      acquireTimeoutMs: o.acquireTimeoutMs ?? 1_000,
+      idleTimeoutMs: 0,
+      maxLifetimeMs: 0,
+      validateAfterIdleMs: -1,
+      queueLimit: o.queueLimit ?? 0
+    },
+    killGraceMs: 500,
+    commitTimeoutMs: o.commitTimeoutMs ?? 1_000,
+    defaults: { isolation: undefined, lockWaitTimeoutSeconds: undefined, statementTimeoutMs: undefined },
+    spanAttributes: [],
+    compiler: makeCompiler(),
+    transformRows: undefined
+  })
+  impl.client = makeClient(
+    impl,
+    (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
+    ((effect: Effect.Effect<unknown, unknown, unknown>) =>
+      Effect.mapError(
+        internalSession.transact(impl, effect, {}),
+        sessionErrorsAsSqlError
+      )) as EngineImpl["client"]["withTransaction"],
+    undefined as never
+  )
+  impl.start()
+  return impl
+}
+
+/** An engine on the fake server (one server, no topology), released with the scope. */
+export const fakeEngine = (server: FakeServer, o: Parameters<typeof engineOn>[1] = {}) =>
   Effect.acquireRelease(
-    Effect.sync(() => {
-      const impl = new EngineImpl({
-        name: "fake",
-        describe: "the fake server",
-        driver: server.driver(),
-        pool: {
-          size: o.size ?? 2,
-          minIdle: 0,
-          acquireTimeoutMs: o.acquireTimeoutMs ?? 1_000,
-          idleTimeoutMs: 0,
-          maxLifetimeMs: 0,
-          validateAfterIdleMs: -1,
-          queueLimit: o.queueLimit ?? 0
-        },
-        killGraceMs: 500,
-        commitTimeoutMs: o.commitTimeoutMs ?? 1_000,
-        defaults: { isolation: undefined, lockWaitTimeoutSeconds: undefined, statementTimeoutMs: undefined },
-        spanAttributes: [],
-        compiler: makeCompiler(),
-        transformRows: undefined
-      })
-      impl.client = makeClient(
-        impl,
-        (fiber) => impl.current(fiber) as ReturnType<Parameters<typeof makeClient>[1]>,
-        ((effect: Effect.Effect<unknown, unknown, unknown>) =>
-          Effect.mapError(
-            internalSession.transact(impl, effect, {}),
-            sessionErrorsAsSqlError
-          )) as EngineImpl["client"]["withTransaction"],
-        undefined as never
-      )
-      impl.start()
-      return impl
-    }),
+    Effect.sync(() => engineOn(server.driver(), o)),
     (impl) =>
       Effect.sync(() => {
         impl.pool.closeAll()
