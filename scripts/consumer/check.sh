@@ -145,12 +145,18 @@ for profile in "${profiles[@]}"; do
     (cd "$app" && node builders.mjs) | sed "s/^/consumer [$profile]:   /"
   fi
   echo "consumer [$profile]: npx vitest run (a user's test file, docs/testing.md)"
-  if ! (cd "$app" && npx vitest run --reporter=dot sessionfx.test.ts >"$app/vitest.log" 2>&1); then
+  # without colours: CI may set FORCE_COLOR, and the summary below is read from the log
+  if ! (cd "$app" && env -u FORCE_COLOR NO_COLOR=1 npx vitest run --reporter=dot sessionfx.test.ts >"$app/vitest.log" 2>&1); then
     cat "$app/vitest.log" >&2
     echo "consumer [$profile]: the user's vitest file failed" >&2
     exit 1
   fi
-  grep -E "Tests +[0-9]+ passed" "$app/vitest.log" | sed "s/^ */consumer [$profile]:   /"
+  if ! summary=$(sed 's/\x1b\[[0-9;]*m//g' "$app/vitest.log" | grep -E "Tests +[0-9]+ passed"); then
+    cat "$app/vitest.log" >&2
+    echo "consumer [$profile]: vitest exited 0 but printed no 'Tests N passed' summary" >&2
+    exit 1
+  fi
+  echo "$summary" | sed "s/^ */consumer [$profile]:   /"
   echo "consumer [$profile]: tsc -p . (strict, nodenext, skipLibCheck false)"
   (cd "$app" && node "$tsc" -p . --pretty false)
   echo "consumer [$profile]: ok"
