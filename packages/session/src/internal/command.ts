@@ -81,8 +81,12 @@ export class Command {
       this.succeeded = true
       this.inTransaction = reply.inTransaction
       if (reply.inTransaction !== undefined) pc.inTrans = reply.inTransaction
+      if (reply.autocommit !== undefined) pc.autocommit = reply.autocommit
       if (reply.token !== undefined) pc.lastGtid = reply.token
       if (reply.stateChanged && !this.internal) pc.dirty = true
+      // a user's statement changed autocommit (flagged or not): the next borrower gets a reset connection
+      if (reply.autocommit !== undefined && reply.autocommit !== pc.settings.autocommit && !this.internal)
+        pc.dirty = true
     }
     this.done(err ? SessionError.classify(err) : undefined, reply?.rows)
     if (this.onSettled !== undefined) this.onSettled()

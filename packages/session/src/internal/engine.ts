@@ -183,6 +183,8 @@ export class EngineImpl {
   private prepareConnection(pc: PooledConn, cb: (err: unknown) => void): void {
     pc.owner = this
     pc.lastGtid = undefined
+    // the server's word on autocommit is asked again: a reset puts the server's default back
+    pc.autocommit = undefined
     this.options.driver.prepare(pc.conn, (err, settings) => {
       if (settings !== undefined) pc.settings = settings
       cb(err)
@@ -198,14 +200,22 @@ export class EngineImpl {
   settingsSql(pc: PooledConn, want: Want): { readonly sql: string; readonly settings: Settings } | undefined {
     const base = ownerOf(this, pc).baseline
     if (base === undefined) return undefined
+    // as sessionfx set them: a user's own SET (a `reserve` user's SET autocommit = 0) is left alone, and the
+    // connection is reset before the next borrower (`Command`: the server's word differs from these)
     const cur = pc.settings
     const lockWait = want.lockWait ?? base.lockWait
     const statementTime = want.statementTime ?? base.statementTime
     const isolation = want.isolation ?? base.isolation
+    const autocommit = want.autocommit ?? cur.autocommit
     // every statement asks: the common answer (nothing to change) allocates nothing
-    if (lockWait === cur.lockWait && statementTime === cur.statementTime && isolation === cur.isolation)
+    if (
+      lockWait === cur.lockWait &&
+      statementTime === cur.statementTime &&
+      isolation === cur.isolation &&
+      autocommit === cur.autocommit
+    )
       return undefined
-    const settings: Settings = { lockWait, statementTime, isolation }
+    const settings: Settings = { lockWait, statementTime, isolation, autocommit }
     const sql = this.options.driver.dialect.settingsSql(cur, settings)
     return sql === undefined ? undefined : { sql, settings }
   }
@@ -453,7 +463,8 @@ export class EngineImpl {
     return (this._defaultWant ??= wantOf(this, {
       lockWaitSeconds: this.options.defaults.lockWaitTimeoutSeconds,
       statementTimeMs: this.options.defaults.statementTimeoutMs,
-      isolation: this.options.defaults.isolation
+      isolation: this.options.defaults.isolation,
+      unit: false
     }))
   }
   private _defaultWant: Want | undefined
@@ -471,9 +482,12 @@ export const wantOf = (
     readonly lockWaitSeconds: number | undefined
     readonly statementTimeMs: number | undefined
     readonly isolation: string | undefined
+    /** For a unit (autocommit off, where the database has the mode), else for statements outside units (on). */
+    readonly unit: boolean
   }
 ): Want => ({
   lockWait: o.lockWaitSeconds,
   statementTime: o.statementTimeMs === undefined ? undefined : engine.options.driver.statementTime(o.statementTimeMs),
-  isolation: o.isolation
+  isolation: o.isolation,
+  autocommit: o.unit ? (engine.options.driver.dialect.autocommitOff ? false : undefined) : true
 })

@@ -81,6 +81,8 @@ export interface Want {
   readonly lockWait?: number | undefined
   readonly statementTime?: number | undefined
   readonly isolation?: string | undefined
+  /** The session's autocommit: off for units, on outside them (`undefined`: as it is). */
+  readonly autocommit?: boolean | undefined
 }
 
 /** @internal */

@@ -28,6 +28,8 @@ export interface UnitState extends Holding {
   readonly options: UnitOptions
   readonly root: Frame
   readonly beginSql: string
+  /** The unit's transaction may be opened by its first statement (autocommit off): a plain read-write one. */
+  readonly implicitBegin: boolean
   readonly dialect: Dialect
   readonly startedAt: number
   readonly phase: Unit.Phase
@@ -168,8 +170,17 @@ export class Frame extends BaseConnection {
    * What must precede a statement of this frame, then `next`: the frame's settings (a SET, only when the connection
    * does not have them yet) and the transaction (START TRANSACTION, when none is open). If either fails, the unit
    * is aborted: a unit's statements run inside its transaction or not at all. `track` sees each command in flight.
+   *
+   * With `mayOpen` (a statement of the unit's own, not SAVEPOINT: that opens nothing with autocommit off), no START
+   * TRANSACTION is sent when the server said autocommit is off and no transaction is open: the server opens it at
+   * the statement itself, and `next(true)` says so (the caller feeds `Opening` to the state machine as it sends).
    */
-  prepareThen(next: () => void, fail: (e: SessionError.SessionError) => void, track: (c: Command | undefined) => void) {
+  prepareThen(
+    next: (opening: boolean) => void,
+    fail: (e: SessionError.SessionError) => void,
+    track: (c: Command | undefined) => void,
+    mayOpen = false
+  ) {
     const state = this.state
     const engine = state.engine
     const pc = state.pc
@@ -180,13 +191,14 @@ export class Frame extends BaseConnection {
       fail(e)
     }
     const begin = () => {
-      if (state.begun) return next()
+      if (state.begun) return next(false)
+      if (mayOpen && state.implicitBegin && pc.autocommit === false && !pc.inTrans) return next(true)
       track(
         engine.controlStatement(pc, state.beginSql, (err, cancelled) => {
           if (err !== undefined) return openFailed(err, cancelled)
           state.apply({ _tag: "Began" })
           if (cancelled) return fail(interruptedError())
-          next()
+          next(false)
         })
       )
     }
@@ -195,9 +207,10 @@ export class Frame extends BaseConnection {
   }
 
   /**
-   * After a statement failed inside the transaction: did the server end the transaction? The status flags of an
-   * OK packet say so; an error packet has none, so ask (`DO 0`, on the error path only). A transaction the server
-   * ended in failure (deadlock, lock wait timeout with `innodb_rollback_on_timeout`, …) aborts the unit.
+   * After a statement failed inside the transaction, or failed opening it (`Opening`): is a transaction open now?
+   * The status flags of an OK packet say so; an error packet has none, so ask (`DO 0`, on the error path only). A
+   * transaction the server ended in failure (deadlock, lock wait timeout with `innodb_rollback_on_timeout`, …)
+   * aborts the unit; a failed opening statement may have opened one all the same (it holds its locks).
    */
   afterFailure(err: SessionError.SessionError, done: () => void): void {
     const state = this.state
@@ -208,7 +221,12 @@ export class Frame extends BaseConnection {
       return done()
     }
     state.engine.controlStatement(pc, state.dialect.statusProbe, (probeError) => {
-      state.apply({ _tag: "Failed", cause: err, transactionEnded: probeError !== undefined || !pc.inTrans })
+      state.apply({
+        _tag: "Failed",
+        cause: err,
+        inTransaction: probeError !== undefined ? undefined : pc.inTrans,
+        rollsBack: err._tag === "Deadlock" || err._tag === "LockWaitTimeout" || err._tag === "SerializationFailure"
+      })
       done()
     })
   }
@@ -300,6 +318,8 @@ export class DetachedFrame extends Frame {
   }
 }
 
+const OPENING: Unit.Event = { _tag: "Opening" }
+const NOT_SENT: Unit.Event = { _tag: "NotSent" }
 const IN_TRANSACTION: Unit.Event = { _tag: "StatementDone", inTransaction: true }
 const NO_TRANSACTION: Unit.Event = { _tag: "StatementDone", inTransaction: false }
 
@@ -385,15 +405,16 @@ class Run {
     eachStatement(
       driver,
       { method: req.method, sql: req.sql, values: bound, rowsAsArray: req.rowsAsArray },
-      (part, next) => frame.prepareThen(() => this.runOne(part, next), this.fail, this.track),
+      (part, next) => frame.prepareThen((opening) => this.runOne(part, next, opening), this.fail, this.track, true),
       (rows) => this.finish(undefined, rows)
     )
   }
 
-  private runOne(part: CommandSpec, next: (rows: unknown) => void): void {
+  private runOne(part: CommandSpec, next: (rows: unknown) => void, opening: boolean): void {
     if (this.stopped) return this.fail(interruptedError())
     const frame = this.frame
     const state = frame.state
+    if (opening) state.apply(OPENING)
     // `main` stays undefined when the command settles at once (a connection already gone calls back synchronously)
     let main: Command | undefined = undefined
     main = state.engine.startCommand(state.pc, part, (err, rows) => {
@@ -404,7 +425,10 @@ class Run {
         if (main?.cancelled || this.stopped) frame.poisoned ??= poisonError()
         return next(rows)
       }
-      if (main !== undefined && !main.sent) return this.fail(err)
+      if (main !== undefined && !main.sent) {
+        if (opening) state.apply(NOT_SENT)
+        return this.fail(err)
+      }
       // while sessionfx asks the server whether the transaction survived, the frame stays taken
       this.untrack()
       frame.afterFailure(err, () => this.fail(err))

@@ -63,7 +63,12 @@ export class PooledConn {
   /** The server's word, from the status flags of the last OK or EOF packet: a transaction is open. */
   inTrans = false
   /** The per-unit settings on this connection (see `Settings`); set by `PoolConfig.prepare`. */
-  settings: Settings = { lockWait: 0, statementTime: 0, isolation: "" }
+  settings: Settings = { lockWait: 0, statementTime: 0, isolation: "", autocommit: true }
+  /**
+   * The server's word on the session's autocommit, from the status flags of the last reply (`undefined`: not said
+   * since the connection was opened or reset). A unit skips START TRANSACTION only when this says off.
+   */
+  autocommit: boolean | undefined = undefined
   /**
    * KILL QUERY statements sent for this connection and not answered yet. While any is in flight nothing else is
    * sent on it (a late KILL would stop the next statement) and it is not given back to the pool.

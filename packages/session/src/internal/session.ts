@@ -58,6 +58,8 @@ export class SessionState implements SessionService, UnitState {
   readonly root: Frame
   readonly startedAt = Date.now()
   readonly beginSql: string
+  /** A plain read-write transaction: its first statement may open it (autocommit off; see `Frame.prepareThen`). */
+  readonly implicitBegin: boolean
   /** Set while the unit is watched for `longUnitThreshold`. */
   watched: Watched | undefined = undefined
   private boundClient: Client.SqlClient | undefined
@@ -85,6 +87,7 @@ export class SessionState implements SessionService, UnitState {
       readOnly: options.readOnly === true,
       consistentSnapshot: options.consistentSnapshot === true
     })
+    this.implicitBegin = options.readOnly !== true && options.consistentSnapshot !== true
   }
 
   get sql(): Client.SqlClient {

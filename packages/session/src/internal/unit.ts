@@ -5,15 +5,22 @@
  * connection: the session runs the commands these functions ask for and feeds their outcomes back.
  *
  * ```
- *            Began                      StatementDone{inTransaction:false}  (DDL, a literal COMMIT)
+ *            Began                      StatementDone{inTransaction:false}  (DDL, a literal COMMIT, SET autocommit = 1)
  *   Idle ───────────────▶ Open ────────────────────────────────────────────▶ Idle (epoch + 1)
- *    │ │                   │ │
- *    │ │ OpenFailed (not    │ │ Failed{transactionEnded} / Lost / OpenFailed / ControlFailed
- *    │ │ a cancelled open)  │ ▼
- *    │ └──────────────▶ Aborted{cause, serverOpen}
+ *    │ ▲ │                 ▲ │
+ *    │ │ │ Opening         │ │ Failed{inTransaction ≠ true} / Lost / OpenFailed / ControlFailed
+ *    │ │ ▼                 │ ▼
+ *    │ │ Opening ──────────┘ Aborted{cause, serverOpen}
+ *    │ │   │  StatementDone{true} / Failed{true}
+ *    │ └───┘  StatementDone{false} / Failed{false} / NotSent (nothing was opened)
  *    │                     │
  *    └──── End ────────────┴──── End ──▶ Ending{disposition} ── Ended ──▶ Ended
  * ```
+ *
+ * `Opening`: on a connection whose server said autocommit is off and no transaction is open, the unit's first
+ * statement is sent without START TRANSACTION: the server opens the transaction at that statement (or not, for a
+ * statement that touches no transactional table). Until the server has said which, the unit counts the transaction
+ * as open (`serverOpen`): its end sends COMMIT or ROLLBACK, never a release with a transaction left behind.
  *
  * Savepoints are the same machine one level down: a savepoint level ends by `decideSavepoint`.
  *
@@ -24,6 +31,11 @@
 export type Phase =
   /** No transaction of this unit is open on the server (none yet, or the server committed the last on its own). */
   | { readonly _tag: "Idle"; readonly epoch: number }
+  /**
+   * The unit's first statement is in flight on a connection with autocommit off: the server opens the transaction
+   * at it, or not (a statement that touches no transactional table). Counted as open until the server says.
+   */
+  | { readonly _tag: "Opening"; readonly epoch: number }
   /** A transaction of this unit is open on the server. */
   | { readonly _tag: "Open"; readonly epoch: number }
   /** The unit can only roll back: the server ended its transaction in failure, or opening it failed. */
@@ -36,6 +48,10 @@ export type Phase =
 export type Event =
   /** The transaction was opened (START TRANSACTION answered). */
   | { readonly _tag: "Began" }
+  /** A statement that opens the transaction on its own (autocommit off) is being sent. */
+  | { readonly _tag: "Opening" }
+  /** The opening statement was never sent (stopped before it left): nothing was opened. */
+  | { readonly _tag: "NotSent" }
   /** A statement ended; the server said whether a transaction is still open (`undefined`: it did not say). */
   | { readonly _tag: "StatementDone"; readonly inTransaction: boolean | undefined }
   /**
@@ -44,8 +60,18 @@ export type Event =
    * `lost`: the connection is gone.
    */
   | { readonly _tag: "OpenFailed"; readonly cause: unknown; readonly cancelled: boolean; readonly lost: boolean }
-  /** A statement failed; `transactionEnded`: the server says no transaction is open any more (or cannot be asked). */
-  | { readonly _tag: "Failed"; readonly cause: unknown; readonly transactionEnded: boolean }
+  /**
+   * A statement failed; `inTransaction`: whether the server says a transaction is open after it (`undefined`: it
+   * could not be asked); `rollsBack`: the failure is one that ends a transaction (deadlock, lock wait timeout,
+   * serialization failure) — after an opening statement, the server's "none open" cannot tell "nothing was opened"
+   * from "opened and rolled back", and the latter aborts the unit as it would after START TRANSACTION.
+   */
+  | {
+      readonly _tag: "Failed"
+      readonly cause: unknown
+      readonly inTransaction: boolean | undefined
+      readonly rollsBack: boolean
+    }
   /** The connection was lost: the server rolls back whatever was open. */
   | { readonly _tag: "Lost"; readonly cause: unknown }
   /** One of sessionfx's own statements (SAVEPOINT, RELEASE, ROLLBACK TO) failed: the unit can only roll back. */
@@ -72,10 +98,12 @@ export type Disposition =
 export const initial: Phase = { _tag: "Idle", epoch: 0 }
 
 /** Whether statements of the unit may still run (it has not begun to end). @internal */
-export const isOpen = (p: Phase): boolean => p._tag === "Idle" || p._tag === "Open" || p._tag === "Aborted"
+export const isOpen = (p: Phase): boolean =>
+  p._tag === "Idle" || p._tag === "Opening" || p._tag === "Open" || p._tag === "Aborted"
 
 /** Whether a transaction of this unit is open on the server, as far as the server has said. @internal */
-export const serverOpen = (p: Phase): boolean => p._tag === "Open" || (p._tag === "Aborted" && p.serverOpen)
+export const serverOpen = (p: Phase): boolean =>
+  p._tag === "Open" || p._tag === "Opening" || (p._tag === "Aborted" && p.serverOpen)
 
 /** The failure that aborted the unit, if it is aborted. @internal */
 export const abortCause = (p: Phase): unknown => (p._tag === "Aborted" ? p.cause : undefined)
@@ -94,18 +122,26 @@ const abort = (p: Phase, cause: unknown, open: boolean): Phase =>
 export const step = (p: Phase, e: Event): Phase => {
   if (p._tag === "Ended") return p
   if (p._tag === "Ending") return e._tag === "Ended" ? { _tag: "Ended", epoch: p.epoch } : p
+  if (p._tag === "Opening") return fromOpening(p, e)
   switch (e._tag) {
     case "Began":
       return p._tag === "Idle" ? { _tag: "Open", epoch: p.epoch } : p
+    case "Opening":
+      return p._tag === "Idle" ? { _tag: "Opening", epoch: p.epoch } : p
+    case "NotSent":
+      return p
     case "StatementDone":
+      if (p._tag === "Idle") return e.inTransaction === true ? { _tag: "Open", epoch: p.epoch } : p
       // the server committed the transaction on its own: the unit goes on in a new one, opened by its next statement
       return p._tag === "Open" && e.inTransaction === false ? { _tag: "Idle", epoch: p.epoch + 1 } : p
     case "OpenFailed":
       if (e.cancelled && !e.lost) return p
       return abort(p, e.cause, !e.lost && serverOpen(p))
     case "Failed":
-      // outside a transaction, a failed statement is the statement's own failure
-      return serverOpen(p) && e.transactionEnded ? abort(p, e.cause, false) : p
+      // outside a transaction, a failed statement is the statement's own failure; a transaction the failure ended
+      // (or one the server cannot be asked about: counted as open, so that ROLLBACK is sent) aborts the unit
+      if (p._tag === "Idle") return e.inTransaction === true ? { _tag: "Open", epoch: p.epoch } : p
+      return serverOpen(p) && e.inTransaction !== true ? abort(p, e.cause, e.inTransaction === undefined) : p
     case "Lost":
       return abort(p, e.cause, false)
     case "ControlFailed":
@@ -122,6 +158,37 @@ export const step = (p: Phase, e: Event): Phase => {
         : { _tag: "Ending", epoch: p.epoch, disposition: e.disposition, cause: e.cause }
     case "Ended":
       return { _tag: "Ended", epoch: p.epoch }
+  }
+}
+
+/** `step` from `Opening`: the server's word on the opening statement decides whether a transaction is open. */
+const fromOpening = (p: Phase & { readonly _tag: "Opening" }, e: Event): Phase => {
+  switch (e._tag) {
+    case "StatementDone":
+      // `undefined`: the server did not say; counted as open
+      return e.inTransaction === false ? { _tag: "Idle", epoch: p.epoch } : { _tag: "Open", epoch: p.epoch }
+    case "Failed":
+      if (e.inTransaction === undefined) return abort(p, e.cause, true)
+      if (e.inTransaction) return { _tag: "Open", epoch: p.epoch }
+      return e.rollsBack ? abort(p, e.cause, false) : { _tag: "Idle", epoch: p.epoch }
+    case "NotSent":
+    case "RolledBack":
+      return { _tag: "Idle", epoch: p.epoch }
+    case "Lost":
+      return abort(p, e.cause, false)
+    case "OpenFailed":
+      return abort(p, e.cause, !e.lost)
+    case "ControlFailed":
+      return abort(p, e.cause, true)
+    case "End":
+      return e.cause === undefined
+        ? { _tag: "Ending", epoch: p.epoch, disposition: e.disposition }
+        : { _tag: "Ending", epoch: p.epoch, disposition: e.disposition, cause: e.cause }
+    case "Ended":
+      return { _tag: "Ended", epoch: p.epoch }
+    case "Began":
+    case "Opening":
+      return p
   }
 }
 

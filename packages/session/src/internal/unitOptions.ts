@@ -182,7 +182,8 @@ const computeRootWant = (engine: EngineImpl, options: UnitOptions, checked: Chec
         : Number.isFinite(d.statementTimeoutMs)
           ? d.statementTimeoutMs
           : 0),
-    isolation: options.isolation ?? d.isolation
+    isolation: options.isolation ?? d.isolation,
+    unit: true
   })
 }
 
@@ -193,12 +194,14 @@ export const nestedWant = (engine: EngineImpl, parent: Want, checked: Checked): 
   const own = wantOf(engine, {
     lockWaitSeconds: checked.lockWaitSeconds,
     statementTimeMs: checked.statementTimeMs,
-    isolation: undefined
+    isolation: undefined,
+    unit: true
   })
   return {
     lockWait: own.lockWait ?? parent.lockWait,
     statementTime: own.statementTime ?? parent.statementTime,
-    isolation: parent.isolation
+    isolation: parent.isolation,
+    autocommit: parent.autocommit
   }
 }
 

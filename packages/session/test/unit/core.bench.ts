@@ -14,21 +14,27 @@ import type { RawConnection, Reply, ReplyCallback, ServerDriver, Settings } from
 import * as internalSession from "../../src/internal/units.js"
 import { engineOn } from "./fake.js"
 
-const BASELINE: Settings = { lockWait: 50, statementTime: 0, isolation: "REPEATABLE READ" }
+const BASELINE: Settings = { lockWait: 50, statementTime: 0, isolation: "REPEATABLE READ", autocommit: true }
 const OK = { affectedRows: 1 }
 const ROWS = [{ balance: 1 }, { balance: 2 }]
 let thread = 1
 class Conn implements RawConnection {
   inTransaction = false
+  autocommit = true
   threadId = thread++
   private answer(sql: string, cb: ReplyCallback) {
     const c = sql.charCodeAt(0)
     if (c === 83 && sql.charCodeAt(1) === 84)
       this.inTransaction = true // START
-    else if (c === 67 || c === 82) this.inTransaction = false // COMMIT / ROLLBACK
+    else if (c === 67 || c === 82)
+      this.inTransaction = false // COMMIT / ROLLBACK
+    else if (c === 83 && sql.charCodeAt(1) === 69 && sql.charCodeAt(2) === 84) {
+      if (/autocommit = 0/.test(sql)) this.autocommit = false // SET SESSION … autocommit = 0
+    } else if (!this.autocommit) this.inTransaction = true // SELECT / UPDATE / INSERT open one
     const r: Reply = {
       rows: c === 83 && sql.charCodeAt(1) === 69 ? ROWS : OK,
       inTransaction: this.inTransaction,
+      autocommit: this.autocommit,
       stateChanged: false,
       token: undefined
     }

@@ -47,7 +47,7 @@ export const deadlock: Script = {
 }
 export const syntaxError: Script = { _tag: "error", errno: 1064, code: "ER_PARSE_ERROR", message: "syntax error" }
 
-const BASELINE: Settings = { lockWait: 50, statementTime: 0, isolation: "REPEATABLE READ" }
+const BASELINE: Settings = { lockWait: 50, statementTime: 0, isolation: "REPEATABLE READ", autocommit: true }
 
 /** The fake server: every connection it opened, what was sent, and the script. */
 export class FakeServer {
@@ -58,6 +58,13 @@ export class FakeServer {
   script: (sql: string, conn: FakeConnection) => Script | undefined = () => undefined
   /** Connecting fails with this, when set. */
   refuseConnections: unknown = undefined
+
+  /**
+   * `autocommitOff`: units run with autocommit off and send no START TRANSACTION of their own (MySQL's dialect, as
+   * shipped); without it the dialect says the database has no such mode (as PostgreSQL) and every unit begins
+   * with START TRANSACTION.
+   */
+  constructor(readonly o: { readonly autocommitOff?: boolean } = {}) {}
 
   readonly connect: Connector = (cb) => {
     if (this.refuseConnections !== undefined) return queueMicrotask(() => cb(this.refuseConnections))
@@ -79,7 +86,7 @@ export class FakeServer {
   driver(): ServerDriver {
     return {
       connect: this.connect,
-      dialect: dialect("mariadb"),
+      dialect: { ...dialect("mariadb"), autocommitOff: this.o.autocommitOff === true },
       baseline: BASELINE,
       setVersion: () => undefined,
       readVersion: (_conn, cb) => cb(null, "10.11.0-MariaDB-fake"),
@@ -98,6 +105,8 @@ export class FakeServer {
 
 export class FakeConnection implements RawConnection {
   inTransaction = false
+  /** The session's autocommit: off, a statement that reads or writes a table opens a transaction (as InnoDB). */
+  autocommit = true
   destroyed = false
   private pending: ReplyCallback | undefined
   private gone: Array<(err: unknown) => void> = []
@@ -113,11 +122,13 @@ export class FakeConnection implements RawConnection {
     const kill = /^KILL (QUERY|CONNECTION) (\d+)$/.exec(sql)
     if (kill !== null) {
       this.server.byThread(Number(kill[2]))?.killed(kill[1] === "CONNECTION")
-      return queueMicrotask(() => cb(null, reply(undefined, this.inTransaction)))
+      return queueMicrotask(() => cb(null, reply(undefined, this.inTransaction, this.autocommit)))
     }
     const scripted = this.server.script(sql, this)
     if (scripted?._tag === "hang") {
       this.pending = cb
+      // with autocommit off, a statement on a table has opened a transaction by the time it blocks (on a lock)
+      if (!this.autocommit && TOUCHES_TABLES.test(sql)) this.inTransaction = true
       return
     }
     if (scripted?._tag === "lose") {
@@ -126,8 +137,10 @@ export class FakeConnection implements RawConnection {
       return queueMicrotask(() => cb(lost(), undefined))
     }
     if (scripted?._tag === "error") {
-      // a deadlock rolls the transaction back, as InnoDB does; other errors leave it as it is
+      // a deadlock rolls the transaction back, as InnoDB does; other errors leave it as it is, and with autocommit
+      // off a failed statement on a table has opened one (it holds its locks)
       if (scripted.errno === 1213) this.inTransaction = false
+      else if (!this.autocommit && TOUCHES_TABLES.test(sql)) this.inTransaction = true
       const err = Object.assign(new Error(scripted.message), {
         errno: scripted.errno,
         code: scripted.code,
@@ -135,11 +148,17 @@ export class FakeConnection implements RawConnection {
       })
       return queueMicrotask(() => cb(err, undefined))
     }
+    const setAutocommit = /\bautocommit = ([01])/.exec(sql)
     if (/^START TRANSACTION/.test(sql)) this.inTransaction = true
     else if (/^(COMMIT|ROLLBACK)$/.test(sql) || /^(CREATE|DROP|ALTER) /i.test(sql)) this.inTransaction = false
+    else if (setAutocommit !== null) {
+      // switching autocommit on commits what is open, as the server does
+      if (setAutocommit[1] === "1" && !this.autocommit) this.inTransaction = false
+      this.autocommit = setAutocommit[1] === "1"
+    } else if (!this.autocommit && TOUCHES_TABLES.test(sql)) this.inTransaction = true
     const status = scripted?._tag === "lie" ? scripted.inTransaction : this.inTransaction
     const rows = /^SELECT/i.test(sql) ? [{ id: 1 }] : { affectedRows: 1 }
-    queueMicrotask(() => cb(null, reply(rows, status)))
+    queueMicrotask(() => cb(null, reply(rows, status, this.autocommit)))
   }
 
   /** A KILL from the control connection: the statement in flight fails ("query interrupted"). */
@@ -174,6 +193,7 @@ export class FakeConnection implements RawConnection {
   readonly reset = (cb: (err: unknown) => void) => {
     this.server.sent.push({ thread: this.threadId, sql: "(reset)" })
     this.inTransaction = false
+    this.autocommit = true
     queueMicrotask(() => cb(this.destroyed ? lost() : undefined))
   }
   readonly pause = () => undefined
@@ -192,9 +212,13 @@ export class FakeConnection implements RawConnection {
   }
 }
 
-const reply = (rows: unknown, inTransaction: boolean): Reply => ({
+/** Statements that read or write a table: with autocommit off, the server opens a transaction at them. */
+const TOUCHES_TABLES = /^(SELECT .* FROM|UPDATE|INSERT|DELETE|REPLACE)\b/i
+
+const reply = (rows: unknown, inTransaction: boolean, autocommit: boolean): Reply => ({
   rows,
   inTransaction,
+  autocommit,
   stateChanged: false,
   token: undefined
 })

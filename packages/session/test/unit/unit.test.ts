@@ -10,6 +10,7 @@ const later = new Error("later")
 
 const states: Record<string, Unit.Phase> = {
   idle: { _tag: "Idle", epoch: 0 },
+  opening: { _tag: "Opening", epoch: 0 },
   open: { _tag: "Open", epoch: 0 },
   abortedOpen: { _tag: "Aborted", epoch: 0, cause, serverOpen: true },
   abortedClosed: { _tag: "Aborted", epoch: 0, cause, serverOpen: false },
@@ -19,14 +20,18 @@ const states: Record<string, Unit.Phase> = {
 
 const events: Record<string, Unit.Event> = {
   began: { _tag: "Began" },
+  opening: { _tag: "Opening" },
+  notSent: { _tag: "NotSent" },
   doneInTx: { _tag: "StatementDone", inTransaction: true },
   doneNoTx: { _tag: "StatementDone", inTransaction: false },
   doneSilent: { _tag: "StatementDone", inTransaction: undefined },
   openFailed: { _tag: "OpenFailed", cause: later, cancelled: false, lost: false },
   openCancelled: { _tag: "OpenFailed", cause: later, cancelled: true, lost: false },
   openCancelledLost: { _tag: "OpenFailed", cause: later, cancelled: true, lost: true },
-  failedTxEnded: { _tag: "Failed", cause: later, transactionEnded: true },
-  failedTxKept: { _tag: "Failed", cause: later, transactionEnded: false },
+  failedTxEnded: { _tag: "Failed", cause: later, inTransaction: false, rollsBack: false },
+  failedRolledBack: { _tag: "Failed", cause: later, inTransaction: false, rollsBack: true },
+  failedTxKept: { _tag: "Failed", cause: later, inTransaction: true, rollsBack: false },
+  failedUnasked: { _tag: "Failed", cause: later, inTransaction: undefined, rollsBack: false },
   lost: { _tag: "Lost", cause: later },
   controlFailed: { _tag: "ControlFailed", cause: later },
   rolledBack: { _tag: "RolledBack" },
@@ -40,22 +45,50 @@ type Expect = readonly [tag: Unit.Phase["_tag"], serverOpen: boolean, cause?: un
 const table: Record<string, Record<string, Expect>> = {
   idle: {
     began: ["Open", true],
-    doneInTx: ["Idle", false],
+    opening: ["Opening", true],
+    notSent: ["Idle", false],
+    // the server says a transaction is open on the unit's connection: it is the unit's (nothing else runs there)
+    doneInTx: ["Open", true],
     doneNoTx: ["Idle", false],
     doneSilent: ["Idle", false],
     openFailed: ["Aborted", false, later],
     openCancelled: ["Idle", false],
     openCancelledLost: ["Aborted", false, later],
     failedTxEnded: ["Idle", false],
-    failedTxKept: ["Idle", false],
+    failedRolledBack: ["Idle", false],
+    failedTxKept: ["Open", true],
+    failedUnasked: ["Idle", false],
     lost: ["Aborted", false, later],
     controlFailed: ["Aborted", false, later],
     rolledBack: ["Idle", false],
     end: ["Ending", false],
     ended: ["Ended", false]
   },
+  // the unit's first statement is in flight with autocommit off: open until the server says otherwise
+  opening: {
+    began: ["Opening", true],
+    opening: ["Opening", true],
+    notSent: ["Idle", false],
+    doneInTx: ["Open", true],
+    doneNoTx: ["Idle", false],
+    doneSilent: ["Open", true],
+    openFailed: ["Aborted", true, later],
+    openCancelled: ["Aborted", true, later],
+    openCancelledLost: ["Aborted", false, later],
+    failedTxEnded: ["Idle", false],
+    failedRolledBack: ["Aborted", false, later],
+    failedTxKept: ["Open", true],
+    failedUnasked: ["Aborted", true, later],
+    lost: ["Aborted", false, later],
+    controlFailed: ["Aborted", true, later],
+    rolledBack: ["Idle", false],
+    end: ["Ending", false],
+    ended: ["Ended", false]
+  },
   open: {
     began: ["Open", true],
+    opening: ["Open", true],
+    notSent: ["Open", true],
     doneInTx: ["Open", true],
     doneNoTx: ["Idle", false, undefined, 1],
     doneSilent: ["Open", true],
@@ -63,7 +96,9 @@ const table: Record<string, Record<string, Expect>> = {
     openCancelled: ["Open", true],
     openCancelledLost: ["Aborted", false, later],
     failedTxEnded: ["Aborted", false, later],
+    failedRolledBack: ["Aborted", false, later],
     failedTxKept: ["Open", true],
+    failedUnasked: ["Aborted", true, later],
     lost: ["Aborted", false, later],
     controlFailed: ["Aborted", true, later],
     rolledBack: ["Idle", false],
@@ -72,6 +107,8 @@ const table: Record<string, Record<string, Expect>> = {
   },
   abortedOpen: {
     began: ["Aborted", true, cause],
+    opening: ["Aborted", true, cause],
+    notSent: ["Aborted", true, cause],
     doneInTx: ["Aborted", true, cause],
     doneNoTx: ["Aborted", true, cause],
     doneSilent: ["Aborted", true, cause],
@@ -79,7 +116,9 @@ const table: Record<string, Record<string, Expect>> = {
     openCancelled: ["Aborted", true, cause],
     openCancelledLost: ["Aborted", false, cause],
     failedTxEnded: ["Aborted", false, cause],
+    failedRolledBack: ["Aborted", false, cause],
     failedTxKept: ["Aborted", true, cause],
+    failedUnasked: ["Aborted", true, cause],
     lost: ["Aborted", false, cause],
     controlFailed: ["Aborted", true, cause],
     rolledBack: ["Aborted", false, cause],
@@ -88,6 +127,8 @@ const table: Record<string, Record<string, Expect>> = {
   },
   abortedClosed: {
     began: ["Aborted", false, cause],
+    opening: ["Aborted", false, cause],
+    notSent: ["Aborted", false, cause],
     doneInTx: ["Aborted", false, cause],
     doneNoTx: ["Aborted", false, cause],
     doneSilent: ["Aborted", false, cause],
@@ -95,7 +136,9 @@ const table: Record<string, Record<string, Expect>> = {
     openCancelled: ["Aborted", false, cause],
     openCancelledLost: ["Aborted", false, cause],
     failedTxEnded: ["Aborted", false, cause],
+    failedRolledBack: ["Aborted", false, cause],
     failedTxKept: ["Aborted", false, cause],
+    failedUnasked: ["Aborted", false, cause],
     lost: ["Aborted", false, cause],
     controlFailed: ["Aborted", false, cause],
     rolledBack: ["Aborted", false, cause],
@@ -117,7 +160,7 @@ describe("unit state machine: every state × event", () => {
         const next = Unit.step(state, event)
         expect(next._tag).toBe(tag)
         expect(Unit.serverOpen(next)).toBe(open)
-        expect(Unit.isOpen(next)).toBe(tag === "Idle" || tag === "Open" || tag === "Aborted")
+        expect(Unit.isOpen(next)).toBe(tag === "Idle" || tag === "Opening" || tag === "Open" || tag === "Aborted")
         if (tag === "Aborted") expect(Unit.abortCause(next)).toBe(abortCause)
         expect(next.epoch).toBe(epoch ?? 0)
       })
@@ -125,7 +168,7 @@ describe("unit state machine: every state × event", () => {
   }
 
   it("the first failure is the cause: a unit aborted twice keeps the first", () => {
-    const once = Unit.step(states.open!, { _tag: "Failed", cause, transactionEnded: true })
+    const once = Unit.step(states.open!, { _tag: "Failed", cause, inTransaction: false, rollsBack: false })
     const twice = Unit.step(once, { _tag: "Lost", cause: later })
     expect(Unit.abortCause(twice)).toBe(cause)
   })
@@ -155,6 +198,12 @@ describe("unit state machine: how a unit ends (decide)", () => {
       { disposition: "commit", reason: undefined }
     ],
     ["success with nothing open releases", states.idle!, end("success"), { disposition: "release", reason: undefined }],
+    [
+      "success while the opening statement's answer is unknown commits (never a release over an open transaction)",
+      states.opening!,
+      end("success"),
+      { disposition: "commit", reason: undefined }
+    ],
     ["failure rolls back", states.open!, end("failure"), { disposition: "rollback", reason: "failure" }],
     ["a defect rolls back", states.open!, end("defect"), { disposition: "rollback", reason: "defect" }],
     ["interruption rolls back", states.open!, end("interrupt"), { disposition: "rollback", reason: "interrupt" }],
@@ -205,6 +254,7 @@ describe("unit state machine: how a unit ends (decide)", () => {
     expect(Unit.rollbackNeeded(states.abortedOpen!, false)).toBe(true)
     expect(Unit.rollbackNeeded(states.abortedClosed!, false)).toBe(false)
     expect(Unit.rollbackNeeded(states.idle!, false)).toBe(false)
+    expect(Unit.rollbackNeeded(states.opening!, false)).toBe(true)
   })
 
   it("COMMIT's outcome: done, refused, lost, interrupted before and after it was sent", () => {

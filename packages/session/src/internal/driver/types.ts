@@ -15,6 +15,11 @@ export interface Reply {
   readonly rows: unknown
   /** The server's word on its transaction at the end of the command (`undefined`: it did not say). */
   readonly inTransaction: boolean | undefined
+  /**
+   * The server's word on the session's autocommit at the end of the command (`undefined`: it did not say, or the
+   * database has no such mode). Off, the server opens a transaction at the first statement that needs one.
+   */
+  readonly autocommit: boolean | undefined
   /** The server flagged a change of session state (other than the commit's causality token). */
   readonly stateChanged: boolean
   /** The causality token of the commit this command made, if the server reported one. */
@@ -100,10 +105,21 @@ export interface Settings {
   readonly lockWait: number
   readonly statementTime: number
   readonly isolation: string
+  /**
+   * The session's autocommit as sessionfx set it. Units want it off where the database has the mode (their first
+   * statement then opens the transaction: no START TRANSACTION travels); statements outside units want it on.
+   */
+  readonly autocommit: boolean
 }
 
 /** The dialect's statements: the core never writes one of its own. @internal */
 export interface Dialect {
+  /**
+   * The database has a session mode with autocommit off in which the server opens a transaction at the first
+   * statement that needs one and reports it in each reply (`Reply.autocommit`, `Reply.inTransaction`): units then
+   * send no START TRANSACTION of their own.
+   */
+  readonly autocommitOff: boolean
   readonly begin: (o: { readonly readOnly: boolean; readonly consistentSnapshot: boolean }) => string
   readonly commit: string
   readonly rollback: string

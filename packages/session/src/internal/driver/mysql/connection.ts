@@ -11,6 +11,8 @@ import { isUnknownStatement } from "./errors.js"
 
 /** SERVER_STATUS_IN_TRANS */
 const IN_TRANS = 0x1
+/** SERVER_STATUS_AUTOCOMMIT */
+const AUTOCOMMIT = 0x2
 /** SERVER_SESSION_STATE_CHANGED */
 const STATE_CHANGED = 0x4000
 
@@ -85,7 +87,13 @@ const onlyGtid = (changes: StateChanges): boolean => {
   return true
 }
 
-const NO_STATE: Reply = { rows: undefined, inTransaction: undefined, stateChanged: false, token: undefined }
+const NO_STATE: Reply = {
+  rows: undefined,
+  inTransaction: undefined,
+  autocommit: undefined,
+  stateChanged: false,
+  token: undefined
+}
 
 /** The reply of a command: its rows, and the status flags of its OK packet (or of the EOF packet that ended it). */
 const replyOf = (conn: Mysql.Connection, rows: unknown): Reply => {
@@ -102,7 +110,13 @@ const replyOf = (conn: Mysql.Connection, rows: unknown): Reply => {
     token = gtidOf(changes)
     stateChanged = token === undefined || !onlyGtid(changes!)
   }
-  return { rows, inTransaction: (status & IN_TRANS) !== 0, stateChanged, token }
+  return {
+    rows,
+    inTransaction: (status & IN_TRANS) !== 0,
+    autocommit: (status & AUTOCOMMIT) !== 0,
+    stateChanged,
+    token
+  }
 }
 
 /** What mysql2's `prepare` yields: executing it sends COM_STMT_EXECUTE and nothing else. */

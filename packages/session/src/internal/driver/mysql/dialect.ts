@@ -11,6 +11,7 @@ export type Flavor = "mariadb" | "mysql"
 
 /** The statements of a server family. @internal */
 export const dialect = (flavor: Flavor): Dialect => ({
+  autocommitOff: true,
   begin: ({ consistentSnapshot, readOnly }) =>
     consistentSnapshot
       ? "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"
@@ -33,6 +34,7 @@ export const dialect = (flavor: Flavor): Dialect => ({
       const name = flavor === "mariadb" ? "tx_isolation" : "transaction_isolation"
       parts.push(`${name} = '${want.isolation.replace(/ /g, "-")}'`)
     }
+    if (want.autocommit !== cur.autocommit) parts.push(`autocommit = ${want.autocommit ? 1 : 0}`)
     return parts.length === 0 ? undefined : `SET SESSION ${parts.join(", ")}`
   },
   killQuery: (threadId) => `KILL QUERY ${threadId}`,
@@ -45,8 +47,8 @@ export const statementTime = (flavor: Flavor, ms: number): number => (flavor ===
 /** The server's values of the per-unit settings and its `sql_mode`. @internal */
 export const baselineSql = (flavor: Flavor): string =>
   flavor === "mariadb"
-    ? "SELECT @@innodb_lock_wait_timeout AS lw, @@max_statement_time AS st, @@tx_isolation AS iso, @@session.sql_mode AS mode"
-    : "SELECT @@innodb_lock_wait_timeout AS lw, @@max_execution_time AS st, @@transaction_isolation AS iso, @@session.sql_mode AS mode"
+    ? "SELECT @@innodb_lock_wait_timeout AS lw, @@max_statement_time AS st, @@tx_isolation AS iso, @@session.autocommit AS ac, @@session.sql_mode AS mode"
+    : "SELECT @@innodb_lock_wait_timeout AS lw, @@max_execution_time AS st, @@transaction_isolation AS iso, @@session.autocommit AS ac, @@session.sql_mode AS mode"
 
 /** The isolation level as `@@tx_isolation` spells it (`REPEATABLE-READ`) in the `SET TRANSACTION` form. */
 const isolationName = (v: unknown): string =>
@@ -58,7 +60,12 @@ const isolationName = (v: unknown): string =>
 export const baselineOf = (
   row: Record<string, unknown>
 ): { readonly settings: Settings; readonly sqlMode?: string } => ({
-  settings: { lockWait: Number(row.lw), statementTime: Number(row.st), isolation: isolationName(row.iso) },
+  settings: {
+    lockWait: Number(row.lw),
+    statementTime: Number(row.st),
+    isolation: isolationName(row.iso),
+    autocommit: Number(row.ac) !== 0
+  },
   ...(typeof row.mode === "string" ? { sqlMode: row.mode } : {})
 })
 
