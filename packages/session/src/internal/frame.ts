@@ -184,6 +184,11 @@ export class Frame extends BaseConnection {
     const state = this.state
     const engine = state.engine
     const pc = state.pc
+    // the common case (settings in place; the transaction open, or opened by this statement) allocates nothing
+    if (engine.settingsSql(pc, this.want) === undefined) {
+      if (state.begun) return next(false)
+      if (this.opensItself(mayOpen)) return next(true)
+    }
     // stopped by the interruption of the statement it was opening, nothing was opened (the next statement opens
     // it); any other failure aborts the unit (`Unit.step`)
     const openFailed = (e: SessionError.SessionError, cancelled: boolean) => {
@@ -192,7 +197,7 @@ export class Frame extends BaseConnection {
     }
     const begin = () => {
       if (state.begun) return next(false)
-      if (mayOpen && state.implicitBegin && pc.autocommit === false && !pc.inTrans) return next(true)
+      if (this.opensItself(mayOpen)) return next(true)
       track(
         engine.controlStatement(pc, state.beginSql, (err, cancelled) => {
           if (err !== undefined) return openFailed(err, cancelled)
@@ -204,6 +209,16 @@ export class Frame extends BaseConnection {
     }
     const set = engine.applySettings(pc, this.want, begin, openFailed)
     if (set !== undefined) track(set)
+  }
+
+  /**
+   * Whether the next statement opens the unit's transaction by itself: one of the unit's own statements (`mayOpen`)
+   * of a plain read-write unit, on a connection whose server said in its last reply that autocommit is off and no
+   * transaction is open. The one place that decides to send no START TRANSACTION.
+   */
+  private opensItself(mayOpen: boolean): boolean {
+    const pc = this.state.pc
+    return mayOpen && this.state.implicitBegin && pc.autocommit === false && !pc.inTrans
   }
 
   /**

@@ -30,7 +30,8 @@ import {
   useSql
 } from "./dialect.js"
 import { connector } from "./connection.js"
-import { bindValues, splitStatements } from "./values.js"
+import { install as installPacketWriter } from "./packet.js"
+import { bigintParameter, bindValues, splitStatements } from "./values.js"
 
 const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
 
@@ -94,6 +95,8 @@ export class MysqlServer implements ServerDriver {
 
   constructor(readonly options: ServerOptions) {
     this.connect = connector(connectionOf(options.target))
+    // statements whose values are all integers: their packet written without mysql2's generic encoder (same bytes)
+    installPacketWriter(bigintParameter)
   }
 
   /** Learns the server family from `SELECT VERSION()`. */

@@ -36,6 +36,10 @@ const longlong = (v: bigint): unknown => {
   return new TypedParameterClass!(LONGLONG, v, false)
 }
 
+/** mysql2's BIGINT parameter (signed or unsigned) for a value in range: what `bindValues` sends for an integer. */
+export const bigintParameter = (v: bigint, unsigned: boolean): unknown =>
+  unsigned ? types().LONGLONG.unsigned(v) : longlong(v)
+
 /**
  * The value as mysql2 must send it, or a `BindError`. Strings, finite non-integer numbers, booleans, `null`, valid
  * Dates and Buffers go as they are; safe integers and bigints as BIGINT (unsigned above 2^63 − 1); other
