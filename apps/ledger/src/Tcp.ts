@@ -17,6 +17,7 @@
  * reading) gets the answers of every line it sent; whatever closes a connection answers the lines not run.
  * No exception raised by a client's bytes reaches the process: one would end that connection only, logged.
  */
+import { Engine } from "@sessionfx/session"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -116,6 +117,8 @@ interface Connection {
   timedOut: boolean
   /** Called after new lines were queued. */
   readonly onInput: () => void
+  /** Waits for the next wake-up (`waitFor`); set with the connection. */
+  wait: Effect.Effect<Wake>
 }
 
 /** Splits `chunk` into lines of `c` (a line over `max` bytes becomes one TOO_LONG and is discarded). */
@@ -165,8 +168,13 @@ export const make = Effect.gen(function* () {
   const config = yield* LedgerConfig
   const ledger = yield* Ledger
   const guard = yield* AuthGuard
+  const engine = yield* Engine.Engine
   const fibers = yield* FiberSet.make<void, never>()
-  const run = yield* FiberSet.runtime(fibers)<never>()
+  // the connections' fibers carry the Engine alone in their context, not every service of the application: each unit
+  // of work copies its fiber's context (to add its Session and SqlClient), so a smaller one costs less per request
+  const run = yield* Effect.mapInputContext(FiberSet.runtime(fibers)<never>(), (_: Context.Context<never>) =>
+    Context.make(Engine.Engine, engine)
+  )
   const idleMs = Duration.toMillis(Duration.decode(config.idleTimeout))
   const requestMs = Duration.toMillis(Duration.decode(config.requestTimeout))
   const authMs = Duration.toMillis(Duration.decode(config.authTimeout))
@@ -242,18 +250,21 @@ export const make = Effect.gen(function* () {
 
   const idOf = (line: string) => Protocol.parse(line).id
 
-  const waitFor = (c: Connection) =>
-    Effect.async<Wake>((resume) => {
+  /** What the fiber of `c` yields to wait for a wake-up; built once per connection (its loop waits once per request). */
+  const waitFor = (c: Connection) => {
+    const cancel = Effect.sync(() => {
+      c.wake = undefined
+      c.idle = false
+    })
+    return Effect.async<Wake>((resume) => {
       c.wake = (why) => {
         c.wake = undefined
         c.idle = false
         resume(Effect.succeed(why))
       }
-      return Effect.sync(() => {
-        c.wake = undefined
-        c.idle = false
-      })
+      return cancel
     })
+  }
 
   /**
    * Waits until the socket has room again. A client that reads nothing for `writeTimeout` is marked stalled (the
@@ -269,7 +280,7 @@ export const make = Effect.gen(function* () {
         c.wake?.("stalled")
       }, writeMs)
       while (socket.writableNeedDrain && !socket.destroyed && !c.stalled && !closing) {
-        if ((yield* waitFor(c)) === "end") c.ended = true
+        if ((yield* c.wait) === "end") c.ended = true
       }
       clearTimeout(timer)
       socket.off("drain", onDrain)
@@ -347,7 +358,7 @@ export const make = Effect.gen(function* () {
           flush()
           if (c.ended) break
           c.idle = true
-          const why = yield* waitFor(c)
+          const why = yield* c.wait
           if (why === "idle") {
             out += idleLine
             break
@@ -572,8 +583,10 @@ export const make = Effect.gen(function* () {
         busyId: null,
         fiber: undefined,
         timedOut: false,
-        onInput: () => inline(c)
+        onInput: () => inline(c),
+        wait: Effect.never
       }
+      c.wait = waitFor(c)
       open.add(c)
       gauges()
       socket.write(encode({ id: parsed.id, ok: true, result: { authenticated: true } }))

@@ -14,8 +14,8 @@
  * ledger's embedded default) for every server alike; `--fast-unsafe` runs it with the fast, unsafe settings instead.
  *
  * `--noop` also measures a request that never reaches the database (an unknown operation, one connection, one
- * request at a time). `--profile <dir>` runs the ledger and the floor under `node --cpu-prof` and writes their profiles
- * there (the floor's as floor.cpuprofile).
+ * request at a time). `--profile <dir>` runs the ledger, its variants and the floor under `node --cpu-prof` and writes
+ * their profiles there, one per server (ledger.cpuprofile, floor.cpuprofile, <variant>.cpuprofile).
  * The floor (bench/floor.ts; `--no-floor` leaves it out) runs in the same rounds: the transfer path alone on `net` and
  * `mysql2` callbacks with the ledger's statements, no Effect — what a transfer costs a Node process at least.
  */
@@ -53,7 +53,11 @@ const overSocket = argv.includes("--socket")
 const withFloor = !argv.includes("--no-floor")
 /** `--fast-unsafe`: the database flushes its log about once a second instead of at every commit (not durable). */
 const fastUnsafe = argv.includes("--fast-unsafe")
-/** `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables. */
+/**
+ * `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables.
+ * `LEDGER_BENCH_MAIN=<file>` among them runs that bundle instead of dist/main.js (an A/B of two builds in the same
+ * rounds, e.g. a bundle of the previous commit copied to dist/base/main.js).
+ */
 const variants = argv
   .flatMap((a, i) => (a === "--variant" ? [argv[i + 1]!] : []))
   .map((spec) => {
@@ -315,10 +319,13 @@ const program = Effect.gen(function* () {
   const startLedger = (name: string, env: Record<string, string>, profile: boolean) =>
     Effect.gen(function* () {
       const [tcpPort, httpPort] = yield* Effect.promise(() => Promise.all([freePort(), freePort()]))
+      const { LEDGER_BENCH_MAIN: main = "dist/main.js", ...serverEnv } = env
       const args = [
-        ...(profile && profileDir !== "" ? ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`] : []),
+        ...(profile && profileDir !== ""
+          ? ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`, `--cpu-prof-name=${name}.cpuprofile`]
+          : []),
         "--enable-source-maps",
-        "dist/main.js",
+        main,
         "serve"
       ]
       return yield* Effect.acquireRelease(
@@ -326,7 +333,7 @@ const program = Effect.gen(function* () {
           name,
           process.execPath,
           args,
-          { ...ledgerEnv, ...env, LEDGER_TCP_PORT: String(tcpPort), LEDGER_HTTP_PORT: String(httpPort) },
+          { ...ledgerEnv, ...serverEnv, LEDGER_TCP_PORT: String(tcpPort), LEDGER_HTTP_PORT: String(httpPort) },
           tcpPort
         ),
         (s) => Effect.promise(s.stop)
@@ -346,7 +353,7 @@ const program = Effect.gen(function* () {
     (s) => Effect.promise(s.stop)
   )
   const others: Array<Server> = []
-  for (const v of variants) others.push(yield* startLedger(v.name, v.env, false))
+  for (const v of variants) others.push(yield* startLedger(v.name, v.env, true))
   if (withFloor) {
     const floorPort = yield* Effect.promise(freePort)
     others.push(
