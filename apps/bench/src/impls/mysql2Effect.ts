@@ -7,7 +7,7 @@
 import * as Effect from "effect/Effect"
 import * as Mysql from "mysql2"
 import { isRetryableError } from "../workload.js"
-import type { EffectImpl } from "./Impl.js"
+import type { Impl } from "./Impl.js"
 import { POOL_SIZE } from "./Impl.js"
 import { CREDIT, DEBIT, INSERT_TRANSFER, SELECT_FOR_UPDATE } from "./statements.js"
 
@@ -18,7 +18,7 @@ const call = (f: (cb: Callback) => void): Effect.Effect<unknown, unknown> =>
     f((err, rows) => resume(err ? Effect.fail(err) : Effect.succeed(rows)))
   })
 
-export const mysql2Effect = (): EffectImpl<never> => {
+export const mysql2Effect = (): Impl => {
   let pool: Mysql.Pool | undefined
   const connection = Effect.async<Mysql.PoolConnection, unknown>((resume) => {
     pool!.getConnection((err, conn) => resume(err ? Effect.fail(err) : Effect.succeed(conn)))
@@ -60,7 +60,8 @@ export const mysql2Effect = (): EffectImpl<never> => {
           Effect.map(() => attempts - 1)
         )
       }),
-    runPromise: (effect) => Effect.runPromise(effect),
+    // every effect of this implementation needs no service
+    runPromise: (effect) => Effect.runPromise(effect as Effect.Effect<any, any, never>),
     close: async () => {
       const p = pool
       pool = undefined
