@@ -205,6 +205,52 @@ layer(suite(["--general-log=ON", "--log-output=TABLE"]), suiteOptions)("autocomm
         { pool: { size: 1 } }
       )
   )
+  it.effect(
+    "a result row with a column named serverStatus never speaks for the server: the unit still rolls back, and nothing of it reaches the next unit",
+    () =>
+      withEngine(
+        Effect.gen(function* () {
+          const x = freshId()
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                yield* insert(x)
+                yield* Effect.flatMap(sql, (s) => s`SELECT 0 AS serverStatus, ${x} AS id`)
+                return yield* Effect.fail("boom")
+              })
+            )
+          )
+          assert.isTrue(Exit.isFailure(exit))
+          const y = freshId()
+          yield* Session.transact(insert(y))
+          assert.strictEqual(yield* countId("items", y), 1)
+          assert.strictEqual(yield* countId("items", x), 0, "the failed unit's write was committed by the next unit")
+        }),
+        { pool: { size: 1 } }
+      )
+  )
+
+  it.effect(
+    "the server's default turned to autocommit off while the engine runs: a reset connection still commits statements outside units",
+    () =>
+      withEngine(
+        Effect.gen(function* () {
+          const before = freshId()
+          yield* insert(before)
+          assert.strictEqual(yield* countId("items", before), 1)
+          yield* adminQuery("SET GLOBAL autocommit = 0")
+          // a user variable marks the connection for a reset: it comes back with the server's new default
+          yield* Effect.flatMap(sql, (s) => s`SET @marker = 1`)
+          const after = freshId()
+          yield* insert(after)
+          assert.strictEqual(yield* countId("items", after), 1, "a statement outside units committed after the reset")
+          const unit = freshId()
+          yield* Session.transact(insert(unit))
+          assert.strictEqual(yield* countId("items", unit), 1)
+        }).pipe(Effect.ensuring(Effect.orDie(adminQuery("SET GLOBAL autocommit = 1")))),
+        { pool: { size: 1 } }
+      )
+  )
 })
 
 layer(suite(["--autocommit=0"]), suiteOptions)("a server whose default is autocommit off", (it) => {

@@ -52,9 +52,11 @@ describe("the COM_STMT_EXECUTE writer for statements with integers", () => {
     )
   })
 
-  it("leaves to mysql2 a statement without integers, and one that carries query attributes (MySQL 8)", () => {
+  it("leaves to mysql2 a statement without integers, one that carries query attributes (MySQL 8), and look-alikes", () => {
     expect(bothPackets([])).toBeUndefined()
     expect(bothPackets(["x", 1.5, null, true])).toBeUndefined()
     expect(bothPackets([bigintParameter(5n, false)], { clientFlags: 0x08000000 })).toBeUndefined()
+    // an object that only looks like mysql2's parameter is mysql2's to encode (it checks instanceof)
+    expect(bothPackets([{ type: 0x08, value: 5n, unsigned: false }])).toBeUndefined()
   })
 })

@@ -56,14 +56,21 @@ interface Header {
   readonly stateChanges?: StateChanges
 }
 
-/** The result header (OK packet) a command ended with: the last one of a multi-result. */
+/**
+ * mysql2's result header (an OK packet): an instance of its `ResultSetHeader`, never a row — a row may well have a
+ * column named `serverStatus` (`SELECT 0 AS serverStatus`), and must not speak for the server.
+ */
+const isHeader = (x: unknown): x is Header =>
+  x !== null &&
+  typeof x === "object" &&
+  (x as { constructor?: { name?: unknown } }).constructor?.name === "ResultSetHeader"
+
+/** The result header (OK packet) a command ended with: the last one of a multi-result; rows have none (EOF). */
 const headerOf = (rows: unknown): Header | undefined => {
-  if (rows === null || typeof rows !== "object") return undefined
-  if (Array.isArray(rows)) {
-    const last = rows[rows.length - 1] as unknown
-    return last !== null && typeof last === "object" && !Array.isArray(last) ? (last as Header) : undefined
-  }
-  return rows as Header
+  if (isHeader(rows)) return rows
+  if (!Array.isArray(rows)) return undefined
+  const last = rows[rows.length - 1] as unknown
+  return isHeader(last) ? last : undefined
 }
 
 /** The commit's GTID in an OK packet: MariaDB `last_gtid`, MySQL `session_track_gtids = OWN_GTID`. */

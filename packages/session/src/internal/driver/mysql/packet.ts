@@ -74,21 +74,22 @@ interface Internals {
   readonly Execute: ExecuteClass
   readonly Packet: PacketClass
   readonly toParameter: ToParameter
+  /** mysql2's `TypedParameter` class: what its own encoder recognises with `instanceof`. */
+  readonly TypedParameter: abstract new (...args: ReadonlyArray<never>) => object
 }
 
 /** mysql2's `TypedParameter` for a BIGINT (signed or unsigned) holding a bigint: what `bindValues` makes of integers. */
-const isLongLong = (p: unknown): p is { readonly value: bigint; readonly unsigned: boolean } =>
-  typeof p === "object" &&
-  p !== null &&
+const isLongLong = (m: Internals, p: unknown): p is { readonly value: bigint; readonly unsigned: boolean } =>
+  p instanceof m.TypedParameter &&
   (p as { type?: unknown }).type === LONGLONG &&
   typeof (p as { value?: unknown }).value === "bigint"
 
 /** Whether this writer covers the statement: some value is an integer, and no query attributes travel with it. */
-const fits = (e: ExecutePacket): boolean => {
-  if ((e.clientFlags & CLIENT_QUERY_ATTRIBUTES) !== 0) return false
+const fits = (m: Internals, e: ExecutePacket): boolean => {
+  if (typeof e.clientFlags !== "number" || (e.clientFlags & CLIENT_QUERY_ATTRIBUTES) !== 0) return false
   const params = e.parameters
   if (params === undefined) return false
-  for (let i = 0; i < params.length; i++) if (isLongLong(params[i])) return true
+  for (let i = 0; i < params.length; i++) if (isLongLong(m, params[i])) return true
   return false
 }
 
@@ -120,7 +121,7 @@ const write = (m: Internals, e: ExecutePacket): RawPacket => {
   let length = 14 + ((n + 7) >> 3) + 1 + n * 2
   for (let i = 0; i < n; i++) {
     const p = params[i]
-    const v = isLongLong(p)
+    const v = isLongLong(m, p)
       ? longlong(p)
       : m.toParameter(p, e.encoding, e.timezone, e.jsonAsString, e.parameterDefinitions[i])
     encoded[i] = v
@@ -156,11 +157,13 @@ const mysql2Internals = (): Internals | undefined => {
     const require = createRequire(import.meta.url)
     const root = Path.join(Path.dirname(require.resolve("mysql2")), "lib/packets")
     const encode = require(Path.join(root, "encode_parameter.js")) as { readonly toParameter?: unknown }
-    if (typeof encode.toParameter !== "function") return undefined
+    const typed = require(Path.join(root, "typed_parameter.js")) as { readonly TypedParameter?: unknown }
+    if (typeof encode.toParameter !== "function" || typeof typed.TypedParameter !== "function") return undefined
     return {
       Execute: require(Path.join(root, "execute.js")) as ExecuteClass,
       Packet: require(Path.join(root, "packet.js")) as PacketClass,
-      toParameter: encode.toParameter as ToParameter
+      toParameter: encode.toParameter as ToParameter,
+      TypedParameter: typed.TypedParameter as Internals["TypedParameter"]
     }
   } catch {
     return undefined
@@ -196,17 +199,41 @@ export const install = (longlong: (v: bigint, unsigned: boolean) => unknown): bo
   if (m === undefined) return false
   const original = m.Execute.prototype.toPacket
   if (typeof original !== "function") return false
-  for (const params of probes(longlong)) {
-    for (const jsonAsString of [true, false]) {
-      const e = new m.Execute(7, params, 45, "local", undefined, 0, jsonAsString, [])
-      if (!fits(e) || !samePacket(original.call(e), write(m, e))) return false
-    }
+  try {
+    if (!agrees(m, original, probes(longlong))) return false
+  } catch {
+    // a writer that throws on a probe: mysql2's own stays
+    return false
   }
   m.Execute.prototype[ORIGINAL] = original
   m.Execute.prototype.toPacket = function (this: ExecutePacket) {
-    return fits(this) ? write(m, this) : original.call(this)
+    return fits(m, this) ? write(m, this) : original.call(this)
   }
   installed = true
+  return true
+}
+
+/**
+ * Whether both writers give the same bytes for every probe, under both JSON modes, two character sets, two time
+ * zones and with the statement's parameter definitions (hints); and whether a packet with query attributes (MySQL
+ * 8) is left to mysql2.
+ */
+const agrees = (m: Internals, original: () => RawPacket, all: ReadonlyArray<ReadonlyArray<unknown>>): boolean => {
+  const hints = [
+    { columnType: LONGLONG, flags: 0 },
+    { columnType: 0xfd, flags: 0 }
+  ]
+  for (const params of all) {
+    if (fits(m, new m.Execute(7, params, 45, "local", undefined, CLIENT_QUERY_ATTRIBUTES, true, []))) return false
+    for (const [charset, timezone, jsonAsString, definitions] of [
+      [45, "local", true, []],
+      [33, "Z", false, hints],
+      [8, "+02:00", true, hints]
+    ] as const) {
+      const e = new m.Execute(7, params, charset, timezone, undefined, 0x200, jsonAsString, definitions)
+      if (!fits(m, e) || !samePacket(original.call(e), write(m, e))) return false
+    }
+  }
   return true
 }
 
@@ -242,7 +269,7 @@ export const bothPackets = (
     o.jsonAsString ?? true,
     []
   )
-  if (!fits(e)) return undefined
+  if (!fits(m, e)) return undefined
   const original = m.Execute.prototype[ORIGINAL] ?? m.Execute.prototype.toPacket
   return { mysql2: body(original.call(e)), fast: body(write(m, e)) }
 }

@@ -141,10 +141,20 @@ export class MysqlServer implements ServerDriver {
       sqlMode: this.sqlMode,
       trackCommits
     })
-    const next = () => this.withSchema(conn, cb)
-    if (setup === undefined) return next()
-    conn.query(setup, false, (err) => {
-      if (!err) return next()
+    // the session's autocommit as the server says it now (its default: a reset does not run init_connect again, and
+    // a later SET GLOBAL changes it), not as the first connection's baseline said
+    const next = (autocommit: boolean | undefined) =>
+      this.withSchema(conn, (err, settings) =>
+        cb(
+          err,
+          settings === undefined || autocommit === undefined || autocommit === settings.autocommit
+            ? settings
+            : { ...settings, autocommit }
+        )
+      )
+    if (setup === undefined) return next(undefined)
+    conn.query(setup, false, (err, reply) => {
+      if (!err) return next(reply?.autocommit)
       if (isFatal(err)) return cb(err)
       if (trackCommits) {
         // the server (or a proxy) refuses GTID tracking: no causality tokens from it, the rest as usual
