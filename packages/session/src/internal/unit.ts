@@ -122,6 +122,12 @@ const abort = (p: Phase, cause: unknown, open: boolean): Phase =>
 export const step = (p: Phase, e: Event): Phase => {
   if (p._tag === "Ended") return p
   if (p._tag === "Ending") return e._tag === "Ended" ? { _tag: "Ended", epoch: p.epoch } : p
+  if (e._tag === "End") {
+    return e.cause === undefined
+      ? { _tag: "Ending", epoch: p.epoch, disposition: e.disposition }
+      : { _tag: "Ending", epoch: p.epoch, disposition: e.disposition, cause: e.cause }
+  }
+  if (e._tag === "Ended") return { _tag: "Ended", epoch: p.epoch }
   if (p._tag === "Opening") return fromOpening(p, e)
   switch (e._tag) {
     case "Began":
@@ -152,17 +158,14 @@ export const step = (p: Phase, e: Event): Phase => {
         : p._tag === "Aborted"
           ? { ...p, serverOpen: false }
           : p
-    case "End":
-      return e.cause === undefined
-        ? { _tag: "Ending", epoch: p.epoch, disposition: e.disposition }
-        : { _tag: "Ending", epoch: p.epoch, disposition: e.disposition, cause: e.cause }
-    case "Ended":
-      return { _tag: "Ended", epoch: p.epoch }
   }
 }
 
 /** `step` from `Opening`: the server's word on the opening statement decides whether a transaction is open. */
-const fromOpening = (p: Phase & { readonly _tag: "Opening" }, e: Event): Phase => {
+const fromOpening = (
+  p: Phase & { readonly _tag: "Opening" },
+  e: Exclude<Event, { readonly _tag: "End" | "Ended" }>
+): Phase => {
   switch (e._tag) {
     case "StatementDone":
       // `undefined`: the server did not say; counted as open
@@ -180,12 +183,6 @@ const fromOpening = (p: Phase & { readonly _tag: "Opening" }, e: Event): Phase =
       return abort(p, e.cause, !e.lost)
     case "ControlFailed":
       return abort(p, e.cause, true)
-    case "End":
-      return e.cause === undefined
-        ? { _tag: "Ending", epoch: p.epoch, disposition: e.disposition }
-        : { _tag: "Ending", epoch: p.epoch, disposition: e.disposition, cause: e.cause }
-    case "Ended":
-      return { _tag: "Ended", epoch: p.epoch }
     case "Began":
     case "Opening":
       return p

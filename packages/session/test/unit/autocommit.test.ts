@@ -10,7 +10,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as SessionError from "../../src/SessionError.js"
-import { deadlock, FakeServer, fakeEngine, type Script, transact } from "./fake.js"
+import { deadlock, FakeServer, fakeEngine, once, type Script, transact } from "./fake.js"
 
 const OFF = "SET SESSION autocommit = 0"
 const ON = "SET SESSION autocommit = 1"
@@ -26,16 +26,6 @@ const duplicate: Script = {
 type Impl = Effect.Effect.Success<ReturnType<typeof fakeEngine>>
 
 const update = (impl: Impl) => impl.client`UPDATE t SET v = v + 1 WHERE id = ${1}`
-
-/** Scripts the first statement that matches `match`. */
-const once = (server: FakeServer, match: RegExp, script: Script) => {
-  let used = false
-  server.script = (sql) => {
-    if (used || !match.test(sql)) return undefined
-    used = true
-    return script
-  }
-}
 
 /** The pooled connection the units ran on (not the control connection, which the engine opens first). */
 const unitConn = (server: FakeServer) => {

@@ -8,7 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as SessionError from "../../src/SessionError.js"
-import { deadlock, FakeServer, fakeEngine, type Script, syntaxError, transact } from "./fake.js"
+import { deadlock, FakeServer, fakeEngine, once, syntaxError, transact } from "./fake.js"
 
 const BEGIN = "START TRANSACTION"
 const UPDATE = "UPDATE t SET v = v + 1 WHERE id = ?"
@@ -20,16 +20,6 @@ const updates = (impl: Effect.Effect.Success<ReturnType<typeof fakeEngine>>, n =
     (i) => impl.client`UPDATE t SET v = v + 1 WHERE id = ${i}`,
     { discard: true }
   )
-
-/** Scripts the first statement that matches `match`. */
-const once = (server: FakeServer, match: RegExp, script: Script) => {
-  let used = false
-  server.script = (sql) => {
-    if (used || !match.test(sql)) return undefined
-    used = true
-    return script
-  }
-}
 
 /** The failure of an exit (the `SessionError` inside `SqlError`s unwrapped). */
 const failureOf = (exit: Exit.Exit<unknown, unknown>): unknown => {

@@ -229,6 +229,16 @@ const lost = () =>
     fatal: true
   })
 
+/** Scripts the first statement that matches `match`; every other statement gets the default answer. */
+export const once = (server: FakeServer, match: RegExp, script: Script) => {
+  let used = false
+  server.script = (sql) => {
+    if (used || !match.test(sql)) return undefined
+    used = true
+    return script
+  }
+}
+
 /** An engine on `driver` (one server, no topology), started, with the engine's own client. */
 export const engineOn = (
   driver: ServerDriver,
