@@ -7,14 +7,10 @@
  */
 import { bench, describe } from "vitest"
 import * as Effect from "effect/Effect"
-import { dialect, keysSql, topologySql } from "../../src/internal/driver/mysql/dialect.js"
-import * as mysqlErrors from "../../src/internal/driver/mysql/errors.js"
-import { bindValues, splitStatements } from "../../src/internal/driver/mysql/values.js"
-import type { RawConnection, Reply, ReplyCallback, ServerDriver, Settings } from "../../src/internal/driver/types.js"
+import type { RawConnection, Reply, ReplyCallback } from "../../src/internal/driver/types.js"
 import * as internalSession from "../../src/internal/units.js"
-import { engineOn } from "./fake.js"
+import { engineOn, fakeDriver } from "./fake.js"
 
-const BASELINE: Settings = { lockWait: 50, statementTime: 0, isolation: "REPEATABLE READ", autocommit: true }
 const OK = { affectedRows: 1 }
 const ROWS = [{ balance: 1 }, { balance: 2 }]
 let thread = 1
@@ -53,21 +49,7 @@ class Conn implements RawConnection {
   readonly destroy = () => undefined
   readonly onGone = () => () => undefined
 }
-const driver: ServerDriver = {
-  connect: (cb) => setImmediate(() => cb(null, new Conn())),
-  dialect: dialect("mariadb"),
-  baseline: BASELINE,
-  setVersion: () => undefined,
-  readVersion: (_c, cb) => cb(null, "10.11.0-MariaDB-fake"),
-  prepare: (_c, cb) => cb(null, BASELINE),
-  marksDirty: () => false,
-  statementTime: (ms) => ms / 1000,
-  bind: bindValues,
-  split: splitStatements,
-  errors: mysqlErrors,
-  topology: topologySql,
-  keysSql
-}
+const driver = fakeDriver((cb) => setImmediate(() => cb(null, new Conn())), { autocommitOff: true })
 
 const impl = engineOn(driver, { size: 16, acquireTimeoutMs: 60_000, commitTimeoutMs: 10_000 })
 

@@ -84,24 +84,29 @@ export class FakeServer {
 
   /** The driver of this server, as the engine sees it. */
   driver(): ServerDriver {
-    return {
-      connect: this.connect,
-      dialect: { ...dialect("mariadb"), autocommitOff: this.o.autocommitOff === true },
-      baseline: BASELINE,
-      setVersion: () => undefined,
-      readVersion: (_conn, cb) => cb(null, "10.11.0-MariaDB-fake"),
-      prepare: (_conn, cb) => cb(null, BASELINE),
-      marksDirty: () => false,
-      statementTime: (ms) => ms / 1000,
-      // values, statements and error numbers as MySQL has them: the fake speaks MySQL's wire vocabulary
-      bind: bindValues,
-      split: splitStatements,
-      errors: mysqlErrors,
-      topology: topologySql,
-      keysSql
-    }
+    return fakeDriver(this.connect, { autocommitOff: this.o.autocommitOff === true })
   }
 }
+
+/**
+ * A MySQL-speaking driver over `connect` (values, statements and error numbers as MySQL has them), with the fake's
+ * baseline settings; `autocommitOff` as the dialect says. Shared with `core.bench.ts`.
+ */
+export const fakeDriver = (connect: Connector, o: { readonly autocommitOff: boolean }): ServerDriver => ({
+  connect,
+  dialect: { ...dialect("mariadb"), autocommitOff: o.autocommitOff },
+  baseline: BASELINE,
+  setVersion: () => undefined,
+  readVersion: (_conn, cb) => cb(null, "10.11.0-MariaDB-fake"),
+  prepare: (_conn, cb) => cb(null, BASELINE),
+  marksDirty: () => false,
+  statementTime: (ms) => ms / 1000,
+  bind: bindValues,
+  split: splitStatements,
+  errors: mysqlErrors,
+  topology: topologySql,
+  keysSql
+})
 
 export class FakeConnection implements RawConnection {
   inTransaction = false

@@ -4,7 +4,6 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Clock from "effect/Clock"
-import * as Config from "effect/Config"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -23,7 +22,7 @@ import {
 } from "./pgServerError.js"
 import * as Pg from "./serverPg.js"
 import * as Proc from "./serverProcess.js"
-import { describeTarget, formatUrl, parseTarget } from "./serverUrl.js"
+import { describeTarget, envUrl as readEnvUrl, formatUrl, parseTarget } from "./serverUrl.js"
 import type { ConnectionTarget, UrlDialect } from "./serverUrl.js"
 import type { PgExternalOptions, PgServerOptions, PgServerService } from "./types.js"
 
@@ -614,11 +613,7 @@ export const makeExternal = (
     })
   )
 
-const envUrl = (name: string): Effect.Effect<Option.Option<Redacted.Redacted<string>>, PgServerInvalidUrl> =>
-  Config.option(Config.redacted(name)).pipe(
-    Effect.map(Option.filter((value) => Redacted.value(value).trim() !== "")),
-    Effect.mapError(() => new PgServerInvalidUrl({ source: name, reason: "it could not be read" }))
-  )
+const envUrl = (name: string) => readEnvUrl(name, (source, reason) => new PgServerInvalidUrl({ source, reason }))
 
 /** @internal */
 export const make = (options: PgServerOptions = {}): Effect.Effect<PgServerService, PgServerError, Scope.Scope> =>

@@ -4,7 +4,6 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Clock from "effect/Clock"
-import * as Config from "effect/Config"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -23,7 +22,7 @@ import {
 } from "./serverError.js"
 import * as Sql from "./serverMysql.js"
 import * as Proc from "./serverProcess.js"
-import { describeTarget, formatUrl, parseUrl } from "./serverUrl.js"
+import { describeTarget, envUrl as readEnvUrl, formatUrl, parseUrl } from "./serverUrl.js"
 import type { ConnectionTarget } from "./serverUrl.js"
 import type { ExternalOptions, ServerOptions, ServerService } from "./types.js"
 
@@ -568,11 +567,7 @@ export const makeExternal = (
     })
   )
 
-const envUrl = (name: string): Effect.Effect<Option.Option<Redacted.Redacted<string>>, MysqlServerInvalidUrl> =>
-  Config.option(Config.redacted(name)).pipe(
-    Effect.map(Option.filter((value) => Redacted.value(value).trim() !== "")),
-    Effect.mapError(() => new MysqlServerInvalidUrl({ source: name, reason: "it could not be read" }))
-  )
+const envUrl = (name: string) => readEnvUrl(name, (source, reason) => new MysqlServerInvalidUrl({ source, reason }))
 
 /** @internal */
 export const make = (options: ServerOptions = {}): Effect.Effect<ServerService, MysqlServerError, Scope.Scope> =>

@@ -1,4 +1,5 @@
 import * as Data from "effect/Data"
+import { startFailureMessage } from "./startFailure.js"
 
 const installHint = (isRoot: boolean): string =>
   [
@@ -39,17 +40,7 @@ export class MysqlServerStartFailed extends Data.TaggedError("MysqlServerStartFa
   readonly cause?: unknown
 }> {
   override get message(): string {
-    const exit =
-      this.exitCode !== null
-        ? ` (exit code ${this.exitCode})`
-        : this.signal !== null
-          ? ` (killed by ${this.signal})`
-          : ""
-    const head = `MySQL server ${this.phase} failed${exit}: ${this.reason}`
-    if (this.logTail.length === 0) {
-      return head
-    }
-    return `${head}\n--- last ${this.logTail.length} lines of ${this.logFile ?? "the server log"} ---\n${this.logTail.join("\n")}`
+    return startFailureMessage("MySQL", this)
   }
 }
 

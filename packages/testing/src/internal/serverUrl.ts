@@ -1,4 +1,6 @@
+import * as Config from "effect/Config"
 import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import { MysqlServerInvalidUrl } from "./serverError.js"
 
@@ -105,3 +107,17 @@ export const parseUrl = (
       ? Effect.succeed(result.target)
       : Effect.fail(new MysqlServerInvalidUrl({ source, reason: result.reason }))
   })
+
+/**
+ * A server url from the environment variable `name`: `None` when unset or blank, `invalid` when it cannot be read.
+ *
+ * @internal
+ */
+export const envUrl = <E>(
+  name: string,
+  invalid: (source: string, reason: string) => E
+): Effect.Effect<Option.Option<Redacted.Redacted<string>>, E> =>
+  Config.option(Config.redacted(name)).pipe(
+    Effect.map(Option.filter((value) => Redacted.value(value).trim() !== "")),
+    Effect.mapError(() => invalid(name, "it could not be read"))
+  )
