@@ -221,47 +221,64 @@ const commitUnit = <A, E>(
 ): Effect.Effect<A, E | SessionError.SessionError> => {
   const { engine, pc } = state
   let command: Command | undefined
-  const settle = (o: Unit.CommitOutcome): Effect.Effect<A, E | SessionError.SessionError> => {
-    switch (Unit.commitResult(o)) {
-      case "committed":
-        return endCommitted(state, outcome)
-      case "unknown":
-        endWith(state, false, "broken")
-        metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
-        return commitUnknown(state, (o as { cause: SessionError.SessionError }).cause, outcome)
-      case "failed":
-      case "notSent":
-        return commitFailed(state, (o as { cause: SessionError.SessionError }).cause)
-    }
-  }
-  const commit = Effect.async<A, E | SessionError.SessionError>((resume) => {
+  // what COMMIT's reply means, decided (and the connection given back) as soon as it is read
+  let after: Effect.Effect<A, E | SessionError.SessionError> | undefined
+  // interrupted while COMMIT was in flight: the connection is destroyed, and its late reply means nothing
+  let abandoned = false
+  const commit = Effect.async<void>((resume) => {
     const spec = { ...engine.control(state.dialect.commit), deadlineMs: commitDeadline(state) }
-    command = engine.startCommand(pc, spec, (e) =>
-      resume(
-        settle(
-          e === undefined
-            ? { _tag: "Done" }
-            : e._tag === "ConnectionLost" || pc.broken
-              ? { _tag: "Lost", cause: e }
-              : { _tag: "Failed", cause: e }
-        )
+    command = engine.startCommand(pc, spec, (e) => {
+      if (abandoned) return
+      after = settleCommit(
+        state,
+        e === undefined
+          ? DONE
+          : e._tag === "ConnectionLost" || pc.broken
+            ? { _tag: "Lost", cause: e }
+            : { _tag: "Failed", cause: e },
+        outcome
       )
-    )
-    // interrupted while COMMIT is in flight: stop waiting at once; the outcome is unknown
-    return Effect.sync(() => {
-      if (command !== undefined && !command.settled) {
+      resume(Effect.void)
+    })
+  })
+  return Effect.matchCauseEffect(Effect.interruptible(commit), {
+    onSuccess: () => after!,
+    onFailure: (cause) => {
+      // only an interruption. The reply was read all the same: the unit ended as it says, the fiber's exit is the
+      // interruption. Before COMMIT was sent, nothing is committed (the pool rolls the connection back). While it
+      // was in flight, stop waiting at once: the outcome is unknown.
+      if (after !== undefined) return Effect.zipRight(Effect.exit(after), Effect.failCause(cause))
+      if (command === undefined) endWith(state, true)
+      else {
+        abandoned = true
         metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
         engine.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")
         state.apply({ _tag: "Ended" })
       }
-    })
+      return Effect.failCause(cause)
+    }
   })
-  return Effect.onInterrupt(Effect.interruptible(commit), () =>
-    Effect.sync(() => {
-      // interrupted before COMMIT was sent: nothing is committed; the pool rolls the connection back
-      if (command === undefined) endWith(state, true)
-    })
-  )
+}
+
+const DONE: Unit.CommitOutcome = { _tag: "Done" }
+
+/** What COMMIT's outcome means (`Unit.commitResult`) for the unit and its caller. */
+const settleCommit = <A, E>(
+  state: UnitState,
+  o: Unit.CommitOutcome,
+  outcome: Effect.Effect<A, E>
+): Effect.Effect<A, E | SessionError.SessionError> => {
+  switch (Unit.commitResult(o)) {
+    case "committed":
+      return endCommitted(state, outcome)
+    case "unknown":
+      endWith(state, false, "broken")
+      metrics.unknownOutcomes.unsafeUpdate(1, state.engine.unitLabels)
+      return commitUnknown(state, (o as { cause: SessionError.SessionError }).cause, outcome)
+    case "failed":
+    case "notSent":
+      return commitFailed(state, (o as { cause: SessionError.SessionError }).cause)
+  }
 }
 
 const commitUnknown = <A, E>(

@@ -284,6 +284,11 @@ export class EngineImpl {
     return this.topology === undefined ? this.borrowHere(restore) : this.topology.borrow(restore, route)
   }
 
+  /** A connection of this server's own pool that is idle now (none with a topology: it decides where). */
+  borrowNow(): PooledConn | undefined {
+    return this.topology === undefined ? this.pool.tryAcquire() : undefined
+  }
+
   /** `borrow` from this server's own pool. */
   borrowHere(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {

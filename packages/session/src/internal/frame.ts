@@ -184,11 +184,8 @@ export class Frame extends BaseConnection {
     const state = this.state
     const engine = state.engine
     const pc = state.pc
-    // the common case (settings in place; the transaction open, or opened by this statement) allocates nothing
-    if (engine.settingsSql(pc, this.want) === undefined) {
-      if (state.begun) return next(false)
-      if (this.opensItself(mayOpen)) return next(true)
-    }
+    const ready = this.ready(mayOpen)
+    if (ready !== undefined) return next(ready)
     // stopped by the interruption of the statement it was opening, nothing was opened (the next statement opens
     // it); any other failure aborts the unit (`Unit.step`)
     const openFailed = (e: SessionError.SessionError, cancelled: boolean) => {
@@ -209,6 +206,18 @@ export class Frame extends BaseConnection {
     }
     const set = engine.applySettings(pc, this.want, begin, openFailed)
     if (set !== undefined) track(set)
+  }
+
+  /**
+   * The common case of `prepareThen`, which allocates nothing: the settings are in place and the transaction is open
+   * (`false`) or opened by the statement itself (`true`). `undefined`: something must be sent first.
+   */
+  ready(mayOpen: boolean): boolean | undefined {
+    const state = this.state
+    if (state.engine.settingsSql(state.pc, this.want) !== undefined) return undefined
+    if (state.begun) return false
+    if (this.opensItself(mayOpen)) return true
+    return undefined
   }
 
   /**
@@ -347,19 +356,28 @@ const statementDone = (state: UnitState, inTransaction: boolean | undefined): vo
  * opened the unit (its owner) finding the frame free runs it at once without an interruption hook (`tracked`: a
  * finalizer of that fiber stops it first, `Frame.reclaim`).
  */
-class Run {
+class Run implements CommandSpec {
   command: Command | undefined = undefined
   tracked = false
   /** Interrupted: no further statement of a multi-statement text starts. */
   stopped = false
   /** Some statement of this call took effect on the server. */
   applied = false
-  private resume: (effect: Effect.Effect<unknown, SqlError>) => void = () => undefined
+  private resume: ((effect: Effect.Effect<unknown, SqlError>) => void) | undefined = undefined
+  // the command this call sends when its text is one statement (the common case): the Run itself
+  readonly method: "query" | "execute"
+  readonly sql: string
+  readonly rowsAsArray: boolean
+  values: ReadonlyArray<unknown> | undefined = undefined
 
   constructor(
     readonly frame: Frame,
     readonly req: StatementRequest
-  ) {}
+  ) {
+    this.method = req.method
+    this.sql = req.sql
+    this.rowsAsArray = req.rowsAsArray
+  }
 
   begin(
     resume: (effect: Effect.Effect<unknown, SqlError>) => void,
@@ -386,7 +404,7 @@ class Run {
     })
   }
 
-  readonly track = (c: Command | undefined): void => {
+  track(c: Command | undefined): void {
     this.command = c
     if (this.tracked) this.frame.running = c !== undefined && !c.settled ? c : undefined
   }
@@ -399,12 +417,14 @@ class Run {
     }
   }
 
-  readonly fail = (e: SessionError.SessionError): void => this.finish(e, undefined)
+  fail(e: SessionError.SessionError): void {
+    this.finish(e, undefined)
+  }
 
   private finish(err: SessionError.SessionError | undefined, rows: unknown): void {
     this.untrack()
     this.frame.lock.unsafeRelease()
-    this.resume(err !== undefined ? Effect.fail(toSqlError(err)) : Effect.succeed(shapeRows(this.req, rows)))
+    this.resume!(err !== undefined ? Effect.fail(toSqlError(err)) : Effect.succeed(shapeRows(this.req, rows)))
   }
 
   /** Holding the frame: check, bind (refused before anything is sent), then each statement of the text. */
@@ -416,16 +436,30 @@ class Run {
     const bound = driver.bind(this.req.params)
     if (bound instanceof SessionError.BindError) return this.fail(bound)
     if (bound instanceof Error) return this.fail(new SessionError.BindError({ index: 0, message: bound.message }))
-    const req = this.req
+    this.values = bound
+    // a prepared statement is one statement; a text query may hold several
+    if (this.method === "execute") return this.prepare(this, undefined)
     eachStatement(
       driver,
-      { method: req.method, sql: req.sql, values: bound, rowsAsArray: req.rowsAsArray },
-      (part, next) => frame.prepareThen((opening) => this.runOne(part, next, opening), this.fail, this.track, true),
+      this,
+      (part, next) => this.prepare(part, next),
       (rows) => this.finish(undefined, rows)
     )
   }
 
-  private runOne(part: CommandSpec, next: (rows: unknown) => void, opening: boolean): void {
+  /** The settings and the transaction for `part`, then `part` itself; `next` (if any) takes over after it. */
+  private prepare(part: CommandSpec, next: ((rows: unknown) => void) | undefined): void {
+    const ready = this.frame.ready(true)
+    if (ready !== undefined) return this.runOne(part, next, ready)
+    this.frame.prepareThen(
+      (opening) => this.runOne(part, next, opening),
+      (e) => this.fail(e),
+      (c) => this.track(c),
+      true
+    )
+  }
+
+  private runOne(part: CommandSpec, next: ((rows: unknown) => void) | undefined, opening: boolean): void {
     if (this.stopped) return this.fail(interruptedError())
     const frame = this.frame
     const state = frame.state
@@ -438,7 +472,7 @@ class Run {
         // stopped too late: the server finished it, so its effect is in the transaction
         this.applied = true
         if (main?.cancelled || this.stopped) frame.poisoned ??= poisonError()
-        return next(rows)
+        return next === undefined ? this.finish(undefined, rows) : next(rows)
       }
       if (main !== undefined && !main.sent) {
         if (opening) state.apply(NOT_SENT)

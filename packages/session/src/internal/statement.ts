@@ -233,7 +233,12 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     )
   }
   commit(): Effect.Effect<ReadonlyArray<A>, SqlError> {
-    return this.go(EXECUTE, (s) => s)
+    // only Effect's run loop calls `commit`, on the fiber that runs the statement: no `withFiberRuntime` to ask
+    const fiber = currentFiber()
+    if (fiber === undefined) return this.go(EXECUTE, (s) => s)
+    return fiber.getFiberRef(Statement.currentTransformer)._tag === "Some"
+      ? this.slow()
+      : (runIn(fiber, this as FastStatement<unknown>, EXECUTE) as Effect.Effect<ReadonlyArray<A>, SqlError>)
   }
   get raw(): Effect.Effect<unknown, SqlError> {
     return this.go(RAW, (s) => s.raw)

@@ -20,6 +20,7 @@ import type { EngineImpl, Watched } from "./engine.js"
 import { finishNow, finishSession } from "./ending.js"
 import { closedError, Frame, sharedError } from "./frame.js"
 import { Held } from "./holding.js"
+import type { Restore } from "./lock.js"
 import * as keys from "./keys.js"
 import * as metrics from "./metrics.js"
 import type { PooledConn } from "./pool.js"
@@ -160,62 +161,83 @@ interface Attempt {
   readonly route: Route
 }
 
+/** The connection an attempt runs on, and where. */
+interface Borrowed {
+  readonly fiber: Fiber.RuntimeFiber<unknown, unknown>
+  readonly pc: PooledConn
+  readonly restore: Restore
+}
+
+/**
+ * One attempt of a root unit: borrow (at once when a connection is idle, else through the FIFO wait), run the body
+ * interruptibly with the unit in the fiber's context, end the unit with the body's exit. Everything but the body and
+ * the wait runs uninterruptibly.
+ */
 const runOnce = <A, E, R>(
-  { checked, engine, options, route, site }: Attempt,
+  attempt: Attempt,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(engine.borrow(restore, route), (pc) =>
-      Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
-        const state = newSession(engine, pc, options, checked)
-        state.owner = fiber
-        watch(state, fiber, site)
-        let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
-        if (options.key !== undefined) body = Effect.zipRight(state.recordKey(options.key), body) as typeof body
-        if (checked.timeoutMs !== undefined) {
-          // `timeout` runs the body on a child fiber (a race with the clock): that fiber is the unit's owner, so its
-          // statements keep the fast path (an interrupted owner's statement is stopped by `finishNow`'s reclaim)
-          const inner = body
-          body = withTimeout(
-            Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((child) => {
-              state.owner = child
-              return inner
-            }),
-            checked.timeoutMs
-          )
-        }
-        body = containRequests(body)
-        if (fiber.getFiberRef(FiberRef.currentRequestCacheEnabled)) {
-          // reads cached inside the unit live and die with it
-          const inner = body
-          body = Effect.flatMap(Request.makeCache({ capacity: 65_536, timeToLive: "60 seconds" }), (cache) =>
-            Effect.withRequestCache(inner, cache)
-          )
-        }
-        // what `Effect.locally(currentContext)` does, without its acquire/use/release: we are uninterruptible here,
-        // and both exits below put the outer context back before anything else runs
-        const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
-        const outer = fiber.getFiberRef(FiberRef.currentContext)
-        const outerRef = fiber.getFiberRef(engine.currentRef)
-        const root = fiber.id().id
-        state.holder = root
-        f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
-        f.setFiberRef(engine.currentRef, new Held(state.root, root))
-        return Effect.matchCauseEffect(restore(body), {
-          onFailure: (cause) => {
-            f.setFiberRef(FiberRef.currentContext, outer)
-            f.setFiberRef(engine.currentRef, outerRef)
-            return finishNow(state, Exit.failCause(cause), true)
-          },
-          onSuccess: (a) => {
-            f.setFiberRef(FiberRef.currentContext, outer)
-            f.setFiberRef(engine.currentRef, outerRef)
-            return finishNow(state, Exit.succeed(a), true)
-          }
-        })
-      })
-    )
+    Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
+      const { engine, route } = attempt
+      const idle = engine.borrowNow()
+      if (idle !== undefined) return runUnit(attempt, effect, { fiber, pc: idle, restore })
+      return Effect.flatMap(engine.borrow(restore, route), (pc) => runUnit(attempt, effect, { fiber, pc, restore }))
+    })
   )
+
+const runUnit = <A, E, R>(
+  { checked, engine, options, site }: Attempt,
+  effect: Effect.Effect<A, E, R>,
+  { fiber, pc, restore }: Borrowed
+): Effect.Effect<A, E | SessionError.SessionError, R> => {
+  const state = newSession(engine, pc, options, checked)
+  state.owner = fiber
+  watch(state, fiber, site)
+  let body: Effect.Effect<A, E | SessionError.SessionError, R> = effect
+  if (options.key !== undefined) body = Effect.zipRight(state.recordKey(options.key), body) as typeof body
+  if (checked.timeoutMs !== undefined) {
+    // `timeout` runs the body on a child fiber (a race with the clock): that fiber is the unit's owner, so its
+    // statements keep the fast path (an interrupted owner's statement is stopped by `finishNow`'s reclaim)
+    const inner = body
+    body = withTimeout(
+      Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((child) => {
+        state.owner = child
+        return inner
+      }),
+      checked.timeoutMs
+    )
+  }
+  body = containRequests(body)
+  if (fiber.getFiberRef(FiberRef.currentRequestCacheEnabled)) {
+    // reads cached inside the unit live and die with it
+    const inner = body
+    body = Effect.flatMap(Request.makeCache({ capacity: 65_536, timeToLive: "60 seconds" }), (cache) =>
+      Effect.withRequestCache(inner, cache)
+    )
+  }
+  // what `Effect.locally(currentContext)` does, without its acquire/use/release: we are uninterruptible here,
+  // and both exits below put the outer context back before anything else runs
+  const f = fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }
+  const outer = fiber.getFiberRef(FiberRef.currentContext)
+  const outerRef = fiber.getFiberRef(engine.currentRef)
+  const root = fiber.id().id
+  state.holder = root
+  f.setFiberRef(FiberRef.currentContext, state.contextFrom(outer, state.root))
+  f.setFiberRef(engine.currentRef, new Held(state.root, root))
+  return Effect.matchCauseEffect(restore(body), {
+    onFailure: (cause) => {
+      f.setFiberRef(FiberRef.currentContext, outer)
+      f.setFiberRef(engine.currentRef, outerRef)
+      return finishNow(state, Exit.failCause(cause), true)
+    },
+    onSuccess: (a) => {
+      f.setFiberRef(FiberRef.currentContext, outer)
+      f.setFiberRef(engine.currentRef, outerRef)
+      return finishNow(state, Exit.succeed(a), true)
+    }
+  })
+}
 
 const outcomeOf = (exit: Exit.Exit<unknown, unknown>): string =>
   Exit.isSuccess(exit)
