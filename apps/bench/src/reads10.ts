@@ -1,14 +1,12 @@
 /**
  * `pnpm bench reads10`: a unit of 10 primary-key reads (one transaction, ten `SELECT … WHERE id = ?` of random
- * accounts), hand-written mysql2 (promise pool, BEGIN, prepared statements, COMMIT) and the same inside Effect (`mysql2-effect`,
- * the floor of any Effect library on this driver) against sessionfx
+ * accounts), hand-written mysql2 (promise pool, BEGIN, prepared statements, COMMIT) against sessionfx
  * `Session.transact`, interleaved repetitions, client CPU per statement and its ratio to mysql2 (issue 21: ≤ 1.05×).
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session } from "@sessionfx/session"
 import * as Effect from "effect/Effect"
 import * as ManagedRuntime from "effect/ManagedRuntime"
-import * as MysqlCallbacks from "mysql2"
 import * as Mysql from "mysql2/promise"
 import { POOL_SIZE } from "./impls/Impl.js"
 
@@ -59,41 +57,6 @@ const workers = async (units: number, concurrency: number, unit: (k: number) => 
   await Promise.all(Array.from({ length: concurrency }, worker))
 }
 
-/**
- * The floor of any Effect library on this driver: hand-written mysql2 (callback API) inside Effect, one
- * `Effect.async` per driver call, the same `Effect.gen` body and the same runner as sessionfx's reader.
- */
-const mysql2EffectReader = async (url: string): Promise<Reader> => {
-  const pool = MysqlCallbacks.createPool({ uri: url, connectionLimit: POOL_SIZE })
-  const call = (f: (cb: (err: unknown, rows?: unknown) => void) => void) =>
-    Effect.async<unknown, unknown>((resume) => f((err, rows) => resume(err ? Effect.fail(err) : Effect.succeed(rows))))
-  const connection = Effect.async<MysqlCallbacks.PoolConnection, unknown>((resume) =>
-    pool.getConnection((err, conn) => resume(err ? Effect.fail(err) : Effect.succeed(conn)))
-  )
-  const unit = (ids: Int32Array, k: number) =>
-    Effect.acquireUseRelease(
-      connection,
-      (conn) =>
-        Effect.gen(function* () {
-          yield* call((cb) => conn.query("BEGIN", cb))
-          for (let i = 0; i < READS; i++) yield* call((cb) => conn.execute(READ, [ids[k * READS + i]], cb))
-          yield* call((cb) => conn.query("COMMIT", cb))
-        }).pipe(Effect.tapError(() => Effect.sync(() => conn.destroy()))),
-      (conn) => Effect.sync(() => conn.release())
-    )
-  await Effect.runPromise(
-    unit(
-      Int32Array.from({ length: READS }, () => 1),
-      0
-    )
-  )
-  return {
-    name: "mysql2-effect",
-    run: (ids, units, concurrency) => workers(units, concurrency, (k) => Effect.runPromise(unit(ids, k))),
-    close: () => new Promise<void>((resolve) => pool.end(() => resolve()))
-  }
-}
-
 const sessionfxReader = async (url: string): Promise<Reader> => {
   const runtime = ManagedRuntime.make(Engine.layer({ url, pool: { size: POOL_SIZE, acquireTimeout: "5 minutes" } }))
   await runtime.runtime()
@@ -125,7 +88,7 @@ export const reads10 = async (
     readonly seed: number
   }
 ): Promise<void> => {
-  const readers = [await mysql2Reader(url), await mysql2EffectReader(url), await sessionfxReader(url)]
+  const readers = [await mysql2Reader(url), await sessionfxReader(url)]
   const gc = (globalThis as { gc?: () => void }).gc
   let seed = o.seed
   const random = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648) * o.accounts
@@ -154,17 +117,15 @@ export const reads10 = async (
     `\n# A unit of 10 primary-key reads\n\n${o.units} units per run, pool ${POOL_SIZE}, median of ${o.reps} interleaved repetitions\n\n`
   )
   process.stdout.write(
-    "| concurrency | mysql2 CPU µs/statement | mysql2-effect (× mysql2) | sessionfx CPU µs/statement | × mysql2 | × mysql2-effect | per repetition |\n"
+    "| concurrency | mysql2 CPU µs/statement | sessionfx CPU µs/statement | × mysql2 | per repetition |\n"
   )
-  process.stdout.write("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+  process.stdout.write("| ---: | ---: | ---: | ---: | ---: |\n")
   for (const c of o.concurrency) {
     const base = cpu.get(`mysql2\u0000${c}`)!
-    const floor = cpu.get(`mysql2-effect\u0000${c}`)!
     const ours = cpu.get(`sessionfx-transact\u0000${c}`)!
     const per = ours.map((v, i) => (v / base[i]!).toFixed(2)).join(" / ")
-    const ratio = (xs: ReadonlyArray<number>, ys: ReadonlyArray<number>) => (median(xs) / median(ys)).toFixed(2)
     process.stdout.write(
-      `| ${c} | ${median(base).toFixed(1)} | ${median(floor).toFixed(1)} (${ratio(floor, base)}) | ${median(ours).toFixed(1)} | ${ratio(ours, base)} | ${ratio(ours, floor)} | ${per} |\n`
+      `| ${c} | ${median(base).toFixed(1)} | ${median(ours).toFixed(1)} | ${(median(ours) / median(base)).toFixed(2)} | ${per} |\n`
     )
   }
 }
