@@ -177,7 +177,7 @@ export const transact: {
     return Effect.withFiberRuntime<A, E | SessionError.SessionError, R | Engine.Engine>((fiber) => {
       // the type requires an Engine; without one this dies like `yield* Engine.Engine` would
       const engine = Context.unsafeGet(fiber.currentContext, Engine.Engine)
-      return internal.transact(engineImpl(engine), effect, options ?? {}, site)
+      return internal.transactOn(fiber, { engine: engineImpl(engine), options: options ?? {}, site }, effect)
     }) as Effect.Effect<A, E | SessionError.SessionError, Exclude<R, Session | Client.SqlClient> | Engine.Engine>
   }
 )

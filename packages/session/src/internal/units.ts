@@ -154,6 +154,8 @@ const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeF
 
 /** What one attempt of a root unit needs. */
 interface Attempt {
+  /** The fiber that runs the unit (every attempt runs on it). */
+  readonly fiber: Fiber.RuntimeFiber<unknown, unknown>
   readonly engine: EngineImpl
   readonly options: UnitOptions
   readonly checked: Checked
@@ -177,14 +179,13 @@ const runOnce = <A, E, R>(
   attempt: Attempt,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
-  Effect.uninterruptibleMask((restore) =>
-    Effect.withFiberRuntime<A, E | SessionError.SessionError, R>((fiber) => {
-      const { engine, route } = attempt
-      const idle = engine.borrowNow()
-      if (idle !== undefined) return runUnit(attempt, effect, { fiber, pc: idle, restore })
-      return Effect.flatMap(engine.borrow(restore, route), (pc) => runUnit(attempt, effect, { fiber, pc, restore }))
-    })
-  )
+  // the mask's function runs when the attempt does, on the unit's fiber
+  Effect.uninterruptibleMask((restore) => {
+    const { engine, fiber, route } = attempt
+    const idle = engine.borrowNow()
+    if (idle !== undefined) return runUnit(attempt, effect, { fiber, pc: idle, restore })
+    return Effect.flatMap(engine.borrow(restore, route), (pc) => runUnit(attempt, effect, { fiber, pc, restore }))
+  })
 
 const runUnit = <A, E, R>(
   { checked, engine, options, site }: Attempt,
@@ -255,23 +256,37 @@ export const transact = <A, E, R>(
   options: UnitOptions,
   site: () => string = () => `${options.name ?? "a unit of work"} (sql.withTransaction)`
 ): Effect.Effect<A, E | SessionError.SessionError, R> =>
-  Effect.withFiberRuntime((fiber) => {
-    const checked = checkOptions(options)
-    if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
-    const frame = frameToJoin(engine, fiber, options)
-    if (frame !== undefined) {
-      const refused = refuseJoin(frame, options)
-      if (refused !== undefined) return Effect.fail(refused)
-      return Effect.mapError(savepoint(frame, effect, fiber, { options, checked }), unwrapError)
-    }
-    // a span only when a tracer that exports it is installed (a unit's `name` alone does not open one: measured
-    // about 8 % of a transfer's CPU in the ledger, for a span nothing reads)
-    const traced = fiber.currentTracer !== defaultTracer
-    const attempt: Attempt = { engine, options, checked, site, route: routeOf(engine, options, fiber) }
-    const counted = { attempts: 1 }
-    const unit = withRetries(attempt, effect, counted)
-    return traced ? withUnitSpan(attempt, unit, counted) : unit
-  })
+  Effect.withFiberRuntime((fiber) => transactOn(fiber, { engine, options, site }, effect))
+
+/** A unit of work to open or join. @internal */
+export interface UnitRequest {
+  readonly engine: EngineImpl
+  readonly options: UnitOptions
+  readonly site: () => string
+}
+
+/** `transact`, from inside the step that runs on `fiber` (the caller asked for it already). @internal */
+export const transactOn = <A, E, R>(
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  { engine, options, site }: UnitRequest,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E | SessionError.SessionError, R> => {
+  const checked = checkOptions(options)
+  if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
+  const frame = frameToJoin(engine, fiber, options)
+  if (frame !== undefined) {
+    const refused = refuseJoin(frame, options)
+    if (refused !== undefined) return Effect.fail(refused)
+    return Effect.mapError(savepoint(frame, effect, fiber, { options, checked }), unwrapError)
+  }
+  // a span only when a tracer that exports it is installed (a unit's `name` alone does not open one: measured
+  // about 8 % of a transfer's CPU in the ledger, for a span nothing reads)
+  const traced = fiber.currentTracer !== defaultTracer
+  const attempt: Attempt = { fiber, engine, options, checked, site, route: routeOf(engine, options, fiber) }
+  const counted = { attempts: 1 }
+  const unit = withRetries(attempt, effect, counted)
+  return traced ? withUnitSpan(attempt, unit, counted) : unit
+}
 
 /**
  * A root unit, retried in a fresh transaction while it fails retryable (when its options ask for it). The retry

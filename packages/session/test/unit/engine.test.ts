@@ -7,7 +7,9 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import * as SessionError from "../../src/SessionError.js"
+import { SessionTag } from "../../src/internal/session.js"
 import { deadlock, FakeServer, fakeEngine, once, syntaxError, transact } from "./fake.js"
 
 const BEGIN = "START TRANSACTION"
@@ -263,6 +265,45 @@ describe("engine on a fake driver", () => {
       assert.isTrue(committing.destroyed)
       assert.strictEqual(impl.pool.stats().size, 0)
     })
+  )
+
+  it.scoped(
+    "COMMIT answered, then the unit's fiber interrupted before it resumes: settled as committed (the connection back to the pool, afterCommit once), the exit is the interruption",
+    () =>
+      Effect.gen(function* () {
+        const server = new FakeServer()
+        const started = yield* Deferred.make<void>()
+        server.script = (sql) => {
+          if (sql !== "COMMIT") return undefined
+          Deferred.unsafeDone(started, Exit.void)
+          return { _tag: "hang" }
+        }
+        const impl = yield* fakeEngine(server)
+        let hooks = 0
+        const hook = Effect.flatMap(SessionTag, (session) =>
+          session.afterCommit(
+            Effect.sync(() => {
+              hooks++
+            })
+          )
+        )
+        const fiber = yield* Effect.fork(transact(impl, Effect.zipRight(updates(impl, 1), hook)))
+        yield* Deferred.await(started)
+        const committing = server.conns.find((c) => c.hanging)!
+        // in one turn: the reply, then the interruption — both reach the fiber before it runs again
+        committing.commitHanging()
+        fiber.unsafeInterruptAsFork(FiberId.none)
+        const exit = yield* Fiber.await(fiber)
+        assert.isTrue(Exit.isInterrupted(exit))
+        assert.strictEqual(hooks, 1)
+        assert.isFalse(committing.destroyed)
+        assert.deepStrictEqual(
+          [impl.pool.stats().size, impl.pool.stats().idle],
+          [1, 1],
+          "the connection is back in the pool, idle"
+        )
+        assert.notInclude(server.statements(), "ROLLBACK")
+      })
   )
 
   it.scoped("a savepoint that fails rolls back to itself; the unit commits the rest", () =>

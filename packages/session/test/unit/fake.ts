@@ -166,6 +166,22 @@ export class FakeConnection implements RawConnection {
     queueMicrotask(() => cb(null, reply(rows, status, this.autocommit)))
   }
 
+  /** A statement is left hanging (a scripted `hang`). */
+  get hanging(): boolean {
+    return this.pending !== undefined
+  }
+
+  /**
+   * The server answers the hanging COMMIT now, synchronously (a test can act in the same turn, before the unit's
+   * fiber resumes): committed, nothing open.
+   */
+  commitHanging(): void {
+    const cb = this.pending
+    this.pending = undefined
+    this.inTransaction = false
+    cb?.(null, reply(undefined, false, this.autocommit))
+  }
+
   /** A KILL from the control connection: the statement in flight fails ("query interrupted"). */
   killed(connection: boolean): void {
     const cb = this.pending
