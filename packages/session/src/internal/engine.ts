@@ -293,10 +293,33 @@ export class EngineImpl {
   borrowHere(restore: Restore): Effect.Effect<PooledConn, SessionError.PoolTimeout | SessionError.ConnectionError> {
     return Effect.suspend(() => {
       const idle = this.pool.tryAcquire()
-      if (idle !== undefined) return Effect.succeed(idle)
-      const lease: Lease = { pc: undefined, waiter: undefined }
-      // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
-      return Effect.catchAllCause(restore(this.pool.acquire(lease)), (cause) => {
+      return idle !== undefined ? Effect.succeed(idle) : this.waitThen(restore, Effect.succeed)
+    })
+  }
+
+  /**
+   * `borrow`, then `then` with the connection, for a caller that found none idle (`borrowNow`): one step less than
+   * `flatMap(borrow(…))` on the common path of a busy pool.
+   */
+  borrowThen<A, E, R>(
+    restore: Restore,
+    route: Route,
+    then: (pc: PooledConn) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | BorrowError, R> {
+    return this.topology === undefined
+      ? this.waitThen(restore, then)
+      : Effect.flatMap(this.topology.borrow(restore, route), then)
+  }
+
+  /** Waits in this server's FIFO queue (interruptibly, through `restore`), then `then` with the connection. */
+  private waitThen<A, E, R>(
+    restore: Restore,
+    then: (pc: PooledConn) => Effect.Effect<A, E, R>
+  ): Effect.Effect<A, E | SessionError.PoolTimeout | SessionError.ConnectionError, R> {
+    const lease: Lease = { pc: undefined, waiter: undefined }
+    // the caller is uninterruptible here: a plain match is enough to see the interrupted exit
+    return Effect.matchCauseEffect(restore(this.pool.acquire(lease)), {
+      onFailure: (cause) => {
         this.pool.withdraw(lease)
         const pc = lease.pc
         if (pc !== undefined) {
@@ -304,7 +327,8 @@ export class EngineImpl {
           this.release(pc, false)
         }
         return Effect.failCause(cause)
-      })
+      },
+      onSuccess: then
     })
   }
 

@@ -184,7 +184,7 @@ const runOnce = <A, E, R>(
     const { engine, fiber, route } = attempt
     const idle = engine.borrowNow()
     if (idle !== undefined) return runUnit(attempt, effect, { fiber, pc: idle, restore })
-    return Effect.flatMap(engine.borrow(restore, route), (pc) => runUnit(attempt, effect, { fiber, pc, restore }))
+    return engine.borrowThen(restore, route, (pc) => runUnit(attempt, effect, { fiber, pc, restore }))
   })
 
 const runUnit = <A, E, R>(
