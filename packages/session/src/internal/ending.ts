@@ -118,10 +118,7 @@ const endSession = <A, E>(
   state.apply({ _tag: "End", disposition: decision.disposition })
   state.owner = undefined
   root.closed = true
-  if (state.watched !== undefined) {
-    engine.units.delete(state.watched)
-    engine.checkUnit(state.watched, Date.now(), true)
-  }
+  if (state.watched !== undefined) engine.longUnits.end(state.watched)
   // statements queued behind the close now see a closed session and fail with SessionClosed
   root.lock.unsafeRelease()
   metrics.sessionDuration.unsafeUpdate(Date.now() - state.startedAt, engine.unitLabels)

@@ -11,6 +11,7 @@ import * as metrics from "./metrics.js"
 import type { Restore } from "./lock.js"
 import { ConnPool, type DestroyReason, type Lease, type PooledConn, type Settings } from "./pool.js"
 import { Command, interruptedError } from "./command.js"
+import { LongUnits } from "./longUnits.js"
 import { SideConnections } from "./side.js"
 import { Held, makeHeldRef, mayUse, NO_UNIT, rootOf } from "./holding.js"
 import { unitSites } from "./sites.js"
@@ -22,8 +23,7 @@ import type {
   EngineImplOptions,
   MemberHooks,
   Router,
-  Want,
-  Watched
+  Want
 } from "./engineTypes.js"
 
 export type {
@@ -63,10 +63,9 @@ export class EngineImpl {
   private gaugeTimer: ReturnType<typeof setInterval>
   private readonly gauges: ReadonlyArray<Metric.Metric.Gauge<number>>
   /** Units of work in progress, watched for `longUnitThreshold`. */
-  readonly units = new Set<Watched>()
+  readonly longUnits: LongUnits
   readonly commitTimeoutMs: number
   readonly controlTimeoutMs: number
-  readonly longUnitThresholdMs: number
   reactivity!: Reactivity.Reactivity["Type"]
   /** The engine's client: follows the fiber's current session of this engine, else autocommit. */
   client!: import("@effect/sql/SqlClient").SqlClient
@@ -117,7 +116,13 @@ export class EngineImpl {
         : [MetricLabel.make("engine", options.engineName), MetricLabel.make("server", options.name)]
     this.commitTimeoutMs = options.commitTimeoutMs ?? 10_000
     this.controlTimeoutMs = controlTimeout(options.killGraceMs)
-    this.longUnitThresholdMs = options.longUnitThresholdMs ?? 60_000
+    const threshold = options.longUnitThresholdMs ?? 60_000
+    this.longUnits = new LongUnits(threshold, (u, openMs, ended) => {
+      metrics.longUnits.unsafeUpdate(1, this.unitLabels)
+      u.log(
+        `sessionfx: a unit of work on ${options.describe} ${ended ? "was" : "has been"} open for ${openMs} ms (longUnitThreshold ${threshold} ms): its writes are invisible to others and its locks held until it ends. ${u.describe()}`
+      )
+    })
     if (options.longUnitThresholdMs !== undefined && options.longUnitThresholdMs > 0) unitSites.capture = true
     const labels = this.labels
     this.side = new SideConnections(options.driver, this.controlTimeoutMs)
@@ -143,7 +148,7 @@ export class EngineImpl {
     this.gauges = [metrics.poolSize, metrics.poolInUse, metrics.poolIdle, metrics.poolWaiting]
     this.gaugeTimer = setInterval(() => {
       this.refreshGauges()
-      this.watchUnits()
+      this.longUnits.checkAll()
     }, 1000)
     this.gaugeTimer.unref()
   }
@@ -252,25 +257,6 @@ export class EngineImpl {
     gauges[3]!.unsafeUpdate(s.waiting, this.labels)
   }
 
-  /** Logs (once) and counts every unit open longer than `longUnitThreshold`. */
-  watchUnits(): void {
-    const threshold = this.longUnitThresholdMs
-    if (threshold <= 0 || this.units.size === 0) return
-    const now = Date.now()
-    for (const u of this.units) this.checkUnit(u, now, false)
-  }
-
-  /** Reports `u` once if it has been open longer than `longUnitThreshold` (also when it ends before a check). */
-  checkUnit(u: Watched, now: number, ended: boolean): void {
-    const threshold = this.longUnitThresholdMs
-    if (u.warned || threshold <= 0 || now - u.startedAt < threshold) return
-    u.warned = true
-    metrics.longUnits.unsafeUpdate(1, this.unitLabels)
-    u.log(
-      `sessionfx: a unit of work on ${this.options.describe} ${ended ? "was" : "has been"} open for ${now - u.startedAt} ms (longUnitThreshold ${threshold} ms): its writes are invisible to others and its locks held until it ends. ${u.describe()}`
-    )
-  }
-
   stopTimers() {
     clearInterval(this.gaugeTimer)
   }
@@ -349,26 +335,12 @@ export class EngineImpl {
   killQuery(pc: PooledConn, cb: (ok: boolean) => void): void {
     const owner = ownerOf(this, pc)
     if (owner !== this) return owner.killQuery(pc, cb)
-    pc.kills++
-    this.kill(this.options.driver.dialect.killQuery(pc.threadId), (ok) => {
-      pc.kills--
-      if (pc.kills === 0 && pc.afterKills !== undefined) {
-        const held = pc.afterKills
-        pc.afterKills = undefined
-        for (const f of held) f()
-      }
-      cb(ok)
-    })
+    this.side.killQuery(pc, this.options.driver.dialect.killQuery(pc.threadId), cb)
   }
 
   /** `KILL CONNECTION`: ends a connection (and its transaction) the pool has already let go of. */
   killConnection(threadId: number, cb: (ok: boolean) => void): void {
-    this.kill(this.options.driver.dialect.killConnection(threadId), cb)
-  }
-
-  /** A KILL on the control connection, else on a fresh one; "no such thread" counts as done. */
-  private kill(text: string, cb: (ok: boolean) => void): void {
-    this.side.run("control", text, (e) => cb(!e || this.options.driver.errors.isNoSuchThread(e)), true)
+    this.side.kill(this.options.driver.dialect.killConnection(threadId), cb)
   }
 
   closeKillers() {

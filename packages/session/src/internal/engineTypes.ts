@@ -118,7 +118,7 @@ export interface EngineImplOptions {
   readonly queryTextInSpans?: boolean | undefined
 }
 
-/** A unit of work the engine watches for running too long (see `EngineImpl.watchUnits`). @internal */
+/** A unit of work the engine watches for running too long (see `longUnits.ts`). @internal */
 export interface Watched {
   readonly startedAt: number
   warned: boolean

@@ -138,10 +138,7 @@ export class Frame extends BaseConnection {
     return frameStream(this, frameTarget(this), { sql, params, transform: transformRows })
   }
 
-  /**
-   * The command this frame's lock holder runs without an interruption hook, and the fiber that started it (see
-   * `exec`). Set only while it runs.
-   */
+  /** The command the lock holder runs without an interruption hook, and its fiber (see `exec`), while it runs. */
   running: Command | undefined = undefined
   runningFiber: Fiber.RuntimeFiber<unknown, unknown> | undefined = undefined
 
@@ -156,10 +153,7 @@ export class Frame extends BaseConnection {
     )
   }
 
-  /**
-   * Stops the command a fiber left behind when it was interrupted while the command ran (see `exec`), and
-   * completes when it has ended.
-   */
+  /** Stops the command a fiber left behind when it was interrupted while it ran (see `exec`); done when it ended. */
   reclaim(): Effect.Effect<void> {
     return Effect.suspend(() =>
       this.running === undefined ? Effect.void : Effect.zipRight(this.running.cancel(), this.reclaim())

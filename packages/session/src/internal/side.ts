@@ -8,6 +8,7 @@
  * @internal
  */
 import type { Connector, DriverErrors, RawConnection, Reply } from "./driver/types.js"
+import type { PooledConn } from "./pool.js"
 
 /** @internal */
 export type Slot = "control" | "probe"
@@ -29,6 +30,29 @@ export class SideConnections {
   ) {
     this.connect = driver.connect
     this.errors = driver.errors
+  }
+
+  /**
+   * `KILL QUERY` (`text`) for a pooled connection. While it is in flight, nothing else is sent on that connection and
+   * it is not lent again (`PooledConn.kills`; what waited runs after it): a KILL that lands late must not stop the
+   * next statement.
+   */
+  killQuery(pc: PooledConn, text: string, cb: (ok: boolean) => void): void {
+    pc.kills++
+    this.kill(text, (ok) => {
+      pc.kills--
+      if (pc.kills === 0 && pc.afterKills !== undefined) {
+        const held = pc.afterKills
+        pc.afterKills = undefined
+        for (const f of held) f()
+      }
+      cb(ok)
+    })
+  }
+
+  /** A KILL on the control connection, else on a fresh one; "no such thread" counts as done. */
+  kill(text: string, cb: (ok: boolean) => void): void {
+    this.run("control", text, (e) => cb(!e || this.errors.isNoSuchThread(e)), true)
   }
 
   /** Opens `slot` ahead of need (the control connection at start). */

@@ -115,7 +115,7 @@ export const captureSite = (label: string, caller: (...args: Array<never>) => un
 
 const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<unknown, unknown>, site: () => string): void => {
   const engine = state.engine
-  if (engine.longUnitThresholdMs <= 0) return
+  if (!engine.longUnits.watching) return
   const w: Watched = {
     startedAt: state.startedAt,
     warned: false,
@@ -130,7 +130,7 @@ const watch = (state: SessionState, fiber: Fiber.RuntimeFiber<unknown, unknown>,
     }
   }
   state.watched = w
-  engine.units.add(w)
+  engine.longUnits.add(w)
 }
 
 const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions, checked: Checked): SessionState =>
