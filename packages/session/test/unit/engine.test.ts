@@ -31,6 +31,18 @@ const failureOf = (exit: Exit.Exit<unknown, unknown>): unknown => {
   return SessionError.classify(failure)
 }
 
+/** A fake server whose COMMIT never answers by itself; `started` completes when it has been sent. */
+const hangingCommit = Effect.gen(function* () {
+  const server = new FakeServer()
+  const started = yield* Deferred.make<void>()
+  server.script = (sql) => {
+    if (sql !== "COMMIT") return undefined
+    Deferred.unsafeDone(started, Exit.void)
+    return { _tag: "hang" }
+  }
+  return { server, started }
+})
+
 describe("engine on a fake driver", () => {
   it.scoped("a unit that succeeds: settings untouched, START TRANSACTION, its statements, COMMIT; nothing else", () =>
     Effect.gen(function* () {
@@ -248,13 +260,7 @@ describe("engine on a fake driver", () => {
 
   it.scoped("interrupted while COMMIT is in flight: the connection is destroyed (outcome unknown), never reused", () =>
     Effect.gen(function* () {
-      const server = new FakeServer()
-      const started = yield* Deferred.make<void>()
-      server.script = (sql) => {
-        if (sql !== "COMMIT") return undefined
-        Deferred.unsafeDone(started, Exit.void)
-        return { _tag: "hang" }
-      }
+      const { server, started } = yield* hangingCommit
       const impl = yield* fakeEngine(server)
       const fiber = yield* Effect.fork(transact(impl, updates(impl, 1)))
       yield* Deferred.await(started)
@@ -271,13 +277,7 @@ describe("engine on a fake driver", () => {
     "COMMIT answered, then the unit's fiber interrupted before it resumes: settled as committed (the connection back to the pool, afterCommit once), the exit is the interruption",
     () =>
       Effect.gen(function* () {
-        const server = new FakeServer()
-        const started = yield* Deferred.make<void>()
-        server.script = (sql) => {
-          if (sql !== "COMMIT") return undefined
-          Deferred.unsafeDone(started, Exit.void)
-          return { _tag: "hang" }
-        }
+        const { server, started } = yield* hangingCommit
         const impl = yield* fakeEngine(server)
         let hooks = 0
         const hook = Effect.flatMap(SessionTag, (session) =>
