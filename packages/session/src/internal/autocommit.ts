@@ -33,7 +33,15 @@ export const eachStatement = (
     const part = parts[k]!
     const values = all.slice(offset, offset + part.count)
     offset += part.count
-    start({ ...spec, method: values.length > 0 ? "execute" : "query", sql: part.sql, values }, (rows) => {
+    const one: CommandSpec = {
+      method: values.length > 0 ? "execute" : "query",
+      sql: part.sql,
+      values,
+      rowsAsArray: spec.rowsAsArray,
+      deadlineMs: spec.deadlineMs,
+      internal: spec.internal
+    }
+    start(one, (rows) => {
       results.push(rows)
       step(k + 1)
     })

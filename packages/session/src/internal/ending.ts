@@ -241,12 +241,19 @@ const commitUnit = <A, E>(
   return Effect.matchCauseEffect(Effect.interruptible(commit), {
     onSuccess: () => after!,
     onFailure: (cause) => {
-      // only an interruption. The reply was read all the same: the unit ended as it says, the fiber's exit is the
-      // interruption. Before COMMIT was sent, nothing is committed (the pool rolls the connection back). While it
-      // was in flight, stop waiting at once: the outcome is unknown.
+      // an interruption (or a defect of the driver while sending). The reply was read all the same: the unit ended
+      // as it says (its hooks run), the fiber's exit is the interruption. Before COMMIT was sent (also when it
+      // waited behind a KILL), nothing is committed: the pool rolls the connection back. While it was in flight,
+      // stop waiting at once: the outcome is unknown.
       if (after !== undefined) return Effect.zipRight(Effect.exit(after), Effect.failCause(cause))
-      if (command === undefined) endWith(state, true)
-      else {
+      if (command === undefined || !command.sent) {
+        if (command !== undefined) {
+          // held back behind a KILL: it is dropped when the KILL ends, and its late "reply" means nothing
+          abandoned = true
+          command.cancelled = true
+        }
+        endWith(state, true)
+      } else {
         abandoned = true
         metrics.unknownOutcomes.unsafeUpdate(1, engine.unitLabels)
         engine.destroy(pc, "stateUnknown", "interrupted while COMMIT was in flight")

@@ -124,11 +124,15 @@ export const prune = (
 export const createTable = (engine: EngineImpl): Effect.Effect<void, SessionError.SessionError> =>
   Effect.asVoid(autocommit(engine, texts(engine).create, []))
 
-/** The server's GTID position (an engine with replicas or nodes only); `undefined` when there is none. */
+/**
+ * The server's GTID position (an engine with replicas or nodes only); `undefined` when there is none or no answer
+ * came within `commitTimeout` (it may be asked from an uninterruptible ending: it bounds itself).
+ */
 const position = (engine: EngineImpl): Effect.Effect<string | undefined> =>
   engine.topology === undefined
     ? Effect.succeed(undefined)
-    : autocommit(engine, engine.options.driver.topology.primary, []).pipe(
+    : Effect.interruptible(autocommit(engine, engine.options.driver.topology.primary, [])).pipe(
+        Effect.timeout(engine.commitTimeoutMs),
         Effect.map((rows) => {
           const pos = Array.isArray(rows) ? String((rows[0] as { pos?: unknown } | undefined)?.pos ?? "") : ""
           return pos === "" ? undefined : pos
@@ -145,7 +149,8 @@ const killConnection = (engine: EngineImpl, threadId: number): Effect.Effect<voi
 /**
  * After a keyed unit lost its connection during COMMIT: make sure the server has ended that transaction, then read
  * the key. Committed → the unit succeeded (`committed`); absent → nothing was applied and the unit can be retried
- * (`ConnectionLost`, retryable); no answer within the engine's `commitTimeout` → `unknown`.
+ * (`ConnectionLost`, retryable); no answer within the engine's `commitTimeout` → `unknown` (bounded also when the
+ * caller is uninterruptible: the lookup's statement is stopped).
  *
  * @internal
  */
@@ -164,8 +169,8 @@ export const resolveUnknown = <A, E>(
   const engine = state.engine
   // the thread id is the lost connection's server's (a node or the primary of a topology)
   const server = (state.pc.owner as EngineImpl | undefined) ?? engine
-  return killConnection(server, state.pc.threadId).pipe(
-    Effect.zipRight(outcome(engine, key)),
+  // the unit's ending runs uninterruptibly: the lookup is made interruptible so that its own bound can stop it
+  return Effect.interruptible(Effect.zipRight(killConnection(server, state.pc.threadId), outcome(engine, key))).pipe(
     Effect.timeout(engine.commitTimeoutMs),
     Effect.matchEffect({
       onFailure: () => Effect.fail(unknown()),

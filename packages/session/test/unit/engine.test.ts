@@ -8,6 +8,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
+import * as TestClock from "effect/TestClock"
 import * as SessionError from "../../src/SessionError.js"
 import { SessionTag } from "../../src/internal/session.js"
 import { deadlock, FakeServer, fakeEngine, once, syntaxError, transact } from "./fake.js"
@@ -303,6 +304,69 @@ describe("engine on a fake driver", () => {
           "the connection is back in the pool, idle"
         )
         assert.notInclude(server.statements(), "ROLLBACK")
+      })
+  )
+
+  it.scoped(
+    "a keyed unit whose COMMIT reply is lost and whose key lookup never answers: CommitOutcomeUnknown after commitTimeout, the lookup stopped (the unit's ending is uninterruptible, the lookup bounds itself)",
+    () =>
+      Effect.gen(function* () {
+        const server = new FakeServer()
+        const lookup = yield* Deferred.make<void>()
+        let lost = false
+        server.script = (sql) => {
+          if (sql === "COMMIT" && !lost) {
+            lost = true
+            return { _tag: "lose" }
+          }
+          if (/LOCK IN SHARE MODE/.test(sql)) {
+            Deferred.unsafeDone(lookup, Exit.void)
+            return { _tag: "hang" }
+          }
+          return undefined
+        }
+        const impl = yield* fakeEngine(server, { commitTimeoutMs: 300 })
+        const fiber = yield* Effect.fork(transact(impl, updates(impl, 1), { key: "k1" }))
+        yield* Deferred.await(lookup)
+        yield* TestClock.adjust("300 millis")
+        const e = failureOf(yield* Fiber.await(fiber))
+        assert.strictEqual((e as { _tag: string })._tag, "CommitOutcomeUnknown")
+        assert.isTrue(
+          server.sent.some((s) => /^KILL QUERY/.test(s.sql)),
+          "the hanging lookup was stopped"
+        )
+      })
+  )
+
+  it.scoped(
+    "afterCommit hooks run to completion: an interruption that lands while one runs waits for it (the unit is committed)",
+    () =>
+      Effect.gen(function* () {
+        const server = new FakeServer()
+        const impl = yield* fakeEngine(server)
+        const started = yield* Deferred.make<void>()
+        let finished = 0
+        const hook = Effect.flatMap(SessionTag, (session) =>
+          session.afterCommit(
+            Effect.zipRight(
+              Deferred.succeed(started, undefined),
+              Effect.zipRight(
+                Effect.sleep("1 second"),
+                Effect.sync(() => {
+                  finished++
+                })
+              )
+            )
+          )
+        )
+        const fiber = yield* Effect.fork(transact(impl, Effect.zipRight(updates(impl, 1), hook)))
+        yield* Deferred.await(started)
+        const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+        yield* TestClock.adjust("1 second")
+        const exit = yield* Fiber.join(interrupting)
+        assert.isTrue(Exit.isInterrupted(exit))
+        assert.strictEqual(finished, 1)
+        assert.include(server.statements(), "COMMIT")
       })
   )
 
