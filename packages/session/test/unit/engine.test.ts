@@ -3,6 +3,7 @@
  * server that fails, lies or never answers. No server.
  */
 import { assert, describe, it } from "@effect/vitest"
+import type * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -31,6 +32,12 @@ const failureOf = (exit: Exit.Exit<unknown, unknown>): unknown => {
   const failure = e === undefined ? undefined : (e as { _tag: string; error?: unknown }).error
   return SessionError.classify(failure)
 }
+
+/** `f` of a service the unit provides (Session): the fake's `transact` does not take it off the requirements. */
+const inUnit = <S, I>(
+  tag: Context.Tag<I, S>,
+  f: (s: S) => Effect.Effect<void, unknown>
+): Effect.Effect<void, unknown> => Effect.flatMap(tag, f) as Effect.Effect<void, unknown>
 
 /** A fake server whose COMMIT never answers by itself; `started` completes when it has been sent. */
 const hangingCommit = Effect.gen(function* () {
@@ -281,7 +288,7 @@ describe("engine on a fake driver", () => {
         const { server, started } = yield* hangingCommit
         const impl = yield* fakeEngine(server)
         let hooks = 0
-        const hook = Effect.flatMap(SessionTag, (session) =>
+        const hook = inUnit(SessionTag, (session) =>
           session.afterCommit(
             Effect.sync(() => {
               hooks++
@@ -346,7 +353,7 @@ describe("engine on a fake driver", () => {
         const impl = yield* fakeEngine(server)
         const started = yield* Deferred.make<void>()
         let finished = 0
-        const hook = Effect.flatMap(SessionTag, (session) =>
+        const hook = inUnit(SessionTag, (session) =>
           session.afterCommit(
             Effect.zipRight(
               Deferred.succeed(started, undefined),
