@@ -9,7 +9,7 @@
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
 import type { RawConnection } from "./driver/types.js"
-import { type DestroyReason, type PoolConfig, PooledConn } from "./pooled.js"
+import { describeCause, type DestroyReason, type PoolConfig, PooledConn } from "./pooled.js"
 import { WaitQueue, type Lease as LeaseOf, type Waiter as WaiterOf } from "./waiters.js"
 
 /** @internal */
@@ -20,7 +20,7 @@ export type Waiter = WaiterOf<PooledConn>
 export type { Settings } from "./driver/types.js"
 
 export type { DestroyReason, DirtyReason, PoolConfig } from "./pooled.js"
-export { PooledConn } from "./pooled.js"
+export { describeCause, PooledConn } from "./pooled.js"
 
 /** @internal */
 export class ConnPool {
@@ -101,7 +101,15 @@ export class ConnPool {
         if (!pc.inUse) this.destroy(pc, "closedByServer")
       })
       this.pending++
-      this.config.prepare(pc, (err) => {
+      // the set-up is bounded like any control statement: a server that accepted the connection but does not
+      // answer (restarting, overloaded) must not hold a creation the waiters count on
+      const ms = this.config.controlTimeoutMs
+      const bound = setTimeout(() => prepared(new Error(`no answer to a new connection's set-up within ${ms} ms`)), ms)
+      let settled = false
+      const prepared = (err: unknown) => {
+        if (settled) return
+        settled = true
+        clearTimeout(bound)
         this.pending--
         if (err || pc.broken || this.closing) {
           conn.destroy()
@@ -115,7 +123,8 @@ export class ConnPool {
         this.config.onCreated()
         this.idle.push(pc)
         this.serve()
-      })
+      }
+      this.config.prepare(pc, prepared)
     })
   }
 
@@ -481,16 +490,4 @@ export class ConnPool {
     if (this.maintenance) clearInterval(this.maintenance)
     for (const pc of [...this.all]) this.destroy(pc, "shutdown")
   }
-}
-
-/** @internal */
-export const describeCause = (cause: unknown): string => {
-  if (cause && typeof cause === "object") {
-    const c = cause as { code?: unknown; errno?: unknown; message?: unknown; sqlMessage?: unknown }
-    const text = String(c.sqlMessage ?? c.message ?? "")
-    const code = typeof c.code === "string" ? c.code : undefined
-    if (code && text && !text.includes(code)) return `${code}: ${text}`
-    return text || code || String(cause)
-  }
-  return String(cause)
 }

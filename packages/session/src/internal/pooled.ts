@@ -97,3 +97,15 @@ export class PooledConn {
     this.retireAt = lifetimeMs > 0 ? this.createdAt + lifetimeMs * (1 - Math.random() * jitter) : Infinity
   }
 }
+
+/** @internal */
+export const describeCause = (cause: unknown): string => {
+  if (cause && typeof cause === "object") {
+    const c = cause as { code?: unknown; errno?: unknown; message?: unknown; sqlMessage?: unknown }
+    const text = String(c.sqlMessage ?? c.message ?? "")
+    const code = typeof c.code === "string" ? c.code : undefined
+    if (code && text && !text.includes(code)) return `${code}: ${text}`
+    return text || code || String(cause)
+  }
+  return String(cause)
+}

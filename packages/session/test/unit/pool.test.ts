@@ -154,6 +154,35 @@ describe("pool", () => {
         assert.strictEqual(p.stats().acquireTimeouts, 1)
       })
     )
+
+    it.effect(
+      "a new connection whose set-up never answers (a server restarting) is dropped after controlTimeout and another is opened for the waiter",
+      () =>
+        Effect.gen(function* () {
+          const server = new FakeServer()
+          let setups = 0
+          const p = (pool = new ConnPool(
+            config(server, {
+              size: 2,
+              acquireTimeoutMs: 60_000,
+              controlTimeoutMs: 5_000,
+              // the first set-up hangs; every later one answers
+              prepare: (_pc, cb) => (setups++ === 0 ? undefined : cb(null))
+            })
+          ))
+          const waiting = yield* Effect.fork(p.acquire(lease()))
+          yield* Effect.yieldNow()
+          yield* Effect.promise(() => Promise.resolve())
+          assert.deepStrictEqual([p.stats().pending, p.stats().waiting], [1, 1], "one creation pending for the waiter")
+          vi.advanceTimersByTime(5_001)
+          yield* Effect.promise(() => Promise.resolve())
+          const pc = yield* Fiber.join(waiting)
+          assert.strictEqual(setups, 2)
+          assert.isTrue(server.conns[0]!.destroyed, "the connection whose set-up hung is closed")
+          assert.strictEqual(pc.conn, server.conns[1])
+          assert.strictEqual(p.stats().pending, 0)
+        })
+    )
   })
 
   it.effect("the queue limit sheds at once", () =>
