@@ -108,12 +108,16 @@ class PgConnection implements RawConnection {
     const commit = sql === "COMMIT" && statusOf(this.client) === "E"
     try {
       this.client.query(
-        {
-          text: sql,
-          values: values as Array<unknown>,
-          queryMode: "extended",
-          ...(rowsAsArray ? { rowMode: "array" } : {})
-        } as Pg.QueryConfig,
+        // the empty statement (the status probe) through the simple protocol: the extended one refuses it in a
+        // failed transaction (25P02), the simple one answers with the status
+        (sql === ""
+          ? { text: sql }
+          : {
+              text: sql,
+              values: values as Array<unknown>,
+              queryMode: "extended",
+              ...(rowsAsArray ? { rowMode: "array" } : {})
+            }) as Pg.QueryConfig,
         (err: unknown, result: Result) => {
           if (err) return cb(this.error(err), undefined)
           if (commit || (sql === "COMMIT" && result.command === "ROLLBACK"))
