@@ -1,0 +1,224 @@
+/**
+ * What only PostgreSQL has, or has its own way (the guarantees both databases share are in Dialects.test.ts): the
+ * url's scheme choosing the driver, SQLSTATE classes (40001 under SERIALIZABLE, lock_timeout, statement_timeout),
+ * per-unit settings, a failed transaction (25P02), exact integers, `@effect/sql-pg`-style statements, and what is
+ * not supported yet (replicas) refused with a typed error.
+ */
+import { assert, layer } from "@effect/vitest"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { Engine, Session, SessionError } from "@sessionfx/session"
+import { PgServer } from "@sessionfx/testing"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
+import * as Ref from "effect/Ref"
+
+const sql = SqlClient.SqlClient
+
+const EngineLive = Layer.unwrapEffect(
+  Effect.map(PgServer.PgServer, (server) => Engine.layer({ url: server.url, pool: { size: 4 } }))
+)
+
+let nextId = Math.floor(Math.random() * 1_000_000)
+const freshId = () => ++nextId
+
+const buildError = (options: Engine.EngineOptions) =>
+  Effect.flatMap(Effect.flip(Effect.scoped(Layer.build(Engine.layer(options)))), (e) => Effect.succeed(e))
+
+layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excludeTestServices: true })(
+  "PostgreSQL",
+  (it) => {
+    it.effect("setup", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        yield* s`CREATE TABLE IF NOT EXISTS acct (id INT PRIMARY KEY, balance BIGINT NOT NULL)`
+      })
+    )
+
+    it.effect("a postgres:// url chooses the PostgreSQL driver; postgresql:// too", () =>
+      Effect.gen(function* () {
+        const engine = yield* Engine.Engine
+        assert.strictEqual(engine.flavor, "postgresql")
+        assert.match(engine.serverVersion, /PostgreSQL 1\d/)
+        const server = yield* PgServer.PgServer
+        const other = Redacted.value(server.url).replace(/^postgres:/, "postgresql:")
+        const rows = yield* Effect.scoped(
+          Effect.flatMap(Layer.build(Engine.layer({ url: other })), (ctx) =>
+            Effect.provide(
+              Effect.flatMap(sql, (s) => s<{ n: number }>`SELECT 1 AS n`),
+              ctx
+            )
+          )
+        )
+        assert.deepStrictEqual(rows, [{ n: 1 }])
+      })
+    )
+
+    it.effect("an unknown scheme is a typed error that lists the schemes; replicas are refused by name", () =>
+      Effect.gen(function* () {
+        const e = yield* buildError({ url: "oracle://u:hunter2pw@localhost/db" })
+        assert.strictEqual(e._tag, "ConnectionError")
+        assert.include(e.message, "postgres://")
+        assert.include(e.message, "mysql://")
+        assert.notInclude(e.message, "hunter2pw")
+        const server = yield* PgServer.PgServer
+        const replicas = yield* buildError({ url: server.url, replicas: [server.url] })
+        assert.strictEqual(replicas._tag, "InvalidOption")
+        assert.include(replicas.message, "PostgreSQL")
+      })
+    )
+
+    it.effect("placeholders are $n and identifiers double-quoted, as @effect/sql-pg compiles them", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const id = freshId()
+        const inserted = yield* Session.transact(
+          s<{ id: number; balance: string }>`INSERT INTO ${s("acct")} ${s.insert({ id, balance: 5 })} RETURNING *`
+        )
+        assert.deepStrictEqual(inserted, [{ id, balance: "5" }])
+        const [compiled] = s`SELECT * FROM ${s("acct")} WHERE id IN ${s.in([1, 2])} AND balance = ${3}`.compile()
+        assert.strictEqual(compiled, `SELECT * FROM "acct" WHERE id IN ($1,$2) AND balance = $3`)
+        const updated = yield* Session.transact(
+          s<{
+            id: number
+          }>`UPDATE acct SET balance = data.balance::bigint FROM ${s.updateValues([{ id, balance: 7 }], "data")} WHERE acct.id = data.id::int RETURNING acct.id`
+        )
+        // values are sent untyped (text), as @effect/sql-pg sends numbers: a VALUES list's columns are text until cast
+        assert.deepStrictEqual(updated, [{ id }])
+      })
+    )
+
+    it.effect(
+      "integers are exact (no double), what cannot be sent exactly is a BindError before anything is sent",
+      () =>
+        Effect.gen(function* () {
+          const s = yield* sql
+          const big = 2n ** 62n + 1n
+          const rows = yield* Session.transact(s<{ n: string }>`SELECT ${big}::bigint + 1 AS n`)
+          assert.strictEqual(rows[0]!.n, String(big + 1n))
+          const error = yield* Effect.flip(Session.transact(s`SELECT ${2 ** 60}::bigint AS n`))
+          assert.include(String(error.message), "cannot be sent exactly")
+        })
+    )
+
+    it.effect("SERIALIZABLE: a serialization failure (40001) is retried with retry: true", () =>
+      Effect.gen(function* () {
+        const a = freshId()
+        const b = freshId()
+        const s = yield* sql
+        yield* s`INSERT INTO acct (id, balance) VALUES (${a}, 100), (${b}, 100)`
+        const bothRead = yield* Deferred.make<void>()
+        const readers = yield* Ref.make(0)
+        const attempts = yield* Ref.make(0)
+        const hooks = yield* Ref.make(0)
+        // write skew: each reads both rows, waits until the other has read, then writes one
+        const unit = (mine: number) =>
+          Session.transact(
+            Effect.gen(function* () {
+              const n = yield* Ref.updateAndGet(attempts, (k) => k + 1)
+              yield* s`SELECT SUM(balance) FROM acct WHERE id IN (${a}, ${b})`
+              if (n <= 2) {
+                if ((yield* Ref.updateAndGet(readers, (k) => k + 1)) === 2) yield* Deferred.succeed(bothRead, undefined)
+                yield* Deferred.await(bothRead)
+              }
+              yield* s`UPDATE acct SET balance = balance - 10 WHERE id = ${mine}`
+              yield* Session.afterCommit(Ref.update(hooks, (k) => k + 1))
+            }),
+            { isolation: "SERIALIZABLE", retry: true }
+          )
+        yield* Effect.all([unit(a), unit(b)], { concurrency: 2 })
+        assert.isAtLeast(yield* Ref.get(attempts), 3)
+        assert.strictEqual(yield* Ref.get(hooks), 2)
+        const rows = yield* s<{ total: string }>`SELECT SUM(balance) AS total FROM acct WHERE id IN (${a}, ${b})`
+        assert.strictEqual(rows[0]!.total, "180")
+      })
+    )
+
+    it.effect("lock_timeout and statement_timeout per unit: typed errors, settings gone with the unit", () =>
+      Effect.gen(function* () {
+        const id = freshId()
+        const s = yield* sql
+        yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+        const locked = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const holder = yield* Effect.fork(
+          Session.transact(
+            Effect.zipRight(
+              Effect.zipRight(s`SELECT * FROM acct WHERE id = ${id} FOR UPDATE`, Deferred.succeed(locked, undefined)),
+              Deferred.await(release)
+            )
+          )
+        )
+        yield* Deferred.await(locked)
+        const waited = yield* Effect.flip(
+          Session.transact(s`UPDATE acct SET balance = 2 WHERE id = ${id}`, { lockWaitTimeout: "200 millis" })
+        )
+        assert.strictEqual(waited._tag, "LockWaitTimeout")
+        yield* Deferred.succeed(release, undefined)
+        yield* holder.await
+        const slow = yield* Effect.flip(Session.transact(s`SELECT pg_sleep(5)`, { statementTimeout: "100 millis" }))
+        assert.strictEqual(slow._tag, "StatementTimeout")
+        // the next unit runs with the server's settings again
+        const settings = yield* Session.transact(
+          s<{
+            lt: string
+            st: string
+          }>`SELECT current_setting('lock_timeout') AS lt, current_setting('statement_timeout') AS st`
+        )
+        assert.deepStrictEqual(settings, [{ lt: "0", st: "0" }])
+      })
+    )
+
+    it.effect("READ ONLY units refuse writes (25006, typed)", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const e = yield* Effect.flip(
+          Session.transact(s`INSERT INTO acct (id, balance) VALUES (${freshId()}, 1)`, { readOnly: true })
+        )
+        assert.strictEqual(e._tag, "ReadOnlyTransaction")
+      })
+    )
+
+    it.effect("a failed transaction (25P02): later statements fail, COMMIT is refused with the first error", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const id = freshId()
+        const exit = yield* Effect.exit(
+          Session.transact(
+            Effect.gen(function* () {
+              yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+              yield* Effect.ignore(s`SELECT 1 / 0`)
+              const later = yield* Effect.flip(s`SELECT 1`)
+              assert.include(String(later.message), "aborted")
+            })
+          )
+        )
+        assert.isTrue(Exit.isFailure(exit))
+        const error = Exit.isFailure(exit) && exit.cause._tag === "Fail" ? exit.cause.error : undefined
+        assert.strictEqual((error as { readonly _tag?: string } | undefined)?._tag, "CommitFailed")
+        assert.include(JSON.stringify(error), "division by zero")
+        const rows = yield* s`SELECT 1 FROM acct WHERE id = ${id}`
+        assert.strictEqual(rows.length, 0)
+      })
+    )
+
+    it.effect("session state a statement leaves (SET) does not reach the next unit", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        yield* Session.transact(s`SET search_path TO pg_catalog`)
+        for (let i = 0; i < 4; i++) {
+          const rows = yield* Session.transact(s<{ p: string }>`SELECT current_setting('search_path') AS p`)
+          assert.strictEqual(rows[0]!.p, `"$user", public`)
+        }
+      })
+    )
+
+    it.effect("errors are SessionErrors with retryable", () =>
+      Effect.sync(() => {
+        assert.isTrue(SessionError.isSessionError(new SessionError.Deadlock({ message: "x" })))
+      })
+    )
+  }
+)
