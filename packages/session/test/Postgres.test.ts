@@ -171,6 +171,38 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
+    it.effect("a nested unit's settings survive the rollback that undoes its SET on the server", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        const one = yield* Layer.build(Engine.layer({ url: server.url, pool: { size: 1 } }))
+        const run = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, one)
+        const lockTimeout = Effect.map(
+          Effect.flatMap(sql, (s) => s<{ lt: string }>`SELECT current_setting('lock_timeout') AS lt`),
+          (rows) => rows[0]!.lt
+        )
+        for (const undo of ["rollback", "rollbackTo"] as const) {
+          // PostgreSQL undoes a SET made inside a transaction (or savepoint) that rolls back
+          yield* run(
+            Effect.exit(
+              Session.transact(
+                Effect.zipRight(
+                  Effect.exit(
+                    Session.transact(Effect.zipRight(lockTimeout, Effect.fail("inner")), {
+                      lockWaitTimeout: "300 millis"
+                    })
+                  ),
+                  undo === "rollback" ? Effect.fail("outer") : Effect.void
+                )
+              )
+            )
+          )
+          // (a unit's lock wait is set in whole seconds, rounded up, as on MariaDB)
+          assert.strictEqual(yield* run(Session.transact(lockTimeout, { lockWaitTimeout: "300 millis" })), "1s")
+          assert.strictEqual(yield* run(Session.transact(lockTimeout)), "0")
+        }
+      }).pipe(Effect.scoped)
+    )
+
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
       Effect.gen(function* () {
         const s = yield* sql

@@ -23,6 +23,10 @@ const statusOf = (client: Pg.Client): string | null =>
 
 const ignore = () => undefined
 
+/** sessionfx's own settings statement (`Dialect.settingsSql`) and each setting in it. */
+const SET_CONFIG = "SELECT set_config("
+const SETTING = /set_config\('([^']+)', '((?:[^']|'')*)', false\)/g
+
 interface Result {
   readonly command: string | null
   readonly rowCount: number | null
@@ -49,6 +53,10 @@ class PgConnection implements RawConnection {
   /** The first error of the failed transaction (`E`), for what the COMMIT that can only roll back says. */
   private failure: unknown = undefined
   private lastError: unknown = undefined
+  /** The session settings sessionfx gave this connection (`set_config`), as the core believes them to be. */
+  private readonly settings = new Map<string, string>()
+  /** One of them was set inside the open transaction: a rollback (or ROLLBACK TO) undoes it on the server. */
+  private settingsInTransaction = false
   /** The cursor streaming now, paused by the core for backpressure. */
   private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
 
@@ -120,14 +128,46 @@ class PgConnection implements RawConnection {
             }) as Pg.QueryConfig,
         (err: unknown, result: Result) => {
           if (err) return cb(this.error(err), undefined)
-          if (commit || (sql === "COMMIT" && result.command === "ROLLBACK"))
-            return cb(this.commitRefused(failure), undefined)
-          cb(null, this.reply(rowsOf(result)))
+          const rolledBack = this.track(sql, result)
+          const done = () =>
+            commit || (sql === "COMMIT" && result.command === "ROLLBACK")
+              ? cb(this.commitRefused(failure), undefined)
+              : cb(null, this.reply(rowsOf(result)))
+          if (!rolledBack) return done()
+          this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
         }
       )
     } catch (e) {
       cb(this.error(e), undefined)
     }
+  }
+
+  /**
+   * Follows sessionfx's own settings through transactions: records each `set_config` and whether it ran inside a
+   * transaction; true when `result` rolled back (ROLLBACK, ROLLBACK TO, a refused COMMIT) what such a SET did.
+   */
+  private track(sql: string, result: Result): boolean {
+    const status = statusOf(this.client)
+    if (sql.startsWith(SET_CONFIG)) {
+      for (const m of sql.matchAll(SETTING)) this.settings.set(m[1]!, m[2]!)
+      if (status !== "I") this.settingsInTransaction = true
+      return false
+    }
+    if (!this.settingsInTransaction) return false
+    if (result.command === "ROLLBACK") {
+      if (status === "I") this.settingsInTransaction = false
+      return this.settings.size > 0
+    }
+    if (status === "I") this.settingsInTransaction = false
+    return false
+  }
+
+  /** Sets again, for the session, the settings a rollback undid: the server's match what the core believes. */
+  private reassert(cb: (err: unknown) => void): void {
+    const parts = [...this.settings].map(([name, value]) => `set_config('${name}', '${value}', false)`)
+    this.client.query({ text: `SELECT ${parts.join(", ")}`, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) =>
+      cb(err)
+    )
   }
 
   readonly stream = (sql: string, values: ReadonlyArray<unknown>, sink: RowSink): RowStream => {
@@ -182,6 +222,8 @@ class PgConnection implements RawConnection {
 
   /** Back to a fresh session: ROLLBACK if a transaction is open, then DISCARD ALL (settings, prepared, temp). */
   readonly reset = (cb: (err: unknown) => void): void => {
+    this.settings.clear()
+    this.settingsInTransaction = false
     const discard = () => this.execute("DISCARD ALL", [], false, (err) => cb(err ?? undefined))
     if (statusOf(this.client) === "I") return discard()
     this.execute("ROLLBACK", [], false, (err) => (err ? cb(err) : discard()))
