@@ -12,6 +12,7 @@ import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
 
@@ -53,6 +54,24 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
           )
         )
         assert.deepStrictEqual(rows, [{ n: 1 }])
+      })
+    )
+
+    it.effect("?host= names a unix socket's directory, as libpq does", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        if (Option.isNone(server.socketDir)) return assert.fail("the embedded server has a socket directory")
+        const url = `postgres://${server.username}:${encodeURIComponent(Redacted.value(server.password))}@localhost:${server.port}/${server.database}?host=${encodeURIComponent(server.socketDir.value)}`
+        const rows = yield* Effect.scoped(
+          Effect.flatMap(Layer.build(Engine.layer({ url })), (ctx) =>
+            Effect.provide(
+              Effect.flatMap(sql, (s) => s<{ addr: string | null }>`SELECT inet_client_addr()::text AS addr`),
+              ctx
+            )
+          )
+        )
+        // a unix-socket client has no address
+        assert.deepStrictEqual(rows, [{ addr: null }])
       })
     )
 
