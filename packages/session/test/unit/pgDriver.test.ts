@@ -42,9 +42,10 @@ describe("pg errors", () => {
     )
     expect(dup._tag).toBe("DuplicateKey")
     expect((dup as SessionError.DuplicateKey).key).toBe("id=7")
-    expect(dup.retryable).toBe(false)
-    expect(SessionError.classify(pgError("40001")).retryable).toBe(true)
-    expect(SessionError.classify(pgError("40P01")).retryable).toBe(true)
+    const retryable = (e: unknown) => (e as { readonly retryable?: boolean }).retryable
+    expect(retryable(dup)).toBe(false)
+    expect(retryable(SessionError.classify(pgError("40001")))).toBe(true)
+    expect(retryable(SessionError.classify(pgError("40P01")))).toBe(true)
     const fk = errors.describe(pgError("23503", { constraint: "child_parent_fk" }))
     expect(fk.constraint).toBe("child_parent_fk")
     expect(errors.describe(pgError("23502", { column: "v" })).column).toBe("v")
