@@ -8,13 +8,16 @@ import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session, SessionError } from "@sessionfx/session"
 import { PgServer } from "@sessionfx/testing"
+import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
+import { eventually } from "./support.js"
 
 const sql = SqlClient.SqlClient
 
@@ -218,6 +221,40 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
           // (a unit's lock wait is set in whole seconds, rounded up, as on MariaDB)
           assert.strictEqual(yield* run(Session.transact(lockTimeout, { lockWaitTimeout: "300 millis" })), "1s")
           assert.strictEqual(yield* run(Session.transact(lockTimeout)), "0")
+        }
+      }).pipe(Effect.scoped)
+    )
+
+    it.effect("a cancel never reaches the next statement on the connection (pool of one)", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        const one = yield* Layer.build(Engine.layer({ url: server.url, pool: { size: 1 } }))
+        const s = Context.get(one, SqlClient.SqlClient)
+        const admin = yield* Layer.build(Engine.layer({ url: server.admin.url, pool: { size: 1 } }))
+        const a = Context.get(admin, SqlClient.SqlClient)
+        // the admin engine's own client, outside any unit
+        const running = (marker: string) =>
+          Effect.map(
+            a<{
+              n: string
+            }>`SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ${`%${marker}%`} AND query NOT LIKE '%pg_stat_activity%'`,
+            (rows) => Number(rows[0]!.n)
+          )
+        for (let round = 0; round < 5; round++) {
+          const marker = `cancel_${freshId()}`
+          const fiber = yield* Effect.fork(
+            Effect.provide(Session.transact(s.unsafe(`SELECT pg_sleep(30) /* ${marker} */`)), one)
+          )
+          yield* eventually(
+            Effect.map(running(marker), (n) => n === 1),
+            "the sleep runs"
+          )
+          yield* Fiber.interrupt(fiber)
+          // at once, on the same (only) connection: none of these is cancelled
+          for (let i = 0; i < 10; i++) {
+            const rows = yield* Effect.provide(Session.transact(s<{ n: number }>`SELECT ${i}::int AS n`), one)
+            assert.deepStrictEqual(rows, [{ n: i }])
+          }
         }
       }).pipe(Effect.scoped)
     )
