@@ -7,7 +7,7 @@
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session, SessionError } from "@sessionfx/session"
-import { PgServer } from "@sessionfx/testing"
+import { FaultProxy, PgServer } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -256,6 +256,58 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
             assert.deepStrictEqual(rows, [{ n: i }])
           }
         }
+      }).pipe(Effect.scoped)
+    )
+
+    it.effect("COMMIT whose reply is lost: outcome unknown; a keyed unit learns it from its key, exactly once", () =>
+      Effect.gen(function* () {
+        const server = yield* PgServer.PgServer
+        const proxy = yield* FaultProxy.make({ target: { host: server.host, port: server.port } })
+        const engine = yield* Layer.build(
+          Engine.layer({
+            url: proxy.urlFor(server),
+            pool: { size: 2 },
+            commitTimeout: "2 seconds",
+            killGrace: "500 millis"
+          })
+        )
+        const s = Context.get(engine, SqlClient.SqlClient)
+        const run = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, engine)
+        yield* run(Session.createKeyTable)
+        yield* run(s`CREATE TABLE IF NOT EXISTS acct (id INT PRIMARY KEY, balance BIGINT NOT NULL)`)
+        const rowsOf = (id: number) =>
+          Effect.map(run(s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`), (r) => Number(r[0]!.n))
+        // the extended protocol's Parse message of sessionfx's COMMIT (a unit's COMMIT on the wire)
+        const isCommit = (chunk: Buffer) => chunk[0] === 0x50 && chunk.includes("\0COMMIT\0", 0, "latin1")
+        const unit = (id: number, key?: string) =>
+          run(Session.transact(s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`, key === undefined ? {} : { key }))
+
+        // delivered, the reply lost: committed on the server
+        const delivered = freshId()
+        yield* proxy.resetNextAfter({ match: isCommit, forward: true })
+        const unknown = yield* Effect.flip(unit(delivered))
+        assert.strictEqual(unknown._tag, "CommitOutcomeUnknown")
+        assert.strictEqual(yield* rowsOf(delivered), 1)
+
+        // keyed, delivered: the key says committed, the unit succeeds; a retry is not applied again
+        const key = `lost-${freshId()}`
+        const keyed = freshId()
+        yield* proxy.resetNextAfter({ match: isCommit, forward: true })
+        yield* unit(keyed, key)
+        assert.strictEqual(yield* run(Session.outcome(key)), "committed")
+        assert.strictEqual((yield* Effect.flip(unit(freshId(), key)))._tag, "AlreadyApplied")
+        assert.strictEqual(yield* rowsOf(keyed), 1)
+
+        // keyed, dropped before the server saw it: nothing applied, a retryable ConnectionLost, then applied once
+        const key2 = `lost-${freshId()}`
+        const dropped = freshId()
+        yield* proxy.resetNextAfter({ match: isCommit, forward: false })
+        const lost = yield* Effect.flip(unit(dropped, key2))
+        assert.strictEqual(lost._tag, "ConnectionLost")
+        assert.strictEqual(yield* run(Session.outcome(key2)), "absent")
+        assert.strictEqual(yield* rowsOf(dropped), 0)
+        yield* unit(dropped, key2)
+        assert.strictEqual(yield* rowsOf(dropped), 1)
       }).pipe(Effect.scoped)
     )
 
