@@ -126,6 +126,53 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
+    it.effect("concurrent sibling savepoints: one's rollback never undoes the other's work", () =>
+      Effect.gen(function* () {
+        const kept = Array.from({ length: 4 }, freshId)
+        const undone = Array.from({ length: 4 }, freshId)
+        yield* Session.transact(
+          Effect.all(
+            [
+              ...kept.map((id) => Effect.exit(Session.transact(insert("items", id)))),
+              ...undone.map((id) =>
+                Effect.exit(Session.transact(Effect.zipRight(insert("items", id), Effect.fail("x"))))
+              )
+            ],
+            { concurrency: "unbounded" }
+          )
+        )
+        for (const id of kept) assert.strictEqual(yield* count("items", id), 1)
+        for (const id of undone) assert.strictEqual(yield* count("items", id), 0)
+      })
+    )
+
+    it.effect("a fiber that outlives its unit gets SessionClosed, never another unit's connection", () =>
+      Effect.gen(function* () {
+        const go = yield* Deferred.make<void>()
+        const daemon = yield* Session.transact(
+          Effect.forkDaemon(
+            Effect.zipRight(
+              Deferred.await(go),
+              Effect.flatMap(sql, (s) => s`SELECT 1 AS one`)
+            )
+          )
+        )
+        // another unit holds a connection meanwhile
+        const inOther = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const other = yield* Effect.fork(
+          Session.transact(Effect.zipRight(Deferred.succeed(inOther, undefined), Deferred.await(release)))
+        )
+        yield* Deferred.await(inOther)
+        yield* Deferred.succeed(go, undefined)
+        const exit = yield* Fiber.await(daemon)
+        assert.isTrue(Exit.isFailure(exit))
+        assert.include(JSON.stringify(exit), "SessionClosed")
+        yield* Deferred.succeed(release, undefined)
+        yield* Fiber.join(other)
+      })
+    )
+
     it.effect("afterCommit runs once, after the commit; never after a rollback", () =>
       Effect.gen(function* () {
         const runs = yield* Ref.make(0)
