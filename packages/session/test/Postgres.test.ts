@@ -7,7 +7,7 @@
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Engine, Session, SessionError } from "@sessionfx/session"
-import { FaultProxy, PgServer } from "@sessionfx/testing"
+import { FaultProxy, PgServer, SessionTest } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -309,6 +309,24 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
         yield* unit(dropped, key2)
         assert.strictEqual(yield* rowsOf(dropped), 1)
       }).pipe(Effect.scoped)
+    )
+
+    it.effect("SessionTest on PostgreSQL: the test's writes are visible inside, rolled back after", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const id = freshId()
+        const inside = yield* Effect.provide(
+          Effect.zipRight(
+            // a nested unit inside the test session: a savepoint, still rolled back at the end
+            Session.transact(s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`),
+            s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
+          ),
+          SessionTest.SessionTest
+        )
+        assert.strictEqual(inside[0]!.n, "1")
+        const after = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
+        assert.strictEqual(after[0]!.n, "0")
+      })
     )
 
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
