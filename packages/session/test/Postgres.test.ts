@@ -17,6 +17,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Ref from "effect/Ref"
+import * as Stream from "effect/Stream"
 import { eventually } from "./support.js"
 
 const sql = SqlClient.SqlClient
@@ -326,6 +327,29 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
         assert.strictEqual(inside[0]!.n, "1")
         const after = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
         assert.strictEqual(after[0]!.n, "0")
+      })
+    )
+
+    it.effect("a stream that fails midway fails the consumer; a slow consumer is interrupted mid-stream", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        // rows 1..999 arrive, then division by zero: the unit rolls back with that error
+        const failed = yield* Effect.flip(
+          Session.transact(Stream.runCount(s`SELECT 1 / (n - 1000) AS x FROM generate_series(1, 5000) AS n`.stream))
+        )
+        assert.include(String(failed.message), "division by zero")
+        // a consumer that stops between batches (paused, no read pending), interrupted by a timeout
+        const slow = yield* Effect.exit(
+          Session.transact(
+            Stream.runDrain(
+              Stream.tap(s`SELECT n FROM generate_series(1, 1000000) AS n`.stream, () => Effect.sleep("10 millis"))
+            ).pipe(Effect.timeout("300 millis"))
+          )
+        )
+        assert.isTrue(Exit.isFailure(slow))
+        // the pool is fine afterwards
+        const rows = yield* Session.transact(s<{ n: number }>`SELECT 1::int AS n`)
+        assert.deepStrictEqual(rows, [{ n: 1 }])
       })
     )
 

@@ -186,6 +186,8 @@ class PgConnection implements RawConnection {
       else sink.end(null, this.reply(result === undefined ? [] : rowsOf(result)))
     }
     cursor.on("end", (result: Result) => (ended = result))
+    // an error while no read is pending (the consumer paused) settles the stream too
+    cursor.on("error", (e: unknown) => settle(e, undefined))
     const read = (): void => {
       reading.next = undefined
       cursor.read(BATCH, (err: unknown, rows: Array<unknown>) => {
