@@ -353,6 +353,40 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
+    it.effect("idle_in_transaction_session_timeout ends the unit's connection: ConnectionLost, retried", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const server = yield* PgServer.PgServer
+        const admin = yield* Layer.build(Engine.layer({ url: server.admin.url, pool: { size: 1 } }))
+        const a = Context.get(admin, SqlClient.SqlClient)
+        const alive = (pid: number) =>
+          Effect.map(
+            a<{ n: string }>`SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ${pid}`,
+            (r) => r[0]!.n === "1"
+          )
+        const id = freshId()
+        const attempts = yield* Ref.make(0)
+        yield* Session.transact(
+          Effect.gen(function* () {
+            if ((yield* Ref.updateAndGet(attempts, (n) => n + 1)) === 1) {
+              yield* s`SET LOCAL idle_in_transaction_session_timeout = '100ms'`
+              const pid = yield* Session.connectionId
+              // the server ends the backend once the transaction has been idle that long
+              yield* eventually(
+                Effect.map(alive(pid), (up) => !up),
+                "the server ends the idle transaction's backend"
+              )
+            }
+            yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+          }),
+          { retry: true }
+        )
+        assert.strictEqual(yield* Ref.get(attempts), 2)
+        const rows = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
+        assert.strictEqual(rows[0]!.n, "1")
+      }).pipe(Effect.scoped)
+    )
+
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
       Effect.gen(function* () {
         const s = yield* sql

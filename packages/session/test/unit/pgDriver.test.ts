@@ -28,6 +28,7 @@ describe("pg errors", () => {
     ["25006", "ReadOnlyTransaction"],
     ["57P01", "ConnectionLost"],
     ["08006", "ConnectionLost"],
+    ["25P03", "ConnectionLost"],
     ["28P01", "ConnectionError"],
     ["42P01", undefined]
   ])("%s is %s", (code, kind) => {

@@ -40,8 +40,8 @@ const codeOf = (cause: unknown): string | undefined => {
   return typeof code === "string" ? code : undefined
 }
 
-/** SQLSTATEs of a connection that is gone: admin shutdown, crash shutdown, cannot connect now, class 08. */
-const lostStates = new Set(["57P01", "57P02", "57P03", "57P05"])
+/** SQLSTATEs of a connection that is gone: admin shutdown, crash shutdown, cannot connect now, idle-session and idle-in-transaction timeouts, class 08. */
+const lostStates = new Set(["57P01", "57P02", "57P03", "57P05", "25P03"])
 const lostCodes = new Set(["ECONNRESET", "EPIPE", "ETIMEDOUT", "PROTOCOL_CONNECTION_LOST"])
 const connectCodes = new Set(["ECONNREFUSED", "ENOTFOUND", "EAI_AGAIN", "EHOSTUNREACH", "ENETUNREACH", "ENOENT"])
 const LOST_TEXT = /connection terminated|not queryable|connection ended|connection error|closed state/i
