@@ -243,6 +243,48 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
+    it.effect("backpressure: a consumer that holds keeps the rest of the result on the server", () =>
+      Effect.gen(function* () {
+        const db = yield* DbTag
+        const marker = `held_${freshId()}`
+        const rows = 1_000_000
+        const text =
+          name === "postgres"
+            ? `SELECT n /* ${marker} */ FROM generate_series(1, ${rows}) AS n`
+            : `SELECT seq AS n /* ${marker} */ FROM seq_1_to_${rows}`
+        // MariaDB: the statement stays running, blocked on its socket; PostgreSQL: the cursor's portal is suspended
+        // between batches, its backend waiting for the client's next message (ClientRead) in the middle of it
+        const held =
+          name === "postgres"
+            ? Effect.map(
+                db.admin(
+                  "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE state = 'active' AND wait_event = 'ClientRead' AND query LIKE ? AND query NOT LIKE '%pg_stat_activity%'",
+                  [`%${marker}%`]
+                ),
+                (r) => Number(r[0]!.n) === 1
+              )
+            : Effect.map(db.running(marker), (n) => n === 1)
+        const total = yield* Session.transact(
+          Effect.scoped(
+            Effect.gen(function* () {
+              const s = yield* sql
+              const pull = yield* Stream.toPull(s.unsafe<{ n: number }>(text).stream)
+              const first = yield* pull
+              assert.strictEqual(Number(Chunk.unsafeGet(first, 0).n), 1)
+              yield* eventually(held, "the statement held on the server while the consumer holds")
+              let count = Chunk.size(first)
+              for (;;) {
+                const next = yield* Effect.option(pull)
+                if (next._tag === "None") return count
+                count += Chunk.size(next.value)
+              }
+            })
+          )
+        )
+        assert.strictEqual(total, rows)
+      })
+    )
+
     it.effect("a client used after its unit ended fails with SessionClosed", () =>
       Effect.gen(function* () {
         const leaked = yield* Session.transact(Effect.map(Session.Session, (s) => s.sql))
