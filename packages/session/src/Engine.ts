@@ -139,9 +139,12 @@ export interface EngineOptions {
   readonly longUnitThreshold?: Duration.DurationInput | undefined
   /** Session default: isolation level (default: the server's). */
   readonly isolation?: IsolationLevel | undefined
-  /** Session default: `innodb_lock_wait_timeout`. */
+  /** Session default: `innodb_lock_wait_timeout` (`lock_timeout` on PostgreSQL). */
   readonly lockWaitTimeout?: Duration.DurationInput | undefined
-  /** Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL). */
+  /**
+   * Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL,
+   * `statement_timeout` on PostgreSQL).
+   */
   readonly statementTimeout?: Duration.DurationInput | undefined
   readonly ssl?: string | SslOptions | undefined
   readonly spanAttributes?: Record<string, unknown> | undefined
