@@ -307,6 +307,17 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
+    it.effect("pruneKeys deletes the keys older than asked, and only those", () =>
+      Effect.gen(function* () {
+        const key = `prune-${freshId()}`
+        yield* Session.transact(insert("items", freshId()), { key })
+        assert.strictEqual(yield* Session.pruneKeys({ olderThan: "1 hour" }), 0)
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+        assert.isAtLeast(yield* Session.pruneKeys({ olderThan: 0 }), 1)
+        assert.strictEqual(yield* Session.outcome(key), "absent")
+      })
+    )
+
     it.effect("violations are typed errors", () =>
       Effect.gen(function* () {
         const id = freshId()
