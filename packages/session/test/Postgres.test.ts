@@ -387,6 +387,26 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       }).pipe(Effect.scoped)
     )
 
+    it.effect("isolation, READ ONLY and consistentSnapshot as the server reports them inside the unit", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const mode = s<{
+          iso: string
+          ro: string
+        }>`SELECT current_setting('transaction_isolation') AS iso, current_setting('transaction_read_only') AS ro`
+        assert.deepStrictEqual(yield* Session.transact(mode), [{ iso: "read committed", ro: "off" }])
+        assert.deepStrictEqual(yield* Session.transact(mode, { isolation: "SERIALIZABLE" }), [
+          { iso: "serializable", ro: "off" }
+        ])
+        assert.deepStrictEqual(yield* Session.transact(mode, { readOnly: true }), [{ iso: "read committed", ro: "on" }])
+        assert.deepStrictEqual(yield* Session.transact(mode, { consistentSnapshot: true }), [
+          { iso: "repeatable read", ro: "on" }
+        ])
+        // and back to the server's default for the next unit
+        assert.deepStrictEqual(yield* Session.transact(mode), [{ iso: "read committed", ro: "off" }])
+      })
+    )
+
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
       Effect.gen(function* () {
         const s = yield* sql
