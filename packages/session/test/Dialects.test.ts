@@ -285,6 +285,27 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
+    it.effect("a statement inside a stream's consumer does not wait for the consumer (the stream reads ahead)", () =>
+      Effect.gen(function* () {
+        const db = yield* DbTag
+        const ids = [freshId(), freshId(), freshId()]
+        const consumed = yield* Session.transact(
+          Effect.gen(function* () {
+            const s = yield* sql
+            return yield* s.unsafe<{ n: number }>(db.series(30_000)).stream.pipe(
+              Stream.mapEffect((row) => {
+                const k = Number(row.n) / 10_000 - 1
+                return Number.isInteger(k) ? Effect.as(insert("items", ids[k]!), 1) : Effect.succeed(1)
+              }),
+              Stream.runCount
+            )
+          })
+        )
+        assert.strictEqual(consumed, 30_000)
+        for (const id of ids) assert.strictEqual(yield* count("items", id), 1)
+      })
+    )
+
     it.effect("a client used after its unit ended fails with SessionClosed", () =>
       Effect.gen(function* () {
         const leaked = yield* Session.transact(Effect.map(Session.Session, (s) => s.sql))
