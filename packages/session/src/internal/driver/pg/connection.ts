@@ -11,8 +11,14 @@ import Cursor from "pg-cursor"
 import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
 import { mark } from "./errors.js"
 
-/** Rows asked of the server per cursor read. */
+/** Rows asked of the server by a cursor's first read; later reads ask for about `BATCH_BYTES` of rows. */
 const BATCH = 128
+const BATCH_BYTES = 512 * 1024
+const MAX_BATCH = 2048
+
+/** The next read's row count: about `BATCH_BYTES` at the last read's bytes per row. */
+const nextBatch = (bytes: number, rows: number): number =>
+  rows === 0 || bytes <= 0 ? BATCH : Math.max(16, Math.min(MAX_BATCH, Math.floor((BATCH_BYTES * rows) / bytes)))
 
 // node-postgres's protocol connection is untyped in @types/pg
 type Protocol = any
@@ -188,10 +194,13 @@ class PgConnection implements RawConnection {
     cursor.on("end", (result: Result) => (ended = result))
     // an error while no read is pending (the consumer paused) settles the stream too
     cursor.on("error", (e: unknown) => settle(e, undefined))
+    let batch = BATCH
     const read = (): void => {
       reading.next = undefined
-      cursor.read(BATCH, (err: unknown, rows: Array<unknown>) => {
+      const before = this.bytesRead()
+      cursor.read(batch, (err: unknown, rows: Array<unknown>) => {
         if (err) return settle(err, undefined)
+        batch = nextBatch(this.bytesRead() - before, rows.length)
         if (!skipping) for (const row of rows) sink.row(row)
         if (ended !== undefined) return settle(null, ended)
         if (skipping) return void cursor.close((e: unknown) => settle(e ?? null, ended))
