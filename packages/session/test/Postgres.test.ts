@@ -407,6 +407,36 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
+    it.effect("streams stopped early, many times in one unit: the unit's transaction survives and commits", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const id = freshId()
+        const taken = yield* Session.transact(
+          Effect.gen(function* () {
+            yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+            let total = 0
+            for (let i = 0; i < 30; i++) {
+              // a lazy set-returning function: the server computes rows as they are fetched, so the core's cancel
+              // can land while a batch is being computed (the stream's own savepoint then undoes only the stream)
+              const rows = yield* Stream.runCollect(
+                Stream.take(
+                  s.unsafe<{ n: number }>("SELECT generate_series(1, 50000000) AS n").stream,
+                  1 + (i % 7) * 300
+                )
+              )
+              total += rows.length
+            }
+            const [row] = yield* s<{ balance: string }>`SELECT balance FROM acct WHERE id = ${id}`
+            assert.strictEqual(row!.balance, "1")
+            return total
+          })
+        )
+        assert.isAbove(taken, 30)
+        const rows = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
+        assert.strictEqual(rows[0]!.n, "1")
+      })
+    )
+
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
       Effect.gen(function* () {
         const s = yield* sql

@@ -29,6 +29,15 @@ const statusOf = (client: Pg.Client): string | null =>
 
 const ignore = () => undefined
 
+/** The savepoint a stream inside a transaction runs under. */
+const STREAM_SAVEPOINT = "sessionfx_stream"
+
+/** A statement of the driver's own, through the extended protocol. */
+const extended = (text: string): Pg.QueryConfig => ({ text, queryMode: "extended" }) as Pg.QueryConfig
+
+const codeOf = (err: unknown): unknown =>
+  err !== null && typeof err === "object" ? (err as { readonly code?: unknown }).code : undefined
+
 /** sessionfx's own settings statement (`Dialect.settingsSql`) and each setting in it. */
 const SET_CONFIG = "SELECT set_config("
 const SETTING = /set_config\('([^']+)', '((?:[^']|'')*)', false\)/g
@@ -184,12 +193,20 @@ class PgConnection implements RawConnection {
     let ended: Result | undefined = undefined
     let settled = false
     let skipping = false
+    // inside a transaction the statement runs under a savepoint of its own: a cancel that stops it after its
+    // consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of
+    // failing the whole transaction
+    const guarded = statusOf(this.client) === "T"
+    if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
     const settle = (err: unknown, result: Result | undefined) => {
       if (settled) return
       settled = true
       if (this.reading === reading) this.reading = undefined
-      if (err) sink.end(this.error(err), undefined)
-      else sink.end(null, this.reply(result === undefined ? [] : rowsOf(result)))
+      const stopped = err !== null && err !== undefined && skipping && codeOf(err) === "57014"
+      const end = (e: unknown) =>
+        e ? sink.end(this.error(e), undefined) : sink.end(null, this.reply(result === undefined ? [] : rowsOf(result)))
+      if (!guarded || (err && !stopped)) return end(err)
+      this.endGuard(stopped, end)
     }
     cursor.on("end", (result: Result) => (ended = result))
     // an error while no read is pending (the consumer paused) settles the stream too
@@ -226,6 +243,23 @@ class PgConnection implements RawConnection {
         }
       }
     }
+  }
+
+  /**
+   * The stream's savepoint: released, or (`undo`: the statement was cancelled) rolled back to and released. A late
+   * cancel of the core's (it resends until the stream has settled) that stops one of these is met by undoing again.
+   */
+  private endGuard(undo: boolean, cb: (err: unknown) => void, attempt = 0): void {
+    const again = (err: unknown) =>
+      codeOf(err) === "57014" && attempt < 5 ? this.endGuard(true, cb, attempt + 1) : cb(err)
+    const release = () =>
+      this.client.query(extended(`RELEASE SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+        err ? again(err) : cb(null)
+      )
+    if (!undo) return void release()
+    this.client.query(extended(`ROLLBACK TO SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+      err ? again(err) : release()
+    )
   }
 
   readonly ping = (cb: (err: unknown) => void): void =>
