@@ -437,6 +437,42 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
+    it.effect(
+      "a statement interrupted in a forked fiber: on PostgreSQL its cancel fails the transaction, nothing is committed",
+      () =>
+        Effect.gen(function* () {
+          const s = yield* sql
+          const id = freshId()
+          const marker = `child_${freshId()}`
+          const server = yield* PgServer.PgServer
+          const admin = yield* Layer.build(Engine.layer({ url: server.admin.url, pool: { size: 1 } }))
+          const a = Context.get(admin, SqlClient.SqlClient)
+          const running = Effect.map(
+            a<{
+              n: string
+            }>`SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ${`%${marker}%`} AND query NOT LIKE '%pg_stat_activity%'`,
+            (r) => r[0]!.n === "1"
+          )
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+                const child = yield* Effect.fork(s.unsafe(`SELECT pg_sleep(30) /* ${marker} */`))
+                yield* eventually(running, "the child's statement runs")
+                yield* Fiber.interrupt(child)
+                // MariaDB: KILL QUERY stops that statement only and the unit goes on (Session.test.ts); PostgreSQL:
+                // a cancelled statement fails the transaction, so the unit's next statement fails (25P02)
+                yield* s`UPDATE acct SET balance = 2 WHERE id = ${id}`
+              })
+            )
+          )
+          assert.isTrue(Exit.isFailure(exit))
+          assert.include(JSON.stringify(exit), "aborted")
+          const rows = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
+          assert.strictEqual(rows[0]!.n, "0")
+        }).pipe(Effect.scoped)
+    )
+
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
       Effect.gen(function* () {
         const s = yield* sql
