@@ -1,5 +1,5 @@
 /**
- * The Engine: a pool of MySQL / MariaDB connections as a scoped Effect service, with an autocommit `SqlClient`.
+ * The Engine: a pool of MySQL / MariaDB / PostgreSQL connections as a scoped Effect service, with an autocommit `SqlClient`.
  *
  * @since 0.1.0
  */
@@ -18,10 +18,10 @@ import type * as Scope from "effect/Scope"
 import * as SessionError from "./SessionError.js"
 import { EngineImpl, type Isolation } from "./internal/engine.js"
 import { sessionErrorsAsSqlError } from "./internal/connection.js"
-import { makeCompiler } from "./internal/driver/mysql/compiler.js"
+import type { SslOptions } from "./internal/driver/types.js"
+import { flavorOf, makeCompiler, makeDriver } from "./internal/driver/choose.js"
 import * as Options from "./internal/options.js"
 import { makeClient } from "./internal/statement.js"
-import { MysqlServer, type SslOptions } from "./internal/driver/mysql/server.js"
 import {
   closeServers,
   connectionOf,
@@ -29,6 +29,7 @@ import {
   millisOf,
   nameOf,
   parseTarget,
+  sameDatabase,
   spanAttributesOf,
   type Target,
   versionsOf
@@ -84,7 +85,8 @@ export interface PoolOptions {
  */
 export interface EngineOptions {
   /**
-   * `mysql://user:password@host:port/database`; overrides the separate fields. A list of urls is a multi-primary
+   * `mysql://user:password@host:port/database` (or `mariadb://`), `postgres://…` / `postgresql://…` for
+   * PostgreSQL (the scheme chooses the driver); overrides the separate fields. A list of urls is a multi-primary
    * cluster (MariaDB Galera): every node takes reads and writes, units go to healthy nodes (see `loadBalancing`).
    */
   readonly url?: Redacted.Redacted | string | ReadonlyArray<Redacted.Redacted | string> | undefined
@@ -137,9 +139,12 @@ export interface EngineOptions {
   readonly longUnitThreshold?: Duration.DurationInput | undefined
   /** Session default: isolation level (default: the server's). */
   readonly isolation?: IsolationLevel | undefined
-  /** Session default: `innodb_lock_wait_timeout`. */
+  /** Session default: `innodb_lock_wait_timeout` (`lock_timeout` on PostgreSQL). */
   readonly lockWaitTimeout?: Duration.DurationInput | undefined
-  /** Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL). */
+  /**
+   * Session default: per-statement time limit (`max_statement_time` on MariaDB, `max_execution_time` on MySQL,
+   * `statement_timeout` on PostgreSQL).
+   */
   readonly statementTimeout?: Duration.DurationInput | undefined
   readonly ssl?: string | SslOptions | undefined
   readonly spanAttributes?: Record<string, unknown> | undefined
@@ -176,7 +181,7 @@ export declare namespace Engine {
     readonly [TypeId]: EngineImpl
     /** The label used in metrics and messages. */
     readonly name: string
-    readonly flavor: "mariadb" | "mysql"
+    readonly flavor: "mariadb" | "mysql" | "postgresql"
     /** `SELECT VERSION()` of the server, read at startup. */
     readonly serverVersion: string
     /** The autocommit client; inside a session of this engine it joins that session. */
@@ -216,6 +221,7 @@ export const make = (
     const targets = yield* Effect.forEach([...urls, ...replicaUrls], (url) =>
       parseTarget({ ...options, url }, checked.port)
     )
+    yield* sameDatabase(targets)
     const engineName = options.name ?? nameOf(targets[0]!)
     const roleOf = (i: number): Role => (urls.length > 1 ? "node" : i === 0 ? "primary" : "replica")
     const servers = yield* buildServers({ options, checked, targets, engineName, roleOf })
@@ -230,11 +236,11 @@ export const make = (
     )
     const versions = yield* versionsOf(servers, targets, { connectTimeoutMs: checked.connectTimeoutMs, roleOf })
     const version = versions[0]!
-    const flavor = /mariadb/i.test(version) ? "mariadb" : "mysql"
-    if (topology && flavor === "mysql") {
+    const flavor = flavorOf(targets[0]!.dialect, version)
+    if (topology && flavor !== "mariadb") {
       return yield* new SessionError.InvalidOption({
         option: urls.length > 1 ? "url" : "replicas",
-        message: `Engine option ${urls.length > 1 ? "url" : "replicas"}: replicas and multi-primary clusters are supported on MariaDB (GTID replication, Galera); ${describeTarget(targets[0]!)} is MySQL ${version}. Use one Engine per server for now`
+        message: `Engine option ${urls.length > 1 ? "url" : "replicas"}: replicas and multi-primary clusters are supported on MariaDB (GTID replication, Galera); ${describeTarget(targets[0]!)} is ${flavor === "postgresql" ? "PostgreSQL, whose replicas (WAL positions as causality tokens, health checks of a streaming replica) are not supported yet" : "MySQL"} ${version}. Use one Engine per server for now`
       })
     }
     for (const server of servers) {
@@ -298,14 +304,15 @@ const buildServers = (o: {
   Effect.gen(function* () {
     const { checked, options, targets } = o
     const topology = targets.length > 1
-    const compiler = makeCompiler(options.transformQueryNames)
+    const compiler = makeCompiler(targets[0]!.dialect, options.transformQueryNames)
     const transformRows = options.transformResultNames
       ? Statement.defaultTransforms(options.transformResultNames).array
       : undefined
     const reactivity = yield* Reactivity.Reactivity
     const runtime = yield* Effect.runtime<never>()
     return targets.map((target, i) => {
-      const driver = new MysqlServer({
+      const driver = makeDriver({
+        dialect: target.dialect,
         target: connectionOf(target, checked.connectTimeoutMs),
         trackCommits: topology,
         onCommitTrackingRefused: (message) => impl.log("Warning", `sessionfx: ${describeTarget(target)} ${message}`)
@@ -341,7 +348,7 @@ const serviceOf = (o: {
   readonly servers: ReadonlyArray<EngineImpl>
   readonly router: Topology | undefined
   readonly engineName: string
-  readonly flavor: "mariadb" | "mysql"
+  readonly flavor: "mariadb" | "mysql" | "postgresql"
   readonly version: string
 }): Engine.Service => {
   const { router, servers } = o

@@ -8,7 +8,7 @@
 import { SqlError } from "@effect/sql/SqlError"
 import * as Data from "effect/Data"
 import * as Predicate from "effect/Predicate"
-import { connectAdvice, describe, isFatal as isFatalDriverError } from "./internal/driver/mysql/errors.js"
+import { connectAdvice, describe, isFatal as isFatalDriverError } from "./internal/driver/errors.js"
 
 export {
   /**

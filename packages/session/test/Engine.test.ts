@@ -306,9 +306,10 @@ layer(ServerLive, { timeout: 120_000, excludeTestServices: true })("Engine", (it
       expect(bad.message).toMatch(/not a valid URL/)
       expect(bad.message).not.toContain("hunter2pw")
       const scheme = yield* Effect.flip(
-        Layer.build(Engine.layer({ url: "postgres://u:hunter2pw@h/db" })).pipe(Effect.scoped)
+        Layer.build(Engine.layer({ url: "mssql://u:hunter2pw@h/db" })).pipe(Effect.scoped)
       )
-      expect(scheme.message).toMatch(/scheme/)
+      // postgres:// and postgresql:// choose the PostgreSQL driver (Postgres.test.ts); the message lists the schemes
+      expect(scheme.message).toMatch(/scheme "mssql:".*mysql:\/\/.*postgres:\/\//)
       expect(scheme.message).not.toContain("hunter2pw")
     })
   )

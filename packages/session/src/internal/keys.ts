@@ -5,7 +5,7 @@
  */
 import * as Effect from "effect/Effect"
 import * as SessionError from "../SessionError.js"
-import { keysSql } from "./driver/mysql/dialect.js"
+import { keyTableDdl } from "./driver/choose.js"
 import { runAutocommit } from "./autocommit.js"
 import type { KeysTexts } from "./driver/types.js"
 import type { EngineImpl } from "./engine.js"
@@ -19,7 +19,10 @@ export const TABLE = "sessionfx_unit_keys"
  *
  * @internal
  */
-export const mysqlDdl = keysSql(TABLE).create
+export const mysqlDdl = keyTableDdl("mysql", TABLE)
+
+/** The same on PostgreSQL (`bytea` keys, compared byte for byte). @internal */
+export const pgDdl = keyTableDdl("postgres", TABLE)
 
 const textsByEngine = new WeakMap<EngineImpl, KeysTexts>()
 

@@ -66,13 +66,18 @@ export const borrowScoped = (engine: EngineImpl) =>
 /** Effect's built-in tracer: spans made for it are seen by nobody, so sessionfx skips them. @internal */
 export const defaultTracer: Tracer.Tracer = Effect.runSync(Effect.tracer)
 
-/** The SQL text of a template whose arguments are all plain values: compiled once per call site. */
+/**
+ * The SQL text of a template whose arguments are all plain values: compiled once per call site, with `?`
+ * placeholders, or `$1 … $n` where the compiler numbers them (PostgreSQL: `numbered`).
+ */
 const textCache = new WeakMap<TemplateStringsArray, string>()
-const textOf = (strings: TemplateStringsArray): string => {
-  let text = textCache.get(strings)
+const numberedCache = new WeakMap<TemplateStringsArray, string>()
+const textOf = (strings: TemplateStringsArray, numbered: boolean): string => {
+  const cache = numbered ? numberedCache : textCache
+  let text = cache.get(strings)
   if (text === undefined) {
-    text = strings.join("?")
-    textCache.set(strings, text)
+    text = numbered ? strings.reduce((sql, part, i) => `${sql}$${i}${part}`) : strings.join("?")
+    cache.set(strings, text)
   }
   return text
 }
@@ -96,6 +101,8 @@ interface Core {
   readonly transformRows: Transform
   /** A `@effect/sql` statement constructor whose statements run on `origin` when the running fiber has no unit. */
   readonly slowFor: (origin: StatementTarget & Connection) => Statement.Constructor
+  /** The compiler numbers its placeholders (`$1`): PostgreSQL. */
+  readonly numbered: boolean
 }
 
 const verbs = new Map<string, string>()
@@ -149,7 +156,7 @@ const runIn = (
   how: How
 ): Effect.Effect<unknown, SqlError> => {
   const core = s.core
-  const text = textOf(s.strings)
+  const text = textOf(s.strings, core.numbered)
   const req: StatementRequest = {
     method: how.method,
     sql: text,
@@ -220,7 +227,7 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     return this.slow().segments
   }
   compile(): readonly [sql: string, params: ReadonlyArray<unknown>] {
-    return [textOf(this.strings), this.args]
+    return [textOf(this.strings, this.core.numbered), this.args]
   }
   private go<X>(
     how: How,
@@ -256,7 +263,7 @@ class FastStatement<A> extends Effectable.Class<ReadonlyArray<A>, SqlError> impl
     return this.slow().stream
   }
   toJSON() {
-    return { _id: "@effect/sql/Statement", sql: textOf(this.strings), params: this.args }
+    return { _id: "@effect/sql/Statement", sql: textOf(this.strings, this.core.numbered), params: this.args }
   }
 }
 
@@ -313,7 +320,7 @@ const buildClient = (p: ClientParts, transformRows: Transform, compiler: Stateme
     }
     return c
   }
-  const core: Core = { engine, resolve, slow, transformRows, slowFor }
+  const core: Core = { engine, resolve, slow, transformRows, slowFor, numbered: compiler.dialect === "pg" }
   const sql = function (strings: unknown, ...args: Array<unknown>): unknown {
     const fiber = currentFiber()
     const origin = fiber === undefined ? undefined : resolve(fiber)

@@ -8,13 +8,15 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
 import * as SessionError from "../SessionError.js"
-import type { SslOptions } from "./driver/mysql/server.js"
-import type { RawConnection } from "./driver/types.js"
+import type { Dialect } from "./driver/choose.js"
+import type { RawConnection, SslOptions } from "./driver/types.js"
 import type { EngineImpl } from "./engine.js"
 import { describeCause } from "./pool.js"
 
 /** Where one server is. @internal */
 export interface Target {
+  /** Which database the url's scheme names: MySQL / MariaDB (`mysql:`, `mariadb:`) or PostgreSQL. */
+  readonly dialect: Dialect
   /** The url had more than one `@`: a password with an unencoded `@` (or `/`, `?`, `#`) is the usual cause. */
   readonly ambiguousUserinfo: boolean
   readonly host: string
@@ -25,6 +27,19 @@ export interface Target {
   readonly socketPath: string | undefined
   readonly ssl: string | SslOptions | undefined
 }
+
+/** The database family an Engine's url names. @internal */
+export type { Dialect }
+
+const SCHEMES: Readonly<Record<string, Dialect>> = {
+  "mysql:": "mysql",
+  "mariadb:": "mysql",
+  "postgres:": "postgres",
+  "postgresql:": "postgres"
+}
+
+const EXPECTED =
+  "expected mysql://user:password@host:3306/database, mariadb://…, postgres://user:password@host:5432/database or postgresql://…"
 
 /** What a server's address is made of (the Engine options that say where to connect). @internal */
 export interface TargetOptions {
@@ -53,34 +68,38 @@ export const parseTarget = (
         return Effect.fail(
           new SessionError.ConnectionError({
             retryable: false,
-            message: `the Engine url is not a valid URL; expected mysql://user:password@host:3306/database (the value is not shown because it may contain a password)${ambiguousUserinfo ? encodeHint : ""}`
+            message: `the Engine url is not a valid URL; ${EXPECTED} (the value is not shown because it may contain a password)${ambiguousUserinfo ? encodeHint : ""}`
           })
         )
       }
-      if (url.protocol !== "mysql:" && url.protocol !== "mariadb:") {
+      const dialect = SCHEMES[url.protocol]
+      if (dialect === undefined) {
         return Effect.fail(
           new SessionError.ConnectionError({
             retryable: false,
-            message: `the Engine url has scheme "${url.protocol}"; expected mysql://user:password@host:3306/database`
+            message: `the Engine url has scheme "${url.protocol}"; ${EXPECTED}`
           })
         )
       }
-      const port = url.port === "" ? 3306 : Number(url.port)
-      const sslParam = url.searchParams.get("ssl")
+      const port = url.port === "" ? (dialect === "postgres" ? 5432 : 3306) : Number(url.port)
+      const sslParam = url.searchParams.get(dialect === "postgres" ? "sslmode" : "ssl")
       const ssl: string | SslOptions | undefined =
         options.ssl ?? (sslParam === null || sslParam === "false" ? undefined : sslParam === "true" ? {} : sslParam)
       return Effect.succeed<Target>({
+        dialect,
         ambiguousUserinfo,
         host: url.hostname === "" ? "localhost" : url.hostname.replace(/^\[|\]$/g, ""),
         port,
         database: url.pathname.length > 1 ? decodeURIComponent(url.pathname.slice(1)) : options.database,
         user: url.username !== "" ? decodeURIComponent(url.username) : options.username,
         password: url.password !== "" ? Redacted.make(decodeURIComponent(url.password)) : options.password,
-        socketPath: url.searchParams.get("socket") ?? options.socketPath,
+        // libpq names the socket's directory `host`
+        socketPath: url.searchParams.get(dialect === "postgres" ? "host" : "socket") ?? options.socketPath,
         ssl
       })
     }
     return Effect.succeed<Target>({
+      dialect: "mysql",
       ambiguousUserinfo: false,
       host: options.host ?? "localhost",
       port: port ?? 3306,
@@ -92,12 +111,24 @@ export const parseTarget = (
     })
   })
 
+/** The urls of one engine name one database family. @internal */
+export const sameDatabase = (targets: ReadonlyArray<Target>): Effect.Effect<void, SessionError.InvalidOption> =>
+  targets.every((t) => t.dialect === targets[0]?.dialect)
+    ? Effect.void
+    : Effect.fail(
+        new SessionError.InvalidOption({
+          option: "replicas",
+          message:
+            "Engine option replicas: the urls of one engine must all name the same database (all mysql:// or all postgres://)"
+        })
+      )
+
 const encodeHint =
   "; the url contains more than one '@': percent-encode the password (encodeURIComponent: '@' is %40, '/' is %2F, '#' is %23)"
 
 /** @internal */
 export const describeTarget = (t: Target) =>
-  `mysql://${t.user ?? ""}@${t.socketPath ? `[socket ${t.socketPath}]` : `${t.host}:${t.port}`}/${t.database ?? ""}`
+  `${t.dialect === "postgres" ? "postgres" : "mysql"}://${t.user ?? ""}@${t.socketPath ? `[socket ${t.socketPath}]` : `${t.host}:${t.port}`}/${t.database ?? ""}`
 
 /** @internal */
 export const nameOf = (t: Target) =>
@@ -124,8 +155,8 @@ export const spanAttributesOf = (
   ["server.address", target.host],
   ["server.port", target.port],
   ...(target.database ? ([["db.namespace", target.database]] as const) : []),
-  ["db.system", "mysql"],
-  ["db.system.name", "mysql"]
+  ["db.system", target.dialect === "postgres" ? "postgresql" : "mysql"],
+  ["db.system.name", target.dialect === "postgres" ? "postgresql" : "mysql"]
 ]
 
 /** `SELECT VERSION()` on a connection of its own, bounded by `connectTimeout`. */

@@ -9,6 +9,13 @@
  * @internal
  */
 
+/**
+ * TLS options of a connection: node:tls's, plus mysql2's `verifyIdentity` (each driver takes what it knows).
+ *
+ * @internal
+ */
+export type SslOptions = import("node:tls").ConnectionOptions & { readonly verifyIdentity?: boolean | undefined }
+
 /** How a command ended on the server: the rows, and what the server said about the session. @internal */
 export interface Reply {
   /** What the caller gets: rows, or the result header of a statement without a result set. */

@@ -15,6 +15,7 @@ import type {
   RawConnection,
   ServerDriver,
   Settings,
+  SslOptions,
   TopologyTexts
 } from "../types.js"
 import {
@@ -35,9 +36,6 @@ import { bigintParameter, bindValues, splitStatements } from "./values.js"
 
 const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
 
-/** TLS options of a connection (mysql2's). @internal */
-export type SslOptions = Mysql.SslOptions
-
 /** Where to connect. @internal */
 export interface Target {
   readonly host: string
@@ -57,7 +55,7 @@ const connectionOf = (target: Target): Mysql.ConnectionOptions => ({
   ...(target.database ? { database: target.database } : {}),
   ...(target.user ? { user: target.user } : {}),
   ...(target.password ? { password: target.password } : {}),
-  ...(target.ssl !== undefined ? { ssl: target.ssl } : {}),
+  ...(target.ssl !== undefined ? { ssl: target.ssl as string | Mysql.SslOptions } : {}),
   connectTimeout: target.connectTimeoutMs,
   // values are bound through the binary protocol, never formatted into text: one statement per command
   multipleStatements: false,

@@ -1,0 +1,330 @@
+/**
+ * A node-postgres connection behind the seam (`RawConnection`): every reply carries the transaction status of the
+ * ReadyForQuery that ended it (`I` idle, `T` in a transaction, `E` in a failed transaction), statements go through
+ * the extended protocol (one statement per command, values never in the text), and streamed rows are read through
+ * a cursor in batches, the next batch asked for only while the consumer is not paused.
+ *
+ * @internal
+ */
+import * as Pg from "pg"
+import Cursor from "pg-cursor"
+import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
+import { mark } from "./errors.js"
+
+/** Rows asked of the server by a cursor's first read; later reads ask for about `BATCH_BYTES` of rows. */
+const BATCH = 128
+const BATCH_BYTES = 512 * 1024
+const MAX_BATCH = 2048
+
+/** The next read's row count: about `BATCH_BYTES` at the last read's bytes per row. */
+const nextBatch = (bytes: number, rows: number): number =>
+  rows === 0 || bytes <= 0 ? BATCH : Math.max(16, Math.min(MAX_BATCH, Math.floor((BATCH_BYTES * rows) / bytes)))
+
+// node-postgres's protocol connection is untyped in @types/pg
+type Protocol = any
+
+/** The transaction status of the last ReadyForQuery: `I`, `T` or `E` (`null` before the first). */
+const statusOf = (client: Pg.Client): string | null =>
+  (client as unknown as { getTransactionStatus(): string | null }).getTransactionStatus()
+
+const ignore = () => undefined
+
+/** The savepoint a stream inside a transaction runs under. */
+const STREAM_SAVEPOINT = "sessionfx_stream"
+
+/** A statement of the driver's own, through the extended protocol. */
+const extended = (text: string): Pg.QueryConfig => ({ text, queryMode: "extended" }) as Pg.QueryConfig
+
+const codeOf = (err: unknown): unknown =>
+  err !== null && typeof err === "object" ? (err as { readonly code?: unknown }).code : undefined
+
+/** sessionfx's own settings statement (`Dialect.settingsSql`) and each setting in it. */
+const SET_CONFIG = "SELECT set_config("
+const SETTING = /set_config\('([^']+)', '((?:[^']|'')*)', false\)/g
+
+interface Result {
+  readonly command: string | null
+  readonly rowCount: number | null
+  readonly rows: Array<unknown>
+  readonly fields: ReadonlyArray<unknown>
+}
+
+/** The rows of a result; a statement without a result set also says how many rows it touched (`affectedRows`). */
+const rowsOf = (result: Result): unknown => {
+  const rows = result.rows
+  if (result.fields.length === 0) {
+    Object.defineProperty(rows, "affectedRows", { value: result.rowCount ?? 0, enumerable: false })
+  }
+  return rows
+}
+
+class PgConnection implements RawConnection {
+  readonly threadId: number
+  private readonly protocol: Protocol
+  /** Gone: closed by the server, the network or `destroy`. */
+  private gone = false
+  /** A ParameterStatus arrived (the server reports a change of a reported setting) since the last command began. */
+  private parameterChanged = false
+  /** The first error of the failed transaction (`E`), for what the COMMIT that can only roll back says. */
+  private failure: unknown = undefined
+  private lastError: unknown = undefined
+  /** The session settings sessionfx gave this connection (`set_config`), as the core believes them to be. */
+  private readonly settings = new Map<string, string>()
+  /** One of them was set inside the open transaction: a rollback (or ROLLBACK TO) undoes it on the server. */
+  private settingsInTransaction = false
+  /** The cursor streaming now, paused by the core for backpressure. */
+  private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
+
+  constructor(readonly client: Pg.Client) {
+    this.threadId = (client as unknown as { processID: number }).processID ?? 0
+    this.protocol = (client as unknown as { connection: Protocol }).connection
+    client.removeAllListeners("error")
+    // an error nobody listens for must never reach the process
+    client.on("error", ignore)
+    client.on("end", () => (this.gone = true))
+    this.protocol.on("parameterStatus", () => (this.parameterChanged = true))
+    // before the client's own listener (which calls the query back): the first error of a failed transaction
+    this.protocol.prependListener("readyForQuery", (msg: { status?: string }) => {
+      if (msg.status === "E") this.failure ??= this.lastError
+      else this.failure = undefined
+    })
+  }
+
+  private reply(rows: unknown): Reply {
+    const status = statusOf(this.client)
+    const changed = this.parameterChanged
+    this.parameterChanged = false
+    return {
+      rows,
+      inTransaction: status === null ? undefined : status !== "I",
+      autocommit: undefined,
+      stateChanged: changed,
+      token: undefined
+    }
+  }
+
+  private error(err: unknown): unknown {
+    this.lastError = err
+    return mark(err, this.gone)
+  }
+
+  /** A COMMIT of a failed transaction answers ROLLBACK: it is a refused COMMIT, with the failure that caused it. */
+  private commitRefused(failure: unknown): Error {
+    const first = failure as { readonly message?: unknown } | undefined
+    return mark(
+      Object.assign(
+        new Error(
+          `COMMIT rolled the transaction back: it had failed earlier${first?.message !== undefined ? ` (${String(first.message)})` : ""}`
+        ),
+        { code: "25P02", cause: failure }
+      )
+    )
+  }
+
+  readonly query = (sql: string, rowsAsArray: boolean, cb: ReplyCallback): void =>
+    this.execute(sql, [], rowsAsArray, cb)
+
+  readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void => {
+    this.parameterChanged = false
+    // read before the reply: the COMMIT's own ReadyForQuery clears it
+    const failure = sql === "COMMIT" ? this.failure : undefined
+    const commit = sql === "COMMIT" && statusOf(this.client) === "E"
+    try {
+      this.client.query(
+        // the empty statement (the status probe) through the simple protocol: the extended one refuses it in a
+        // failed transaction (25P02), the simple one answers with the status
+        (sql === ""
+          ? { text: sql }
+          : {
+              text: sql,
+              values: values as Array<unknown>,
+              queryMode: "extended",
+              ...(rowsAsArray ? { rowMode: "array" } : {})
+            }) as Pg.QueryConfig,
+        (err: unknown, result: Result) => {
+          if (err) return cb(this.error(err), undefined)
+          const rolledBack = this.track(sql, result)
+          const done = () =>
+            commit || (sql === "COMMIT" && result.command === "ROLLBACK")
+              ? cb(this.commitRefused(failure), undefined)
+              : cb(null, this.reply(rowsOf(result)))
+          if (!rolledBack) return done()
+          this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
+        }
+      )
+    } catch (e) {
+      cb(this.error(e), undefined)
+    }
+  }
+
+  /**
+   * Follows sessionfx's own settings through transactions: records each `set_config` and whether it ran inside a
+   * transaction; true when `result` rolled back (ROLLBACK, ROLLBACK TO, a refused COMMIT) what such a SET did.
+   */
+  private track(sql: string, result: Result): boolean {
+    const status = statusOf(this.client)
+    if (sql.startsWith(SET_CONFIG)) {
+      for (const m of sql.matchAll(SETTING)) this.settings.set(m[1]!, m[2]!)
+      if (status !== "I") this.settingsInTransaction = true
+      return false
+    }
+    if (!this.settingsInTransaction) return false
+    if (result.command === "ROLLBACK") {
+      if (status === "I") this.settingsInTransaction = false
+      return this.settings.size > 0
+    }
+    if (status === "I") this.settingsInTransaction = false
+    return false
+  }
+
+  /** Sets again, for the session, the settings a rollback undid: the server's match what the core believes. */
+  private reassert(cb: (err: unknown) => void): void {
+    const parts = [...this.settings].map(([name, value]) => `set_config('${name}', '${value}', false)`)
+    this.client.query({ text: `SELECT ${parts.join(", ")}`, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) =>
+      cb(err)
+    )
+  }
+
+  readonly stream = (sql: string, values: ReadonlyArray<unknown>, sink: RowSink): RowStream => {
+    this.parameterChanged = false
+    const cursor = new Cursor(sql, values as Array<unknown>)
+    const reading = { paused: false, next: undefined as (() => void) | undefined }
+    this.reading = reading
+    let ended: Result | undefined = undefined
+    let settled = false
+    let skipping = false
+    // inside a transaction the statement runs under a savepoint of its own: a cancel that stops it after its
+    // consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of
+    // failing the whole transaction
+    const guarded = statusOf(this.client) === "T"
+    if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    const settle = (err: unknown, result: Result | undefined) => {
+      if (settled) return
+      settled = true
+      if (this.reading === reading) this.reading = undefined
+      const stopped = err !== null && err !== undefined && skipping && codeOf(err) === "57014"
+      const end = (e: unknown) =>
+        e ? sink.end(this.error(e), undefined) : sink.end(null, this.reply(result === undefined ? [] : rowsOf(result)))
+      if (!guarded || (err && !stopped)) return end(err)
+      this.endGuard(stopped, end)
+    }
+    cursor.on("end", (result: Result) => (ended = result))
+    // an error while no read is pending (the consumer paused) settles the stream too
+    cursor.on("error", (e: unknown) => settle(e, undefined))
+    let batch = BATCH
+    const read = (): void => {
+      reading.next = undefined
+      const before = this.bytesRead()
+      cursor.read(batch, (err: unknown, rows: Array<unknown>) => {
+        if (err) return settle(err, undefined)
+        batch = nextBatch(this.bytesRead() - before, rows.length)
+        if (!skipping) for (const row of rows) sink.row(row)
+        if (ended !== undefined) return settle(null, ended)
+        if (skipping) return void cursor.close((e: unknown) => settle(e ?? null, ended))
+        if (reading.paused) reading.next = read
+        else read()
+      })
+    }
+    try {
+      this.client.query(cursor)
+    } catch (e) {
+      settle(e, undefined)
+      return { skipRest: ignore }
+    }
+    read()
+    return {
+      skipRest: () => {
+        skipping = true
+        const next = reading.next
+        // between reads: close the portal now
+        if (next !== undefined) {
+          reading.next = undefined
+          cursor.close((e: unknown) => settle(e ?? null, ended))
+        }
+      }
+    }
+  }
+
+  /**
+   * The stream's savepoint: released, or (`undo`: the statement was cancelled) rolled back to and released. A late
+   * cancel of the core's (it resends until the stream has settled) that stops one of these is met by undoing again.
+   */
+  private endGuard(undo: boolean, cb: (err: unknown) => void, attempt = 0): void {
+    const again = (err: unknown) =>
+      codeOf(err) === "57014" && attempt < 5 ? this.endGuard(true, cb, attempt + 1) : cb(err)
+    const release = () =>
+      this.client.query(extended(`RELEASE SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+        err ? again(err) : cb(null)
+      )
+    if (!undo) return void release()
+    this.client.query(extended(`ROLLBACK TO SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+      err ? again(err) : release()
+    )
+  }
+
+  readonly ping = (cb: (err: unknown) => void): void =>
+    this.execute("SELECT 1", [], false, (err) => cb(err ?? undefined))
+
+  /** Back to a fresh session: ROLLBACK if a transaction is open, then DISCARD ALL (settings, prepared, temp). */
+  readonly reset = (cb: (err: unknown) => void): void => {
+    this.settings.clear()
+    this.settingsInTransaction = false
+    const discard = () => this.execute("DISCARD ALL", [], false, (err) => cb(err ?? undefined))
+    if (statusOf(this.client) === "I") return discard()
+    this.execute("ROLLBACK", [], false, (err) => (err ? cb(err) : discard()))
+  }
+
+  readonly pause = (): void => {
+    if (this.reading !== undefined) this.reading.paused = true
+  }
+  readonly resume = (): void => {
+    const reading = this.reading
+    if (reading === undefined) return
+    reading.paused = false
+    const next = reading.next
+    if (next !== undefined) next()
+  }
+  readonly bytesRead = (): number => {
+    const n = (this.protocol as { stream?: { bytesRead?: unknown } }).stream?.bytesRead
+    return typeof n === "number" ? n : 0
+  }
+  readonly destroy = (): void => {
+    this.gone = true
+    try {
+      ;(this.protocol as { stream?: { destroy?: () => void } }).stream?.destroy?.()
+    } catch {
+      // already gone
+    }
+    this.client.end().catch(ignore)
+  }
+  readonly onGone = (listener: (err: unknown) => void): (() => void) => {
+    const client = this.client
+    const error = (e: unknown) => listener(mark(e, true))
+    const end = () => listener(undefined)
+    client.on("error", error)
+    client.on("end", end)
+    return () => {
+      client.removeListener("error", error)
+      client.removeListener("end", end)
+    }
+  }
+}
+
+/** Opens node-postgres connections with `config`. @internal */
+export const connector =
+  (config: Pg.ClientConfig): Connector =>
+  (cb) => {
+    const client = new Pg.Client(config)
+    let settled = false
+    const done = (err: unknown) => {
+      if (settled) return
+      settled = true
+      if (err) {
+        client.on("error", ignore)
+        client.end().catch(ignore)
+        cb(mark(err))
+      } else cb(null, new PgConnection(client))
+    }
+    client.once("error", done)
+    client.connect((err: unknown) => done(err))
+  }

@@ -1,0 +1,102 @@
+/**
+ * PostgreSQL's statements, as the core needs them: transactions, savepoints, the per-unit settings, cancel and
+ * terminate, health checks, causality waits and the keyed-unit table.
+ *
+ * @internal
+ */
+import type { Dialect, KeysTexts, Settings, TopologyTexts } from "../types.js"
+
+const quote = (s: string) => `'${s.replace(/'/g, "''")}'`
+
+/** One setting for the session (`is_local` false: it outlives the transaction, as the core's `Settings` do). */
+const setConfig = (name: string, value: string) => `set_config(${quote(name)}, ${quote(value)}, false)`
+
+/**
+ * The statements of PostgreSQL. There is no autocommit-off mode: a unit sends BEGIN. The status probe is the empty
+ * statement: it runs in every transaction state (a failed transaction too) and its ReadyForQuery carries the status.
+ *
+ * @internal
+ */
+export const dialect: Dialect = {
+  autocommitOff: false,
+  begin: ({ consistentSnapshot, readOnly }) =>
+    consistentSnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" : readOnly ? "BEGIN READ ONLY" : "BEGIN",
+  commit: "COMMIT",
+  rollback: "ROLLBACK",
+  savepoint: (name) => `SAVEPOINT ${name}`,
+  releaseSavepoint: (name) => `RELEASE SAVEPOINT ${name}`,
+  rollbackToSavepoint: (name) => `ROLLBACK TO SAVEPOINT ${name}`,
+  statusProbe: "",
+  settingsSql: (cur, want) => {
+    const parts: Array<string> = []
+    // lock waits in seconds (the core's unit), lock_timeout in milliseconds; 0 = none on both sides
+    if (want.lockWait !== cur.lockWait) parts.push(setConfig("lock_timeout", String(Math.round(want.lockWait * 1000))))
+    if (want.statementTime !== cur.statementTime) {
+      parts.push(setConfig("statement_timeout", String(Math.round(want.statementTime))))
+    }
+    if (want.isolation !== cur.isolation) {
+      parts.push(setConfig("default_transaction_isolation", want.isolation.toLowerCase()))
+    }
+    return parts.length === 0 ? undefined : `SELECT ${parts.join(", ")}`
+  },
+  killQuery: (pid) => `SELECT pg_cancel_backend(${Math.trunc(pid)})`,
+  // waits (up to 5 s) until the backend has exited: its transaction is over for good when this answers
+  killConnection: (pid) => `SELECT pg_terminate_backend(${Math.trunc(pid)}, 5000)`
+}
+
+/** The server's values of the per-unit settings, in the core's units (lock waits in seconds). @internal */
+export const baselineSql =
+  "SELECT current_setting('lock_timeout') AS lw, current_setting('statement_timeout') AS st, current_setting('default_transaction_isolation') AS iso"
+
+const UNITS: Readonly<Record<string, number>> = { us: 0.001, ms: 1, s: 1000, min: 60_000, h: 3_600_000, d: 86_400_000 }
+
+/** `current_setting` of a time setting (`0`, `1500ms`, `5s`, `1min`) in milliseconds. @internal */
+export const millisOf = (v: unknown): number => {
+  const m = /^\s*(-?\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(String(v ?? "0"))
+  if (m === null) return 0
+  return Number(m[1]) * (UNITS[m[2]!.toLowerCase()] ?? 1)
+}
+
+/** The baseline from the row of `baselineSql`. @internal */
+export const baselineOf = (row: Record<string, unknown>): Settings => ({
+  lockWait: millisOf(row.lw) / 1000,
+  statementTime: millisOf(row.st),
+  isolation: String(row.iso ?? "read committed").toUpperCase(),
+  autocommit: true
+})
+
+/**
+ * Health checks and causality waits: the position is the WAL's LSN. Replicas are not routed on PostgreSQL yet (the
+ * engine refuses a topology): the texts are what the health checks will read.
+ *
+ * @internal
+ */
+export const topologySql: TopologyTexts = {
+  primary: "SELECT pg_current_wal_lsn()::text AS pos",
+  replica:
+    "SELECT pg_last_wal_replay_lsn()::text AS pos, (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming') AS running",
+  node: "SELECT 0 AS ready, pg_current_wal_lsn()::text AS pos WHERE false",
+  position:
+    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS applied",
+  replicaWait:
+    "SELECT CASE WHEN pg_last_wal_replay_lsn() >= $1::pg_lsn THEN 0 ELSE -1 END AS applied, $2::float8 AS seconds",
+  nodeWait: "SELECT 0 AS applied WHERE false",
+  causalReads: "SELECT 1"
+}
+
+/**
+ * The keyed-unit table. Keys compare byte for byte (`bytea` of the key's UTF-8): `"K"`, `"k"` and `"k "` are three
+ * keys. A second unit inserting a key that another has inserted and not yet committed waits for it (the unique
+ * index), then fails with a duplicate key if it committed.
+ *
+ * @internal
+ */
+export const keysSql = (table: string): KeysTexts => ({
+  create: `CREATE TABLE IF NOT EXISTS ${table} (
+  unit_key bytea NOT NULL PRIMARY KEY,
+  committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)`,
+  insert: `INSERT INTO ${table} (unit_key) VALUES (convert_to($1, 'UTF8'))`,
+  find: `SELECT 1 AS found FROM ${table} WHERE unit_key = convert_to($1, 'UTF8') FOR SHARE`,
+  prune: `DELETE FROM ${table} WHERE ctid IN (SELECT ctid FROM ${table} WHERE committed_at < clock_timestamp() - make_interval(secs => $1::float8) LIMIT 5000)`
+})

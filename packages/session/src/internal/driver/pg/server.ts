@@ -1,0 +1,137 @@
+/**
+ * What the core knows of one PostgreSQL server: its version, the server's values of the per-unit settings, and
+ * what every new (or reset) connection is asked before it is lent.
+ *
+ * @internal
+ */
+import type * as Pg from "pg"
+import type {
+  Connector,
+  Dialect,
+  DriverErrors,
+  KeysTexts,
+  RawConnection,
+  ServerDriver,
+  Settings,
+  TopologyTexts
+} from "../types.js"
+import { connector } from "./connection.js"
+import { baselineOf, baselineSql, dialect, keysSql, topologySql } from "./dialect.js"
+import { isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
+import { bindValues } from "./values.js"
+
+const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
+
+/** Where to connect (the same shape as the MySQL driver's). @internal */
+export interface Target {
+  readonly host: string
+  readonly port: number
+  readonly database: string | undefined
+  readonly user: string | undefined
+  readonly password: string | undefined
+  /** The directory of the server's unix socket. */
+  readonly socketPath: string | undefined
+  /** `sslmode` of the url, or the `ssl` option (TLS options of node:tls, or `true`). */
+  readonly ssl: unknown
+  readonly connectTimeoutMs: number
+}
+
+/** `sslmode` as node-postgres takes it: off, on without checking the certificate, or on and checked. */
+const sslOf = (ssl: unknown): Pg.ClientConfig["ssl"] => {
+  if (ssl === undefined || ssl === false || ssl === "disable" || ssl === "false") return undefined
+  if (ssl === "require" || ssl === "prefer" || ssl === "allow") return { rejectUnauthorized: false }
+  if (ssl === true || ssl === "true" || ssl === "verify-full" || ssl === "verify-ca") return {}
+  return typeof ssl === "object" ? (ssl as Pg.ClientConfig["ssl"]) : {}
+}
+
+const configOf = (target: Target): Pg.ClientConfig => {
+  const ssl = sslOf(target.ssl)
+  return {
+    host: target.socketPath ?? target.host,
+    port: target.port,
+    ...(target.database ? { database: target.database } : {}),
+    ...(target.user ? { user: target.user } : {}),
+    ...(target.password ? { password: target.password } : {}),
+    ...(ssl !== undefined ? { ssl } : {}),
+    connectionTimeoutMillis: target.connectTimeoutMs,
+    keepAlive: true,
+    application_name: "sessionfx"
+  }
+}
+
+/**
+ * Statements whose effect on the session the server does not report (PostgreSQL reports only a few settings, by
+ * ParameterStatus): SET / RESET outside `SET LOCAL`, `set_config`, PREPARE, LISTEN, temporary tables, cursors WITH
+ * HOLD, session advisory locks, roles. A connection that ran one is reset (DISCARD ALL) before reuse.
+ */
+const UNFLAGGED =
+  /^\s*(?:set\s+(?!local\b)|reset\b|prepare\b|listen\b|discard\b)|\bset_config\b|\btemp(?:orary)?\b|\bwith\s+hold\b|\bpg_advisory_lock(?:_shared)?\b|\bsession\s+authorization\b|\bset\s+role\b/i
+
+const unflaggedCache = new Map<string, boolean>()
+
+const maybeUnflagged = (sql: string): boolean => {
+  let v = unflaggedCache.get(sql)
+  if (v === undefined) {
+    v = UNFLAGGED.test(sql)
+    if (unflaggedCache.size > 10_000) unflaggedCache.clear()
+    unflaggedCache.set(sql, v)
+  }
+  return v
+}
+
+/** One PostgreSQL server, as the driver knows it. @internal */
+export class PgServer implements ServerDriver {
+  version = ""
+  readonly dialect: Dialect = dialect
+  /** The server's values of the per-unit settings, read from the first connection. */
+  baseline: Settings | undefined = undefined
+  readonly connect: Connector
+  readonly errors: DriverErrors = errors
+  readonly topology: TopologyTexts = topologySql
+  readonly bind = bindValues
+
+  constructor(readonly target: Target) {
+    this.connect = connector(configOf(target))
+  }
+
+  setVersion(version: string): void {
+    this.version = version
+  }
+
+  /** `statement_timeout` is in milliseconds. */
+  statementTime(ms: number): number {
+    return Math.round(ms)
+  }
+
+  keysSql(table: string): KeysTexts {
+    return keysSql(table)
+  }
+
+  marksDirty(sql: string): boolean {
+    return maybeUnflagged(sql)
+  }
+
+  /** One statement per command (the extended protocol refuses several): nothing to split. */
+  split(_sql: string): undefined {
+    return undefined
+  }
+
+  readVersion(conn: RawConnection, cb: (err: unknown, version?: string) => void): void {
+    conn.query("SELECT version() AS v", false, (err, reply) => {
+      if (err) return cb(err)
+      const rows = reply?.rows as ReadonlyArray<{ readonly v?: unknown }> | undefined
+      cb(null, String(rows?.[0]?.v ?? ""))
+    })
+  }
+
+  /** A new or reset connection: the server's values of the per-unit settings, learnt once. */
+  prepare(conn: RawConnection, cb: (err: unknown, settings?: Settings) => void): void {
+    if (this.baseline !== undefined) return cb(null, this.baseline)
+    conn.query(baselineSql, false, (err, reply) => {
+      if (err) return cb(err)
+      const row = (reply?.rows as ReadonlyArray<Record<string, unknown>> | undefined)?.[0] ?? {}
+      this.baseline ??= baselineOf(row)
+      cb(null, this.baseline)
+    })
+  }
+}
