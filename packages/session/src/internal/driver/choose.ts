@@ -11,22 +11,13 @@ import { MysqlServer } from "./mysql/server.js"
 import { makeCompiler as pgCompiler } from "./pg/compiler.js"
 import { keysSql as pgKeys } from "./pg/dialect.js"
 import { PgServer } from "./pg/server.js"
-import type { ServerDriver, SslOptions } from "./types.js"
+import type { DriverTarget, ServerDriver } from "./types.js"
 
 /** The database family an Engine's url names (its scheme). @internal */
 export type Dialect = "mysql" | "postgres"
 
 /** Where to connect, as every driver takes it. @internal */
-export interface DriverTarget {
-  readonly host: string
-  readonly port: number
-  readonly database: string | undefined
-  readonly user: string | undefined
-  readonly password: string | undefined
-  readonly socketPath: string | undefined
-  readonly ssl: string | SslOptions | undefined
-  readonly connectTimeoutMs: number
-}
+export type { DriverTarget } from "./types.js"
 
 /** @internal */
 export interface DriverOptions {

@@ -16,6 +16,20 @@
  */
 export type SslOptions = import("node:tls").ConnectionOptions & { readonly verifyIdentity?: boolean | undefined }
 
+/** Where a driver connects, as every driver takes it (from the Engine's url and options). @internal */
+export interface DriverTarget {
+  readonly host: string
+  readonly port: number
+  readonly database: string | undefined
+  readonly user: string | undefined
+  readonly password: string | undefined
+  /** A unix socket (MySQL: its path; PostgreSQL: its directory). */
+  readonly socketPath: string | undefined
+  /** The url's `sslmode` / `ssl` parameter, or the `ssl` option's TLS options. */
+  readonly ssl: string | SslOptions | undefined
+  readonly connectTimeoutMs: number
+}
+
 /** How a command ended on the server: the rows, and what the server said about the session. @internal */
 export interface Reply {
   /** What the caller gets: rows, or the result header of a statement without a result set. */

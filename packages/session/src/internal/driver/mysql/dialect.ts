@@ -5,6 +5,7 @@
  * @internal
  */
 import type { Dialect, Settings } from "../types.js"
+import { cachedTest } from "../shared.js"
 
 /** The server family: the few statements that differ. @internal */
 export type Flavor = "mariadb" | "mysql"
@@ -107,18 +108,8 @@ export const sessionSetupSql = (
 const UNFLAGGED =
   /(?<!@)@(?!@)|\bget_lock\b|\block\s+tables?\b|\block\s+instance\b|\bcall\b|\bhandler\b|\bxa\b|\btemporary\b|\btransaction\s+(?:isolation|read)\b/i
 
-const unflaggedCache = new Map<string, boolean>()
-
 /** Whether a statement may change session state without the server saying so; cached per SQL text. @internal */
-export const maybeUnflagged = (sql: string): boolean => {
-  let v = unflaggedCache.get(sql)
-  if (v === undefined) {
-    v = UNFLAGGED.test(sql)
-    if (unflaggedCache.size > 10_000) unflaggedCache.clear()
-    unflaggedCache.set(sql, v)
-  }
-  return v
-}
+export const maybeUnflagged = cachedTest(UNFLAGGED)
 
 /** Health checks and causality waits of a topology (MariaDB GTIDs). @internal */
 export const topologySql = {

@@ -11,11 +11,11 @@ import type {
   Connector,
   Dialect,
   DriverErrors,
+  DriverTarget,
   KeysTexts,
   RawConnection,
   ServerDriver,
   Settings,
-  SslOptions,
   TopologyTexts
 } from "../types.js"
 import {
@@ -37,16 +37,7 @@ import { bigintParameter, bindValues, splitStatements } from "./values.js"
 const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
 
 /** Where to connect. @internal */
-export interface Target {
-  readonly host: string
-  readonly port: number
-  readonly database: string | undefined
-  readonly user: string | undefined
-  readonly password: string | undefined
-  readonly socketPath: string | undefined
-  readonly ssl: string | SslOptions | undefined
-  readonly connectTimeoutMs: number
-}
+export type Target = DriverTarget
 
 const connectionOf = (target: Target): Mysql.ConnectionOptions => ({
   host: target.host,

@@ -5,6 +5,7 @@
  */
 import * as Mysql from "mysql2"
 import * as SessionError from "../../../SessionError.js"
+import { bindEach } from "../shared.js"
 
 const MIN_BIGINT = -(2n ** 63n)
 const MAX_SIGNED = 2n ** 63n - 1n
@@ -111,19 +112,8 @@ const bindOne = (v: unknown, index: number): unknown => {
  *
  * @internal
  */
-export const bindValues = (values: ReadonlyArray<unknown>): ReadonlyArray<unknown> | SessionError.BindError => {
-  let out: Array<unknown> | undefined
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i]
-    const b = bindOne(v, i)
-    if (b instanceof SessionError.BindError) return b
-    if (b !== v) {
-      if (out === undefined) out = values.slice(0, i)
-      out.push(b)
-    } else if (out !== undefined) out.push(b)
-  }
-  return out ?? values
-}
+export const bindValues = (values: ReadonlyArray<unknown>): ReadonlyArray<unknown> | SessionError.BindError =>
+  bindEach(values, bindOne)
 
 /** One statement of a multi-statement text, and how many of the text's bind values are its own. @internal */
 export interface Part {

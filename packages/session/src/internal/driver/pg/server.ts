@@ -9,12 +9,14 @@ import type {
   Connector,
   Dialect,
   DriverErrors,
+  DriverTarget,
   KeysTexts,
   RawConnection,
   ServerDriver,
   Settings,
   TopologyTexts
 } from "../types.js"
+import { cachedTest } from "../shared.js"
 import { connector } from "./connection.js"
 import { baselineOf, baselineSql, dialect, keysSql, topologySql } from "./dialect.js"
 import { isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
@@ -22,19 +24,8 @@ import { bindValues } from "./values.js"
 
 const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
 
-/** Where to connect (the same shape as the MySQL driver's). @internal */
-export interface Target {
-  readonly host: string
-  readonly port: number
-  readonly database: string | undefined
-  readonly user: string | undefined
-  readonly password: string | undefined
-  /** The directory of the server's unix socket. */
-  readonly socketPath: string | undefined
-  /** `sslmode` of the url, or the `ssl` option (TLS options of node:tls, or `true`). */
-  readonly ssl: unknown
-  readonly connectTimeoutMs: number
-}
+/** Where to connect. @internal */
+export type Target = DriverTarget
 
 /** `sslmode` as node-postgres takes it: off, on without checking the certificate, or on and checked. */
 const sslOf = (ssl: unknown): Pg.ClientConfig["ssl"] => {
@@ -67,17 +58,7 @@ const configOf = (target: Target): Pg.ClientConfig => {
 const UNFLAGGED =
   /^\s*(?:set\s+(?!local\b)|reset\b|prepare\b|listen\b|discard\b)|\bset_config\b|\btemp(?:orary)?\b|\bwith\s+hold\b|\bpg_advisory_lock(?:_shared)?\b|\bsession\s+authorization\b|\bset\s+role\b/i
 
-const unflaggedCache = new Map<string, boolean>()
-
-const maybeUnflagged = (sql: string): boolean => {
-  let v = unflaggedCache.get(sql)
-  if (v === undefined) {
-    v = UNFLAGGED.test(sql)
-    if (unflaggedCache.size > 10_000) unflaggedCache.clear()
-    unflaggedCache.set(sql, v)
-  }
-  return v
-}
+const maybeUnflagged = cachedTest(UNFLAGGED)
 
 /** One PostgreSQL server, as the driver knows it. @internal */
 export class PgServer implements ServerDriver {

@@ -5,6 +5,7 @@
  * binary form.
  */
 import * as SessionError from "../../../SessionError.js"
+import { bindEach } from "../shared.js"
 
 const refuse = (index: number, what: string, hint: string): SessionError.BindError =>
   new SessionError.BindError({
@@ -86,16 +87,5 @@ const bindOne = (v: unknown, index: number): unknown => {
  *
  * @internal
  */
-export const bindValues = (values: ReadonlyArray<unknown>): ReadonlyArray<unknown> | SessionError.BindError => {
-  let out: Array<unknown> | undefined
-  for (let i = 0; i < values.length; i++) {
-    const v = values[i]
-    const b = bindOne(v, i)
-    if (b instanceof SessionError.BindError) return b
-    if (b !== v) {
-      if (out === undefined) out = values.slice(0, i)
-      out.push(b)
-    } else if (out !== undefined) out.push(b)
-  }
-  return out ?? values
-}
+export const bindValues = (values: ReadonlyArray<unknown>): ReadonlyArray<unknown> | SessionError.BindError =>
+  bindEach(values, bindOne)
