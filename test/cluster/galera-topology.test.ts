@@ -321,7 +321,7 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "240 seconds", excludeT
     )
 
     it.scoped(
-      "a node cut off (gmcast.isolate=1) is out within ~10 s, units with retry keep succeeding on its peers (acknowledged = stored), and it is back after isolate=0",
+      "a node cut off (gmcast.isolate=1) is out within ~10 s, units with retry keep succeeding on its peers (a COMMIT the cut caught: outcome unknown, never a duplicate; acknowledged = stored), and it is back after isolate=0",
       () =>
         Effect.gen(function* () {
           const { nodes, waitForClusterSize } = yield* galera
@@ -338,7 +338,9 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "240 seconds", excludeT
               })
             )
           )
-          // writers: three fibers of units with retry, each a row of its own, until told to stop
+          // writers: three fibers of units with retry, each a row of its own, until told to stop. A COMMIT on the node
+          // being cut may fail with its outcome unknown (its peers may have applied it: 1180, "Not connected to
+          // Primary Component"): that unit ends in CommitOutcomeUnknown, never retried into a duplicate
           const acked: Array<{ readonly id: number; readonly where: Where }> = []
           const failed: Array<{ readonly id: number; readonly error: string }> = []
           let stop = false
@@ -407,11 +409,17 @@ layer(MysqlCluster.layerGalera({ nodes: 3 }), { timeout: "240 seconds", excludeT
           )
           stop = true
           yield* Fiber.join(writers)
-          assert.deepStrictEqual(failed, [], "units with retry keep succeeding")
+          assert.deepStrictEqual(
+            failed.filter((f) => !f.error.startsWith("CommitOutcomeUnknown")),
+            [],
+            "units with retry keep succeeding (or end in CommitOutcomeUnknown when the cut caught their COMMIT)"
+          )
           const ids = acked.map((a) => a.id).sort((a, b) => a - b)
           const check = yield* causalConnection(nodes[0]!)
           assert.deepStrictEqual(yield* storedAcks(check, ids), ids, "acknowledged = stored")
-          console.log(`galera topology, a node cut off: ${ids.length} acknowledged, ${ids.length} stored, 0 failed`)
+          console.log(
+            `galera topology, a node cut off: ${ids.length} acknowledged, ${ids.length} stored, ${failed.length} with their outcome unknown`
+          )
 
           yield* query(admin, "SET GLOBAL wsrep_provider_options = 'gmcast.isolate=0'")
           yield* waitForClusterSize(3, "90 seconds")

@@ -230,7 +230,7 @@ const commitUnit = <A, E>(
         state,
         e === undefined
           ? DONE
-          : e._tag === "ConnectionLost" || pc.broken
+          : e._tag === "ConnectionLost" || pc.broken || engine.options.driver.errors.isCommitAmbiguous(e.cause)
             ? { _tag: "Lost", cause: e }
             : { _tag: "Failed", cause: e },
         outcome
@@ -297,7 +297,7 @@ const commitUnknown = <A, E>(
     () =>
       new SessionError.CommitOutcomeUnknown({
         cause: e,
-        message: `the connection was lost while COMMIT was in flight: the transaction may or may not be committed (${e.message}); it is not retried automatically — give the unit a key (Session.transact(unit, { key })) to make it safe to retry and to ask Session.outcome(key)`
+        message: `COMMIT got no definite answer (the connection was lost while it was in flight, or a cluster node lost its primary component while replicating it): the transaction may or may not be committed (${e.message}); it is not retried automatically — give the unit a key (Session.transact(unit, { key })) to make it safe to retry and to ask Session.outcome(key)`
       })
   )
 

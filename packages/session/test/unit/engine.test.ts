@@ -166,6 +166,25 @@ describe("engine on a fake driver", () => {
       })
   )
 
+  it.scoped(
+    "COMMIT failing on a Galera node that left its primary component while replicating (1180): outcome unknown, never retried",
+    () =>
+      Effect.gen(function* () {
+        const server = new FakeServer()
+        once(server, /^COMMIT$/, {
+          _tag: "error",
+          errno: 1180,
+          code: "ER_ERROR_DURING_COMMIT",
+          message:
+            'Got error 6 "No such device or address" during COMMIT: Error while appending streaming replication fragment(provider status: Not connected to Primary Component)'
+        })
+        const impl = yield* fakeEngine(server)
+        const e = failureOf(yield* Effect.exit(transact(impl, updates(impl, 1), { retry: true })))
+        assert.strictEqual((e as { _tag: string })._tag, "CommitOutcomeUnknown")
+        assert.strictEqual(server.statements().filter((s) => s === "COMMIT").length, 1, "not retried")
+      })
+  )
+
   it.scoped("COMMIT refused by the server: CommitFailed, rolled back, the connection reset before reuse", () =>
     Effect.gen(function* () {
       const server = new FakeServer()

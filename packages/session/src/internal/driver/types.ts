@@ -193,6 +193,11 @@ export interface DriverErrors {
   isFatal(cause: unknown): boolean
   /** A cluster node out of its primary component refused the statement before running it. */
   isNodeNotReady(cause: unknown): boolean
+  /**
+   * A COMMIT that failed this way may have committed all the same (a cluster node that lost its primary component
+   * while it replicated the transaction): its outcome is unknown, never a failure to retry.
+   */
+  isCommitAmbiguous(cause: unknown): boolean
   /** A KILL for a connection that is already gone. */
   isNoSuchThread(cause: unknown): boolean
   /** A wait for a causality token ran out of time. */

@@ -91,6 +91,17 @@ const quoted = (message: string, index: number): string | undefined => [...messa
 export const isNodeNotReady = (cause: unknown): boolean =>
   errnoOf(cause) === 1047 && /wsrep/i.test(String(fields(cause).sqlMessage ?? fields(cause).message ?? ""))
 
+/**
+ * Galera's 1180 "Got error … during COMMIT" when the node left the primary component while replicating ("provider
+ * status: Not connected to Primary Component"): the other nodes may have applied the transaction all the same (seen
+ * in `test/cluster/galera-topology.test.ts`: a retry then met its own row). Plain InnoDB's 1180 is a failed COMMIT.
+ *
+ * @internal
+ */
+export const isCommitAmbiguous = (cause: unknown): boolean =>
+  errnoOf(cause) === 1180 &&
+  /primary component|wsrep|provider status/i.test(String(fields(cause).sqlMessage ?? fields(cause).message ?? ""))
+
 const kindOf = (cause: unknown, errno: number | undefined, code: string | undefined): ErrorKind | undefined => {
   if (errno !== undefined) {
     const kind = byErrno.get(errno)

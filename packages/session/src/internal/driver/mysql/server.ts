@@ -6,7 +6,7 @@
  * @internal
  */
 import type * as Mysql from "mysql2"
-import { isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
+import { isCommitAmbiguous, isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
 import type {
   Connector,
   Dialect,
@@ -34,7 +34,14 @@ import { connector } from "./connection.js"
 import { install as installPacketWriter } from "./packet.js"
 import { bigintParameter, bindValues, splitStatements } from "./values.js"
 
-const errors: DriverErrors = { isFatal, isNodeNotReady, isNoSuchThread, isWaitTimeout, isNoSuchTable }
+const errors: DriverErrors = {
+  isFatal,
+  isNodeNotReady,
+  isCommitAmbiguous,
+  isNoSuchThread,
+  isWaitTimeout,
+  isNoSuchTable
+}
 
 /** Where to connect. @internal */
 export type Target = DriverTarget

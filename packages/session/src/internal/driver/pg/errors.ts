@@ -121,6 +121,9 @@ export const isWaitTimeout = (cause: unknown): boolean => codeOf(cause) === "55P
 /** PostgreSQL has no Galera-like "node not ready". */
 export const isNodeNotReady = (_cause: unknown): boolean => false
 
+/** No cluster of nodes on PostgreSQL: a COMMIT that failed with an answer did not commit. @internal */
+export const isCommitAmbiguous = (_cause: unknown): boolean => false
+
 const permanent = (advice: string): ConnectAdvice => ({ retryable: false, advice })
 
 const adviceByCode: ReadonlyMap<string, ConnectAdvice> = new Map([
