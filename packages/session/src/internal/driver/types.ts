@@ -141,6 +141,12 @@ export interface Dialect {
    * send no START TRANSACTION of their own.
    */
   readonly autocommitOff: boolean
+  /**
+   * A statement that fails inside a transaction fails the whole transaction (PostgreSQL: only ROLLBACK or ROLLBACK
+   * TO can end it), where MySQL undoes the statement alone. A statement that a unit may stop while the unit goes on
+   * (one of another fiber's) then runs under a savepoint of its own (`frame.ts`).
+   */
+  readonly failedStatementFailsTransaction: boolean
   readonly begin: (o: { readonly readOnly: boolean; readonly consistentSnapshot: boolean }) => string
   readonly commit: string
   readonly rollback: string

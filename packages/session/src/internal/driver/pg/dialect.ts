@@ -19,6 +19,7 @@ const setConfig = (name: string, value: string) => `set_config(${quote(name)}, $
  */
 export const dialect: Dialect = {
   autocommitOff: false,
+  failedStatementFailsTransaction: true,
   begin: ({ consistentSnapshot, readOnly }) =>
     consistentSnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" : readOnly ? "BEGIN READ ONLY" : "BEGIN",
   commit: "COMMIT",
