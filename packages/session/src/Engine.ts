@@ -91,8 +91,8 @@ export interface EngineOptions {
    */
   readonly url?: Redacted.Redacted | string | ReadonlyArray<Redacted.Redacted | string> | undefined
   /**
-   * Read replicas of `url` (MariaDB GTID replication): read-only units (`readOnly`, `consistentSnapshot`) go to a
-   * healthy replica, everything else to the primary. See docs/scale-out.md.
+   * Read replicas of `url` (MariaDB GTID replication, PostgreSQL streaming replication): read-only units (`readOnly`,
+   * `consistentSnapshot`) go to a healthy replica, everything else to the primary. See docs/scale-out.md.
    */
   readonly replicas?: ReadonlyArray<Redacted.Redacted | string> | undefined
   /**
@@ -226,7 +226,7 @@ export const make = (
     const roleOf = (i: number): Role => (urls.length > 1 ? "node" : i === 0 ? "primary" : "replica")
     const servers = yield* buildServers({ options, checked, targets, engineName, roleOf })
     const impl = servers[0]!
-    /** The servers beside the first, once they are known to be MariaDB. */
+    /** The servers beside the first, once their family is known to support the topology. */
     let router: Topology | undefined
     yield* Effect.addFinalizer(() =>
       Effect.ensuring(
@@ -237,10 +237,11 @@ export const make = (
     const versions = yield* versionsOf(servers, targets, { connectTimeoutMs: checked.connectTimeoutMs, roleOf })
     const version = versions[0]!
     const flavor = flavorOf(targets[0]!.dialect, version)
-    if (topology && flavor !== "mariadb") {
+    const refused = topologyRefused({ flavor, version, nodes: urls.length > 1, replicas: replicaUrls.length > 0 })
+    if (refused !== undefined) {
       return yield* new SessionError.InvalidOption({
-        option: urls.length > 1 ? "url" : "replicas",
-        message: `Engine option ${urls.length > 1 ? "url" : "replicas"}: replicas and multi-primary clusters are supported on MariaDB (GTID replication, Galera); ${describeTarget(targets[0]!)} is ${flavor === "postgresql" ? "PostgreSQL, whose replicas (WAL positions as causality tokens, health checks of a streaming replica) are not supported yet" : "MySQL"} ${version}. Use one Engine per server for now`
+        option: refused.option,
+        message: `Engine option ${refused.option}: ${refused.message}; ${describeTarget(targets[0]!)} is ${flavor === "postgresql" ? "PostgreSQL" : "MySQL"} ${version}. Use one Engine per server for now`
       })
     }
     for (const server of servers) {
@@ -265,6 +266,27 @@ export const make = (
   })
 
 type Role = "primary" | "replica" | "node"
+
+/**
+ * Which topologies a server family supports: replicas on MariaDB (GTID replication) and PostgreSQL (streaming
+ * replication, WAL positions as causality tokens), multi-primary clusters on MariaDB (Galera) only.
+ */
+const topologyRefused = (o: {
+  readonly flavor: "mariadb" | "mysql" | "postgresql"
+  readonly version: string
+  readonly nodes: boolean
+  readonly replicas: boolean
+}): { readonly option: "url" | "replicas"; readonly message: string } | undefined => {
+  if (o.flavor === "mariadb" || (!o.nodes && !o.replicas)) return undefined
+  if (o.flavor === "postgresql" && !o.nodes) return undefined
+  return o.nodes
+    ? { option: "url", message: "multi-primary clusters are supported on MariaDB (Galera)" }
+    : {
+        option: "replicas",
+        message:
+          "replicas are supported on MariaDB (GTID replication) and PostgreSQL (streaming replication), not MySQL"
+      }
+}
 
 /** The url list (one, or one per node) and the replicas, refused when they cannot make an engine. */
 const urlsOf = (options: EngineOptions) =>

@@ -28,9 +28,11 @@ import type * as Tokens from "./internal/tokens.js"
 export interface Options extends UnitOptions.SessionOptions {}
 
 /**
- * A causality token: the position (MariaDB GTID list, e.g. `"0-1-42"`) of commits a reader must see. Every unit
- * committed through an engine with replicas or nodes yields one (from the COMMIT's OK packet, no extra query); it
- * flows on in the fiber and its children by itself, and it is a plain string to carry across processes.
+ * A causality token: the position of commits a reader must see — a MariaDB GTID list (`"0-1-42"`), or on PostgreSQL
+ * the cluster's `system_identifier` and the commit's WAL position (`"7715455669126898549:0/1501250"`). Every unit
+ * that wrote and committed through an engine with replicas or nodes yields one (MariaDB: from the COMMIT's OK
+ * packet; PostgreSQL: from the same round trip as COMMIT, see `docs/postgresql.md`); it flows on in the fiber and its
+ * children by itself, and it is a plain string to carry across processes.
  *
  * @since 0.3.0
  * @category models
@@ -51,7 +53,7 @@ export type CausalityToken = Tokens.CausalityToken
  */
 export const CausalityToken: Schema.Schema<CausalityToken, string> = Schema.String.pipe(
   Schema.pattern(TOKEN_PATTERN, {
-    message: (issue) => `expected a causality token (a GTID list such as "0-1-42"), got ${JSON.stringify(issue.actual)}`
+    message: (issue) => `expected a causality token (a GTID list such as "0-1-42", or a WAL position such as "7715455669126898549:0/1501250"), got ${JSON.stringify(issue.actual)}`
   }),
   Schema.brand("@sessionfx/session/CausalityToken")
 )

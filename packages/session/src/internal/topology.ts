@@ -7,7 +7,10 @@
  * @internal
  */
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Schedule from "effect/Schedule"
 import * as SessionError from "../SessionError.js"
 import type { BorrowError } from "./engineTypes.js"
 import type { EngineImpl, MemberHooks, Router } from "./engine.js"
@@ -23,7 +26,10 @@ export class Member implements MemberHooks {
   healthy = true
   reason: string | undefined = undefined
   lagMs: number | undefined = undefined
-  /** The server's position as text (replica: `gtid_slave_pos`; primary / node: `gtid_binlog_pos`). */
+  /**
+   * The server's position as text (MariaDB replica: `gtid_slave_pos`; primary / node: `gtid_binlog_pos`; PostgreSQL:
+   * `system_identifier:LSN`, the replay LSN on a replica, the flushed WAL on the primary).
+   */
   position: string | undefined = undefined
   /** The same, per domain: a token it already covers needs no wait. */
   applied: Positions | undefined = undefined
@@ -159,7 +165,7 @@ export class Topology implements Router {
       onSuccess: (pc) =>
         !needsWait
           ? Effect.succeed(pc)
-          : this.waitOn(restore, { member: chosen, pc, token: token!, wanted, fn: "MASTER_GTID_WAIT" }, (applied) =>
+          : this.waitOn(restore, { member: chosen, pc, token: token!, wanted, fn: "replicaWait" }, (applied) =>
               applied
                 ? Effect.succeed(pc)
                 : applied === false
@@ -213,7 +219,7 @@ export class Topology implements Router {
                   pc,
                   token,
                   wanted,
-                  fn: timedOut === undefined ? "WSREP_SYNC_WAIT_UPTO_GTID" : "POSITION"
+                  fn: timedOut === undefined ? "nodeWait" : "position"
                 },
                 (applied) => {
                   if (applied === true) return Effect.succeed(pc)
@@ -269,7 +275,7 @@ export class Topology implements Router {
     metrics.readFallbacks.unsafeUpdate(1, this.identity.unitLabelsWith("reason", "waitTimeout"))
     const primary = this.primary
     return Effect.flatMap(primary.server.borrowHere(restore), (pc) =>
-      this.waitOn(restore, { member: primary, pc, token, wanted, fn: "POSITION" }, (applied) =>
+      this.waitOn(restore, { member: primary, pc, token, wanted, fn: "position" }, (applied) =>
         applied === true
           ? Effect.succeed(pc)
           : applied === false
@@ -303,7 +309,7 @@ export class Topology implements Router {
         return Effect.failCause(cause)
       },
       onSuccess: (applied) => {
-        if (w.fn !== "POSITION") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
+        if (w.fn !== "position") metrics.causalWait.unsafeUpdate(Date.now() - started, this.identity.unitLabels)
         if (applied === true) {
           if (w.wanted !== undefined) w.member.applied = mergePositions(w.member.applied, w.wanted)
           return next(true)
@@ -349,7 +355,9 @@ export class Topology implements Router {
         r.lagMs = this.lagOf(r.applied, Date.now())
         metrics.replicaLag.unsafeUpdate(r.lagMs ?? 0, r.server.labels)
         if (String(row.running ?? "") !== "ON") {
-          r.setHealthy(false, "replication is not running (Slave_running is OFF: its IO or SQL thread stopped)")
+          // the driver's own words when it has them (PostgreSQL: not in recovery, or no WAL receiver)
+          const why = typeof row.reason === "string" && row.reason !== "" ? row.reason : undefined
+          r.setHealthy(false, why ?? "replication is not running (Slave_running is OFF: its IO or SQL thread stopped)")
         } else if (r.lagMs !== undefined && r.lagMs > this.options.maxReplicaLagMs) {
           r.setHealthy(false, `${r.lagMs} ms behind the primary (maxReplicaLag ${this.options.maxReplicaLagMs} ms)`)
         } else r.setHealthy(true, undefined)
@@ -420,23 +428,50 @@ interface Wait {
   readonly pc: PooledConn
   readonly token: string
   readonly wanted: Positions | undefined
-  /** POSITION: no wait, only whether the node has applied it already. */
-  readonly fn: "MASTER_GTID_WAIT" | "WSREP_SYNC_WAIT_UPTO_GTID" | "POSITION"
+  /** position: no wait, only whether the server has applied it already. */
+  readonly fn: "replicaWait" | "nodeWait" | "position"
 }
 
 /**
  * Asks the server whether it has applied the token, waiting up to `timeoutMs`: `true`, `false` (timed out) or
- * `undefined` (the wait failed). The token and the bound are values of a prepared statement, never SQL text.
+ * `undefined` (the wait failed). A driver without a server-side wait for replicas (`replicaWait` undefined:
+ * PostgreSQL) is asked for its position again and again (`pollApplied`).
  */
 const askApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefined> => {
+  const texts = w.member.server.options.driver.topology
+  if (w.fn === "replicaWait" && texts.replicaWait === undefined) return pollApplied(w, timeoutMs)
+  return askOnce(w, timeoutMs)
+}
+
+/**
+ * Polls for the position: at once, then after 1, 2, 4 … ms, never more than 20 ms apart, until it covers the token or
+ * `timeoutMs` has passed. Each poll is one short statement: a statement that waits on a PostgreSQL standby holds a
+ * snapshot that conflicts with the replay of cleanup records, and so would hold up the very replay it waits for.
+ */
+const pollApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefined> => {
+  const once = askOnce({ ...w, fn: "position" }, timeoutMs)
+  const again = Schedule.exponential(Duration.millis(1)).pipe(
+    Schedule.union(Schedule.spaced(Duration.millis(20))),
+    Schedule.upTo(Duration.millis(timeoutMs)),
+    Schedule.intersect(Schedule.recurWhile<boolean | undefined>((applied) => applied === false)),
+    Schedule.passthrough
+  )
+  // the engine's waits are in real time (its deadlines are timers), also under a TestClock
+  return Effect.withClock(Effect.repeat(once, again), liveClock)
+}
+
+const liveClock = Clock.make()
+
+/** One statement: the wait (bounded on the server by `timeoutMs`) or, for `position`, the position now. */
+const askOnce = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefined> => {
   const server = w.member.server
   const fn = w.fn
   // seconds: MariaDB's MASTER_GTID_WAIT takes fractions, WSREP_SYNC_WAIT_UPTO_GTID whole seconds
-  const seconds = fn === "MASTER_GTID_WAIT" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
+  const seconds = fn === "replicaWait" ? timeoutMs / 1000 : Math.max(1, Math.ceil(timeoutMs / 1000))
   const driver = server.options.driver
   const texts = driver.topology
-  const sql = fn === "POSITION" ? texts.position : fn === "MASTER_GTID_WAIT" ? texts.replicaWait : texts.nodeWait
-  const values = fn === "POSITION" ? undefined : driver.bind([w.token, seconds])
+  const sql = fn === "position" ? texts.position : fn === "replicaWait" ? texts.replicaWait! : texts.nodeWait
+  const values = fn === "position" ? undefined : driver.bind([w.token, seconds])
   if (values instanceof Error) return Effect.die(values)
   const spec = {
     method: values === undefined ? "query" : "execute",
@@ -453,9 +488,9 @@ const askApplied = (w: Wait, timeoutMs: number): Effect.Effect<boolean | undefin
       const v = Array.isArray(rows) ? (rows[0] as { applied?: unknown } | undefined)?.applied : undefined
       resume(
         Effect.succeed(
-          fn === "POSITION"
+          fn === "position"
             ? covers(positions(String(v ?? "")), w.wanted)
-            : fn === "MASTER_GTID_WAIT"
+            : fn === "replicaWait"
               ? Number(v) === 0
               : Number(v) === 1
         )

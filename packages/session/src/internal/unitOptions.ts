@@ -142,7 +142,7 @@ export const checkOptions = (options: UnitOptions): Checked | SessionError.Inval
   if (options.after !== undefined && (typeof options.after !== "string" || !TOKEN_PATTERN.test(options.after))) {
     return invalid(
       "after",
-      `expected a causality token (a GTID list such as "0-1-42", from Session.causalityToken), got ${JSON.stringify(options.after)}`
+      `expected a causality token (a GTID list such as "0-1-42" or a WAL position such as "7715455669126898549:0/1501250", from Session.causalityToken), got ${JSON.stringify(options.after)}`
     )
   }
   return { lockWaitSeconds, statementTimeMs, timeoutMs }

@@ -31,7 +31,7 @@ export interface DriverOptions {
 /** The driver of one server. @internal */
 export const makeDriver = (o: DriverOptions): ServerDriver =>
   o.dialect === "postgres"
-    ? new PgServer(o.target)
+    ? new PgServer(o.target, o.trackCommits)
     : new MysqlServer({
         target: o.target,
         trackCommits: o.trackCommits,

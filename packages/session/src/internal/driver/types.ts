@@ -212,14 +212,28 @@ export interface DriverErrors {
   isNoSuchTable(cause: unknown): boolean
 }
 
-/** A topology's statements (see `topology.ts`). @internal */
+/**
+ * A topology's statements (see `topology.ts`). Positions (`pos`, `applied`) are texts that `tokens.ts` parses: GTID
+ * lists, or PostgreSQL's `system_identifier:LSN`.
+ *
+ * @internal
+ */
 export interface TopologyTexts {
+  /** The primary's health check: `pos`, its position. */
   readonly primary: string
+  /**
+   * A replica's health check: `pos` (what it has applied), `running` (`ON` while it replicates) and, optionally,
+   * `reason` (why not, in the driver's words).
+   */
   readonly replica: string
   readonly node: string
+  /** Where a server stands, without waiting: `applied`. */
   readonly position: string
-  /** Waits for a token (bound as a value) up to a number of seconds (a value); 0 = applied. */
-  readonly replicaWait: string
+  /**
+   * Waits on a replica for a token (bound as a value) up to a number of seconds (a value); 0 = applied. `undefined`:
+   * the database has no such wait (PostgreSQL), and the core polls `position` instead, bounded the same way.
+   */
+  readonly replicaWait: string | undefined
   /** Waits for a token on a cluster node; 1 = applied. */
   readonly nodeWait: string
   readonly causalReads: string

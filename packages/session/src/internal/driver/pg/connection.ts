@@ -9,6 +9,7 @@
 import * as Pg from "pg"
 import Cursor from "pg-cursor"
 import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
+import { commitKind, mayHaveWritten, TOKEN_AFTER, tokenOf, TRACKED_COMMIT } from "./commitToken.js"
 import { mark } from "./errors.js"
 
 /** Rows asked of the server by a cursor's first read; later reads ask for about `BATCH_BYTES` of rows. */
@@ -75,7 +76,14 @@ class PgConnection implements RawConnection {
   /** The cursor streaming now, paused by the core for backpressure. */
   private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
 
-  constructor(readonly client: Pg.Client) {
+  /** Commits yield causality tokens (an engine with replicas): see `commitToken.ts`. */
+  private readonly tracking: boolean
+
+  constructor(
+    readonly client: Pg.Client,
+    tracking = false
+  ) {
+    this.tracking = tracking
     this.threadId = (client as unknown as { processID: number }).processID ?? 0
     this.protocol = (client as unknown as { connection: Protocol }).connection
     client.removeAllListeners("error")
@@ -126,6 +134,8 @@ class PgConnection implements RawConnection {
 
   readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void => {
     this.parameterChanged = false
+    const before = statusOf(this.client)
+    if (this.tracking && sql === "COMMIT" && before === "T") return this.trackedCommit(cb)
     // read before the reply: the COMMIT's own ReadyForQuery clears it
     const failure = sql === "COMMIT" ? this.failure : undefined
     const commit = sql === "COMMIT" && statusOf(this.client) === "E"
@@ -147,7 +157,9 @@ class PgConnection implements RawConnection {
           const done = () =>
             commit || (sql === "COMMIT" && result.command === "ROLLBACK")
               ? cb(this.commitRefused(failure), undefined)
-              : cb(null, this.reply(rowsOf(result)))
+              : this.tracking && before === "I" && statusOf(this.client) === "I" && mayHaveWritten(sql, result.command)
+                ? this.withToken(this.reply(rowsOf(result)), false, cb)
+                : cb(null, this.reply(rowsOf(result)))
           if (!rolledBack) return done()
           this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
         }
@@ -155,6 +167,44 @@ class PgConnection implements RawConnection {
     } catch (e) {
       cb(this.error(e), undefined)
     }
+  }
+
+  /**
+   * COMMIT and its causality token in one round trip (`TRACKED_COMMIT`: three statements in one simple Query). A
+   * failure after COMMIT's own CommandComplete (the token statement's) leaves it committed: the token is asked again.
+   */
+  private trackedCommit(cb: ReplyCallback): void {
+    let committed = false
+    const onComplete = (msg: { readonly text?: string }) => {
+      if (msg.text === "COMMIT") committed = true
+    }
+    this.protocol.on("commandComplete", onComplete)
+    try {
+      this.client.query({ text: TRACKED_COMMIT } as Pg.QueryConfig, (err: unknown, out: unknown) => {
+        const results = out as Array<Result>
+        this.protocol.removeListener("commandComplete", onComplete)
+        if (err && !committed) return cb(this.error(err), undefined)
+        if (err) return this.withToken(this.reply([]), false, cb)
+        const [first, commit, token] = results
+        this.track("COMMIT", commit!)
+        const kind = commitKind(first?.rows[0] as Record<string, unknown> | undefined)
+        const reply = this.reply(rowsOf(commit!))
+        cb(null, kind.wrote ? { ...reply, token: tokenOf(token?.rows[0] as Record<string, unknown>, kind.sync) } : reply)
+      })
+    } catch (e) {
+      this.protocol.removeListener("commandComplete", onComplete)
+      cb(this.error(e), undefined)
+    }
+  }
+
+  /**
+   * `reply` with the token of what was just committed, asked in a round trip of its own (`sync`: the commit was
+   * synchronous; unknown, the insert position, past the commit either way). Without an answer, no token.
+   */
+  private withToken(reply: Reply, sync: boolean, cb: ReplyCallback): void {
+    this.client.query({ text: TOKEN_AFTER } as Pg.QueryConfig, (err: unknown, result: Result) =>
+      cb(null, err ? reply : { ...reply, token: tokenOf(result.rows[0] as Record<string, unknown>, sync) })
+    )
   }
 
   /**
@@ -312,7 +362,7 @@ class PgConnection implements RawConnection {
 
 /** Opens node-postgres connections with `config`. @internal */
 export const connector =
-  (config: Pg.ClientConfig): Connector =>
+  (config: Pg.ClientConfig, tracking = false): Connector =>
   (cb) => {
     const client = new Pg.Client(config)
     let settled = false
@@ -323,7 +373,7 @@ export const connector =
         client.on("error", ignore)
         client.end().catch(ignore)
         cb(mark(err))
-      } else cb(null, new PgConnection(client))
+      } else cb(null, new PgConnection(client, tracking))
     }
     client.once("error", done)
     client.connect((err: unknown) => done(err))

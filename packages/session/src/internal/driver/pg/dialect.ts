@@ -66,21 +66,31 @@ export const baselineOf = (row: Record<string, unknown>): Settings => ({
   autocommit: true
 })
 
+/** The cluster's identifier (shared by a primary and its physical replicas), the first part of every position. */
+const SYSTEM = "(SELECT system_identifier FROM pg_control_system())::text || ':' || "
+
+/** The WAL receiver is up: a non-superuser sees its row but not its `status` (NULL), which counts as streaming. */
+const RECEIVING = "EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE coalesce(status, 'streaming') = 'streaming')"
+
 /**
- * Health checks and causality waits: the position is the WAL's LSN. Replicas are not routed on PostgreSQL yet (the
- * engine refuses a topology): the texts are what the health checks will read.
+ * Health checks and causality waits: positions are `system_identifier:LSN` (see `commitToken.ts`). A replica is
+ * healthy while it is a standby whose WAL receiver streams (a paused replay is not a fault: its lag, measured against
+ * the primary's positions over time, takes it out past `maxReplicaLag`). There is no server-side wait: the core polls
+ * `position` (`replicaWait` undefined). No multi-primary clusters: `node` and `nodeWait` answer nothing.
  *
  * @internal
  */
 export const topologySql: TopologyTexts = {
-  primary: "SELECT pg_current_wal_lsn()::text AS pos",
+  primary: `SELECT ${SYSTEM}pg_current_wal_flush_lsn()::text AS pos`,
   replica:
-    "SELECT pg_last_wal_replay_lsn()::text AS pos, (SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming') AS running",
-  node: "SELECT 0 AS ready, pg_current_wal_lsn()::text AS pos WHERE false",
+    `SELECT ${SYSTEM}pg_last_wal_replay_lsn()::text AS pos, ` +
+    `CASE WHEN pg_is_in_recovery() AND ${RECEIVING} THEN 'ON' ELSE 'OFF' END AS running, ` +
+    "CASE WHEN NOT pg_is_in_recovery() THEN 'not a standby (pg_is_in_recovery() is false): promoted, or not a replica' " +
+    `WHEN NOT ${RECEIVING} THEN 'its WAL receiver is not streaming from the primary (pg_stat_wal_receiver)' END AS reason`,
+  node: "SELECT 'OFF' AS ready, NULL AS pos WHERE false",
   position:
-    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text AS applied",
-  replicaWait:
-    "SELECT CASE WHEN pg_last_wal_replay_lsn() >= $1::pg_lsn THEN 0 ELSE -1 END AS applied, $2::float8 AS seconds",
+    `SELECT ${SYSTEM}(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text AS applied`,
+  replicaWait: undefined,
   nodeWait: "SELECT 0 AS applied WHERE false",
   causalReads: "SELECT 1"
 }

@@ -78,8 +78,12 @@ export class PgServer implements ServerDriver {
   readonly topology: TopologyTexts = topologySql
   readonly bind = bindValues
 
-  constructor(readonly target: Target) {
-    this.connect = connector(configOf(target))
+  /** `trackCommits`: commits yield causality tokens (an engine with replicas; see `commitToken.ts`). */
+  constructor(
+    readonly target: Target,
+    trackCommits = false
+  ) {
+    this.connect = connector(configOf(target), trackCommits)
   }
 
   setVersion(version: string): void {
