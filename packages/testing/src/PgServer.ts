@@ -11,6 +11,7 @@ import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
+import * as internalReplicated from "./internal/pgReplicated.js"
 import * as internal from "./internal/pgServer.js"
 import type { PgServerError } from "./internal/pgServerError.js"
 import type * as Types from "./internal/types.js"
@@ -155,3 +156,67 @@ export const layerConfig = (
   config: Config.Config.Wrap<Options>
 ): Layer.Layer<PgServer, PgServerError | ConfigError.ConfigError> =>
   Layer.scoped(PgServer, Effect.flatMap(Config.unwrap(config), make))
+
+/**
+ * A primary and its streaming replicas (see `replicated`).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Replicated extends Types.PgReplicated {}
+
+/**
+ * A replica: a hot standby (the application role can read, not write), with the controls tests need. `pauseReplay`
+ * makes it lag deterministically; `stop` / `kill` then `start` brings it back streaming from where it stopped.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Replica extends Types.PgReplica {}
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export interface ReplicationStatus extends Types.PgReplicationStatus {}
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export interface ReplicatedOptions extends Types.PgReplicatedOptions {}
+
+/**
+ * A primary and `replicas` (default 2) streaming replicas, embedded and on loopback: the primary as `makeEmbedded`
+ * makes it, each replica a `pg_basebackup` of it (`-R`: a standby streaming over the primary's unix socket, hot
+ * standby for reads), started in parallel; returns once every replica streams. Always embedded (`PG_URL` is not
+ * consulted); stopped and removed with the scope.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const replicated: (options?: ReplicatedOptions) => Effect.Effect<Replicated, PgServerError, Scope.Scope> =
+  internalReplicated.replicated
+
+/**
+ * @since 0.3.0
+ * @category tags
+ */
+export class ReplicatedServers extends Context.Tag("@sessionfx/testing/PgServer/ReplicatedServers")<
+  ReplicatedServers,
+  Replicated
+>() {}
+
+/**
+ * @example
+ * import { PgServer } from "@sessionfx/testing"
+ *
+ * // a primary and two streaming replicas for the test file:
+ * // layer(PgReplicatedLive, { excludeTestServices: true, timeout: "2 minutes" })("replicas", (it) => { … })
+ * export const PgReplicatedLive = PgServer.layerReplicated({ replicas: 2 })
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layerReplicated = (options?: ReplicatedOptions): Layer.Layer<ReplicatedServers, PgServerError> =>
+  Layer.scoped(ReplicatedServers, replicated(options))

@@ -30,7 +30,8 @@ import type { PgExternalOptions, PgServerOptions, PgServerService } from "./type
 const liveClock = Clock.make()
 const live = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> => Effect.withClock(self, liveClock)
 
-const adminUsername = "sfx_admin"
+/** @internal */
+export const adminUsername = "sfx_admin"
 const loopback = "127.0.0.1"
 const scheme = "postgres"
 const pgDialect: UrlDialect = { schemes: ["postgres", "postgresql"], defaultPort: 5432 }
@@ -42,7 +43,12 @@ const randomPassword = (): string => Crypto.randomBytes(18).toString("base64url"
 
 type StartFailedFields = ConstructorParameters<typeof PgServerStartFailed>[0]
 
-const startFailed = (phase: StartFailedFields["phase"], reason: string, extra: Partial<StartFailedFields> = {}) =>
+/** @internal */
+export const startFailed = (
+  phase: StartFailedFields["phase"],
+  reason: string,
+  extra: Partial<StartFailedFields> = {}
+) =>
   new PgServerStartFailed({
     phase,
     reason,
@@ -66,9 +72,12 @@ const unsupported = (operation: string) =>
 // installation
 // -----------------------------------------------------------------------------
 
-interface Installation {
+/** @internal */
+export interface Installation {
   readonly postgres: string
   readonly initdb: string
+  /** `pg_basebackup` of the same directory, when installed (replicas need it). */
+  readonly pgBasebackup: string | undefined
 }
 
 /** Debian's `/usr/lib/postgresql/<version>/bin`, newest first. */
@@ -96,7 +105,7 @@ const findInstallation = (
       const postgres = Proc.findExecutable(["postgres"], [dir])
       const initdb = Proc.findExecutable(["initdb"], [dir])
       if (postgres !== undefined && initdb !== undefined) {
-        return Effect.succeed({ postgres, initdb })
+        return Effect.succeed({ postgres, initdb, pgBasebackup: Proc.findExecutable(["pg_basebackup"], [dir]) })
       }
     }
     return Effect.fail(
@@ -104,8 +113,8 @@ const findInstallation = (
     )
   })
 
-/** The OS user the server runs as: PostgreSQL refuses to run as root. */
-interface OsUser {
+/** The OS user the server runs as: PostgreSQL refuses to run as root. @internal */
+export interface OsUser {
   readonly name: string
   readonly uid: number
   readonly gid: number
@@ -326,9 +335,37 @@ const bootstrap = (
   })
 }
 
+/**
+ * How `makeEmbedded` fills a new data directory when it is not `initdb` and the bootstrap: a replica's is a base
+ * backup of its primary (`pgReplicated.ts`), with the primary's roles and passwords.
+ *
+ * @internal
+ */
+export interface EmbeddedFill {
+  readonly password: string
+  readonly adminPassword: string
+  /** Fills `dataDir` (it does not exist yet), as `user`, logging to `logFile`. */
+  readonly fill: (o: {
+    readonly install: Installation
+    readonly dataDir: string
+    readonly logFile: string
+    readonly user: OsUser | undefined
+    readonly timeout: Duration.Duration
+  }) => Effect.Effect<void, PgServerStartFailed>
+}
+
+/** `SHOW server_version`, as the admin over the socket (a replica: no bootstrap). */
+const versionOf = (layout: Layout, port: number): Effect.Effect<string, Pg.PgFailure> =>
+  Effect.acquireUseRelease(
+    Pg.connect({ host: layout.socketDir, port, username: adminUsername, database: "postgres" }),
+    (conn) => Pg.query<{ readonly server_version?: unknown }>(conn, "SHOW server_version"),
+    Pg.close
+  ).pipe(Effect.map((rows) => String(rows[0]?.server_version ?? "")))
+
 /** @internal */
 export const makeEmbedded = (
-  options: PgServerOptions = {}
+  options: PgServerOptions = {},
+  filled?: EmbeddedFill
 ): Effect.Effect<PgServerService, PgServerError, Scope.Scope> =>
   live(
     Effect.gen(function* () {
@@ -352,10 +389,11 @@ export const makeEmbedded = (
       if (user !== undefined) {
         yield* chownTo(user, layout.dirs)
       }
-      yield* initdb(install, layout, user, startTimeout)
+      if (filled === undefined) yield* initdb(install, layout, user, startTimeout)
+      else yield* filled.fill({ install, dataDir, logFile: layout.initLog, user, timeout: startTimeout })
 
-      const password = randomPassword()
-      const adminPassword = randomPassword()
+      const password = filled?.password ?? randomPassword()
+      const adminPassword = filled?.adminPassword ?? randomPassword()
       const fixedPort = options.port !== undefined
       let port =
         options.port ??
@@ -484,7 +522,11 @@ export const makeEmbedded = (
         Effect.zipRight(
           startServer(!fixedPort),
           // suspended: `port` is the one the server ended up on (startServer moves it when the first is taken)
-          Effect.suspend(() => bootstrap(layout, port, { database, username, password, adminPassword })).pipe(
+          Effect.suspend(() =>
+            filled === undefined
+              ? bootstrap(layout, port, { database, username, password, adminPassword })
+              : versionOf(layout, port)
+          ).pipe(
             Effect.mapError((error) =>
               startFailed("bootstrap", `${error.message}${error.code ? ` (${error.code})` : ""}`, {
                 dataDir,

@@ -267,3 +267,52 @@ export interface PgExternalOptions {
   /** A superuser url; by default `url`. */
   readonly adminUrl?: Redacted.Redacted<string> | string | undefined
 }
+
+// -----------------------------------------------------------------------------
+// PgServer.replicated
+// -----------------------------------------------------------------------------
+
+/** `PgServer.Replicated` @internal */
+export interface PgReplicated {
+  readonly primary: PgServerService
+  readonly replicas: ReadonlyArray<PgReplica>
+  /** The primary, then the replicas. */
+  readonly servers: ReadonlyArray<PgServerService>
+}
+
+/** `PgServer.Replica` @internal */
+export interface PgReplica extends PgServerService {
+  /** `pg_wal_replay_pause()`: WAL still arrives but is not replayed, so the replica lags; returns once paused. */
+  readonly pauseReplay: Effect.Effect<void, PgServerError>
+  /** `pg_wal_replay_resume()`: the replica replays what it received and catches up. */
+  readonly resumeReplay: Effect.Effect<void, PgServerError>
+  /** `pg_is_in_recovery()`, `pg_stat_wal_receiver`, the replay LSN and whether replay is paused. */
+  readonly replicationStatus: Effect.Effect<PgReplicationStatus, PgServerError>
+  /** Waits until the replica has replayed `lsn` (`0/3000148`): `true` once it has, `false` on timeout. */
+  readonly waitForLsn: (lsn: string, timeout: Duration.DurationInput) => Effect.Effect<boolean, PgServerError>
+  /** Waits for the primary's current WAL position: `true` once replayed, `false` on timeout. */
+  readonly waitCaughtUp: (timeout: Duration.DurationInput) => Effect.Effect<boolean, PgServerError>
+}
+
+/** `PgServer.ReplicationStatus` @internal */
+export interface PgReplicationStatus {
+  /** `pg_is_in_recovery()`: a standby. */
+  readonly inRecovery: boolean
+  /** `pg_stat_wal_receiver.status` (`streaming`, `waiting`, …); `null` without a WAL receiver. */
+  readonly receiver: string | null
+  /** `pg_get_wal_replay_pause_state()` is not `not paused`. */
+  readonly replayPaused: boolean
+  /** `pg_last_wal_replay_lsn()` */
+  readonly replayLsn: string | null
+  /** `pg_last_wal_receive_lsn()` */
+  readonly receiveLsn: string | null
+}
+
+/** `PgServer.ReplicatedOptions` @internal */
+export interface PgReplicatedOptions extends Pick<
+  PgServerOptions,
+  "database" | "username" | "startTimeout" | "stopTimeout" | "serverArgs" | "searchPath" | "tmpDir"
+> {
+  /** default 2 */
+  readonly replicas?: number | undefined
+}

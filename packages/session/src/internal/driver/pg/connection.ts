@@ -189,7 +189,10 @@ class PgConnection implements RawConnection {
         this.track("COMMIT", commit!)
         const kind = commitKind(first?.rows[0] as Record<string, unknown> | undefined)
         const reply = this.reply(rowsOf(commit!))
-        cb(null, kind.wrote ? { ...reply, token: tokenOf(token?.rows[0] as Record<string, unknown>, kind.sync) } : reply)
+        cb(
+          null,
+          kind.wrote ? { ...reply, token: tokenOf(token?.rows[0] as Record<string, unknown>, kind.sync) } : reply
+        )
       })
     } catch (e) {
       this.protocol.removeListener("commandComplete", onComplete)

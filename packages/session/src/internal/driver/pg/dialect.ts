@@ -88,8 +88,7 @@ export const topologySql: TopologyTexts = {
     "CASE WHEN NOT pg_is_in_recovery() THEN 'not a standby (pg_is_in_recovery() is false): promoted, or not a replica' " +
     `WHEN NOT ${RECEIVING} THEN 'its WAL receiver is not streaming from the primary (pg_stat_wal_receiver)' END AS reason`,
   node: "SELECT 'OFF' AS ready, NULL AS pos WHERE false",
-  position:
-    `SELECT ${SYSTEM}(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text AS applied`,
+  position: `SELECT ${SYSTEM}(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text AS applied`,
   replicaWait: undefined,
   nodeWait: "SELECT 0 AS applied WHERE false",
   causalReads: "SELECT 1"
