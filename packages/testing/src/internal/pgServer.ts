@@ -95,6 +95,14 @@ const debianBinDirs = (): ReadonlyArray<string> => {
 const defaultSearchPath = (): ReadonlyArray<string> =>
   Proc.dedupe([...Proc.defaultSearchPath(), ...debianBinDirs(), "/usr/local/pgsql/bin"])
 
+const realpath = (file: string): string => {
+  try {
+    return Fs.realpathSync(file)
+  } catch {
+    return file
+  }
+}
+
 /** The first directory with both `postgres` and `initdb` (a server and its own initdb, of one version). */
 const findInstallation = (
   searchPath: ReadonlyArray<string> | undefined
@@ -105,7 +113,10 @@ const findInstallation = (
       const postgres = Proc.findExecutable(["postgres"], [dir])
       const initdb = Proc.findExecutable(["initdb"], [dir])
       if (postgres !== undefined && initdb !== undefined) {
-        return Effect.succeed({ postgres, initdb, pgBasebackup: Proc.findExecutable(["pg_basebackup"], [dir]) })
+        // pg_basebackup beside the server's real binary (a symlinked postgres names the version's directory)
+        const own = Path.dirname(realpath(postgres))
+        const pgBasebackup = Proc.findExecutable(["pg_basebackup"], Proc.dedupe([own, dir]))
+        return Effect.succeed({ postgres, initdb, pgBasebackup })
       }
     }
     return Effect.fail(
