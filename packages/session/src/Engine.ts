@@ -237,7 +237,12 @@ export const make = (
     const versions = yield* versionsOf(servers, targets, { connectTimeoutMs: checked.connectTimeoutMs, roleOf })
     const version = versions[0]!
     const flavor = flavorOf(targets[0]!.dialect, version)
-    const refused = topologyRefused({ flavor, version, nodes: urls.length > 1, replicas: replicaUrls.length > 0 })
+    const refused = Options.topologyRefused({
+      flavor,
+      version,
+      nodes: urls.length > 1,
+      replicas: replicaUrls.length > 0
+    })
     if (refused !== undefined) {
       return yield* new SessionError.InvalidOption({
         option: refused.option,
@@ -266,27 +271,6 @@ export const make = (
   })
 
 type Role = "primary" | "replica" | "node"
-
-/**
- * Which topologies a server family supports: replicas on MariaDB (GTID replication) and PostgreSQL (streaming
- * replication, WAL positions as causality tokens), multi-primary clusters on MariaDB (Galera) only.
- */
-const topologyRefused = (o: {
-  readonly flavor: "mariadb" | "mysql" | "postgresql"
-  readonly version: string
-  readonly nodes: boolean
-  readonly replicas: boolean
-}): { readonly option: "url" | "replicas"; readonly message: string } | undefined => {
-  if (o.flavor === "mariadb" || (!o.nodes && !o.replicas)) return undefined
-  if (o.flavor === "postgresql" && !o.nodes) return undefined
-  return o.nodes
-    ? { option: "url", message: "multi-primary clusters are supported on MariaDB (Galera)" }
-    : {
-        option: "replicas",
-        message:
-          "replicas are supported on MariaDB (GTID replication) and PostgreSQL (streaming replication), not MySQL"
-      }
-}
 
 /** The url list (one, or one per node) and the replicas, refused when they cannot make an engine. */
 const urlsOf = (options: EngineOptions) =>

@@ -53,7 +53,8 @@ export type CausalityToken = Tokens.CausalityToken
  */
 export const CausalityToken: Schema.Schema<CausalityToken, string> = Schema.String.pipe(
   Schema.pattern(TOKEN_PATTERN, {
-    message: (issue) => `expected a causality token (a GTID list such as "0-1-42", or a WAL position such as "7715455669126898549:0/1501250"), got ${JSON.stringify(issue.actual)}`
+    message: (issue) =>
+      `expected a causality token (a GTID list such as "0-1-42", or a WAL position such as "7715455669126898549:0/1501250"), got ${JSON.stringify(issue.actual)}`
   }),
   Schema.brand("@sessionfx/session/CausalityToken")
 )

@@ -180,3 +180,27 @@ export const check = (options: unknown): Effect.Effect<Checked, SessionError.Inv
       loadBalancing: o.loadBalancing ?? "spread"
     })
   })
+
+/**
+ * Which topologies a server family supports: replicas on MariaDB (GTID replication) and PostgreSQL (streaming
+ * replication, WAL positions as causality tokens), multi-primary clusters on MariaDB (Galera) only; `undefined` when
+ * the engine's topology is supported, else the option to refuse and why.
+ *
+ * @internal
+ */
+export const topologyRefused = (o: {
+  readonly flavor: "mariadb" | "mysql" | "postgresql"
+  readonly version: string
+  readonly nodes: boolean
+  readonly replicas: boolean
+}): { readonly option: "url" | "replicas"; readonly message: string } | undefined => {
+  if (o.flavor === "mariadb" || (!o.nodes && !o.replicas)) return undefined
+  if (o.flavor === "postgresql" && !o.nodes) return undefined
+  return o.nodes
+    ? { option: "url", message: "multi-primary clusters are supported on MariaDB (Galera)" }
+    : {
+        option: "replicas",
+        message:
+          "replicas are supported on MariaDB (GTID replication) and PostgreSQL (streaming replication), not MySQL"
+      }
+}
