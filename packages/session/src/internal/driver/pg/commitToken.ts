@@ -19,8 +19,8 @@
 
 const onPrimary = (expr: string) => `CASE WHEN pg_is_in_recovery() THEN NULL ELSE (${expr})::text END`
 
-/** The insert position, less a page header it may point past (see above). */
-const INSERTED =
+/** The insert position, less a page header it may point past (see above). @internal */
+export const INSERTED =
   "SELECT CASE WHEN o.file_offset = 40 THEN l - 40::numeric WHEN o.file_offset % b = 24 THEN l - 24::numeric ELSE l END " +
   "FROM pg_current_wal_insert_lsn() AS l, pg_walfile_name_offset(l) AS o, CAST(current_setting('wal_block_size') AS int) AS b"
 

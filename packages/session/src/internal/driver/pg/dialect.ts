@@ -5,6 +5,7 @@
  * @internal
  */
 import type { Dialect, KeysTexts, Settings, TopologyTexts } from "../types.js"
+import { INSERTED } from "./commitToken.js"
 
 const quote = (s: string) => `'${s.replace(/'/g, "''")}'`
 
@@ -73,7 +74,9 @@ const SYSTEM = "(SELECT system_identifier FROM pg_control_system())::text || ':'
 const RECEIVING = "EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE coalesce(status, 'streaming') = 'streaming')"
 
 /**
- * Health checks and causality waits: positions are `system_identifier:LSN` (see `commitToken.ts`). A replica is
+ * Health checks and causality waits: positions are `system_identifier:LSN` (see `commitToken.ts`); the primary's is
+ * its insert position less a page header it may point past, at or after every commit that has answered (an
+ * asynchronous one too), the replica's what it has replayed. A replica is
  * healthy while it is a standby whose WAL receiver streams (a paused replay is not a fault: its lag, measured against
  * the primary's positions over time, takes it out past `maxReplicaLag`). There is no server-side wait: the core polls
  * `position` (`replicaWait` undefined). No multi-primary clusters: `node` and `nodeWait` answer nothing.
@@ -81,14 +84,14 @@ const RECEIVING = "EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE coalesce(sta
  * @internal
  */
 export const topologySql: TopologyTexts = {
-  primary: `SELECT ${SYSTEM}pg_current_wal_flush_lsn()::text AS pos`,
+  primary: `SELECT ${SYSTEM}(${INSERTED})::text AS pos`,
   replica:
     `SELECT ${SYSTEM}pg_last_wal_replay_lsn()::text AS pos, ` +
     `CASE WHEN pg_is_in_recovery() AND ${RECEIVING} THEN 'ON' ELSE 'OFF' END AS running, ` +
     "CASE WHEN NOT pg_is_in_recovery() THEN 'not a standby (pg_is_in_recovery() is false): promoted, or not a replica' " +
     `WHEN NOT ${RECEIVING} THEN 'its WAL receiver is not streaming from the primary (pg_stat_wal_receiver)' END AS reason`,
   node: "SELECT 'OFF' AS ready, NULL AS pos WHERE false",
-  position: `SELECT ${SYSTEM}(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END)::text AS applied`,
+  position: `SELECT ${SYSTEM}(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()::text ELSE (${INSERTED})::text END) AS applied`,
   replicaWait: undefined,
   nodeWait: "SELECT 0 AS applied WHERE false",
   causalReads: "SELECT 1"
