@@ -2,7 +2,7 @@
  * What only PostgreSQL has, or has its own way (the guarantees both databases share are in Dialects.test.ts): the
  * url's scheme choosing the driver, SQLSTATE classes (40001 under SERIALIZABLE, lock_timeout, statement_timeout),
  * per-unit settings, a failed transaction (25P02), exact integers, `@effect/sql-pg`-style statements, and what is
- * not supported yet (replicas) refused with a typed error.
+ * not supported (multi-primary) refused with a typed error. Replicas: test/cluster/pg-replicas.test.ts.
  */
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
@@ -79,7 +79,7 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
-    it.effect("an unknown scheme is a typed error that lists the schemes; replicas are refused by name", () =>
+    it.effect("an unknown scheme is a typed error that lists the schemes; multi-primary is refused by name", () =>
       Effect.gen(function* () {
         const e = yield* buildError({ url: "oracle://u:hunter2pw@localhost/db" })
         assert.strictEqual(e._tag, "ConnectionError")
@@ -87,9 +87,10 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
         assert.include(e.message, "mysql://")
         assert.notInclude(e.message, "hunter2pw")
         const server = yield* PgServer.PgServer
-        const replicas = yield* buildError({ url: server.url, replicas: [server.url] })
-        assert.strictEqual(replicas._tag, "InvalidOption")
-        assert.include(replicas.message, "PostgreSQL")
+        const nodes = yield* buildError({ url: [server.url, server.url] })
+        assert.strictEqual(nodes._tag, "InvalidOption")
+        assert.strictEqual((nodes as SessionError.InvalidOption).option, "url")
+        assert.include(nodes.message, "PostgreSQL")
       })
     )
 
