@@ -180,7 +180,13 @@ export const replicated = (
       }
       const startTimeout = Duration.decode(options.startTimeout ?? Duration.seconds(60))
       const { replicas: _, ...base } = options
-      const primary = yield* makeEmbedded(base)
+      // commits are synchronous on the primary (with fsync off, cheap): a commit's WAL is flushed, and so sent to
+      // the replicas, when it answers, not up to wal_writer_delay (200 ms) later; a unit may still SET LOCAL
+      // synchronous_commit = off
+      const primary = yield* makeEmbedded({
+        ...base,
+        serverArgs: ["-c", "synchronous_commit=on", ...(options.serverArgs ?? [])]
+      })
       // a replica has the primary's roles: the same passwords
       const password = Redacted.value(primary.password)
       const adminPassword = Redacted.value(primary.admin.password)
