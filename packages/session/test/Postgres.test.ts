@@ -79,7 +79,7 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
-    it.effect("an unknown scheme is a typed error that lists the schemes; multi-primary is refused by name", () =>
+    it.effect("an unknown scheme is a typed error that lists the schemes; multi-primary is refused", () =>
       Effect.gen(function* () {
         const e = yield* buildError({ url: "oracle://u:hunter2pw@localhost/db" })
         assert.strictEqual(e._tag, "ConnectionError")
