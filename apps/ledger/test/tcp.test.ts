@@ -1,4 +1,5 @@
 import { assert, layer } from "@effect/vitest"
+import { Engine, Session } from "@sessionfx/session"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -6,8 +7,8 @@ import * as Fiber from "effect/Fiber"
 import * as Scope from "effect/Scope"
 import * as Client from "../src/Client.js"
 import * as Demo from "../src/Demo.js"
-import { dialects, mariadb } from "./dialects.js"
-import { countTransfers, startApp, sumBalances, TOKEN } from "./utils.js"
+import { dialects, mariadb, TestDb } from "./dialects.js"
+import { countTransfers, startApp, sumBalances, TOKEN, until } from "./utils.js"
 
 const fund = (client: Client.LineClient, n: number, amount: number) =>
   Effect.gen(function* () {
@@ -18,6 +19,20 @@ const fund = (client: Client.LineClient, n: number, amount: number) =>
     yield* client.call("batch", { ops: ids.map((account) => ({ op: "deposit", account, amount })) })
     return ids
   })
+
+/** How many statements of other connections that contain `marker` the database is running now (waits included). */
+const running = (app: Effect.Effect.Success<ReturnType<typeof startApp>>, marker: string) =>
+  Effect.map(
+    app.sql.onDialectOrElse({
+      pg: () => app.sql<{ n: string }>`
+        SELECT COUNT(*) AS n FROM pg_stat_activity
+        WHERE state = 'active' AND query LIKE ${`%${marker}%`} AND pid <> pg_backend_pid()`,
+      orElse: () => app.sql<{ n: string }>`
+        SELECT COUNT(*) AS n FROM information_schema.processlist
+        WHERE info LIKE ${`%${marker}%`} AND id <> CONNECTION_ID()`
+    }),
+    (rows) => Number(rows[0]!.n)
+  ).pipe(Effect.orDie)
 
 // the ledger's behaviour, on both databases
 for (const [name, db] of dialects) {
@@ -152,6 +167,47 @@ for (const [name, db] of dialects) {
         assert.strictEqual((yield* c.call("balance", { account: a })).balance, 750)
         assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 4)
       })
+    )
+
+    it.scoped(
+      "a key inserted meanwhile by another transaction: the INSERT's DuplicateKey is idempotency_conflict",
+      () =>
+        Effect.gen(function* () {
+          const app = yield* startApp()
+          const c = yield* app.connect()
+          const [a, b] = yield* fund(c, 2, 100)
+          const key = `raced-${a}`
+          // another writer holds an uncommitted transfer with the key: the ledger's lookup does not see it, its INSERT
+          // waits on the unique index and fails with the database's duplicate key error once the other commits
+          const { url } = yield* TestDb
+          const inserted = yield* Deferred.make<void>()
+          const release = yield* Deferred.make<void>()
+          const holder = yield* Session.transact(
+            Effect.gen(function* () {
+              const sql = (yield* Engine.Engine).sql
+              yield* sql`INSERT INTO transfers (src, dst, amount, idempotency_key)
+              VALUES (${null}, ${a}, ${5n}, ${Buffer.from(key, "utf8")})`
+              yield* sql`UPDATE accounts SET balance = balance + ${5n} WHERE id = ${a}`
+              yield* Deferred.succeed(inserted, undefined)
+              yield* Deferred.await(release)
+            })
+          ).pipe(Effect.provide(Engine.layer({ url, pool: { size: 1 } })), Effect.fork)
+          yield* Deferred.await(inserted)
+          const raced = yield* Effect.fork(
+            c.request({ id: "raced", op: "deposit", account: b, amount: 7, idempotencyKey: key })
+          )
+          yield* until(Effect.map(running(app, "INSERT INTO transfers"), (n) => n > 0))
+          yield* Deferred.succeed(release, undefined)
+          yield* Fiber.join(holder)
+          const r = yield* Fiber.join(raced)
+          assert.deepStrictEqual([r.id, r.error?.code], ["raced", "idempotency_conflict"])
+          // nothing of the refused deposit was kept; the key still answers the other writer's transfer
+          assert.strictEqual((yield* c.call("balance", { account: b })).balance, 100)
+          assert.strictEqual((yield* c.call("balance", { account: a })).balance, 105)
+          const replay = yield* c.call("deposit", { account: a, amount: 5, idempotencyKey: key })
+          assert.deepStrictEqual([replay.kind, replay.to, replay.amount, replay.idempotencyKey], ["deposit", a, 5, key])
+          assert.strictEqual(yield* countTransfers(app.sql, [a, b]), 3)
+        })
     )
 
     it.scoped("batch is all or nothing", () =>
