@@ -54,6 +54,22 @@ for (const [name, db] of dialects) {
       })
     )
 
+    it.scoped("the start-up summary reports the durability settings of the database in use", () =>
+      Effect.gen(function* () {
+        const logs: Array<string> = []
+        yield* startApp({}, { logs })
+        const summary = logs.find((l) => l.includes('message="ledger started"'))
+        assert.isDefined(summary)
+        // the test servers trade durability for speed; the summary says so, in the database's own terms
+        assert.match(
+          summary!,
+          name === "postgres"
+            ? /durability="not fully durable \(fsync=off, synchronous_commit=off, full_page_writes=off\)"/
+            : /durability="(not fully )?durable \(innodb_flush_log_at_trx_commit=\d, doublewrite (on|off)\)"/
+        )
+      })
+    )
+
     it.scoped("health, metrics, OpenAPI and docs", () =>
       Effect.gen(function* () {
         const { baseUrl } = yield* startApp()
