@@ -1,5 +1,7 @@
 /**
- * The core guarantees of a unit of work, the same test on MariaDB and PostgreSQL (see `support/dialects.ts`).
+ * Core guarantees of a unit of work, the same test on MariaDB and PostgreSQL (see `support/dialects.ts`): nested
+ * savepoints, afterCommit, deadlocks retried, keyed units, caught statement errors, DDL. Session.test.ts,
+ * Engine.test.ts and Stream.test.ts run on both databases the same way; each guarantee is tested once.
  * Where the databases must differ, the test says so.
  */
 import { assert, layer } from "@effect/vitest"
@@ -9,7 +11,6 @@ import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
 import * as Stream from "effect/Stream"
@@ -69,40 +70,6 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("commits on success", () =>
-      Effect.gen(function* () {
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        assert.strictEqual(yield* count("items", id), 1)
-      })
-    )
-
-    it.effect("rolls back on failure, defect and interruption", () =>
-      Effect.gen(function* () {
-        const failed = freshId()
-        const died = freshId()
-        const interrupted = freshId()
-        const exit1 = yield* Effect.exit(Session.transact(Effect.zipRight(insert("items", failed), Effect.fail("no"))))
-        assert.isTrue(Exit.isFailure(exit1))
-        const exit2 = yield* Effect.exit(Session.transact(Effect.zipRight(insert("items", died), Effect.die("boom"))))
-        assert.isTrue(Exit.isFailure(exit2))
-        const inserted = yield* Deferred.make<void>()
-        const fiber = yield* Effect.fork(
-          Session.transact(
-            Effect.zipRight(
-              Effect.zipRight(insert("items", interrupted), Deferred.succeed(inserted, undefined)),
-              Effect.never
-            )
-          )
-        )
-        yield* Deferred.await(inserted)
-        yield* Fiber.interrupt(fiber)
-        assert.strictEqual(yield* count("items", failed), 0)
-        assert.strictEqual(yield* count("items", died), 0)
-        assert.strictEqual(yield* count("items", interrupted), 0)
-      })
-    )
-
     it.effect("nested savepoints: a failed inner unit is undone, the outer one commits", () =>
       Effect.gen(function* () {
         const outer = freshId()
@@ -126,53 +93,6 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("concurrent sibling savepoints: one's rollback never undoes the other's work", () =>
-      Effect.gen(function* () {
-        const kept = Array.from({ length: 4 }, freshId)
-        const undone = Array.from({ length: 4 }, freshId)
-        yield* Session.transact(
-          Effect.all(
-            [
-              ...kept.map((id) => Effect.exit(Session.transact(insert("items", id)))),
-              ...undone.map((id) =>
-                Effect.exit(Session.transact(Effect.zipRight(insert("items", id), Effect.fail("x"))))
-              )
-            ],
-            { concurrency: "unbounded" }
-          )
-        )
-        for (const id of kept) assert.strictEqual(yield* count("items", id), 1)
-        for (const id of undone) assert.strictEqual(yield* count("items", id), 0)
-      })
-    )
-
-    it.effect("a fiber that outlives its unit gets SessionClosed, never another unit's connection", () =>
-      Effect.gen(function* () {
-        const go = yield* Deferred.make<void>()
-        const daemon = yield* Session.transact(
-          Effect.forkDaemon(
-            Effect.zipRight(
-              Deferred.await(go),
-              Effect.flatMap(sql, (s) => s`SELECT 1 AS one`)
-            )
-          )
-        )
-        // another unit holds a connection meanwhile
-        const inOther = yield* Deferred.make<void>()
-        const release = yield* Deferred.make<void>()
-        const other = yield* Effect.fork(
-          Session.transact(Effect.zipRight(Deferred.succeed(inOther, undefined), Deferred.await(release)))
-        )
-        yield* Deferred.await(inOther)
-        yield* Deferred.succeed(go, undefined)
-        const exit = yield* Fiber.await(daemon)
-        assert.isTrue(Exit.isFailure(exit))
-        assert.include(JSON.stringify(exit), "SessionClosed")
-        yield* Deferred.succeed(release, undefined)
-        yield* Fiber.join(other)
-      })
-    )
-
     it.effect("afterCommit runs once, after the commit; never after a rollback", () =>
       Effect.gen(function* () {
         const runs = yield* Ref.make(0)
@@ -185,29 +105,6 @@ for (const [name, dbLayer] of dialects) {
           )
         )
         assert.strictEqual(yield* Ref.get(runs), 1)
-      })
-    )
-
-    it.effect("an interrupted long statement is stopped on the server", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const marker = `sleep_${freshId()}`
-        const fiber = yield* Effect.fork(Session.transact(Effect.flatMap(sql, (s) => s.unsafe(db.sleep(60, marker)))))
-        yield* eventually(
-          Effect.map(db.running(marker), (n) => n === 1),
-          "the sleep runs on the server"
-        )
-        const started = Date.now()
-        yield* Fiber.interrupt(fiber)
-        assert.isBelow(Date.now() - started, 10_000)
-        yield* eventually(
-          Effect.map(db.running(marker), (n) => n === 0),
-          "the sleep is stopped on the server"
-        )
-        // the engine goes on: the next unit works
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        assert.strictEqual(yield* count("items", id), 1)
       })
     )
 
@@ -306,15 +203,6 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("a client used after its unit ended fails with SessionClosed", () =>
-      Effect.gen(function* () {
-        const leaked = yield* Session.transact(Effect.map(Session.Session, (s) => s.sql))
-        const exit = yield* Effect.exit(leaked`SELECT 1`)
-        assert.isTrue(Exit.isFailure(exit))
-        assert.include(JSON.stringify(exit), "SessionClosed")
-      })
-    )
-
     it.effect("a keyed unit is applied once; its outcome can be asked", () =>
       Effect.gen(function* () {
         const key = `k-${freshId()}`
@@ -336,19 +224,6 @@ for (const [name, dbLayer] of dialects) {
         assert.strictEqual(yield* Session.outcome(key), "committed")
         assert.isAtLeast(yield* Session.pruneKeys({ olderThan: 0 }), 1)
         assert.strictEqual(yield* Session.outcome(key), "absent")
-      })
-    )
-
-    it.effect("violations are typed errors", () =>
-      Effect.gen(function* () {
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        const dup = yield* Effect.flip(Session.transact(insert("items", id)))
-        assert.strictEqual(dup._tag, "DuplicateKey")
-        const bad = yield* Effect.flip(
-          Session.transact(Effect.flatMap(sql, (s) => s`INSERT INTO items (id, v) VALUES (${freshId()}, ${null})`))
-        )
-        assert.strictEqual(bad._tag, "NotNullViolation", String(bad.message))
       })
     )
 
