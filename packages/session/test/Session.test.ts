@@ -355,9 +355,7 @@ for (const [name, dbLayer] of dialects) {
               yield* Effect.all(
                 [
                   Effect.either(s.withTransaction(Effect.zipRight(insert(ok2), Effect.yieldNow()))),
-                  Effect.either(
-                    s.withTransaction(Effect.zipRight(insert(bad2), Effect.fail("sibling fails" as const)))
-                  )
+                  Effect.either(s.withTransaction(Effect.zipRight(insert(bad2), Effect.fail("sibling fails" as const))))
                 ],
                 { concurrency: "unbounded" }
               )
@@ -474,9 +472,7 @@ for (const [name, dbLayer] of dialects) {
       withEngine(
         Effect.gen(function* () {
           const id = freshId()
-          const value = yield* Session.transact(
-            Effect.zipRight(insert(id), Effect.as(Session.setRollbackOnly, "done"))
-          )
+          const value = yield* Session.transact(Effect.zipRight(insert(id), Effect.as(Session.setRollbackOnly, "done")))
           assert.strictEqual(value, "done")
           assert.strictEqual(yield* countRows("items", id), 0)
         })

@@ -109,7 +109,9 @@ const mariadb: Layer.Layer<DbTag, unknown> = Layer.effect(
       createDatabase: (name) =>
         Effect.gen(function* () {
           yield* admin(`CREATE DATABASE IF NOT EXISTS ${name}`)
-          for (const { host } of yield* admin("SELECT Host AS host FROM mysql.user WHERE User = ?", [server.username])) {
+          for (const { host } of yield* admin("SELECT Host AS host FROM mysql.user WHERE User = ?", [
+            server.username
+          ])) {
             yield* admin(`GRANT ALL ON ${name}.* TO ?@?`, [server.username, host])
           }
         })
@@ -146,7 +148,8 @@ const postgres: Layer.Layer<DbTag, unknown> = Layer.effect(
       sleep: (seconds, marker) => `SELECT pg_sleep(${seconds}) /* ${marker} */`,
       table: (name) => `CREATE TABLE IF NOT EXISTS ${name} (id INT PRIMARY KEY, v INT NOT NULL)`,
       series: (rows, marker = "") => `SELECT n /* ${marker} */ FROM generate_series(1, ${rows}) AS n`,
-      wide: (rows, bytes) => `SELECT n, repeat(chr(65 + n % 26), ${bytes}) AS pad FROM generate_series(1, ${rows}) AS n`,
+      wide: (rows, bytes) =>
+        `SELECT n, repeat(chr(65 + n % 26), ${bytes}) AS pad FROM generate_series(1, ${rows}) AS n`,
       param: (i) => `$${i}`,
       flavor: "postgresql",
       connectionId: "SELECT pg_backend_pid() AS id",
