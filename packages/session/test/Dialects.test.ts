@@ -7,14 +7,11 @@
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Session } from "@sessionfx/session"
-import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
-import * as Stream from "effect/Stream"
-import { eventually } from "./support.js"
 import { DbTag, dialects, engineOn } from "./support/dialects.js"
 
 const sql = SqlClient.SqlClient
@@ -119,87 +116,6 @@ for (const [name, dbLayer] of dialects) {
         const db = yield* DbTag
         const rows = yield* db.admin("SELECT SUM(v) AS total FROM hot WHERE id IN (?, ?)", [a, b])
         assert.strictEqual(Number(rows[0]!.total), 4)
-      })
-    )
-
-    it.effect("streams rows with backpressure; a consumer that stops early ends the statement", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const all = yield* Session.transact(
-          Effect.flatMap(sql, (s) => Stream.runCount(s.unsafe(db.series(20_000)).stream))
-        )
-        assert.strictEqual(all, 20_000)
-        const first = yield* Session.transact(
-          Effect.flatMap(sql, (s) => Stream.runCollect(Stream.take(s.unsafe(db.series(2_000_000)).stream, 5)))
-        )
-        assert.strictEqual(Chunk.size(first), 5)
-        // the connection is usable afterwards
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        assert.strictEqual(yield* count("items", id), 1)
-      })
-    )
-
-    it.effect("backpressure: a consumer that holds keeps the rest of the result on the server", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const marker = `held_${freshId()}`
-        const rows = 1_000_000
-        const text =
-          name === "postgres"
-            ? `SELECT n /* ${marker} */ FROM generate_series(1, ${rows}) AS n`
-            : `SELECT seq AS n /* ${marker} */ FROM seq_1_to_${rows}`
-        // MariaDB: the statement stays running, blocked on its socket; PostgreSQL: the cursor's portal is suspended
-        // between batches, its backend waiting for the client's next message (ClientRead) in the middle of it
-        const held =
-          name === "postgres"
-            ? Effect.map(
-                db.admin(
-                  "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE state = 'active' AND wait_event = 'ClientRead' AND query LIKE ? AND query NOT LIKE '%pg_stat_activity%'",
-                  [`%${marker}%`]
-                ),
-                (r) => Number(r[0]!.n) === 1
-              )
-            : Effect.map(db.running(marker), (n) => n === 1)
-        const total = yield* Session.transact(
-          Effect.scoped(
-            Effect.gen(function* () {
-              const s = yield* sql
-              const pull = yield* Stream.toPull(s.unsafe<{ n: number }>(text).stream)
-              const first = yield* pull
-              assert.strictEqual(Number(Chunk.unsafeGet(first, 0).n), 1)
-              yield* eventually(held, "the statement held on the server while the consumer holds")
-              let count = Chunk.size(first)
-              for (;;) {
-                const next = yield* Effect.option(pull)
-                if (next._tag === "None") return count
-                count += Chunk.size(next.value)
-              }
-            })
-          )
-        )
-        assert.strictEqual(total, rows)
-      })
-    )
-
-    it.effect("a statement inside a stream's consumer does not wait for the consumer (the stream reads ahead)", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const ids = [freshId(), freshId(), freshId()]
-        const consumed = yield* Session.transact(
-          Effect.gen(function* () {
-            const s = yield* sql
-            return yield* s.unsafe<{ n: number }>(db.series(30_000)).stream.pipe(
-              Stream.mapEffect((row) => {
-                const k = Number(row.n) / 10_000 - 1
-                return Number.isInteger(k) ? Effect.as(insert("items", ids[k]!), 1) : Effect.succeed(1)
-              }),
-              Stream.runCount
-            )
-          })
-        )
-        assert.strictEqual(consumed, 30_000)
-        for (const id of ids) assert.strictEqual(yield* count("items", id), 1)
       })
     )
 
