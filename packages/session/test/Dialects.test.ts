@@ -168,6 +168,46 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
+    it.effect(
+      "deferrable: PostgreSQL's SERIALIZABLE READ ONLY DEFERRABLE; refused on MariaDB before anything is sent",
+      () =>
+        Effect.gen(function* () {
+          const unit = Session.transact(
+            Effect.flatMap(sql, (s) =>
+              name === "postgres"
+                ? s<{
+                    d: string
+                    i: string
+                    r: string
+                  }>`SELECT current_setting('transaction_deferrable') AS d, current_setting('transaction_isolation') AS i, current_setting('transaction_read_only') AS r`
+                : s<{ d: string; i: string; r: string }>`SELECT 1 AS d, 2 AS i, 3 AS r`
+            ),
+            { isolation: "SERIALIZABLE", readOnly: true, deferrable: true }
+          )
+          if (name === "postgres") {
+            const [row] = yield* unit
+            assert.deepStrictEqual(row, { d: "on", i: "serializable", r: "on" })
+          } else {
+            const refused = yield* Effect.flip(unit)
+            assert.strictEqual(refused._tag, "InvalidOption")
+            assert.include(refused.message, "PostgreSQL's")
+          }
+          // only where it means something: a SERIALIZABLE read-only unit, and not added to a started transaction
+          const alone = yield* Effect.flip(Session.transact(Effect.void, { deferrable: true, readOnly: true }))
+          assert.strictEqual(alone._tag, "InvalidOption")
+          if (name === "postgres") {
+            const nested = yield* Effect.flip(
+              Session.transact(
+                Session.transact(Effect.void, { isolation: "SERIALIZABLE", readOnly: true, deferrable: true }),
+                { isolation: "SERIALIZABLE", readOnly: true }
+              )
+            )
+            assert.strictEqual(nested._tag, "InvalidOption")
+            assert.include(nested.message, "already started without it")
+          }
+        })
+    )
+
     it.effect("DDL: transactional on PostgreSQL (rolled back with the unit), an implicit commit on MariaDB", () =>
       Effect.gen(function* () {
         const db = yield* DbTag

@@ -517,6 +517,23 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
       })
     )
 
+    it.effect("Session.keyTableDdlPostgres is the table createKeyTable makes: keyed units run on it", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        yield* s`DROP TABLE IF EXISTS sessionfx_unit_keys`
+        yield* s.unsafe(Session.keyTableDdlPostgres)
+        const key = `ddl-${freshId()}`
+        yield* Session.transact(Effect.void, { key })
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+        const again = yield* Effect.flip(Session.transact(Effect.void, { key }))
+        assert.strictEqual(again._tag, "AlreadyApplied")
+        // idempotent, as createKeyTable is
+        yield* s.unsafe(Session.keyTableDdlPostgres)
+        yield* Session.createKeyTable
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+      })
+    )
+
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>
       Effect.gen(function* () {
         const s = yield* sql
