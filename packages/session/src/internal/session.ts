@@ -86,7 +86,8 @@ export class SessionState implements SessionService, UnitState {
     this.root = new Frame(engine, this, undefined, want)
     this.beginSql = this.dialect.begin({
       readOnly: options.readOnly === true,
-      consistentSnapshot: options.consistentSnapshot === true
+      consistentSnapshot: options.consistentSnapshot === true,
+      deferrable: options.deferrable === true
     })
     this.implicitBegin = options.readOnly !== true && options.consistentSnapshot !== true
   }

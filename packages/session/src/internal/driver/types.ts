@@ -147,7 +147,13 @@ export interface Dialect {
    * (one of another fiber's) then runs under a savepoint of its own (`frame.ts`).
    */
   readonly failedStatementFailsTransaction: boolean
-  readonly begin: (o: { readonly readOnly: boolean; readonly consistentSnapshot: boolean }) => string
+  readonly begin: (o: {
+    readonly readOnly: boolean
+    readonly consistentSnapshot: boolean
+    readonly deferrable: boolean
+  }) => string
+  /** The database has PostgreSQL's `DEFERRABLE` mode (a serializable read-only transaction that cannot fail). */
+  readonly deferrable: boolean
   readonly commit: string
   readonly rollback: string
   readonly savepoint: (name: string) => string

@@ -14,6 +14,7 @@ export type Flavor = "mariadb" | "mysql"
 export const dialect = (flavor: Flavor): Dialect => ({
   autocommitOff: true,
   failedStatementFailsTransaction: false,
+  deferrable: false,
   begin: ({ consistentSnapshot, readOnly }) =>
     consistentSnapshot
       ? "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"

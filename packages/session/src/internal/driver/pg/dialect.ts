@@ -21,8 +21,15 @@ const setConfig = (name: string, value: string) => `set_config(${quote(name)}, $
 export const dialect: Dialect = {
   autocommitOff: false,
   failedStatementFailsTransaction: true,
-  begin: ({ consistentSnapshot, readOnly }) =>
-    consistentSnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" : readOnly ? "BEGIN READ ONLY" : "BEGIN",
+  deferrable: true,
+  begin: ({ consistentSnapshot, deferrable, readOnly }) =>
+    deferrable
+      ? "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"
+      : consistentSnapshot
+        ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        : readOnly
+          ? "BEGIN READ ONLY"
+          : "BEGIN",
   commit: "COMMIT",
   rollback: "ROLLBACK",
   savepoint: (name) => `SAVEPOINT ${name}`,
