@@ -237,18 +237,8 @@ export const make = (
     const versions = yield* versionsOf(servers, targets, { connectTimeoutMs: checked.connectTimeoutMs, roleOf })
     const version = versions[0]!
     const flavor = flavorOf(targets[0]!.dialect, version)
-    const refused = Options.topologyRefused({
-      flavor,
-      version,
-      nodes: urls.length > 1,
-      replicas: replicaUrls.length > 0
-    })
-    if (refused !== undefined) {
-      return yield* new SessionError.InvalidOption({
-        option: refused.option,
-        message: `Engine option ${refused.option}: ${refused.message}; ${describeTarget(targets[0]!)} is ${flavor === "postgresql" ? "PostgreSQL" : "MySQL"} ${version}. Use one Engine per server for now`
-      })
-    }
+    const refused = Options.topologyRefused({ flavor, version, urls, replicaUrls, server: describeTarget(targets[0]!) })
+    if (refused !== undefined) return yield* refused
     for (const server of servers) {
       server.options.driver.setVersion(version)
       const attrs = server.options.spanAttributes as Array<readonly [string, unknown]>

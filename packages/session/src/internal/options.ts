@@ -183,24 +183,28 @@ export const check = (options: unknown): Effect.Effect<Checked, SessionError.Inv
 
 /**
  * Which topologies a server family supports: replicas on MariaDB (GTID replication) and PostgreSQL (streaming
- * replication, WAL positions as causality tokens), multi-primary clusters on MariaDB (Galera) only; `undefined` when
- * the engine's topology is supported, else the option to refuse and why.
+ * replication, WAL positions as causality tokens), multi-primary clusters on MariaDB (Galera) only. `undefined` when
+ * the engine's topology is supported, else the `InvalidOption` that refuses it.
  *
  * @internal
  */
 export const topologyRefused = (o: {
   readonly flavor: "mariadb" | "mysql" | "postgresql"
   readonly version: string
-  readonly nodes: boolean
-  readonly replicas: boolean
-}): { readonly option: "url" | "replicas"; readonly message: string } | undefined => {
-  if (o.flavor === "mariadb" || (!o.nodes && !o.replicas)) return undefined
-  if (o.flavor === "postgresql" && !o.nodes) return undefined
-  return o.nodes
-    ? { option: "url", message: "multi-primary clusters are supported on MariaDB (Galera)" }
-    : {
-        option: "replicas",
-        message:
-          "replicas are supported on MariaDB (GTID replication) and PostgreSQL (streaming replication), not MySQL"
-      }
+  readonly urls: ReadonlyArray<unknown>
+  readonly replicaUrls: ReadonlyArray<unknown>
+  /** The first server, described. */
+  readonly server: string
+}): SessionError.InvalidOption | undefined => {
+  const nodes = o.urls.length > 1
+  if (o.flavor === "mariadb" || (!nodes && o.replicaUrls.length === 0)) return undefined
+  if (o.flavor === "postgresql" && !nodes) return undefined
+  const option = nodes ? "url" : "replicas"
+  const why = nodes
+    ? "multi-primary clusters are supported on MariaDB (Galera)"
+    : "replicas are supported on MariaDB (GTID replication) and PostgreSQL (streaming replication), not MySQL"
+  return new SessionError.InvalidOption({
+    option,
+    message: `Engine option ${option}: ${why}; ${o.server} is ${o.flavor === "postgresql" ? "PostgreSQL" : "MySQL"} ${o.version}. Use one Engine per server for now`
+  })
 }
