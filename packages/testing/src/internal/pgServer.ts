@@ -155,7 +155,9 @@ const chownTo = (user: OsUser, paths: ReadonlyArray<string>): Effect.Effect<void
 
 /**
  * A small, fast server for tests: durability is traded for speed (`fsync`, `synchronous_commit` and
- * `full_page_writes` off: a crash of the machine may lose or corrupt data, a crash of the server process does not).
+ * `full_page_writes` off: a crash of the machine may lose or corrupt data; a crash of the server process (`kill`) may
+ * lose the last acknowledged commits, whose WAL was still in the server's memory — a test that crashes the server
+ * under load passes `serverArgs: ["-c", "synchronous_commit=on"]`).
  */
 const tuningArgs: ReadonlyArray<string> = [
   "fsync=off",
