@@ -267,7 +267,8 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
                   if (i === 0) {
                     yield* proxy.resetNextAfter({ match: db.isCommit, forward: random() < 0.5, action: "blackhole" })
                   }
-                  return yield* Session.transact(apply(key), { key, retry: true, timeout: "3 seconds" })
+                  // no `timeout` of its own: COMMIT is bounded by the engine's commitTimeout
+                  return yield* Session.transact(apply(key), { key, retry: true })
                 })
               )
               yield* proxy.resetNextAfter({ bytesFromClient: Number.MAX_SAFE_INTEGER })
