@@ -117,7 +117,7 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
     "COMMIT into a black hole: Effect.timeout(unit, 1 s) returns within ~2 s; the connection is destroyed",
     () =>
       viaProxy(
-        (proxy, db) =>
+        (proxy) =>
           repeat(2, () =>
             Effect.gen(function* () {
               const key = freshKey("bh-timeout")
