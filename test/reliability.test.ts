@@ -382,7 +382,8 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
               : Effect.void
         },
         recovery: 5,
-        check: (_v, o) => {
+        check: (_v, o, env) => {
+          fault(env, "idle past the timeout", idlers.size)
           assert.strictEqual(idlers.size, WRITERS)
           // each idler failed (not acknowledged, not unknown) with ConnectionLost; the reconciliation found none kept
           for (const key of idlers) assert.include(o.failed, key)
