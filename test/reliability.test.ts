@@ -26,6 +26,8 @@ const UNITS = 20 * SCALE
  * backend forked, a SCRAM exchange) against a few on MariaDB, so uncapped the PostgreSQL runs reset most units.
  */
 const RESETS = 16 * SCALE
+/** At most this many KILL QUERY / KILL CONNECTION (pg_cancel_backend / pg_terminate_backend) per scenario, alternating. */
+const KILLS = 40 * SCALE
 
 interface Env {
   readonly db: Db
@@ -308,15 +310,17 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
       },
       fault: (env) =>
         Effect.gen(function* () {
+          const kill = yield* env.db.killer
           let i = 0
           while (env.writing()) {
             yield* pace(15 + Math.floor(Math.random() * 30))
             const id = pick(env.live)
-            if (id === undefined) continue
+            // at most KILLS: each ended connection is a new one to open (~55 ms on PostgreSQL)
+            if (id === undefined || i >= KILLS) continue
             const kind = i++ % 2 === 0 ? "QUERY" : "CONNECTION"
-            if (yield* env.db.kill(kind, id)) fault(env, kills[kind])
+            if (yield* kill(kind, id)) fault(env, kills[kind])
           }
-        }),
+        }).pipe(Effect.scoped),
       recovery: 5,
       check: (_v, _o, env) => {
         assert.isAbove(env.faults[kills.QUERY] ?? 0, 0)

@@ -36,6 +36,12 @@ export interface Db {
    * (`CONNECTION`: KILL CONNECTION / pg_terminate_backend); false when the server refused or the id is gone.
    */
   readonly kill: (kind: "QUERY" | "CONNECTION", id: number) => Effect.Effect<boolean>
+  /** `kill` on one superuser connection held for the scope: for a fault loop (no connection set-up per kill). */
+  readonly killer: Effect.Effect<
+    (kind: "QUERY" | "CONNECTION", id: number) => Effect.Effect<boolean>,
+    Error,
+    Scope.Scope
+  >
   /** Transactions of the application user open on the server now. */
   readonly openTransactions: Effect.Effect<number, Error>
   /** Connections of the application user the server holds now. */
@@ -64,6 +70,16 @@ const mariadb = (server: Admin.Server): Db => ({
   crash: Effect.zipRight(server.kill, server.start),
   query: (sql, params) => Admin.query(server, sql, params),
   kill: (kind, id) => Admin.kill(server, kind, id),
+  killer: Effect.map(
+    Admin.connection(server),
+    (conn) => (kind, id) =>
+      Effect.promise(() =>
+        conn.query(`KILL ${kind} ${Math.trunc(id)}`).then(
+          () => true,
+          () => false
+        )
+      )
+  ),
   openTransactions: Effect.map(
     Admin.query<{ n: string }>(
       server,
@@ -116,6 +132,9 @@ const numbered = (sql: string): string => {
 
 type PgService = PgServer.PgServer["Type"]
 
+const kill = (kind: "QUERY" | "CONNECTION") =>
+  kind === "QUERY" ? "SELECT pg_cancel_backend($1::int) AS ok" : "SELECT pg_terminate_backend($1::int) AS ok"
+
 const pgConnect = (server: PgService) =>
   Effect.tryPromise({
     try: async () => {
@@ -157,13 +176,20 @@ const postgres = (server: PgService): Db => {
     crash: Effect.zipRight(server.kill, server.start),
     query,
     kill: (kind, id) =>
-      Effect.match(
-        query<{ ok: boolean }>(
-          kind === "QUERY" ? "SELECT pg_cancel_backend(?::int) AS ok" : "SELECT pg_terminate_backend(?::int) AS ok",
-          [Math.trunc(id)]
-        ),
-        { onFailure: () => false, onSuccess: (rows) => rows[0]?.ok === true }
-      ),
+      Effect.match(query<{ ok: boolean }>(kill(kind).replace("$1", "?"), [Math.trunc(id)]), {
+        onFailure: () => false,
+        onSuccess: (rows) => rows[0]?.ok === true
+      }),
+    killer: Effect.map(
+      Effect.acquireRelease(pgConnect(server), (client) => Effect.promise(() => client.end().catch(() => undefined))),
+      (client) => (kind, id) =>
+        Effect.promise(() =>
+          client.query<{ ok: boolean }>(kill(kind), [Math.trunc(id)]).then(
+            (r) => r.rows[0]?.ok === true,
+            () => false
+          )
+        )
+    ),
     openTransactions: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ? AND xact_start IS NOT NULL`, [
       server.username
     ]),
