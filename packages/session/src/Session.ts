@@ -279,9 +279,17 @@ export const createKeyTable: Effect.Effect<void, SessionError.SessionError, Engi
 )
 
 /**
- * The DDL of the key table, for a migration of your own.
+ * The DDL of the key table on MySQL and MariaDB, for a migration of your own (`keyTableDdlPostgres` on PostgreSQL).
  *
  * @since 0.2.0
  * @category keyed units
  */
 export const keyTableDdl: string = keys.mysqlDdl
+
+/**
+ * The DDL of the key table on PostgreSQL, for a migration of your own.
+ *
+ * @since 0.2.0
+ * @category keyed units
+ */
+export const keyTableDdlPostgres: string = keys.pgDdl

@@ -20,8 +20,9 @@ class Person extends Model.Class<Person>("Person")({
 const migrations = Migrator.fromRecord({
   "00001_people": Effect.flatMap(SqlClient.SqlClient, (sql) =>
     sql.onDialectOrElse({
-      pg: () => sql`CREATE TABLE people (id SERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL)`,
-      orElse: () => sql`CREATE TABLE people (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL)`
+      pg: () => Effect.asVoid(sql`CREATE TABLE people (id SERIAL PRIMARY KEY, name VARCHAR(50) NOT NULL)`),
+      orElse: () =>
+        Effect.asVoid(sql`CREATE TABLE people (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(50) NOT NULL)`)
     })
   )
 })

@@ -438,7 +438,7 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
     )
 
     it.effect(
-      "a statement interrupted in a forked fiber: on PostgreSQL its cancel fails the transaction, nothing is committed",
+      "a statement interrupted in a forked fiber is stopped and undone alone: the unit goes on and commits (guarantee 13)",
       () =>
         Effect.gen(function* () {
           const s = yield* sql
@@ -447,30 +447,91 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
           const server = yield* PgServer.PgServer
           const admin = yield* Layer.build(Engine.layer({ url: server.admin.url, pool: { size: 1 } }))
           const a = Context.get(admin, SqlClient.SqlClient)
-          const running = Effect.map(
-            a<{
-              n: string
-            }>`SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ${`%${marker}%`} AND query NOT LIKE '%pg_stat_activity%'`,
-            (r) => r[0]!.n === "1"
+          const running = a<{
+            n: string
+          }>`SELECT count(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ${`%${marker}%`} AND query NOT LIKE '%pg_stat_activity%'`
+          yield* Session.transact(
+            Effect.gen(function* () {
+              yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+              // the child's own write, then its sleep: interrupting it undoes both (its statement is one text)
+              const child = yield* Effect.fork(
+                s.unsafe(
+                  `WITH w AS (UPDATE acct SET balance = 100 WHERE id = ${id} RETURNING 1) SELECT pg_sleep(30) FROM w /* ${marker} */`
+                )
+              )
+              yield* eventually(
+                Effect.map(running, (r) => r[0]!.n === "1"),
+                "the child's statement runs"
+              )
+              yield* Fiber.interrupt(child)
+              assert.strictEqual((yield* running)[0]!.n, "0")
+              // MariaDB: KILL QUERY stops that statement only; PostgreSQL: the statement ran under a savepoint of
+              // its own, rolled back to: the transaction is not failed and the unit goes on
+              yield* s`UPDATE acct SET balance = balance + 1 WHERE id = ${id}`
+            })
           )
+          const rows = yield* s<{ balance: string }>`SELECT balance FROM acct WHERE id = ${id}`
+          assert.strictEqual(rows[0]!.balance, "2")
+        }).pipe(Effect.scoped)
+    )
+
+    it.effect(
+      "a statement of a forked fiber that fails on its own fails the transaction, as any failed statement",
+      () =>
+        Effect.gen(function* () {
+          const s = yield* sql
+          const id = freshId()
           const exit = yield* Effect.exit(
             Session.transact(
               Effect.gen(function* () {
                 yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
-                const child = yield* Effect.fork(s.unsafe(`SELECT pg_sleep(30) /* ${marker} */`))
-                yield* eventually(running, "the child's statement runs")
-                yield* Fiber.interrupt(child)
-                // MariaDB: KILL QUERY stops that statement only and the unit goes on (Session.test.ts); PostgreSQL:
-                // a cancelled statement fails the transaction, so the unit's next statement fails (25P02)
+                const failed = yield* Effect.fork(s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`).pipe(
+                  Effect.flatMap(Fiber.join),
+                  Effect.flip
+                )
+                assert.strictEqual(failed._tag, "SqlError")
                 yield* s`UPDATE acct SET balance = 2 WHERE id = ${id}`
               })
             )
           )
           assert.isTrue(Exit.isFailure(exit))
-          assert.include(JSON.stringify(exit), "aborted")
           const rows = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
           assert.strictEqual(rows[0]!.n, "0")
-        }).pipe(Effect.scoped)
+        })
+    )
+
+    it.effect("statements of concurrent forked fibers each run under their own savepoint and all commit", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        const base = freshId() * 100
+        const ids = Array.from({ length: 12 }, (_, k) => base + k)
+        yield* Session.transact(
+          Effect.forEach(ids, (id) => s`INSERT INTO acct (id, balance) VALUES (${id}, ${id})`, { concurrency: 4 })
+        )
+        const rows = yield* s<{
+          n: string
+          total: string
+        }>`SELECT count(*) AS n, sum(balance) AS total FROM acct WHERE id >= ${base} AND id < ${base + 12}`
+        assert.strictEqual(rows[0]!.n, "12")
+        assert.strictEqual(rows[0]!.total, String(ids.reduce((a, b) => a + b, 0)))
+      })
+    )
+
+    it.effect("Session.keyTableDdlPostgres is the table createKeyTable makes: keyed units run on it", () =>
+      Effect.gen(function* () {
+        const s = yield* sql
+        yield* s`DROP TABLE IF EXISTS sessionfx_unit_keys`
+        yield* s.unsafe(Session.keyTableDdlPostgres)
+        const key = `ddl-${freshId()}`
+        yield* Session.transact(Effect.void, { key })
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+        const again = yield* Effect.flip(Session.transact(Effect.void, { key }))
+        assert.strictEqual(again._tag, "AlreadyApplied")
+        // idempotent, as createKeyTable is
+        yield* s.unsafe(Session.keyTableDdlPostgres)
+        yield* Session.createKeyTable
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+      })
     )
 
     it.effect("READ ONLY units refuse writes (25006, typed)", () =>

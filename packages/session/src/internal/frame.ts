@@ -20,6 +20,7 @@ import type { PooledConn } from "./pool.js"
 import { frameStream, type Target as StreamTarget } from "./stream.js"
 import type * as Unit from "./unit.js"
 import type { UnitOptions } from "./unitOptions.js"
+import { closedError, poisonError, sharedError, spawnedError } from "./unitErrors.js"
 
 /** What a frame needs of its unit (implemented by `SessionState`). @internal */
 export interface UnitState extends Holding {
@@ -51,34 +52,6 @@ export interface UnitState extends Holding {
   /** What the Layer spelling provides: the unit's services, in `frame`. */
   layerContext(frame: Frame): Context.Context<never>
 }
-
-/** @internal */
-export const closedError = () =>
-  new SessionError.SessionClosed({
-    message:
-      "this session has already committed or rolled back; a fiber outlived its unit of work (forkDaemon, a stored reference). Run the code in a unit of work of its own"
-  })
-
-/** @internal */
-export const sharedError = () =>
-  new SessionError.SharedSession({
-    message:
-      "this unit of work belongs to another program: it was opened by Session.layer (SessionLive) in a ManagedRuntime, a memoized layer or the layer(…) of @effect/vitest, and this fiber was not started by the program it was provided to, so independent requests would share one connection and transaction. Build the runtime from the Engine layer only and open a unit per request: runtime.runPromise(Session.transact(handler)), or handler.pipe(Effect.provide(SessionLive)) for each request"
-  })
-
-/** @internal */
-export const spawnedError = () =>
-  new SessionError.SharedSession({
-    message:
-      "this statement was made by a fiber started from inside a unit of work without it — from a runtime captured outside the unit, as a time-window data loader (Model.makeDataLoaders, RequestResolver.dataLoader) runs its batch — so it would run outside the unit's transaction. Inside units use Model.makeRepository or SqlResolver without a window; give background work a unit of its own (Session.transact) or fork it with Effect.fork"
-  })
-
-/** @internal */
-export const poisonError = () =>
-  new SessionError.StatementInterrupted({
-    message:
-      "a statement of this unit was interrupted after it had been sent and the server finished it anyway (Effect.race / Effect.timeout around a statement inside a unit): its effect is in the transaction, so the unit was rolled back instead of committed; the unit can be retried"
-  })
 
 /** A savepoint level of a session (or its root): statements in one frame run one at a time. @internal */
 export class Frame extends BaseConnection {
@@ -274,7 +247,9 @@ export class Frame extends BaseConnection {
       )
     }
     const owner = fiber !== undefined && fiber === this.state.owner ? fiber : undefined
-    const run = new Run(this, req)
+    // a statement the unit may stop while it goes on: on a database where its failure fails the transaction, it
+    // runs under a savepoint of its own (`Run.underGuard`)
+    const run = new Run(this, req, owner === undefined && this.state.dialect.failedStatementFailsTransaction)
     const statement = Effect.async<unknown, SqlError>((resume) => run.begin(resume, owner))
     if (owner !== undefined) return statement
     // interrupted after the statement took effect — also when the interruption lands after the server answered,
@@ -366,7 +341,9 @@ class Run implements CommandSpec {
 
   constructor(
     readonly frame: Frame,
-    readonly req: StatementRequest
+    readonly req: StatementRequest,
+    /** Runs under a savepoint of its own (`underGuard`). */
+    readonly guarded: boolean
   ) {
     this.method = req.method
     this.sql = req.sql
@@ -455,6 +432,7 @@ class Run implements CommandSpec {
 
   private runOne(part: CommandSpec, next: ((rows: unknown) => void) | undefined, opening: boolean): void {
     if (this.stopped) return this.fail(interruptedError())
+    if (this.guarded && this.frame.state.begun) return this.underGuard(part, next)
     const frame = this.frame
     const state = frame.state
     if (opening) state.apply(OPENING)
@@ -478,7 +456,57 @@ class Run implements CommandSpec {
     })
     this.track(main)
   }
+
+  /**
+   * A statement of another fiber than the unit's own, on a database where a failed statement fails the whole
+   * transaction (PostgreSQL): it runs under a savepoint of its own, so that its interruption — the statement stopped
+   * on the server, or answered after its fiber was interrupted — undoes it alone and the unit goes on, as KILL QUERY
+   * does on MySQL (guarantee 13). Any other failure is the database's own: the transaction is failed, as after a
+   * statement of the unit's own fiber. The savepoint's statements are sessionfx's, never cancelled; if one fails,
+   * the unit is aborted.
+   */
+  private underGuard(part: CommandSpec, next: ((rows: unknown) => void) | undefined): void {
+    const state = this.frame.state
+    const dialect = state.dialect
+    this.track(undefined)
+    this.guardStatement(dialect.savepoint(GUARD), () => {
+      if (this.stopped) return this.undoGuard(interruptedError())
+      let main: Command | undefined = undefined
+      main = state.engine.startCommand(state.pc, part, (err, rows) => {
+        this.track(undefined)
+        if (main?.cancelled || this.stopped) return this.undoGuard(err ?? interruptedError())
+        if (err !== undefined) return this.frame.afterFailure(err, () => this.fail(err))
+        // from here an interruption is too late to undo it: the frame is poisoned instead (`Frame.exec`)
+        this.applied = true
+        this.guardStatement(dialect.releaseSavepoint(GUARD), () => {
+          statementDone(state, undefined)
+          return next === undefined ? this.finish(undefined, rows) : next(rows)
+        })
+      })
+      this.track(main)
+    })
+  }
+
+  /** The interrupted statement undone: back to its savepoint, which is released; the unit goes on. */
+  private undoGuard(err: SessionError.SessionError): void {
+    const dialect = this.frame.state.dialect
+    this.guardStatement(dialect.rollbackToSavepoint(GUARD), () =>
+      this.guardStatement(dialect.releaseSavepoint(GUARD), () => this.fail(err))
+    )
+  }
+
+  /** One of the savepoint's statements; if it fails, the unit is aborted and the statement fails with it. */
+  private guardStatement(sql: string, next: () => void): void {
+    const state = this.frame.state
+    state.engine.controlStatement(state.pc, sql, (err) => {
+      if (err === undefined) return next()
+      state.apply({ _tag: "ControlFailed", cause: err })
+      this.fail(err)
+    })
+  }
 }
+
+const GUARD = "sfx_statement"
 
 /** Where a stream of a frame runs: the unit's connection, inside its transaction. */
 const frameTarget = (frame: Frame): StreamTarget => ({

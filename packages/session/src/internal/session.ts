@@ -12,7 +12,8 @@ import * as SessionError from "../SessionError.js"
 import type { EngineImpl, Isolation, Watched } from "./engine.js"
 import { sessionErrorsAsSqlError } from "./connection.js"
 import type { Dialect } from "./driver/types.js"
-import { closedError, Frame, sharedError, type UnitState } from "./frame.js"
+import { Frame, type UnitState } from "./frame.js"
+import { closedError, sharedError } from "./unitErrors.js"
 import * as metrics from "./metrics.js"
 import * as keys from "./keys.js"
 import type { PooledConn } from "./pool.js"
@@ -85,7 +86,8 @@ export class SessionState implements SessionService, UnitState {
     this.root = new Frame(engine, this, undefined, want)
     this.beginSql = this.dialect.begin({
       readOnly: options.readOnly === true,
-      consistentSnapshot: options.consistentSnapshot === true
+      consistentSnapshot: options.consistentSnapshot === true,
+      deferrable: options.deferrable === true
     })
     this.implicitBegin = options.readOnly !== true && options.consistentSnapshot !== true
   }

@@ -8,6 +8,7 @@ import * as Duration from "effect/Duration"
 import type * as Schedule from "effect/Schedule"
 import * as SessionError from "../SessionError.js"
 import { type EngineImpl, type Isolation, type Want, wantOf } from "./engine.js"
+import type { Dialect } from "./driver/types.js"
 import * as keys from "./keys.js"
 import { type CausalityToken, TOKEN_PATTERN } from "./tokens.js"
 
@@ -19,6 +20,11 @@ export interface SessionOptions {
   readonly readOnly?: boolean | undefined
   /** `START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY`. */
   readonly consistentSnapshot?: boolean | undefined
+  /**
+   * PostgreSQL's `DEFERRABLE`, for a `SERIALIZABLE` read-only unit: it waits at its start for a snapshot that no
+   * serialization failure can hit (long reports under SSI). Refused on MariaDB and MySQL, which have no such mode.
+   */
+  readonly deferrable?: boolean | undefined
   /** `innodb_lock_wait_timeout` for this session. */
   readonly lockWaitTimeout?: Duration.DurationInput | undefined
   /** Per-statement limit, enforced by the server (MariaDB `max_statement_time`, MySQL `max_execution_time`). */
@@ -83,6 +89,26 @@ const durationMs = (option: string, d: Duration.DurationInput): number | Session
   return ms
 }
 
+/** `deferrable`: PostgreSQL's, and only where it means something (a `SERIALIZABLE` read-only transaction). */
+const checkDeferrable = (options: UnitOptions, dialect: Dialect): SessionError.InvalidOption | undefined => {
+  if (options.deferrable === undefined || options.deferrable === false) return undefined
+  if (options.deferrable !== true)
+    return invalid("deferrable", `must be true or false, got ${JSON.stringify(options.deferrable)}`)
+  if (!dialect.deferrable) {
+    return invalid(
+      "deferrable",
+      "DEFERRABLE is PostgreSQL's; MariaDB and MySQL have no such transaction mode. Drop it on this engine"
+    )
+  }
+  if (options.isolation !== "SERIALIZABLE" || (options.readOnly !== true && options.consistentSnapshot !== true)) {
+    return invalid(
+      "deferrable",
+      'only a SERIALIZABLE read-only unit can be deferrable (PostgreSQL ignores DEFERRABLE otherwise): add isolation: "SERIALIZABLE" and readOnly: true'
+    )
+  }
+  return undefined
+}
+
 /** A unit's options checked and in the server's units, before anything is sent. @internal */
 export interface Checked {
   readonly lockWaitSeconds: number | undefined
@@ -91,7 +117,9 @@ export interface Checked {
 }
 
 /** @internal */
-export const checkOptions = (options: UnitOptions): Checked | SessionError.InvalidOption => {
+export const checkOptions = (options: UnitOptions, dialect: Dialect): Checked | SessionError.InvalidOption => {
+  const deferrable = checkDeferrable(options, dialect)
+  if (deferrable !== undefined) return deferrable
   let lockWaitSeconds: number | undefined
   let statementTimeMs: number | undefined
   let timeoutMs: number | undefined
@@ -252,6 +280,9 @@ export const refuseNested = (state: Enclosing, options: UnitOptions): SessionErr
           : where
       }`
     )
+  }
+  if (options.deferrable === true && state.options.deferrable !== true) {
+    return invalid("deferrable", `the enclosing transaction has already started without it; ${where}`)
   }
   if (options.consistentSnapshot === true && state.options.consistentSnapshot !== true) {
     return invalid("consistentSnapshot", `the enclosing transaction has already started without one; ${where}`)

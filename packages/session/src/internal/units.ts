@@ -18,7 +18,8 @@ import type * as Scope from "effect/Scope"
 import * as SessionError from "../SessionError.js"
 import type { EngineImpl, Watched } from "./engine.js"
 import { finishNow, finishSession } from "./ending.js"
-import { closedError, Frame, sharedError } from "./frame.js"
+import { Frame } from "./frame.js"
+import { closedError, sharedError } from "./unitErrors.js"
 import { Held } from "./holding.js"
 import type { Restore } from "./lock.js"
 import * as keys from "./keys.js"
@@ -271,7 +272,7 @@ export const transactOn = <A, E, R>(
   { engine, options, site }: UnitRequest,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E | SessionError.SessionError, R> => {
-  const checked = checkOptions(options)
+  const checked = checkOptions(options, engine.options.driver.dialect)
   if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
   const frame = frameToJoin(engine, fiber, options)
   if (frame !== undefined) {
@@ -450,7 +451,7 @@ export const scopedSession = (
   site: () => string
 ): Effect.Effect<Context.Context<never>, SessionError.SessionError, Scope.Scope> =>
   Effect.withFiberRuntime((fiber) => {
-    const checked = checkOptions(options)
+    const checked = checkOptions(options, engine.options.driver.dialect)
     if (checked instanceof SessionError.InvalidOption) return Effect.fail(checked)
     const refusedHere = refuseInLayer(options)
     if (refusedHere !== undefined) return Effect.fail(refusedHere)

@@ -118,10 +118,13 @@ describe("pg dialect", () => {
 
   it("BEGIN, savepoints, cancel and terminate", () => {
     expect(dialect.autocommitOff).toBe(false)
-    expect(dialect.begin({ readOnly: false, consistentSnapshot: false })).toBe("BEGIN")
-    expect(dialect.begin({ readOnly: true, consistentSnapshot: false })).toBe("BEGIN READ ONLY")
-    expect(dialect.begin({ readOnly: true, consistentSnapshot: true })).toBe(
+    expect(dialect.begin({ readOnly: false, consistentSnapshot: false, deferrable: false })).toBe("BEGIN")
+    expect(dialect.begin({ readOnly: true, consistentSnapshot: false, deferrable: false })).toBe("BEGIN READ ONLY")
+    expect(dialect.begin({ readOnly: true, consistentSnapshot: true, deferrable: false })).toBe(
       "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+    )
+    expect(dialect.begin({ readOnly: true, consistentSnapshot: false, deferrable: true })).toBe(
+      "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"
     )
     expect(dialect.rollbackToSavepoint("sp_1")).toBe("ROLLBACK TO SAVEPOINT sp_1")
     expect(dialect.killQuery(42)).toBe("SELECT pg_cancel_backend(42)")

@@ -141,7 +141,19 @@ export interface Dialect {
    * send no START TRANSACTION of their own.
    */
   readonly autocommitOff: boolean
-  readonly begin: (o: { readonly readOnly: boolean; readonly consistentSnapshot: boolean }) => string
+  /**
+   * A statement that fails inside a transaction fails the whole transaction (PostgreSQL: only ROLLBACK or ROLLBACK
+   * TO can end it), where MySQL undoes the statement alone. A statement that a unit may stop while the unit goes on
+   * (one of another fiber's) then runs under a savepoint of its own (`frame.ts`).
+   */
+  readonly failedStatementFailsTransaction: boolean
+  readonly begin: (o: {
+    readonly readOnly: boolean
+    readonly consistentSnapshot: boolean
+    readonly deferrable: boolean
+  }) => string
+  /** The database has PostgreSQL's `DEFERRABLE` mode (a serializable read-only transaction that cannot fail). */
+  readonly deferrable: boolean
   readonly commit: string
   readonly rollback: string
   readonly savepoint: (name: string) => string

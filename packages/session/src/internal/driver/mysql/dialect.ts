@@ -13,6 +13,8 @@ export type Flavor = "mariadb" | "mysql"
 /** The statements of a server family. @internal */
 export const dialect = (flavor: Flavor): Dialect => ({
   autocommitOff: true,
+  failedStatementFailsTransaction: false,
+  deferrable: false,
   begin: ({ consistentSnapshot, readOnly }) =>
     consistentSnapshot
       ? "START TRANSACTION WITH CONSISTENT SNAPSHOT, READ ONLY"

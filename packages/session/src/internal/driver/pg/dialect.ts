@@ -19,8 +19,16 @@ const setConfig = (name: string, value: string) => `set_config(${quote(name)}, $
  */
 export const dialect: Dialect = {
   autocommitOff: false,
-  begin: ({ consistentSnapshot, readOnly }) =>
-    consistentSnapshot ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" : readOnly ? "BEGIN READ ONLY" : "BEGIN",
+  failedStatementFailsTransaction: true,
+  deferrable: true,
+  begin: ({ consistentSnapshot, deferrable, readOnly }) =>
+    deferrable
+      ? "BEGIN ISOLATION LEVEL SERIALIZABLE, READ ONLY, DEFERRABLE"
+      : consistentSnapshot
+        ? "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+        : readOnly
+          ? "BEGIN READ ONLY"
+          : "BEGIN",
   commit: "COMMIT",
   rollback: "ROLLBACK",
   savepoint: (name) => `SAVEPOINT ${name}`,
