@@ -20,6 +20,7 @@ import {
   PgServerUnavailable,
   PgServerUnsupported
 } from "./pgServerError.js"
+import { hardKillTree } from "./processTree.js"
 import * as Pg from "./serverPg.js"
 import * as Proc from "./serverProcess.js"
 import { describeTarget, envUrl as readEnvUrl, formatUrl, parseTarget } from "./serverUrl.js"
@@ -381,7 +382,7 @@ export const makeEmbedded = (
             return Effect.void
           }
           // SIGINT is PostgreSQL's fast shutdown: open transactions roll back and clients are disconnected
-          return (graceful ? Proc.terminate(proc, stopTimeout, "SIGINT") : Proc.hardKill(proc)).pipe(
+          return (graceful ? Proc.terminate(proc, stopTimeout, "SIGINT") : hardKillTree(proc)).pipe(
             Effect.zipRight(
               Effect.sync(() => {
                 current = undefined
