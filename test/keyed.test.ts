@@ -1,8 +1,8 @@
 /**
- * Adversarial tests of keyed units and bounded COMMIT (issue 12 #9, #14; guarantees 15 and 16): a keyed unit is
- * applied at most once — across retries, unknown outcomes, interruption at any point and a new Engine — and its
- * outcome can be asked for; COMMIT against a black-holed server is bounded from outside (timeout, interrupt) and from
- * inside (`timeout`, `commitTimeout`). Faults come from the FaultProxy; every verdict counts rows on the server.
+ * Adversarial tests of keyed units (issue 12 #9, #14; guarantee 16) on MariaDB: a keyed unit is applied at most once —
+ * across retries, interruption at any point and a new Engine — and its outcome can be asked for. Lost COMMIT replies,
+ * server loss and COMMIT against a black-holed server (guarantee 15) are in keyedFaults.test.ts, on MariaDB and
+ * PostgreSQL. Faults come from the FaultProxy; every verdict counts rows on the server.
  */
 import { assert, layer } from "@effect/vitest"
 import { Engine, Session, SessionError } from "@sessionfx/session"
@@ -15,7 +15,6 @@ import * as Layer from "effect/Layer"
 import {
   adminQuery,
   count,
-  eventually,
   expectTag,
   failureOf,
   freshId,
@@ -28,7 +27,7 @@ import {
   theServer,
   withEngine
 } from "./support/unit.js"
-import * as Admin from "./support/admin.js"
+import { freshKey, untilApplied } from "./support/keyed.js"
 
 const schema = [
   // no unique constraint on k: a unit applied twice shows as two rows
@@ -40,17 +39,10 @@ const suite = Layer.effectDiscard(Effect.forEach(schema, (s) => adminQuery(s), {
   Layer.provideMerge(serverLayer())
 )
 
-let keySeq = 0
-const freshKey = (prefix: string) => `${prefix}-${Date.now().toString(36)}-${++keySeq}`
-
 /** The keyed unit's own write: one row per application. */
 const apply = (key: string, n = 1) => Effect.flatMap(sql, (s) => s`INSERT INTO applied (k, n) VALUES (${key}, ${n})`)
 
 const applications = (key: string) => count("applied", "k = ?", [key])
-
-/** Exactly a COM_QUERY whose text is COMMIT (what a unit's COMMIT looks like on the wire). */
-const isCommit = (chunk: Buffer) =>
-  chunk.length >= 11 && chunk[4] === 0x03 && /^\s*COMMIT\b/i.test(chunk.subarray(5).toString("latin1"))
 
 /** A proxy in front of the suite's server and an Engine through it, for one scoped test. */
 const viaProxy = <A, E, R>(
@@ -71,34 +63,6 @@ const viaProxy = <A, E, R>(
         pool: { size: 2, acquireTimeout: "5 seconds", validateAfterIdle: "100 millis", ...options.pool }
       } as Partial<Engine.EngineOptions>
     )
-  })
-
-/**
- * The caller's loop of an exactly-once client: run the keyed unit until it succeeds or reports AlreadyApplied; after
- * every attempt whose outcome is unknown, `Session.outcome(key)` must agree with the rows on the server.
- */
-const untilApplied = <E, R>(key: string, attempt: (i: number) => Effect.Effect<unknown, E, R>, maxAttempts = 25) =>
-  Effect.gen(function* () {
-    const tags: Array<string> = []
-    for (let i = 0; i < maxAttempts; i++) {
-      const exit = yield* Effect.exit(attempt(i))
-      if (Exit.isSuccess(exit)) return { tags: [...tags, "success"], attempts: i + 1 }
-      const tag = Exit.isInterrupted(exit) ? "interrupted" : rootTag(failureOf(exit as Exit.Exit<never, unknown>, key))
-      tags.push(tag)
-      if (tag === "AlreadyApplied") return { tags, attempts: i + 1 }
-      if (tag === "CommitOutcomeUnknown" || tag === "TimeoutException" || tag === "interrupted") {
-        const said = yield* Effect.exit(Session.outcome(key))
-        if (Exit.isSuccess(said)) {
-          const rows = yield* applications(key)
-          assert.strictEqual(
-            said.value === "committed",
-            rows === 1,
-            `${key}: Session.outcome says ${said.value} while ${rows} row(s) are committed (after ${tag})`
-          )
-        }
-      }
-    }
-    return assert.fail(`${key}: not applied after ${maxAttempts} attempts: ${tags.join(", ")}`)
   })
 
 layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
@@ -165,31 +129,6 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
         for (const other of [k1.toUpperCase(), `${k1} `, `${k1}x`]) {
           assert.strictEqual(yield* Session.outcome(other), "absent", `outcome(${JSON.stringify(other)})`)
         }
-      })
-    )
-  )
-
-  it.effect("a keyed unit retried after a retryable failure (its connection killed) is applied once", () =>
-    withEngine(
-      Effect.gen(function* () {
-        yield* Session.createKeyTable
-        const server = yield* theServer
-        const key = freshKey("retried")
-        let attempts = 0
-        yield* Session.transact(
-          Effect.gen(function* () {
-            attempts++
-            yield* apply(key)
-            if (attempts === 1) {
-              yield* Admin.kill(server, "CONNECTION", yield* Session.connectionId)
-              yield* Effect.flatMap(sql, (s) => s`SELECT 1`)
-            }
-          }),
-          { key, retry: true }
-        )
-        assert.strictEqual(attempts, 2)
-        assert.strictEqual(yield* applications(key), 1)
-        assert.strictEqual(yield* Session.outcome(key), "committed")
       })
     )
   )
@@ -368,179 +307,8 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
   )
 
   // ---------------------------------------------------------------------------------------------------------------
-  // COMMIT bounded
+  // exactly once under interruption (lost COMMIT replies and server loss: keyedFaults.test.ts, on both databases)
   // ---------------------------------------------------------------------------------------------------------------
-
-  it.scoped(
-    "COMMIT into a black hole: Effect.timeout(unit, 1 s) returns within ~2 s; the connection is destroyed",
-    () =>
-      viaProxy(
-        (proxy) =>
-          repeat(2, () =>
-            Effect.gen(function* () {
-              const key = freshKey("bh-timeout")
-              const destroyed0 = (yield* Engine.stats).destroyed
-              const t0 = Date.now()
-              const exit = yield* Effect.exit(
-                Effect.timeout(Session.transact(Effect.zipRight(apply(key), proxy.blackhole(true))), "1 second")
-              )
-              const ms = Date.now() - t0
-              assert.isTrue(Exit.isFailure(exit), `a unit whose COMMIT was black-holed succeeded: ${show(exit)}`)
-              assert.isBelow(ms, 2500, `Effect.timeout(unit, "1 second") returned after ${ms} ms`)
-              yield* proxy.blackhole(false)
-              yield* eventually(
-                Effect.map(Engine.stats, (s) => s.inUse === 0 && s.destroyed > destroyed0),
-                "the connection stuck in COMMIT is destroyed and not lent"
-              )
-              // the COMMIT never reached the server: once the connection is gone, nothing is committed
-              yield* eventually(
-                Effect.map(applications(key), (n) => n === 0),
-                "the black-holed unit is rolled back"
-              )
-            })
-          ),
-        { commitTimeout: "30 seconds" }
-      )
-  )
-
-  it.scoped("COMMIT into a black hole: Fiber.interrupt(unit) returns within ~2 s", () =>
-    viaProxy(
-      (proxy) =>
-        repeat(2, () =>
-          Effect.gen(function* () {
-            const key = freshKey("bh-interrupt")
-            const destroyed0 = (yield* Engine.stats).destroyed
-            const bodyDone = yield* Deferred.make<void>()
-            const fiber = yield* Effect.fork(
-              Session.transact(
-                Effect.gen(function* () {
-                  yield* apply(key)
-                  yield* proxy.blackhole(true)
-                  yield* Deferred.succeed(bodyDone, undefined)
-                })
-              )
-            )
-            yield* Deferred.await(bodyDone)
-            // the scenario: COMMIT has been written into the hole and waits for an answer that never comes
-            yield* Effect.sleep("200 millis")
-            const t0 = Date.now()
-            yield* Fiber.interrupt(fiber)
-            const ms = Date.now() - t0
-            assert.isBelow(ms, 2000, `Fiber.interrupt of a unit in COMMIT took ${ms} ms`)
-            yield* proxy.blackhole(false)
-            yield* eventually(
-              Effect.map(Engine.stats, (s) => s.inUse === 0 && s.destroyed > destroyed0),
-              "the connection stuck in COMMIT is destroyed and nothing is lent after the interrupt"
-            )
-          })
-        ),
-      { commitTimeout: "30 seconds" }
-    )
-  )
-
-  it.scoped(
-    "without interruption, COMMIT waits at most commitTimeout (engine) or the unit's timeout: CommitOutcomeUnknown",
-    () =>
-      Effect.gen(function* () {
-        // the engine's commitTimeout
-        yield* viaProxy(
-          (proxy) =>
-            Effect.gen(function* () {
-              const key = freshKey("bh-commit-timeout")
-              const t0 = Date.now()
-              const exit = yield* Effect.exit(Session.transact(Effect.zipRight(apply(key), proxy.blackhole(true))))
-              const ms = Date.now() - t0
-              expectTag(exit, ["CommitOutcomeUnknown"], "COMMIT without an answer (commitTimeout 1 s)")
-              assert.isAtLeast(ms, 900, `gave up after ${ms} ms, before commitTimeout`)
-              assert.isBelow(ms, 3000, `gave up after ${ms} ms`)
-            }),
-          { commitTimeout: "1 second" }
-        )
-        // the unit's own timeout, shorter than the engine's commitTimeout (default 10 s)
-        yield* viaProxy(
-          (proxy) =>
-            Effect.gen(function* () {
-              const key = freshKey("bh-unit-timeout")
-              const t0 = Date.now()
-              const exit = yield* Effect.exit(
-                Session.transact(Effect.zipRight(apply(key), proxy.blackhole(true)), { timeout: "1500 millis" })
-              )
-              const ms = Date.now() - t0
-              expectTag(exit, ["CommitOutcomeUnknown", "TransactionTimeout"], "COMMIT bounded by the unit's timeout")
-              assert.isBelow(ms, 3000, `gave up after ${ms} ms (unit timeout 1.5 s)`)
-            }),
-          { commitTimeout: undefined } as any
-        )
-      })
-  )
-
-  // ---------------------------------------------------------------------------------------------------------------
-  // exactly once under faults
-  // ---------------------------------------------------------------------------------------------------------------
-
-  it.scoped("exactly once: connections reset at COMMIT (delivered or dropped), the caller retries until applied", () =>
-    viaProxy((proxy) =>
-      Effect.gen(function* () {
-        yield* Session.createKeyTable
-        const random = Prng.make(12)
-        const problems: Array<string> = []
-        let faults = 0
-        for (let k = 0; k < 10; k++) {
-          const key = freshKey("reset")
-          const result = yield* untilApplied(key, (i) =>
-            Effect.gen(function* () {
-              if (i === 0) {
-                yield* proxy.resetNextAfter({ match: isCommit, forward: random() < 0.5 })
-              }
-              return yield* Session.transact(apply(key), { key, retry: true, timeout: "5 seconds" })
-            })
-          )
-          if ((yield* proxy.armed) === false) faults++
-          yield* proxy.resetNextAfter({ bytesFromClient: Number.MAX_SAFE_INTEGER })
-          const n = yield* applications(key)
-          if (n !== 1) problems.push(`${key}: applied ${n} times (${result.tags.join(", ")})`)
-        }
-        assert.deepStrictEqual(problems, [], "keyed units applied other than once")
-        assert.isAbove((yield* proxy.counters).triggered, 0, "no COMMIT was ever reset: the scenario did not happen")
-        assert.isAtLeast(faults, 1)
-      })
-    )
-  )
-
-  it.scoped(
-    "exactly once: black hole at COMMIT (delivered or dropped), bounded by commitTimeout, retried until applied",
-    () =>
-      viaProxy(
-        (proxy) =>
-          Effect.gen(function* () {
-            yield* Session.createKeyTable
-            const random = Prng.make(34)
-            const problems: Array<string> = []
-            for (let k = 0; k < 4; k++) {
-              const key = freshKey("hole")
-              const triggered0 = (yield* proxy.counters).triggered
-              const t0 = Date.now()
-              const result = yield* untilApplied(key, (i) =>
-                Effect.gen(function* () {
-                  if (i === 0) {
-                    yield* proxy.resetNextAfter({ match: isCommit, forward: random() < 0.5, action: "blackhole" })
-                  }
-                  return yield* Session.transact(apply(key), { key, retry: true, timeout: "3 seconds" })
-                })
-              )
-              yield* proxy.resetNextAfter({ bytesFromClient: Number.MAX_SAFE_INTEGER })
-              const n = yield* applications(key)
-              if (n !== 1) problems.push(`${key}: applied ${n} times (${result.tags.join(", ")})`)
-              // a keyed unit may resolve its own unknown outcome (then the caller sees success at once)
-              if ((yield* proxy.counters).triggered === triggered0) problems.push(`${key}: the black hole never fired`)
-              const ms = Date.now() - t0
-              if (ms > 6_000) problems.push(`${key}: took ${ms} ms to resolve (${result.tags.join(", ")})`)
-            }
-            assert.deepStrictEqual(problems, [], "keyed units applied other than once")
-          }),
-        { commitTimeout: "700 millis" }
-      )
-  )
 
   it.scoped(
     "without a key, under random timeouts and interrupts: a success is committed, a typed failure is absent (x24)",
@@ -604,7 +372,7 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
           const outcomes: Record<string, number> = {}
           for (let k = 0; k < 16; k++) {
             const key = freshKey("intr")
-            const result = yield* untilApplied(key, (i) => {
+            const result = yield* untilApplied(key, applications, (i) => {
               const unit = Session.transact(
                 Effect.zipRight(
                   apply(key),

@@ -36,7 +36,7 @@ export interface WorkloadOptions {
   readonly seed?: number
   readonly options?: Session.Options
   /** Runs at each step inside the transaction (block on a Deferred, run an extra statement, …). */
-  readonly at?: (ctx: UnitContext, step: Step) => Effect.Effect<void, unknown, SqlClient.SqlClient>
+  readonly at?: (ctx: UnitContext, step: Step) => Effect.Effect<void, unknown, SqlClient.SqlClient | Session.Session>
   /** Wraps the whole unit (timeouts, fork + interrupt, …). */
   readonly wrap?: (
     ctx: UnitContext,
@@ -94,8 +94,12 @@ const tagOf = (cause: Cause.Cause<unknown>): string => {
 export const setup = (accounts: number, initial: number) =>
   Effect.gen(function* () {
     const sql = yield* SqlClient.SqlClient
-    yield* sql`CREATE TABLE IF NOT EXISTS bank_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL) ENGINE=InnoDB`
-    yield* sql`CREATE TABLE IF NOT EXISTS bank_transfers (k VARCHAR(64) PRIMARY KEY, src INT NOT NULL, dst INT NOT NULL, amount BIGINT NOT NULL) ENGINE=InnoDB`
+    // the same columns on both databases; MariaDB is told to use InnoDB (transactions, row locks)
+    const engine = sql.onDialectOrElse({ mysql: () => " ENGINE=InnoDB", orElse: () => "" })
+    yield* sql.unsafe(`CREATE TABLE IF NOT EXISTS bank_accounts (id INT PRIMARY KEY, balance BIGINT NOT NULL)${engine}`)
+    yield* sql.unsafe(
+      `CREATE TABLE IF NOT EXISTS bank_transfers (k VARCHAR(64) PRIMARY KEY, src INT NOT NULL, dst INT NOT NULL, amount BIGINT NOT NULL)${engine}`
+    )
     yield* sql`DELETE FROM bank_transfers`
     yield* sql`DELETE FROM bank_accounts`
     const rows = Array.from({ length: accounts }, (_, i) => ({ id: i + 1, balance: initial }))
@@ -103,6 +107,15 @@ export const setup = (accounts: number, initial: number) =>
   })
 
 const noop = () => Effect.void
+
+/** Sleeps `seconds` on the server, inside the unit's transaction: `SLEEP(s)` on MariaDB, `pg_sleep(s)` on PostgreSQL. */
+export const sleep = (seconds: number) =>
+  Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql.onDialectOrElse({
+      pg: () => sql`SELECT pg_sleep(${seconds})`,
+      orElse: () => sql`SELECT SLEEP(${seconds})`
+    })
+  )
 
 /** One transfer: lock both rows, move up to `want` from a to b, write the idempotency row. */
 const transfer = (

@@ -4,7 +4,7 @@
  */
 import { Engine } from "@sessionfx/session"
 import * as Effect from "effect/Effect"
-import * as Admin from "./admin.js"
+import type { Db } from "./db.js"
 
 /** TCP sockets (client or accepted) this process holds now. */
 export const tcpSockets = (): number => process.getActiveResourcesInfo().filter((r) => r === "TCPSocketWrap").length
@@ -30,37 +30,16 @@ export interface CleanReport {
   readonly leaks: number
 }
 
-const openTransactions = (server: Admin.Server) =>
-  Effect.map(
-    Admin.query<{ n: string }>(
-      server,
-      `SELECT COUNT(*) AS n FROM information_schema.innodb_trx t
-         JOIN information_schema.processlist p ON t.trx_mysql_thread_id = p.id
-        WHERE p.user = ?`,
-      [server.username]
-    ),
-    (rows) => Number(rows[0]?.n ?? 0)
-  )
-
-/** App-user connections the server holds now. */
-export const appConnections = (server: Admin.Server) =>
-  Effect.map(
-    Admin.query<{ n: string }>(server, `SELECT COUNT(*) AS n FROM information_schema.processlist WHERE user = ?`, [
-      server.username
-    ]),
-    (rows) => Number(rows[0]?.n ?? 0)
-  )
-
 /**
  * While the Engine is still open: polls (bounded, 10 s) until the app user has no open transaction, at most
  * `poolSize + 1` connections (the +1: the Engine opens a short-lived extra connection of the same user to send
  * `KILL QUERY` for an interrupted statement, outside the pool's accounting), and the pool has nothing lent or
  * waiting. Fails with the figures when that state is not reached.
  */
-export const assertClean = (server: Admin.Server, poolSize: number) =>
+export const assertClean = (db: Db, poolSize: number) =>
   Effect.gen(function* () {
-    const trx = yield* settle(openTransactions(server), (n) => n === 0)
-    const conns = yield* settle(appConnections(server), (n) => n <= poolSize + 1)
+    const trx = yield* settle(db.openTransactions, (n) => n === 0)
+    const conns = yield* settle(db.appConnections, (n) => n <= poolSize + 1)
     const stats = yield* settle(Engine.stats, (s) => s.inUse === 0 && s.waiting === 0)
     const report: CleanReport = {
       openTransactions: trx,
@@ -79,9 +58,9 @@ export const assertClean = (server: Admin.Server, poolSize: number) =>
  * After the Engine (and any proxy) is closed: the server holds no app connection and this process holds no more
  * TCP sockets than `baseline` (taken before the Engine was built). Returns the number of stray sockets (0) or fails.
  */
-export const assertClosed = (server: Admin.Server, baseline: number) =>
+export const assertClosed = (db: Db, baseline: number) =>
   Effect.gen(function* () {
-    const conns = yield* settle(appConnections(server), (n) => n === 0)
+    const conns = yield* settle(db.appConnections, (n) => n === 0)
     const sockets = yield* settle(Effect.sync(tcpSockets), (n) => n <= baseline, 5_000)
     if (conns !== 0 || sockets > baseline) {
       return yield* Effect.dieMessage(

@@ -267,6 +267,35 @@ layer(PgServer.layerEmbedded(), { timeout: "2 minutes" })("embedded PostgreSQL s
     })
   )
 
+  it.effect("kill is a crash of every server process: no backend outlives it, start right after succeeds (x5)", () =>
+    Effect.gen(function* () {
+      const server = yield* PgServer.PgServer
+      for (let i = 0; i < 5; i++) {
+        // the postmaster's children (backends, checkpointer, WAL writer…) each run in a session of their own: a
+        // signal to the postmaster's process group does not reach them
+        const pids = yield* Effect.scoped(
+          Effect.gen(function* () {
+            const admin = yield* clientFor(server.admin.url)
+            yield* Effect.forEach([1, 2, 3], () => appClient.pipe(Effect.flatMap((sql) => query(sql, "SELECT 1"))), {
+              discard: true
+            })
+            const rows = yield* query<{ readonly pid: number }>(admin, "SELECT pid FROM pg_stat_activity")
+            return rows.map((row) => row.pid)
+          })
+        )
+        assert.isAtLeast(pids.length, 3)
+        yield* server.kill
+        const outliving = pids.filter(isRunning)
+        assert.deepStrictEqual(outliving, [], `repetition ${i + 1}: processes outlived the crash`)
+        yield* server.start
+        const rows = yield* Effect.scoped(
+          Effect.flatMap(appClient, (sql) => query<{ n: number }>(sql, "SELECT 1 AS n"))
+        )
+        assert.strictEqual(rows[0]?.n, 1)
+      }
+    })
+  )
+
   it.scoped("PG_URL selects that server and launches nothing", () =>
     Effect.gen(function* () {
       const embedded = yield* PgServer.PgServer

@@ -77,6 +77,8 @@ export class ConnPool {
       this.pending--
       if (err || !conn) {
         this.lastConnectError = err
+        // a drain counts this connection as pending: it has ended too
+        if (this.closing) return this.checkDrained()
         if (this.all.size === 0 && this.pending === 0) {
           this.failAllWaiters(
             new SessionError.ConnectionError({

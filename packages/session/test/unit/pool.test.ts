@@ -255,6 +255,24 @@ describe("pool", () => {
     })
   )
 
+  it.effect("drain is not held by a connection being opened that then fails (a black-holed link at shutdown)", () =>
+    Effect.gen(function* () {
+      const server = new FakeServer()
+      let opening: ((err: unknown) => void) | undefined
+      const p = (pool = new ConnPool(config(server, { minIdle: 1, connect: (cb) => (opening = cb) })))
+      p.fill()
+      assert.strictEqual(p.stats().pending, 1)
+      const drained = yield* Effect.fork(p.drain(5_000))
+      yield* Effect.yieldNow()
+      assert.isNull(drained.unsafePoll(), "drain waits for the connection being opened")
+      opening!(Object.assign(new Error("read ECONNRESET"), { code: "ECONNRESET" }))
+      const t0 = Date.now()
+      assert.isTrue(yield* Fiber.join(drained))
+      assert.isBelow(Date.now() - t0, 1_000, "drained at once, not after its timeout")
+      assert.strictEqual(p.stats().pending, 0)
+    })
+  )
+
   it.effect("drain waits for lent connections, then everything is closed", () =>
     Effect.gen(function* () {
       const server = new FakeServer()

@@ -20,6 +20,7 @@ import {
   PgServerUnavailable,
   PgServerUnsupported
 } from "./pgServerError.js"
+import { hardKillTree } from "./processTree.js"
 import * as Pg from "./serverPg.js"
 import * as Proc from "./serverProcess.js"
 import { describeTarget, envUrl as readEnvUrl, formatUrl, parseTarget } from "./serverUrl.js"
@@ -175,7 +176,9 @@ const chownTo = (user: OsUser, paths: ReadonlyArray<string>): Effect.Effect<void
 
 /**
  * A small, fast server for tests: durability is traded for speed (`fsync`, `synchronous_commit` and
- * `full_page_writes` off: a crash of the machine may lose or corrupt data, a crash of the server process does not).
+ * `full_page_writes` off: a crash of the machine may lose or corrupt data; a crash of the server process (`kill`) may
+ * lose the last acknowledged commits, whose WAL was still in the server's memory — a test that crashes the server
+ * under load passes `serverArgs: ["-c", "synchronous_commit=on"]`).
  */
 const tuningArgs: ReadonlyArray<string> = [
   "fsync=off",
@@ -428,7 +431,7 @@ export const makeEmbedded = (
             return Effect.void
           }
           // SIGINT is PostgreSQL's fast shutdown: open transactions roll back and clients are disconnected
-          return (graceful ? Proc.terminate(proc, stopTimeout, "SIGINT") : Proc.hardKill(proc)).pipe(
+          return (graceful ? Proc.terminate(proc, stopTimeout, "SIGINT") : hardKillTree(proc)).pipe(
             Effect.zipRight(
               Effect.sync(() => {
                 current = undefined
