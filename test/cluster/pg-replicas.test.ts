@@ -561,6 +561,32 @@ layer(PgServer.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", exclu
         })
     )
 
+    it.scoped(
+      "SERIALIZABLE read-only units (deferrable too) run where PostgreSQL allows them: the primary (a standby refuses SSI)",
+      () =>
+        Effect.gen(function* () {
+          const { primary } = yield* cluster
+          yield* schema
+          yield* withTopology({}, () =>
+            Effect.gen(function* () {
+              const id = freshId()
+              yield* write(id, 7)
+              for (const options of [
+                { isolation: "SERIALIZABLE" },
+                { isolation: "SERIALIZABLE", deferrable: true },
+                { isolation: "SERIALIZABLE", consistency: "replica" }
+              ] as const) {
+                const seen = yield* read(id, options)
+                assert.deepStrictEqual(seen, { server: seen.server, port: primary.port, v: 7 }, JSON.stringify(options))
+              }
+              // REPEATABLE READ runs on a replica as before
+              const rr = yield* read(id, { isolation: "REPEATABLE READ", consistency: "replica" })
+              assert.notStrictEqual(rr.port, primary.port)
+            })
+          )
+        })
+    )
+
     it.scoped("interrupting a read that waits for its token ends promptly and leaves every pool whole", () =>
       Effect.gen(function* () {
         const { primary, replicas } = yield* cluster

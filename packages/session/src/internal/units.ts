@@ -140,7 +140,10 @@ const newSession = (engine: EngineImpl, pc: PooledConn, options: UnitOptions, ch
 /** Where a root unit may run: decided by the engine's topology (read-only units may go to a replica). */
 const routeOf = (engine: EngineImpl, options: UnitOptions, fiber: Fiber.RuntimeFiber<unknown, unknown>): Route => {
   if (engine.topology === undefined) return WRITE
-  const readOnly = options.readOnly === true || options.consistentSnapshot === true
+  // a replica that cannot run the unit's isolation (a PostgreSQL standby and SERIALIZABLE): the primary runs it
+  const readOnly =
+    (options.readOnly === true || options.consistentSnapshot === true) &&
+    (options.isolation !== "SERIALIZABLE" || engine.options.driver.topology.serializableOnReplica)
   return {
     readOnly,
     consistency: options.consistency ?? "read-your-writes",

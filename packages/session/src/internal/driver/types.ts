@@ -243,6 +243,11 @@ export interface TopologyTexts {
   /** Waits for a token on a cluster node; 1 = applied. */
   readonly nodeWait: string
   readonly causalReads: string
+  /**
+   * A replica runs `SERIALIZABLE` transactions (MariaDB). PostgreSQL's standbys refuse them (0A000, "cannot use
+   * serializable mode in a hot standby"): such units are routed to the primary.
+   */
+  readonly serializableOnReplica: boolean
 }
 
 /** The keyed-unit table's statements. @internal */

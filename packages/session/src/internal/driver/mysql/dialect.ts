@@ -115,6 +115,7 @@ export const maybeUnflagged = cachedTest(UNFLAGGED)
 
 /** Health checks and causality waits of a topology (MariaDB GTIDs). @internal */
 export const topologySql = {
+  serializableOnReplica: true,
   primary: "SELECT @@gtid_binlog_pos AS pos",
   replica:
     "SELECT @@gtid_slave_pos AS pos, (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'SLAVE_RUNNING') AS running",

@@ -91,6 +91,7 @@ const RECEIVING = "EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE coalesce(sta
  * @internal
  */
 export const topologySql: TopologyTexts = {
+  serializableOnReplica: false,
   primary: `SELECT ${SYSTEM}(${INSERTED})::text AS pos`,
   replica:
     `SELECT ${SYSTEM}pg_last_wal_replay_lsn()::text AS pos, ` +
