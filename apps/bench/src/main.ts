@@ -383,15 +383,15 @@ const program: Effect.Effect<void, unknown> =
   args.suite.database === "postgres"
     ? onPostgres
     : args.mode === "replicas"
-    ? cluster
-    : args.mode === "pg-clients"
-      ? pgClients({
-          transfers: args.transfers,
-          accounts: args.accounts,
-          concurrency: args.concurrency,
-          reps: args.reps,
-          seed: args.seed
-        })
-      : single
+      ? cluster
+      : args.mode === "pg-clients"
+        ? pgClients({
+            transfers: args.transfers,
+            accounts: args.accounts,
+            concurrency: args.concurrency,
+            reps: args.reps,
+            seed: args.seed
+          })
+        : single
 
 NodeRuntime.runMain(program)

@@ -61,7 +61,8 @@ const checkConservation = (url: string, accounts: number, completed: number): Pr
     const expectedSum = accounts * INITIAL_BALANCE
     const transferRows = Number(row.t)
     return {
-      ok: balanceSum === expectedSum && Number(row.n) === accounts && transferRows === completed && row.mismatch === "0",
+      ok:
+        balanceSum === expectedSum && Number(row.n) === accounts && transferRows === completed && row.mismatch === "0",
       balanceSum,
       expectedSum,
       transferRows,
