@@ -57,7 +57,8 @@ export const postgres: Suite = {
   database: "postgres",
   workload: pgWorkload,
   implementations: {
-    pg,
+    pg: () => pg(),
+    "pg-unnamed": () => pg(false),
     "pg-effect": pgEffect,
     "sessionfx-transact": sessionfxTransact,
     "sessionfx-layer": sessionfxLayer,

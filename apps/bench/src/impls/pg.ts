@@ -7,16 +7,23 @@ import { isRetryableError } from "../workload.js"
 import { type PromiseImpl, POOL_SIZE, retryPromise } from "./Impl.js"
 import { credit, debit, insertTransfer, selectForUpdate } from "./pgStatements.js"
 
-export const pg = (): PromiseImpl => {
+const unnamed = (config: Pg.QueryConfig<Array<number>>): Pg.QueryConfig<Array<number>> => ({
+  text: config.text,
+  values: config.values!
+})
+
+/** `named: false` sends the same statements unnamed (parsed and planned by the server every time): what naming buys. */
+export const pg = (named = true): PromiseImpl => {
   let pool: Pg.Pool | undefined
+  const as = named ? (c: Pg.QueryConfig<Array<number>>) => c : unnamed
   const unit = async (a: number, b: number, amount: number) => {
     const client = await pool!.connect()
     try {
       await client.query("BEGIN")
-      await client.query(selectForUpdate([a, b]))
-      await client.query(debit([amount, a]))
-      await client.query(credit([amount, b]))
-      await client.query(insertTransfer([a, b, amount]))
+      await client.query(as(selectForUpdate([a, b])))
+      await client.query(as(debit([amount, a])))
+      await client.query(as(credit([amount, b])))
+      await client.query(as(insertTransfer([a, b, amount])))
       await client.query("COMMIT")
       client.release()
     } catch (e) {
@@ -29,7 +36,7 @@ export const pg = (): PromiseImpl => {
   }
   return {
     kind: "promise",
-    name: "pg",
+    name: named ? "pg" : "pg-unnamed",
     setup: async (url) => {
       pool = new Pg.Pool({ connectionString: url, max: POOL_SIZE })
       await pool.query("SELECT 1")
