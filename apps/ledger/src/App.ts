@@ -3,8 +3,8 @@
  * both transports.
  */
 import * as HttpServer from "@effect/platform/HttpServer"
+import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
-import * as MysqlMigrator from "@effect/sql-mysql2/MysqlMigrator"
 import { Engine } from "@sessionfx/session"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
@@ -85,10 +85,14 @@ export const DatabaseLive = Layer.unwrapScoped(
   })
 )
 
-/** Runs the migrations in src/migrations at start-up (MysqlMigrator; the Engine's SqlClient is the client). */
+/**
+ * Runs the migrations in src/migrations at start-up, on either database: `@effect/sql`'s Migrator (the Engine's
+ * SqlClient is the client) keeps its table in the dialect's types, and each migration picks its dialect's DDL. It is
+ * what `MysqlMigrator` runs too, without the schema dump (mysqldump) that only a `schemaDirectory` asks for.
+ */
 export const MigrationsLive = Layer.effectDiscard(
-  MysqlMigrator.make({})({
-    loader: MysqlMigrator.fromRecord({
+  Migrator.make({})({
+    loader: Migrator.fromRecord({
       "00001_create_ledger": CreateLedger,
       "00002_idempotency_key_bytes": IdempotencyKeyBytes
     }),
@@ -119,8 +123,19 @@ export const redactUrl = (url: string): string => {
   }
 }
 
-/** What the database in use says about durability (whether embedded or not): the settings in force. */
-const durabilityOf = (sql: SqlClient.SqlClient, fastUnsafe: boolean, embedded: boolean) =>
+/** What PostgreSQL says about durability: durable when each commit waits for its WAL flush and pages are whole. */
+const pgDurabilityOf = (sql: SqlClient.SqlClient) =>
+  sql<{ fsync: string; sync: string; fpw: string }>`
+    SELECT current_setting('fsync') AS fsync, current_setting('synchronous_commit') AS sync,
+      current_setting('full_page_writes') AS fpw`.pipe(
+    Effect.map(([row]) => {
+      const full = row?.fsync === "on" && row?.sync !== "off" && row?.fpw === "on"
+      const settings = `fsync=${row?.fsync}, synchronous_commit=${row?.sync}, full_page_writes=${row?.fpw}`
+      return `${full ? "durable" : "not fully durable"} (${settings})`
+    })
+  )
+
+const mysqlDurabilityOf = (sql: SqlClient.SqlClient, fastUnsafe: boolean, embedded: boolean) =>
   sql<{ flush: number | string; doublewrite: number | string }>`
     SELECT @@innodb_flush_log_at_trx_commit AS flush, @@innodb_doublewrite AS doublewrite`.pipe(
     Effect.map(([row]) => {
@@ -129,9 +144,17 @@ const durabilityOf = (sql: SqlClient.SqlClient, fastUnsafe: boolean, embedded: b
       const full = flush === 1 && doublewrite
       const mode = embedded ? (fastUnsafe ? "fast-unsafe" : "durable") : full ? "durable" : "not fully durable"
       return `${mode} (innodb_flush_log_at_trx_commit=${flush}, doublewrite ${doublewrite ? "on" : "off"})`
-    }),
-    Effect.orElseSucceed(() => "unknown (the server did not say)")
+    })
   )
+
+/** What the database in use says about durability (whether embedded or not): the settings in force. */
+const durabilityOf = (sql: SqlClient.SqlClient, fastUnsafe: boolean, embedded: boolean) =>
+  sql
+    .onDialectOrElse({
+      pg: () => pgDurabilityOf(sql),
+      orElse: () => mysqlDurabilityOf(sql, fastUnsafe, embedded)
+    })
+    .pipe(Effect.orElseSucceed(() => "unknown (the server did not say)"))
 
 /**
  * The start-up summary, one INFO line once both transports listen: addresses, the database (its url without the

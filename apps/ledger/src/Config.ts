@@ -16,8 +16,9 @@ import * as Path from "node:path"
 
 export interface Settings {
   /**
-   * `mysql://…`; none: the embedded default under `dataDir`. Several urls, comma-separated: the nodes of a
-   * multi-primary (Galera) cluster, the first preferred and the others taking over when it leaves the cluster.
+   * `mysql://…` or `postgres://…`; none: the embedded default (MariaDB) under `dataDir`. Several urls,
+   * comma-separated: the nodes of a multi-primary (Galera) cluster, the first preferred and the others taking over
+   * when it leaves the cluster (MariaDB only).
    */
   readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
   /** Read replicas of `databaseUrl` (comma-separated urls): balances and histories are read there. */

@@ -2,7 +2,6 @@
  * The ledger's handlers: each public operation is one unit of work (`Session.transact`, retried on deadlocks and
  * lock wait timeouts); `batch` runs several operations in one unit, all or nothing.
  */
-import * as SqlClient from "@effect/sql/SqlClient"
 import type { SqlError } from "@effect/sql/SqlError"
 import { Engine, Session, SessionError } from "@sessionfx/session"
 import * as Context from "effect/Context"
@@ -37,8 +36,8 @@ import type {
   TransferRequest,
   Withdraw
 } from "./Domain/Requests.js"
-
-type Int = number | string | bigint
+import type { Db, Int } from "./Statements.js"
+import * as Statements from "./Statements.js"
 
 interface AccountRow {
   readonly id: Int
@@ -130,12 +129,22 @@ const onSqlError =
 // The unit bodies below are chains of `Effect.flatMap`, not `Effect.gen`: a generator step costs Effect's run loop
 // more than a flatMap does (measured: the bodies' generators were about 10 µs of CPU per transfer). They take the
 // Engine's client, which inside a unit of that engine joins the unit (what `SqlClient` in the unit's context is),
-// instead of reading it from the context per request. The SQL texts are those of bench/floor.ts (whitespace included).
+// instead of reading it from the context per request. The SQL texts that differ between MariaDB / MySQL and
+// PostgreSQL are in Statements.ts (chosen once per Engine); the rest are one text for both.
 
-type Sql = SqlClient.SqlClient
+/** An idempotency key as the database keeps it: its UTF-8 bytes (compared byte for byte on both databases). */
+const keyBytes = (key: string | undefined): Buffer | null => (key === undefined ? null : Buffer.from(key, "utf8"))
+
+/** One money movement: a deposit has no `from`, a withdrawal no `to`. */
+interface Movement {
+  readonly from: AccountId | null
+  readonly to: AccountId | null
+  readonly amount: bigint
+  readonly key: string | undefined
+}
 
 const lockAccounts = (
-  sql: Sql,
+  { sql }: Db,
   ids: ReadonlyArray<AccountId>
 ): Effect.Effect<Map<number, Account>, AccountNotFound | SqlError> =>
   Effect.flatMap(
@@ -155,27 +164,25 @@ const lockAccounts = (
 
 /**
  * One money movement = one `transfers` row; deposits have no source, withdrawals no destination. Amounts are bound
- * as bigints and cast to SIGNED in SQL, so the arithmetic is BIGINT whether the driver sends a bigint as an integer
- * or as a string — never a DOUBLE. Nothing runs (no statement is built) until the unit runs it.
+ * as bigints and cast to a 64-bit integer in SQL (`Statements.ts`), so the arithmetic is BIGINT whether the driver
+ * sends a bigint as an integer or as a string — never a DOUBLE. On PostgreSQL (READ COMMITTED) a row locked after a
+ * wait is read as the other unit committed it, and the key lookup after the lock sees a committed duplicate; on
+ * MariaDB the lookup is the unit's first plain read, so its snapshot starts after the lock. Nothing runs (no
+ * statement is built) until the unit runs it.
  */
-const move = (
-  sql: Sql,
-  from: AccountId | null,
-  to: AccountId | null,
-  amount: bigint,
-  key: string | undefined
-): Effect.Effect<Transfer, DomainError | SqlError> =>
+const move = (db: Db, m: Movement): Effect.Effect<Transfer, DomainError | SqlError> =>
   Effect.suspend(() => {
+    const { amount, from, key, to } = m
     if (amount > MAX_AMOUNT) return Effect.fail(amountTooLarge(amount))
     const ids = from === null ? [to!] : to === null ? [from] : from < to ? [from, to] : [to, from]
-    return Effect.flatMap(lockAccounts(sql, ids), (accounts) =>
+    return Effect.flatMap(lockAccounts(db, ids), (accounts) =>
       key === undefined
-        ? apply(sql, accounts, from, to, amount, key)
+        ? apply(db, accounts, m)
         : Effect.flatMap(
-            sql<TransferRow>`
-        SELECT id, src, dst, amount, idempotency_key FROM transfers WHERE idempotency_key = ${key}`,
+            db.sql<TransferRow>`
+        SELECT id, src, dst, amount, idempotency_key FROM transfers WHERE idempotency_key = ${keyBytes(key)}`,
             (prior): Effect.Effect<Transfer, DomainError | SqlError> => {
-              if (prior[0] === undefined) return apply(sql, accounts, from, to, amount, key)
+              if (prior[0] === undefined) return apply(db, accounts, m)
               const original = toTransfer(prior[0])
               if (original.from === from && original.to === to && original.amount === amount) {
                 return Effect.succeed(original)
@@ -188,12 +195,9 @@ const move = (
 
 /** The rest of `move` once both rows are locked and the key (if any) is new: check, insert, move the money. */
 const apply = (
-  sql: Sql,
+  db: Db,
   accounts: Map<number, Account>,
-  from: AccountId | null,
-  to: AccountId | null,
-  amount: bigint,
-  key: string | undefined
+  { amount, from, key, to }: Movement
 ): Effect.Effect<Transfer, DomainError | SqlError> => {
   if (from !== null) {
     const balance = accounts.get(from)!.balance
@@ -204,14 +208,12 @@ const apply = (
     if (balance > MAX_BALANCE - amount) return Effect.fail(balanceOverflow(to, balance, amount))
   }
   return Effect.flatMap(
-    sql`
-      INSERT INTO transfers (src, dst, amount, idempotency_key)
-      VALUES (${from}, ${to}, CAST(${amount} AS SIGNED), ${key ?? null})`.raw.pipe(
-      onSqlError((e) => (e._tag === "DuplicateKey" && key !== undefined ? idempotencyConflict(key) : undefined))
-    ),
-    (inserted) => {
+    db
+      .insertTransfer(from, to, amount, keyBytes(key))
+      .pipe(onSqlError((e) => (e._tag === "DuplicateKey" && key !== undefined ? idempotencyConflict(key) : undefined))),
+    (id) => {
       const transfer: Transfer = {
-        id: Number((inserted as { insertId: Int }).insertId) as TransferId,
+        id: Number(id) as TransferId,
         kind: kindOf(from, to),
         from,
         to,
@@ -221,24 +223,21 @@ const apply = (
       // both rows are locked already: one statement moves the money
       return Effect.as(
         from !== null && to !== null
-          ? sql`
-        UPDATE accounts SET balance = balance + CASE WHEN id = ${from} THEN -CAST(${amount} AS SIGNED)
-          ELSE CAST(${amount} AS SIGNED) END
-        WHERE id IN (${from}, ${to})`
+          ? db.transfer(from, to, amount)
           : from !== null
-            ? sql`UPDATE accounts SET balance = balance - CAST(${amount} AS SIGNED) WHERE id = ${from}`
-            : sql`UPDATE accounts SET balance = balance + CAST(${amount} AS SIGNED) WHERE id = ${to}`,
+            ? db.debit(from, amount)
+            : db.credit(to!, amount),
         transfer
       )
     }
   )
 }
 
-const createAccountIn = (sql: Sql, req: CreateAccount): Effect.Effect<Account, SqlError> =>
+const createAccountIn = (db: Db, req: CreateAccount): Effect.Effect<Account, SqlError> =>
   Effect.suspend(() =>
-    Effect.map(sql`INSERT INTO accounts (name, balance) VALUES (${req.name}, 0)`.raw, (inserted) => {
+    Effect.map(db.insertAccount(req.name), (id) => {
       const account: Account = {
-        id: Number((inserted as { insertId: Int }).insertId) as AccountId,
+        id: Number(id) as AccountId,
         name: req.name,
         balance: 0n
       }
@@ -246,7 +245,7 @@ const createAccountIn = (sql: Sql, req: CreateAccount): Effect.Effect<Account, S
     })
   )
 
-const balanceIn = (sql: Sql, req: GetBalance): Effect.Effect<Account, AccountNotFound | SqlError> =>
+const balanceIn = ({ sql }: Db, req: GetBalance): Effect.Effect<Account, AccountNotFound | SqlError> =>
   Effect.suspend(() =>
     Effect.flatMap(
       sql<AccountRow>`SELECT id, name, balance FROM accounts WHERE id = ${req.account}`,
@@ -255,12 +254,13 @@ const balanceIn = (sql: Sql, req: GetBalance): Effect.Effect<Account, AccountNot
     )
   )
 
-const historyIn = (sql: Sql, req: GetHistory): Effect.Effect<HistoryPage, AccountNotFound | SqlError> =>
+const historyIn = (db: Db, req: GetHistory): Effect.Effect<HistoryPage, AccountNotFound | SqlError> =>
   Effect.zipRight(
-    balanceIn(sql, { account: req.account }),
+    balanceIn(db, { account: req.account }),
     Effect.suspend(() => {
       const limit = req.limit ?? 20
       const before = req.before ?? Number.MAX_SAFE_INTEGER
+      const { sql } = db
       return Effect.map(
         sql<TransferRow>`
       SELECT id, src, dst, amount, idempotency_key FROM transfers
@@ -279,18 +279,18 @@ const historyIn = (sql: Sql, req: GetHistory): Effect.Effect<HistoryPage, Accoun
     })
   )
 
-const runOperation = (sql: Sql, op: BatchOperation): Effect.Effect<Account | Transfer, DomainError | SqlError> => {
+const runOperation = (db: Db, op: BatchOperation): Effect.Effect<Account | Transfer, DomainError | SqlError> => {
   switch (op.op) {
     case "create_account":
-      return createAccountIn(sql, op)
+      return createAccountIn(db, op)
     case "deposit":
-      return move(sql, null, op.account, op.amount, op.idempotencyKey)
+      return move(db, { from: null, to: op.account, amount: op.amount, key: op.idempotencyKey })
     case "withdraw":
-      return move(sql, op.account, null, op.amount, op.idempotencyKey)
+      return move(db, { from: op.account, to: null, amount: op.amount, key: op.idempotencyKey })
     case "transfer":
-      return move(sql, op.from, op.to, op.amount, op.idempotencyKey)
+      return move(db, { from: op.from, to: op.to, amount: op.amount, key: op.idempotencyKey })
     case "balance":
-      return balanceIn(sql, op)
+      return balanceIn(db, op)
   }
 }
 
@@ -335,20 +335,23 @@ export class Ledger extends Effect.Service<Ledger>()("ledger/Ledger", {
       )
     }
 
-    // the engine's client: inside a unit of this engine it joins that unit
-    const sql = engine.sql
+    // the engine's client (inside a unit of this engine it joins that unit) and its database's statements
+    const db = Statements.make(engine.sql, engine.flavor)
     return {
-      createAccount: (req: CreateAccount) => unit("create_account", createAccountIn(sql, req)),
-      deposit: (req: Deposit) => unit("deposit", move(sql, null, req.account, req.amount, req.idempotencyKey)),
-      withdraw: (req: Withdraw) => unit("withdraw", move(sql, req.account, null, req.amount, req.idempotencyKey)),
-      transfer: (req: TransferRequest) => unit("transfer", move(sql, req.from, req.to, req.amount, req.idempotencyKey)),
-      balance: (req: GetBalance) => unit("balance", balanceIn(sql, req), true),
-      history: (req: GetHistory) => unit("history", historyIn(sql, req), true),
+      createAccount: (req: CreateAccount) => unit("create_account", createAccountIn(db, req)),
+      deposit: (req: Deposit) =>
+        unit("deposit", move(db, { from: null, to: req.account, amount: req.amount, key: req.idempotencyKey })),
+      withdraw: (req: Withdraw) =>
+        unit("withdraw", move(db, { from: req.account, to: null, amount: req.amount, key: req.idempotencyKey })),
+      transfer: (req: TransferRequest) =>
+        unit("transfer", move(db, { from: req.from, to: req.to, amount: req.amount, key: req.idempotencyKey })),
+      balance: (req: GetBalance) => unit("balance", balanceIn(db, req), true),
+      history: (req: GetHistory) => unit("history", historyIn(db, req), true),
       batch: (req: Batch): Effect.Effect<BatchResult, LedgerError> =>
         unit(
           "batch",
           Effect.map(
-            Effect.forEach(req.ops, (op) => runOperation(sql, op)),
+            Effect.forEach(req.ops, (op) => runOperation(db, op)),
             (results) => ({ results })
           )
         ),

@@ -7,7 +7,13 @@
  *
  *   pnpm --filter @sessionfx/ledger bench [--reps 5] [--transfers 4000] [--connections 16] [--accounts 32,1000]
  *                                         [--noop 20000] [--profile <dir>] [--socket] [--variant name:VAR=value,…]
- *                                         [--no-floor] [--fast-unsafe]
+ *                                         [--no-floor] [--fast-unsafe] [--db mariadb|postgres]
+ *
+ * `--db postgres` runs the ledger (and its variants) on an embedded PostgreSQL instead (`DATABASE_URL=postgres://…`),
+ * durable likewise (`fsync`, `synchronous_commit`, `full_page_writes` on; `--fast-unsafe`: the last two off). The
+ * reference and the floor speak MariaDB only (PyMySQL, mysql2): they are left out, and so are the ratios to them; the
+ * database's CPU is that of all its processes (the postmaster and its backends); PostgreSQL keeps no count of
+ * statements, so that column is empty.
  *
  * The ledger and the floor run as they ship: built JavaScript (`pnpm build`: dist/main.js, dist/floor.js) run by
  * `node`; `pnpm bench` builds first. The database is durable (`innodb_flush_log_at_trx_commit=1`, doublewrite on: the
@@ -19,14 +25,12 @@
  * The floor (bench/floor.ts; `--no-floor` leaves it out) runs in the same rounds: the transfer path alone on `net` and
  * `mysql2` callbacks with the ledger's statements, no Effect — what a transfer costs a Node process at least.
  */
-import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
-import * as Redacted from "effect/Redacted"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
-import { durabilityArgs } from "./App.js"
+import * as BenchDatabase from "./benchDatabase.js"
 import * as Client from "./Client.js"
 import * as Demo from "./Demo.js"
 
@@ -53,6 +57,9 @@ const overSocket = argv.includes("--socket")
 const withFloor = !argv.includes("--no-floor")
 /** `--fast-unsafe`: the database flushes its log about once a second instead of at every commit (not durable). */
 const fastUnsafe = argv.includes("--fast-unsafe")
+/** `--db postgres`: the ledger on PostgreSQL (no reference, no floor: they speak MariaDB only). */
+const dbKind = arg("db", "mariadb")
+if (dbKind !== "mariadb" && dbKind !== "postgres") throw new Error(`--db ${dbKind}: mariadb or postgres`)
 /**
  * `--variant name:VAR=value,VAR=value` (repeatable): another ledger process with those environment variables.
  * `LEDGER_BENCH_MAIN=<file>` among them runs that bundle instead of dist/main.js (an A/B of two builds in the same
@@ -81,6 +88,21 @@ const cpuOf = (pid: number): number => {
   const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
   return (Number(fields[11]) + Number(fields[12])) / CLK_TCK
+}
+
+/** CPU seconds of a process and its children (PostgreSQL: the postmaster and its backends). */
+const treeCpuOf = (pid: number): number => {
+  let total = cpuOf(pid)
+  for (const entry of Fs.readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry) || Number(entry) === pid) continue
+    try {
+      const stat = Fs.readFileSync(`/proc/${entry}/stat`, "utf8")
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]) === pid) total += cpuOf(Number(entry))
+    } catch {
+      // a process that just exited
+    }
+  }
+  return total
 }
 
 /** Seconds the threads of a process spent runnable but waiting for a CPU (field 2 of each task's schedstat). */
@@ -215,13 +237,13 @@ const runDemo = (server: Server, dbPid: number, accounts: number, seed: number, 
       onTransfers: {
         start: () => {
           s0 = cpuOf(server.pid)
-          d0 = cpuOf(dbPid)
+          d0 = treeCpuOf(dbPid)
           w0 = waitOf(server.pid)
           q0 = questions()
         },
         end: () => {
           s1 = cpuOf(server.pid)
-          d1 = cpuOf(dbPid)
+          d1 = treeCpuOf(dbPid)
           w1 = waitOf(server.pid)
           q1 = questions()
         }
@@ -264,50 +286,23 @@ const median = (xs: ReadonlyArray<number>) => {
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
-const fmt = (n: number, digits = 0) => n.toFixed(digits)
+const fmt = (n: number, digits = 0) => (Number.isNaN(n) ? "–" : n.toFixed(digits))
 
 const program = Effect.gen(function* () {
-  const py = python()
   for (const built of ["dist/main.js", "dist/floor.js"]) {
     if (!Fs.existsSync(Path.join(appDir, built))) {
       return yield* Effect.dieMessage(`${built} is missing: run pnpm build (pnpm bench does) first`)
     }
   }
-  const db = yield* MysqlServer.make({ serverArgs: durabilityArgs(fastUnsafe) })
-  const dbPid = db.pid._tag === "Some" ? db.pid.value : undefined
-  if (dbPid === undefined) return yield* Effect.dieMessage("the benchmark needs an embedded database (unset MYSQL_URL)")
-  const socketPath = db.socketPath._tag === "Some" ? db.socketPath.value : undefined
-  if (overSocket && socketPath === undefined) return yield* Effect.dieMessage("--socket needs the embedded server")
-  const tcpUrl = Redacted.value(db.url)
-  const url = overSocket
-    ? `${tcpUrl}${tcpUrl.includes("?") ? "&" : "?"}socket=${encodeURIComponent(socketPath!)}`
-    : tcpUrl
-  const pyUrl = overSocket
-    ? `${tcpUrl.replace(/^mysql:/, "mysql+pymysql:")}${tcpUrl.includes("?") ? "&" : "?"}unix_socket=${encodeURIComponent(socketPath!)}`
-    : tcpUrl.replace(/^mysql:/, "mysql+pymysql:")
-  // a synchronous read of the counter between runs: a child process keeps the demo's event loop out of it
-  const admin = Redacted.value(db.admin.url)
-  const counters = [
-    "Questions",
-    "Com_stmt_prepare",
-    "Com_stmt_execute",
-    "Com_begin",
-    "Com_commit",
-    "Com_rollback",
-    "Com_reset_connection",
-    "Connections",
-    "Innodb_row_lock_waits",
-    "Innodb_row_lock_time"
-  ]
-  const read =
-    `require("mysql2/promise").createConnection(${JSON.stringify(admin)}).then(async (c) => {` +
-    `const [r] = await c.query("SHOW GLOBAL STATUS WHERE Variable_name IN (${counters.map((n) => `'${n}'`).join(", ")})");` +
-    `process.stdout.write(JSON.stringify(Object.fromEntries(r.map((x) => [x.Variable_name, Number(x.Value)])))); c.end() })`
+  const options = { fastUnsafe, overSocket, appDir }
+  const { dbPid, label, pyUrl, status, url } = yield* dbKind === "postgres"
+    ? BenchDatabase.postgres(options)
+    : BenchDatabase.mariadb(options)
   questions = () => {
-    const out = ChildProcess.execFileSync(process.execPath, ["-e", read], { cwd: appDir })
-    const status = JSON.parse(out.toString()) as Record<string, number>
-    lastStatus.push(status)
-    return status.Questions!
+    const counters = status()
+    if (counters === undefined) return NaN
+    lastStatus.push(counters)
+    return counters.Questions!
   }
   const ledgerEnv = {
     DATABASE_URL: url,
@@ -340,21 +335,26 @@ const program = Effect.gen(function* () {
       )
     })
   const ledger = yield* startLedger("ledger", {}, true)
-  // the ledger's migrations have run: the reference uses the same tables
-  const refPort = yield* Effect.promise(freePort)
-  const reference = yield* Effect.acquireRelease(
-    start(
-      "reference",
-      py,
-      ["bench/reference_server.py", "--url", pyUrl, "--port", String(refPort), "--token", TOKEN],
-      {},
-      refPort
-    ),
-    (s) => Effect.promise(s.stop)
-  )
+  // the ledger's migrations have run: the reference uses the same tables (MariaDB only)
+  const references: Array<Server> = []
+  if (pyUrl !== undefined) {
+    const refPort = yield* Effect.promise(freePort)
+    references.push(
+      yield* Effect.acquireRelease(
+        start(
+          "reference",
+          python(),
+          ["bench/reference_server.py", "--url", pyUrl, "--port", String(refPort), "--token", TOKEN],
+          {},
+          refPort
+        ),
+        (s) => Effect.promise(s.stop)
+      )
+    )
+  }
   const others: Array<Server> = []
   for (const v of variants) others.push(yield* startLedger(v.name, v.env, true))
-  if (withFloor) {
+  if (withFloor && dbKind === "mariadb") {
     const floorPort = yield* Effect.promise(freePort)
     others.push(
       yield* Effect.acquireRelease(
@@ -380,12 +380,12 @@ const program = Effect.gen(function* () {
       )
     )
   }
-  const servers = [ledger, reference, ...others]
+  const servers = [ledger, ...references, ...others]
   const names = servers.map((s) => s.name)
   /** The servers in a different order each repetition (a rotation): no server always runs first or last. */
   const rotation = (rep: number) => servers.map((_, i) => servers[(i + rep) % servers.length]!)
   process.stderr.write(
-    `ledger vs reference: ${db.flavor} ${db.version} (${fastUnsafe ? "fast-unsafe" : "durable"}) over ${overSocket ? "its unix socket" : "TCP"}, ${connections} connections, ${transfers} transfers per run, ` +
+    `${references.length > 0 ? "ledger vs reference" : "ledger"}: ${label} (${fastUnsafe ? "fast-unsafe" : "durable"}) over ${overSocket ? "its unix socket" : "TCP"}, ${connections} connections, ${transfers} transfers per run, ` +
       `${reps} interleaved rounds per account set${others.length > 0 ? `, variants: ${others.map((o) => o.name).join(", ")}` : ""}\n`
   )
   // warm-up: JIT, pools, prepared statements
@@ -448,7 +448,7 @@ const program = Effect.gen(function* () {
           )} |`
       )
     }
-    for (const server of names.filter((n) => n !== "reference")) {
+    for (const server of references.length > 0 ? names.filter((n) => n !== "reference") : []) {
       const r = (f: (s: Sample) => number) => med(server, f) / med("reference", f)
       ratios.push(
         `${accounts} accounts, ${server} / reference: throughput ${fmt(
@@ -494,7 +494,8 @@ const program = Effect.gen(function* () {
       )
     }
   }
-  lines.push("", ...ratios, "", ...paired)
+  if (ratios.length > 0) lines.push("", ...ratios)
+  if (paired.length > 0) lines.push("", ...paired)
   if (noop > 0) {
     lines.push(
       "",

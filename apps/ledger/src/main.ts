@@ -27,7 +27,7 @@ const version = (): string => {
   }
 }
 
-const usage = `ledger — a ledger over MySQL/MariaDB: a TCP line protocol and an HTTP JSON API
+const usage = `ledger — a ledger over MySQL/MariaDB or PostgreSQL: a TCP line protocol and an HTTP JSON API
 
 Usage: ledger [serve | demo] [options]
 
@@ -44,7 +44,8 @@ Options:
 
 An unknown option, a malformed value or an extra argument is a configuration error.
 
-Configuration is read from environment variables (DATABASE_URL, LEDGER_TOKEN, LEDGER_* — see docs/ledger.md).
+Configuration is read from environment variables (DATABASE_URL: mysql://… or postgres://…, LEDGER_TOKEN, LEDGER_* —
+see docs/ledger.md).
 Without DATABASE_URL an embedded MariaDB/MySQL server keeps its data under LEDGER_DATA_DIR (default .data/mysql).
 A configuration error is reported on one line and the exit code is 1. SIGTERM or SIGINT drains and exits 0.
 `

@@ -6,6 +6,7 @@ import * as Redacted from "effect/Redacted"
 import * as Mysql from "mysql2/promise"
 import * as Net from "node:net"
 import { countTransfers, http, startApp, TOKEN, until } from "./utils.js"
+import { mariadb } from "./dialects.js"
 
 interface Raw {
   readonly write: (data: string) => Effect.Effect<void>
@@ -57,7 +58,7 @@ const metric = (baseUrl: string, name: string) =>
     return line === undefined ? undefined : Number(line.split(" ")[1])
   })
 
-layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger abuse limits", (it) => {
+layer(mariadb, { timeout: 120_000, excludeTestServices: true })("ledger abuse limits", (it) => {
   it.scoped("TCP: any first line that is not a valid auth closes the connection", () =>
     Effect.gen(function* () {
       const app = yield* startApp()

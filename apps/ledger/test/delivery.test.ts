@@ -12,6 +12,7 @@ import * as Mysql from "mysql2/promise"
 import * as Net from "node:net"
 import { rawClient } from "./raw.js"
 import { countTransfers, http, startApp, TOKEN } from "./utils.js"
+import { mariadb } from "./dialects.js"
 
 /** A socket to `port` that records everything it receives until it is closed (`allowHalfOpen`: see `Net.connect`). */
 const plainSocket = (port: number, options: { readonly allowHalfOpen?: boolean } = {}) =>
@@ -27,7 +28,7 @@ const plainSocket = (port: number, options: { readonly allowHalfOpen?: boolean }
     ({ socket }) => Effect.sync(() => socket.destroy())
   )
 
-layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger answers are delivered", (it) => {
+layer(mariadb, { timeout: 120_000, excludeTestServices: true })("ledger answers are delivered", (it) => {
   it.scoped(
     "TCP: a client that never reads: bounded unsent output, reading paused, closed after the write timeout",
     () =>

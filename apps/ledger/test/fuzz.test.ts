@@ -1,8 +1,9 @@
 import { assert, layer } from "@effect/vitest"
-import { MysqlServer, Prng } from "@sessionfx/testing"
+import { Prng } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import type * as Client from "../src/Client.js"
 import { startApp, sumBalances } from "./utils.js"
+import { mariadb } from "./dialects.js"
 
 /** Bounded by default; `SESSIONFX_SOAK=1` sends ten times as many lines. */
 const LINES = process.env.SESSIONFX_SOAK === "1" ? 5000 : 500
@@ -65,7 +66,7 @@ const malformed = (random: () => number, accounts: ReadonlyArray<number>): strin
   }
 }
 
-layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger protocol fuzzing", (it) => {
+layer(mariadb, { timeout: 120_000, excludeTestServices: true })("ledger protocol fuzzing", (it) => {
   it.scoped(`${LINES} random and malformed lines: no crash, an error for each, no balance changes`, () =>
     Effect.gen(function* () {
       const app = yield* startApp()

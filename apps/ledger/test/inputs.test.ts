@@ -4,10 +4,10 @@
  * transports, over real sockets.
  */
 import { assert, layer } from "@effect/vitest"
-import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import { rawClient } from "./raw.js"
 import { countTransfers, http, startApp, TOKEN } from "./utils.js"
+import { mariadb } from "./dialects.js"
 
 const deep = (levels: number, leaf = "1") => "[".repeat(levels) + leaf + "]".repeat(levels)
 const deepObject = (levels: number) => '{"a":'.repeat(levels) + "1" + "}".repeat(levels)
@@ -24,7 +24,7 @@ const post = (baseUrl: string, path: string, body: string | Uint8Array) =>
     return { status: response.status, text, json: text === "" ? undefined : JSON.parse(text) }
   })
 
-layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger inputs are bounded", (it) => {
+layer(mariadb, { timeout: 120_000, excludeTestServices: true })("ledger inputs are bounded", (it) => {
   it.scoped(
     "TCP: a request nested thousands of levels deep, anywhere, is refused; the process and others carry on",
     () =>

@@ -25,6 +25,7 @@ import * as App from "../src/App.js"
 import * as Client from "../src/Client.js"
 import * as Config from "../src/Config.js"
 import { TOKEN } from "./utils.js"
+import { mariadb } from "./dialects.js"
 
 const appDir = Path.resolve(import.meta.dirname, "..")
 const main = Path.join(appDir, "dist", "main.js")
@@ -109,7 +110,7 @@ it.effect("a configuration error is one line on stderr and exit code 1, no stack
   })
 )
 
-layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger as operated", (it) => {
+layer(mariadb, { timeout: 120_000, excludeTestServices: true })("ledger as operated", (it) => {
   it.scoped(
     "the built server logs a start-up summary, serves, and on SIGTERM finishes the TCP and HTTP requests in flight and exits 0",
     () =>

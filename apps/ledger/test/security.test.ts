@@ -4,7 +4,6 @@
  * ever logged.
  */
 import { assert, describe, it, layer } from "@effect/vitest"
-import { MysqlServer } from "@sessionfx/testing"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -14,6 +13,7 @@ import * as AuthGuard from "../src/AuthGuard.js"
 import * as Config from "../src/Config.js"
 import { rawClient } from "./raw.js"
 import { http, startApp, TOKEN } from "./utils.js"
+import { mariadb } from "./dialects.js"
 
 const fromEnv = (env: Record<string, string>) =>
   Config.fromEnv.pipe(
@@ -95,7 +95,7 @@ describe("ledger tokens", () => {
   })
 })
 
-layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("ledger credentials", (it) => {
+layer(mariadb, { timeout: 120_000, excludeTestServices: true })("ledger credentials", (it) => {
   it.scoped("TCP and HTTP: a peer that keeps failing must wait; other peers still get in", () =>
     Effect.gen(function* () {
       const app = yield* startApp()

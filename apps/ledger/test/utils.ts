@@ -1,6 +1,5 @@
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { MysqlServer } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
@@ -15,6 +14,7 @@ import * as App from "../src/App.js"
 import * as Client from "../src/Client.js"
 import * as Config from "../src/Config.js"
 import { TcpServer } from "../src/Tcp.js"
+import { TestDb } from "./dialects.js"
 
 export const TOKEN = "test-token-0123456789"
 
@@ -24,10 +24,10 @@ export const TOKEN = "test-token-0123456789"
  */
 export const startApp = (overrides: Partial<Config.Settings> = {}, options: { logs?: Array<string> } = {}) =>
   Effect.gen(function* () {
-    const server = yield* MysqlServer.MysqlServer
+    const db = yield* TestDb
     const settings: Config.Settings = {
       ...Config.defaults,
-      databaseUrl: Option.some(server.url),
+      databaseUrl: Option.some(db.url),
       tcpPort: 0,
       httpPort: 0,
       poolSize: 6,
@@ -59,9 +59,16 @@ export const startApp = (overrides: Partial<Config.Settings> = {}, options: { lo
 
 export const sumBalances = (sql: SqlClient.SqlClient, ids: ReadonlyArray<number>) =>
   Effect.map(
-    sql<{
-      total: number | string | null
-    }>`SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) AS total FROM accounts WHERE id IN ${sql.in(ids)}`,
+    sql.onDialectOrElse({
+      pg: () =>
+        sql<{
+          total: string
+        }>`SELECT CAST(COALESCE(SUM(balance), 0) AS text) AS total FROM accounts WHERE id IN ${sql.in(ids)}`,
+      orElse: () =>
+        sql<{
+          total: number | string | null
+        }>`SELECT CAST(COALESCE(SUM(balance), 0) AS SIGNED) AS total FROM accounts WHERE id IN ${sql.in(ids)}`
+    }),
     (rows) => Number(rows[0]?.total ?? 0)
   )
 

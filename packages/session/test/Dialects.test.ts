@@ -1,19 +1,17 @@
 /**
- * The core guarantees of a unit of work, the same test on MariaDB and PostgreSQL (see `support/dialects.ts`).
+ * Core guarantees of a unit of work, the same test on MariaDB and PostgreSQL (see `support/dialects.ts`): nested
+ * savepoints, afterCommit, deadlocks retried, keyed units, caught statement errors, DDL. Session.test.ts,
+ * Engine.test.ts and Stream.test.ts run on both databases the same way; each guarantee is tested once.
  * Where the databases must differ, the test says so.
  */
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
 import { Session } from "@sessionfx/session"
-import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Ref from "effect/Ref"
-import * as Stream from "effect/Stream"
-import { eventually } from "./support.js"
 import { DbTag, dialects, engineOn } from "./support/dialects.js"
 
 const sql = SqlClient.SqlClient
@@ -69,40 +67,6 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("commits on success", () =>
-      Effect.gen(function* () {
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        assert.strictEqual(yield* count("items", id), 1)
-      })
-    )
-
-    it.effect("rolls back on failure, defect and interruption", () =>
-      Effect.gen(function* () {
-        const failed = freshId()
-        const died = freshId()
-        const interrupted = freshId()
-        const exit1 = yield* Effect.exit(Session.transact(Effect.zipRight(insert("items", failed), Effect.fail("no"))))
-        assert.isTrue(Exit.isFailure(exit1))
-        const exit2 = yield* Effect.exit(Session.transact(Effect.zipRight(insert("items", died), Effect.die("boom"))))
-        assert.isTrue(Exit.isFailure(exit2))
-        const inserted = yield* Deferred.make<void>()
-        const fiber = yield* Effect.fork(
-          Session.transact(
-            Effect.zipRight(
-              Effect.zipRight(insert("items", interrupted), Deferred.succeed(inserted, undefined)),
-              Effect.never
-            )
-          )
-        )
-        yield* Deferred.await(inserted)
-        yield* Fiber.interrupt(fiber)
-        assert.strictEqual(yield* count("items", failed), 0)
-        assert.strictEqual(yield* count("items", died), 0)
-        assert.strictEqual(yield* count("items", interrupted), 0)
-      })
-    )
-
     it.effect("nested savepoints: a failed inner unit is undone, the outer one commits", () =>
       Effect.gen(function* () {
         const outer = freshId()
@@ -126,53 +90,6 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("concurrent sibling savepoints: one's rollback never undoes the other's work", () =>
-      Effect.gen(function* () {
-        const kept = Array.from({ length: 4 }, freshId)
-        const undone = Array.from({ length: 4 }, freshId)
-        yield* Session.transact(
-          Effect.all(
-            [
-              ...kept.map((id) => Effect.exit(Session.transact(insert("items", id)))),
-              ...undone.map((id) =>
-                Effect.exit(Session.transact(Effect.zipRight(insert("items", id), Effect.fail("x"))))
-              )
-            ],
-            { concurrency: "unbounded" }
-          )
-        )
-        for (const id of kept) assert.strictEqual(yield* count("items", id), 1)
-        for (const id of undone) assert.strictEqual(yield* count("items", id), 0)
-      })
-    )
-
-    it.effect("a fiber that outlives its unit gets SessionClosed, never another unit's connection", () =>
-      Effect.gen(function* () {
-        const go = yield* Deferred.make<void>()
-        const daemon = yield* Session.transact(
-          Effect.forkDaemon(
-            Effect.zipRight(
-              Deferred.await(go),
-              Effect.flatMap(sql, (s) => s`SELECT 1 AS one`)
-            )
-          )
-        )
-        // another unit holds a connection meanwhile
-        const inOther = yield* Deferred.make<void>()
-        const release = yield* Deferred.make<void>()
-        const other = yield* Effect.fork(
-          Session.transact(Effect.zipRight(Deferred.succeed(inOther, undefined), Deferred.await(release)))
-        )
-        yield* Deferred.await(inOther)
-        yield* Deferred.succeed(go, undefined)
-        const exit = yield* Fiber.await(daemon)
-        assert.isTrue(Exit.isFailure(exit))
-        assert.include(JSON.stringify(exit), "SessionClosed")
-        yield* Deferred.succeed(release, undefined)
-        yield* Fiber.join(other)
-      })
-    )
-
     it.effect("afterCommit runs once, after the commit; never after a rollback", () =>
       Effect.gen(function* () {
         const runs = yield* Ref.make(0)
@@ -188,29 +105,6 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("an interrupted long statement is stopped on the server", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const marker = `sleep_${freshId()}`
-        const fiber = yield* Effect.fork(Session.transact(Effect.flatMap(sql, (s) => s.unsafe(db.sleep(60, marker)))))
-        yield* eventually(
-          Effect.map(db.running(marker), (n) => n === 1),
-          "the sleep runs on the server"
-        )
-        const started = Date.now()
-        yield* Fiber.interrupt(fiber)
-        assert.isBelow(Date.now() - started, 10_000)
-        yield* eventually(
-          Effect.map(db.running(marker), (n) => n === 0),
-          "the sleep is stopped on the server"
-        )
-        // the engine goes on: the next unit works
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        assert.strictEqual(yield* count("items", id), 1)
-      })
-    )
-
     it.effect("a deadlock is retried with retry: true; afterCommit once per unit", () =>
       Effect.gen(function* () {
         const a = freshId()
@@ -222,96 +116,6 @@ for (const [name, dbLayer] of dialects) {
         const db = yield* DbTag
         const rows = yield* db.admin("SELECT SUM(v) AS total FROM hot WHERE id IN (?, ?)", [a, b])
         assert.strictEqual(Number(rows[0]!.total), 4)
-      })
-    )
-
-    it.effect("streams rows with backpressure; a consumer that stops early ends the statement", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const all = yield* Session.transact(
-          Effect.flatMap(sql, (s) => Stream.runCount(s.unsafe(db.series(20_000)).stream))
-        )
-        assert.strictEqual(all, 20_000)
-        const first = yield* Session.transact(
-          Effect.flatMap(sql, (s) => Stream.runCollect(Stream.take(s.unsafe(db.series(2_000_000)).stream, 5)))
-        )
-        assert.strictEqual(Chunk.size(first), 5)
-        // the connection is usable afterwards
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        assert.strictEqual(yield* count("items", id), 1)
-      })
-    )
-
-    it.effect("backpressure: a consumer that holds keeps the rest of the result on the server", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const marker = `held_${freshId()}`
-        const rows = 1_000_000
-        const text =
-          name === "postgres"
-            ? `SELECT n /* ${marker} */ FROM generate_series(1, ${rows}) AS n`
-            : `SELECT seq AS n /* ${marker} */ FROM seq_1_to_${rows}`
-        // MariaDB: the statement stays running, blocked on its socket; PostgreSQL: the cursor's portal is suspended
-        // between batches, its backend waiting for the client's next message (ClientRead) in the middle of it
-        const held =
-          name === "postgres"
-            ? Effect.map(
-                db.admin(
-                  "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE state = 'active' AND wait_event = 'ClientRead' AND query LIKE ? AND query NOT LIKE '%pg_stat_activity%'",
-                  [`%${marker}%`]
-                ),
-                (r) => Number(r[0]!.n) === 1
-              )
-            : Effect.map(db.running(marker), (n) => n === 1)
-        const total = yield* Session.transact(
-          Effect.scoped(
-            Effect.gen(function* () {
-              const s = yield* sql
-              const pull = yield* Stream.toPull(s.unsafe<{ n: number }>(text).stream)
-              const first = yield* pull
-              assert.strictEqual(Number(Chunk.unsafeGet(first, 0).n), 1)
-              yield* eventually(held, "the statement held on the server while the consumer holds")
-              let count = Chunk.size(first)
-              for (;;) {
-                const next = yield* Effect.option(pull)
-                if (next._tag === "None") return count
-                count += Chunk.size(next.value)
-              }
-            })
-          )
-        )
-        assert.strictEqual(total, rows)
-      })
-    )
-
-    it.effect("a statement inside a stream's consumer does not wait for the consumer (the stream reads ahead)", () =>
-      Effect.gen(function* () {
-        const db = yield* DbTag
-        const ids = [freshId(), freshId(), freshId()]
-        const consumed = yield* Session.transact(
-          Effect.gen(function* () {
-            const s = yield* sql
-            return yield* s.unsafe<{ n: number }>(db.series(30_000)).stream.pipe(
-              Stream.mapEffect((row) => {
-                const k = Number(row.n) / 10_000 - 1
-                return Number.isInteger(k) ? Effect.as(insert("items", ids[k]!), 1) : Effect.succeed(1)
-              }),
-              Stream.runCount
-            )
-          })
-        )
-        assert.strictEqual(consumed, 30_000)
-        for (const id of ids) assert.strictEqual(yield* count("items", id), 1)
-      })
-    )
-
-    it.effect("a client used after its unit ended fails with SessionClosed", () =>
-      Effect.gen(function* () {
-        const leaked = yield* Session.transact(Effect.map(Session.Session, (s) => s.sql))
-        const exit = yield* Effect.exit(leaked`SELECT 1`)
-        assert.isTrue(Exit.isFailure(exit))
-        assert.include(JSON.stringify(exit), "SessionClosed")
       })
     )
 
@@ -336,19 +140,6 @@ for (const [name, dbLayer] of dialects) {
         assert.strictEqual(yield* Session.outcome(key), "committed")
         assert.isAtLeast(yield* Session.pruneKeys({ olderThan: 0 }), 1)
         assert.strictEqual(yield* Session.outcome(key), "absent")
-      })
-    )
-
-    it.effect("violations are typed errors", () =>
-      Effect.gen(function* () {
-        const id = freshId()
-        yield* Session.transact(insert("items", id))
-        const dup = yield* Effect.flip(Session.transact(insert("items", id)))
-        assert.strictEqual(dup._tag, "DuplicateKey")
-        const bad = yield* Effect.flip(
-          Session.transact(Effect.flatMap(sql, (s) => s`INSERT INTO items (id, v) VALUES (${freshId()}, ${null})`))
-        )
-        assert.strictEqual(bad._tag, "NotNullViolation", String(bad.message))
       })
     )
 

@@ -475,27 +475,29 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
         }).pipe(Effect.scoped)
     )
 
-    it.effect("a statement of a forked fiber that fails on its own fails the transaction, as any failed statement", () =>
-      Effect.gen(function* () {
-        const s = yield* sql
-        const id = freshId()
-        const exit = yield* Effect.exit(
-          Session.transact(
-            Effect.gen(function* () {
-              yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
-              const failed = yield* Effect.fork(s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`).pipe(
-                Effect.flatMap(Fiber.join),
-                Effect.flip
-              )
-              assert.strictEqual(failed._tag, "SqlError")
-              yield* s`UPDATE acct SET balance = 2 WHERE id = ${id}`
-            })
+    it.effect(
+      "a statement of a forked fiber that fails on its own fails the transaction, as any failed statement",
+      () =>
+        Effect.gen(function* () {
+          const s = yield* sql
+          const id = freshId()
+          const exit = yield* Effect.exit(
+            Session.transact(
+              Effect.gen(function* () {
+                yield* s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`
+                const failed = yield* Effect.fork(s`INSERT INTO acct (id, balance) VALUES (${id}, 1)`).pipe(
+                  Effect.flatMap(Fiber.join),
+                  Effect.flip
+                )
+                assert.strictEqual(failed._tag, "SqlError")
+                yield* s`UPDATE acct SET balance = 2 WHERE id = ${id}`
+              })
+            )
           )
-        )
-        assert.isTrue(Exit.isFailure(exit))
-        const rows = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
-        assert.strictEqual(rows[0]!.n, "0")
-      })
+          assert.isTrue(Exit.isFailure(exit))
+          const rows = yield* s<{ n: string }>`SELECT count(*) AS n FROM acct WHERE id = ${id}`
+          assert.strictEqual(rows[0]!.n, "0")
+        })
     )
 
     it.effect("statements of concurrent forked fibers each run under their own savepoint and all commit", () =>
@@ -506,7 +508,10 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
         yield* Session.transact(
           Effect.forEach(ids, (id) => s`INSERT INTO acct (id, balance) VALUES (${id}, ${id})`, { concurrency: 4 })
         )
-        const rows = yield* s<{ n: string; total: string }>`SELECT count(*) AS n, sum(balance) AS total FROM acct WHERE id >= ${base} AND id < ${base + 12}`
+        const rows = yield* s<{
+          n: string
+          total: string
+        }>`SELECT count(*) AS n, sum(balance) AS total FROM acct WHERE id >= ${base} AND id < ${base + 12}`
         assert.strictEqual(rows[0]!.n, "12")
         assert.strictEqual(rows[0]!.total, String(ids.reduce((a, b) => a + b, 0)))
       })

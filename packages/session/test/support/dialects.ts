@@ -25,8 +25,30 @@ export interface Db {
   readonly sleep: (seconds: number, marker: string) => string
   /** An integer primary key table `name(id, v)`. */
   readonly table: (name: string) => string
-  /** A table of `rows` numbered rows (for streams). */
-  readonly series: (rows: number) => string
+  /** A table of `rows` numbered rows `n` (for streams), tagged with `marker` in a comment. */
+  readonly series: (rows: number, marker?: string) => string
+  /** `rows` rows `n`, each with a `pad` of `bytes` letters (wide rows for streams). */
+  readonly wide: (rows: number, bytes: number) => string
+  /** The `i`-th (from 1) placeholder of a text given to `sql.unsafe`: `?` or `$i`. */
+  readonly param: (i: number) => string
+  /** The flavor the Engine reports. */
+  readonly flavor: string
+  /** A statement answering the connection's id on the server as `id` (the one `Session.connectionId` names). */
+  readonly connectionId: string
+  /** A statement answering the current transaction's isolation level as `iso` (as `SERIALIZABLE` or `serializable`). */
+  readonly isolation: string
+  /** A statement answering the database the connection uses as `db`. */
+  readonly database: string
+  /** A statement that sets the session variable `name` (set as the application user, kept by the connection). */
+  readonly setVar: (name: string, value: number) => string
+  /** A statement answering the session variable `name` as `v` (NULL or empty when unset). */
+  readonly getVar: (name: string) => string
+  /** Ends the connection `id` from the server's side (KILL CONNECTION, pg_terminate_backend). */
+  readonly kill: (id: number) => Effect.Effect<void>
+  /** Whether the connection `id` has a transaction open on the server. */
+  readonly inTransaction: (id: number) => Effect.Effect<boolean>
+  /** Creates the database `name`, the application user's to use. */
+  readonly createDatabase: (name: string) => Effect.Effect<void>
 }
 
 export class DbTag extends Context.Tag("test/Db")<DbTag, Db>() {}
@@ -69,7 +91,30 @@ const mariadb: Layer.Layer<DbTag, unknown> = Layer.effect(
         ),
       sleep: (seconds, marker) => `SELECT SLEEP(${seconds}) /* ${marker} */`,
       table: (name) => `CREATE TABLE IF NOT EXISTS ${name} (id INT PRIMARY KEY, v INT NOT NULL) ENGINE = InnoDB`,
-      series: (rows) => `SELECT seq AS n FROM seq_1_to_${rows}`
+      series: (rows, marker = "") => `SELECT seq AS n /* ${marker} */ FROM seq_1_to_${rows}`,
+      wide: (rows, bytes) => `SELECT seq AS n, REPEAT(CHAR(65 + seq % 26), ${bytes}) AS pad FROM seq_1_to_${rows}`,
+      param: () => "?",
+      flavor: server.flavor,
+      connectionId: "SELECT CONNECTION_ID() AS id",
+      isolation: "SELECT @@tx_isolation AS iso",
+      database: "SELECT DATABASE() AS db",
+      setVar: (name, value) => `SET @${name} = ${value}`,
+      getVar: (name) => `SELECT @${name} AS v`,
+      kill: (id) => Effect.asVoid(admin(`KILL CONNECTION ${id}`)),
+      inTransaction: (id) =>
+        Effect.map(
+          admin("SELECT COUNT(*) AS n FROM information_schema.innodb_trx WHERE trx_mysql_thread_id = ?", [id]),
+          (rows) => Number(rows[0]!.n) === 1
+        ),
+      createDatabase: (name) =>
+        Effect.gen(function* () {
+          yield* admin(`CREATE DATABASE IF NOT EXISTS ${name}`)
+          for (const { host } of yield* admin("SELECT Host AS host FROM mysql.user WHERE User = ?", [
+            server.username
+          ])) {
+            yield* admin(`GRANT ALL ON ${name}.* TO ?@?`, [server.username, host])
+          }
+        })
     }
   })
 ).pipe(Layer.provide(MysqlServer.layer()))
@@ -102,7 +147,27 @@ const postgres: Layer.Layer<DbTag, unknown> = Layer.effect(
         ),
       sleep: (seconds, marker) => `SELECT pg_sleep(${seconds}) /* ${marker} */`,
       table: (name) => `CREATE TABLE IF NOT EXISTS ${name} (id INT PRIMARY KEY, v INT NOT NULL)`,
-      series: (rows) => `SELECT n FROM generate_series(1, ${rows}) AS n`
+      series: (rows, marker = "") => `SELECT n /* ${marker} */ FROM generate_series(1, ${rows}) AS n`,
+      wide: (rows, bytes) =>
+        `SELECT n, repeat(chr(65 + n % 26), ${bytes}) AS pad FROM generate_series(1, ${rows}) AS n`,
+      param: (i) => `$${i}`,
+      flavor: "postgresql",
+      connectionId: "SELECT pg_backend_pid() AS id",
+      isolation: "SELECT current_setting('transaction_isolation') AS iso",
+      database: "SELECT current_database() AS db",
+      setVar: (name, value) => `SELECT set_config('sfx.${name}', '${value}', false)`,
+      getVar: (name) => `SELECT current_setting('sfx.${name}', true) AS v`,
+      kill: (id) => Effect.asVoid(admin("SELECT pg_terminate_backend(?::int, 5000)", [id])),
+      inTransaction: (id) =>
+        Effect.map(
+          admin("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE pid = ? AND xact_start IS NOT NULL", [id]),
+          (rows) => Number(rows[0]!.n) === 1
+        ),
+      createDatabase: (name) =>
+        Effect.gen(function* () {
+          const exists = yield* admin("SELECT 1 FROM pg_database WHERE datname = ?", [name])
+          if (exists.length === 0) yield* admin(`CREATE DATABASE ${name} OWNER "${server.username}"`)
+        })
     }
   })
 ).pipe(Layer.provide(PgServer.layer()))
