@@ -1,8 +1,11 @@
 /**
  * The benchmark CLI.
  *
- *   pnpm bench [compare] [--quick] [--transfers 20000] [--accounts 1000] [--concurrency 1,16,64,256] [--reps 3]
- *              [--impls mysql2,sessionfx-transact,...] [--seed 42] [--warmup 1000] [--out results]
+ *   pnpm bench [compare] [--db mariadb|postgres] [--quick] [--transfers 20000] [--accounts 1000]
+ *              [--concurrency 1,16,64,256] [--reps 3] [--impls mysql2,sessionfx-transact,...] [--seed 42]
+ *              [--warmup 1000] [--out results]
+ *              (--db postgres: the same workload on PostgreSQL against pg, pg-effect, sessionfx, effect-sql-pg,
+ *              kysely-pg, drizzle-pg; on PG_URL's server or a private PgServer)
  *   pnpm bench scale [--units 10000] [--spawn fiber|forEach]
  *   pnpm bench soak [--sessions 200000]
  *   pnpm bench reads10 [--units 10000] [--concurrency 1,16,64] [--reps 3]   (a unit of 10 primary-key reads)
@@ -12,7 +15,7 @@
  *
  * scale and soak run in a process of their own (`build/stress.mjs`, see stressMain.ts).
  *
- * Uses the server named by MYSQL_URL, or starts a private one. `replicas` always starts its own primary and replicas
+ * Uses the server named by MYSQL_URL (PG_URL with --db postgres), or starts a private one. `replicas` always starts its own primary and replicas
  * (`MysqlCluster.replicated`).
  */
 import { spawn } from "node:child_process"
@@ -20,10 +23,10 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { NodeRuntime } from "@effect/platform-node"
-import { MysqlCluster, MysqlServer } from "@sessionfx/testing"
+import { MysqlCluster, MysqlServer, PgServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import { BASELINE, type Impl, implementations } from "./impls/index.js"
+import { type DatabaseName, type Impl, type Suite, suites } from "./impls/index.js"
 import * as Report from "./report.js"
 import { withProgress } from "./progress.js"
 import { pgClients } from "./pgClients.js"
@@ -31,10 +34,11 @@ import { reads10 } from "./reads10.js"
 import * as Replicas from "./replicas.js"
 import { runOnce } from "./runner.js"
 import type { ScaleResult, SoakResult, Spawn, StressJob } from "./stress.js"
-import { type Conservation, createSchema, makePlan, resetAccounts, checkConservation } from "./workload.js"
+import { type Conservation, createSchema, makePlan } from "./workload.js"
 
 interface Args {
   readonly mode: "compare" | "scale" | "soak" | "replicas" | "reads10" | "pg-clients"
+  readonly suite: Suite
   readonly transfers: number
   readonly accounts: number
   readonly concurrency: ReadonlyArray<number>
@@ -53,8 +57,10 @@ interface Args {
   readonly out: string
 }
 
-const usage = `usage: bench [compare|scale|soak|replicas|reads10|pg-clients] [--quick] [--transfers N] [--accounts N] [--concurrency 1,16,64,256]
-             [--reps N] [--impls ${Object.keys(implementations).join(",")}] [--seed N] [--warmup N]
+const usage = `usage: bench [compare|scale|soak|replicas|reads10|pg-clients] [--db mariadb|postgres (compare)] [--quick] [--transfers N]
+             [--accounts N] [--concurrency 1,16,64,256] [--reps N] [--seed N] [--warmup N]
+             [--impls ${Object.keys(suites.mariadb.implementations).join(",")}
+               or, with --db postgres, ${Object.keys(suites.postgres.implementations).join(",")}]
              [--units N (scale, reads10)] [--spawn fiber|forEach (scale)] [--sessions N (soak)]
              [--clients N] [--seconds N] [--replicas N] [--lag SECONDS] (replicas) [--out DIR]`
 
@@ -85,6 +91,7 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     } else throw new Error(`unknown argument ${arg}\n${usage}`)
   }
   const known = [
+    "db",
     "transfers",
     "accounts",
     "concurrency",
@@ -109,9 +116,14 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
     if (!Number.isInteger(n) || n < 0) throw new Error(`--${key} must be a non-negative integer, got ${v}`)
     return n
   }
+  const db = flags.get("db") ?? "mariadb"
+  if (db !== "mariadb" && db !== "postgres") throw new Error(`--db must be mariadb or postgres\n${usage}`)
+  if (db === "postgres" && mode !== "compare") throw new Error(`--db postgres runs compare only\n${usage}`)
+  const suite = suites[db as DatabaseName]
+  const { implementations } = suite
   const impls = (flags.get("impls") ?? Object.keys(implementations).join(",")).split(",").filter((s) => s !== "")
   for (const name of impls) {
-    if (!(name in implementations)) throw new Error(`unknown implementation ${name}\n${usage}`)
+    if (!(name in implementations)) throw new Error(`unknown implementation ${name} on ${db}\n${usage}`)
   }
   const spawnMode = flags.get("spawn") ?? "fiber"
   if (spawnMode !== "fiber" && spawnMode !== "forEach") throw new Error(`--spawn must be fiber or forEach\n${usage}`)
@@ -119,6 +131,7 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
   if (accounts < 2) throw new Error("--accounts must be at least 2")
   return {
     mode,
+    suite,
     transfers: int("transfers", quick ? 400 : mode === "pg-clients" ? 3000 : 20_000),
     accounts,
     concurrency: (flags.get("concurrency") ?? (mode === "pg-clients" ? "1,16,64" : "1,16,64,256"))
@@ -151,7 +164,9 @@ const parseArgs = (argv: ReadonlyArray<string>): Args => {
 const collectGarbage = (globalThis as { gc?: () => void }).gc
 
 const compare = async (url: string, server: string, args: Args) => {
-  await createSchema(url, args.accounts)
+  const { workload, implementations, baseline } = args.suite
+  const { resetAccounts, checkConservation } = workload
+  await workload.createSchema(url, args.accounts)
   const impls: Array<Impl> = args.impls.map((name) => implementations[name]!())
   for (const impl of impls) await impl.setup(url)
   const runs: Array<Report.RunRecord> = []
@@ -196,31 +211,34 @@ const compare = async (url: string, server: string, args: Args) => {
   } finally {
     for (const impl of impls) await impl.close()
   }
-  const summary = Report.summarize(runs)
+  const summary = Report.summarize(runs, baseline)
   const report: Report.BenchReport = {
     meta: {
       date: new Date().toISOString(),
       node: process.version,
       cpus: `${(await import("node:os")).cpus().length} cpus`,
       server,
+      database: args.suite.database,
       transfers: args.transfers,
       accounts: args.accounts,
       pool: 16,
       reps: args.reps,
       concurrency: args.concurrency,
       seed: args.seed,
-      baseline: BASELINE,
+      baseline,
       gcBeforeEachRun: collectGarbage !== undefined
     },
     runs,
     summary,
-    targets: Report.evaluateTargets(summary, runs)
+    targets: Report.evaluateTargets(summary, runs, args.suite)
   }
-  const md = Report.markdown(report)
+  const md = Report.markdown(report, Object.keys(implementations))
+  // the MariaDB figures keep their file names; PostgreSQL's sit beside them
+  const prefix = args.suite.database === "postgres" ? "bench-postgres" : "bench"
   const written = await Report.writeFiles(args.out, {
-    "bench.json": Report.json(report),
-    "bench.md": md,
-    "bench.svg": Report.svg(summary, `Transfer workload: throughput by concurrency (${server})`)
+    [`${prefix}.json`]: Report.json(report),
+    [`${prefix}.md`]: md,
+    [`${prefix}.svg`]: Report.svg(summary, `Transfer workload: throughput by concurrency (${server})`)
   })
   process.stdout.write(md + "\n" + written.map((p) => `wrote ${p}`).join("\n") + "\n")
   if (summary.some((r) => !r.conserved)) process.exitCode = 1
@@ -351,17 +369,29 @@ const cluster = Effect.scoped(
   })
 )
 
+/** `compare --db postgres`: the transfer workload on PG_URL's server or a private PgServer. */
+const onPostgres = Effect.scoped(
+  Effect.gen(function* () {
+    const server = yield* PgServer.make()
+    const label = `PostgreSQL ${server.version}`
+    yield* Effect.logInfo(`server: ${label} (${server.kind}) at ${server.host}:${server.port}`)
+    yield* Effect.promise(() => compare(Redacted.value(server.url), label, args))
+  })
+)
+
 const program: Effect.Effect<void, unknown> =
-  args.mode === "replicas"
-    ? cluster
-    : args.mode === "pg-clients"
-      ? pgClients({
-          transfers: args.transfers,
-          accounts: args.accounts,
-          concurrency: args.concurrency,
-          reps: args.reps,
-          seed: args.seed
-        })
-      : single
+  args.suite.database === "postgres"
+    ? onPostgres
+    : args.mode === "replicas"
+      ? cluster
+      : args.mode === "pg-clients"
+        ? pgClients({
+            transfers: args.transfers,
+            accounts: args.accounts,
+            concurrency: args.concurrency,
+            reps: args.reps,
+            seed: args.seed
+          })
+        : single
 
 NodeRuntime.runMain(program)

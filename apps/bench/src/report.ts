@@ -1,10 +1,10 @@
 /**
- * Results: medians per implementation and concurrency, ratios against hand-written mysql2 from the same run, and the
- * JSON / Markdown / SVG files under `results/`.
+ * Results: medians per implementation and concurrency, ratios against the suite's hand-written baseline (mysql2 on
+ * MariaDB, pg on PostgreSQL) from the same run, and the JSON / Markdown / SVG files under `results/`.
  */
 import * as Fs from "node:fs/promises"
 import * as Path from "node:path"
-import { BASELINE, implementations } from "./impls/index.js"
+import type { Suite } from "./impls/index.js"
 import type { Measurement } from "./runner.js"
 import type { Conservation } from "./workload.js"
 
@@ -26,9 +26,9 @@ export interface SummaryRow {
   readonly retries: number
   readonly failed: number
   readonly conserved: boolean
-  /** median throughput / median throughput of mysql2 at the same concurrency */
+  /** median throughput / median throughput of the baseline at the same concurrency */
   readonly throughputRatio: number
-  /** median CPU per transfer / that of mysql2 at the same concurrency */
+  /** median CPU per transfer / that of the baseline at the same concurrency */
   readonly cpuRatio: number
 }
 
@@ -56,7 +56,7 @@ export const median = (xs: ReadonlyArray<number>): number => {
   return s.length % 2 === 1 ? s[m]! : (s[m - 1]! + s[m]!) / 2
 }
 
-export const summarize = (runs: ReadonlyArray<RunRecord>): Array<SummaryRow> => {
+export const summarize = (runs: ReadonlyArray<RunRecord>, baseline: string): Array<SummaryRow> => {
   const groups = new Map<string, Array<RunRecord>>()
   for (const r of runs) {
     const key = `${r.impl}\u0000${r.concurrency}`
@@ -64,7 +64,7 @@ export const summarize = (runs: ReadonlyArray<RunRecord>): Array<SummaryRow> => 
     if (g === undefined) groups.set(key, [r])
     else g.push(r)
   }
-  const base = (concurrency: number) => groups.get(`${BASELINE}\u0000${concurrency}`)
+  const base = (concurrency: number) => groups.get(`${baseline}\u0000${concurrency}`)
   return [...groups.values()].map((g) => {
     const { impl, concurrency } = g[0]!
     const throughput = median(g.map((r) => r.throughput))
@@ -87,8 +87,12 @@ export const summarize = (runs: ReadonlyArray<RunRecord>): Array<SummaryRow> => 
   })
 }
 
-/** The targets of issue #6, at concurrency 64 (or the highest concurrency that was run). */
-export const evaluateTargets = (summary: ReadonlyArray<SummaryRow>, runs: ReadonlyArray<RunRecord>): Array<Target> => {
+/** The targets of issue #6 (MariaDB) and 22 (PostgreSQL), at concurrency 64 (or the highest concurrency run). */
+export const evaluateTargets = (
+  summary: ReadonlyArray<SummaryRow>,
+  runs: ReadonlyArray<RunRecord>,
+  suite: Suite
+): Array<Target> => {
   const levels = [...new Set(summary.map((r) => r.concurrency))]
   const level = levels.includes(64) ? 64 : Math.max(...levels)
   const row = (impl: string) => summary.find((r) => r.impl === impl && r.concurrency === level)
@@ -102,32 +106,34 @@ export const evaluateTargets = (summary: ReadonlyArray<SummaryRow>, runs: Readon
     return ratios
   }
   const sfx = row("sessionfx-transact")
-  const effectSql = row("effect-sql-mysql2")
+  const { baseline, throughputGoal, cpuGoal } = suite
+  const effectSql = suite.effectSql && row(suite.effectSql.impl)
   const targets: Array<Target> = []
-  if (sfx && row(BASELINE)) {
+  if (sfx && row(baseline)) {
     targets.push({
-      description: `sessionfx-transact throughput vs mysql2 at concurrency ${level}`,
-      goal: "≥ 1.0×",
+      description: `sessionfx-transact throughput vs ${baseline} at concurrency ${level}`,
+      goal: `≥ ${throughputGoal.toFixed(1)}×`,
       measured: sfx.throughputRatio,
-      perRep: paired("sessionfx-transact", BASELINE, (r) => r.throughput),
-      met: sfx.throughputRatio >= 1.0
+      perRep: paired("sessionfx-transact", baseline, (r) => r.throughput),
+      met: sfx.throughputRatio >= throughputGoal
     })
     targets.push({
-      description: `sessionfx-transact CPU per transfer vs mysql2 at concurrency ${level}`,
-      goal: "≤ 1.2×",
+      description: `sessionfx-transact CPU per transfer vs ${baseline} at concurrency ${level}`,
+      goal: `≤ ${cpuGoal.toFixed(1)}×`,
       measured: sfx.cpuRatio,
-      perRep: paired("sessionfx-transact", BASELINE, (r) => r.cpuUsPerTransfer),
-      met: sfx.cpuRatio <= 1.2
+      perRep: paired("sessionfx-transact", baseline, (r) => r.cpuUsPerTransfer),
+      met: sfx.cpuRatio <= cpuGoal
     })
   }
-  if (sfx && effectSql) {
+  if (sfx && effectSql && suite.effectSql) {
+    const { impl, goal } = suite.effectSql
     const ratio = sfx.throughput / effectSql.throughput
     targets.push({
-      description: `sessionfx-transact throughput vs @effect/sql-mysql2 withTransaction at concurrency ${level}`,
-      goal: "≥ 2.5×",
+      description: `sessionfx-transact throughput vs ${impl} withTransaction at concurrency ${level}`,
+      goal: `≥ ${goal.toFixed(1)}×`,
       measured: ratio,
-      perRep: paired("sessionfx-transact", "effect-sql-mysql2", (r) => r.throughput),
-      met: ratio >= 2.5
+      perRep: paired("sessionfx-transact", impl, (r) => r.throughput),
+      met: ratio >= goal
     })
   }
   return targets
@@ -135,8 +141,10 @@ export const evaluateTargets = (summary: ReadonlyArray<SummaryRow>, runs: Readon
 
 const fixed = (x: number, digits: number) => (Number.isFinite(x) ? x.toFixed(digits) : "–")
 
-export const markdown = (report: BenchReport): string => {
+/** The report as Markdown; `order` is the suite's order of implementations. */
+export const markdown = (report: BenchReport, order: ReadonlyArray<string>): string => {
   const m = report.meta
+  const base = String(m["baseline"])
   const lines = [
     `# Transfer benchmark`,
     ``,
@@ -145,10 +153,9 @@ export const markdown = (report: BenchReport): string => {
       `median of ${String(m["reps"])} interleaved repetitions` +
       (m["gcBeforeEachRun"] === true ? `, a full GC before each run` : ``),
     ``,
-    `| implementation | concurrency | transfers/s | × mysql2 | p50 ms | p99 ms | CPU µs/transfer | CPU × mysql2 | retries | failed | conserved |`,
+    `| implementation | concurrency | transfers/s | × ${base} | p50 ms | p99 ms | CPU µs/transfer | CPU × ${base} | retries | failed | conserved |`,
     `| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |`
   ]
-  const order = Object.keys(implementations)
   const rows = [...report.summary].sort(
     (a, b) => a.concurrency - b.concurrency || order.indexOf(a.impl) - order.indexOf(b.impl)
   )
@@ -162,7 +169,7 @@ export const markdown = (report: BenchReport): string => {
   if (report.targets.length > 0) {
     lines.push(
       ``,
-      `## Targets (issue #6)`,
+      `## Targets (${m["database"] === "postgres" ? "issue 22" : "issue #6"})`,
       ``,
       `Judged on the ratio of the medians; the last column is the same ratio within each repetition, in order.`,
       ``,

@@ -6,18 +6,29 @@ import * as Mysql from "mysql2/promise"
 
 export const INITIAL_BALANCE = 1000
 
-/** Deadlock (1213) and lock wait timeout (1205): the unit is retried. */
+/** MariaDB's deadlock (1213) and lock wait timeout (1205): the unit is retried. */
 export const RETRYABLE_ERRNOS: ReadonlySet<number> = new Set([1213, 1205])
 
-/** True when `error` (or one of its causes) is a retryable server error. */
+/** PostgreSQL's deadlock (40P01) and serialization failure (40001): the unit is retried. */
+export const RETRYABLE_SQLSTATES: ReadonlySet<string> = new Set(["40P01", "40001"])
+
+/** True when `error` (or one of its causes) is a retryable server error, of either database. */
 export const isRetryableError = (error: unknown): boolean => {
   let e: unknown = error
   for (let depth = 0; depth < 5 && typeof e === "object" && e !== null; depth++) {
-    const errno = (e as { errno?: unknown }).errno
+    const { errno, code } = e as { errno?: unknown; code?: unknown }
     if (typeof errno === "number" && RETRYABLE_ERRNOS.has(errno)) return true
+    if (typeof code === "string" && RETRYABLE_SQLSTATES.has(code)) return true
     e = (e as { cause?: unknown }).cause
   }
   return false
+}
+
+/** What the runner needs of a database: the schema, the reset between runs and the conservation check. */
+export interface Workload {
+  readonly createSchema: (url: string, accounts: number) => Promise<void>
+  readonly resetAccounts: (url: string) => Promise<void>
+  readonly checkConservation: (url: string, accounts: number, completed: number) => Promise<Conservation>
 }
 
 /** mulberry32, shared with the tests and the ledger demo. */
@@ -123,3 +134,6 @@ export const checkConservation = (url: string, accounts: number, completed: numb
       movedAmount: Number(transferRows[0]!["moved"])
     }
   })
+
+/** The workload on MariaDB / MySQL. */
+export const mysqlWorkload: Workload = { createSchema, resetAccounts, checkConservation }

@@ -2,7 +2,7 @@ import { assert, describe, it, layer } from "@effect/vitest"
 import { MysqlServer } from "@sessionfx/testing"
 import * as Effect from "effect/Effect"
 import * as Redacted from "effect/Redacted"
-import { implementations } from "../src/impls/index.js"
+import { mariadb } from "../src/impls/index.js"
 import { runOnce } from "../src/runner.js"
 import { runScale } from "../src/stress.js"
 import { checkConservation, createSchema, makePlan, resetAccounts } from "../src/workload.js"
@@ -30,7 +30,7 @@ layer(MysqlServer.layer(), { timeout: 120_000, excludeTestServices: true })("tra
         // few accounts: the transfers contend for the same rows
         yield* Effect.promise(() => createSchema(url, 20))
         yield* Effect.promise(() => resetAccounts(url))
-        const impl = implementations[name]!()
+        const impl = mariadb.implementations[name]!()
         yield* Effect.acquireUseRelease(
           Effect.promise(() => impl.setup(url)),
           () =>

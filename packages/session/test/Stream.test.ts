@@ -207,10 +207,12 @@ for (const [name, dbLayer] of dialects) {
               const first = yield* Deferred.make<void>()
               const go = yield* Deferred.make<void>()
               let seen = 0
+              const chunks: Array<number> = []
               const fiber = yield* wide(s).pipe(
                 Stream.mapChunksEffect((chunk) =>
                   Effect.gen(function* () {
                     seen += chunk.length
+                    chunks.push(chunk.length)
                     if (!(yield* Deferred.isDone(first))) {
                       yield* Deferred.succeed(first, undefined)
                       yield* Deferred.await(go)
@@ -226,10 +228,9 @@ for (const [name, dbLayer] of dialects) {
                 const held = yield* peakHeap(() => Effect.sleep("2 seconds"))
                 const firstChunk = seen
                 yield* Deferred.succeed(go, undefined)
-                // what was buffered while the consumer held comes as the next chunk
-                yield* Effect.sleep("10 millis")
-                const secondChunk = seen - firstChunk
                 const all = yield* peakHeap(() => Fiber.join(fiber))
+                // what was buffered while the consumer held came as the next chunk
+                const secondChunk = chunks[1] ?? 0
                 return { firstChunk, secondChunk, held: held.growthMB, all: all.growthMB, n: all.value }
               }).pipe(Effect.onError(() => Fiber.interrupt(fiber)))
             })
@@ -242,8 +243,10 @@ for (const [name, dbLayer] of dialects) {
           // 4 MB of 64 KB rows, not the ~2,000 rows (~130 MB) a count of rows alone would let in
           assert.isBelow(result.secondChunk, 200)
           assert.isBelow(result.held, 40)
-          // garbage included (Buffers of read packets wait for a GC): far below the ~190 MB of the whole result
-          assert.isBelow(result.all, 100)
+          // garbage included (Buffers of read packets wait for a GC): below the ~190 MB of the whole result. Measured
+          // under load: MariaDB +51–65 MB, PostgreSQL +54–96 MB (node-postgres's reads leave more garbage); what
+          // backpressure bounds is what is held, above
+          assert.isBelow(result.all, 140)
         })
       )
     )

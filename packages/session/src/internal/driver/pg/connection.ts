@@ -9,6 +9,7 @@
 import * as Pg from "pg"
 import Cursor from "pg-cursor"
 import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
+import { AfterBegin, beginBefore, isBegin } from "./begin.js"
 import { commitKind, mayHaveWritten, TOKEN_AFTER, tokenOf, TRACKED_COMMIT } from "./commitToken.js"
 import { mark } from "./errors.js"
 
@@ -73,6 +74,8 @@ class PgConnection implements RawConnection {
   private readonly settings = new Map<string, string>()
   /** One of them was set inside the open transaction: a rollback (or ROLLBACK TO) undoes it on the server. */
   private settingsInTransaction = false
+  /** A BEGIN answered but not yet sent: it goes in the same write as the next command (`begin.ts`). */
+  private pendingBegin: string | undefined = undefined
   /** The cursor streaming now, paused by the core for backpressure. */
   private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
 
@@ -133,37 +136,44 @@ class PgConnection implements RawConnection {
     this.execute(sql, [], rowsAsArray, cb)
 
   readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void => {
+    if (this.pendingBegin === undefined && isBegin(sql, values) && statusOf(this.client) === "I" && !this.gone) {
+      return this.deferBegin(sql, cb)
+    }
     this.parameterChanged = false
     const before = statusOf(this.client)
     if (this.tracking && sql === "COMMIT" && before === "T") return this.trackedCommit(cb)
+    const begin = this.pendingBegin
+    this.pendingBegin = undefined
     // read before the reply: the COMMIT's own ReadyForQuery clears it
     const failure = sql === "COMMIT" ? this.failure : undefined
     const commit = sql === "COMMIT" && statusOf(this.client) === "E"
+    // the empty statement (the status probe) through the simple protocol: the extended one refuses it in a
+    // failed transaction (25P02), the simple one answers with the status (after a deferred BEGIN none is failed)
+    const config = (
+      sql === "" && begin === undefined
+        ? { text: sql }
+        : {
+            text: sql,
+            values: values as Array<unknown>,
+            queryMode: "extended",
+            ...(rowsAsArray ? { rowMode: "array" } : {})
+          }
+    ) as Pg.QueryConfig
     try {
-      this.client.query(
-        // the empty statement (the status probe) through the simple protocol: the extended one refuses it in a
-        // failed transaction (25P02), the simple one answers with the status
-        (sql === ""
-          ? { text: sql }
-          : {
-              text: sql,
-              values: values as Array<unknown>,
-              queryMode: "extended",
-              ...(rowsAsArray ? { rowMode: "array" } : {})
-            }) as Pg.QueryConfig,
-        (err: unknown, result: Result) => {
-          if (err) return cb(this.error(err), undefined)
-          const rolledBack = this.track(sql, result)
-          const done = () =>
-            commit || (sql === "COMMIT" && result.command === "ROLLBACK")
-              ? cb(this.commitRefused(failure), undefined)
-              : this.tracking && before === "I" && statusOf(this.client) === "I" && mayHaveWritten(sql, result.command)
-                ? this.withToken(this.reply(rowsOf(result)), false, cb)
-                : cb(null, this.reply(rowsOf(result)))
-          if (!rolledBack) return done()
-          this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
-        }
-      )
+      const callback = (err: unknown, result: Result) => {
+        if (err) return cb(this.error(err), undefined)
+        const rolledBack = this.track(sql, result)
+        const done = () =>
+          commit || (sql === "COMMIT" && result.command === "ROLLBACK")
+            ? cb(this.commitRefused(failure), undefined)
+            : this.tracking && before === "I" && statusOf(this.client) === "I" && mayHaveWritten(sql, result.command)
+              ? this.withToken(this.reply(rowsOf(result)), false, cb)
+              : cb(null, this.reply(rowsOf(result)))
+        if (!rolledBack) return done()
+        this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
+      }
+      if (begin === undefined) this.client.query(config, callback)
+      else this.client.query(new AfterBegin(begin, config, callback) as unknown as Pg.QueryConfig)
     } catch (e) {
       cb(this.error(e), undefined)
     }
@@ -211,6 +221,19 @@ class PgConnection implements RawConnection {
   }
 
   /**
+   * Answers BEGIN without sending it: it is sent with the next command, in the same write (`begin.ts`). The reply is
+   * BEGIN's own (in a transaction, no rows), given on a later microtask as a server's reply would be.
+   */
+  private deferBegin(sql: string, cb: ReplyCallback): void {
+    this.pendingBegin = sql
+    const rows: Array<unknown> = []
+    Object.defineProperty(rows, "affectedRows", { value: 0, enumerable: false })
+    queueMicrotask(() =>
+      cb(null, { rows, inTransaction: true, autocommit: undefined, stateChanged: false, token: undefined })
+    )
+  }
+
+  /**
    * Follows sessionfx's own settings through transactions: records each `set_config` and whether it ran inside a
    * transaction; true when `result` rolled back (ROLLBACK, ROLLBACK TO, a refused COMMIT) what such a SET did.
    */
@@ -249,7 +272,11 @@ class PgConnection implements RawConnection {
     // inside a transaction the statement runs under a savepoint of its own: a cancel that stops it after its
     // consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of
     // failing the whole transaction
-    const guarded = statusOf(this.client) === "T"
+    const begin = this.pendingBegin
+    this.pendingBegin = undefined
+    const guarded = begin !== undefined || statusOf(this.client) === "T"
+    // a deferred BEGIN is sent first, as a command of its own; the cursor is not sent if it failed
+    if (begin !== undefined) beginBefore(this.client, begin, cursor)
     if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
     const settle = (err: unknown, result: Result | undefined) => {
       if (settled) return
@@ -320,6 +347,8 @@ class PgConnection implements RawConnection {
 
   /** Back to a fresh session: ROLLBACK if a transaction is open, then DISCARD ALL (settings, prepared, temp). */
   readonly reset = (cb: (err: unknown) => void): void => {
+    // a BEGIN not yet sent opened nothing: there is nothing to roll back
+    this.pendingBegin = undefined
     this.settings.clear()
     this.settingsInTransaction = false
     const discard = () => this.execute("DISCARD ALL", [], false, (err) => cb(err ?? undefined))
@@ -343,6 +372,7 @@ class PgConnection implements RawConnection {
   }
   readonly destroy = (): void => {
     this.gone = true
+    this.pendingBegin = undefined
     try {
       ;(this.protocol as { stream?: { destroy?: () => void } }).stream?.destroy?.()
     } catch {
