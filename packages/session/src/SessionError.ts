@@ -373,13 +373,17 @@ export const isSessionError = (u: unknown): u is SessionError =>
   Predicate.hasProperty(u, TypeId) || u instanceof SqlError
 
 /**
- * Whether retrying the whole unit of work in a fresh transaction can succeed.
+ * Whether retrying the whole unit of work in a fresh transaction can succeed. Also for the `SqlError` a statement
+ * fails with inside a unit (`@effect/sql` code sees that type): it carries the `SessionError` as its cause, so that
+ * `Effect.retry({ while: SessionError.isRetryable })` around `Effect.provide(SessionLive)` retries a deadlock too.
  *
  * @since 0.1.0
  * @category predicates
  */
 export const isRetryable = (u: unknown): boolean =>
-  Predicate.hasProperty(u, TypeId) && (u as { retryable?: unknown }).retryable === true
+  Predicate.hasProperty(u, TypeId)
+    ? (u as { retryable?: unknown }).retryable === true
+    : u instanceof SqlError && Predicate.hasProperty(u.cause, TypeId) && isRetryable(u.cause)
 
 /**
  * Whether a driver error means the connection can no longer be used.

@@ -6,7 +6,7 @@
  */
 import { assert, layer } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Session } from "@sessionfx/session"
+import { Session, SessionError, SessionLive } from "@sessionfx/session"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -28,24 +28,26 @@ const insert = (table: string, id: number, v = 0) =>
   Effect.flatMap(sql, (s) => s`INSERT INTO ${s(table)} (id, v) VALUES (${id}, ${v})`)
 
 /** Two units that take the same two rows in opposite order, each waiting until the other holds its first row. */
-const deadlock = (table: string, a: number, b: number) =>
+const deadlock = (table: string, a: number, b: number, spelling: "transact" | "layer" = "transact") =>
   Effect.gen(function* () {
     const firstHeld = yield* Deferred.make<void>()
     const secondHeld = yield* Deferred.make<void>()
     const attempts = yield* Ref.make(0)
     const hooks = yield* Ref.make(0)
     const lockBoth = (x: number, y: number, mine: Deferred.Deferred<void>, theirs: Deferred.Deferred<void>) =>
-      Session.transact(
-        Effect.gen(function* () {
-          const s = yield* sql
-          yield* Ref.update(attempts, (n) => n + 1)
-          yield* Session.afterCommit(Ref.update(hooks, (n) => n + 1))
-          yield* s`UPDATE ${s(table)} SET v = v + 1 WHERE id = ${x}`
-          yield* Deferred.succeed(mine, undefined)
-          yield* Deferred.await(theirs)
-          yield* s`UPDATE ${s(table)} SET v = v + 1 WHERE id = ${y}`
-        }),
-        { retry: true }
+      Effect.gen(function* () {
+        const s = yield* sql
+        yield* Ref.update(attempts, (n) => n + 1)
+        yield* Session.afterCommit(Ref.update(hooks, (n) => n + 1))
+        yield* s`UPDATE ${s(table)} SET v = v + 1 WHERE id = ${x}`
+        yield* Deferred.succeed(mine, undefined)
+        yield* Deferred.await(theirs)
+        yield* s`UPDATE ${s(table)} SET v = v + 1 WHERE id = ${y}`
+      }).pipe((unit) =>
+        spelling === "transact"
+          ? Session.transact(unit, { retry: true })
+          : // the Layer spelling: the unit's statement fails with a SqlError whose cause is the Deadlock
+            Effect.retry(Effect.provide(unit, SessionLive), { times: 5, while: SessionError.isRetryable })
       )
     yield* Effect.all([lockBoth(a, b, firstHeld, secondHeld), lockBoth(b, a, secondHeld, firstHeld)], {
       concurrency: 2
@@ -111,6 +113,20 @@ for (const [name, dbLayer] of dialects) {
         const b = freshId()
         yield* Session.transact(Effect.zipRight(insert("hot", a), insert("hot", b)))
         const { attempts, hooks } = yield* deadlock("hot", a, b)
+        assert.isAtLeast(attempts, 3)
+        assert.strictEqual(hooks, 2)
+        const db = yield* DbTag
+        const rows = yield* db.admin("SELECT SUM(v) AS total FROM hot WHERE id IN (?, ?)", [a, b])
+        assert.strictEqual(Number(rows[0]!.total), 4)
+      })
+    )
+
+    it.effect("the Layer spelling retries a deadlock with SessionError.isRetryable; afterCommit once per unit", () =>
+      Effect.gen(function* () {
+        const a = freshId()
+        const b = freshId()
+        yield* Session.transact(Effect.zipRight(insert("hot", a), insert("hot", b)))
+        const { attempts, hooks } = yield* deadlock("hot", a, b, "layer")
         assert.isAtLeast(attempts, 3)
         assert.strictEqual(hooks, 2)
         const db = yield* DbTag
