@@ -269,15 +269,7 @@ class PgConnection implements RawConnection {
     let ended: Result | undefined = undefined
     let settled = false
     let skipping = false
-    // inside a transaction the statement runs under a savepoint of its own: a cancel that stops it after its
-    // consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of
-    // failing the whole transaction
-    const begin = this.pendingBegin
-    this.pendingBegin = undefined
-    const guarded = begin !== undefined || statusOf(this.client) === "T"
-    // a deferred BEGIN is sent first, as a command of its own; the cursor is not sent if it failed
-    if (begin !== undefined) beginBefore(this.client, begin, cursor)
-    if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    const guarded = this.openStreamGuard(cursor)
     const settle = (err: unknown, result: Result | undefined) => {
       if (settled) return
       settled = true
@@ -323,6 +315,21 @@ class PgConnection implements RawConnection {
         }
       }
     }
+  }
+
+  /**
+   * Inside a transaction a stream's statement runs under a savepoint of its own: a cancel that stops it after its
+   * consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of failing
+   * the whole transaction. A deferred BEGIN is sent first, as a command of its own; the cursor is not sent if it
+   * failed. True when the stream is guarded.
+   */
+  private openStreamGuard(cursor: Cursor): boolean {
+    const begin = this.pendingBegin
+    this.pendingBegin = undefined
+    const guarded = begin !== undefined || statusOf(this.client) === "T"
+    if (begin !== undefined) beginBefore(this.client, begin, cursor)
+    if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    return guarded
   }
 
   /**
