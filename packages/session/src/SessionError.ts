@@ -373,17 +373,15 @@ export const isSessionError = (u: unknown): u is SessionError =>
   Predicate.hasProperty(u, TypeId) || u instanceof SqlError
 
 /**
- * Whether retrying the whole unit of work in a fresh transaction can succeed. Also for the `SqlError` a statement
- * fails with inside a unit (`@effect/sql` code sees that type): it carries the `SessionError` as its cause, so that
- * `Effect.retry({ while: SessionError.isRetryable })` around `Effect.provide(SessionLive)` retries a deadlock too.
+ * Whether retrying the whole unit of work in a fresh transaction can succeed. A statement's `SqlError` (what
+ * `@effect/sql` code sees, e.g. escaping `Effect.provide(SessionLive)`) is not judged here — outside a unit the same
+ * error can mean a write whose outcome is unknown; inside one, `isRetryable(SessionError.classify(e))` says it.
  *
  * @since 0.1.0
  * @category predicates
  */
 export const isRetryable = (u: unknown): boolean =>
-  Predicate.hasProperty(u, TypeId)
-    ? (u as { retryable?: unknown }).retryable === true
-    : u instanceof SqlError && Predicate.hasProperty(u.cause, TypeId) && isRetryable(u.cause)
+  Predicate.hasProperty(u, TypeId) && (u as { retryable?: unknown }).retryable === true
 
 /**
  * Whether a driver error means the connection can no longer be used.

@@ -47,7 +47,10 @@ const deadlock = (table: string, a: number, b: number, spelling: "transact" | "l
         spelling === "transact"
           ? Session.transact(unit, { retry: true })
           : // the Layer spelling: the unit's statement fails with a SqlError whose cause is the Deadlock
-            Effect.retry(Effect.provide(unit, SessionLive), { times: 5, while: SessionError.isRetryable })
+            Effect.retry(Effect.provide(unit, SessionLive), {
+              times: 5,
+              while: (e) => SessionError.isRetryable(SessionError.classify(e))
+            })
       )
     yield* Effect.all([lockBoth(a, b, firstHeld, secondHeld), lockBoth(b, a, secondHeld, firstHeld)], {
       concurrency: 2
@@ -121,18 +124,20 @@ for (const [name, dbLayer] of dialects) {
       })
     )
 
-    it.effect("the Layer spelling retries a deadlock with SessionError.isRetryable; afterCommit once per unit", () =>
-      Effect.gen(function* () {
-        const a = freshId()
-        const b = freshId()
-        yield* Session.transact(Effect.zipRight(insert("hot", a), insert("hot", b)))
-        const { attempts, hooks } = yield* deadlock("hot", a, b, "layer")
-        assert.isAtLeast(attempts, 3)
-        assert.strictEqual(hooks, 2)
-        const db = yield* DbTag
-        const rows = yield* db.admin("SELECT SUM(v) AS total FROM hot WHERE id IN (?, ?)", [a, b])
-        assert.strictEqual(Number(rows[0]!.total), 4)
-      })
+    it.effect(
+      "the Layer spelling retries a deadlock (isRetryable of the classified SqlError); afterCommit once per unit",
+      () =>
+        Effect.gen(function* () {
+          const a = freshId()
+          const b = freshId()
+          yield* Session.transact(Effect.zipRight(insert("hot", a), insert("hot", b)))
+          const { attempts, hooks } = yield* deadlock("hot", a, b, "layer")
+          assert.isAtLeast(attempts, 3)
+          assert.strictEqual(hooks, 2)
+          const db = yield* DbTag
+          const rows = yield* db.admin("SELECT SUM(v) AS total FROM hot WHERE id IN (?, ?)", [a, b])
+          assert.strictEqual(Number(rows[0]!.total), 4)
+        })
     )
 
     it.effect("a keyed unit is applied once; its outcome can be asked", () =>

@@ -19,7 +19,8 @@ export const sessionfxLayer = () =>
           return sqlTransfer(sql, a, b, amount)
         }).pipe(
           Effect.provide(SessionLive),
-          Effect.retry({ times: 20, while: SessionError.isRetryable }),
+          // the statement's SqlError carries the unit's SessionError (a deadlock on PostgreSQL) as its cause
+          Effect.retry({ times: 20, while: (e) => SessionError.isRetryable(SessionError.classify(e)) }),
           Effect.map(() => attempts - 1)
         )
       })
