@@ -6,7 +6,7 @@
  * @internal
  */
 import * as Predicate from "effect/Predicate"
-import type { ConnectAdvice, ErrorDescription, ErrorKind } from "../types.js"
+import type { ConnectAdvice, DriverErrors, ErrorDescription, ErrorKind } from "../types.js"
 
 const lostCodes = new Set([
   "PROTOCOL_CONNECTION_LOST",
@@ -174,4 +174,14 @@ export const connectAdvice = (cause: unknown): ConnectAdvice | undefined => {
     (typeof c.errno === "number" ? adviceByErrno.get(c.errno) : undefined) ??
     (typeof c.code === "string" ? adviceByCode.get(c.code) : undefined)
   )
+}
+
+/** What the core asks of this driver's errors (`ServerDriver.errors`). @internal */
+export const errors: DriverErrors = {
+  isFatal,
+  isNodeNotReady,
+  isCommitAmbiguous,
+  isNoSuchThread,
+  isWaitTimeout,
+  isNoSuchTable
 }

@@ -6,7 +6,7 @@
  * @internal
  */
 import type * as Mysql from "mysql2"
-import { isCommitAmbiguous, isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
+import { errors } from "./errors.js"
 import type {
   Connector,
   Dialect,
@@ -33,15 +33,6 @@ import {
 import { connector } from "./connection.js"
 import { install as installPacketWriter } from "./packet.js"
 import { bigintParameter, bindValues, splitStatements } from "./values.js"
-
-const errors: DriverErrors = {
-  isFatal,
-  isNodeNotReady,
-  isCommitAmbiguous,
-  isNoSuchThread,
-  isWaitTimeout,
-  isNoSuchTable
-}
 
 /** Where to connect. @internal */
 export type Target = DriverTarget
@@ -151,7 +142,7 @@ export class MysqlServer implements ServerDriver {
     if (setup === undefined) return next(undefined)
     conn.query(setup, false, (err, reply) => {
       if (!err) return next(reply?.autocommit)
-      if (isFatal(err)) return cb(err)
+      if (errors.isFatal(err)) return cb(err)
       if (trackCommits) {
         // the server (or a proxy) refuses GTID tracking: no causality tokens from it, the rest as usual
         this.commitTrackingRefused = true

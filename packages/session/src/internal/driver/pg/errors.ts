@@ -6,7 +6,7 @@
  * @internal
  */
 import * as Predicate from "effect/Predicate"
-import type { ConnectAdvice, ErrorDescription, ErrorKind } from "../types.js"
+import type { ConnectAdvice, DriverErrors, ErrorDescription, ErrorKind } from "../types.js"
 
 /** Set by the pg connection on every error it hands to the core: the errors of this driver are told apart by it. */
 export const PG_ERROR = Symbol.for("@sessionfx/session/pgError")
@@ -141,4 +141,14 @@ const adviceByCode: ReadonlyMap<string, ConnectAdvice> = new Map([
 export const connectAdvice = (cause: unknown): ConnectAdvice | undefined => {
   const code = codeOf(cause)
   return code === undefined ? undefined : adviceByCode.get(code)
+}
+
+/** What the core asks of this driver's errors (`ServerDriver.errors`). @internal */
+export const errors: DriverErrors = {
+  isFatal,
+  isNodeNotReady,
+  isCommitAmbiguous,
+  isNoSuchThread,
+  isWaitTimeout,
+  isNoSuchTable
 }

@@ -19,17 +19,8 @@ import type {
 import { cachedTest } from "../shared.js"
 import { connector } from "./connection.js"
 import { baselineOf, baselineSql, dialect, keysSql, topologySql } from "./dialect.js"
-import { isCommitAmbiguous, isFatal, isNodeNotReady, isNoSuchTable, isNoSuchThread, isWaitTimeout } from "./errors.js"
+import { errors } from "./errors.js"
 import { bindValues } from "./values.js"
-
-const errors: DriverErrors = {
-  isFatal,
-  isNodeNotReady,
-  isCommitAmbiguous,
-  isNoSuchThread,
-  isWaitTimeout,
-  isNoSuchTable
-}
 
 /** Where to connect. @internal */
 export type Target = DriverTarget
