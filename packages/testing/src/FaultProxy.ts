@@ -1,6 +1,7 @@
 /**
  * A fault-injecting TCP proxy for reliability tests: put it between a pool and a server, then add latency, reset
- * connections (all at once, or the next one whose traffic matches), or black-hole all traffic.
+ * connections (all at once, or the next one whose traffic matches), hold a connection's requests, or black-hole all
+ * traffic.
  *
  * @since 0.1.0
  */
@@ -72,6 +73,16 @@ export declare namespace FaultProxy {
     /** Whether a reset armed by `resetNextAfter` is still waiting for its trigger. */
     readonly armed: Effect.Effect<boolean>
     /**
+     * Arms a one-shot hold: the first client → server chunk for which `match` holds, and every later chunk of that
+     * connection, wait in the proxy (the server has not seen them) until `releaseHeld`. A test reaches the window in
+     * which a request is in flight and its answer not yet come.
+     */
+    readonly holdNext: (match: (chunk: Buffer) => boolean) => Effect.Effect<void>
+    /** Whether some connection's traffic is held now (the armed hold has fired and not been released). */
+    readonly holding: Effect.Effect<boolean>
+    /** Forwards the held chunks to the server, in order, and lets traffic flow again; returns how many were held. */
+    readonly releaseHeld: Effect.Effect<number>
+    /**
      * On: connections are accepted and read, but nothing is forwarded and nothing answered (new ones get no
      * upstream). Off: traffic flows again; connections that lost data while black-holed are reset (their streams
      * are corrupt, as after a TCP timeout).
@@ -94,6 +105,8 @@ interface Pipe {
   upstream: Net.Socket | undefined
   poisoned: boolean
   closed: boolean
+  /** Client → server chunks held back by `holdNext`, until `releaseHeld`. */
+  held: Array<Buffer> | undefined
   readonly toServer: Delayed
   readonly toClient: Delayed
 }
@@ -150,6 +163,7 @@ export const make = (options: Options): Effect.Effect<FaultProxy.Service, Error,
     let latency = 0
     let holed = false
     let trigger: (ResetTrigger & { seen: number }) | undefined
+    let hold: ((chunk: Buffer) => boolean) | undefined
     const counters = { accepted: 0, resetAll: 0, triggered: 0, healed: 0 }
 
     const close = (pipe: Pipe) => {
@@ -166,6 +180,15 @@ export const make = (options: Options): Effect.Effect<FaultProxy.Service, Error,
     const fromClient = (pipe: Pipe, chunk: Buffer) => {
       if (holed || pipe.poisoned) {
         pipe.poisoned = true
+        return
+      }
+      if (pipe.held !== undefined) {
+        pipe.held.push(chunk)
+        return
+      }
+      if (hold !== undefined && hold(chunk)) {
+        hold = undefined
+        pipe.held = [chunk]
         return
       }
       const t = trigger
@@ -219,6 +242,7 @@ export const make = (options: Options): Effect.Effect<FaultProxy.Service, Error,
         upstream: undefined,
         poisoned: false,
         closed: false,
+        held: undefined,
         toServer: new Delayed(
           () => latency,
           (chunk) => {
@@ -278,6 +302,22 @@ export const make = (options: Options): Effect.Effect<FaultProxy.Service, Error,
           trigger = { ...t, seen: 0 }
         }),
       armed: Effect.sync(() => trigger !== undefined),
+      holdNext: (match) =>
+        Effect.sync(() => {
+          hold = match
+        }),
+      holding: Effect.sync(() => [...pipes].some((pipe) => pipe.held !== undefined)),
+      releaseHeld: Effect.sync(() => {
+        let n = 0
+        for (const pipe of pipes) {
+          const held = pipe.held
+          if (held === undefined) continue
+          pipe.held = undefined
+          n += held.length
+          for (const chunk of held) pipe.toServer.push(chunk)
+        }
+        return n
+      }),
       blackhole: (on) =>
         Effect.sync(() => {
           holed = on
