@@ -142,4 +142,250 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
         }
       }).pipe(Effect.scoped)
   )
+  it.effect(
+    "2. interrupted after its guarded statement answered, before RELEASE: the frame is poisoned, the unit rolls back (StatementInterrupted), nothing kept",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* setup
+        const { proxy, s, run } = env
+        for (const then of ["statement", "end", "retried"] as const) {
+          const [own, child, after] = [freshId(), freshId(), freshId()]
+          const pid = yield* run(Session.transact(Session.connectionId))
+          const destroyedBefore = (yield* env.stats).destroyed
+          const attempts = yield* Ref.make(0)
+          const hooks = yield* Ref.make(0)
+          const bodyDone = yield* Deferred.make<void>()
+          const body = Effect.gen(function* () {
+            const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
+            yield* Session.afterCommit(Ref.update(hooks, (n) => n + 1))
+            yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
+            if (attempt > 1) return
+            yield* proxy.holdNext(carries("RELEASE SAVEPOINT sfx_statement"))
+            const fiber = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${child}, 'child')`)
+            yield* eventually(proxy.holding, "the guard's RELEASE is held on its way to the server")
+            // the statement has answered: nothing is left to cancel, the interruption returns at once
+            yield* Fiber.interrupt(fiber)
+            assert.isTrue(yield* proxy.holding, "the RELEASE is still in flight")
+            if (then !== "end") {
+              const next = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${after}, 'after')`)
+              assert.isAbove(yield* proxy.releaseHeld, 0)
+              yield* Fiber.join(next)
+            }
+            yield* Deferred.succeed(bodyDone, undefined)
+          })
+          const unit = yield* Effect.fork(
+            Effect.exit(run(Session.transact(body, then === "retried" ? { retry: true } : {})))
+          )
+          yield* Deferred.await(bodyDone)
+          if (then === "end") assert.isAbove(yield* proxy.releaseHeld, 0)
+          const exit = yield* Fiber.join(unit)
+          const rows = yield* env.who([own, child, after])
+          if (then === "retried") {
+            // StatementInterrupted is retryable: the unit runs again in a fresh transaction and commits once
+            assert.isTrue(Exit.isSuccess(exit))
+            assert.strictEqual(yield* Ref.get(attempts), 2)
+            assert.strictEqual(yield* Ref.get(hooks), 1)
+            assert.deepStrictEqual(rows, { [own]: "own" })
+          } else {
+            const error = failureOf(exit)
+            assert.strictEqual(error?._tag, "StatementInterrupted", String(Exit.isFailure(exit) && exit.cause))
+            assert.strictEqual(yield* Ref.get(hooks), 0)
+            assert.deepStrictEqual(rows, {}, "nothing of the unit is kept")
+          }
+          assert.strictEqual(yield* env.backend(pid), "idle")
+          assert.strictEqual(yield* nextUnit(env), pid, "the same connection serves the next unit")
+          assert.strictEqual((yield* env.stats).destroyed, destroyedBefore)
+        }
+      }).pipe(Effect.scoped)
+  )
+
+  it.effect(
+    "3. a COMMIT that fails on its own (a deferred unique / foreign key violation): CommitFailed with the constraint's error, not retried, nothing kept, the key not consumed",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* setup
+        const { s, run, a } = env
+        yield* a`CREATE TABLE IF NOT EXISTS win_unique (id INT PRIMARY KEY, v INT NOT NULL, CONSTRAINT win_unique_v UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)`
+        yield* a`CREATE TABLE IF NOT EXISTS win_parent (id INT PRIMARY KEY)`
+        yield* a`CREATE TABLE IF NOT EXISTS win_child (id INT PRIMARY KEY, parent INT NOT NULL REFERENCES win_parent (id) DEFERRABLE INITIALLY DEFERRED)`
+        yield* a`GRANT ALL ON win_unique, win_parent, win_child TO PUBLIC`
+        yield* run(Session.createKeyTable)
+        const count = (table: string, ids: ReadonlyArray<number>) =>
+          Effect.map(
+            a.unsafe<{ n: string }>(`SELECT count(*)::text AS n FROM ${table} WHERE id IN (${ids.join(", ")})`),
+            (rows) => Number(rows[0]!.n)
+          )
+        const violations = {
+          unique: {
+            tag: "DuplicateKey",
+            table: "win_unique",
+            write: (x: number, y: number) =>
+              Effect.zipRight(
+                s`INSERT INTO win_unique (id, v) VALUES (${x}, ${x})`,
+                // the same v: accepted now, refused at COMMIT
+                s`INSERT INTO win_unique (id, v) VALUES (${y}, ${x})`
+              )
+          },
+          foreignKey: {
+            tag: "ForeignKeyViolation",
+            table: "win_child",
+            write: (x: number, y: number) =>
+              Effect.zipRight(
+                s`INSERT INTO win_child (id, parent) VALUES (${x}, ${-x})`,
+                s`INSERT INTO win_child (id, parent) VALUES (${y}, ${-x})`
+              )
+          }
+        }
+        for (const [name, v] of Object.entries(violations)) {
+          for (const key of [undefined, `deferred-${name}-${freshId()}`]) {
+            const [x, y, own] = [freshId(), freshId(), freshId()]
+            const pid = yield* run(Session.transact(Session.connectionId))
+            const destroyedBefore = (yield* env.stats).destroyed
+            const attempts = yield* Ref.make(0)
+            const hooks = yield* Ref.make(0)
+            const exit = yield* Effect.exit(
+              run(
+                Session.transact(
+                  Effect.gen(function* () {
+                    yield* Ref.update(attempts, (n) => n + 1)
+                    yield* Session.afterCommit(Ref.update(hooks, (n) => n + 1))
+                    yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
+                    yield* v.write(x, y)
+                  }),
+                  key === undefined ? { retry: true } : { retry: true, key }
+                )
+              )
+            )
+            const error = failureOf(exit) as
+              | { _tag?: string; retryable?: boolean; cause?: { _tag?: string; code?: string } }
+              | undefined
+            assert.strictEqual(error?._tag, "CommitFailed", String(Exit.isFailure(exit) && exit.cause))
+            assert.strictEqual(error?.cause?._tag, v.tag)
+            assert.isFalse(error?.retryable, "a constraint violation is not retryable")
+            assert.strictEqual(yield* Ref.get(attempts), 1, "retry: true does not re-run it")
+            assert.strictEqual(yield* Ref.get(hooks), 0)
+            assert.deepStrictEqual(yield* env.who([own]), {})
+            assert.strictEqual(yield* count(v.table, [x, y]), 0)
+            assert.strictEqual(yield* env.backend(pid), "idle")
+            assert.strictEqual(yield* nextUnit(env), pid, "the same connection serves the next unit")
+            assert.strictEqual((yield* env.stats).destroyed, destroyedBefore)
+            if (key !== undefined) {
+              // not committed, and the key is free: the unit, fixed, is applied once under it
+              assert.strictEqual(yield* run(Session.outcome(key)), "absent")
+              yield* run(Session.transact(s`INSERT INTO win (id, who) VALUES (${own}, 'own')`, { key }))
+              assert.strictEqual(yield* run(Session.outcome(key)), "committed")
+              assert.deepStrictEqual(yield* env.who([own]), { [own]: "own" })
+            }
+          }
+        }
+      }).pipe(Effect.scoped)
+  )
+
+  it.effect(
+    "4. a cancel racing its statement's own completion never reaches the guard's ROLLBACK TO, the next statement or the next unit",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* setup
+        const { s, run } = env
+        const pid = yield* run(Session.transact(Session.connectionId))
+        const destroyedBefore = (yield* env.stats).destroyed
+        const tally = { completed: 0, undone: 0, poisoned: 0 }
+        const base = freshId() * 1000
+        yield* Effect.sync(() => (nextId += 1000))
+        for (let i = 0; i < 240; i++) {
+          const id = base + i
+          // around the timeout: the cancel lands before, while and after the statement ends on its own
+          const sleepMs = 2 + (i % 13)
+          const exit = yield* Effect.exit(
+            run(
+              Session.transact(
+                Effect.gen(function* () {
+                  yield* s`INSERT INTO win (id, who) VALUES (${id}, 'own')`
+                  const child = yield* Effect.either(
+                    Effect.timeout(
+                      s`INSERT INTO win (id, who) SELECT ${-id}, 'child' FROM pg_sleep(${sleepMs}::int / 1000.0)`,
+                      "8 millis"
+                    )
+                  )
+                  // the next statement on the connection: never cancelled by the child's cancel
+                  yield* s`UPDATE win SET who = 'after' WHERE id = ${id}`
+                  return child._tag
+                })
+              )
+            )
+          )
+          const rows = yield* env.who([id, -id])
+          if (Exit.isSuccess(exit) && exit.value === "Right") {
+            tally.completed++
+            assert.deepStrictEqual(rows, { [-id]: "child", [id]: "after" })
+          } else if (Exit.isSuccess(exit)) {
+            tally.undone++
+            assert.deepStrictEqual(rows, { [id]: "after" }, "the timed-out statement is undone alone")
+          } else {
+            // interrupted after its statement answered, before its RELEASE: the unit rolled back, nothing kept
+            assert.strictEqual(failureOf(exit)?._tag, "StatementInterrupted", String(exit.cause))
+            tally.poisoned++
+            assert.deepStrictEqual(rows, {})
+          }
+        }
+        yield* Effect.log(`cancel race: ${JSON.stringify(tally)}`)
+        assert.isAbove(tally.completed, 0, JSON.stringify(tally))
+        assert.isAbove(tally.undone, 0, JSON.stringify(tally))
+        assert.strictEqual(yield* nextUnit(env), pid, "the same connection serves the next unit")
+        assert.strictEqual((yield* env.stats).destroyed, destroyedBefore)
+      }).pipe(Effect.scoped)
+  )
+
+  it.effect(
+    "5. a unit's deferred BEGIN on a connection gone before its first command: ConnectionLost (retryable), nothing kept; retry: true commits once on a fresh connection",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* setup
+        const { proxy, s, run, a } = env
+        const faults = {
+          // the server ends the backend (and it has exited) before the unit sends anything
+          terminated: (pid: number) => Effect.asVoid(a`SELECT pg_terminate_backend(${pid}, 5000)`),
+          // the network drops the connection before the unit sends anything
+          reset: () => Effect.asVoid(proxy.resetAll),
+          // the first command (BEGIN and the statement, one write) is lost on the way and the connection reset
+          dropped: () => proxy.resetNextAfter({ match: carries("BEGIN"), forward: false })
+        }
+        for (const [name, fault] of Object.entries(faults)) {
+          for (const retry of [false, true]) {
+            const id = freshId()
+            const attempts = yield* Ref.make(0)
+            const pids: Array<number> = []
+            const exit = yield* Effect.exit(
+              run(
+                Session.transact(
+                  Effect.gen(function* () {
+                    const pid = yield* Session.connectionId
+                    pids.push(pid)
+                    if ((yield* Ref.updateAndGet(attempts, (n) => n + 1)) === 1) yield* fault(pid)
+                    yield* s`INSERT INTO win (id, who) VALUES (${id}, ${name})`
+                  }),
+                  { retry }
+                )
+              )
+            )
+            if (retry) {
+              assert.isTrue(Exit.isSuccess(exit), `${name}: ${String(Exit.isFailure(exit) && exit.cause)}`)
+              assert.strictEqual(yield* Ref.get(attempts), 2)
+              assert.notStrictEqual(pids[1], pids[0], "the retry runs on a fresh connection")
+              assert.deepStrictEqual(yield* env.who([id]), { [id]: name })
+            } else {
+              const error = failureOf(exit) as { _tag?: string; retryable?: boolean } | undefined
+              assert.strictEqual(error?._tag, "ConnectionLost", `${name}: ${String(Exit.isFailure(exit) && exit.cause)}`)
+              assert.isTrue(error?.retryable)
+              assert.deepStrictEqual(yield* env.who([id]), {})
+            }
+            assert.isFalse(yield* proxy.armed)
+            // the pool's only connection is a working one again
+            const next = yield* nextUnit(env)
+            assert.notStrictEqual(next, pids[0])
+            assert.strictEqual(yield* env.backend(next), "idle")
+          }
+        }
+      }).pipe(Effect.scoped)
+  )
 })
