@@ -12,6 +12,7 @@ import { Engine, Session } from "@sessionfx/session"
 import type * as SessionError from "@sessionfx/session/SessionError"
 import * as FaultProxy from "@sessionfx/testing/FaultProxy"
 import * as PgServer from "@sessionfx/testing/PgServer"
+import * as Cause from "effect/Cause"
 import type * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -582,6 +583,67 @@ layer(PgServer.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", exclu
               // REPEATABLE READ runs on a replica as before
               const rr = yield* read(id, { isolation: "REPEATABLE READ", consistency: "replica" })
               assert.notStrictEqual(rr.port, primary.port)
+            })
+          )
+        })
+    )
+
+    it.scoped(
+      "a tracked COMMIT that fails on its own (a deferred unique violation): CommitFailed with DuplicateKey, not retried, no token, nothing kept, the connection clean; a keyed unit's key stays free",
+      () =>
+        Effect.gen(function* () {
+          const { primary } = yield* cluster
+          yield* schema
+          yield* direct(
+            primary.url,
+            "CREATE TABLE IF NOT EXISTS kv_deferred (id int PRIMARY KEY, v int NOT NULL, CONSTRAINT kv_deferred_v UNIQUE (v) DEFERRABLE INITIALLY DEFERRED)"
+          )
+          yield* withTopology({ pool: { size: 1 } }, () =>
+            Effect.gen(function* () {
+              const sql = yield* SqlClient.SqlClient
+              yield* Session.createKeyTable
+              const id = freshId()
+              yield* write(id, 1)
+              const pid = yield* Session.transact(Session.connectionId)
+              for (const key of [undefined, `deferred-${id}`]) {
+                const before = yield* tokenNow
+                assert.isDefined(before)
+                let attempts = 0
+                let hooks = 0
+                const [x, y] = [freshId() * 1000, freshId() * 1000]
+                const exit = yield* Effect.exit(
+                  Session.transact(
+                    Effect.gen(function* () {
+                      attempts++
+                      yield* Session.afterCommit(Effect.sync(() => hooks++))
+                      yield* upsert(id, 2)
+                      // the same v twice: accepted now, refused by COMMIT
+                      yield* sql`INSERT INTO kv_deferred (id, v) VALUES (${x}, ${x}), (${y}, ${x})`
+                    }),
+                    key === undefined ? { retry: true } : { retry: true, key }
+                  )
+                )
+                const error = Exit.isFailure(exit)
+                  ? (Option.getOrUndefined(Cause.failureOption(exit.cause)) as
+                      | { _tag?: string; retryable?: boolean; cause?: { _tag?: string } }
+                      | undefined)
+                  : undefined
+                assert.strictEqual(error?._tag, "CommitFailed", String(Exit.isFailure(exit) && exit.cause))
+                assert.strictEqual(error?.cause?._tag, "DuplicateKey")
+                assert.isFalse(error?.retryable)
+                assert.strictEqual(attempts, 1, "a constraint violation is not retried")
+                assert.strictEqual(hooks, 0)
+                assert.strictEqual(yield* tokenNow, before, "a failed COMMIT yields no token")
+                assert.strictEqual((yield* read(id, { consistency: "primary" })).v, 1, "nothing of the unit is kept")
+                const [n] = yield* sql<{ n: string }>`SELECT count(*)::text AS n FROM kv_deferred WHERE id IN (${x}, ${y})`
+                assert.strictEqual(n!.n, "0")
+                if (key !== undefined) assert.strictEqual(yield* Session.outcome(key), "absent")
+                // the same connection: clean, its next writing unit commits with a token
+                const next = yield* Session.transact(Effect.zipRight(upsert(id, 3), Session.connectionId))
+                assert.strictEqual(next, pid, "the connection went back to the pool, not destroyed")
+                assert.isAbove(Number(lsnOf(yield* tokenNow) - lsnOf(before)), 0)
+                yield* upsert(id, 1)
+              }
             })
           )
         })

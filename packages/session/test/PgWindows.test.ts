@@ -21,8 +21,6 @@ import * as Option from "effect/Option"
 import * as Ref from "effect/Ref"
 import { eventually } from "./support.js"
 
-const sql = SqlClient.SqlClient
-
 let nextId = Math.floor(Math.random() * 1_000_000)
 const freshId = () => ++nextId
 
