@@ -349,7 +349,13 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
           dropped: () => proxy.resetNextAfter({ match: carries("BEGIN"), forward: false })
         }
         for (const [name, fault] of Object.entries(faults)) {
-          for (const retry of [false, true]) {
+          // `swallowed`: the unit catches its statement's failure and succeeds — it must not be reported committed
+          for (const [retry, swallowed] of [
+            [false, false],
+            [false, true],
+            [true, false],
+            [true, true]
+          ] as const) {
             const id = freshId()
             const attempts = yield* Ref.make(0)
             const pids: Array<number> = []
@@ -360,20 +366,25 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
                     const pid = yield* Session.connectionId
                     pids.push(pid)
                     if ((yield* Ref.updateAndGet(attempts, (n) => n + 1)) === 1) yield* fault(pid)
-                    yield* s`INSERT INTO win (id, who) VALUES (${id}, ${name})`
+                    const insert = s`INSERT INTO win (id, who) VALUES (${id}, ${name})`
+                    yield* swallowed ? Effect.ignore(insert) : insert
                   }),
                   { retry }
                 )
               )
             )
             if (retry) {
-              assert.isTrue(Exit.isSuccess(exit), `${name}: ${String(Exit.isFailure(exit) && exit.cause)}`)
+              assert.isTrue(Exit.isSuccess(exit), `${name}, ${swallowed}: ${String(Exit.isFailure(exit) && exit.cause)}`)
               assert.strictEqual(yield* Ref.get(attempts), 2)
               assert.notStrictEqual(pids[1], pids[0], "the retry runs on a fresh connection")
               assert.deepStrictEqual(yield* env.who([id]), { [id]: name })
             } else {
               const error = failureOf(exit) as { _tag?: string; retryable?: boolean } | undefined
-              assert.strictEqual(error?._tag, "ConnectionLost", `${name}: ${String(Exit.isFailure(exit) && exit.cause)}`)
+              assert.strictEqual(
+                error?._tag,
+                "ConnectionLost",
+                `${name}, ${swallowed}: ${String(Exit.isFailure(exit) && exit.cause)}`
+              )
               assert.isTrue(error?.retryable)
               assert.deepStrictEqual(yield* env.who([id]), {})
             }
