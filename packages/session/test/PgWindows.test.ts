@@ -65,8 +65,16 @@ const setup = Effect.gen(function* () {
       a<{ state: string | null }>`SELECT state FROM pg_stat_activity WHERE pid = ${pid}`,
       (rows) => (rows.length === 0 ? "gone" : String(rows[0]!.state))
     )
+  /** Whether a statement with `text` in it runs on the server now. */
+  const active = (text: string) =>
+    Effect.map(
+      a<{
+        n: string
+      }>`SELECT count(*)::text AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ${`%${text}%`} AND query NOT LIKE '%pg_stat_activity%'`,
+      (rows) => rows[0]!.n !== "0"
+    )
   const stats = Effect.map(Context.get(engine, Engine.Engine).stats, (st) => ({ ...st }))
-  return { server, proxy, s, a, run, who, backend, stats, probe }
+  return { server, proxy, s, a, run, who, backend, stats, probe, active }
 })
 
 /** The next unit on the pool's only connection: its pid, and that it starts clean (no transaction, no savepoint). */
@@ -94,7 +102,8 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
       Effect.gen(function* () {
         const env = yield* setup
         const { proxy, s, run } = env
-        for (const then of ["statement", "end"] as const) {
+        // `first`: the child's statement is the unit's first, its SAVEPOINT in the same write as the deferred BEGIN
+        for (const then of ["statement", "end", "first"] as const) {
           const [own, child, after] = [freshId(), freshId(), freshId()]
           const pid = yield* run(Session.transact(Session.connectionId))
           const destroyedBefore = (yield* env.stats).destroyed
@@ -104,7 +113,7 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
             run(
               Session.transact(
                 Effect.gen(function* () {
-                  yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
+                  if (then !== "first") yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
                   yield* proxy.holdNext(carries("SAVEPOINT sfx_statement"))
                   const fiber = yield* Effect.fork(
                     s`INSERT INTO win (id, who) SELECT ${child}, 'child ' || nextval('win_probe')`
@@ -113,7 +122,7 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
                   // nothing of the child's statement has been sent: the interruption returns at once
                   yield* Fiber.interrupt(fiber)
                   assert.isTrue(yield* proxy.holding, "the SAVEPOINT is still in flight")
-                  if (then === "statement") {
+                  if (then !== "end") {
                     // the unit's next statement waits for the guard to be undone, then runs in the transaction
                     const next = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${after}, 'after')`)
                     assert.isAbove(yield* proxy.releaseHeld, 0)
@@ -132,7 +141,14 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
           }
           yield* Fiber.join(unit)
           const rows = yield* env.who([own, child, after])
-          assert.deepStrictEqual(rows, then === "statement" ? { [own]: "own", [after]: "after" } : { [own]: "own" })
+          assert.deepStrictEqual(
+            rows,
+            then === "statement"
+              ? { [own]: "own", [after]: "after" }
+              : then === "end"
+                ? { [own]: "own" }
+                : { [after]: "after" }
+          )
           assert.strictEqual(yield* env.probe, probed, "the child's statement never reached the server")
           assert.strictEqual(yield* env.backend(pid), "idle")
           assert.strictEqual(yield* nextUnit(env), pid, "the same connection serves the next unit")
@@ -141,12 +157,64 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
       }).pipe(Effect.scoped)
   )
   it.effect(
+    "1b. the connection lost while the guard's ROLLBACK TO is in flight: ConnectionLost (retryable), nothing kept; retry: true commits once",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* setup
+        const { proxy, s, run } = env
+        for (const retry of [false, true]) {
+          const [own, child] = [freshId(), freshId()]
+          const attempts = yield* Ref.make(0)
+          const exit = yield* Effect.exit(
+            run(
+              Session.transact(
+                Effect.gen(function* () {
+                  const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
+                  yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
+                  if (attempt > 1) return
+                  yield* proxy.holdNext(carries("ROLLBACK TO SAVEPOINT sfx_statement"))
+                  // the child's write then a long sleep: the interruption cancels it, the guard rolls back to its
+                  // savepoint — and that ROLLBACK TO never arrives
+                  const fiber = yield* Effect.fork(
+                    s`INSERT INTO win (id, who) SELECT ${child}, 'child' FROM pg_sleep(30)`
+                  )
+                  yield* eventually(env.active("pg_sleep(30)"), "the child's statement runs")
+                  yield* Effect.fork(Fiber.interrupt(fiber))
+                  yield* eventually(proxy.holding, "the guard's ROLLBACK TO is held on its way to the server")
+                  assert.isAbove(yield* proxy.resetAll, 0)
+                  // the unit's next statement: the unit is aborted, its connection gone
+                  const next = yield* Effect.flip(s`INSERT INTO win (id, who) VALUES (${-own}, 'next')`)
+                  assert.include(String(next.message), "connection")
+                }),
+                retry ? { retry: true } : {}
+              )
+            )
+          )
+          const rows = yield* env.who([own, child, -own])
+          if (retry) {
+            assert.isTrue(Exit.isSuccess(exit), String(Exit.isFailure(exit) && exit.cause))
+            assert.strictEqual(yield* Ref.get(attempts), 2)
+            assert.deepStrictEqual(rows, { [own]: "own" })
+          } else {
+            const error = failureOf(exit) as { _tag?: string; retryable?: boolean } | undefined
+            assert.strictEqual(error?._tag, "ConnectionLost", String(Exit.isFailure(exit) && exit.cause))
+            assert.isTrue(error?.retryable)
+            assert.deepStrictEqual(rows, {})
+          }
+          const next = yield* nextUnit(env)
+          assert.strictEqual(yield* env.backend(next), "idle")
+        }
+      }).pipe(Effect.scoped)
+  )
+
+  it.effect(
     "2. interrupted after its guarded statement answered, before RELEASE: the frame is poisoned, the unit rolls back (StatementInterrupted), nothing kept",
     () =>
       Effect.gen(function* () {
         const env = yield* setup
         const { proxy, s, run } = env
-        for (const then of ["statement", "end", "retried"] as const) {
+        // `interrupted`: the unit's own fiber is interrupted while the child's RELEASE is in flight
+        for (const then of ["statement", "end", "retried", "interrupted"] as const) {
           const [own, child, after] = [freshId(), freshId(), freshId()]
           const pid = yield* run(Session.transact(Session.connectionId))
           const destroyedBefore = (yield* env.stats).destroyed
@@ -164,6 +232,7 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
             // the statement has answered: nothing is left to cancel, the interruption returns at once
             yield* Fiber.interrupt(fiber)
             assert.isTrue(yield* proxy.holding, "the RELEASE is still in flight")
+            if (then === "interrupted") return yield* Deferred.succeed(bodyDone, undefined).pipe(Effect.zipRight(Effect.never))
             if (then !== "end") {
               const next = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${after}, 'after')`)
               assert.isAbove(yield* proxy.releaseHeld, 0)
@@ -171,12 +240,16 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
             }
             yield* Deferred.succeed(bodyDone, undefined)
           })
-          const unit = yield* Effect.fork(
-            Effect.exit(run(Session.transact(body, then === "retried" ? { retry: true } : {})))
-          )
+          const unit = yield* Effect.fork(run(Session.transact(body, then === "retried" ? { retry: true } : {})))
           yield* Deferred.await(bodyDone)
-          if (then === "end") assert.isAbove(yield* proxy.releaseHeld, 0)
-          const exit = yield* Fiber.join(unit)
+          const interrupter = then === "interrupted" ? yield* Effect.fork(Fiber.interrupt(unit)) : undefined
+          if (then === "end" || then === "interrupted") {
+            // the unit's end waits for the frame the guard holds
+            assert.isTrue(Option.isNone(yield* Fiber.poll(unit)))
+            assert.isAbove(yield* proxy.releaseHeld, 0)
+          }
+          if (interrupter !== undefined) yield* Fiber.join(interrupter)
+          const exit = yield* Fiber.await(unit)
           const rows = yield* env.who([own, child, after])
           if (then === "retried") {
             // StatementInterrupted is retryable: the unit runs again in a fresh transaction and commits once
@@ -184,6 +257,10 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
             assert.strictEqual(yield* Ref.get(attempts), 2)
             assert.strictEqual(yield* Ref.get(hooks), 1)
             assert.deepStrictEqual(rows, { [own]: "own" })
+          } else if (then === "interrupted") {
+            assert.isTrue(Exit.isInterrupted(exit), String(exit))
+            assert.strictEqual(yield* Ref.get(hooks), 0)
+            assert.deepStrictEqual(rows, {}, "nothing of the unit is kept")
           } else {
             const error = failureOf(exit)
             assert.strictEqual(error?._tag, "StatementInterrupted", String(Exit.isFailure(exit) && exit.cause))
