@@ -625,8 +625,7 @@ layer(PgServer.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", exclu
                 )
                 const error = Exit.isFailure(exit)
                   ? (Option.getOrUndefined(Cause.failureOption(exit.cause)) as
-                      | { _tag?: string; retryable?: boolean; cause?: { _tag?: string } }
-                      | undefined)
+                      { _tag?: string; retryable?: boolean; cause?: { _tag?: string } } | undefined)
                   : undefined
                 assert.strictEqual(error?._tag, "CommitFailed", String(Exit.isFailure(exit) && exit.cause))
                 assert.strictEqual(error?.cause?._tag, "DuplicateKey")
@@ -635,7 +634,9 @@ layer(PgServer.layerReplicated({ replicas: 2 }), { timeout: "120 seconds", exclu
                 assert.strictEqual(hooks, 0)
                 assert.strictEqual(yield* tokenNow, before, "a failed COMMIT yields no token")
                 assert.strictEqual((yield* read(id, { consistency: "primary" })).v, 1, "nothing of the unit is kept")
-                const [n] = yield* sql<{ n: string }>`SELECT count(*)::text AS n FROM kv_deferred WHERE id IN (${x}, ${y})`
+                const [n] = yield* sql<{
+                  n: string
+                }>`SELECT count(*)::text AS n FROM kv_deferred WHERE id IN (${x}, ${y})`
                 assert.strictEqual(n!.n, "0")
                 if (key !== undefined) assert.strictEqual(yield* Session.outcome(key), "absent")
                 // the same connection: clean, its next writing unit commits with a token

@@ -55,15 +55,13 @@ const setup = Effect.gen(function* () {
     (rows) => Number(rows[0]!.n)
   )
   const who = (ids: ReadonlyArray<number>) =>
-    Effect.map(
-      a<{ id: number; who: string }>`SELECT id, who FROM win WHERE id IN ${a.in(ids)} ORDER BY id`,
-      (rows) => Object.fromEntries(rows.map((r) => [r.id, r.who]))
+    Effect.map(a<{ id: number; who: string }>`SELECT id, who FROM win WHERE id IN ${a.in(ids)} ORDER BY id`, (rows) =>
+      Object.fromEntries(rows.map((r) => [r.id, r.who]))
     )
   /** The backend's state as the server reports it: `idle` (no transaction), `idle in transaction`, … or gone. */
   const backend = (pid: number) =>
-    Effect.map(
-      a<{ state: string | null }>`SELECT state FROM pg_stat_activity WHERE pid = ${pid}`,
-      (rows) => (rows.length === 0 ? "gone" : String(rows[0]!.state))
+    Effect.map(a<{ state: string | null }>`SELECT state FROM pg_stat_activity WHERE pid = ${pid}`, (rows) =>
+      rows.length === 0 ? "gone" : String(rows[0]!.state)
     )
   /** Whether a statement with `text` in it runs on the server now. */
   const active = (text: string) =>
@@ -232,7 +230,8 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
             // the statement has answered: nothing is left to cancel, the interruption returns at once
             yield* Fiber.interrupt(fiber)
             assert.isTrue(yield* proxy.holding, "the RELEASE is still in flight")
-            if (then === "interrupted") return yield* Deferred.succeed(bodyDone, undefined).pipe(Effect.zipRight(Effect.never))
+            if (then === "interrupted")
+              return yield* Deferred.succeed(bodyDone, undefined).pipe(Effect.zipRight(Effect.never))
             if (then !== "end") {
               const next = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${after}, 'after')`)
               assert.isAbove(yield* proxy.releaseHeld, 0)
@@ -332,8 +331,7 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
               )
             )
             const error = failureOf(exit) as
-              | { _tag?: string; retryable?: boolean; cause?: { _tag?: string; code?: string } }
-              | undefined
+              { _tag?: string; retryable?: boolean; cause?: { _tag?: string; code?: string } } | undefined
             assert.strictEqual(error?._tag, "CommitFailed", String(Exit.isFailure(exit) && exit.cause))
             assert.strictEqual(error?.cause?._tag, v.tag)
             assert.isFalse(error?.retryable, "a constraint violation is not retryable")
@@ -451,7 +449,10 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
               )
             )
             if (retry) {
-              assert.isTrue(Exit.isSuccess(exit), `${name}, ${swallowed}: ${String(Exit.isFailure(exit) && exit.cause)}`)
+              assert.isTrue(
+                Exit.isSuccess(exit),
+                `${name}, ${swallowed}: ${String(Exit.isFailure(exit) && exit.cause)}`
+              )
               assert.strictEqual(yield* Ref.get(attempts), 2)
               assert.notStrictEqual(pids[1], pids[0], "the retry runs on a fresh connection")
               assert.deepStrictEqual(yield* env.who([id]), { [id]: name })
