@@ -363,45 +363,54 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
         const pid = yield* run(Session.transact(Session.connectionId))
         const destroyedBefore = (yield* env.stats).destroyed
         const tally = { completed: 0, undone: 0, poisoned: 0 }
-        const base = freshId() * 1000
-        yield* Effect.sync(() => (nextId += 1000))
-        for (let i = 0; i < 240; i++) {
-          const id = base + i
-          // around the timeout: the cancel lands before, while and after the statement ends on its own
-          const sleepMs = 2 + (i % 13)
-          const exit = yield* Effect.exit(
-            run(
-              Session.transact(
-                Effect.gen(function* () {
-                  yield* s`INSERT INTO win (id, who) VALUES (${id}, 'own')`
-                  const child = yield* Effect.either(
-                    Effect.timeout(
-                      s`INSERT INTO win (id, who) SELECT ${-id}, 'child' FROM pg_sleep(${sleepMs}::int / 1000.0)`,
-                      "8 millis"
+        // on loopback, then with 1 ms each way (the cancel travels through the proxy too: it lands later)
+        for (const [latency, rounds, timeout] of [
+          [0, 200, 8],
+          [1, 100, 12]
+        ] as const) {
+          yield* env.proxy.setLatency(latency)
+          const base = freshId() * 1000
+          yield* Effect.sync(() => (nextId += 1000))
+          for (let i = 0; i < rounds; i++) {
+            const id = base + i
+            // around the timeout: the cancel lands before, while and after the statement ends on its own
+            const sleepMs = 2 + (i % 13)
+            const exit = yield* Effect.exit(
+              run(
+                Session.transact(
+                  Effect.gen(function* () {
+                    yield* s`INSERT INTO win (id, who) VALUES (${id}, 'own')`
+                    const child = yield* Effect.either(
+                      Effect.timeout(
+                        s`INSERT INTO win (id, who) SELECT ${-id}, 'child' FROM pg_sleep(${sleepMs}::int / 1000.0)`,
+                        `${timeout} millis`
+                      )
                     )
-                  )
-                  // the next statement on the connection: never cancelled by the child's cancel
-                  yield* s`UPDATE win SET who = 'after' WHERE id = ${id}`
-                  return child._tag
-                })
+                    // the next statement on the connection: never cancelled by the child's cancel
+                    // (it runs for a few ms: a stray cancel would find it running)
+                    yield* s`UPDATE win SET who = 'after' FROM pg_sleep(0.003) WHERE id = ${id}`
+                    return child._tag
+                  })
+                )
               )
             )
-          )
-          const rows = yield* env.who([id, -id])
-          if (Exit.isSuccess(exit) && exit.value === "Right") {
-            tally.completed++
-            assert.deepStrictEqual(rows, { [-id]: "child", [id]: "after" })
-          } else if (Exit.isSuccess(exit)) {
-            tally.undone++
-            assert.deepStrictEqual(rows, { [id]: "after" }, "the timed-out statement is undone alone")
-          } else {
-            // interrupted after its statement answered, before its RELEASE: the unit rolled back, nothing kept
-            assert.strictEqual(failureOf(exit)?._tag, "StatementInterrupted", String(exit.cause))
-            tally.poisoned++
-            assert.deepStrictEqual(rows, {})
+            const rows = yield* env.who([id, -id])
+            if (Exit.isSuccess(exit) && exit.value === "Right") {
+              tally.completed++
+              assert.deepStrictEqual(rows, { [-id]: "child", [id]: "after" })
+            } else if (Exit.isSuccess(exit)) {
+              tally.undone++
+              assert.deepStrictEqual(rows, { [id]: "after" }, "the timed-out statement is undone alone")
+            } else {
+              // interrupted after its statement answered, before its RELEASE: the unit rolled back, nothing kept
+              assert.strictEqual(failureOf(exit)?._tag, "StatementInterrupted", String(exit.cause))
+              tally.poisoned++
+              assert.deepStrictEqual(rows, {})
+            }
           }
+          yield* Effect.log(`cancel race up to latency ${latency} ms (cumulative): ${JSON.stringify(tally)}`)
         }
-        yield* Effect.log(`cancel race: ${JSON.stringify(tally)}`)
+        yield* env.proxy.setLatency(0)
         assert.isAbove(tally.completed, 0, JSON.stringify(tally))
         assert.isAbove(tally.undone, 0, JSON.stringify(tally))
         assert.strictEqual(yield* nextUnit(env), pid, "the same connection serves the next unit")
