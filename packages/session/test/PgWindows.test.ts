@@ -206,69 +206,81 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
   )
 
   it.effect(
-    "2. interrupted after its guarded statement answered, before RELEASE: the frame is poisoned, the unit rolls back (StatementInterrupted), nothing kept",
+    "2. a guarded statement that answered: its fiber has its rows before RELEASE (an interruption then is too late to matter), the unit's next statement and its end wait for RELEASE; RELEASE lost aborts the unit; the unit interrupted meanwhile rolls back",
     () =>
       Effect.gen(function* () {
         const env = yield* setup
         const { proxy, s, run } = env
-        // `interrupted`: the unit's own fiber is interrupted while the child's RELEASE is in flight
-        for (const then of ["statement", "end", "retried", "interrupted"] as const) {
+        for (const then of ["statement", "end", "lost", "interrupted"] as const) {
           const [own, child, after] = [freshId(), freshId(), freshId()]
           const pid = yield* run(Session.transact(Session.connectionId))
           const destroyedBefore = (yield* env.stats).destroyed
-          const attempts = yield* Ref.make(0)
           const hooks = yield* Ref.make(0)
           const bodyDone = yield* Deferred.make<void>()
           const body = Effect.gen(function* () {
-            const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
             yield* Session.afterCommit(Ref.update(hooks, (n) => n + 1))
             yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
-            if (attempt > 1) return
             yield* proxy.holdNext(carries("RELEASE SAVEPOINT sfx_statement"))
-            const fiber = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${child}, 'child')`)
+            const fiber = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${child}, 'child') RETURNING id`)
+            // the child's statement answered and its fiber went on while its RELEASE is still on the way
+            const done = yield* Fiber.await(fiber)
+            assert.deepStrictEqual(done, Exit.succeed([{ id: child }]))
             yield* eventually(proxy.holding, "the guard's RELEASE is held on its way to the server")
-            // the statement has answered: nothing is left to cancel, the interruption returns at once
-            yield* Fiber.interrupt(fiber)
-            assert.isTrue(yield* proxy.holding, "the RELEASE is still in flight")
+            assert.isTrue(Exit.isSuccess(yield* Fiber.interrupt(fiber)), "too late to matter")
+            if (then === "lost") {
+              assert.isAbove(yield* proxy.resetAll, 0)
+              const next = yield* Effect.flip(s`INSERT INTO win (id, who) VALUES (${after}, 'after')`)
+              assert.include(String(next.message), "connection")
+              return
+            }
             if (then === "interrupted")
               return yield* Deferred.succeed(bodyDone, undefined).pipe(Effect.zipRight(Effect.never))
-            if (then !== "end") {
+            if (then === "statement") {
+              // the unit's next statement waits for RELEASE
               const next = yield* Effect.fork(s`INSERT INTO win (id, who) VALUES (${after}, 'after')`)
+              assert.isTrue(Option.isNone(yield* Fiber.poll(next)))
               assert.isAbove(yield* proxy.releaseHeld, 0)
               yield* Fiber.join(next)
             }
             yield* Deferred.succeed(bodyDone, undefined)
           })
-          const unit = yield* Effect.fork(run(Session.transact(body, then === "retried" ? { retry: true } : {})))
-          yield* Deferred.await(bodyDone)
+          const unit = yield* Effect.fork(
+            run(Session.transact(Effect.ensuring(body, Deferred.succeed(bodyDone, undefined))))
+          )
+          if (then !== "lost") yield* Deferred.await(bodyDone)
           const interrupter = then === "interrupted" ? yield* Effect.fork(Fiber.interrupt(unit)) : undefined
           if (then === "end" || then === "interrupted") {
-            // the unit's end waits for the frame the guard holds
+            // the unit's end waits for the frame the guard holds: COMMIT / ROLLBACK after RELEASE
             assert.isTrue(Option.isNone(yield* Fiber.poll(unit)))
             assert.isAbove(yield* proxy.releaseHeld, 0)
           }
           if (interrupter !== undefined) yield* Fiber.join(interrupter)
           const exit = yield* Fiber.await(unit)
           const rows = yield* env.who([own, child, after])
-          if (then === "retried") {
-            // StatementInterrupted is retryable: the unit runs again in a fresh transaction and commits once
-            assert.isTrue(Exit.isSuccess(exit))
-            assert.strictEqual(yield* Ref.get(attempts), 2)
+          if (then === "statement" || then === "end") {
+            assert.isTrue(Exit.isSuccess(exit), String(exit))
             assert.strictEqual(yield* Ref.get(hooks), 1)
-            assert.deepStrictEqual(rows, { [own]: "own" })
-          } else if (then === "interrupted") {
-            assert.isTrue(Exit.isInterrupted(exit), String(exit))
-            assert.strictEqual(yield* Ref.get(hooks), 0)
-            assert.deepStrictEqual(rows, {}, "nothing of the unit is kept")
+            assert.deepStrictEqual(
+              rows,
+              then === "statement"
+                ? { [own]: "own", [child]: "child", [after]: "after" }
+                : { [own]: "own", [child]: "child" }
+            )
           } else {
-            const error = failureOf(exit)
-            assert.strictEqual(error?._tag, "StatementInterrupted", String(Exit.isFailure(exit) && exit.cause))
+            if (then === "lost") {
+              const error = failureOf(exit) as { _tag?: string; retryable?: boolean } | undefined
+              assert.strictEqual(error?._tag, "ConnectionLost", String(exit))
+              assert.isTrue(error?.retryable)
+            } else assert.isTrue(Exit.isInterrupted(exit), String(exit))
             assert.strictEqual(yield* Ref.get(hooks), 0)
             assert.deepStrictEqual(rows, {}, "nothing of the unit is kept")
           }
-          assert.strictEqual(yield* env.backend(pid), "idle")
-          assert.strictEqual(yield* nextUnit(env), pid, "the same connection serves the next unit")
-          assert.strictEqual((yield* env.stats).destroyed, destroyedBefore)
+          const next = yield* nextUnit(env)
+          assert.strictEqual(yield* env.backend(next), "idle")
+          if (then !== "lost") {
+            assert.strictEqual(next, pid, "the same connection serves the next unit")
+            assert.strictEqual((yield* env.stats).destroyed, destroyedBefore)
+          }
         }
       }).pipe(Effect.scoped)
   )
@@ -402,7 +414,7 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
               tally.undone++
               assert.deepStrictEqual(rows, { [id]: "after" }, "the timed-out statement is undone alone")
             } else {
-              // interrupted after its statement answered, before its RELEASE: the unit rolled back, nothing kept
+              // interrupted after its statement answered, before its fiber went on: the unit rolled back, nothing kept
               assert.strictEqual(failureOf(exit)?._tag, "StatementInterrupted", String(exit.cause))
               tally.poisoned++
               assert.deepStrictEqual(rows, {})

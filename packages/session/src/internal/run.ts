@@ -212,12 +212,30 @@ export class Run implements CommandSpec {
         if (err !== undefined) return this.frame.afterFailure(err, () => this.fail(err))
         // from here an interruption is too late to undo it: the frame is poisoned instead (`Frame.exec`)
         this.applied = true
+        if (next === undefined) return this.releaseGuard(rows)
         this.guardStatement(dialect.releaseSavepoint(GUARD), () => {
           statementDone(state, undefined)
-          return next === undefined ? this.finish(undefined, rows) : next(rows)
+          next(rows)
         })
       })
       this.track(main)
+    })
+  }
+
+  /**
+   * The guarded statement took effect: its caller gets its rows at once, so an interruption of its fiber lands too
+   * late only in the instant before it resumes (as after KILL QUERY on MySQL), not for RELEASE's whole round trip.
+   * The frame stays taken until RELEASE has answered: the unit's next statement, and its end, wait for it. If RELEASE
+   * fails, the unit is aborted (it rolls back; the caller's statement had succeeded).
+   */
+  private releaseGuard(rows: unknown): void {
+    const state = this.frame.state
+    this.untrack()
+    this.resume!(Effect.succeed(shapeRows(this.req, rows)))
+    state.engine.controlStatement(state.pc, state.dialect.releaseSavepoint(GUARD), (err) => {
+      if (err !== undefined) state.apply({ _tag: "ControlFailed", cause: err })
+      else statementDone(state, undefined)
+      this.frame.lock.unsafeRelease()
     })
   }
 
