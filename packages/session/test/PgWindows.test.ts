@@ -367,6 +367,37 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
   )
 
   it.effect(
+    "3b. a forked fiber's statement in a transaction already failed: the unit ends as without it, CommitFailed with the first error",
+    () =>
+      Effect.gen(function* () {
+        const env = yield* setup
+        const { s, run } = env
+        for (const forked of [false, true]) {
+          const own = freshId()
+          const exit = yield* Effect.exit(
+            run(
+              Session.transact(
+                Effect.gen(function* () {
+                  yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
+                  // caught: the transaction is failed (25P02 from here on)
+                  yield* Effect.ignore(s`INSERT INTO win (id, who) VALUES (${own}, 'again')`)
+                  const later = s`SELECT 1`
+                  const failed = yield* Effect.flip(forked ? Effect.flatMap(Effect.fork(later), Fiber.join) : later)
+                  assert.include(String(failed.message), "aborted")
+                })
+              )
+            )
+          )
+          const error = failureOf(exit) as { _tag?: string; message?: string } | undefined
+          assert.strictEqual(error?._tag, "CommitFailed", `${forked}: ${String(exit)}`)
+          assert.include(error?.message, "duplicate key", `${forked}: ${String(exit)}`)
+          assert.deepStrictEqual(yield* env.who([own]), {})
+          assert.strictEqual(yield* env.backend(yield* nextUnit(env)), "idle")
+        }
+      }).pipe(Effect.scoped)
+  )
+
+  it.effect(
     "4. a cancel racing its statement's own completion never reaches the guard's ROLLBACK TO, the next statement or the next unit",
     () =>
       Effect.gen(function* () {
