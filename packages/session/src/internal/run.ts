@@ -203,7 +203,7 @@ export class Run implements CommandSpec {
     const state = this.frame.state
     const dialect = state.dialect
     this.track(undefined)
-    this.guardStatement(dialect.savepoint(GUARD), () => {
+    this.openGuard(() => {
       if (this.stopped) return this.undoGuard(interruptedError())
       let main: Command | undefined = undefined
       main = state.engine.startCommand(state.pc, part, (err, rows) => {
@@ -237,6 +237,18 @@ export class Run implements CommandSpec {
       else statementDone(state, undefined)
       this.frame.lock.unsafeRelease()
     })
+  }
+
+  /**
+   * The guard's SAVEPOINT, then `next`. If it fails, nothing of the statement ran: the failure is the transaction's
+   * (a transaction already failed refuses it, 25P02; a lost connection) and is taken as the statement's own
+   * (`Frame.afterFailure`), so the unit ends as without the guard — COMMIT refused with the transaction's first error.
+   */
+  private openGuard(next: () => void): void {
+    const state = this.frame.state
+    state.engine.controlStatement(state.pc, state.dialect.savepoint(GUARD), (err) =>
+      err === undefined ? next() : this.frame.afterFailure(err, () => this.fail(err))
+    )
   }
 
   /** The interrupted statement undone: back to its savepoint, which is released; the unit goes on. */
