@@ -367,7 +367,7 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
   )
 
   it.effect(
-    "3b. a forked fiber's statement in a transaction already failed: the unit ends as without it, CommitFailed with the first error",
+    "3b. a forked fiber's statement in a transaction already failed: the unit ends as without it, CommitFailed typed as the first error",
     () =>
       Effect.gen(function* () {
         const env = yield* setup
@@ -388,12 +388,53 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })("Postgr
               )
             )
           )
-          const error = failureOf(exit) as { _tag?: string; message?: string } | undefined
+          const error = failureOf(exit) as
+            { _tag?: string; message?: string; retryable?: boolean; cause?: { _tag?: string } } | undefined
           assert.strictEqual(error?._tag, "CommitFailed", `${forked}: ${String(exit)}`)
           assert.include(error?.message, "duplicate key", `${forked}: ${String(exit)}`)
+          // typed as the failure that caused it, as when a deferred constraint refuses COMMIT (window 3)
+          assert.strictEqual(error?.cause?._tag, "DuplicateKey")
+          assert.isFalse(error?.retryable)
           assert.deepStrictEqual(yield* env.who([own]), {})
           assert.strictEqual(yield* env.backend(yield* nextUnit(env)), "idle")
         }
+        // a caught failure that is retryable (a lock wait timeout): the refused COMMIT is too, and retry: true re-runs
+        // the unit, as a lock wait that aborts the unit would be retried
+        const [locked, own] = [freshId(), freshId()]
+        yield* env.a`INSERT INTO win (id, who) VALUES (${locked}, 'locked')`
+        const holding = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const holder = yield* Effect.fork(
+          env.a.withTransaction(
+            Effect.zipRight(
+              Effect.zipRight(
+                env.a`SELECT * FROM win WHERE id = ${locked} FOR UPDATE`,
+                Deferred.succeed(holding, undefined)
+              ),
+              Deferred.await(release)
+            )
+          )
+        )
+        yield* Deferred.await(holding)
+        const attempts = yield* Ref.make(0)
+        yield* run(
+          Session.transact(
+            Effect.gen(function* () {
+              const attempt = yield* Ref.updateAndGet(attempts, (n) => n + 1)
+              yield* s`INSERT INTO win (id, who) VALUES (${own}, 'own')`
+              const update = s`UPDATE win SET who = 'mine' WHERE id = ${locked}`
+              if (attempt > 1) return yield* update
+              // caught: the transaction is failed, COMMIT is refused
+              const waited = yield* Effect.flip(update)
+              assert.strictEqual(waited.message.includes("lock"), true, waited.message)
+              yield* Deferred.succeed(release, undefined)
+            }),
+            { retry: true, lockWaitTimeout: "100 millis" }
+          )
+        )
+        yield* Fiber.join(holder)
+        assert.strictEqual(yield* Ref.get(attempts), 2)
+        assert.deepStrictEqual(yield* env.who([own, locked]), { [own]: "own", [locked]: "mine" })
       }).pipe(Effect.scoped)
   )
 

@@ -11,7 +11,7 @@ import Cursor from "pg-cursor"
 import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
 import { AfterBegin, beginBefore, isBegin } from "./begin.js"
 import { commitKind, mayHaveWritten, TOKEN_AFTER, tokenOf, TRACKED_COMMIT } from "./commitToken.js"
-import { mark } from "./errors.js"
+import { isFatal, mark } from "./errors.js"
 
 /** Rows asked of the server by a cursor's first read; later reads ask for about `BATCH_BYTES` of rows. */
 const BATCH = 128
@@ -119,15 +119,29 @@ class PgConnection implements RawConnection {
     return mark(err, this.gone)
   }
 
-  /** A COMMIT of a failed transaction answers ROLLBACK: it is a refused COMMIT, with the failure that caused it. */
+  /**
+   * A COMMIT of a failed transaction answers ROLLBACK: it is a refused COMMIT, classified as the failure that caused
+   * it (its SQLSTATE and details: a caught duplicate key is `DuplicateKey`, a caught deadlock `Deadlock`, retryable —
+   * as a COMMIT refused by a deferred constraint, or a deadlock that aborts a unit on MariaDB); 25P02 when there is
+   * none, or when it was one that ends a connection (that is not what happened to this COMMIT).
+   */
   private commitRefused(failure: unknown): Error {
-    const first = failure as { readonly message?: unknown } | undefined
+    const first = (failure ?? {}) as Record<string, unknown>
+    const own = typeof first.code === "string" && !isFatal(failure)
     return mark(
       Object.assign(
         new Error(
-          `COMMIT rolled the transaction back: it had failed earlier${first?.message !== undefined ? ` (${String(first.message)})` : ""}`
+          `COMMIT rolled the transaction back: it had failed earlier${first.message !== undefined ? ` (${String(first.message)})` : ""}`
         ),
-        { code: "25P02", cause: failure }
+        own
+          ? {
+              code: first.code,
+              detail: first.detail,
+              constraint: first.constraint,
+              column: first.column,
+              cause: failure
+            }
+          : { code: "25P02", cause: failure }
       )
     )
   }
