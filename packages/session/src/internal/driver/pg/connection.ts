@@ -76,6 +76,8 @@ class PgConnection implements RawConnection {
   private settingsInTransaction = false
   /** A BEGIN answered but not yet sent: it goes in the same write as the next command (`begin.ts`). */
   private pendingBegin: string | undefined = undefined
+  /** Failed commands waiting for their ReadyForQuery (`afterReady`); called when the connection is destroyed. */
+  private readonly waitingReady = new Set<() => void>()
   /** The cursor streaming now, paused by the core for backpressure. */
   private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
 
@@ -117,6 +119,34 @@ class PgConnection implements RawConnection {
   private error(err: unknown): unknown {
     this.lastError = err
     return mark(err, this.gone)
+  }
+
+  /** A command failed: its error (recorded now, for the ReadyForQuery's listener) once it has ended (`afterReady`). */
+  private failed(err: unknown, cb: ReplyCallback): void {
+    this.lastError = err
+    this.afterReady(() => cb(mark(err, this.gone), undefined))
+  }
+
+  /**
+   * `fn` once the ReadyForQuery that ends a failed command has arrived, or at once if the client is ready or gone.
+   * node-postgres calls a query back at its ErrorResponse, before that ReadyForQuery: until it arrives the client's
+   * transaction status is the previous command's, the next command would queue behind it, and the backend still
+   * reports the failed statement as running (the server flushes an error before it goes idle). A command ends with
+   * its ReadyForQuery, a failed one too.
+   */
+  private afterReady(fn: () => void): void {
+    const client = this.client as unknown as { readonly readyForQuery?: boolean }
+    if (client.readyForQuery === true || this.gone) return fn()
+    const go = () => {
+      this.protocol.removeListener("readyForQuery", go)
+      this.client.removeListener("end", go)
+      this.waitingReady.delete(go)
+      fn()
+    }
+    // after the client's own listener, which records the status
+    this.protocol.on("readyForQuery", go)
+    this.client.once("end", go)
+    this.waitingReady.add(go)
   }
 
   /** A COMMIT of a failed transaction answers ROLLBACK: it is a refused COMMIT, with the failure that caused it. */
@@ -161,7 +191,7 @@ class PgConnection implements RawConnection {
     ) as Pg.QueryConfig
     try {
       const callback = (err: unknown, result: Result) => {
-        if (err) return cb(this.error(err), undefined)
+        if (err) return this.failed(err, cb)
         const rolledBack = this.track(sql, result)
         const done = () =>
           commit || (sql === "COMMIT" && result.command === "ROLLBACK")
@@ -193,8 +223,8 @@ class PgConnection implements RawConnection {
       this.client.query({ text: TRACKED_COMMIT } as Pg.QueryConfig, (err: unknown, out: unknown) => {
         const results = out as Array<Result>
         this.protocol.removeListener("commandComplete", onComplete)
-        if (err && !committed) return cb(this.error(err), undefined)
-        if (err) return this.withToken(this.reply([]), false, cb)
+        if (err && !committed) return this.failed(err, cb)
+        if (err) return this.afterReady(() => this.withToken(this.reply([]), false, cb))
         const [first, commit, token] = results
         this.track("COMMIT", commit!)
         const kind = commitKind(first?.rows[0] as Record<string, unknown> | undefined)
@@ -380,6 +410,7 @@ class PgConnection implements RawConnection {
   readonly destroy = (): void => {
     this.gone = true
     this.pendingBegin = undefined
+    for (const go of [...this.waitingReady]) go()
     try {
       ;(this.protocol as { stream?: { destroy?: () => void } }).stream?.destroy?.()
     } catch {
