@@ -46,6 +46,8 @@ export interface Db {
   readonly openTransactions: Effect.Effect<number, Error>
   /** Connections of the application user the server holds now. */
   readonly appConnections: Effect.Effect<number, Error>
+  /** Statements of the application user waiting for a row lock now (InnoDB's LOCK WAIT / a `Lock` wait event). */
+  readonly lockWaits: Effect.Effect<number, Error>
   /** Whether the server still holds connection `id`. */
   readonly holds: (id: number) => Effect.Effect<boolean, Error>
   /** A superuser transaction holding `lockSql`'s row locks for the scope (rolled back and closed on release). */
@@ -94,6 +96,17 @@ const mariadb = (server: Admin.Server): Db => ({
     Admin.query<{ n: string }>(server, `SELECT COUNT(*) AS n FROM information_schema.processlist WHERE user = ?`, [
       server.username
     ]),
+    (rows) => Number(rows[0]?.n ?? 0)
+  ),
+  // (innodb_trx is refreshed only after 100 ms without a read: poll it more slowly, `trxPoll`)
+  lockWaits: Effect.map(
+    Admin.query<{ n: string }>(
+      server,
+      `SELECT COUNT(*) AS n FROM information_schema.innodb_trx t
+         JOIN information_schema.processlist p ON t.trx_mysql_thread_id = p.id
+        WHERE p.user = ? AND t.trx_state = 'LOCK WAIT'`,
+      [server.username]
+    ),
     (rows) => Number(rows[0]?.n ?? 0)
   ),
   holds: (id) =>
@@ -194,6 +207,9 @@ const postgres = (server: PgService): Db => {
       server.username
     ]),
     appConnections: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ?`, [server.username]),
+    lockWaits: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ? AND wait_event_type = 'Lock'`, [
+      server.username
+    ]),
     holds: (id) =>
       Effect.map(count(`SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ?::int`, [id]), (n) => n > 0),
     holdLocks: (lockSql) =>
