@@ -254,7 +254,16 @@ export interface TopologyTexts {
 export interface KeysTexts {
   readonly create: string
   readonly insert: string
+  /**
+   * Answers a row when the key is committed; waits for a transaction that has inserted the key and not yet ended (so
+   * the answer is that unit's outcome, never an answer given before it has one).
+   */
   readonly find: string
+  /**
+   * Set when `find` waits by writing (PostgreSQL: a read does not wait for an uncommitted row, an insert into its
+   * unique index does): `find` then runs after `begin` and before `end` (a ROLLBACK), on one connection.
+   */
+  readonly findWithin?: { readonly begin: string; readonly end: string }
   /** Deletes up to `PRUNE_BATCH` keys committed more than `?` seconds ago. */
   readonly prune: string
 }
