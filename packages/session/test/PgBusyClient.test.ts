@@ -60,13 +60,14 @@ proto.query = function (this: ClientState, ...args: Array<unknown>) {
   }
   return original.apply(this, args)
 }
-// the first ReadyForQuery (end of the startup) marks the client as watched
+// the first ReadyForQuery (the end of the startup) marks the client as watched, before the client's own handling of
+// it (which calls the connect callback while it does not yet count itself idle)
 const connect = (Pg.Client.prototype as unknown as { connect: (...args: Array<unknown>) => unknown }).connect
 ;(Pg.Client.prototype as unknown as { connect: (...args: Array<unknown>) => unknown }).connect = function (
-  this: ClientState & { once(event: string, f: () => void): void },
+  this: ClientState & { readonly connection: { once(event: string, f: () => void): void } },
   ...args: Array<unknown>
 ) {
-  this.once("connect", () => {
+  this.connection.once("readyForQuery", () => {
     this.__ready = true
   })
   return connect.apply(this, args)
