@@ -13,6 +13,7 @@ import { Engine, Session } from "@sessionfx/session"
 import { PgServer } from "@sessionfx/testing"
 import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -35,8 +36,8 @@ interface ClientState {
   __ready?: boolean
 }
 
-/** Calls of `client.query` on a busy client: what was asked, and what the client was doing. */
-const busyCalls: Array<string> = []
+/** Calls of `client.query` on a busy client: the client, what was asked, and what the client was doing. */
+const busyCalls: Array<{ readonly client: unknown; readonly call: string }> = []
 const warnings: Array<string> = []
 
 const textOf = (q: unknown): string =>
@@ -53,9 +54,10 @@ proto.query = function (this: ClientState, ...args: Array<unknown>) {
   if (this._connected && this._queryable && !this._ending && this.__ready === true) {
     const active = this._activeQuery
     if (active != null || this._queryQueue.length > 0 || this.readyForQuery !== true) {
-      busyCalls.push(
-        `${textOf(args[0])} while ${active != null ? textOf(active) : this._queryQueue.length > 0 ? textOf(this._queryQueue[0]) : "a reply is awaited"}`
-      )
+      busyCalls.push({
+        client: this,
+        call: `${textOf(args[0])} while ${active != null ? textOf(active) : this._queryQueue.length > 0 ? textOf(this._queryQueue[0]) : "a reply is awaited"}`
+      })
     }
   }
   return original.apply(this, args)
@@ -78,7 +80,10 @@ process.on("warning", (w) => {
 
 /** Nothing was asked of a busy client since `from` (the index in `busyCalls` when the scenario began). */
 const assertNoBusyCalls = (from: number) => {
-  assert.deepStrictEqual(busyCalls.slice(from), [])
+  assert.deepStrictEqual(
+    busyCalls.slice(from).map((b) => b.call),
+    []
+  )
   assert.deepStrictEqual(warnings, [])
 }
 
@@ -112,16 +117,19 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
     it.effect("the watcher records a query made on a busy client (so the assertions below can fail)", () =>
       Effect.gen(function* () {
         const server = yield* PgServer.PgServer
-        const from = busyCalls.length
+        const client = new Pg.Client({ connectionString: Redacted.value(server.url) })
         yield* Effect.promise(async () => {
-          const client = new Pg.Client({ connectionString: Redacted.value(server.url) })
           await client.connect()
           // two at once: node-postgres queues the second behind the first
           await Promise.all([client.query("SELECT pg_sleep(0.05)"), client.query("SELECT 1")])
           await client.end()
         })
-        assert.deepStrictEqual(busyCalls.slice(from), ["SELECT 1 while SELECT pg_sleep(0.05)"])
-        busyCalls.length = from
+        const mine = busyCalls.filter((b) => b.client === client)
+        assert.deepStrictEqual(
+          mine.map((b) => b.call),
+          ["SELECT 1 while SELECT pg_sleep(0.05)"]
+        )
+        for (const b of mine) busyCalls.splice(busyCalls.indexOf(b), 1)
       })
     )
 
@@ -158,6 +166,52 @@ layer(Layer.provideMerge(EngineLive, PgServer.layer()), { timeout: 120_000, excl
           assert.deepStrictEqual(
             rows.map((r) => r[0]!.n),
             Array.from({ length: UNITS }, (_, i) => i)
+          )
+          assertNoBusyCalls(from)
+        }).pipe(Effect.scoped)
+    )
+
+    it.effect(
+      "forked fibers' statements in many units interrupted at once: each undone alone, every unit commits, no busy client",
+      () =>
+        Effect.gen(function* () {
+          const s = yield* SqlClient.SqlClient
+          const running = runningOn(yield* adminClient)
+          yield* s`CREATE TABLE IF NOT EXISTS busy_acct (id INT PRIMARY KEY, balance BIGINT NOT NULL)`
+          const from = busyCalls.length
+          const marker = `child_${freshId()}`
+          const ids = Array.from({ length: UNITS }, () => freshId())
+          const started = yield* Deferred.make<void>()
+          const children: Array<Fiber.RuntimeFiber<unknown, unknown>> = []
+          const unit = (id: number) =>
+            Session.transact(
+              Effect.gen(function* () {
+                yield* s`INSERT INTO busy_acct (id, balance) VALUES (${id}, 1)`
+                // the child's write and its sleep in one statement, under a savepoint of its own
+                children.push(
+                  yield* Effect.fork(
+                    s.unsafe(
+                      `WITH w AS (UPDATE busy_acct SET balance = 100 WHERE id = ${id} RETURNING 1) SELECT pg_sleep(30) FROM w /* ${marker} */`
+                    )
+                  )
+                )
+                yield* Deferred.await(started)
+                yield* s`UPDATE busy_acct SET balance = balance + 1 WHERE id = ${id}`
+              })
+            )
+          const units = yield* Effect.fork(Effect.forEach(ids, unit, { concurrency: "unbounded" }))
+          yield* eventually(
+            Effect.map(running(marker), (n) => n === UNITS),
+            "every child's statement runs"
+          )
+          yield* Fiber.interruptAll(children)
+          assert.strictEqual(yield* running(marker), 0)
+          yield* Deferred.succeed(started, undefined)
+          yield* Fiber.join(units)
+          const rows = yield* s<{ balance: string }>`SELECT balance FROM busy_acct WHERE id IN ${s.in(ids)}`
+          assert.deepStrictEqual(
+            rows.map((r) => r.balance),
+            ids.map(() => "2")
           )
           assertNoBusyCalls(from)
         }).pipe(Effect.scoped)
