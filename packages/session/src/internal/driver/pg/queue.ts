@@ -1,12 +1,15 @@
 /**
- * One query at a time on a node-postgres client. pg 8 queues a `client.query()` made while another query runs (and
- * warns that pg 9 will refuse it); the driver never makes one: every query of a connection (the core's commands, a
+ * One query at a time on a node-postgres client. pg 8 queues a `client.query()` made while another query runs (with a
+ * DeprecationWarning: pg 9 drops that queue); the driver never makes one: every query of a connection (the core's commands, a
  * stream's BEGIN / savepoint / cursor and its ROLLBACK TO, the commit token, a reassertion of settings) and every
  * statement of the engine's control connection (`pg_cancel_backend` of several interruptions at once) goes through
  * this queue, which gives the client the next one only after the ReadyForQuery that ends the previous one.
  *
  * A query's callback runs before that ReadyForQuery when it fails (at the ErrorResponse) and inside the client's own
- * ReadyForQuery handling when it succeeds: what it sends next waits here until the client is idle, in order.
+ * ReadyForQuery handling when it succeeds: what it sends next waits here until the client is idle, in order. Every
+ * query the driver gives is answered by exactly one ReadyForQuery (one Sync each: a statement, BEGIN with the next
+ * statement, a cursor through its close or its error), and node-postgres refuses none of them before sending (text
+ * always, values always an array); a closed client fails what it is given at once.
  *
  * @internal
  */
