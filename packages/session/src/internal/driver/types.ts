@@ -62,7 +62,11 @@ export interface RowStream {
   readonly skipRest: () => void
 }
 
-/** One connection to the server, as the core uses it. @internal */
+/**
+ * One connection to the server, as the core uses it. A command may be given while another is in flight (the engine's
+ * control connection: the KILLs of several interruptions at once): the connection runs them one after the other, in
+ * order, each started once the one before has been answered in full. @internal
+ */
 export interface RawConnection {
   /** The server's id of this connection (what a KILL names). */
   readonly threadId: number

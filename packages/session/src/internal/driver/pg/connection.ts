@@ -2,16 +2,18 @@
  * A node-postgres connection behind the seam (`RawConnection`): every reply carries the transaction status of the
  * ReadyForQuery that ended it (`I` idle, `T` in a transaction, `E` in a failed transaction), statements go through
  * the extended protocol (one statement per command, values never in the text), and streamed rows are read through
- * a cursor in batches, the next batch asked for only while the consumer is not paused.
+ * a cursor in batches, the next batch asked for only while the consumer is not paused. The client is given one
+ * query at a time (`ClientQueue`): what the connection sends while a query runs waits for its ReadyForQuery.
  *
  * @internal
  */
 import * as Pg from "pg"
 import Cursor from "pg-cursor"
 import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
-import { AfterBegin, beginBefore, isBegin } from "./begin.js"
+import { AfterBegin, isBegin } from "./begin.js"
 import { commitKind, mayHaveWritten, TOKEN_AFTER, tokenOf, TRACKED_COMMIT } from "./commitToken.js"
 import { mark } from "./errors.js"
+import { ClientQueue } from "./queue.js"
 
 /** Rows asked of the server by a cursor's first read; later reads ask for about `BATCH_BYTES` of rows. */
 const BATCH = 128
@@ -63,6 +65,8 @@ const rowsOf = (result: Result): unknown => {
 class PgConnection implements RawConnection {
   readonly threadId: number
   private readonly protocol: Protocol
+  /** Every query of this connection, one at a time. */
+  private readonly queue: ClientQueue
   /** Gone: closed by the server, the network or `destroy`. */
   private gone = false
   /** A ParameterStatus arrived (the server reports a change of a reported setting) since the last command began. */
@@ -95,6 +99,7 @@ class PgConnection implements RawConnection {
     // an error nobody listens for must never reach the process
     client.on("error", ignore)
     client.on("end", () => (this.gone = true))
+    this.queue = new ClientQueue(client, this.protocol)
     this.protocol.on("parameterStatus", () => (this.parameterChanged = true))
     // before the client's own listener (which calls the query back): the first error of a failed transaction
     this.protocol.prependListener("readyForQuery", (msg: { status?: string }) => {
@@ -165,7 +170,11 @@ class PgConnection implements RawConnection {
   readonly query = (sql: string, rowsAsArray: boolean, cb: ReplyCallback): void =>
     this.execute(sql, [], rowsAsArray, cb)
 
-  readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void => {
+  readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void =>
+    this.queue.then(() => this.run(sql, values, rowsAsArray, cb))
+
+  /** One command, the client idle: the transaction status it reads is the last reply's. */
+  private run(sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void {
     if (this.pendingBegin === undefined && isBegin(sql, values) && statusOf(this.client) === "I" && !this.gone) {
       return this.deferBegin(sql, cb)
     }
@@ -202,8 +211,8 @@ class PgConnection implements RawConnection {
         if (!rolledBack) return done()
         this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
       }
-      if (begin === undefined) this.client.query(config, callback)
-      else this.client.query(new AfterBegin(begin, config, callback) as unknown as Pg.QueryConfig)
+      if (begin === undefined) this.queue.send(config, callback)
+      else this.queue.send(new AfterBegin(begin, config, callback))
     } catch (e) {
       cb(this.error(e), undefined)
     }
@@ -220,7 +229,7 @@ class PgConnection implements RawConnection {
     }
     this.protocol.on("commandComplete", onComplete)
     try {
-      this.client.query({ text: TRACKED_COMMIT } as Pg.QueryConfig, (err: unknown, out: unknown) => {
+      this.queue.send({ text: TRACKED_COMMIT } as Pg.QueryConfig, (err: unknown, out: unknown) => {
         const results = out as Array<Result>
         this.protocol.removeListener("commandComplete", onComplete)
         if (err && !committed) return this.failed(err, cb)
@@ -245,7 +254,7 @@ class PgConnection implements RawConnection {
    * synchronous; unknown, the insert position, past the commit either way). Without an answer, no token.
    */
   private withToken(reply: Reply, sync: boolean, cb: ReplyCallback): void {
-    this.client.query({ text: TOKEN_AFTER } as Pg.QueryConfig, (err: unknown, result: Result) =>
+    this.queue.submit({ text: TOKEN_AFTER } as Pg.QueryConfig, (err: unknown, result: Result) =>
       cb(null, err ? reply : { ...reply, token: tokenOf(result.rows[0] as Record<string, unknown>, sync) })
     )
   }
@@ -286,7 +295,7 @@ class PgConnection implements RawConnection {
   /** Sets again, for the session, the settings a rollback undid: the server's match what the core believes. */
   private reassert(cb: (err: unknown) => void): void {
     const parts = [...this.settings].map(([name, value]) => `set_config('${name}', '${value}', false)`)
-    this.client.query({ text: `SELECT ${parts.join(", ")}`, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) =>
+    this.queue.submit({ text: `SELECT ${parts.join(", ")}`, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) =>
       cb(err)
     )
   }
@@ -299,7 +308,7 @@ class PgConnection implements RawConnection {
     let ended: Result | undefined = undefined
     let settled = false
     let skipping = false
-    const guarded = this.openStreamGuard(cursor)
+    let guarded = false
     const settle = (err: unknown, result: Result | undefined) => {
       if (settled) return
       settled = true
@@ -327,12 +336,9 @@ class PgConnection implements RawConnection {
         else read()
       })
     }
-    try {
-      this.client.query(cursor)
-    } catch (e) {
-      settle(e, undefined)
-      return { skipRest: ignore }
-    }
+    this.queue.then(() => {
+      guarded = this.openStreamGuard(cursor)
+    })
     read()
     return {
       skipRest: () => {
@@ -350,15 +356,23 @@ class PgConnection implements RawConnection {
   /**
    * Inside a transaction a stream's statement runs under a savepoint of its own: a cancel that stops it after its
    * consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of failing
-   * the whole transaction. A deferred BEGIN is sent first, as a command of its own; the cursor is not sent if it
-   * failed. True when the stream is guarded.
+   * the whole transaction. A deferred BEGIN is sent first, as a command of its own; neither the savepoint nor the
+   * cursor is sent if it failed (the cursor fails with its error). Sends the first and queues the rest, the client
+   * idle. True when the stream is guarded.
    */
   private openStreamGuard(cursor: Cursor): boolean {
     const begin = this.pendingBegin
     this.pendingBegin = undefined
     const guarded = begin !== undefined || statusOf(this.client) === "T"
-    if (begin !== undefined) beginBefore(this.client, begin, cursor)
-    if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    let failed: unknown = undefined
+    if (begin !== undefined) this.queue.send(extended(begin), (err: unknown) => (failed = err ?? undefined))
+    this.queue.then(() => {
+      if (guarded && failed === undefined) this.queue.send(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    })
+    this.queue.then(() => {
+      if (failed === undefined) this.queue.send(cursor)
+      else (cursor as unknown as { handleError(e: unknown): void }).handleError(failed)
+    })
     return guarded
   }
 
@@ -370,11 +384,11 @@ class PgConnection implements RawConnection {
     const again = (err: unknown) =>
       codeOf(err) === "57014" && attempt < 5 ? this.endGuard(true, cb, attempt + 1) : cb(err)
     const release = () =>
-      this.client.query(extended(`RELEASE SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+      this.queue.submit(extended(`RELEASE SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
         err ? again(err) : cb(null)
       )
     if (!undo) return void release()
-    this.client.query(extended(`ROLLBACK TO SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+    this.queue.submit(extended(`ROLLBACK TO SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
       err ? again(err) : release()
     )
   }
@@ -417,6 +431,7 @@ class PgConnection implements RawConnection {
       // already gone
     }
     this.client.end().catch(ignore)
+    this.queue.close()
   }
   readonly onGone = (listener: (err: unknown) => void): (() => void) => {
     const client = this.client
@@ -447,5 +462,7 @@ export const connector =
       } else cb(null, new PgConnection(client, tracking))
     }
     client.once("error", done)
-    client.connect((err: unknown) => done(err))
+    // node-postgres calls back inside its handling of the first ReadyForQuery, before it counts itself idle: the
+    // connection is lent once that handling is over
+    client.connect((err: unknown) => (err ? done(err) : queueMicrotask(() => done(undefined))))
   }
