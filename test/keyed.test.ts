@@ -4,7 +4,15 @@
  * server loss and COMMIT against a black-holed server (guarantee 15) are in keyedFaults.test.ts, on MariaDB and
  * PostgreSQL. Faults come from the FaultProxy; every verdict counts rows on the server.
  */
-import { assert, layer } from "@effect/vitest"
+/**
+ * Adversarial tests of keyed units (issue 12 #9, #14; guarantee 16), on MariaDB and on PostgreSQL from this one file:
+ * a keyed unit is applied at most once — across retries, interruption at any point and a new Engine — and its
+ * outcome can be asked for, also while the unit holding the key still runs (the answer waits for it). Lost COMMIT
+ * replies, server loss and COMMIT against a black-holed server (guarantee 15) are in keyedFaults.test.ts. Faults come
+ * from the FaultProxy; every verdict counts rows on the server (test/support/db.ts: the superuser side).
+ */
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, layer, type Vitest } from "@effect/vitest"
 import { Engine, Session, SessionError } from "@sessionfx/session"
 import { FaultProxy, Prng } from "@sessionfx/testing"
 import * as Deferred from "effect/Deferred"
@@ -12,50 +20,77 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import { type Db, type DbName, DbTag, dialects } from "./support/db.js"
+import { freshKey, untilApplied } from "./support/keyed.js"
 import {
-  adminQuery,
-  count,
+  eventually,
   expectTag,
   failureOf,
   freshId,
   repeat,
   rootTag,
-  serverLayer,
   show,
-  sql,
   suiteOptions,
-  theServer,
-  withEngine
+  trxPoll
 } from "./support/unit.js"
-import { freshKey, untilApplied } from "./support/keyed.js"
 
-const schema = [
-  // no unique constraint on k: a unit applied twice shows as two rows
-  `CREATE TABLE IF NOT EXISTS applied (id INT AUTO_INCREMENT PRIMARY KEY, k VARCHAR(100) NOT NULL, n INT NOT NULL)`,
+const sql = SqlClient.SqlClient
+
+/** The suite's tables; no unique constraint on k: a unit applied twice shows as two rows. */
+const schema = (name: DbName) => [
+  name === "postgres"
+    ? `CREATE TABLE IF NOT EXISTS applied (id SERIAL PRIMARY KEY, k VARCHAR(100) NOT NULL, n INT NOT NULL)`
+    : `CREATE TABLE IF NOT EXISTS applied (id INT AUTO_INCREMENT PRIMARY KEY, k VARCHAR(100) NOT NULL, n INT NOT NULL)`,
   `CREATE TABLE IF NOT EXISTS plain (id INT PRIMARY KEY)`
 ]
 
-const suite = Layer.effectDiscard(Effect.forEach(schema, (s) => adminQuery(s), { discard: true })).pipe(
-  Layer.provideMerge(serverLayer())
-)
+/** One statement as the superuser (its own connection); a failure is a defect of the test. */
+const adminQuery = <A = Record<string, any>>(statement: string, params: ReadonlyArray<unknown> = []) =>
+  Effect.flatMap(DbTag, (db) => Effect.orDie(db.query<A>(statement, params)))
+
+/** Committed rows of `table` matching `where`, as the server sees them. */
+const count = (table: string, where: string, params: ReadonlyArray<unknown>) =>
+  Effect.map(adminQuery<{ n: string | number }>(`SELECT COUNT(*) AS n FROM ${table} WHERE ${where}`, params), (rows) =>
+    Number(rows[0]?.n ?? 0)
+  )
 
 /** The keyed unit's own write: one row per application. */
 const apply = (key: string, n = 1) => Effect.flatMap(sql, (s) => s`INSERT INTO applied (k, n) VALUES (${key}, ${n})`)
 
 const applications = (key: string) => count("applied", "k = ?", [key])
 
+/** A statement that sleeps 50 ms on the server (inside the unit: its key lock is held that long). */
+const nap = Effect.flatMap(sql, (s) =>
+  s.onDialectOrElse({ pg: () => s`SELECT pg_sleep(0.05)`, orElse: () => s`SELECT SLEEP(0.05)` })
+)
+
+/** An Engine (and its autocommit `SqlClient`) on the suite's server, for `effect`. */
+const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
+  Effect.flatMap(DbTag, (db) =>
+    Effect.provide(
+      effect,
+      Engine.layer({
+        connectTimeout: "5 seconds",
+        killGrace: "1 second",
+        ...options,
+        url: options.url ?? db.url,
+        pool: { size: 2, acquireTimeout: "10 seconds", ...options.pool }
+      } as Engine.EngineOptions)
+    )
+  )
+
 /** A proxy in front of the suite's server and an Engine through it, for one scoped test. */
 const viaProxy = <A, E, R>(
-  body: (proxy: FaultProxy.FaultProxy["Type"]) => Effect.Effect<A, E, R>,
+  body: (proxy: FaultProxy.FaultProxy["Type"], db: Db) => Effect.Effect<A, E, R>,
   options: Partial<Engine.EngineOptions> = {}
 ) =>
   Effect.gen(function* () {
-    const server = yield* theServer
-    const proxy = yield* FaultProxy.make({ target: { host: server.host, port: server.port } })
+    const db = yield* DbTag
+    const proxy = yield* FaultProxy.make({ target: { host: db.host, port: db.port } })
     return yield* withEngine(
-      Effect.ensuring(body(proxy), Effect.zipRight(proxy.blackhole(false), proxy.setLatency(0))),
+      Effect.ensuring(body(proxy, db), Effect.zipRight(proxy.blackhole(false), proxy.setLatency(0))),
       {
-        url: proxy.urlFor(server),
+        url: proxy.urlFor(db),
         connectTimeout: "2 seconds",
         killGrace: "500 millis",
         commitTimeout: "1 second",
@@ -65,7 +100,15 @@ const viaProxy = <A, E, R>(
     )
   })
 
-layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
+/** Tables of the database the application uses (MariaDB: its database; PostgreSQL: its schema). */
+const tables = (name: DbName) =>
+  adminQuery<{ t: string }>(
+    name === "postgres"
+      ? "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = current_schema()"
+      : "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()"
+  )
+
+const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
   it.effect("the keyed API's types: createKeyTable, outcome, AlreadyApplied", () =>
     Effect.sync(() => {
       const create: Effect.Effect<void, SessionError.SessionError, Engine.Engine> = Session.createKeyTable
@@ -79,15 +122,11 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
   it.effect("Session.createKeyTable is idempotent (sequential and concurrent) and creates a table", () =>
     withEngine(
       Effect.gen(function* () {
-        const before = yield* adminQuery<{ t: string }>(
-          "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()"
-        )
+        const before = yield* tables(name)
         yield* Session.createKeyTable
         yield* Session.createKeyTable
         yield* Effect.all([Session.createKeyTable, Session.createKeyTable, Session.createKeyTable], { concurrency: 3 })
-        const after = yield* adminQuery<{ t: string }>(
-          "SELECT table_name AS t FROM information_schema.tables WHERE table_schema = DATABASE()"
-        )
+        const after = yield* tables(name)
         const created = after.map((r) => r.t).filter((t) => !before.some((b) => b.t === t))
         assert.isTrue(
           created.length === 1 || after.some((r) => /key/i.test(r.t)),
@@ -177,39 +216,59 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
     )
   )
 
-  it.effect("Session.outcome never says committed before the unit's COMMIT; after it, it does", () =>
-    withEngine(
-      Effect.gen(function* () {
-        yield* Session.createKeyTable
-        const key = freshKey("inflight")
-        const written = yield* Deferred.make<void>()
-        const release = yield* Deferred.make<void>()
-        const unit = yield* Effect.fork(
-          Session.transact(
-            Effect.gen(function* () {
-              yield* apply(key)
-              yield* Deferred.succeed(written, undefined)
-              yield* Deferred.await(release)
-            }),
-            { key }
-          )
-        )
-        yield* Deferred.await(written)
-        // while the unit is open: absent, or no answer yet (waiting for it to end) — never committed
-        const early = yield* Effect.fork(Session.outcome(key))
-        const during = yield* Effect.either(Effect.timeout(Fiber.join(early), "300 millis"))
-        if (during._tag === "Right") assert.strictEqual(during.right, "absent", "committed before the COMMIT")
-        yield* Deferred.succeed(release, undefined)
-        yield* Fiber.join(unit)
-        assert.strictEqual(yield* Session.outcome(key), "committed")
-        const late = yield* Effect.exit(Fiber.join(early))
-        if (Exit.isSuccess(late) && during._tag === "Left") {
-          // it waited for the unit: then it must say what the unit did
-          assert.strictEqual(late.value, "committed", "an outcome that waited for the unit")
-        }
-      }),
-      { pool: { size: 3 } }
-    )
+  // guarantee 16: the answer is the unit's outcome, so it cannot be given before the unit has one. MariaDB's locking
+  // read waits on the row lock of the unit's uncommitted key; on PostgreSQL an uncommitted row is invisible to a read
+  // (FOR SHARE included), so the lookup there probes the key's unique index in a transaction it rolls back, which
+  // waits for the inserting transaction the same way (before: "absent" at once, then the unit committed).
+  it.effect(
+    "Session.outcome asked while the unit holding the key runs waits on the server for it, then answers what it did",
+    () =>
+      withEngine(
+        Effect.gen(function* () {
+          const db = yield* DbTag
+          yield* Session.createKeyTable
+          for (const ending of ["commits", "rolls back"] as const) {
+            const key = freshKey("inflight")
+            const written = yield* Deferred.make<void>()
+            const release = yield* Deferred.make<void>()
+            const unit = yield* Effect.fork(
+              Session.transact(
+                Effect.gen(function* () {
+                  yield* apply(key)
+                  yield* Deferred.succeed(written, undefined)
+                  yield* Deferred.await(release)
+                  if (ending === "rolls back") return yield* Effect.fail("boom" as const)
+                }),
+                { key }
+              )
+            )
+            yield* Deferred.await(written)
+            const asked = yield* Effect.fork(Session.outcome(key))
+            // the server's word: the lookup waits for the unit's lock on its key (an answer first fails the test)
+            const early = yield* Effect.raceFirst(
+              Effect.as(
+                eventually(
+                  Effect.map(db.lockWaits, (n) => n === 1),
+                  `Session.outcome waits for the unit (${ending})`,
+                  10,
+                  name === "mariadb" ? trxPoll : 10
+                ),
+                undefined
+              ),
+              Effect.map(Fiber.join(asked), (said) => `answered ${said} while the unit was open`)
+            )
+            if (early !== undefined) return assert.fail(`${ending}: ${early}`)
+            yield* Deferred.succeed(release, undefined)
+            const exit = yield* Fiber.await(unit)
+            assert.strictEqual(Exit.isSuccess(exit), ending === "commits", show(exit))
+            const expected = ending === "commits" ? "committed" : "absent"
+            assert.strictEqual(yield* Fiber.join(asked), expected, `the answer that waited for a unit that ${ending}`)
+            assert.strictEqual(yield* applications(key), ending === "commits" ? 1 : 0)
+            assert.strictEqual(yield* Session.outcome(key), expected)
+          }
+        }),
+        { pool: { size: 3 } }
+      )
   )
 
   it.effect("a key that already committed: AlreadyApplied (with the key), the unit changes nothing", () =>
@@ -245,14 +304,7 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
         Effect.gen(function* () {
           yield* Session.createKeyTable
           const key = freshKey("race")
-          const unit = (n: number) =>
-            Session.transact(
-              Effect.zipRight(
-                apply(key, n),
-                Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.05)`)
-              ),
-              { key, retry: true }
-            )
+          const unit = (n: number) => Session.transact(Effect.zipRight(apply(key, n), nap), { key, retry: true })
           const exits = yield* Effect.all([Effect.exit(unit(1)), Effect.exit(unit(2)), Effect.exit(unit(3))], {
             concurrency: 3
           })
@@ -272,17 +324,7 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
         yield* withEngine(Session.createKeyTable)
         const key = freshKey("engines")
         const unit = (n: number) =>
-          withEngine(
-            Effect.exit(
-              Session.transact(
-                Effect.zipRight(
-                  apply(key, n),
-                  Effect.flatMap(sql, (s) => s`SELECT SLEEP(0.05)`)
-                ),
-                { key, retry: true }
-              )
-            )
-          )
+          withEngine(Effect.exit(Session.transact(Effect.zipRight(apply(key, n), nap), { key, retry: true })))
         const exits = yield* Effect.all([unit(1), unit(2)], { concurrency: 2 })
         assert.strictEqual(exits.filter(Exit.isSuccess).length, 1, exits.map(show).join(" / "))
         for (const e of exits.filter(Exit.isFailure)) expectTag(e, ["AlreadyApplied"], "the other engine")
@@ -407,4 +449,16 @@ layer(suite, suiteOptions)("keyed units and bounded COMMIT", (it) => {
         })
       )
   )
-})
+}
+
+for (const [name, db] of dialects) {
+  // created by the application user (on PostgreSQL the owner of a table is its creator)
+  const suite = Layer.effectDiscard(
+    withEngine(
+      Effect.forEach(schema(name), (text) => Effect.flatMap(sql, (s) => s.unsafe(text)), {
+        discard: true
+      })
+    )
+  ).pipe(Layer.provideMerge(db))
+  layer(suite, suiteOptions)(`keyed units (${name})`, (it) => scenarios(it, name))
+}

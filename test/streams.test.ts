@@ -1,11 +1,13 @@
 /**
- * Adversarial tests of streams in units (issue 12 #11): rows come from the server as they are read, with
- * backpressure, inside the unit's transaction; a partly read stream does not stop the unit from going on; a stream
- * (or statement) built inside a unit and run after it ended fails with `SessionClosed` instead of running in
- * autocommit. Memory is measured on this process's heap; the server's state is read by the superuser.
+ * Adversarial tests of streams in units (issue 12 #11), on MariaDB and PostgreSQL from this one file: rows come from
+ * the server as they are read, with backpressure, inside the unit's transaction (MariaDB: a streamed result;
+ * PostgreSQL: a portal read in batches); a partly read stream does not stop the unit from going on; a stream (or
+ * statement) built inside a unit and run after it ended fails with `SessionClosed` instead of running in autocommit.
+ * Memory is measured on this process's heap; the server's state is read by the superuser.
  */
-import { assert, layer } from "@effect/vitest"
-import { Session, SessionLive } from "@sessionfx/session"
+import * as SqlClient from "@effect/sql/SqlClient"
+import { assert, layer, type Vitest } from "@effect/vitest"
+import { Engine, Session, SessionLive } from "@sessionfx/session"
 import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -13,37 +15,75 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
-import {
-  adminQuery,
-  countId,
-  eventually,
-  expectTag,
-  failureOf,
-  freshId,
-  running,
-  serverLayer,
-  show,
-  sql,
-  suiteOptions,
-  withEngine
-} from "./support/unit.js"
+import { type DbName, DbTag, dialects } from "./support/db.js"
+import { eventually, expectTag, failureOf, freshId, show, suiteOptions } from "./support/unit.js"
 
-const schema = [`CREATE TABLE IF NOT EXISTS items (id INT PRIMARY KEY, label VARCHAR(50) NOT NULL DEFAULT 'x')`]
+const sql = SqlClient.SqlClient
 
-const suite = Layer.effectDiscard(Effect.forEach(schema, (s) => adminQuery(s), { discard: true })).pipe(
-  Layer.provideMerge(serverLayer())
-)
+const schema = `CREATE TABLE IF NOT EXISTS items (id INT PRIMARY KEY, label VARCHAR(50) NOT NULL DEFAULT 'x')`
 
 const MILLION = 1_000_000
 
-/** 1e6 rows of ~80 bytes each from MariaDB's sequence engine: ~100+ MB of JS objects if loaded at once. */
+/** The texts that differ: numbered rows (MariaDB's sequence engine, PostgreSQL's generate_series) and the probe. */
+const textsOf = (name: DbName) =>
+  name === "postgres"
+    ? {
+        series: (rows: number, extra = "", marker = "") =>
+          `SELECT n AS seq${extra} FROM generate_series(1, ${rows}) AS n /* ${marker} */`,
+        pad: ", repeat('x', 64) AS pad",
+        // a portal suspended between fetches is idle: "active" is a statement the server is executing now
+        running:
+          "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE state = 'active' AND query LIKE ? AND query NOT LIKE '%pg_stat_activity%'"
+      }
+    : {
+        series: (rows: number, extra = "", marker = "") => `SELECT seq${extra} FROM seq_1_to_${rows} /* ${marker} */`,
+        pad: ", REPEAT('x', 64) AS pad",
+        running:
+          "SELECT COUNT(*) AS n FROM information_schema.processlist WHERE info LIKE ? AND info NOT LIKE '%processlist%'"
+      }
+
+/** Numbered rows `seq` from 1 to `rows`, as a stream of the unit (or of the engine outside units). */
+const series = (rows: number) =>
+  Effect.flatMap(DbTag, (db) => Effect.map(sql, (s) => s.unsafe<{ seq: number }>(textsOf(db.name).series(rows)).stream))
+
+/** 1e6 rows of ~80 bytes each: ~100+ MB of JS objects if loaded at once. */
 const million = (marker: string) =>
-  Effect.map(
-    sql,
-    (s) =>
-      s.unsafe<{ seq: number; pad: string }>(
-        `SELECT seq, REPEAT('x', 64) AS pad FROM seq_1_to_${MILLION} /* ${marker} */`
-      ).stream
+  Effect.flatMap(DbTag, (db) =>
+    Effect.map(sql, (s) => {
+      const t = textsOf(db.name)
+      return s.unsafe<{ seq: number; pad: string }>(t.series(MILLION, t.pad, marker)).stream
+    })
+  )
+
+/** Statements the server is running now whose text holds `marker` (not counting this probe). */
+const running = (marker: string) =>
+  Effect.flatMap(DbTag, (db) =>
+    Effect.map(Effect.orDie(db.query<{ n: string | number }>(textsOf(db.name).running, [`%${marker}%`])), (rows) =>
+      Number(rows[0]?.n ?? 0)
+    )
+  )
+
+/** Committed rows with `id`, as the server sees them. */
+const countId = (_table: "items", id: number) =>
+  Effect.flatMap(DbTag, (db) =>
+    Effect.map(
+      Effect.orDie(db.query<{ n: string | number }>("SELECT COUNT(*) AS n FROM items WHERE id = ?", [id])),
+      (rows) => Number(rows[0]?.n ?? 0)
+    )
+  )
+
+/** An Engine (and its autocommit `SqlClient`) on the suite's server, for `effect`. */
+const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+  Effect.flatMap(DbTag, (db) =>
+    Effect.provide(
+      effect,
+      Engine.layer({
+        url: db.url,
+        connectTimeout: "5 seconds",
+        killGrace: "1 second",
+        pool: { size: 2, acquireTimeout: "10 seconds" }
+      })
+    )
   )
 
 const insert = (id: number) => Effect.flatMap(sql, (s) => s`INSERT INTO items (id) VALUES (${id})`)
@@ -68,7 +108,7 @@ const measured = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
     return { value, ms: Date.now() - t0, growthMb: (peak - before) / 2 ** 20 }
   })
 
-layer(suite, suiteOptions)("streams", (it) => {
+const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>) => {
   it.effect("Stream.take(3) of 1e6 rows inside a unit returns quickly in bounded memory, and the unit goes on", () =>
     withEngine(
       Effect.gen(function* () {
@@ -156,7 +196,7 @@ layer(suite, suiteOptions)("streams", (it) => {
                   s<{ id: number }>`SELECT id FROM items WHERE ${s.in("id", ids)} ORDER BY id`.stream
                 )
                 // a partly read stream, then a write: still the same transaction
-                yield* Stream.runDrain(Stream.take(s<{ seq: number }>`SELECT seq FROM seq_1_to_100000`.stream, 1))
+                yield* Stream.runDrain(Stream.take(yield* series(100_000), 1))
                 yield* insert(after)
                 return yield* Effect.fail(Chunk.toReadonlyArray(seen).map((r) => Number(r.id)))
               })
@@ -178,7 +218,7 @@ layer(suite, suiteOptions)("streams", (it) => {
             const s = yield* sql
             return yield* Effect.all(
               [
-                Stream.runCollect(Stream.take(s<{ seq: number }>`SELECT seq FROM seq_1_to_200000`.stream, 5)),
+                Stream.runCollect(Stream.take(yield* series(200_000), 5)),
                 Effect.zipRight(insert(w), s<{ one: number }>`SELECT 1 AS one`)
               ],
               { concurrency: 2 }
@@ -205,10 +245,14 @@ layer(suite, suiteOptions)("streams", (it) => {
             Session.transact(
               Effect.gen(function* () {
                 const s = yield* sql
+                // both spellings: a template, and sql.unsafe (before: run outside the unit, sql.unsafe ran in
+                // autocommit — its stream read the rows, its write was committed)
                 const handles = {
-                  stream: s<{ seq: number }>`SELECT seq FROM seq_1_to_10`.stream,
+                  stream: s<{ id: number }>`SELECT id FROM items WHERE id = ${id}`.stream,
                   write: s`INSERT INTO items (id) VALUES (${id})`,
-                  writeStream: s`INSERT INTO items (id) VALUES (${id + 100_000})`.stream
+                  writeStream: s`INSERT INTO items (id) VALUES (${id + 100_000})`.stream,
+                  unsafeStream: yield* series(10),
+                  unsafeWrite: s.unsafe(`INSERT INTO items (id) VALUES (${id + 200_000})`)
                 }
                 return outcome === "committed" ? handles : yield* Effect.fail(handles)
               })
@@ -218,28 +262,31 @@ layer(suite, suiteOptions)("streams", (it) => {
             stream: Stream.Stream<unknown, unknown>
             write: Effect.Effect<unknown, unknown>
             writeStream: Stream.Stream<unknown, unknown>
+            unsafeStream: Stream.Stream<unknown, unknown>
+            unsafeWrite: Effect.Effect<unknown, unknown>
           }
           const runs: ReadonlyArray<readonly [string, Effect.Effect<unknown, unknown>]> = [
             ["stream", Stream.runCollect(handles.stream)],
             ["statement", handles.write],
-            ["write as a stream", Stream.runDrain(handles.writeStream)]
+            ["write as a stream", Stream.runDrain(handles.writeStream)],
+            ["sql.unsafe stream", Stream.runCollect(handles.unsafeStream)],
+            ["sql.unsafe statement", handles.unsafeWrite]
           ]
           for (const [name, run] of runs) {
             const exit = yield* Effect.exit(run)
             const tag = Exit.isFailure(exit) ? expectTagSafe(exit) : "success"
             if (tag !== "SessionClosed") problems.push(`${name} after the unit ${outcome}: ${tag} (${show(exit)})`)
           }
-          if ((yield* countId("items", id)) + (yield* countId("items", id + 100_000)) !== 0) {
+          const kept = [id, id + 100_000, id + 200_000].map((i) => countId("items", i))
+          if ((yield* Effect.all(kept)).some((n) => n !== 0)) {
             problems.push(`after the unit ${outcome}: a write built inside it ran in autocommit`)
           }
         }
         // a daemon forked by the unit, reading its stream after the unit ended
         const go = yield* Deferred.make<void>()
         const daemon = yield* Session.transact(
-          Effect.flatMap(sql, (s) =>
-            Effect.forkDaemon(
-              Effect.zipRight(Deferred.await(go), Stream.runCollect(s`SELECT seq FROM seq_1_to_10`.stream))
-            )
+          Effect.flatMap(series(10), (stream) =>
+            Effect.forkDaemon(Effect.zipRight(Deferred.await(go), Stream.runCollect(stream)))
           )
         )
         yield* Deferred.succeed(go, undefined)
@@ -280,7 +327,15 @@ layer(suite, suiteOptions)("streams", (it) => {
       })
     )
   )
-})
+}
+
+for (const [name, db] of dialects) {
+  // the table is created by the application user (on PostgreSQL the owner of a table is its creator)
+  const suite = Layer.effectDiscard(withEngine(Effect.flatMap(sql, (s) => s.unsafe(schema)))).pipe(
+    Layer.provideMerge(db)
+  )
+  layer(suite, suiteOptions)(`streams (${name})`, scenarios)
+}
 
 const expectTagSafe = (exit: Exit.Exit<unknown, unknown>): string => {
   try {

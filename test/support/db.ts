@@ -42,10 +42,15 @@ export interface Db {
     Error,
     Scope.Scope
   >
-  /** Transactions of the application user open on the server now. */
+  /**
+   * Transactions of the application user open on the server now (PostgreSQL: a failed one too, whose `xact_start` the
+   * server has already cleared while it waits for ROLLBACK).
+   */
   readonly openTransactions: Effect.Effect<number, Error>
   /** Connections of the application user the server holds now. */
   readonly appConnections: Effect.Effect<number, Error>
+  /** Statements of the application user waiting for a row lock now (InnoDB's LOCK WAIT / a `Lock` wait event). */
+  readonly lockWaits: Effect.Effect<number, Error>
   /** Whether the server still holds connection `id`. */
   readonly holds: (id: number) => Effect.Effect<boolean, Error>
   /** A superuser transaction holding `lockSql`'s row locks for the scope (rolled back and closed on release). */
@@ -94,6 +99,17 @@ const mariadb = (server: Admin.Server): Db => ({
     Admin.query<{ n: string }>(server, `SELECT COUNT(*) AS n FROM information_schema.processlist WHERE user = ?`, [
       server.username
     ]),
+    (rows) => Number(rows[0]?.n ?? 0)
+  ),
+  // (innodb_trx is refreshed only after 100 ms without a read: poll it more slowly, `trxPoll`)
+  lockWaits: Effect.map(
+    Admin.query<{ n: string }>(
+      server,
+      `SELECT COUNT(*) AS n FROM information_schema.innodb_trx t
+         JOIN information_schema.processlist p ON t.trx_mysql_thread_id = p.id
+        WHERE p.user = ? AND t.trx_state = 'LOCK WAIT'`,
+      [server.username]
+    ),
     (rows) => Number(rows[0]?.n ?? 0)
   ),
   holds: (id) =>
@@ -190,10 +206,14 @@ const postgres = (server: PgService): Db => {
           )
         )
     ),
-    openTransactions: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ? AND xact_start IS NOT NULL`, [
+    openTransactions: count(
+      `SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ? AND (xact_start IS NOT NULL OR state = 'idle in transaction (aborted)')`,
+      [server.username]
+    ),
+    appConnections: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ?`, [server.username]),
+    lockWaits: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ? AND wait_event_type = 'Lock'`, [
       server.username
     ]),
-    appConnections: count(`SELECT count(*) AS n FROM pg_stat_activity WHERE usename = ?`, [server.username]),
     holds: (id) =>
       Effect.map(count(`SELECT count(*) AS n FROM pg_stat_activity WHERE pid = ?::int`, [id]), (n) => n > 0),
     holdLocks: (lockSql) =>
@@ -231,21 +251,33 @@ const postgres = (server: PgService): Db => {
   }
 }
 
+/** Server arguments of one suite's servers, after the harness defaults (and the ones `dialects` always gives). */
+export interface ServerArgs {
+  readonly mariadb?: ReadonlyArray<string>
+  readonly postgres?: ReadonlyArray<string>
+}
+
 /**
- * Both databases, by name, each a private server for the suite: `for (const [name, db] of dialects) layer(db)(…)`.
+ * Both databases, by name, each a private server for the suite, started with `args`:
+ * `for (const [name, db] of dialectsWith(args)) layer(db)(…)`.
  * PostgreSQL runs with `synchronous_commit=on`: the test server's default (off) acknowledges a COMMIT before its WAL
  * left the server's memory, so a crash of the server process loses acknowledged units (the crash scenario lost 4 to 7
  * of 140 with it off); with `fsync=off` the WAL still reaches the operating system, which survives a process crash.
  */
-export const dialects: ReadonlyArray<readonly [DbName, Layer.Layer<DbTag, unknown>]> = [
+export const dialectsWith = (args: ServerArgs = {}): ReadonlyArray<readonly [DbName, Layer.Layer<DbTag, unknown>]> => [
   [
     "mariadb",
-    Layer.effect(DbTag, Effect.map(MysqlServer.MysqlServer, mariadb)).pipe(Layer.provide(MysqlServer.layer()))
+    Layer.effect(DbTag, Effect.map(MysqlServer.MysqlServer, mariadb)).pipe(
+      Layer.provide(MysqlServer.layer({ serverArgs: args.mariadb ?? [] }))
+    )
   ],
   [
     "postgres",
     Layer.effect(DbTag, Effect.map(PgServer.PgServer, postgres)).pipe(
-      Layer.provide(PgServer.layer({ serverArgs: ["-c", "synchronous_commit=on"] }))
+      Layer.provide(PgServer.layer({ serverArgs: ["-c", "synchronous_commit=on", ...(args.postgres ?? [])] }))
     )
   ]
 ]
+
+/** Both databases with the harness's servers (`dialectsWith()`). */
+export const dialects = dialectsWith()

@@ -2,7 +2,7 @@
  * The PostgreSQL driver sends a unit's BEGIN in the same write as the unit's first command (`driver/pg/begin.ts`).
  * Proven against a real server, on the driver's own connections: one write and one ReadyForQuery for both, the
  * statement's values and errors as before, the statement never run when BEGIN fails, streams and resets after a
- * BEGIN not yet sent.
+ * BEGIN not yet sent. And a failed command answered only with the ReadyForQuery that ends it.
  */
 import { assert, layer } from "@effect/vitest"
 import { PgServer } from "@sessionfx/testing"
@@ -176,6 +176,41 @@ layer(PgServer.layer(), { timeout: 120_000, excludeTestServices: true })(
           const reply = yield* run(conn, "SELECT 1 AS one")
           assert.strictEqual(reply.inTransaction, false)
           assert.deepStrictEqual(sent.ready, ["I", "I"])
+        })
+    )
+
+    it.scoped(
+      "a failed command is answered after the ReadyForQuery that ends it: the status is the server's, the client ready",
+      () =>
+        Effect.gen(function* () {
+          const { conn, sent } = yield* open(yield* url)
+          // node-postgres calls a query back at its ErrorResponse; the driver waits for the ReadyForQuery after it
+          // (the server flushes an error before it goes idle and reports the status)
+          const client = (conn as unknown as { client: { getTransactionStatus(): string; readyForQuery: boolean } })
+            .client
+          const failing = (sql: string) =>
+            Effect.async<{ code: unknown; status: string; ready: boolean; readies: number }>((resume) =>
+              conn.execute(sql, [], false, (err) =>
+                resume(
+                  Effect.succeed({
+                    code: (err as { code?: unknown } | null)?.code,
+                    status: client.getTransactionStatus(),
+                    ready: client.readyForQuery,
+                    readies: sent.ready.length
+                  })
+                )
+              )
+            )
+          yield* run(conn, "BEGIN")
+          yield* run(conn, "SELECT 1")
+          const before = sent.ready.length
+          const inUnit = yield* failing("SELECT 1/0")
+          assert.deepStrictEqual(inUnit, { code: "22012", status: "E", ready: true, readies: before + 1 })
+          const refused = yield* failing("SELECT 1")
+          assert.deepStrictEqual(refused, { code: "25P02", status: "E", ready: true, readies: before + 2 })
+          yield* run(conn, "ROLLBACK")
+          const outside = yield* failing("SELECT 1/0")
+          assert.deepStrictEqual(outside, { code: "22012", status: "I", ready: true, readies: before + 4 })
         })
     )
   }

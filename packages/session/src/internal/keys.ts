@@ -4,11 +4,13 @@
  * not applied again; after an unknown COMMIT outcome the key says what happened.
  */
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as SessionError from "../SessionError.js"
 import { keyTableDdl } from "./driver/choose.js"
 import { runAutocommit } from "./autocommit.js"
 import type { KeysTexts } from "./driver/types.js"
 import type { EngineImpl } from "./engine.js"
+import type { PooledConn } from "./pooled.js"
 
 /** @internal */
 export const TABLE = "sessionfx_unit_keys"
@@ -67,29 +69,59 @@ export const recordError = (
 }
 
 /**
- * Runs one autocommit statement on a connection of its own. On a multi-primary cluster it is a causal read
- * (`wsrep_sync_wait = 1`: the node first applies everything the cluster had committed), else a node that has not yet
- * applied a commit certified elsewhere would answer "absent" for a key that is committed.
+ * Runs `use` on a connection of its own, lent for it alone. `resetOnFailure`: a `use` that opens a transaction has the
+ * pool reset the connection (rolled back, bounded) when it did not get to end it.
  */
-const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unknown>) =>
+const onConnection = <A>(
+  engine: EngineImpl,
+  use: (pc: PooledConn) => Effect.Effect<A, SessionError.SessionError>,
+  resetOnFailure = false
+): Effect.Effect<A, SessionError.SessionError> =>
   Effect.uninterruptibleMask((restore) =>
     Effect.flatMap(engine.borrow(restore), (pc) =>
-      Effect.ensuring(
-        restore(
-          engine.topology?.multiPrimary === true
-            ? Effect.zipRight(
-                // a session setting: the connection is reset when it goes back
-                runAutocommit(engine, pc, { method: "query", sql: engine.options.driver.topology.causalReads }),
-                runAutocommit(engine, pc, { method: "query", sql, values })
-              )
-            : runAutocommit(engine, pc, { method: "query", sql, values })
-        ),
-        Effect.sync(() => engine.release(pc, false))
+      Effect.onExit(restore(use(pc)), (exit) =>
+        Effect.sync(() => engine.release(pc, resetOnFailure && Exit.isFailure(exit)))
       )
     )
   )
 
-/** Whether the key is committed: a locking read, so a transaction still holding it is waited for. @internal */
+/**
+ * One autocommit statement. On a multi-primary cluster it is a causal read (`wsrep_sync_wait = 1`: the node first
+ * applies everything the cluster had committed), else a node that has not yet applied a commit certified elsewhere
+ * would answer "absent" for a key that is committed.
+ */
+const statement = (engine: EngineImpl, pc: PooledConn, sql: string, values: ReadonlyArray<unknown>) =>
+  engine.topology?.multiPrimary === true
+    ? Effect.zipRight(
+        // a session setting: the connection is reset when it goes back
+        runAutocommit(engine, pc, { method: "query", sql: engine.options.driver.topology.causalReads }),
+        runAutocommit(engine, pc, { method: "query", sql, values })
+      )
+    : runAutocommit(engine, pc, { method: "query", sql, values })
+
+/** Runs one autocommit statement on a connection of its own. */
+const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unknown>) =>
+  onConnection(engine, (pc) => statement(engine, pc, sql, values))
+
+/** The key's lookup (`KeysTexts.find`), inside its driver's `findWithin` transaction when it has one. */
+const find = (engine: EngineImpl, key: string) => {
+  const { find, findWithin } = texts(engine)
+  if (findWithin === undefined) return autocommit(engine, find, [key])
+  return onConnection(
+    engine,
+    (pc) =>
+      Effect.zipLeft(
+        Effect.zipRight(statement(engine, pc, findWithin.begin, []), statement(engine, pc, find, [key])),
+        statement(engine, pc, findWithin.end, [])
+      ),
+    true
+  )
+}
+
+/**
+ * Whether the key is committed. A unit still holding the key is waited for (a locking read on MySQL / MariaDB, a probe
+ * of the key's unique index on PostgreSQL): the answer is its outcome, never one given before it has one. @internal
+ */
 export const outcome = (
   engine: EngineImpl,
   key: string
@@ -98,7 +130,7 @@ export const outcome = (
     const bad = checkKey(key)
     if (bad !== undefined) return Effect.fail(new SessionError.InvalidOption({ option: "key", message: `key: ${bad}` }))
     return Effect.map(
-      Effect.mapError(autocommit(engine, texts(engine).find, [key]), (e) => recordError(engine, key, e)),
+      Effect.mapError(find(engine, key), (e) => recordError(engine, key, e)),
       (rows) => (Array.isArray(rows) && rows.length > 0 ? "committed" : "absent")
     )
   })

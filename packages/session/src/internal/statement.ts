@@ -334,7 +334,15 @@ const buildClient = (p: ClientParts, transformRows: Transform, compiler: Stateme
     }
     return (slow as unknown as TemplateTag)(strings, ...args)
   }
+  // `sql.unsafe` belongs to the unit it was built in, as a template does: run by a fiber outside any unit, it fails
+  // with SessionClosed once that unit has ended (`slow`'s acquirer alone would run it in autocommit)
+  const unsafe: Statement.Constructor["unsafe"] = (text, params) => {
+    const fiber = currentFiber()
+    const origin = fiber === undefined ? undefined : resolve(fiber)
+    return (origin === undefined ? slow : slowFor(origin)).unsafe(text, params)
+  }
   const client: Client.SqlClient = Object.assign(sql, slow, {
+    unsafe,
     [Client.TypeId]: Client.TypeId,
     safe: undefined as unknown as Client.SqlClient,
     withTransaction,

@@ -160,7 +160,10 @@ const postgres: Layer.Layer<DbTag, unknown> = Layer.effect(
       kill: (id) => Effect.asVoid(admin("SELECT pg_terminate_backend(?::int, 5000)", [id])),
       inTransaction: (id) =>
         Effect.map(
-          admin("SELECT COUNT(*) AS n FROM pg_stat_activity WHERE pid = ? AND xact_start IS NOT NULL", [id]),
+          admin(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity WHERE pid = ? AND (xact_start IS NOT NULL OR state = 'idle in transaction (aborted)')",
+            [id]
+          ),
           (rows) => Number(rows[0]!.n) === 1
         ),
       createDatabase: (name) =>

@@ -389,16 +389,19 @@ export const galera = (options: Types.GaleraOptions = {}): Effect.Effect<Types.G
             let last = "no node answered"
             return yield* pollUntil(
               Effect.gen(function* () {
+                const seen: Array<string> = []
                 for (const node of nodes) {
                   if (Option.isNone(node.pid)) continue
                   const status = yield* Effect.option(node.status)
-                  if (Option.isSome(status)) {
-                    last = `node${node.index + 1}: size ${status.value.clusterSize}, ${status.value.state}`
-                    if (status.value.ready && status.value.clusterSize === size) {
-                      return Option.some(undefined)
-                    }
+                  if (Option.isNone(status)) {
+                    seen.push(`node${node.index + 1}: no answer`)
+                    continue
                   }
+                  const s = status.value
+                  seen.push(`node${node.index + 1}: size ${s.clusterSize}, ${s.clusterStatus}, ${s.state}`)
+                  if (s.ready && s.clusterSize === size) return Option.some(undefined)
                 }
+                last = seen.length === 0 ? "no node running" : seen.join("; ")
                 return Option.none()
               }),
               timeout,

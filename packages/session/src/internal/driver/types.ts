@@ -62,7 +62,11 @@ export interface RowStream {
   readonly skipRest: () => void
 }
 
-/** One connection to the server, as the core uses it. @internal */
+/**
+ * One connection to the server, as the core uses it. A command may be given while another is in flight (the engine's
+ * control connection: the KILLs of several interruptions at once): the connection runs them one after the other, in
+ * order, each started once the one before has been answered in full. @internal
+ */
 export interface RawConnection {
   /** The server's id of this connection (what a KILL names). */
   readonly threadId: number
@@ -254,7 +258,16 @@ export interface TopologyTexts {
 export interface KeysTexts {
   readonly create: string
   readonly insert: string
+  /**
+   * Answers a row when the key is committed; waits for a transaction that has inserted the key and not yet ended (so
+   * the answer is that unit's outcome, never an answer given before it has one).
+   */
   readonly find: string
+  /**
+   * Set when `find` waits by writing (PostgreSQL: a read does not wait for an uncommitted row, an insert into its
+   * unique index does): `find` then runs after `begin` and before `end` (a ROLLBACK), on one connection.
+   */
+  readonly findWithin?: { readonly begin: string; readonly end: string }
   /** Deletes up to `PRUNE_BATCH` keys committed more than `?` seconds ago. */
   readonly prune: string
 }

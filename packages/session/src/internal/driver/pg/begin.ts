@@ -68,24 +68,3 @@ export class AfterBegin extends QueryBase {
     super.handleCommandComplete(msg, connection)
   }
 }
-
-/**
- * Sends `begin` as a command of its own, and makes `submittable` (a cursor, queued after it) go out only if BEGIN
- * succeeded; otherwise it fails with BEGIN's error and nothing of its own is sent.
- *
- * @internal
- */
-export const beginBefore = <S extends { submit(connection: Protocol): unknown }>(
-  client: Pg.Client,
-  begin: string,
-  submittable: S
-): S => {
-  let failed: unknown = undefined
-  client.query({ text: begin, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) => {
-    failed = err ?? undefined
-  })
-  const submit = submittable.submit.bind(submittable)
-  // node-postgres calls the BEGIN's callback before it submits the next query: `failed` is known by then
-  submittable.submit = (connection: Protocol) => (failed === undefined ? submit(connection) : (failed as Error))
-  return submittable
-}

@@ -2,16 +2,18 @@
  * A node-postgres connection behind the seam (`RawConnection`): every reply carries the transaction status of the
  * ReadyForQuery that ended it (`I` idle, `T` in a transaction, `E` in a failed transaction), statements go through
  * the extended protocol (one statement per command, values never in the text), and streamed rows are read through
- * a cursor in batches, the next batch asked for only while the consumer is not paused.
+ * a cursor in batches, the next batch asked for only while the consumer is not paused. The client is given one
+ * query at a time (`ClientQueue`): what the connection sends while a query runs waits for its ReadyForQuery.
  *
  * @internal
  */
 import * as Pg from "pg"
 import Cursor from "pg-cursor"
 import type { Connector, RawConnection, Reply, ReplyCallback, RowSink, RowStream } from "../types.js"
-import { AfterBegin, beginBefore, isBegin } from "./begin.js"
+import { AfterBegin, isBegin } from "./begin.js"
 import { commitKind, mayHaveWritten, TOKEN_AFTER, tokenOf, TRACKED_COMMIT } from "./commitToken.js"
 import { isFatal, mark } from "./errors.js"
+import { ClientQueue } from "./queue.js"
 
 /** Rows asked of the server by a cursor's first read; later reads ask for about `BATCH_BYTES` of rows. */
 const BATCH = 128
@@ -63,6 +65,8 @@ const rowsOf = (result: Result): unknown => {
 class PgConnection implements RawConnection {
   readonly threadId: number
   private readonly protocol: Protocol
+  /** Every query of this connection, one at a time. */
+  private readonly queue: ClientQueue
   /** Gone: closed by the server, the network or `destroy`. */
   private gone = false
   /** A ParameterStatus arrived (the server reports a change of a reported setting) since the last command began. */
@@ -76,6 +80,8 @@ class PgConnection implements RawConnection {
   private settingsInTransaction = false
   /** A BEGIN answered but not yet sent: it goes in the same write as the next command (`begin.ts`). */
   private pendingBegin: string | undefined = undefined
+  /** Failed commands waiting for their ReadyForQuery (`afterReady`); called when the connection is destroyed. */
+  private readonly waitingReady = new Set<() => void>()
   /** The cursor streaming now, paused by the core for backpressure. */
   private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
 
@@ -93,6 +99,7 @@ class PgConnection implements RawConnection {
     // an error nobody listens for must never reach the process
     client.on("error", ignore)
     client.on("end", () => (this.gone = true))
+    this.queue = new ClientQueue(client, this.protocol)
     this.protocol.on("parameterStatus", () => (this.parameterChanged = true))
     // before the client's own listener (which calls the query back): the first error of a failed transaction
     this.protocol.prependListener("readyForQuery", (msg: { status?: string }) => {
@@ -117,6 +124,34 @@ class PgConnection implements RawConnection {
   private error(err: unknown): unknown {
     this.lastError = err
     return mark(err, this.gone)
+  }
+
+  /** A command failed: its error (recorded now, for the ReadyForQuery's listener) once it has ended (`afterReady`). */
+  private failed(err: unknown, cb: ReplyCallback): void {
+    this.lastError = err
+    this.afterReady(() => cb(mark(err, this.gone), undefined))
+  }
+
+  /**
+   * `fn` once the ReadyForQuery that ends a failed command has arrived, or at once if the client is ready or gone.
+   * node-postgres calls a query back at its ErrorResponse, before that ReadyForQuery: until it arrives the client's
+   * transaction status is the previous command's, the next command would queue behind it, and the backend still
+   * reports the failed statement as running (the server flushes an error before it goes idle). A command ends with
+   * its ReadyForQuery, a failed one too.
+   */
+  private afterReady(fn: () => void): void {
+    const client = this.client as unknown as { readonly readyForQuery?: boolean }
+    if (client.readyForQuery === true || this.gone) return fn()
+    const go = () => {
+      this.protocol.removeListener("readyForQuery", go)
+      this.client.removeListener("end", go)
+      this.waitingReady.delete(go)
+      fn()
+    }
+    // after the client's own listener, which records the status
+    this.protocol.on("readyForQuery", go)
+    this.client.once("end", go)
+    this.waitingReady.add(go)
   }
 
   /**
@@ -149,7 +184,11 @@ class PgConnection implements RawConnection {
   readonly query = (sql: string, rowsAsArray: boolean, cb: ReplyCallback): void =>
     this.execute(sql, [], rowsAsArray, cb)
 
-  readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void => {
+  readonly execute = (sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void =>
+    this.queue.then(() => this.run(sql, values, rowsAsArray, cb))
+
+  /** One command, the client idle: the transaction status it reads is the last reply's. */
+  private run(sql: string, values: ReadonlyArray<unknown>, rowsAsArray: boolean, cb: ReplyCallback): void {
     if (this.pendingBegin === undefined && isBegin(sql, values) && statusOf(this.client) === "I" && !this.gone) {
       return this.deferBegin(sql, cb)
     }
@@ -175,7 +214,7 @@ class PgConnection implements RawConnection {
     ) as Pg.QueryConfig
     try {
       const callback = (err: unknown, result: Result) => {
-        if (err) return cb(this.error(err), undefined)
+        if (err) return this.failed(err, cb)
         const rolledBack = this.track(sql, result)
         const done = () =>
           commit || (sql === "COMMIT" && result.command === "ROLLBACK")
@@ -186,8 +225,8 @@ class PgConnection implements RawConnection {
         if (!rolledBack) return done()
         this.reassert((e) => (e ? cb(this.error(e), undefined) : done()))
       }
-      if (begin === undefined) this.client.query(config, callback)
-      else this.client.query(new AfterBegin(begin, config, callback) as unknown as Pg.QueryConfig)
+      if (begin === undefined) this.queue.send(config, callback)
+      else this.queue.send(new AfterBegin(begin, config, callback))
     } catch (e) {
       cb(this.error(e), undefined)
     }
@@ -204,11 +243,11 @@ class PgConnection implements RawConnection {
     }
     this.protocol.on("commandComplete", onComplete)
     try {
-      this.client.query({ text: TRACKED_COMMIT } as Pg.QueryConfig, (err: unknown, out: unknown) => {
+      this.queue.send({ text: TRACKED_COMMIT } as Pg.QueryConfig, (err: unknown, out: unknown) => {
         const results = out as Array<Result>
         this.protocol.removeListener("commandComplete", onComplete)
-        if (err && !committed) return cb(this.error(err), undefined)
-        if (err) return this.withToken(this.reply([]), false, cb)
+        if (err && !committed) return this.failed(err, cb)
+        if (err) return this.afterReady(() => this.withToken(this.reply([]), false, cb))
         const [first, commit, token] = results
         this.track("COMMIT", commit!)
         const kind = commitKind(first?.rows[0] as Record<string, unknown> | undefined)
@@ -229,7 +268,7 @@ class PgConnection implements RawConnection {
    * synchronous; unknown, the insert position, past the commit either way). Without an answer, no token.
    */
   private withToken(reply: Reply, sync: boolean, cb: ReplyCallback): void {
-    this.client.query({ text: TOKEN_AFTER } as Pg.QueryConfig, (err: unknown, result: Result) =>
+    this.queue.submit({ text: TOKEN_AFTER } as Pg.QueryConfig, (err: unknown, result: Result) =>
       cb(null, err ? reply : { ...reply, token: tokenOf(result.rows[0] as Record<string, unknown>, sync) })
     )
   }
@@ -270,7 +309,7 @@ class PgConnection implements RawConnection {
   /** Sets again, for the session, the settings a rollback undid: the server's match what the core believes. */
   private reassert(cb: (err: unknown) => void): void {
     const parts = [...this.settings].map(([name, value]) => `set_config('${name}', '${value}', false)`)
-    this.client.query({ text: `SELECT ${parts.join(", ")}`, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) =>
+    this.queue.submit({ text: `SELECT ${parts.join(", ")}`, queryMode: "extended" } as Pg.QueryConfig, (err: unknown) =>
       cb(err)
     )
   }
@@ -283,7 +322,7 @@ class PgConnection implements RawConnection {
     let ended: Result | undefined = undefined
     let settled = false
     let skipping = false
-    const guarded = this.openStreamGuard(cursor)
+    let guarded = false
     const settle = (err: unknown, result: Result | undefined) => {
       if (settled) return
       settled = true
@@ -311,12 +350,9 @@ class PgConnection implements RawConnection {
         else read()
       })
     }
-    try {
-      this.client.query(cursor)
-    } catch (e) {
-      settle(e, undefined)
-      return { skipRest: ignore }
-    }
+    this.queue.then(() => {
+      guarded = this.openStreamGuard(cursor)
+    })
     read()
     return {
       skipRest: () => {
@@ -334,15 +370,23 @@ class PgConnection implements RawConnection {
   /**
    * Inside a transaction a stream's statement runs under a savepoint of its own: a cancel that stops it after its
    * consumer stopped (the core's KILL) undoes the statement alone, as KILL QUERY does on MySQL, instead of failing
-   * the whole transaction. A deferred BEGIN is sent first, as a command of its own; the cursor is not sent if it
-   * failed. True when the stream is guarded.
+   * the whole transaction. A deferred BEGIN is sent first, as a command of its own; neither the savepoint nor the
+   * cursor is sent if it failed (the cursor fails with its error). Sends the first and queues the rest, the client
+   * idle. True when the stream is guarded.
    */
   private openStreamGuard(cursor: Cursor): boolean {
     const begin = this.pendingBegin
     this.pendingBegin = undefined
     const guarded = begin !== undefined || statusOf(this.client) === "T"
-    if (begin !== undefined) beginBefore(this.client, begin, cursor)
-    if (guarded) this.client.query(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    let failed: unknown = undefined
+    if (begin !== undefined) this.queue.send(extended(begin), (err: unknown) => (failed = err ?? undefined))
+    this.queue.then(() => {
+      if (guarded && failed === undefined) this.queue.send(extended(`SAVEPOINT ${STREAM_SAVEPOINT}`), ignore)
+    })
+    this.queue.then(() => {
+      if (failed === undefined) this.queue.send(cursor)
+      else (cursor as unknown as { handleError(e: unknown): void }).handleError(failed)
+    })
     return guarded
   }
 
@@ -354,11 +398,11 @@ class PgConnection implements RawConnection {
     const again = (err: unknown) =>
       codeOf(err) === "57014" && attempt < 5 ? this.endGuard(true, cb, attempt + 1) : cb(err)
     const release = () =>
-      this.client.query(extended(`RELEASE SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+      this.queue.submit(extended(`RELEASE SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
         err ? again(err) : cb(null)
       )
     if (!undo) return void release()
-    this.client.query(extended(`ROLLBACK TO SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
+    this.queue.submit(extended(`ROLLBACK TO SAVEPOINT ${STREAM_SAVEPOINT}`), (err: unknown) =>
       err ? again(err) : release()
     )
   }
@@ -394,12 +438,14 @@ class PgConnection implements RawConnection {
   readonly destroy = (): void => {
     this.gone = true
     this.pendingBegin = undefined
+    for (const go of [...this.waitingReady]) go()
     try {
       ;(this.protocol as { stream?: { destroy?: () => void } }).stream?.destroy?.()
     } catch {
       // already gone
     }
     this.client.end().catch(ignore)
+    this.queue.close()
   }
   readonly onGone = (listener: (err: unknown) => void): (() => void) => {
     const client = this.client
@@ -430,5 +476,7 @@ export const connector =
       } else cb(null, new PgConnection(client, tracking))
     }
     client.once("error", done)
-    client.connect((err: unknown) => done(err))
+    // node-postgres calls back inside its handling of the first ReadyForQuery, before it counts itself idle: the
+    // connection is lent once that handling is over
+    client.connect((err: unknown) => (err ? done(err) : queueMicrotask(() => done(undefined))))
   }

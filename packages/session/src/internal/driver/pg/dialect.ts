@@ -118,6 +118,11 @@ export const keysSql = (table: string): KeysTexts => ({
   committed_at timestamptz NOT NULL DEFAULT clock_timestamp()
 )`,
   insert: `INSERT INTO ${table} (unit_key) VALUES (convert_to($1, 'UTF8'))`,
-  find: `SELECT 1 AS found FROM ${table} WHERE unit_key = convert_to($1, 'UTF8') FOR SHARE`,
+  // an uncommitted row is invisible to a read (FOR SHARE too: it would answer "absent" at once while the unit holding
+  // the key still runs); inserting the key waits on its unique index for that unit, then conflicts if it committed.
+  // The probe's own row never stays: it runs in a transaction that is rolled back (`findWithin`).
+  find: `WITH probe AS (INSERT INTO ${table} (unit_key) VALUES (convert_to($1, 'UTF8')) ON CONFLICT DO NOTHING RETURNING 1)
+SELECT 1 AS found WHERE NOT EXISTS (SELECT 1 FROM probe)`,
+  findWithin: { begin: "BEGIN ISOLATION LEVEL READ COMMITTED", end: "ROLLBACK" },
   prune: `DELETE FROM ${table} WHERE ctid IN (SELECT ctid FROM ${table} WHERE committed_at < clock_timestamp() - make_interval(secs => $1::float8) LIMIT 5000)`
 })
