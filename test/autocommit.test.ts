@@ -10,15 +10,18 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, layer, type Vitest } from "@effect/vitest"
-import { Engine, Session } from "@sessionfx/session"
+import { Session } from "@sessionfx/session"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Scope from "effect/Scope"
-import { type DbName, DbTag, dialectsWith } from "./support/db.js"
+import { type DbName, DbTag, dialectsWith, withEngine } from "./support/db.js"
 import { bounded, eventually, expectTag, freshId, suiteOptions, trxPoll } from "./support/unit.js"
+
+/** An Engine (and its autocommit `SqlClient`) with one connection on the suite's server, for `effect`. */
+const withOneConnection = <A, E, R>(effect: Effect.Effect<A, E, R>) => withEngine(effect, { pool: { size: 1 } })
 
 const sql = SqlClient.SqlClient
 
@@ -64,20 +67,6 @@ const inTransaction = (name: DbName) =>
     return Number(rows[0]!.t) === 1
   })
 
-/** An Engine (and its autocommit `SqlClient`) with one connection on the suite's server, for `effect`. */
-const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(DbTag, (db) =>
-    Effect.provide(
-      effect,
-      Engine.layer({
-        url: db.url,
-        connectTimeout: "5 seconds",
-        killGrace: "1 second",
-        pool: { size: 1, acquireTimeout: "10 seconds" }
-      })
-    )
-  )
-
 /** Statements the server received whose text holds `text` (MariaDB's general log as a table). */
 const received = (text: string) =>
   Effect.map(
@@ -93,7 +82,7 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
   it.effect(
     `units: the first statement runs inside the unit's transaction (${opens}), invisible to others until COMMIT`,
     () =>
-      withEngine(
+      withOneConnection(
         Effect.gen(function* () {
           // MariaDB: the general log shows no START TRANSACTION (PostgreSQL's BEGIN is counted in PgBegin.test.ts)
           const before = name === "mariadb" ? yield* received("START TRANSACTION") : 0
@@ -131,7 +120,7 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
   it.effect(
     `a first statement that fails has opened the transaction: ${caught}; uncaught, ROLLBACK releases its locks`,
     () =>
-      withEngine(
+      withOneConnection(
         Effect.gen(function* () {
           const taken = freshId()
           yield* adminQuery("INSERT INTO items (id) VALUES (?)", [taken])
@@ -175,7 +164,7 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
         const db = yield* DbTag
         const id = freshId()
         yield* adminQuery("INSERT INTO items (id, label) VALUES (?, 'before')", [id])
-        yield* withEngine(
+        yield* withOneConnection(
           Effect.gen(function* () {
             // another connection (the superuser's) holds the row until `holder` is closed
             const holder = yield* Scope.make()
@@ -227,7 +216,7 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
   it.effect(
     "a result row with a column named serverStatus never speaks for the server: the unit still rolls back, and nothing of it reaches the next unit",
     () =>
-      withEngine(
+      withOneConnection(
         Effect.gen(function* () {
           const x = freshId()
           const exit = yield* Effect.exit(
@@ -256,7 +245,7 @@ const mariadbOnly = (it: Vitest.MethodsNonLive<DbTag, true>) => {
   it.effect(
     "a user's SET autocommit = 1 inside a unit commits what came before (as DDL does); the rest of the unit is still its own",
     () =>
-      withEngine(
+      withOneConnection(
         Effect.gen(function* () {
           const a = freshId()
           const b = freshId()
@@ -288,7 +277,7 @@ const mariadbOnly = (it: Vitest.MethodsNonLive<DbTag, true>) => {
   it.effect(
     "the server's default turned to autocommit off while the engine runs: a reset connection still commits statements outside units",
     () =>
-      withEngine(
+      withOneConnection(
         Effect.gen(function* () {
           const before = freshId()
           yield* insert(before)
@@ -309,7 +298,7 @@ const mariadbOnly = (it: Vitest.MethodsNonLive<DbTag, true>) => {
 
 /** The suite's table, created by the application user (on PostgreSQL the owner of a table is its creator). */
 const withSchema = (db: Layer.Layer<DbTag, unknown>) =>
-  Layer.effectDiscard(withEngine(Effect.flatMap(sql, (s) => s.unsafe(schema)))).pipe(Layer.provideMerge(db))
+  Layer.effectDiscard(withOneConnection(Effect.flatMap(sql, (s) => s.unsafe(schema)))).pipe(Layer.provideMerge(db))
 
 for (const [name, db] of dialectsWith({ mariadb: ["--general-log=ON", "--log-output=TABLE"] })) {
   layer(withSchema(db), suiteOptions)(`units and autocommit (${name})`, (it) => scenarios(it, name))
@@ -319,7 +308,7 @@ for (const [name, db] of dialectsWith({ mariadb: ["--general-log=ON", "--log-out
 for (const [name, db] of dialectsWith({ mariadb: ["--autocommit=0"] }).filter(([n]) => n === "mariadb")) {
   layer(withSchema(db), suiteOptions)(`a server whose default is autocommit off (${name})`, (it) => {
     it.effect("statements outside units still commit on their own; units commit or roll back as they decide", () =>
-      withEngine(
+      withOneConnection(
         Effect.gen(function* () {
           const [global] = yield* adminQuery<{ ac: number }>("SELECT @@global.autocommit AS ac")
           assert.strictEqual(Number(global?.ac), 0, "the server's default is autocommit off")

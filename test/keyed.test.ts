@@ -20,7 +20,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
-import { type Db, type DbName, DbTag, dialects } from "./support/db.js"
+import { type Db, type DbName, DbTag, dialects, withEngine } from "./support/db.js"
 import { freshKey, untilApplied } from "./support/keyed.js"
 import {
   eventually,
@@ -63,21 +63,6 @@ const applications = (key: string) => count("applied", "k = ?", [key])
 const nap = Effect.flatMap(sql, (s) =>
   s.onDialectOrElse({ pg: () => s`SELECT pg_sleep(0.05)`, orElse: () => s`SELECT SLEEP(0.05)` })
 )
-
-/** An Engine (and its autocommit `SqlClient`) on the suite's server, for `effect`. */
-const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
-  Effect.flatMap(DbTag, (db) =>
-    Effect.provide(
-      effect,
-      Engine.layer({
-        connectTimeout: "5 seconds",
-        killGrace: "1 second",
-        ...options,
-        url: options.url ?? db.url,
-        pool: { size: 2, acquireTimeout: "10 seconds", ...options.pool }
-      } as Engine.EngineOptions)
-    )
-  )
 
 /** A proxy in front of the suite's server and an Engine through it, for one scoped test. */
 const viaProxy = <A, E, R>(

@@ -15,7 +15,7 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import { settle } from "./support/clean.js"
-import { type Db, type DbName, DbTag, dialects } from "./support/db.js"
+import { type Db, type DbName, DbTag, dialects, withEngine } from "./support/db.js"
 import { freshKey, untilApplied } from "./support/keyed.js"
 import { eventually, expectTag, repeat, show, suiteOptions } from "./support/unit.js"
 
@@ -42,21 +42,6 @@ const applications = (key: string) =>
     Effect.map(
       Effect.orDie(db.query<{ n: string | number }>("SELECT COUNT(*) AS n FROM applied WHERE k = ?", [key])),
       (rows) => Number(rows[0]?.n ?? 0)
-    )
-  )
-
-/** An Engine (and its autocommit `SqlClient`) on the suite's server, for `effect`. */
-const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
-  Effect.flatMap(DbTag, (db) =>
-    Effect.provide(
-      effect,
-      Engine.layer({
-        connectTimeout: "5 seconds",
-        killGrace: "1 second",
-        ...options,
-        url: options.url ?? db.url,
-        pool: { size: 2, acquireTimeout: "10 seconds", ...options.pool }
-      } as Engine.EngineOptions)
     )
   )
 

@@ -7,7 +7,7 @@
  */
 import * as SqlClient from "@effect/sql/SqlClient"
 import { assert, layer, type Vitest } from "@effect/vitest"
-import { Engine, Session, SessionLive } from "@sessionfx/session"
+import { Session, SessionLive } from "@sessionfx/session"
 import * as Chunk from "effect/Chunk"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -15,7 +15,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Stream from "effect/Stream"
-import { type DbName, DbTag, dialects } from "./support/db.js"
+import { type DbName, DbTag, dialects, withEngine } from "./support/db.js"
 import { eventually, expectTag, failureOf, freshId, show, suiteOptions } from "./support/unit.js"
 
 const sql = SqlClient.SqlClient
@@ -69,20 +69,6 @@ const countId = (_table: "items", id: number) =>
     Effect.map(
       Effect.orDie(db.query<{ n: string | number }>("SELECT COUNT(*) AS n FROM items WHERE id = ?", [id])),
       (rows) => Number(rows[0]?.n ?? 0)
-    )
-  )
-
-/** An Engine (and its autocommit `SqlClient`) on the suite's server, for `effect`. */
-const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>) =>
-  Effect.flatMap(DbTag, (db) =>
-    Effect.provide(
-      effect,
-      Engine.layer({
-        url: db.url,
-        connectTimeout: "5 seconds",
-        killGrace: "1 second",
-        pool: { size: 2, acquireTimeout: "10 seconds" }
-      })
     )
   )
 

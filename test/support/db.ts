@@ -5,6 +5,7 @@
  * statement opens a connection of its own, so it keeps working across a server restart. A server that cannot start
  * fails the suite with its reason (the layer's error); nothing is skipped.
  */
+import { Engine } from "@sessionfx/session"
 import { MysqlServer, PgServer } from "@sessionfx/testing"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -281,3 +282,21 @@ export const dialectsWith = (args: ServerArgs = {}): ReadonlyArray<readonly [DbN
 
 /** Both databases with the harness's servers (`dialectsWith()`). */
 export const dialects = dialectsWith()
+
+/**
+ * `effect` with an Engine (and its autocommit `SqlClient`) on the suite's server: connect and kill bounded short, a
+ * pool of 2 unless `options.pool` says otherwise.
+ */
+export const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
+  Effect.flatMap(DbTag, (db) =>
+    Effect.provide(
+      effect,
+      Engine.layer({
+        connectTimeout: "5 seconds",
+        killGrace: "1 second",
+        ...options,
+        url: options.url ?? db.url,
+        pool: { size: 2, acquireTimeout: "10 seconds", ...options.pool }
+      } as Engine.EngineOptions)
+    )
+  )
