@@ -53,6 +53,8 @@ export interface Db {
   readonly createUser: (name: string, password: string) => Effect.Effect<void>
   /** The application's url with the user, password (verbatim, not encoded) and database given. */
   readonly urlAs: (user: string, password: string, database?: string) => Redacted.Redacted<string>
+  /** The superuser's url, on the database `name` (which may not exist). */
+  readonly adminUrl: (database: string) => Redacted.Redacted<string>
   /** Fast shutdown, then start (an embedded server only): clients see their connections drop. */
   readonly restart: Effect.Effect<void, unknown>
 }
@@ -134,6 +136,12 @@ const mariadb = (serverLayer: Layer.Layer<MysqlServer.MysqlServer, unknown>): La
             )
           ),
         urlAs: (user, password, database = server.database) => rawUrl("mysql", server, [user, password, database]),
+        adminUrl: (database) =>
+          rawUrl("mysql", server.admin, [
+            encodeURIComponent(server.admin.username),
+            encodeURIComponent(Redacted.value(server.admin.password)),
+            database
+          ]),
         restart: server.restart
       }
     })
@@ -200,6 +208,11 @@ const postgres = (serverLayer: Layer.Layer<PgServer.PgServer, unknown>): Layer.L
             yield* admin(`GRANT CONNECT ON DATABASE "${server.database}" TO "${name}"`)
           }),
         urlAs: (user, password, database = server.database) => rawUrl("postgres", server, [user, password, database]),
+        adminUrl: (database) => {
+          const url = new URL(Redacted.value(server.admin.url))
+          url.pathname = `/${database}`
+          return Redacted.make(url.toString())
+        },
         restart: server.restart
       }
     })
