@@ -105,7 +105,10 @@ const textsOf: Record<DbName, Texts> = {
 
 const pgSchema = [
   `CREATE TABLE IF NOT EXISTS items (id INT PRIMARY KEY, label VARCHAR(200) NOT NULL DEFAULT 'x')`,
-  `CREATE TABLE IF NOT EXISTS counters (id INT PRIMARY KEY, v INT NOT NULL)`
+  `CREATE TABLE IF NOT EXISTS counters (id INT PRIMARY KEY, v INT NOT NULL)`,
+  // a function that changes the session: nothing in the calling statement's text says so
+  `CREATE OR REPLACE FUNCTION sfx_configure() RETURNS int LANGUAGE plpgsql AS $$
+   BEGIN PERFORM set_config('sfx.fn', '42', false); RETURN 1; END $$`
 ]
 
 const schema = [
@@ -157,13 +160,13 @@ const onOtherConnection = (statements: ReadonlyArray<string>) =>
 
 const UTF8 = "héllo ✓ 😀 Ωμέγα"
 
-interface Leak {
+interface Leak<B = Baseline> {
   readonly name: string
   /** The statement unit A runs (sent as is, unprepared). */
   readonly statement: string
   /** Run in unit B on the same pool (of one connection): a description of what leaked, or undefined. */
   readonly check: (
-    baseline: Baseline
+    baseline: B
   ) => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | Session.Session | DbTag>
   /** Checks that need the pool free (another connection, autocommit statements). */
   readonly after?: () => Effect.Effect<string | undefined, unknown, SqlClient.SqlClient | DbTag>
@@ -448,6 +451,98 @@ const runMore = (leak: Leak, variant: MoreVariant) =>
     }
   })
 
+/** What a fresh connection of the engine reports on PostgreSQL (read in a unit). */
+const pgSettings = [
+  "TimeZone",
+  "search_path",
+  "statement_timeout",
+  "lock_timeout",
+  "default_transaction_isolation",
+  "default_transaction_read_only",
+  "application_name",
+  "DateStyle"
+] as const
+type PgBaseline = Readonly<Record<(typeof pgSettings)[number], string>>
+
+const readPgBaseline = Session.transact(
+  Effect.map(
+    Effect.forEach(pgSettings, (name) => Effect.map(one<string>(`SELECT current_setting('${name}')`), String)),
+    (values) => Object.fromEntries(pgSettings.map((name, i) => [name, values[i]!])) as PgBaseline
+  )
+)
+
+/** A setting of the next unit against the baseline. */
+const setting = (name: (typeof pgSettings)[number]) => (b: PgBaseline) =>
+  Effect.map(one(`SELECT current_setting('${name}')`), (v) => differs(name, v, b[name]))
+
+/** The session variable `sfx.name` is unset in the next unit (a reset placeholder reads as ''). */
+const unsetVar = (name: string) => () =>
+  Effect.map(one(`SELECT current_setting('sfx.${name}', true) AS v`), (v) =>
+    v === null || v === "" ? undefined : `sfx.${name} is ${JSON.stringify(v)}`
+  )
+
+/** The next unit sees no such relation / prepared statement (asked in a savepoint: the error fails only that). */
+const gone = (statement: string, what: string) => () =>
+  Effect.map(Effect.either(Session.savepoint(one(statement))), (r) =>
+    Either.isRight(r) ? `${what} is visible to the next unit` : undefined
+  )
+
+/**
+ * PostgreSQL's members of the class: statements that change the session (settings, placeholders, temporary tables,
+ * prepared statements, LISTEN, session advisory locks), written as a user writes them. PostgreSQL reports a few
+ * settings by ParameterStatus; for the rest only the statement's text says it (or nothing does: a function).
+ */
+const pgLeaks: ReadonlyArray<Leak<PgBaseline>> = [
+  { name: "SET TIME ZONE", statement: "SET TIME ZONE '+05:00'", check: setting("TimeZone") },
+  { name: "SET search_path", statement: "SET search_path = pg_catalog", check: setting("search_path") },
+  { name: "SET statement_timeout", statement: "SET statement_timeout = 1234", check: setting("statement_timeout") },
+  { name: "SET SESSION lock_timeout", statement: "SET SESSION lock_timeout = 4321", check: setting("lock_timeout") },
+  { name: "SET application_name", statement: "SET application_name = 'leaky'", check: setting("application_name") },
+  { name: "SET DateStyle", statement: "SET DateStyle = 'SQL, DMY'", check: setting("DateStyle") },
+  {
+    name: "SET SESSION CHARACTERISTICS isolation",
+    statement: "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    check: setting("default_transaction_isolation")
+  },
+  {
+    name: "SET SESSION CHARACTERISTICS READ ONLY",
+    statement: "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+    check: setting("default_transaction_read_only"),
+    after: () =>
+      Effect.map(Effect.either(insert(freshId(), "rw")), (r) =>
+        Either.isLeft(r) ? `the next autocommit write is read-only: ${String(r.left)}` : undefined
+      )
+  },
+  { name: "set_config", statement: "SELECT set_config('sfx.v', '1', false)", check: unsetVar("v") },
+  { name: "SET a placeholder", statement: "SET sfx.w = '2'", check: unsetVar("w") },
+  {
+    name: "CREATE TEMPORARY TABLE",
+    statement: "CREATE TEMPORARY TABLE tmp_leak (x INT)",
+    check: gone("SELECT COUNT(*) FROM tmp_leak", "the temporary table")
+  },
+  {
+    name: "PREPARE",
+    statement: "PREPARE sfx_leak AS SELECT 1",
+    check: gone("EXECUTE sfx_leak", "the prepared statement")
+  },
+  {
+    name: "LISTEN",
+    statement: "LISTEN sfx_channel",
+    check: () =>
+      Effect.map(one("SELECT COUNT(*) FROM pg_listening_channels()"), (n) => differs("channels listened to", n, 0))
+  },
+  {
+    name: "pg_advisory_lock",
+    statement: "SELECT pg_advisory_lock(4242)",
+    check: () => Effect.succeed(undefined),
+    // another connection can take the lock: the unit's connection holds none
+    after: () =>
+      Effect.map(adminQuery<{ ok: boolean }>("SELECT pg_try_advisory_lock(4242) AS ok"), (rows) =>
+        rows[0]?.ok === true ? undefined : "another session cannot take the advisory lock"
+      )
+  }
+]
+
 type Variant = "first, commit" | "later, rollback" | "comment, commit" | "later, commit" | "outside any unit"
 const variants: ReadonlyArray<Variant> = [
   "first, commit",
@@ -457,7 +552,7 @@ const variants: ReadonlyArray<Variant> = [
   "outside any unit"
 ]
 
-const runA = (leak: Leak, variant: Variant) =>
+const runA = <B>(leak: Leak<B>, variant: Variant) =>
   Effect.flatMap(sql, (s) => {
     const text = variant.startsWith("comment") ? `/* x */ ${leak.statement}` : leak.statement
     const statement = s.unsafe(text).unprepared
@@ -470,42 +565,49 @@ const runA = (leak: Leak, variant: Variant) =>
     )
   })
 
+/**
+ * Each leak × each position: unit A runs the statement, then the next unit B (on the same, only, connection) must see
+ * exactly what a fresh connection sees (`readBaseline`, read before A); `after` checks run with the pool free.
+ */
+const leakMatrix = <B>(
+  all: ReadonlyArray<Leak<B>>,
+  baselineOf: Effect.Effect<B, unknown, SqlClient.SqlClient | Engine.Engine>,
+  prefix: string
+) =>
+  Effect.gen(function* () {
+    const problems: Array<string> = []
+    const report = (leak: Leak<B>, variant: Variant, exit: Exit.Exit<string | undefined, unknown>) => {
+      if (Exit.isFailure(exit)) problems.push(`${leak.name} (${variant}): ${show(exit)}`)
+      else if (exit.value !== undefined) problems.push(`${leak.name} (${variant}): ${exit.value}`)
+    }
+    let n = 0
+    for (const leak of all) {
+      for (const variant of variants) {
+        yield* withEngine(
+          Effect.gen(function* () {
+            const baseline = yield* baselineOf
+            const a = yield* Effect.exit(runA(leak, variant))
+            if (Exit.isFailure(a) && variant === "outside any unit") {
+              problems.push(`${leak.name} (${variant}): statement failed: ${show(a)}`)
+            }
+            // baseline: what a fresh connection of this engine reports; B must see exactly that
+            report(leak, variant, yield* Effect.exit(Session.transact(leak.check(baseline))))
+            if (leak.after) report(leak, variant, yield* Effect.exit(leak.after()))
+          }),
+          { pool: { size: 1 }, name: `${prefix}-${++n}` }
+        )
+      }
+    }
+    assert.deepStrictEqual(problems, [], "session state crossed from one unit to the next")
+  })
+
 for (const [dbName, dbLayer] of dialectsWith()) {
   const texts = textsOf[dbName]
   layer(suite(dbName, dbLayer), suiteOptions)(`isolation (${dbName})`, (it) => {
     // MariaDB only: the leak matrix's statements are MySQL's (user variables, sql_mode, LOCK TABLES, GET_LOCK, …)
     if (dbName === "mariadb") {
       it.effect("connection state never outlives the unit that changed it (pool 1; every statement × position)", () =>
-        Effect.gen(function* () {
-          const problems: Array<string> = []
-          let n = 0
-          for (const leak of leaks) {
-            for (const variant of variants) {
-              const name = `iso-leak-${++n}`
-              yield* withEngine(
-                Effect.gen(function* () {
-                  const baseline = yield* readBaseline
-                  const a = yield* Effect.exit(runA(leak, variant))
-                  if (Exit.isFailure(a) && variant === "outside any unit") {
-                    problems.push(`${leak.name} (${variant}): statement failed: ${show(a)}`)
-                  }
-                  // baseline: what a fresh connection of this engine reports; B must see exactly that
-                  const found = yield* Effect.exit(Session.transact(leak.check(baseline)))
-                  if (Exit.isFailure(found))
-                    problems.push(`${leak.name} (${variant}): the next unit failed: ${show(found)}`)
-                  else if (found.value !== undefined) problems.push(`${leak.name} (${variant}): ${found.value}`)
-                  if (leak.after) {
-                    const after = yield* Effect.exit(leak.after())
-                    if (Exit.isFailure(after)) problems.push(`${leak.name} (${variant}): ${show(after)}`)
-                    else if (after.value !== undefined) problems.push(`${leak.name} (${variant}): ${after.value}`)
-                  }
-                }),
-                { pool: { size: 1 }, name }
-              )
-            }
-          }
-          assert.deepStrictEqual(problems, [], "session state crossed from one unit to the next")
-        })
+        leakMatrix(leaks, readBaseline, "iso-leak")
       )
 
       it.effect(
@@ -536,6 +638,21 @@ for (const [dbName, dbLayer] of dialectsWith()) {
             }
             assert.deepStrictEqual(problems, [], "session state crossed from one unit to the next")
           })
+      )
+    } else {
+      // PostgreSQL's own members of the class
+      it.effect("connection state never outlives the unit that changed it (pool 1; every statement × position)", () =>
+        leakMatrix(pgLeaks, readPgBaseline, "iso-pg-leak")
+      )
+      // A known gap (docs/postgresql.md): a function that changes the session (set_config inside it) leaves that on
+      // the connection, for nothing the server reports or the statement's text says shows it. This test fails while
+      // the gap is there (`fails`): it passes, and so fails the suite, once the gap is closed — then make it `effect`.
+      it.effect.fails("a function that calls set_config: its setting does not reach the next unit", () =>
+        leakMatrix(
+          [{ name: "SELECT sfx_configure()", statement: "SELECT sfx_configure()", check: unsetVar("fn") }],
+          readPgBaseline,
+          "iso-pg-fn"
+        )
       )
     }
 
