@@ -91,7 +91,7 @@ for (const [name, dbLayer] of dialects) {
     )
 
     // metrics are process-wide: each database's engine has a name of its own, so the counts are its own
-  it.effect("metrics: connections created, commits and rollbacks by cause, per engine", () =>
+    it.effect("metrics: connections created, commits and rollbacks by cause, per engine", () =>
       Effect.gen(function* () {
         yield* Session.transact(Effect.flatMap(SqlClient.SqlClient, (sql) => sql`SELECT 1`))
         yield* Effect.exit(
