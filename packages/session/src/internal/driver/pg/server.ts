@@ -57,7 +57,8 @@ const configOf = (target: Target): Pg.ClientConfig => {
 const UNFLAGGED =
   /^(?:\s|\/\*[\s\S]*?\*\/|--[^\n]*(?:\n|$))*(?:set\s+(?!local\b)|reset\b|prepare\b|listen\b|discard\b)|\bset_config\b|\btemp(?:orary)?\b|\bwith\s+hold\b|\bpg_advisory_lock(?:_shared)?\b|\bsession\s+authorization\b|\bset\s+role\b/i
 
-const maybeUnflagged = cachedTest(UNFLAGGED)
+/** Whether a statement may change the session where the server does not say so (`UNFLAGGED`). @internal */
+export const maybeUnflagged = cachedTest(UNFLAGGED)
 
 /** One PostgreSQL server, as the driver knows it. @internal */
 export class PgServer implements ServerDriver {
