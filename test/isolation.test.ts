@@ -532,6 +532,23 @@ const pgLeaks: ReadonlyArray<Leak<PgBaseline>> = [
       Effect.map(one("SELECT COUNT(*) FROM pg_listening_channels()"), (n) => differs("channels listened to", n, 0))
   },
   {
+    name: "DECLARE … WITH HOLD",
+    statement: "DECLARE sfx_held CURSOR WITH HOLD FOR SELECT 1",
+    check: () =>
+      Effect.map(one("SELECT COUNT(*) FROM pg_cursors WHERE name = 'sfx_held'"), (n) =>
+        differs("cursors named sfx_held", n, 0)
+      )
+  },
+  {
+    name: "pg_try_advisory_lock",
+    statement: "SELECT pg_try_advisory_lock(4243)",
+    check: () => Effect.succeed(undefined),
+    after: () =>
+      Effect.map(adminQuery<{ ok: boolean }>("SELECT pg_try_advisory_lock(4243) AS ok"), (rows) =>
+        rows[0]?.ok === true ? undefined : "another session cannot take the advisory lock"
+      )
+  },
+  {
     name: "pg_advisory_lock",
     statement: "SELECT pg_advisory_lock(4242)",
     check: () => Effect.succeed(undefined),

@@ -157,7 +157,10 @@ describe("pg session state", () => {
       "/* x */ RESET ALL",
       "SELECT set_config('sfx.v', '1', false)",
       "CREATE TEMPORARY TABLE t (x INT)",
-      "SELECT pg_advisory_lock(1)"
+      "SELECT pg_advisory_lock(1)",
+      "SELECT pg_try_advisory_lock(1)",
+      "SELECT pg_try_advisory_lock_shared(1)",
+      "DECLARE c CURSOR WITH HOLD FOR SELECT 1"
     ]) {
       expect(maybeUnflagged(text), text).toBe(true)
     }
