@@ -37,6 +37,15 @@ export interface Db {
    * (`CONNECTION`: KILL CONNECTION / pg_terminate_backend); false when the server refused or the id is gone.
    */
   readonly kill: (kind: "QUERY" | "CONNECTION", id: number) => Effect.Effect<boolean>
+  /**
+   * One superuser connection held for the scope (opened now: it keeps working when the server is full later), for
+   * statements with `?` placeholders.
+   */
+  readonly held: Effect.Effect<
+    <A = Record<string, any>>(sql: string, params?: ReadonlyArray<unknown>) => Effect.Effect<ReadonlyArray<A>, Error>,
+    Error,
+    Scope.Scope
+  >
   /** `kill` on one superuser connection held for the scope: for a fault loop (no connection set-up per kill). */
   readonly killer: Effect.Effect<
     (kind: "QUERY" | "CONNECTION", id: number) => Effect.Effect<boolean>,
@@ -76,6 +85,15 @@ const mariadb = (server: Admin.Server): Db => ({
   crash: Effect.zipRight(server.kill, server.start),
   query: (sql, params) => Admin.query(server, sql, params),
   kill: (kind, id) => Admin.kill(server, kind, id),
+  held: Effect.map(
+    Admin.connection(server),
+    (conn) =>
+      <A>(sql: string, params: ReadonlyArray<unknown> = []) =>
+        Effect.tryPromise({
+          try: () => conn.query(sql, params as Array<unknown>).then(([rows]) => rows as unknown as ReadonlyArray<A>),
+          catch: (cause) => new Error(`admin query failed: ${sql}: ${String((cause as Error)?.message ?? cause)}`)
+        })
+  ),
   killer: Effect.map(
     Admin.connection(server),
     (conn) => (kind, id) =>
@@ -197,6 +215,15 @@ const postgres = (server: PgService): Db => {
         onFailure: () => false,
         onSuccess: (rows) => rows[0]?.ok === true
       }),
+    held: Effect.map(
+      Effect.acquireRelease(pgConnect(server), (client) => Effect.promise(() => client.end().catch(() => undefined))),
+      (client) =>
+        <A>(sql: string, params: ReadonlyArray<unknown> = []) =>
+          Effect.tryPromise({
+            try: async () => (await client.query(numbered(sql), params as Array<unknown>)).rows as ReadonlyArray<A>,
+            catch: (cause) => new Error(`admin query failed: ${sql}: ${String((cause as Error)?.message ?? cause)}`)
+          })
+    ),
     killer: Effect.map(
       Effect.acquireRelease(pgConnect(server), (client) => Effect.promise(() => client.end().catch(() => undefined))),
       (client) => (kind, id) =>

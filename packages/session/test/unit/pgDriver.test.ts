@@ -9,6 +9,7 @@ import * as describeAny from "../../src/internal/driver/errors.js"
 import { makeCompiler } from "../../src/internal/driver/pg/compiler.js"
 import { baselineOf, dialect, millisOf } from "../../src/internal/driver/pg/dialect.js"
 import * as errors from "../../src/internal/driver/pg/errors.js"
+import { maybeUnflagged } from "../../src/internal/driver/pg/server.js"
 import { bindValues } from "../../src/internal/driver/pg/values.js"
 
 /** A server error as node-postgres gives it, marked by the driver. */
@@ -142,6 +143,34 @@ describe("pg dialect", () => {
       isolation: "REPEATABLE READ",
       autocommit: true
     })
+  })
+})
+
+describe("pg session state", () => {
+  it("a statement that may change the session marks its connection, after leading comments too", () => {
+    for (const text of [
+      "SET search_path = pg_catalog",
+      "/* x */ SET statement_timeout = 1234",
+      "-- tag\nset sfx.w = '2'",
+      "/* a */ /* b */\n  PREPARE p AS SELECT 1",
+      "/* x */ LISTEN ch",
+      "/* x */ RESET ALL",
+      "SELECT set_config('sfx.v', '1', false)",
+      "CREATE TEMPORARY TABLE t (x INT)",
+      "SELECT pg_advisory_lock(1)",
+      "SELECT pg_try_advisory_lock(1)",
+      "SELECT pg_try_advisory_lock_shared(1)",
+      "DECLARE c CURSOR WITH HOLD FOR SELECT 1"
+    ]) {
+      expect(maybeUnflagged(text), text).toBe(true)
+    }
+    for (const text of [
+      "SET LOCAL statement_timeout = 5",
+      "/* x */ SET LOCAL lock_timeout = 5",
+      "SELECT 1 /* SET */"
+    ]) {
+      expect(maybeUnflagged(text), text).toBe(false)
+    }
   })
 })
 

@@ -51,12 +51,15 @@ const configOf = (target: Target): Pg.ClientConfig => {
 /**
  * Statements whose effect on the session the server does not report (PostgreSQL reports only a few settings, by
  * ParameterStatus): SET / RESET outside `SET LOCAL`, `set_config`, PREPARE, LISTEN, temporary tables, cursors WITH
- * HOLD, session advisory locks, roles. A connection that ran one is reset (DISCARD ALL) before reuse.
+ * HOLD, session advisory locks (`pg_try_advisory_lock` too), roles. A connection that ran one is reset (DISCARD ALL)
+ * before reuse. The verb is read after any leading comments (`/* tag *\/ SET …`, `-- tag` lines), as the server
+ * reads it.
  */
 const UNFLAGGED =
-  /^\s*(?:set\s+(?!local\b)|reset\b|prepare\b|listen\b|discard\b)|\bset_config\b|\btemp(?:orary)?\b|\bwith\s+hold\b|\bpg_advisory_lock(?:_shared)?\b|\bsession\s+authorization\b|\bset\s+role\b/i
+  /^(?:\s|\/\*[\s\S]*?\*\/|--[^\n]*(?:\n|$))*(?:set\s+(?!local\b)|reset\b|prepare\b|listen\b|discard\b)|\bset_config\b|\btemp(?:orary)?\b|\bwith\s+hold\b|\bpg_(?:try_)?advisory_lock(?:_shared)?\b|\bsession\s+authorization\b|\bset\s+role\b/i
 
-const maybeUnflagged = cachedTest(UNFLAGGED)
+/** Whether a statement may change the session where the server does not say so (`UNFLAGGED`). @internal */
+export const maybeUnflagged = cachedTest(UNFLAGGED)
 
 /** One PostgreSQL server, as the driver knows it. @internal */
 export class PgServer implements ServerDriver {
