@@ -256,6 +256,38 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
       )
   )
 
+  // guarantee 15: that wait is bounded — by the Engine's lockWaitTimeout, else the server's (MariaDB) or 50 s
+  // (PostgreSQL, whose lock_timeout defaults to none: before, a holder that never ended held the lookup forever)
+  it.effect("Session.outcome waiting for a unit that does not end gives LockWaitTimeout after lockWaitTimeout", () =>
+    withEngine(
+      Effect.gen(function* () {
+        yield* Session.createKeyTable
+        const key = freshKey("held")
+        const written = yield* Deferred.make<void>()
+        const release = yield* Deferred.make<void>()
+        const unit = yield* Effect.fork(
+          Session.transact(
+            Effect.zipRight(
+              Effect.zipRight(apply(key), Deferred.succeed(written, undefined)),
+              Deferred.await(release)
+            ),
+            { key }
+          )
+        )
+        yield* Deferred.await(written)
+        const started = Date.now()
+        const asked = yield* Effect.exit(Session.outcome(key).pipe(Effect.timeout("20 seconds")))
+        const took = Date.now() - started
+        expectTag(asked, ["LockWaitTimeout"], "the bounded lookup")
+        assert.isAtLeast(took, 900, "it waited for the unit first")
+        yield* Deferred.succeed(release, undefined)
+        assert.isTrue(Exit.isSuccess(yield* Fiber.await(unit)))
+        assert.strictEqual(yield* Session.outcome(key), "committed")
+      }),
+      { lockWaitTimeout: "1 second", pool: { size: 3 } }
+    )
+  )
+
   it.effect("a key that already committed: AlreadyApplied (with the key), the unit changes nothing", () =>
     withEngine(
       Effect.gen(function* () {

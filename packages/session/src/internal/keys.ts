@@ -103,15 +103,26 @@ const statement = (engine: EngineImpl, pc: PooledConn, sql: string, values: Read
 const autocommit = (engine: EngineImpl, sql: string, values: ReadonlyArray<unknown>) =>
   onConnection(engine, (pc) => statement(engine, pc, sql, values))
 
+/**
+ * How long a lookup that waits by writing (`findWithin`) waits for a unit holding its key: the Engine's
+ * `lockWaitTimeout`, else InnoDB's default (50 s), so that it ends as MariaDB's locking read does, `LockWaitTimeout`.
+ */
+const FIND_LOCK_WAIT_MS = 50_000
+
 /** The key's lookup (`KeysTexts.find`), inside its driver's `findWithin` transaction when it has one. */
 const find = (engine: EngineImpl, key: string) => {
   const { find, findWithin } = texts(engine)
   if (findWithin === undefined) return autocommit(engine, find, [key])
+  const seconds = engine.options.defaults.lockWaitTimeoutSeconds
+  const waitMs = String(seconds === undefined ? FIND_LOCK_WAIT_MS : Math.round(seconds * 1000))
   return onConnection(
     engine,
     (pc) =>
       Effect.zipLeft(
-        Effect.zipRight(statement(engine, pc, findWithin.begin, []), statement(engine, pc, find, [key])),
+        Effect.zipRight(
+          Effect.zipRight(statement(engine, pc, findWithin.begin, []), statement(engine, pc, findWithin.bound, [waitMs])),
+          statement(engine, pc, find, [key])
+        ),
         statement(engine, pc, findWithin.end, [])
       ),
     true

@@ -267,7 +267,12 @@ export interface KeysTexts {
    * Set when `find` waits by writing (PostgreSQL: a read does not wait for an uncommitted row, an insert into its
    * unique index does): `find` then runs after `begin` and before `end` (a ROLLBACK), on one connection.
    */
-  readonly findWithin?: { readonly begin: string; readonly end: string }
+  readonly findWithin?: {
+    readonly begin: string
+    /** Bounds the probe's lock wait for this transaction, in milliseconds (`$1`, a string; 0 = none). */
+    readonly bound: string
+    readonly end: string
+  }
   /** Deletes up to `PRUNE_BATCH` keys committed more than `?` seconds ago. */
   readonly prune: string
 }

@@ -129,7 +129,10 @@ class PgConnection implements RawConnection {
   /** A command failed: its error (recorded now, for the ReadyForQuery's listener) once it has ended (`afterReady`). */
   private failed(err: unknown, cb: ReplyCallback): void {
     this.lastError = err
-    this.afterReady(() => cb(mark(err, this.gone), undefined))
+    // whether it ended the connection is decided as it arrived: a COMMIT the server refused stays refused if the
+    // connection is lost before the ReadyForQuery after it
+    const marked = mark(err, this.gone)
+    this.afterReady(() => cb(marked, undefined))
   }
 
   /**
@@ -193,6 +196,8 @@ class PgConnection implements RawConnection {
       return this.deferBegin(sql, cb)
     }
     this.parameterChanged = false
+    // the error a failed transaction records is this command's (or none), never an earlier one's
+    this.lastError = undefined
     const before = statusOf(this.client)
     if (this.tracking && sql === "COMMIT" && before === "T") return this.trackedCommit(cb)
     const begin = this.pendingBegin
@@ -213,7 +218,12 @@ class PgConnection implements RawConnection {
           }
     ) as Pg.QueryConfig
     try {
+      let answered = false
       const callback = (err: unknown, result: Result) => {
+        // node-postgres can call a query back twice (a value that fails to bind: its error, then an empty success at
+        // the ReadyForQuery); the first answer is the command's
+        if (answered) return
+        answered = true
         if (err) return this.failed(err, cb)
         const rolledBack = this.track(sql, result)
         const done = () =>
@@ -316,6 +326,7 @@ class PgConnection implements RawConnection {
 
   readonly stream = (sql: string, values: ReadonlyArray<unknown>, sink: RowSink): RowStream => {
     this.parameterChanged = false
+    this.lastError = undefined
     const cursor = new Cursor(sql, values as Array<unknown>)
     const reading = { paused: false, next: undefined as (() => void) | undefined }
     this.reading = reading

@@ -123,6 +123,10 @@ export const keysSql = (table: string): KeysTexts => ({
   // The probe's own row never stays: it runs in a transaction that is rolled back (`findWithin`).
   find: `WITH probe AS (INSERT INTO ${table} (unit_key) VALUES (convert_to($1, 'UTF8')) ON CONFLICT DO NOTHING RETURNING 1)
 SELECT 1 AS found WHERE NOT EXISTS (SELECT 1 FROM probe)`,
-  findWithin: { begin: "BEGIN ISOLATION LEVEL READ COMMITTED", end: "ROLLBACK" },
+  findWithin: {
+    begin: "BEGIN ISOLATION LEVEL READ COMMITTED",
+    bound: "SELECT set_config('lock_timeout', $1, true)",
+    end: "ROLLBACK"
+  },
   prune: `DELETE FROM ${table} WHERE ctid IN (SELECT ctid FROM ${table} WHERE committed_at < clock_timestamp() - make_interval(secs => $1::float8) LIMIT 5000)`
 })
