@@ -267,10 +267,7 @@ const scenarios = (it: Vitest.MethodsNonLive<DbTag, true>, name: DbName) => {
         const release = yield* Deferred.make<void>()
         const unit = yield* Effect.fork(
           Session.transact(
-            Effect.zipRight(
-              Effect.zipRight(apply(key), Deferred.succeed(written, undefined)),
-              Deferred.await(release)
-            ),
+            Effect.zipRight(Effect.zipRight(apply(key), Deferred.succeed(written, undefined)), Deferred.await(release)),
             { key }
           )
         )

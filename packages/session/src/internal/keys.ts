@@ -120,7 +120,10 @@ const find = (engine: EngineImpl, key: string) => {
     (pc) =>
       Effect.zipLeft(
         Effect.zipRight(
-          Effect.zipRight(statement(engine, pc, findWithin.begin, []), statement(engine, pc, findWithin.bound, [waitMs])),
+          Effect.zipRight(
+            statement(engine, pc, findWithin.begin, []),
+            statement(engine, pc, findWithin.bound, [waitMs])
+          ),
           statement(engine, pc, find, [key])
         ),
         statement(engine, pc, findWithin.end, [])
