@@ -25,7 +25,7 @@ import * as Scope from "effect/Scope"
 import * as Mysql from "mysql2/promise"
 import * as Redacted from "effect/Redacted"
 import * as Pg from "pg"
-import { type DbName, DbTag, dialectsWith } from "./support/db.js"
+import { type DbName, DbTag, dialectsWith, engineLayer, withEngine } from "./support/db.js"
 import {
   bounded,
   counter,
@@ -53,24 +53,6 @@ const count = (table: string, where = "1 = 1", params: ReadonlyArray<unknown> = 
 
 /** Rows of `table` with `id`, committed. */
 const countId = (table: string, id: number) => count(table, "id = ?", [id])
-
-/** An Engine (and its autocommit `SqlClient`) against the suite's server, for the scope of one test. */
-const engineLayer = (options: Partial<Engine.EngineOptions> = {}) =>
-  Layer.unwrapEffect(
-    Effect.map(DbTag, (db) =>
-      Engine.layer({
-        connectTimeout: "5 seconds",
-        killGrace: "1 second",
-        ...options,
-        url: options.url ?? db.url,
-        pool: { size: 2, acquireTimeout: "10 seconds", ...options.pool }
-      } as Engine.EngineOptions)
-    )
-  )
-
-/** Runs `effect` with an Engine of its own (closed when it ends). */
-const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
-  Effect.provide(effect, engineLayer(options))
 
 /** The texts that differ between the databases. */
 interface Texts {

@@ -315,9 +315,12 @@ export const dialects = dialectsWith()
  * pool of 2 unless `options.pool` says otherwise.
  */
 export const withEngine = <A, E, R>(effect: Effect.Effect<A, E, R>, options: Partial<Engine.EngineOptions> = {}) =>
-  Effect.flatMap(DbTag, (db) =>
-    Effect.provide(
-      effect,
+  Effect.provide(effect, engineLayer(options))
+
+/** The Engine `withEngine` provides, as a layer. */
+export const engineLayer = (options: Partial<Engine.EngineOptions> = {}) =>
+  Layer.unwrapEffect(
+    Effect.map(DbTag, (db) =>
       Engine.layer({
         connectTimeout: "5 seconds",
         killGrace: "1 second",
