@@ -33,7 +33,8 @@ const open = (url: string) =>
             return original(...args)
           }
         }
-        protocol.on("readyForQuery", (msg: { status: string }) => sent.ready.push(msg.status))
+        // first of the listeners: recorded before the driver acts on it
+        protocol.prependListener("readyForQuery", (msg: { status: string }) => sent.ready.push(msg.status))
         resume(Effect.succeed({ conn, sent }))
       })
     ),

@@ -118,16 +118,13 @@ const find = (engine: EngineImpl, key: string) => {
   return onConnection(
     engine,
     (pc) =>
-      Effect.zipLeft(
-        Effect.zipRight(
-          Effect.zipRight(
-            statement(engine, pc, findWithin.begin, []),
-            statement(engine, pc, findWithin.bound, [waitMs])
-          ),
-          statement(engine, pc, find, [key])
-        ),
-        statement(engine, pc, findWithin.end, [])
-      ),
+      Effect.gen(function* () {
+        yield* statement(engine, pc, findWithin.begin, [])
+        yield* statement(engine, pc, findWithin.bound, [waitMs])
+        const rows = yield* statement(engine, pc, find, [key])
+        yield* statement(engine, pc, findWithin.end, [])
+        return rows
+      }),
     true
   )
 }

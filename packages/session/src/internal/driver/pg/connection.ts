@@ -80,8 +80,6 @@ class PgConnection implements RawConnection {
   private settingsInTransaction = false
   /** A BEGIN answered but not yet sent: it goes in the same write as the next command (`begin.ts`). */
   private pendingBegin: string | undefined = undefined
-  /** Failed commands waiting for their ReadyForQuery (`afterReady`); called when the connection is destroyed. */
-  private readonly waitingReady = new Set<() => void>()
   /** The cursor streaming now, paused by the core for backpressure. */
   private reading: { paused: boolean; next: (() => void) | undefined } | undefined = undefined
 
@@ -126,35 +124,18 @@ class PgConnection implements RawConnection {
     return mark(err, this.gone)
   }
 
-  /** A command failed: its error (recorded now, for the ReadyForQuery's listener) once it has ended (`afterReady`). */
+  /**
+   * A command failed: its error (recorded now, for the ReadyForQuery's listener) once the command has ended. node-postgres
+   * calls a query back at its ErrorResponse, before the ReadyForQuery that ends it: until then the client's transaction
+   * status is the previous command's and the backend still reports the statement as running (the server flushes an
+   * error before it goes idle). The queue runs the answer once that ReadyForQuery has arrived (or the client is gone).
+   */
   private failed(err: unknown, cb: ReplyCallback): void {
     this.lastError = err
     // whether it ended the connection is decided as it arrived: a COMMIT the server refused stays refused if the
     // connection is lost before the ReadyForQuery after it
     const marked = mark(err, this.gone)
-    this.afterReady(() => cb(marked, undefined))
-  }
-
-  /**
-   * `fn` once the ReadyForQuery that ends a failed command has arrived, or at once if the client is ready or gone.
-   * node-postgres calls a query back at its ErrorResponse, before that ReadyForQuery: until it arrives the client's
-   * transaction status is the previous command's, the next command would queue behind it, and the backend still
-   * reports the failed statement as running (the server flushes an error before it goes idle). A command ends with
-   * its ReadyForQuery, a failed one too.
-   */
-  private afterReady(fn: () => void): void {
-    const client = this.client as unknown as { readonly readyForQuery?: boolean }
-    if (client.readyForQuery === true || this.gone) return fn()
-    const go = () => {
-      this.protocol.removeListener("readyForQuery", go)
-      this.client.removeListener("end", go)
-      this.waitingReady.delete(go)
-      fn()
-    }
-    // after the client's own listener, which records the status
-    this.protocol.on("readyForQuery", go)
-    this.client.once("end", go)
-    this.waitingReady.add(go)
+    this.queue.then(() => cb(marked, undefined))
   }
 
   /**
@@ -257,7 +238,7 @@ class PgConnection implements RawConnection {
         const results = out as Array<Result>
         this.protocol.removeListener("commandComplete", onComplete)
         if (err && !committed) return this.failed(err, cb)
-        if (err) return this.afterReady(() => this.withToken(this.reply([]), false, cb))
+        if (err) return this.queue.then(() => this.withToken(this.reply([]), false, cb))
         const [first, commit, token] = results
         this.track("COMMIT", commit!)
         const kind = commitKind(first?.rows[0] as Record<string, unknown> | undefined)
@@ -449,7 +430,6 @@ class PgConnection implements RawConnection {
   readonly destroy = (): void => {
     this.gone = true
     this.pendingBegin = undefined
-    for (const go of [...this.waitingReady]) go()
     try {
       ;(this.protocol as { stream?: { destroy?: () => void } }).stream?.destroy?.()
     } catch {
